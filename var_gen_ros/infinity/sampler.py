@@ -1,0 +1,242 @@
+"""Next-scale sampling with classifier-free guidance, a KV cache across scales, and previews.
+
+`Generator` is the runtime's public API: `Generator.from_bundle(path, device, dtype)` then
+`generate(prompt, seed=..., cfg=..., ...) -> GenerationResult`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import InfinityConfig, ScaleSchedule, schedule_for
+from .kv_cache import KVCache
+from .model import Infinity, block_causal_mask, rope_tables
+from .vae import BSQVAE, to_uint8, upsample_codes
+
+
+class GenerationCancelled(Exception):
+    """Raised inside generate() when the `should_stop` callback returns True (checked per scale)."""
+
+
+@dataclass
+class ScaleEvent:
+    index: int                      # 0-based scale just finished
+    total: int
+    progress: float                 # fraction of all tokens generated so far
+    elapsed_s: float
+    preview: Optional[np.ndarray]   # (H, W, 3) uint8 decode of the codes so far, when asked for
+
+
+@dataclass
+class GenerationResult:
+    image: np.ndarray               # (H, W, 3) uint8 RGB
+    seed: int
+    bits: List[torch.Tensor]        # per scale (h, w, d) uint8, the sampled bit labels
+    schedule: ScaleSchedule
+    timings: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- sampling
+def sample_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """logits (N, V) -> indices (N,). Top-k then nucleus filtering as upstream; the draw is an inverse-CDF
+    lookup of one uniform per row so that equal logits give equal samples for a seeded generator."""
+    N, V = logits.shape
+    logits = logits.float()
+    if 0 < top_k < V:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0 < top_p < 1:
+        sorted_logits, sorted_idx = logits.sort(dim=-1)
+        remove = sorted_logits.softmax(-1).cumsum(-1) <= (1 - top_p)
+        remove[:, -1] = False
+        logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.rand(N, 1, generator=generator, device=logits.device)
+    return (cdf < u).sum(-1).clamp_max(V - 1)
+
+
+def per_scale(value, n: int, name: str) -> List[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    value = [float(v) for v in value]
+    if len(value) < n:
+        raise ValueError(f"{name}: {len(value)} values for {n} scales")
+    return value[:n]
+
+
+def bits_to_latent(bits: torch.Tensor, cfg: InfinityConfig) -> torch.Tensor:
+    """(B, h, w, d) bits of transformer tokens -> (B, d_vae, h', w') codes at the VAE latent grid
+    (with spatial patchify, each token's 4*d bits are a 2x2 block of latent pixels)."""
+    codes = ((bits.float() * 2 - 1) / (cfg.vae.codebook_dim ** 0.5)).permute(0, 3, 1, 2)
+    return F.pixel_shuffle(codes, 2) if cfg.spatial_patchify else codes
+
+
+def latent_to_tokens(latent: torch.Tensor, cfg: InfinityConfig) -> torch.Tensor:
+    """(B, d_vae, h', w') -> (B, h*w, d) transformer inputs."""
+    x = F.pixel_unshuffle(latent, 2) if cfg.spatial_patchify else latent
+    return x.flatten(2).transpose(1, 2)
+
+
+def latent_size(scale, cfg: InfinityConfig):
+    f = 2 if cfg.spatial_patchify else 1
+    return scale[0] * f, scale[1] * f
+
+
+def teacher_forcing_inputs(bits: Sequence[torch.Tensor], schedule: ScaleSchedule, cfg: InfinityConfig) -> torch.Tensor:
+    """Bit labels of scales 0..n-2 -> the transformer inputs of scales 1..n-1 (B, L_total - 1, d), built
+    exactly as the sampler builds them (used for training and for the uncached reference)."""
+    final = latent_size(schedule.scales[-1], cfg)
+    summed, out = 0, []
+    for si in range(len(schedule.scales) - 1):
+        summed = summed + upsample_codes(bits_to_latent(bits[si], cfg), final)
+        out.append(latent_to_tokens(upsample_codes(summed, latent_size(schedule.scales[si + 1], cfg)), cfg))
+    return torch.cat(out, dim=1)
+
+
+# ---------------------------------------------------------------- generator
+class Generator:
+    def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
+                 kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = ""):
+        self.model, self.vae, self.text_encoder = model, vae, text_encoder
+        self.cfg: InfinityConfig = model.cfg
+        self.device = torch.device(device)
+        self.kv_cache_factory = kv_cache_factory or KVCache
+        self.name = name or self.cfg.name
+
+    @classmethod
+    def from_bundle(cls, path: str, device="cpu", dtype=torch.float32) -> "Generator":
+        from .checkpoint import load_bundle
+        cfg, model, vae, te, meta = load_bundle(path, device=device, dtype=dtype)
+        return cls(model, vae, te, device=device, name=meta.get("name", cfg.name))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def weight_bytes(self) -> dict:
+        def nbytes(m):
+            return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+        out = {"transformer": nbytes(self.model), "vae": nbytes(self.vae)}
+        if self.text_encoder is not None:
+            out["text_encoder"] = nbytes(self.text_encoder.model)
+        return out
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, prompt: str, negative_prompt: Optional[str], use_cfg: bool):
+        prompts = [prompt] + ([negative_prompt] if (use_cfg and negative_prompt) else [])
+        feats, mask = self.text_encoder.encode(prompts)
+        if use_cfg and not negative_prompt:
+            un = self.model.uncond_text(feats[:1], mask[:1])
+            feats, mask = torch.cat([feats, un]), torch.cat([mask, mask])
+        return feats, mask
+
+    @torch.no_grad()
+    def generate(self, prompt: str, *, seed: Optional[int] = None, cfg: Union[float, Sequence[float], None] = None,
+                 tau: Union[float, Sequence[float], None] = None, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, negative_prompt: Optional[str] = None,
+                 height: Optional[int] = None, width: Optional[int] = None, h_div_w: Optional[float] = None,
+                 pn: Optional[str] = None, use_kv_cache: bool = True, preview: bool = False,
+                 callback: Optional[Callable[[ScaleEvent], None]] = None,
+                 should_stop: Optional[Callable[[], bool]] = None,
+                 text_features=None) -> GenerationResult:
+        c = self.cfg
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt is empty")
+        schedule = schedule_for(c, height, width, h_div_w, pn)
+        n = len(schedule.scales)
+        cfgs = per_scale(c.default_cfg if cfg is None else cfg, n, "cfg")
+        taus = per_scale(c.default_tau if tau is None else tau, n, "tau")
+        top_k = c.default_top_k if top_k is None else int(top_k)
+        top_p = c.default_top_p if top_p is None else float(top_p)
+        if any(t <= 0 for t in taus):
+            raise ValueError("tau must be > 0")
+        use_cfg = any(g != 1.0 for g in cfgs)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        rng = torch.Generator(device=self.device).manual_seed(int(seed))
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        timings = {"scales_s": []}
+        t_start = time.perf_counter()
+
+        # text
+        if text_features is None:
+            feats, mask = self.encode_text(prompt, negative_prompt, use_cfg)
+        else:
+            feats, mask = text_features
+        self._sync()
+        timings["text_encoder_s"] = time.perf_counter() - t_start
+
+        m = self.model
+        B = feats.shape[0]
+        cond_BD, cond_gss, text_kv = m.encode_condition(feats.to(self.device), mask.to(self.device))
+        rope = rope_tables(schedule, c.head_dim, self.device)
+        offsets, counts = schedule.offsets(), schedule.token_counts
+        caches = None
+        if use_kv_cache:
+            caches = [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device)
+                      for _ in range(c.depth)]
+        final = latent_size(schedule.scales[-1], c)
+        summed = torch.zeros(1, c.vae.codebook_dim, *final, device=self.device)
+        x = cond_BD.unsqueeze(1) + m.pos_start.float()
+        seq_inputs, all_bits = [], []
+        total_tokens = schedule.total_tokens
+        for si, (h, w) in enumerate(schedule.scales):
+            t0 = time.perf_counter()
+            off, L = offsets[si], counts[si]
+            xs = m.embed_scale(x, si)
+            if caches is not None:
+                out = m.run_blocks(xs, cond_gss, text_kv, mask.to(self.device), rope[:, off:off + L],
+                                   caches=caches, start=off, store=si < n - 1)
+            else:   # reference path: recompute every earlier scale with the block-causal mask
+                seq_inputs.append(xs)
+                sub = ScaleSchedule(schedule.scales[:si + 1], schedule.rope_grid)
+                out = m.run_blocks(torch.cat(seq_inputs, 1), cond_gss, text_kv, mask.to(self.device),
+                                   rope[:, :off + L], attn_mask=block_causal_mask(sub, self.device))[:, off:]
+            logits = m.logits(out, cond_BD) / taus[si]
+            if use_cfg:
+                logits = cfgs[si] * logits[:1] + (1 - cfgs[si]) * logits[1:]
+            bits = sample_top_k_top_p(logits.reshape(-1, 2), top_k, top_p, rng).view(1, h, w, c.d_vae).to(torch.uint8)
+            all_bits.append(bits[0].cpu())
+            codes = bits_to_latent(bits, c)
+            summed = summed + (codes if codes.shape[-2:] == final else upsample_codes(codes, final))
+            if si < n - 1:
+                nxt = upsample_codes(summed, latent_size(schedule.scales[si + 1], c))
+                x = F.linear(latent_to_tokens(nxt, c).to(self.dtype), m.word_embed.weight, m.word_embed.bias).float()
+                x = x.expand(B, -1, -1)
+            self._sync()
+            timings["scales_s"].append(time.perf_counter() - t0)
+            if callback is not None:
+                pv = self.decode(summed) if preview else None
+                done = offsets[si] + counts[si]
+                callback(ScaleEvent(si, n, done / total_tokens, time.perf_counter() - t_start, pv))
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled(f"cancelled after scale {si + 1}/{n}")
+
+        t0 = time.perf_counter()
+        image = self.decode(summed)
+        self._sync()
+        timings["vae_decode_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        memory = {"weights": self.weight_bytes(),
+                  "kv_cache_bytes": sum(cc.nbytes for cc in caches) if caches else 0}
+        if self.device.type == "cuda":
+            memory["peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
+            memory["peak_reserved"] = torch.cuda.max_memory_reserved(self.device)
+            memory["current_allocated"] = torch.cuda.memory_allocated(self.device)
+        return GenerationResult(image, int(seed), all_bits, schedule, timings, memory)
+
+    @torch.no_grad()
+    def decode(self, summed_codes: torch.Tensor) -> np.ndarray:
+        return to_uint8(self.vae.decode(summed_codes))[0].cpu().numpy()

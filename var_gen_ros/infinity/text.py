@@ -1,0 +1,59 @@
+"""Text encoder: a T5 encoder (Flan-T5-XL for the official models) loaded from a local directory.
+
+Never reaches a model hub: `local_files_only=True` everywhere, and a missing file is named in the
+error before transformers is asked.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence, Tuple
+
+import torch
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+
+
+def check_text_encoder_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"text encoder directory not found: {path}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"text encoder config missing: {os.path.join(path, 'config.json')}")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
+        raise FileNotFoundError(f"text encoder weights missing in {path}: expected one of {', '.join(WEIGHT_FILES)}")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"tokenizer missing in {path}: expected one of {', '.join(TOKENIZER_FILES)}")
+
+
+class TextEncoder:
+    def __init__(self, tokenizer, model, max_length: int):
+        self.tokenizer, self.model, self.max_length = tokenizer, model, max_length
+
+    @classmethod
+    def from_dir(cls, path: str, device="cpu", dtype=torch.float32, max_length: int = 512) -> "TextEncoder":
+        check_text_encoder_dir(path)
+        from transformers import AutoTokenizer, T5EncoderModel
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = T5EncoderModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+        model.to(device).eval().requires_grad_(False)
+        return cls(tok, model, max_length)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, truncation=False)["input_ids"])
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """-> features (B, T, Ct5) float32 (last hidden state), mask (B, T) bool. T = longest prompt."""
+        tok = self.tokenizer(list(prompts), max_length=self.max_length, padding="longest", truncation=True,
+                             return_tensors="pt")
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        feats = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        return feats, mask.bool()
