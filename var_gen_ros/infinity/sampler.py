@@ -109,6 +109,10 @@ class Generator:
         self.device = torch.device(device)
         self.kv_cache_factory = kv_cache_factory or KVCache
         self.name = name or self.cfg.name
+        if text_encoder is not None:
+            width = text_encoder.model.config.d_model
+            if width != self.cfg.text_channels:
+                raise ValueError(f"text encoder width {width} != model text_channels {self.cfg.text_channels}")
 
     @classmethod
     def from_bundle(cls, path: str, device="cpu", dtype=torch.float32) -> "Generator":
