@@ -26,6 +26,7 @@ setup(
     entry_points={
         "console_scripts": [
             "var-gen = var_gen_ros.cli:main",
+            "gen_node = var_gen_ros.node:main",
         ],
     },
 )

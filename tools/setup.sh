@@ -14,4 +14,5 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
 fi
 "$VPY" -m pip install -q -r requirements.txt
 "$VPY" -m pip install -q --no-deps -e .
+./tools/build_interfaces.sh   # msg/ + action/ -> build/interfaces/install (colcon, from the wheels)
 echo "setup done: $("$VPY" -c 'import torch, rclpy; print("torch", torch.__version__, "| rclpy ok")')"

@@ -1,0 +1,29 @@
+"""ros2 launch var_gen_ros gen.launch.py [config:=...] [bundle:=...] [device:=...] [namespace:=...] [rviz:=true]"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("var_gen_ros")
+    config = LaunchConfiguration("config")
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "gen.yaml"),
+                              description="parameter file"),
+        DeclareLaunchArgument("bundle", default_value="", description="model bundle directory ('' = default)"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda[:N]"),
+        DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
+        DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/gen.rviz"),
+        Node(package="var_gen_ros", executable="gen_node", name="var_gen", namespace=LaunchConfiguration("namespace"),
+             output="screen",
+             parameters=[config, {"bundle_path": LaunchConfiguration("bundle"),
+                                  "device": LaunchConfiguration("device")}]),
+        Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+             arguments=["-d", os.path.join(share, "config", "gen.rviz")],
+             condition=IfCondition(LaunchConfiguration("rviz"))),
+    ])

@@ -1,0 +1,88 @@
+"""The ROS-free engine: queue, worker, cancel mid-generation, failures that do not stop serving."""
+import threading
+
+import numpy as np
+import pytest
+
+from var_gen_ros.engine import CANCELLED, DONE, FAILED, REJECTED, Engine, Listener, Request, RequestRejected
+from var_gen_ros.infinity import Generator
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_bundle):
+    return Generator.from_bundle(tiny_bundle)
+
+
+def test_generate_and_results_match_generator(gen):
+    eng = Engine(gen, queue_size=4)
+    try:
+        r = eng.submit(Request(prompt="a red circle", seed=3))
+        assert r.done_event.wait(60) and r.state == DONE
+        assert np.array_equal(r.result.image, gen.generate("a red circle", seed=3).image)
+        assert eng.stats.completed == 1 and eng.stats.last_latency_s > 0
+    finally:
+        eng.close()
+
+
+def test_cancel_mid_generation_is_deterministic(gen):
+    """The listener holds the worker after scale 1 until the cancel is issued: the request stops at
+    the next scale check, never producing later scales."""
+    at_scale, release = threading.Event(), threading.Event()
+    seen = []
+
+    class Hold(Listener):
+        def on_scale(self, req, ev):
+            seen.append(ev.index)
+            if ev.index == 0:
+                at_scale.set()
+                release.wait(10)
+
+    eng = Engine(gen)
+    try:
+        r = eng.submit(Request(prompt="a red circle", seed=1, listener=Hold()))
+        assert at_scale.wait(30)
+        assert eng.cancel(r.request_id)
+        release.set()
+        assert r.done_event.wait(30)
+        assert r.state == CANCELLED and seen == [0] and eng.stats.cancelled == 1
+        # and it keeps serving
+        r2 = eng.submit(Request(prompt="a red circle", seed=1))
+        assert r2.done_event.wait(60) and r2.state == DONE
+    finally:
+        eng.close()
+
+
+def test_rejections_and_queue_limits(gen):
+    eng = Engine(gen, queue_size=1, max_prompt_chars=50)
+    try:
+        for bad, why in [(Request(prompt=""), "empty"), (Request(prompt="x" * 51), "too long"),
+                         (Request(prompt="a", cfg=-1), "cfg"), (Request(prompt="a", width=64), "both"),
+                         (Request(prompt="a", width=64, height=64), "32x32|16x16")]:
+            with pytest.raises(RequestRejected, match=why):
+                eng.submit(bad)
+            assert bad.state == REJECTED and bad.done_event.is_set()
+        assert eng.stats.rejected == 5
+    finally:
+        eng.close()
+
+
+def test_failure_in_generation_fails_only_that_request(gen, monkeypatch):
+    eng = Engine(gen)
+    calls = {"n": 0}
+    real = gen.generate
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "generate", flaky)
+    try:
+        r1 = eng.submit(Request(prompt="a red circle"))
+        r2 = eng.submit(Request(prompt="a red circle", seed=2))
+        assert r1.done_event.wait(30) and r2.done_event.wait(60)
+        assert r1.state == FAILED and "out of GPU memory" in r1.error
+        assert r2.state == DONE and eng.stats.errors == 1
+    finally:
+        eng.close()

@@ -1,0 +1,42 @@
+"""The launch file: statically (names it uses exist), and through launch_ros where it is installed."""
+import ast
+import configparser
+import os
+import re
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch", "gen.launch.py")
+
+
+def test_launch_file_names_existing_things():
+    src = open(LAUNCH).read()
+    ast.parse(src)
+    setup = open(os.path.join(ROOT, "setup.py")).read()
+    for exe in re.findall(r'executable="([^"]+)"', src):
+        if exe == "rviz2":
+            continue
+        assert re.search(rf'"{exe} = var_gen_ros\.node:main"', setup), f"console script {exe} missing"
+    for rel in re.findall(r'"config", "([^"]+)"', src):
+        assert os.path.isfile(os.path.join(ROOT, "config", rel)), rel
+    # setup.py installs launch/ and config/ into share/var_gen_ros
+    assert 'glob("launch/*.launch.py")' in setup and 'glob("config/*.yaml")' in setup
+
+
+def test_param_file_declares_only_known_parameters():
+    params = yaml.safe_load(open(os.path.join(ROOT, "config", "gen.yaml")))["/**"]["ros__parameters"]
+    node_src = open(os.path.join(ROOT, "var_gen_ros", "node.py")).read()
+    declared = set(re.findall(r'P\("([a-z_]+)"', node_src))
+    assert set(params) == declared
+
+
+def test_launch_description_with_launch_ros():
+    pytest.importorskip("launch_ros", reason="launch_ros is not on PyPI; runs on a ROS 2 install")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gen_launch", LAUNCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ld = mod.generate_launch_description()
+    assert len(ld.entities) >= 6

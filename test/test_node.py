@@ -1,0 +1,190 @@
+"""gen_node with the real rclpy (Fast DDS): started as a separate process with standard --ros-args,
+exactly as `ros2 launch` runs it, and driven by a second node in this process."""
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="ROS 2 rclpy wheels not installed")
+try:
+    from var_gen_ros import interfaces
+    msg_pkg, action_pkg = interfaces.load()
+except ImportError as e:   # pragma: no cover - only without tools/build_interfaces.sh
+    pytest.skip(f"var_gen_ros_interfaces not built: {e}", allow_module_level=True)
+
+from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from diagnostic_msgs.msg import DiagnosticArray
+
+from var_gen_ros.ros_conversions import from_image_msg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+@pytest.fixture(scope="module")
+def node_bundle(tmp_path_factory):
+    """Wider than the tiny test model (6 scales, 32x32, ~0.3 s per image on a CPU) so that a cancel
+    sent after the first feedback arrives while later scales are still running."""
+    import dataclasses
+    from var_gen_ros.infinity import tiny_config
+    from var_gen_ros.infinity.tiny import make_random_bundle
+    base = tiny_config()
+    cfg = dataclasses.replace(base, name="tiny_node", depth=8, block_chunks=4, embed_dim=512, num_heads=8,
+                              custom_scales=[(1, 1), (2, 2), (3, 3), (4, 4), (6, 6), (8, 8)])
+    return make_random_bundle(str(tmp_path_factory.mktemp("node_bundle")), cfg, seed=2)
+
+
+@pytest.fixture(scope="module")
+def running_node(node_bundle):
+    ns = "/t" + uuid.uuid4().hex[:8]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "var_gen_ros.node", "--ros-args", "--params-file", os.path.join(ROOT, "config", "gen.yaml"),
+         "-p", f"bundle_path:={node_bundle}", "-p", "device:=cpu", "-p", "seed:=1234", "-p", "cfg:=3.0",
+         "-p", "frame_id:=gen_cam", "-p", "diagnostics_period:=0.2", "-r", f"__ns:={ns}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rclpy.init()
+    node = rclpy.create_node("tester_" + uuid.uuid4().hex[:6])
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    yield ns, node, proc
+    ex.shutdown()
+    node.destroy_node()
+    rclpy.try_shutdown()
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _wait(pred, timeout=60.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _wait_for_subscribers(pub, timeout=60.0):
+    assert _wait(lambda: pub.get_subscription_count() > 0, timeout), "gen_node did not come up"
+
+
+def test_prompt_topic_publishes_exact_image(running_node, node_bundle):
+    ns, node, proc = running_node
+    images, compressed, previews, statuses = [], [], [], []
+    node.create_subscription(Image, f"{ns}/var_gen/image", images.append, QOS)
+    node.create_subscription(CompressedImage, f"{ns}/var_gen/image/compressed", compressed.append, QOS)
+    node.create_subscription(Image, f"{ns}/var_gen/preview", previews.append, QOS)
+    node.create_subscription(msg_pkg.GenerationStatus, f"{ns}/var_gen/status", statuses.append, QOS)
+    pub = node.create_publisher(String, f"{ns}/var_gen/prompt", QOS)
+    _wait_for_subscribers(pub)
+    time.sleep(0.5)
+    pub.publish(String(data="two small red circles on a blue background"))
+    assert _wait(lambda: images and compressed), "no image received"
+    img = images[0]
+    assert (img.width, img.height, img.encoding, img.step) == (32, 32, "rgb8", 96)
+    assert img.header.frame_id == "gen_cam"
+    got = from_image_msg(img)
+    from var_gen_ros.infinity import Generator
+    ref = Generator.from_bundle(node_bundle).generate("two small red circles on a blue background", seed=1234, cfg=3.0)
+    assert np.array_equal(got, ref.image)
+    import cv2
+    dec = cv2.imdecode(np.frombuffer(bytes(compressed[0].data), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert compressed[0].format == "png" and np.array_equal(dec, ref.image)     # png is lossless
+    assert len(previews) == 6 and np.array_equal(from_image_msg(previews[-1]), ref.image)
+    assert _wait(lambda: any(s.state_name == "DONE" for s in statuses))
+    done = [s for s in statuses if s.state_name == "DONE"][0]
+    assert done.seed == 1234 and done.total_s > 0 and done.total_scales == 6
+    assert [s.state_name for s in statuses][0] == "QUEUED"
+
+
+def test_bad_input_reported_and_node_keeps_serving(running_node):
+    ns, node, proc = running_node
+    statuses, images = [], []
+    node.create_subscription(msg_pkg.GenerationStatus, f"{ns}/var_gen/status", statuses.append, QOS)
+    node.create_subscription(Image, f"{ns}/var_gen/image", images.append, QOS)
+    pub = node.create_publisher(msg_pkg.GenerateCommand, f"{ns}/var_gen/command", QOS)
+    _wait_for_subscribers(pub)
+    time.sleep(0.5)
+    pub.publish(msg_pkg.GenerateCommand(request_id="empty", prompt="   "))
+    pub.publish(msg_pkg.GenerateCommand(request_id="huge", prompt="red " * 5000))
+    pub.publish(msg_pkg.GenerateCommand(request_id="badsize", prompt="a red circle", width=64, height=64))
+    pub.publish(msg_pkg.GenerateCommand(request_id="verb", verb="explode", prompt="x"))
+    pub.publish(msg_pkg.GenerateCommand(request_id="good", prompt="a red circle", seed=5))
+    assert _wait(lambda: any(s.request_id == "good" and s.state_name == "DONE" for s in statuses))
+    by_id = {s.request_id: s for s in statuses if s.state_name in ("REJECTED", "DONE")}
+    assert "empty prompt" in by_id["empty"].error
+    assert "too long" in by_id["huge"].error
+    assert "32x32" in by_id["badsize"].error
+    assert "unknown verb" in by_id["verb"].error
+    assert by_id["good"].seed == 5
+
+
+def test_action_feedback_per_scale_and_result(running_node):
+    ns, node, proc = running_node
+    client = ActionClient(node, action_pkg.Generate, f"{ns}/var_gen/generate")
+    assert client.wait_for_server(timeout_sec=60)
+    feedback = []
+    goal = action_pkg.Generate.Goal(prompt="a blue square", seed=9, preview=True)
+    fut = client.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback))
+    assert _wait(fut.done)
+    handle = fut.result()
+    assert handle.accepted
+    rf = handle.get_result_async()
+    assert _wait(rf.done)
+    res = rf.result().result
+    assert res.success and res.seed == 9 and res.error == ""
+    assert (res.image.width, res.image.height, res.image.step) == (32, 32, 96)
+    assert [f.scale_index for f in feedback] == [1, 2, 3, 4, 5, 6]
+    assert all(f.total_scales == 6 and f.has_preview for f in feedback)
+    assert np.array_equal(from_image_msg(feedback[-1].preview), from_image_msg(res.image))
+
+
+def test_action_cancel_mid_generation(running_node):
+    """Cancelled after its first feedback: stops at the next scale, result CANCELED."""
+    ns, node, proc = running_node
+    client = ActionClient(node, action_pkg.Generate, f"{ns}/var_gen/generate")
+    assert client.wait_for_server(timeout_sec=60)
+    feedback = []
+    # previews make every scale do a VAE decode too, so there is time to cancel between scales
+    goal = action_pkg.Generate.Goal(prompt="a blue square " * 3, seed=1, preview=True)
+    fut = client.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback))
+    assert _wait(fut.done)
+    handle = fut.result()
+    assert _wait(lambda: len(feedback) >= 1)
+    handle.cancel_goal_async()
+    rf = handle.get_result_async()
+    assert _wait(rf.done)
+    from action_msgs.msg import GoalStatus
+    res = rf.result()
+    if res.status == GoalStatus.STATUS_SUCCEEDED:
+        pytest.fail("generation finished before the cancel arrived (feedback: %d)" % len(feedback))
+    assert res.status == GoalStatus.STATUS_CANCELED
+    assert not res.result.success and "cancel" in res.result.error
+    assert len(feedback) < 6
+
+
+def test_diagnostics(running_node):
+    ns, node, proc = running_node
+    diags = []
+    node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, QOS)
+    assert _wait(lambda: any(st.name.startswith(f"{ns}/var_gen") for d in diags for st in d.status))
+    st = [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")][-1]
+    kv = {v.key: v.value for v in st.values}
+    for key in ("model", "quantization", "device", "last_latency_s", "peak_gpu_memory_bytes", "kv_cache_bytes",
+                "queue_depth", "error_count"):
+        assert key in kv
+    assert kv["device"] == "cpu"

@@ -1,0 +1,258 @@
+"""The ROS-free serving engine: one Generator, a bounded request queue, one worker thread.
+
+The node (and anything else) submits `Request`s and listens to `Listener` callbacks. Bad input is
+rejected with a reason before it is queued; a failure inside generation (including a CUDA
+out-of-memory) fails that request only, and the worker keeps serving.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Optional
+
+import numpy as np
+
+from .infinity.sampler import GenerationCancelled, GenerationResult, Generator, ScaleEvent
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, REJECTED = range(6)
+STATE_NAMES = ["QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED", "REJECTED"]
+
+
+class RequestRejected(ValueError):
+    """The request is not queued; the message says why."""
+
+
+@dataclass
+class Request:
+    prompt: str
+    request_id: str = ""
+    negative_prompt: Optional[str] = None
+    seed: Optional[int] = None
+    cfg: Optional[float] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    aspect_ratio: Optional[float] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    preview: bool = False
+    listener: Optional["Listener"] = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    done_event: threading.Event = field(default_factory=threading.Event)
+    state: int = QUEUED
+    error: str = ""
+    result: Optional[GenerationResult] = None
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+class Listener:
+    """Override what you need. Called from the worker thread."""
+
+    def on_state(self, req: Request) -> None: ...
+
+    def on_scale(self, req: Request, ev: ScaleEvent) -> None: ...
+
+
+@dataclass
+class EngineStats:
+    completed: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    last_latency_s: float = 0.0
+    last_peak_memory: int = 0
+    last_kv_cache_bytes: int = 0
+    last_error: str = ""
+
+
+class Engine:
+    def __init__(self, generator: Generator, queue_size: int = 4, max_prompt_chars: int = 2000,
+                 listener: Optional[Listener] = None):
+        self.generator = generator
+        self.queue_size = queue_size
+        self.max_prompt_chars = max_prompt_chars
+        self.listener = listener or Listener()
+        self.stats = EngineStats()
+        self._queue: Deque[Request] = collections.deque()
+        self._cv = threading.Condition()
+        self._current: Optional[Request] = None
+        self._stop = False
+        self._worker = threading.Thread(target=self._run, name="var_gen_worker", daemon=True)
+        self._worker.start()
+
+    # ---------------------------------------------------------------- API
+    def submit(self, req: Request) -> Request:
+        if not req.request_id:
+            req.request_id = uuid.uuid4().hex[:12]
+        try:
+            self._validate(req)
+        except RequestRejected as e:
+            req.state, req.error = REJECTED, str(e)
+            self.stats.rejected += 1
+            self._notify(req)
+            req.done_event.set()
+            raise
+        with self._cv:
+            if len(self._queue) >= self.queue_size:
+                req.state, req.error = REJECTED, f"queue full ({self.queue_size} waiting)"
+                self.stats.rejected += 1
+            else:
+                self._queue.append(req)
+                self._cv.notify()
+        self._notify(req)
+        if req.state == REJECTED:
+            req.done_event.set()
+            raise RequestRejected(req.error)
+        return req
+
+    def cancel(self, request_id: str = "") -> bool:
+        """Cancel a queued request, or the running one (it stops after its current scale).
+        An empty id means the running request."""
+        with self._cv:
+            cur = self._current
+            if cur is not None and (not request_id or cur.request_id == request_id):
+                cur.cancel_event.set()
+                return True
+            for r in list(self._queue):
+                if r.request_id == request_id:
+                    self._queue.remove(r)
+                    self._finish(r, CANCELLED, "cancelled while queued")
+                    return True
+        return False
+
+    def clear_queue(self) -> int:
+        with self._cv:
+            dropped = list(self._queue)
+            self._queue.clear()
+        for r in dropped:
+            self._finish(r, CANCELLED, "queue cleared")
+        return len(dropped)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def current(self) -> Optional[Request]:
+        return self._current
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.clear_queue()
+        with self._cv:
+            self._stop = True
+            if self._current is not None:
+                self._current.cancel_event.set()
+            self._cv.notify_all()
+        self._worker.join(timeout)
+
+    # ---------------------------------------------------------------- internals
+    def _validate(self, req: Request) -> None:
+        if not isinstance(req.prompt, str) or not req.prompt.strip():
+            raise RequestRejected("empty prompt")
+        if len(req.prompt) > self.max_prompt_chars:
+            raise RequestRejected(f"prompt too long: {len(req.prompt)} characters > max_prompt_chars "
+                                  f"{self.max_prompt_chars}")
+        if req.cfg is not None and not (0.0 < req.cfg <= 30.0):
+            raise RequestRejected(f"cfg {req.cfg} outside (0, 30]")
+        if req.top_p is not None and not (0.0 <= req.top_p <= 1.0):
+            raise RequestRejected(f"top_p {req.top_p} outside [0, 1]")
+        if req.aspect_ratio is not None and not (0.2 <= req.aspect_ratio <= 5.0):
+            raise RequestRejected(f"aspect_ratio {req.aspect_ratio} outside [0.2, 5]")
+        for name in ("width", "height"):
+            v = getattr(req, name)
+            if v is not None and not (16 <= v <= 4096):
+                raise RequestRejected(f"{name} {v} outside [16, 4096]")
+        if (req.width is None) != (req.height is None):
+            raise RequestRejected("give both width and height, or neither")
+        # resolution must be one the model can make: ask the schedule picker now, not in the worker
+        from .infinity.config import schedule_for
+        try:
+            schedule_for(self.generator.cfg, req.height, req.width, req.aspect_ratio)
+        except ValueError as e:
+            raise RequestRejected(str(e)) from None
+
+    def _notify(self, req: Request) -> None:
+        for lst in (self.listener, req.listener):
+            if lst is not None:
+                try:
+                    lst.on_state(req)
+                except Exception:   # a broken listener must not stop the worker
+                    pass
+
+    def _finish(self, req: Request, state: int, error: str = "") -> None:
+        req.state, req.error = state, error
+        if state == FAILED:
+            self.stats.errors += 1
+            self.stats.last_error = error
+        elif state == CANCELLED:
+            self.stats.cancelled += 1
+        self._notify(req)
+        req.done_event.set()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                req = self._queue.popleft()
+                self._current = req
+            req.state = RUNNING
+            self._notify(req)
+            try:
+                res = self._generate(req)
+            except GenerationCancelled as e:
+                self._finish(req, CANCELLED, str(e))
+            except Exception as e:   # OOM, bad weights, ...: fail this request, keep serving
+                msg = f"{type(e).__name__}: {e}"
+                if _is_oom(e):
+                    msg = f"out of GPU memory: {e}"
+                    _free_cuda_cache()
+                self._finish(req, FAILED, msg[:2000])
+            else:
+                req.result = res
+                self.stats.completed += 1
+                self.stats.last_latency_s = res.timings.get("total_s", 0.0)
+                self.stats.last_peak_memory = int(res.memory.get("peak_allocated", 0))
+                self.stats.last_kv_cache_bytes = int(res.memory.get("kv_cache_bytes", 0))
+                self._finish(req, DONE)
+            finally:
+                with self._cv:
+                    self._current = None
+
+    def _generate(self, req: Request) -> GenerationResult:
+        def on_scale(ev: ScaleEvent):
+            for lst in (self.listener, req.listener):
+                if lst is not None:
+                    try:
+                        lst.on_scale(req, ev)
+                    except Exception:
+                        pass
+        if req.cancel_event.is_set():
+            raise GenerationCancelled("cancelled before start")
+        return self.generator.generate(
+            req.prompt, seed=req.seed, cfg=req.cfg, negative_prompt=req.negative_prompt or None,
+            height=req.height, width=req.width, h_div_w=req.aspect_ratio, top_k=req.top_k, top_p=req.top_p,
+            preview=req.preview, callback=on_scale, should_stop=req.cancel_event.is_set)
+
+
+def _is_oom(e: Exception) -> bool:
+    try:
+        import torch
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            return True
+    except Exception:
+        pass
+    return "out of memory" in str(e).lower()
+
+
+def _free_cuda_cache() -> None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass

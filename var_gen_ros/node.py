@@ -1,0 +1,321 @@
+"""gen_node: the ROS 2 face of the engine. Thin: parameters, topics, the action, diagnostics.
+
+Started by `ros2 launch var_gen_ros gen.launch.py`, or directly:
+    gen_node --ros-args --params-file config/gen.yaml -p bundle_path:=<dir>
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+
+from . import interfaces
+from .engine import CANCELLED, DONE, FAILED, STATE_NAMES, Engine, Listener, Request, RequestRejected
+from .ros_conversions import to_compressed_msg, to_image_msg
+
+msg_pkg, action_pkg = interfaces.load()
+GenerateCommand, GenerationStatus = msg_pkg.GenerateCommand, msg_pkg.GenerationStatus
+Generate = action_pkg.Generate
+
+# rviz2's Image display subscribes reliable + volatile; a small depth keeps late, large images from
+# piling up in the middleware when a subscriber is slow (each 1024² frame is 3 MB).
+IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache"}
+CHOICES = {"dtype": ("fp32", "bf16", "fp16"), "quantization": ("bf16", "w4a4"), "kv_cache": ("bf16", "int8"),
+           "compressed_format": ("png", "jpeg")}
+
+
+def _desc(text, read_only=False, int_range=None, float_range=None):
+    d = ParameterDescriptor(description=text, read_only=read_only)
+    if int_range:
+        d.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
+    if float_range:
+        d.floating_point_range = [FloatingPointRange(from_value=float(float_range[0]), to_value=float(float_range[1]),
+                                                     step=0.0)]
+    return d
+
+
+class GenNode(Node):
+    def __init__(self):
+        super().__init__("var_gen")
+        P = self.declare_parameter
+        P("bundle_path", "", _desc("model bundle directory; empty = the embedded default model", True))
+        P("device", "auto", _desc("auto | cpu | cuda | cuda:N", True))
+        P("dtype", "fp32", _desc("weights/compute dtype: fp32 | bf16 | fp16", True))
+        P("quantization", "bf16", _desc("bf16 (unquantized) | w4a4 (SVDQuant)", True))
+        P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8", True))
+        P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
+        P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
+        P("cfg", 3.0, _desc("classifier-free guidance scale", float_range=(0.0, 30.0)))
+        P("seed", -1, _desc("default seed; -1 = random per request", int_range=(-1, 2 ** 31 - 1)))
+        P("queue_size", 4, _desc("requests waiting at most (the running one not counted)", int_range=(1, 64)))
+        P("max_prompt_chars", 2000, _desc("longer prompts are rejected", int_range=(1, 100000)))
+        P("frame_id", "var_gen", _desc("header.frame_id of published images"))
+        P("publish_previews", True, _desc("publish ~/preview after every scale for every request"))
+        P("compressed_format", "png", _desc("~/image/compressed encoding: png | jpeg"))
+        P("diagnostics_period", 1.0, _desc("seconds between /diagnostics messages", float_range=(0.1, 60.0)))
+        self._validate_all()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        gen = self._load_generator()
+        self.engine = Engine(gen, queue_size=self.p("queue_size"), max_prompt_chars=self.p("max_prompt_chars"),
+                             listener=_NodeListener(self))
+        cb = ReentrantCallbackGroup()
+        self.pub_image = self.create_publisher(Image, "~/image", IMAGE_QOS)
+        self.pub_compressed = self.create_publisher(CompressedImage, "~/image/compressed", IMAGE_QOS)
+        self.pub_preview = self.create_publisher(Image, "~/preview", IMAGE_QOS)
+        self.pub_status = self.create_publisher(GenerationStatus, "~/status", STATUS_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(String, "~/prompt", self._on_prompt, 10, callback_group=cb)
+        self.create_subscription(GenerateCommand, "~/command", self._on_command, 10, callback_group=cb)
+        self._action = ActionServer(self, Generate, "~/generate", execute_callback=self._execute,
+                                    goal_callback=lambda g: GoalResponse.ACCEPT,
+                                    cancel_callback=lambda h: CancelResponse.ACCEPT, callback_group=cb)
+        self._diag_timer = self.create_timer(self.p("diagnostics_period"), self._publish_diagnostics)
+        self.get_logger().info(f"ready: model {gen.name} on {gen.device} ({gen.dtype}), "
+                               f"{gen.cfg.num_params() / 1e6:.1f}M transformer parameters")
+
+    # ---------------------------------------------------------------- parameters
+    def p(self, name):
+        return self.get_parameter(name).value
+
+    def _check(self, name, value) -> str:
+        if name in CHOICES and value not in CHOICES[name]:
+            return f"{name} must be one of {CHOICES[name]}, got {value!r}"
+        if name == "device" and not (value in ("auto", "cpu") or str(value).startswith("cuda")):
+            return f"device must be auto, cpu or cuda[:N], got {value!r}"
+        if name == "quantization" and value == "w4a4":
+            return "quantization 'w4a4' is not in this build yet (issue 4: var_gen_ros.quant)"
+        if name == "kv_cache" and value == "int8":
+            return "kv_cache 'int8' is not in this build yet (issue 4: Int8KVCache)"
+        return ""
+
+    def _validate_all(self):
+        for name in CHOICES.keys() | {"device"}:
+            err = self._check(name, self.p(name))
+            if err:
+                raise ValueError(err)
+
+    def _on_set_parameters(self, params):
+        for prm in params:
+            if prm.name in READ_ONLY:
+                return SetParametersResult(successful=False, reason=f"{prm.name} is fixed at start-up")
+            err = self._check(prm.name, prm.value)
+            if err:
+                return SetParametersResult(successful=False, reason=err)
+            if prm.name == "queue_size":
+                self.engine.queue_size = int(prm.value)
+            if prm.name == "max_prompt_chars":
+                self.engine.max_prompt_chars = int(prm.value)
+        return SetParametersResult(successful=True)
+
+    def _load_generator(self):
+        import torch
+        from .cli import DTYPES, default_bundle_path, resolve_device
+        from .infinity import Generator
+        path = self.p("bundle_path") or default_bundle_path()
+        device = resolve_device(self.p("device"))
+        return Generator.from_bundle(path, device=device, dtype=DTYPES[self.p("dtype")])
+
+    # ---------------------------------------------------------------- inputs
+    def _defaults(self, req: Request) -> Request:
+        if req.seed is None and self.p("seed") >= 0:
+            req.seed = self.p("seed")
+        if req.cfg is None:
+            req.cfg = self.p("cfg")
+        if req.width is None and req.height is None and req.aspect_ratio is None and self.p("width") and self.p("height"):
+            req.width, req.height = self.p("width"), self.p("height")
+        req.preview = req.preview or self.p("publish_previews")
+        return req
+
+    def _on_prompt(self, msg: String):
+        try:
+            self.engine.submit(self._defaults(Request(prompt=msg.data)))
+        except RequestRejected as e:
+            self.get_logger().warning(f"prompt rejected: {e}")
+
+    def _on_command(self, msg: GenerateCommand):
+        verb = (msg.verb or "generate").strip().lower()
+        if verb == "cancel":
+            ok = self.engine.cancel(msg.request_id)
+            self.get_logger().info(f"cancel {msg.request_id or '(running)'}: {'done' if ok else 'nothing to cancel'}")
+            return
+        if verb == "clear_queue":
+            self.get_logger().info(f"cleared {self.engine.clear_queue()} queued request(s)")
+            return
+        if verb != "generate":
+            self._publish_status_raw(msg.request_id, 5, f"unknown verb {msg.verb!r} (generate | cancel | clear_queue)",
+                                     msg.prompt)
+            return
+        try:
+            self.engine.submit(self._defaults(request_from_fields(msg)))
+        except RequestRejected as e:
+            self.get_logger().warning(f"command rejected: {e}")
+
+    # ---------------------------------------------------------------- action
+    def _execute(self, goal_handle):
+        done = threading.Event()
+        node = self
+
+        class ActionListener(Listener):
+            def on_scale(self, req, ev):
+                fb = Generate.Feedback(scale_index=ev.index + 1, total_scales=ev.total, progress=float(ev.progress),
+                                       elapsed_s=float(ev.elapsed_s), has_preview=ev.preview is not None)
+                if ev.preview is not None:
+                    fb.preview = to_image_msg(ev.preview, node._header())
+                goal_handle.publish_feedback(fb)
+
+        req = request_from_fields(goal_handle.request)
+        req.listener = ActionListener()
+        req = self._defaults(req)
+        req.preview = bool(goal_handle.request.preview)
+        result = Generate.Result(request_id=req.request_id)
+        try:
+            self.engine.submit(req)
+        except RequestRejected as e:
+            result.success, result.error, result.request_id = False, str(e), req.request_id
+            goal_handle.abort()
+            return result
+        result.request_id = req.request_id
+        while not req.done_event.wait(0.05):
+            if goal_handle.is_cancel_requested:
+                self.engine.cancel(req.request_id)
+        result.success = req.state == DONE
+        result.error = req.error
+        if req.state == DONE:
+            r = req.result
+            result.image = to_image_msg(r.image, self._header())
+            result.seed = r.seed
+            _fill_timings(result, r)
+            goal_handle.succeed()
+        elif req.state == CANCELLED and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        return result
+
+    # ---------------------------------------------------------------- outputs
+    def _header(self) -> Header:
+        return Header(stamp=self.get_clock().now().to_msg(), frame_id=self.p("frame_id"))
+
+    def publish_result(self, req: Request):
+        hdr = self._header()
+        self.pub_image.publish(to_image_msg(req.result.image, hdr))
+        try:
+            self.pub_compressed.publish(to_compressed_msg(req.result.image, hdr, self.p("compressed_format")))
+        except Exception as e:
+            self.get_logger().error(f"compressed image: {e}")
+
+    def publish_status(self, req: Request, ev=None):
+        st = GenerationStatus(header=self._header(), request_id=req.request_id, state=req.state,
+                              state_name=STATE_NAMES[req.state], error=req.error, prompt=req.prompt[:500],
+                              queue_depth=self.engine.queue_depth)
+        if ev is not None:
+            st.scale_index, st.total_scales = ev.index + 1, ev.total
+            st.progress, st.elapsed_s = float(ev.progress), float(ev.elapsed_s)
+        if req.result is not None:
+            r = req.result
+            st.seed = r.seed
+            st.scale_index = st.total_scales = len(r.schedule.scales)
+            st.progress = 1.0
+            _fill_timings(st, r)
+            st.kv_cache_bytes = int(r.memory.get("kv_cache_bytes", 0))
+        self.pub_status.publish(st)
+
+    def _publish_status_raw(self, request_id, state, error, prompt=""):
+        self.pub_status.publish(GenerationStatus(header=self._header(), request_id=request_id, state=state,
+                                                 state_name=STATE_NAMES[state], error=error, prompt=prompt[:500],
+                                                 queue_depth=self.engine.queue_depth))
+
+    def _publish_diagnostics(self):
+        import torch
+        g, s = self.engine.generator, self.engine.stats
+        level = DiagnosticStatus.OK if not s.errors else DiagnosticStatus.WARN
+        values = {
+            "model": g.name, "device": str(g.device), "dtype": str(g.dtype).replace("torch.", ""),
+            "quantization": self.p("quantization"), "kv_cache": self.p("kv_cache"),
+            "kernels": "pytorch reference",
+            "queue_depth": self.engine.queue_depth, "running": self.engine.current is not None,
+            "completed": s.completed, "error_count": s.errors, "cancelled": s.cancelled, "rejected": s.rejected,
+            "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,
+            "kv_cache_bytes": s.last_kv_cache_bytes, "peak_gpu_memory_bytes": s.last_peak_memory,
+            "weights_bytes": sum(g.weight_bytes().values()),
+        }
+        if g.device.type == "cuda":
+            values["current_gpu_memory_bytes"] = torch.cuda.memory_allocated(g.device)
+        st = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: generator",
+                              message="errors seen" if s.errors else "ok", hardware_id=str(g.device),
+                              values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        self.pub_diag.publish(DiagnosticArray(header=self._header(), status=[st]))
+
+
+class _NodeListener(Listener):
+    def __init__(self, node: GenNode):
+        self.node = node
+
+    def on_state(self, req):
+        if req.state == DONE:
+            self.node.publish_result(req)
+        self.node.publish_status(req)
+
+    def on_scale(self, req, ev):
+        if ev.preview is not None:
+            self.node.pub_preview.publish(to_image_msg(ev.preview, self.node._header()))
+        self.node.publish_status(req, ev)
+
+
+def request_from_fields(m) -> Request:
+    """GenerateCommand or Generate.Goal -> Request (sentinels mean 'use the default')."""
+    return Request(prompt=m.prompt, request_id=m.request_id, negative_prompt=m.negative_prompt or None,
+                   seed=None if m.seed < 0 else int(m.seed), cfg=None if m.cfg <= 0 else float(m.cfg),
+                   width=int(m.width) or None, height=int(m.height) or None,
+                   aspect_ratio=float(m.aspect_ratio) if m.aspect_ratio > 0 else None,
+                   top_k=None if m.top_k < 0 else int(m.top_k), top_p=None if m.top_p < 0 else float(m.top_p),
+                   preview=bool(m.preview))
+
+
+def _fill_timings(msg, r):
+    msg.text_encoder_s = float(r.timings.get("text_encoder_s", 0.0))
+    msg.transformer_s = float(sum(r.timings.get("scales_s", [])))
+    msg.vae_decode_s = float(r.timings.get("vae_decode_s", 0.0))
+    msg.total_s = float(r.timings.get("total_s", 0.0))
+    msg.peak_memory_bytes = int(r.memory.get("peak_allocated", 0))
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    try:
+        node = GenNode()
+    except Exception as e:
+        print(f"gen_node: cannot start: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    ex = MultiThreadedExecutor(num_threads=4)
+    ex.add_node(node)
+    try:
+        ex.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.engine.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
