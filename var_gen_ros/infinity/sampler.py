@@ -184,7 +184,8 @@ class Generator:
 
         m = self.model
         B = feats.shape[0]
-        cond_BD, cond_gss, text_kv = m.encode_condition(feats.to(self.device), mask.to(self.device))
+        feats, mask = feats.to(self.device), mask.to(self.device)
+        cond_BD, cond_gss, text_kv = m.encode_condition(feats, mask)
         rope = rope_tables(schedule, c.head_dim, self.device)
         offsets, counts = schedule.offsets(), schedule.token_counts
         caches = None
@@ -201,12 +202,12 @@ class Generator:
             off, L = offsets[si], counts[si]
             xs = m.embed_scale(x, si)
             if caches is not None:
-                out = m.run_blocks(xs, cond_gss, text_kv, mask.to(self.device), rope[:, off:off + L],
+                out = m.run_blocks(xs, cond_gss, text_kv, mask, rope[:, off:off + L],
                                    caches=caches, start=off, store=si < n - 1)
             else:   # reference path: recompute every earlier scale with the block-causal mask
                 seq_inputs.append(xs)
                 sub = ScaleSchedule(schedule.scales[:si + 1], schedule.rope_grid)
-                out = m.run_blocks(torch.cat(seq_inputs, 1), cond_gss, text_kv, mask.to(self.device),
+                out = m.run_blocks(torch.cat(seq_inputs, 1), cond_gss, text_kv, mask,
                                    rope[:, :off + L], attn_mask=block_causal_mask(sub, self.device))[:, off:]
             logits = m.logits(out, cond_BD) / taus[si]
             if use_cfg:
