@@ -14,5 +14,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
 fi
 "$VPY" -m pip install -q -r requirements.txt
 "$VPY" -m pip install -q --no-deps -e .
-./tools/build_interfaces.sh   # msg/ + action/ -> build/interfaces/install (colcon, from the wheels)
+# msg/ + action/ -> build/interfaces/install (colcon, from the wheels). Without them the node cannot
+# start and its tests skip with the reason; everything else still works, so do not stop here.
+./tools/build_interfaces.sh || echo "WARNING: var_gen_ros_interfaces not built (see above): gen_node and its tests are unavailable" >&2
 echo "setup done: $("$VPY" -c 'import torch, rclpy; print("torch", torch.__version__, "| rclpy ok")')"
