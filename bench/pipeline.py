@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -24,33 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from var_gen_ros.infinity import BSQVAE, Generator, Infinity, get_config   # noqa: E402
 from var_gen_ros.infinity.text import TextEncoder                          # noqa: E402
-from var_gen_ros.infinity.tiny import build_word_tokenizer                 # noqa: E402
+from var_gen_ros.cli import DTYPES                                         # noqa: E402
+from var_gen_ros.infinity.tiny import build_word_tokenizer, random_init_   # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # google/flan-t5-xl encoder (config.json of the released model)
 T5_XL = dict(d_model=2048, d_kv=64, num_heads=32, num_layers=24, d_ff=5120, vocab_size=32128,
              feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-
-
-@torch.no_grad()
-def random_fill_(module: torch.nn.Module, seed: int) -> None:
-    """Random weights in place on the module's device (fan-in scaled, so activations stay O(1))."""
-    g = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
-    for name, p in module.named_parameters():
-        if name.endswith("scale_mul_1H11"):
-            p.fill_(math.log(4.0))
-        elif p.ndim >= 2:
-            fan_in = p[0].numel()
-            p.normal_(0, 1 / math.sqrt(fan_in), generator=g)
-        elif "norm" in name and name.endswith("weight"):
-            p.fill_(1.0)
-        else:
-            p.normal_(0, 0.02, generator=g)
-    for name, b in module.named_buffers():
-        if name.endswith("zero_k_bias"):
-            b.zero_()
-        elif name.endswith("lfq.mask"):
-            b.copy_(2 ** torch.arange(b.numel() - 1, -1, -1, device=b.device))
 
 
 def build_text_encoder(device, dtype, tmp: str, seed: int) -> TextEncoder:
@@ -59,7 +37,7 @@ def build_text_encoder(device, dtype, tmp: str, seed: int) -> TextEncoder:
     with torch.device("meta"):
         model = T5EncoderModel(T5Config(**T5_XL))
     model = model.to(dtype).to_empty(device=device)
-    random_fill_(model, seed)
+    random_init_(model, seed)
     model.eval().requires_grad_(False)
     return TextEncoder(tok, model, max_length=512)
 
@@ -70,8 +48,8 @@ def build_generator(model_name: str, device: str, dtype: torch.dtype, seed: int 
         model, vae = Infinity(cfg), BSQVAE(cfg.vae)
     model = model.to(dtype).to_empty(device=device)
     vae = vae.to(dtype).to_empty(device=device)
-    random_fill_(model, seed)
-    random_fill_(vae, seed + 1)
+    random_init_(model, seed)
+    random_init_(vae, seed + 1)
     model.eval().requires_grad_(False)
     vae.eval().requires_grad_(False)
     te = build_text_encoder(device, dtype, tempfile.mkdtemp(), seed + 2)
@@ -81,7 +59,7 @@ def build_generator(model_name: str, device: str, dtype: torch.dtype, seed: int 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="infinity_8b")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--height", type=int, default=1024)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--cfg", type=float, default=3.0)

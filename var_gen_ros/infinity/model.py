@@ -204,12 +204,6 @@ class TextAttentivePool(nn.Module):
         return self.ca(None, self.ca.text_kv(text), text_mask).squeeze(1)
 
 
-class SharedAdaLin(nn.Linear):
-    def forward(self, cond_BD):
-        C = self.weight.shape[0] // 6
-        return super().forward(cond_BD).view(-1, 1, 6, C)
-
-
 class AdaLNBeforeHead(nn.Module):
     def __init__(self, C: int, D: int, eps: float):
         super().__init__()
@@ -238,7 +232,7 @@ class Infinity(nn.Module):
         self.lvl_embed = nn.Embedding(cfg.num_levels, C)
         nn.init.trunc_normal_(self.lvl_embed.weight, std=init_std)
         self.word_embed = nn.Linear(cfg.d_vae, C)
-        self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(D, 6 * C))
+        self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * C))   # applied in encode_condition
         per_chunk = cfg.depth // cfg.block_chunks
         blocks = [CrossAttnBlock(cfg) for _ in range(cfg.depth)]
         self.block_chunks = nn.ModuleList(MultipleLayers(blocks[i * per_chunk:(i + 1) * per_chunk])
@@ -281,6 +275,10 @@ class Infinity(nn.Module):
         h = self.head_nm(x.float(), cond_BD.float())
         return F.linear(h, self.head.weight.float(), self.head.bias.float())
 
+    def embed_words(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) bit codes -> (B, L, C) float32 inputs."""
+        return _linear(tokens, self.word_embed).float()
+
     def embed_scale(self, x: torch.Tensor, scale_index: int) -> torch.Tensor:
         return x.float() + self.lvl_embed.weight[scale_index].float()
 
@@ -300,7 +298,7 @@ class Infinity(nn.Module):
         cond_BD, cond_gss, text_kv = self.encode_condition(text, text_mask)
         B = text.shape[0]
         sos = cond_BD.unsqueeze(1) + self.pos_start.float()
-        x = torch.cat([sos, _linear(x_BLd, self.word_embed).float()], dim=1)
+        x = torch.cat([sos, self.embed_words(x_BLd)], dim=1)
         x = x + level_ids_embedding(self, schedule, x.device)
         rope = rope_tables(schedule, self.cfg.head_dim, x.device)
         mask = block_causal_mask(schedule, x.device)

@@ -218,7 +218,7 @@ class Generator:
             summed = summed + (codes if codes.shape[-2:] == final else upsample_codes(codes, final))
             if si < n - 1:
                 nxt = upsample_codes(summed, latent_size(schedule.scales[si + 1], c))
-                x = F.linear(latent_to_tokens(nxt, c).to(self.dtype), m.word_embed.weight, m.word_embed.bias).float()
+                x = m.embed_words(latent_to_tokens(nxt, c))
                 x = x.expand(B, -1, -1)
             self._sync()
             timings["scales_s"].append(time.perf_counter() - t0)

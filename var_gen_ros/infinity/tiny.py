@@ -58,19 +58,24 @@ def build_text_encoder_dir(out_dir: str, d_model: int, words=None, seed: int = 0
 
 
 def random_init_(model: torch.nn.Module, seed: int, std: float = 0.02) -> torch.nn.Module:
-    """Give every weight a random value so tests exercise all of it (the default inits leave AdaLN,
-    biases and norms at exact zeros/ones that hide wrong wiring)."""
-    g = torch.Generator().manual_seed(seed)
+    """Give every weight a random value, fan-in scaled, on the weights' own device (so an 8B model
+    built with `to_empty(device="cuda")` fills on the GPU). The default inits leave AdaLN, biases and
+    norms at exact zeros/ones that hide wrong wiring. Constant buffers are (re)set to their values."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("scale_mul_1H11"):
-                p.copy_(torch.full_like(p, 4.0).log() + 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(torch.full_like(p, 4.0).log() + 0.1 * torch.randn(p.shape, generator=g, device=p.device))
             elif p.ndim >= 2:
-                fan_in = p.shape[1] if p.ndim == 2 else p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) / max(fan_in, 1) ** 0.5)
+                p.normal_(0, 1 / max(p[0].numel(), 1) ** 0.5, generator=g)
             else:
                 base = 1.0 if ("norm" in name and name.endswith("weight")) else 0.0
-                p.copy_(base + std * torch.randn(p.shape, generator=g))
+                p.normal_(base, std, generator=g)
+        for name, b in model.named_buffers():
+            if name.endswith("zero_k_bias"):
+                b.zero_()
+            elif name.endswith("lfq.mask"):
+                b.copy_(2 ** torch.arange(b.numel() - 1, -1, -1, device=b.device))
     return model
 
 
