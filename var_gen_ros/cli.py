@@ -5,6 +5,8 @@
         --vae infinity_vae_d32reg.pth --text-encoder flan-t5-xl/ --out bundles/infinity_2b
     var-gen random-bundle --config tiny --out DIR       (random weights of a config's real shapes)
     var-gen info --bundle DIR
+    var-gen quantize --bundle DIR --out DIR/w4a4 [--rank 32 --group 64 --kv int8 --kv-scales static]
+    var-gen diagnose --bundle DIR [--json out.json]
 """
 from __future__ import annotations
 
@@ -91,6 +93,64 @@ def cmd_info(a) -> int:
     return 0
 
 
+def _quant_config(a):
+    from .quant import QuantConfig
+    kw = dict(rank=a.rank, group=a.group, kv=a.kv, kv_scales=a.kv_scales)
+    if a.alphas:
+        kw["alphas"] = tuple(float(x) for x in a.alphas.split(","))
+    return QuantConfig(**kw)
+
+
+def _calib_prompts(a):
+    if not a.prompts:
+        return None
+    with open(a.prompts) as f:
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def _load_for_quant(a):
+    from .infinity import Generator
+    return Generator.from_bundle(a.bundle or default_bundle_path(), device=resolve_device(a.device),
+                                 dtype=DTYPES[a.dtype])
+
+
+def cmd_quantize(a) -> int:
+    from .quant import quantize_, save_quantized
+    gen = _load_for_quant(a)
+    rep = quantize_(gen, _quant_config(a), _calib_prompts(a))
+    out = a.out or os.path.join(a.bundle or default_bundle_path(), "w4a4")
+    save_quantized(gen, out)
+    sq = [r["out_sqnr_db"] for r in rep.layers if r["out_sqnr_db"] is not None]
+    print(json.dumps({"out": out, "layers": len(rep.layers), "transformer_bytes_before": rep.bytes_before,
+                      "transformer_bytes_after": rep.bytes_after, "kv": rep.kv, "kv_scales": rep.kv_scales,
+                      "min_out_sqnr_db": min(sq) if sq else None,
+                      "mean_out_sqnr_db": sum(sq) / len(sq) if sq else None}, indent=1))
+    return 0
+
+
+def cmd_diagnose(a) -> int:
+    from .quant.diagnose import diagnose, format_table
+    gen = _load_for_quant(a)
+    d = diagnose(gen, _quant_config(a), _calib_prompts(a), layer_filter=a.layers)
+    print(format_table(d))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(d, f, indent=1)
+    return 0
+
+
+def _add_quant_args(q):
+    q.add_argument("--bundle", default=None, help="bundle directory (default: the embedded default model)")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    q.add_argument("--rank", type=int, default=32)
+    q.add_argument("--group", type=int, default=64)
+    q.add_argument("--kv", default="int8", choices=("int8", "none"))
+    q.add_argument("--kv-scales", default="static", choices=("static", "dynamic"))
+    q.add_argument("--alphas", default=None, help="comma-separated smoothing strengths to search")
+    q.add_argument("--prompts", default=None, help="calibration prompts, one per line (default: built-in list)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="var-gen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -125,6 +185,15 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="print a bundle's config")
     i.add_argument("--bundle", default=None)
     i.set_defaults(fn=cmd_info)
+    q = sub.add_parser("quantize", help="SVDQuant W4A4 + INT8 KV: calibrate, quantize, save")
+    _add_quant_args(q)
+    q.add_argument("--out", default=None, help="output directory (default: BUNDLE/w4a4)")
+    q.set_defaults(fn=cmd_quantize)
+    d = sub.add_parser("diagnose", help="outliers, SQNR before/after smoothing and low-rank, KV statistics")
+    _add_quant_args(d)
+    d.add_argument("--layers", default=None, help="only layers matching this pattern")
+    d.add_argument("--json", default=None)
+    d.set_defaults(fn=cmd_diagnose)
     a = p.parse_args(argv)
     return a.fn(a)
 

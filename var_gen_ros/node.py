@@ -98,10 +98,6 @@ class GenNode(Node):
             return f"{name} must be one of {CHOICES[name]}, got {value!r}"
         if name == "device" and not (value in ("auto", "cpu") or str(value).startswith("cuda")):
             return f"device must be auto, cpu or cuda[:N], got {value!r}"
-        if name == "quantization" and value == "w4a4":
-            return "quantization 'w4a4' is not in this build yet (issue 4: var_gen_ros.quant)"
-        if name == "kv_cache" and value == "int8":
-            return "kv_cache 'int8' is not in this build yet (issue 4: Int8KVCache)"
         return ""
 
     def _validate_all(self):
@@ -127,9 +123,13 @@ class GenNode(Node):
         import torch
         from .cli import DTYPES, default_bundle_path, resolve_device
         from .infinity import Generator
+        from .quant.runtime import apply_precision
         path = self.p("bundle_path") or default_bundle_path()
         device = resolve_device(self.p("device"))
-        return Generator.from_bundle(path, device=device, dtype=DTYPES[self.p("dtype")])
+        gen = Generator.from_bundle(path, device=device, dtype=DTYPES[self.p("dtype")])
+        self.precision = apply_precision(gen, self.p("quantization"), self.p("kv_cache"), path,
+                                         log=self.get_logger().info)
+        return gen
 
     # ---------------------------------------------------------------- inputs
     def _defaults(self, req: Request) -> Request:
@@ -248,7 +248,7 @@ class GenNode(Node):
         values = {
             "model": g.name, "device": str(g.device), "dtype": str(g.dtype).replace("torch.", ""),
             "quantization": self.p("quantization"), "kv_cache": self.p("kv_cache"),
-            "kernels": "pytorch reference",
+            "precision": getattr(self, "precision", ""), "kernels": "pytorch reference",
             "queue_depth": self.engine.queue_depth, "running": self.engine.current is not None,
             "completed": s.completed, "error_count": s.errors, "cancelled": s.cancelled, "rejected": s.rejected,
             "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,

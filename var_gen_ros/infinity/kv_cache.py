@@ -13,7 +13,7 @@ import torch.nn.functional as F
 class KVCache:
     """Dense K/V in a float dtype: (B, H, capacity, c) for keys and values."""
 
-    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device):
+    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device, layer: int = 0):
         self.k = torch.empty(batch, heads, capacity, head_dim, dtype=dtype, device=device)
         self.v = torch.empty_like(self.k)
         self.length = 0

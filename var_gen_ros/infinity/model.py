@@ -74,11 +74,17 @@ def _layer_norm_f32(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x.float(), ln.normalized_shape, w, b, ln.eps)
 
 
+def layer_dtype(layer: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype a Linear, or a quantized replacement (which has `compute_dtype`), computes in."""
+    w = getattr(layer, "weight", None)
+    if isinstance(w, torch.Tensor) and w.is_floating_point():
+        return w.dtype
+    return getattr(layer, "compute_dtype", default)
+
+
 def _linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """Run a Linear (or a quantized replacement) on x cast to the layer's compute dtype."""
-    w = getattr(layer, "weight", None)
-    dt = w.dtype if isinstance(w, torch.Tensor) and w.is_floating_point() else getattr(layer, "compute_dtype", x.dtype)
-    return layer(x.to(dt))
+    return layer(x.to(layer_dtype(layer, x.dtype)))
 
 
 class SelfAttention(nn.Module):
@@ -107,7 +113,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, rope, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True):
         B, L, C = x.shape
-        dt = self.proj.weight.dtype if self.proj.weight.is_floating_point() else x.dtype
+        dt = layer_dtype(self.proj, x.dtype)
         q, k, v = self.qkv(x, rope)
         if kv_cache is not None:
             out = kv_cache.attend(q.to(dt), k, v, start=start, store=store)
@@ -135,7 +141,7 @@ class CrossAttention(nn.Module):
     def text_kv(self, text: torch.Tensor):
         """text (B, T, kv_dim) -> k, v (B, H, T, c). Constant over scales: compute once per prompt."""
         B, T, _ = text.shape
-        kv = _linear(text, self.mat_kv) + torch.cat((self.zero_k_bias, self.v_bias)).to(self.mat_kv.weight.dtype)
+        kv = _linear(text, self.mat_kv) + torch.cat((self.zero_k_bias, self.v_bias)).to(layer_dtype(self.mat_kv))
         k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 

@@ -190,8 +190,8 @@ class Generator:
         offsets, counts = schedule.offsets(), schedule.token_counts
         caches = None
         if use_kv_cache:
-            caches = [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device)
-                      for _ in range(c.depth)]
+            caches = [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device,
+                                            layer=i) for i in range(c.depth)]
         final = latent_size(schedule.scales[-1], c)
         summed = torch.zeros(1, c.vae.codebook_dim, *final, device=self.device)
         x = cond_BD.unsqueeze(1) + m.pos_start.float()

@@ -1,0 +1,43 @@
+"""Apply the node's / CLI's precision settings to a loaded float generator (ROS-free).
+
+quantization=w4a4: load `<bundle>/w4a4` (written by `var-gen quantize`) when it exists, otherwise
+calibrate and quantize now on the built-in prompt list. kv_cache=int8|bf16 then sets the cache:
+int8 uses the saved static scales when there are any, else per-scale dynamic ones.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ..infinity.kv_cache import KVCache
+from .api import MANIFEST, Int8KVCacheFactory, QuantConfig, load_quantized, quantize_
+
+QUANTIZED_SUBDIR = "w4a4"
+
+
+def apply_precision(generator, quantization: str, kv_cache: str, bundle_path: str = "", log=print) -> str:
+    """Returns a one-line description of what was applied (for logs and diagnostics)."""
+    if quantization not in ("bf16", "w4a4"):
+        raise ValueError(f"quantization must be bf16 or w4a4, not {quantization!r}")
+    if kv_cache not in ("bf16", "int8"):
+        raise ValueError(f"kv_cache must be bf16 or int8, not {kv_cache!r}")
+    how = "float weights"
+    if quantization == "w4a4":
+        qdir = os.path.join(bundle_path, QUANTIZED_SUBDIR) if bundle_path else ""
+        if qdir and os.path.isfile(os.path.join(qdir, MANIFEST)):
+            load_quantized(generator, qdir)
+            how = f"W4A4 loaded from {QUANTIZED_SUBDIR}/"
+        else:
+            t = time.perf_counter()
+            rep = quantize_(generator, QuantConfig(kv="int8" if kv_cache == "int8" else "none"))
+            how = f"W4A4 calibrated at start-up ({len(rep.layers)} layers, {time.perf_counter() - t:.1f} s)"
+            log(f"no {QUANTIZED_SUBDIR}/ in the bundle: quantized at start-up ({how}); "
+                f"run `var-gen quantize` once to skip this")
+    static = getattr(generator, "kv_static_scales", None)
+    if kv_cache == "int8":
+        generator.kv_cache_factory = Int8KVCacheFactory(static)
+        how += ", INT8 KV (" + ("static scales)" if static is not None else "dynamic per-scale scales)")
+    else:
+        generator.kv_cache_factory = KVCache
+        how += ", 16-bit KV"
+    return how

@@ -1,0 +1,196 @@
+"""SVDQuant linear layers (Li et al., "SVDQuant: Absorbing Outliers by Low-Rank Components for
+4-Bit Diffusion Models", ICLR 2025), written from the paper.
+
+    y = x W^T + b
+      = (x / λ) (W diag λ)^T + b                          smoothing: outliers move into W
+      = x̂ L_down L_up^T + x̂ R^T + b                       W diag λ = L_up L_down^T + R  (rank-r SVD)
+      ≈ x̂ L_down L_up^T + Q4(x̂) Q4(R)^T + b              R and x̂ in INT4, the branch in 16 bits
+
+λ is searched per layer on calibration activations: λ_j = a_j^α / w_j^(1-α) (a_j, w_j the
+per-input-channel absmax of activations and weights), α from a grid, the one with the smallest
+output error of the whole quantized layer wins (identity λ is always a candidate).
+
+`W4A4Linear.forward` is the PyTorch reference: every quantized value is dequantized exactly and the
+products run in float32, so it equals the integer group dot products the kernels compute up to
+float32 rounding. Parameters are stored in 16 bits (`param_dtype`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .int4 import dequantize_groups, fake_quant_int4, group_scales, pack_int4, quantize_groups, unpack_int4
+
+DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class W4A4Linear(nn.Module):
+    """A Linear in SVDQuant form. `act_bits=4`: W4A4; `act_bits=None`: W4A16 (weights only)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rank: int = 32, group: int = 64,
+                 act_bits: Optional[int] = 4, param_dtype=torch.bfloat16, device=None):
+        super().__init__()
+        if in_features % group:
+            raise ValueError(f"in_features {in_features} is not a multiple of group {group}")
+        if act_bits not in (4, None):
+            raise ValueError("act_bits must be 4 or None")
+        self.in_features, self.out_features = in_features, out_features
+        self.rank, self.group, self.act_bits = rank, group, act_bits
+        K, N = in_features, out_features
+        f = dict(device=device)
+        self.register_buffer("qweight", torch.zeros(N, K // 2, dtype=torch.uint8, **f))
+        self.register_buffer("wscales", torch.ones(N, K // group, dtype=param_dtype, **f))
+        self.register_buffer("smooth", torch.ones(K, dtype=param_dtype, **f))
+        self.register_buffer("lora_down", torch.zeros(K, rank, dtype=param_dtype, **f))
+        self.register_buffer("lora_up", torch.zeros(N, rank, dtype=param_dtype, **f))
+        if bias:
+            self.register_buffer("bias", torch.zeros(N, dtype=param_dtype, **f))
+        else:
+            self.bias = None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.wscales.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        mode = "W4A4" if self.act_bits else "W4A16"
+        return f"{self.in_features}->{self.out_features}, {mode}, rank={self.rank}, group={self.group}"
+
+    # -- construction
+    @torch.no_grad()
+    def set_weights(self, smooth: torch.Tensor, lora_down: torch.Tensor, lora_up: torch.Tensor,
+                    residual_q: torch.Tensor, residual_scales: torch.Tensor, bias: Optional[torch.Tensor]):
+        self.smooth.copy_(smooth)
+        self.lora_down.copy_(lora_down)
+        self.lora_up.copy_(lora_up)
+        self.qweight.copy_(pack_int4(residual_q))
+        self.wscales.copy_(residual_scales)
+        if self.bias is not None:
+            self.bias.copy_(bias)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, act_absmax: Optional[torch.Tensor] = None,
+                    x_sample: Optional[torch.Tensor] = None, rank: int = 32, group: int = 64,
+                    act_bits: Optional[int] = 4, alphas: Sequence[float] = DEFAULT_ALPHAS,
+                    param_dtype=torch.bfloat16) -> "W4A4Linear":
+        """Quantize `linear`. With calibration data (act_absmax over all calibration tokens, x_sample a
+        few hundred of those tokens) α is searched; without it no smoothing is applied."""
+        W = linear.weight.detach()
+        N, K = W.shape
+        q = cls(K, N, linear.bias is not None, rank, group, act_bits, param_dtype, device=W.device)
+        b = None if linear.bias is None else linear.bias.detach()
+        if x_sample is not None:
+            cands = smoothing_candidates(W, act_absmax, alphas if act_bits else (), param_dtype)
+        elif act_absmax is not None and act_bits:   # ranges known but no tokens to search on
+            cands = [(0.5, smoothing_factor(W, act_absmax, 0.5, param_dtype))]
+        else:
+            cands = [(None, torch.ones(K, dtype=param_dtype, device=W.device))]
+        best = None
+        for alpha, lam in cands:
+            parts = svdquant_decompose(W, lam, rank, group, param_dtype)
+            err = 0.0 if len(cands) == 1 else _output_error(W, x_sample, parts, group, act_bits)
+            if best is None or err < best[0]:
+                best = (err, parts, alpha)
+        q.alpha = best[2]   # None = no smoothing won; kept for reports
+        q.set_weights(*best[1], bias=b)
+        return q
+
+    # -- reference forward
+    def dequantized_weight(self) -> torch.Tensor:
+        """The INT4 residual R as float32 (N, K)."""
+        return dequantize_groups(unpack_int4(self.qweight), self.wscales, self.group)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).float()
+        xs = x2 / self.smooth.float()
+        y = (xs @ self.lora_down.float()) @ self.lora_up.float().t()
+        xq = fake_quant_int4(xs, self.group) if self.act_bits else xs
+        y = y + xq @ self.dequantized_weight().t()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+
+def smoothing_factor(W: torch.Tensor, act_absmax: torch.Tensor, alpha: float, dtype) -> torch.Tensor:
+    """λ = a^α / w^(1-α), normalised to geometric mean 1 (keeps λ well inside 16-bit range), rounded
+    to the storage dtype."""
+    a = act_absmax.float().to(W.device).clamp_min(1e-5)
+    w = W.float().abs().amax(0).clamp_min(1e-5)
+    lam = a.pow(alpha) / w.pow(1 - alpha)
+    lam = lam / lam.log().mean().exp()
+    return lam.clamp(1e-4, 1e4).to(dtype)
+
+
+def smoothing_candidates(W: torch.Tensor, act_absmax: Optional[torch.Tensor], alphas: Sequence[float], dtype):
+    """(α, λ) pairs: identity (α None) first, then one λ per α."""
+    out = [(None, torch.ones(W.shape[1], dtype=dtype, device=W.device))]
+    if act_absmax is not None:
+        out += [(a, smoothing_factor(W, act_absmax, a, dtype)) for a in alphas]
+    return out
+
+
+def _svd_lowrank_factors(Wh: torch.Tensor, rank: int):
+    """Top-`rank` factors of Wh (N, K): up (N, r) = U S, down (K, r) = V. Exact SVD for small matrices,
+    randomized (Halko et al.) for large ones, where the full SVD would dominate quantization time."""
+    if rank == 0:
+        return Wh.new_zeros(Wh.shape[0], 0), Wh.new_zeros(Wh.shape[1], 0)
+    if min(Wh.shape) <= 2048:
+        dt = torch.float64 if Wh.device.type == "cpu" else torch.float32
+        U, S, Vh = torch.linalg.svd(Wh.to(dt), full_matrices=False)
+        return (U[:, :rank] * S[:rank]).float(), Vh[:rank].t().float()
+    U, S, V = torch.svd_lowrank(Wh, q=rank + 16, niter=4)
+    return U[:, :rank] * S[:rank], V[:, :rank]
+
+
+def svdquant_decompose(W: torch.Tensor, smooth: torch.Tensor, rank: int, group: int, dtype):
+    """W (N, K), smooth λ (K,) already in storage dtype -> (λ, L_down (K,r), L_up (N,r), R codes, R scales).
+    The residual is taken against the *rounded* 16-bit factors, so their rounding is quantized away too."""
+    Wh = W.float() * smooth.float()
+    up, down = _svd_lowrank_factors(Wh, rank)
+    up, down = up.to(dtype), down.to(dtype)
+    R = Wh - up.float() @ down.float().t()
+    s = group_scales(R, group).to(dtype)
+    return smooth, down, up, quantize_groups(R, s, group), s
+
+
+def _output_error(W, x, parts, group, act_bits) -> float:
+    """Squared error of the quantized layer's output vs x W^T on the sample (bias cancels)."""
+    smooth, down, up, rq, rs = parts
+    x = x.float().to(W.device)
+    ref = x @ W.float().t()
+    xs = x / smooth.float()
+    y = (xs @ down.float()) @ up.float().t()
+    xq = fake_quant_int4(xs, group) if act_bits else xs
+    y = y + xq @ dequantize_groups(rq, rs, group).t()
+    return float((y - ref).pow(2).sum())
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10 log10(|ref|^2 / |ref - approx|^2)."""
+    ref, approx = ref.double(), approx.double()
+    noise = (ref - approx).pow(2).sum().item()
+    return math.inf if noise == 0 else 10 * math.log10(ref.pow(2).sum().item() / noise)
+
+
+@dataclass
+class LayerShape:
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+def w4a4_nbytes(shape: LayerShape, rank: int, group: int, param_bytes: int = 2) -> int:
+    """Stored bytes of one W4A4Linear, from its shape (equals W4A4Linear.nbytes)."""
+    K, N = shape.in_features, shape.out_features
+    return (N * K // 2 + N * (K // group) * param_bytes + K * param_bytes + (K + N) * rank * param_bytes
+            + (N * param_bytes if shape.bias else 0))
