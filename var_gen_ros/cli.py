@@ -7,6 +7,8 @@
     var-gen info --bundle DIR
     var-gen quantize --bundle DIR --out DIR/w4a4 [--rank 32 --group 64 --kv int8 --kv-scales static]
     var-gen diagnose --bundle DIR [--json out.json]
+    var-gen eval-default [--prompts 50] [--quantization w4a4 --kv-cache int8]   (checker accuracy)
+    var-gen train-default --out DIR --workdir DIR      (trains the embedded default model; GPU)
 """
 from __future__ import annotations
 
@@ -139,6 +141,35 @@ def cmd_diagnose(a) -> int:
     return 0
 
 
+def cmd_eval_default(a) -> int:
+    import statistics
+    import time
+    from .checker import check
+    from .infinity import Generator
+    from .quant.runtime import apply_precision
+    from .shapes import held_out_prompts
+    bundle = a.bundle or default_bundle_path()
+    gen = Generator.from_bundle(bundle, device=resolve_device(a.device), dtype=DTYPES[a.dtype])
+    precision = apply_precision(gen, a.quantization, a.kv_cache, bundle, log=lambda m: print(m, file=sys.stderr))
+    prompts = held_out_prompts(a.prompts)
+    oks, times, fails = [], [], {}
+    for i, p in enumerate(prompts):
+        t = time.perf_counter()
+        r = gen.generate(p, seed=a.seed + i)
+        times.append(time.perf_counter() - t)
+        res = check(r.image, p)
+        oks.append(res.ok)
+        for f in res.failures:
+            fails[f.split(" ")[0]] = fails.get(f.split(" ")[0], 0) + 1
+    out = {"bundle": bundle, "precision": precision, "prompts": len(prompts), "accuracy": sum(oks) / len(oks),
+           "failures_by_kind": fails, "latency_median_s": statistics.median(times), "device": str(gen.device)}
+    print(json.dumps(out, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
 def _add_quant_args(q):
     q.add_argument("--bundle", default=None, help="bundle directory (default: the embedded default model)")
     q.add_argument("--device", default="auto")
@@ -194,6 +225,24 @@ def main(argv=None) -> int:
     d.add_argument("--layers", default=None, help="only layers matching this pattern")
     d.add_argument("--json", default=None)
     d.set_defaults(fn=cmd_diagnose)
+    e = sub.add_parser("eval-default", help="checker accuracy of the default model on held-out prompts")
+    e.add_argument("--bundle", default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    e.add_argument("--prompts", type=int, default=50)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--quantization", default="bf16", choices=("bf16", "w4a4"))
+    e.add_argument("--kv-cache", default="bf16", choices=("bf16", "int8"))
+    e.add_argument("--json", default=None)
+    e.set_defaults(fn=cmd_eval_default)
+    t = sub.add_parser("train-default", help="train the embedded default model (see var_gen_ros/train_default.py)",
+                       add_help=False)
+    t.set_defaults(fn=None)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "train-default":
+        from .train_default import main as train_main
+        return train_main(argv[1:])
     a = p.parse_args(argv)
     return a.fn(a)
 

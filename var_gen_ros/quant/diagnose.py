@@ -65,8 +65,9 @@ def diagnose(generator, config: Optional[QuantConfig] = None, prompts: Optional[
     config = config or QuantConfig()
     model = generator.model
     layers = selected_layers(model, config)
-    if layer_filter:
-        layers = {n: m for n, m in layers.items() if fnmatch.fnmatchcase(n, layer_filter)}
+    if layer_filter:   # comma-separated patterns
+        pats = layer_filter.split(",")
+        layers = {n: m for n, m in layers.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)}
     acts, kv_stats = calibrate(generator, list(layers), list(prompts or DEFAULT_CALIB_PROMPTS), config)
     pdt = _param_dtype(generator.dtype)
     mods = dict(model.named_modules())
