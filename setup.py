@@ -8,7 +8,8 @@ package_name = "var_gen_ros"
 setup(
     name=package_name,
     version="0.1.0",
-    packages=find_packages(include=["var_gen_ros", "var_gen_ros.*"]),
+    packages=find_packages(include=["var_gen_ros", "var_gen_ros.*"]) + ["var_gen_ros_kernels"],
+    package_dir={"var_gen_ros_kernels": "kernels"},
     package_data={"var_gen_ros": ["data/*", "data/**/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),

@@ -261,3 +261,14 @@ def test_cli_quantize_then_node_precision_loads_it(tiny_bundle, tmp_path, capsys
     assert len(d["layers"]) == 7 * 2 + 1 and len(d["kv"]) == 2
     assert all(r["out_sqnr_svdquant"] > r["out_sqnr_w4a4_plain"] for r in d["layers"])
     assert "SVDQ" in capsys.readouterr().out
+
+
+def test_dispatch_falls_back_to_the_reference_without_cuda():
+    from var_gen_ros.quant import dispatch
+    x = torch.randn(3, 128)
+    assert dispatch.w4a4_kernel(x) is None                       # CPU tensors never go to a kernel
+    status = dispatch.kernel_status()
+    if not torch.cuda.is_available():
+        assert status.startswith("pytorch reference") and "CUDA" in status
+    q = W4A4Linear.from_linear(torch.nn.Linear(128, 64), rank=4, param_dtype=torch.float16)
+    assert torch.equal(q(x), q.reference_forward(x))

@@ -248,7 +248,7 @@ class GenNode(Node):
         values = {
             "model": g.name, "device": str(g.device), "dtype": str(g.dtype).replace("torch.", ""),
             "quantization": self.p("quantization"), "kv_cache": self.p("kv_cache"),
-            "precision": getattr(self, "precision", ""), "kernels": "pytorch reference",
+            "precision": getattr(self, "precision", ""), "kernels": _kernel_status(g),
             "queue_depth": self.engine.queue_depth, "running": self.engine.current is not None,
             "completed": s.completed, "error_count": s.errors, "cancelled": s.cancelled, "rejected": s.rejected,
             "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,
@@ -276,6 +276,13 @@ class _NodeListener(Listener):
         if ev.preview is not None:
             self.node.pub_preview.publish(to_image_msg(ev.preview, self.node._header()))
         self.node.publish_status(req, ev)
+
+
+def _kernel_status(g) -> str:
+    if not getattr(g, "quant_manifest", None):
+        return "none (unquantized)"
+    from .quant.dispatch import kernel_status
+    return kernel_status() if g.device.type == "cuda" else "pytorch reference (cpu)"
 
 
 def request_from_fields(m) -> Request:

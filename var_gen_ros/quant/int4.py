@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 QMAX = 7
+INV_QMAX = torch.tensor(1.0 / QMAX, dtype=torch.float32).item()   # float32(1/7) as a Python float
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,9 @@ def group_scales(x: torch.Tensor, group: int) -> torch.Tensor:
     if K % group:
         raise ValueError(f"K={K} is not a multiple of the group size {group}")
     amax = x.float().unflatten(-1, (K // group, group)).abs().amax(-1)
-    return torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    # an explicit float32 multiply by 1/7 (what CUDA torch does for a division by a scalar anyway),
+    # so that CPU, GPU and the kernels compute bit-identical scales
+    return torch.where(amax > 0, amax * INV_QMAX, torch.ones_like(amax))
 
 
 def quantize_groups(x: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:

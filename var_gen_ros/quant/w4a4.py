@@ -110,6 +110,14 @@ class W4A4Linear(nn.Module):
         return dequantize_groups(unpack_int4(self.qweight), self.wscales, self.group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_bits == 4 and x.is_cuda:
+            from .dispatch import w4a4_kernel
+            fn = w4a4_kernel(x)
+            if fn is not None:
+                return fn(x, self)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
         xs = x2 / self.smooth.float()

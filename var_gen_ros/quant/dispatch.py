@@ -1,0 +1,61 @@
+"""Choose between the compiled kernels (kernels/, Triton) and the PyTorch reference.
+
+The kernels are used when the tensor is on a CUDA device, Triton imports and the kernel module
+loads; otherwise the reference runs, with one warning saying why. VAR_GEN_KERNELS=0 forces the
+reference. `kernel_status()` is what the node reports in diagnostics.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+_STATE = {"loaded": False, "w4a4": None, "reason": "not loaded yet"}
+
+
+def _load_module(name: str, filename: str):
+    try:
+        return importlib.import_module(f"var_gen_ros_kernels.{name}")
+    except ImportError:
+        pass
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "kernels", filename)
+    spec = importlib.util.spec_from_file_location(f"var_gen_ros_kernels_{name}", path)
+    if spec is None or not os.path.isfile(path):
+        raise ImportError(f"kernel source not found: {filename}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _load():
+    if _STATE["loaded"]:
+        return
+    _STATE["loaded"] = True
+    if os.environ.get("VAR_GEN_KERNELS", "1") == "0":
+        _STATE["reason"] = "disabled by VAR_GEN_KERNELS=0"
+        return
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            _STATE["reason"] = "no CUDA device"
+            return
+        mod = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py")
+        _STATE["w4a4"] = mod.w4a4_linear
+        _STATE["reason"] = "triton"
+    except Exception as e:   # no triton, no compiler, bad source: the reference still works
+        _STATE["reason"] = f"unavailable ({type(e).__name__}: {e})"
+        warnings.warn(f"var_gen_ros: W4A4 kernels unavailable, using the PyTorch reference: {e}")
+
+
+def w4a4_kernel(x):
+    """The kernel function for a W4A4 forward on x's device, or None for the reference."""
+    if not x.is_cuda:
+        return None
+    _load()
+    return _STATE["w4a4"]
+
+
+def kernel_status() -> str:
+    _load()
+    return "w4a4: triton" if _STATE["w4a4"] is not None else f"pytorch reference ({_STATE['reason']})"
