@@ -60,7 +60,7 @@ class GenNode(Node):
         P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8", True))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
-        P("cfg", 3.0, _desc("classifier-free guidance scale", float_range=(0.0, 30.0)))
+        P("cfg", 0.0, _desc("classifier-free guidance scale; 0 = the model's own default", float_range=(0.0, 30.0)))
         P("seed", -1, _desc("default seed; -1 = random per request", int_range=(-1, 2 ** 31 - 1)))
         P("queue_size", 4, _desc("requests waiting at most (the running one not counted)", int_range=(1, 64)))
         P("max_prompt_chars", 2000, _desc("longer prompts are rejected", int_range=(1, 100000)))
@@ -135,7 +135,7 @@ class GenNode(Node):
     def _defaults(self, req: Request) -> Request:
         if req.seed is None and self.p("seed") >= 0:
             req.seed = self.p("seed")
-        if req.cfg is None:
+        if req.cfg is None and self.p("cfg") > 0:
             req.cfg = self.p("cfg")
         if req.width is None and req.height is None and req.aspect_ratio is None and self.p("width") and self.p("height"):
             req.width, req.height = self.p("width"), self.p("height")
