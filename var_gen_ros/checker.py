@@ -8,7 +8,7 @@ its size from its area and its place from its centroid.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 

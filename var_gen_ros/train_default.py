@@ -186,7 +186,7 @@ def train_gpt(model, tok, t5, bits, scenes, steps, state, device, deadline, log,
             drop = torch.from_numpy(rng.random(batch) < p_uncond).to(device)
             un = model.cfg_uncond[:feats.shape[1]].float().unsqueeze(0).expand_as(feats)
             feats = torch.where(drop[:, None, None], torch.where(mask[..., None], un, torch.zeros_like(un)), feats)
-            x_in = teacher_forcing_inputs([b.float() for b in bl[:-1]] + [bl[-1]], schedule, cfg)
+            x_in = teacher_forcing_inputs(bl, schedule, cfg)
             logits = model(feats, mask, x_in, schedule)
         labels = torch.cat([b.reshape(batch, -1, cfg.d_vae) for b in bl], 1).long()
         loss = F.cross_entropy(logits.float().view(batch, -1, cfg.d_vae, 2).reshape(-1, 2), labels.reshape(-1))

@@ -175,22 +175,28 @@ def save_bundle(path: str, cfg: InfinityConfig, model, vae, text_encoder_dir: Op
         json.dump(meta, f, indent=2)
 
 
-def read_bundle_config(path: str) -> dict:
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isdir(path):
-        raise CheckpointError(f"bundle directory not found: {path}")
-    if not os.path.isfile(cfg_path):
-        raise CheckpointError(f"bundle config missing: {cfg_path}")
+def read_versioned_json(path: str, fmt: str, version: int, error=None) -> dict:
+    """Read a JSON manifest and check its `format` and `version`; every failure raises `error`
+    (default CheckpointError) naming the file."""
+    error = error or CheckpointError
+    if not os.path.isfile(path):
+        raise error(f"{path} is missing")
     try:
-        with open(cfg_path) as f:
+        with open(path) as f:
             meta = json.load(f)
     except Exception as e:
-        raise CheckpointError(f"bundle config unreadable: {cfg_path}: {e}") from e
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise CheckpointError(f"{cfg_path}: not a var_gen_ros bundle (format={meta.get('format')!r})")
-    if meta.get("version") != BUNDLE_VERSION:
-        raise CheckpointError(f"{cfg_path}: bundle version {meta.get('version')} unsupported (want {BUNDLE_VERSION})")
+        raise error(f"{path}: unreadable ({e})") from None
+    if meta.get("format") != fmt:
+        raise error(f"{path}: format {meta.get('format')!r}, expected {fmt!r}")
+    if meta.get("version") != version:
+        raise error(f"{path}: version {meta.get('version')!r} unsupported; this build reads version {version}")
     return meta
+
+
+def read_bundle_config(path: str) -> dict:
+    if not os.path.isdir(path):
+        raise CheckpointError(f"bundle directory not found: {path}")
+    return read_versioned_json(os.path.join(path, "config.json"), BUNDLE_FORMAT, BUNDLE_VERSION)
 
 
 def load_bundle(path: str, device="cpu", dtype=torch.float32, load_text_encoder: bool = True):

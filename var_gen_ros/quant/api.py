@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -93,7 +92,7 @@ def _param_dtype(model_dtype: torch.dtype) -> torch.dtype:
 class ActivationStats:
     """Per-layer input statistics gathered by a forward pre-hook."""
 
-    def __init__(self, in_features: int, rows: int, seed: int):
+    def __init__(self, rows: int, seed: int):
         self.absmax = None
         self.moments = torch.zeros(5, dtype=torch.float64)   # n, Σx, Σx², Σx³, Σx⁴ over all elements
         self.rows, self.keep = None, rows
@@ -152,7 +151,7 @@ def calibrate(generator, names: Sequence[str], prompts: Sequence[str], config: Q
     mods = dict(model.named_modules())
     acts, handles = {}, []
     for i, n in enumerate(names):
-        acts[n] = ActivationStats(mods[n].in_features, config.calib_rows, config.seed * 1000 + i)
+        acts[n] = ActivationStats(config.calib_rows, config.seed * 1000 + i)
         handles.append(mods[n].register_forward_pre_hook(acts[n]))
     kv_stats = [dict() for _ in range(generator.cfg.depth)]
     old = generator.kv_cache_factory
@@ -288,19 +287,8 @@ def save_quantized(generator, path: str) -> str:
 
 
 def read_manifest(path: str) -> dict:
-    mp = os.path.join(path, MANIFEST)
-    if not os.path.isfile(mp):
-        raise QuantizationError(f"no quantized model at {path!r}: {MANIFEST} is missing")
-    try:
-        with open(mp) as f:
-            man = json.load(f)
-    except json.JSONDecodeError as e:
-        raise QuantizationError(f"{mp}: corrupt manifest ({e})") from None
-    if man.get("format") != FORMAT:
-        raise QuantizationError(f"{mp}: format {man.get('format')!r}, expected {FORMAT!r}")
-    if man.get("version") != VERSION:
-        raise QuantizationError(f"{mp}: version {man.get('version')!r}; this build reads version {VERSION}")
-    return man
+    from ..infinity.checkpoint import read_versioned_json
+    return read_versioned_json(os.path.join(path, MANIFEST), FORMAT, VERSION, QuantizationError)
 
 
 @torch.no_grad()

@@ -17,13 +17,9 @@ from typing import Optional, Sequence
 import torch
 
 from .api import DEFAULT_CALIB_PROMPTS, QuantConfig, calibrate, selected_layers
-from .int4 import fake_quant_int4, group_scales, quantize_groups, dequantize_groups
+from .int4 import fake_quant_int4 as _q4
 from .kv_int8 import channel_stats
-from .w4a4 import W4A4Linear, sqnr_db, svdquant_decompose, w4a4_nbytes, LayerShape
-
-
-def _q4(x: torch.Tensor, group: int) -> torch.Tensor:
-    return fake_quant_int4(x, group)
+from .w4a4 import LayerShape, W4A4Linear, sqnr_db, w4a4_nbytes
 
 
 @torch.no_grad()
@@ -37,8 +33,7 @@ def layer_diagnostics(lin: torch.nn.Linear, stats, config: QuantConfig, pdt) -> 
     plain = W4A4Linear.from_linear(lin, None, None, rank=0, group=g, param_dtype=pdt)
     lam = svd.smooth.float()
     Wh = W * lam
-    _, down, up, rq, rs = svdquant_decompose(W, svd.smooth, config.rank, g, pdt)
-    lowrank = up.float() @ down.float().t()
+    lowrank = svd.lora_up.float() @ svd.lora_down.float().t()
 
     def out(q):
         return q(x.to(pdt)).float() - (0 if q.bias is None else q.bias.float())
@@ -47,7 +42,7 @@ def layer_diagnostics(lin: torch.nn.Linear, stats, config: QuantConfig, pdt) -> 
         "alpha": svd.alpha,
         "w_sqnr_plain": sqnr_db(W, _q4(W, g)),
         "w_sqnr_smooth": sqnr_db(Wh, _q4(Wh, g)),
-        "w_sqnr_smooth_lowrank": sqnr_db(Wh, lowrank + dequantize_groups(rq, rs, g)),
+        "w_sqnr_smooth_lowrank": sqnr_db(Wh, lowrank + svd.dequantized_weight()),
         "x_sqnr_plain": sqnr_db(x, _q4(x, g)),
         "x_sqnr_smooth": sqnr_db(x / lam, _q4(x / lam, g)),
         "out_sqnr_w4a4_plain": sqnr_db(ref, out(plain)),

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..infinity.kv_cache import KVCache
 

@@ -119,11 +119,8 @@ class W4A4Linear(nn.Module):
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).float()
-        xs = x2 / self.smooth.float()
-        y = (xs @ self.lora_down.float()) @ self.lora_up.float().t()
-        xq = fake_quant_int4(xs, self.group) if self.act_bits else xs
-        y = y + xq @ self.dequantized_weight().t()
+        y = svdquant_product(x.reshape(-1, self.in_features), self.smooth, self.lora_down, self.lora_up,
+                             self.dequantized_weight(), self.group, self.act_bits)
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
@@ -171,16 +168,20 @@ def svdquant_decompose(W: torch.Tensor, smooth: torch.Tensor, rank: int, group: 
     return smooth, down, up, quantize_groups(R, s, group), s
 
 
+def svdquant_product(x, smooth, down, up, residual, group, act_bits) -> torch.Tensor:
+    """x (M, K) -> (x/λ) L_down L_upᵀ + Q4(x/λ) Rᵀ in float32 (no bias); R already dequantized."""
+    xs = x.float() / smooth.float()
+    y = (xs @ down.float()) @ up.float().t()
+    xq = fake_quant_int4(xs, group) if act_bits else xs
+    return y + xq @ residual.t()
+
+
 def _output_error(W, x, parts, group, act_bits) -> float:
     """Squared error of the quantized layer's output vs x W^T on the sample (bias cancels)."""
     smooth, down, up, rq, rs = parts
     x = x.float().to(W.device)
-    ref = x @ W.float().t()
-    xs = x / smooth.float()
-    y = (xs @ down.float()) @ up.float().t()
-    xq = fake_quant_int4(xs, group) if act_bits else xs
-    y = y + xq @ dequantize_groups(rq, rs, group).t()
-    return float((y - ref).pow(2).sum())
+    y = svdquant_product(x, smooth, down, up, dequantize_groups(rq, rs, group), group, act_bits)
+    return float((y - x @ W.float().t()).pow(2).sum())
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
