@@ -1,7 +1,13 @@
-"""W4A4 GEMM kernel vs bf16 cuBLAS (torch.matmul) vs the PyTorch reference, every Infinity-8B Linear
-shape and M in {2, 32, 128, 512, 2048, 8192}; median times (triton.testing.do_bench), side by side.
+"""Kernels vs their baselines, side by side in one run (median times, triton.testing):
 
-    python3 bench/kernels.py --json out.json
+GEMM: W4A4 kernel (activation quantization + low-rank + GEMM) vs bf16 cuBLAS (torch.matmul), every
+Infinity-8B Linear shape, M in {2, 32, 128, 512, 2048, 8192}; timed twice: eager launches
+(`do_bench`, includes the CPU cost of launching) and replayed from a CUDA graph
+(`do_bench_cudagraph`, GPU time only, as a graph-captured pipeline would see it).
+Attention: the INT8-KV kernel vs bf16 SDPA (flash) vs the reference (dequantize the cache + SDPA)
+at every scale of a 1024x1024 Infinity-8B generation with CFG (B=2, 28 heads of 128).
+
+    python3 bench/kernels.py --json out.json [--reference]
 """
 import argparse
 import json
@@ -9,40 +15,120 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "test"))
 
-from test_kernels_gpu import MS, SHAPES_8B, _layer   # noqa: E402
+from test_kernels_gpu import MS, SCALES_1024, SHAPES_8B, _kv_case, _layer   # noqa: E402
 
 
-def main():
+def _time(fn, graph: bool):
     import triton.testing as tt
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--reference", action="store_true", help="also time the dequantize+matmul reference")
-    a = ap.parse_args()
+    if graph:
+        return tt.do_bench_cudagraph(fn, rep=100, return_mode="median")
+    return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def bench_gemm(reference: bool):
     from var_gen_ros.quant.dispatch import w4a4_kernel
     rows = []
-    print(f"{'K':>6} {'N':>6} {'M':>5} | {'bf16 ms':>8} {'w4a4 ms':>8} {'speed-up':>8} {'w4a4 TOPS':>9} | {'ref ms':>8}")
+    print(f"{'K':>6} {'N':>6} {'M':>5} | {'bf16':>7} {'w4a4':>7} {'x':>5} | graph: {'bf16':>7} {'w4a4':>7} {'x':>5} "
+          f"{'TOPS':>6} | {'ref ms':>7}")
     for K, N, bias in SHAPES_8B:
         layer = _layer(K, N, bias, 0)
         w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
         for M in MS:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             fn = w4a4_kernel(x)
-            t_bf16 = tt.do_bench(lambda: torch.matmul(x, w.t()), warmup=25, rep=100, return_mode="median")
-            t_q = tt.do_bench(lambda: fn(x, layer), warmup=25, rep=100, return_mode="median")
-            t_ref = (tt.do_bench(lambda: layer.reference_forward(x), warmup=5, rep=20, return_mode="median")
-                     if a.reference else None)
-            r = {"K": K, "N": N, "M": M, "bf16_ms": t_bf16, "w4a4_ms": t_q, "speedup": t_bf16 / t_q,
-                 "w4a4_tops": 2 * M * N * K / t_q / 1e9, "ref_ms": t_ref}
+            fn(x, layer)                                   # autotune outside the timed region
+            y_b = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+            y_q = torch.empty_like(y_b)
+            r = {"K": K, "N": N, "M": M}
+            for graph in (False, True):
+                tag = "graph_" if graph else ""
+                r[tag + "bf16_ms"] = _time(lambda: torch.matmul(x, w.t(), out=y_b), graph)
+                r[tag + "w4a4_ms"] = _time(lambda: fn(x, layer, out=y_q), graph)
+                r[tag + "speedup"] = r[tag + "bf16_ms"] / r[tag + "w4a4_ms"]
+            r["graph_w4a4_tops"] = 2 * M * N * K / r["graph_w4a4_ms"] / 1e9
+            # both W4A4 paths at every M (the dispatcher picks by M; this is the crossover data)
+            for p in ("int8", "dequant"):
+                r[f"graph_{p}_path_ms"] = _time(lambda: fn(x, layer, out=y_q, path=p), True)
+            r["ref_ms"] = _time(lambda: layer.reference_forward(x), False) if reference else None
             rows.append(r)
-            print(f"{K:6d} {N:6d} {M:5d} | {t_bf16:8.4f} {t_q:8.4f} {t_bf16 / t_q:8.2f} {r['w4a4_tops']:9.1f} | "
-                  f"{t_ref if t_ref is None else round(t_ref, 4)}", flush=True)
+            print(f"{K:6d} {N:6d} {M:5d} | {r['bf16_ms']:7.4f} {r['w4a4_ms']:7.4f} {r['speedup']:5.2f} | "
+                  f"       {r['graph_bf16_ms']:7.4f} {r['graph_w4a4_ms']:7.4f} {r['graph_speedup']:5.2f} "
+                  f"{r['graph_w4a4_tops']:6.0f} | int8 {r['graph_int8_path_ms']:.4f} deq {r['graph_dequant_path_ms']:.4f} | "
+                  f"{r['ref_ms'] if r['ref_ms'] is None else round(r['ref_ms'], 4)}",
+                  flush=True)
+    return rows
+
+
+def bench_attention():
+    from var_gen_ros.quant.dispatch import int8_attention_kernel
+    from var_gen_ros.quant.kv_int8 import dequantize_asym
+    rows = []
+    print(f"\n{'scale':>5} {'Lq':>5} {'Lk':>6} | {'sdpa bf16':>9} {'int8 kern':>9} {'x':>5} | {'deq+sdpa':>9} | graph: "
+          f"{'sdpa':>7} {'int8':>7} {'x':>5}")
+    n = len(SCALES_1024)
+    for si in range(n):
+        last = si == n - 1
+        lq = SCALES_1024[si]
+        n_cached = sum(SCALES_1024[:si]) if last else sum(SCALES_1024[:si + 1])
+        q, kq, vq, prm, kt, vt = _kv_case(n_cached, lq if last else 0, lq, seed=si)
+        ks, kz, vs, vz = prm
+        fn = int8_attention_kernel(q)
+        tail = (kt, vt) if last else (None, None)
+        o = torch.empty_like(q)
+        fn(q, kq, vq, n_cached, *prm, *tail, out=o)        # autotune outside the timed region
+        # the same keys/values in bf16 for SDPA (what a bf16 KV cache holds)
+        K = dequantize_asym(kq[:, :, :n_cached], ks, kz).bfloat16()
+        V = dequantize_asym(vq[:, :, :n_cached], vs, vz).bfloat16()
+        if last:
+            K, V = torch.cat([K, kt], 2), torch.cat([V, vt], 2)
+
+        def reference():   # what Int8KVCache did before the kernel: dequantize everything, then SDPA
+            Kd = dequantize_asym(kq[:, :, :n_cached], ks, kz)
+            Vd = dequantize_asym(vq[:, :, :n_cached], vs, vz)
+            if last:
+                Kd, Vd = torch.cat([Kd.to(q.dtype), kt], 2), torch.cat([Vd.to(q.dtype), vt], 2)
+            return F.scaled_dot_product_attention(q, Kd.to(q.dtype), Vd.to(q.dtype), scale=1.0)
+
+        r = {"scale": si, "Lq": lq, "Lk": K.shape[2]}
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            r["sdpa_bf16_ms"] = _time(lambda: F.scaled_dot_product_attention(q, K, V, scale=1.0), False)
+            r["graph_sdpa_bf16_ms"] = _time(lambda: F.scaled_dot_product_attention(q, K, V, scale=1.0), True)
+        r["int8_kernel_ms"] = _time(lambda: fn(q, kq, vq, n_cached, *prm, *tail, out=o), False)
+        r["graph_int8_kernel_ms"] = _time(lambda: fn(q, kq, vq, n_cached, *prm, *tail, out=o), True)
+        r["reference_ms"] = _time(reference, False)
+        r["speedup"] = r["sdpa_bf16_ms"] / r["int8_kernel_ms"]
+        r["graph_speedup"] = r["graph_sdpa_bf16_ms"] / r["graph_int8_kernel_ms"]
+        r["kernel_tflops"] = 4 * 2 * 28 * lq * r["Lk"] * 128 / r["graph_int8_kernel_ms"] / 1e9
+        rows.append(r)
+        print(f"{si:5d} {lq:5d} {r['Lk']:6d} | {r['sdpa_bf16_ms']:9.4f} {r['int8_kernel_ms']:9.4f} {r['speedup']:5.2f} | "
+              f"{r['reference_ms']:9.4f} |        {r['graph_sdpa_bf16_ms']:7.4f} {r['graph_int8_kernel_ms']:7.4f} "
+              f"{r['graph_speedup']:5.2f}", flush=True)
+    tot = {k: sum(r[k] for r in rows) for k in ("sdpa_bf16_ms", "int8_kernel_ms", "reference_ms",
+                                                 "graph_sdpa_bf16_ms", "graph_int8_kernel_ms")}
+    print("all scales (ms): " + json.dumps({k: round(v, 4) for k, v in tot.items()}))
+    return rows, tot
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--reference", action="store_true", help="also time the dequantize+matmul GEMM reference")
+    ap.add_argument("--only", choices=["gemm", "attention"], default=None)
+    a = ap.parse_args()
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if a.only != "attention":
+        out["gemm"] = bench_gemm(a.reference)
+    if a.only != "gemm":
+        out["attention"], out["attention_total_ms"] = bench_attention()
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

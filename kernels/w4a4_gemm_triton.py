@@ -1,19 +1,25 @@
-"""W4A4 GEMM with the SVDQuant low-rank branch, in Triton (GPU only; the reference is
-var_gen_ros.quant.w4a4.W4A4Linear.forward, which runs on the CPU).
+"""W4A4 GEMM with the SVDQuant low-rank branch, in Triton (GPU; the reference is
+var_gen_ros.quant.w4a4.W4A4Linear.reference_forward, which runs on the CPU).
 
-Two kernels:
-1. `_quantize_act`: x (M, K) 16-bit -> x̂ = x / λ -> INT4 codes per token per group of 64 (stored one
-   per int8, range [-7, 7]) + float32 scales (M, K/64). Same arithmetic as the reference
-   (float32 divide, amax/7, round half to even), so the codes are bit-identical.
+Two kernels per forward:
+1. `_quantize_act`: x (M, K) 16-bit -> x̂ = x / λ -> INT4 codes per token per group of 64 (one per
+   int8, range [-7, 7]) + float32 scales (M, K/64), and the low-rank down-projection x̂ · L_down
+   (M, r) from the same read of x (the Nunchaku fusion: the branch costs no extra pass over x).
+   Same arithmetic as the reference (IEEE divide, amax · float32(1/7), round half to even), so the
+   codes are bit-identical. K is split over `S` programs per row block when M is small (each writes
+   a partial x̂ · L_down, summed in the GEMM epilogue), so that small M still fills the GPU.
 2. `_w4a4_gemm`: y = Σ_g sx[m,g] · sw[n,g] · (qx[m,g,:] · qw[n,g,:]) + lr[m,:] · L_up[n,:] + b[n].
-   The packed weight byte j holds k = 2j (low nibble) and 2j+1 (high nibble); instead of
-   interleaving the unpacked nibbles in registers, kernel 1 stores each group's codes even-k first,
-   odd-k second, and two INT8 dots (k = 32 each) are summed — a dot product does not care about the
-   order of k. On sm_90 this issues INT8 tensor-core MMA (Hopper has no INT4 MMA rate). The
-   low-rank up-projection and the bias are the epilogue.
-The low-rank down-projection lr = x̂ · L_down (M, 32) is one small matmul between the two.
+   The packed weight byte j holds k = 2j (low nibble) and 2j+1 (high nibble); kernel 1 stores each
+   group's codes even-k first, odd-k second, so two INT8 dots (k = 32 each) on contiguous loads
+   replace an interleave in registers (a dot product does not care about the order of k). On sm_90
+   this is INT8 tensor-core MMA (Hopper runs INT4 MMA ~26x slower, see docs). `SWAP` computes
+   yᵀ = W · xᵀ instead: the unpacked weights (made in registers) become the MMA's left operand,
+   which Hopper's wgmma may take from registers, and a small M becomes the MMA's narrow side
+   (the usual trick for skinny GEMMs). The autotuner picks SWAP or not per (M bucket, N, K).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -22,41 +28,73 @@ from triton.language.extra import libdevice
 
 GROUP = 64
 INV_QMAX = torch.tensor(1.0 / 7, dtype=torch.float32).item()   # the reference's float32 1/7
+# Triton's CPU interpreter (TRITON_INTERPRET=1, used by the CPU tests) has no libdevice; there numpy's
+# float32 `/` is already IEEE-exact and rounding half to even uses the 1.5·2^23 trick (exact for |x| < 2^22)
+_ON_GPU = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
-def _quantize_act(x_ptr, smooth_ptr, q_ptr, s_ptr, xs_ptr, M, K, INV7,
-                  BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
+def _div_rn(a, b):
+    if _ON_GPU:
+        return libdevice.div_rn(a, b)      # Triton's `/` is approximate on the GPU
+    else:
+        return a / b
+
+
+@triton.jit
+def _rint(a):
+    if _ON_GPU:
+        return libdevice.rint(a)
+    else:
+        return (a + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, INV7, LDQ,
+                  R: tl.constexpr, HAS_LR: tl.constexpr, DEQ: tl.constexpr, BLOCK_M: tl.constexpr,
+                  GROUP: tl.constexpr):
     pid_m = tl.program_id(0)
-    g = tl.program_id(1)
+    split = tl.program_id(1)
+    G = K // GROUP
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = g * GROUP + tl.arange(0, GROUP)
     mask = rows[:, None] < M
-    x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    lam = tl.load(smooth_ptr + cols).to(tl.float32)
-    xs = libdevice.div_rn(x, lam[None, :])          # IEEE division, as the reference (Triton's / is approximate)
-    tl.store(xs_ptr + rows[:, None] * K + cols[None, :], xs, mask=mask)
-    amax = tl.max(tl.abs(xs), axis=1)
-    s = tl.where(amax > 0, amax * INV7, 1.0)              # same float32 multiply as the reference
-    q = libdevice.rint(libdevice.div_rn(xs, s[:, None]))
-    q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-    # codes stored de-interleaved inside each group (even k first, then odd k) so that the GEMM
-    # loads both halves contiguously, matching the weight's low / high nibbles
     c = tl.arange(0, GROUP)
-    dst = g * GROUP + (c % 2) * (GROUP // 2) + c // 2
-    tl.store(q_ptr + rows[:, None] * K + dst[None, :], q.to(tl.int8), mask=mask)
-    tl.store(s_ptr + rows * (K // GROUP) + g, s, mask=rows < M)
+    # codes stored de-interleaved inside each group (even k first, then odd k), matching the
+    # weight's low / high nibbles
+    dst_c = (c % 2) * (GROUP // 2) + c // 2
+    r = tl.arange(0, R)
+    lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+    for i in range(0, GPS):
+        g = split * GPS + i
+        if g < G:
+            cols = g * GROUP + c
+            x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            lam = tl.load(smooth_ptr + cols).to(tl.float32)
+            xs = _div_rn(x, lam[None, :])             # IEEE division, as the reference
+            amax = tl.max(tl.abs(xs), axis=1)
+            s = tl.where(amax > 0, amax * INV7, 1.0)      # same float32 multiply as the reference
+            q = _rint(_div_rn(xs, s[:, None]))
+            q = tl.minimum(tl.maximum(q, -8.0), 7.0)
+            if DEQ:    # the large-M path: code x scale, rounded to fp16 (relative error <= 2^-11)
+                tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :],
+                         (q * s[:, None]).to(tl.float16), mask=mask)
+            else:
+                tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.int8), mask=mask)
+                tl.store(s_ptr + rows * G + g, s, mask=rows < M)
+            if HAS_LR:
+                dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
+                lr += tl.dot(xs, dn, input_precision="ieee")
+    if HAS_LR:
+        if DEQ:    # single split: the low-rank input goes into the trailing R columns of the same row
+            tl.store(q_ptr + rows[:, None] * LDQ + K + r[None, :], lr.to(tl.float16), mask=mask)
+        else:
+            tl.store(lr_ptr + split * M * R + rows[:, None] * R + r[None, :], lr, mask=mask)
 
 
-@triton.autotune(
-    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-             for bm, bn, w, st in [(16, 64, 4, 4), (32, 64, 4, 4), (64, 64, 4, 4), (64, 128, 4, 4),
-                                   (128, 128, 8, 3), (128, 64, 4, 4), (128, 256, 8, 3)]],
-    key=["M_BUCKET", "N", "K"])
 @triton.jit
-def _w4a4_gemm(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, M_BUCKET,
-               HAS_BIAS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               GROUP: tl.constexpr):
+def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, M_BUCKET,
+                      HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -65,48 +103,182 @@ def _w4a4_gemm(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N,
     nmask = rn < N
     HALF: tl.constexpr = GROUP // 2
     j = tl.arange(0, HALF)
+    r = tl.arange(0, R)
     G = K // GROUP
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, G):
         k0 = g * GROUP
-        a_even = tl.load(q_ptr + rm[:, None] * K + (k0 + j)[None, :], mask=mmask[:, None], other=0)
-        a_odd = tl.load(q_ptr + rm[:, None] * K + (k0 + HALF + j)[None, :], mask=mmask[:, None], other=0)
         packed = tl.load(w_ptr + rn[:, None] * (K // 2) + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0)
         p8 = packed.to(tl.int8, bitcast=True)
         lo = (p8 << 4) >> 4                 # arithmetic shifts sign-extend the low nibble
         hi = p8 >> 4
-        d = tl.dot(a_even, tl.trans(lo), out_dtype=tl.int32) + tl.dot(a_odd, tl.trans(hi), out_dtype=tl.int32)
         sx = tl.load(sx_ptr + rm * G + g, mask=mmask, other=0.0)
         sw = tl.load(sw_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
-        acc += d.to(tl.float32) * sx[:, None] * sw[None, :]
-    r = tl.arange(0, R)
-    lr = tl.load(lr_ptr + rm[:, None] * R + r[None, :], mask=mmask[:, None], other=0.0)
-    up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
-    acc += tl.dot(lr, tl.trans(up), input_precision="ieee")
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mmask[:, None] & nmask[None, :])
+        if SWAP:
+            a_even = tl.load(q_ptr + rm[None, :] * K + (k0 + j)[:, None], mask=mmask[None, :], other=0)
+            a_odd = tl.load(q_ptr + rm[None, :] * K + (k0 + HALF + j)[:, None], mask=mmask[None, :], other=0)
+            d = tl.dot(lo, a_even, out_dtype=tl.int32) + tl.dot(hi, a_odd, out_dtype=tl.int32)
+            acc += d.to(tl.float32) * (sw[:, None] * sx[None, :])
+        else:
+            a_even = tl.load(q_ptr + rm[:, None] * K + (k0 + j)[None, :], mask=mmask[:, None], other=0)
+            a_odd = tl.load(q_ptr + rm[:, None] * K + (k0 + HALF + j)[None, :], mask=mmask[:, None], other=0)
+            d = tl.dot(a_even, tl.trans(lo), out_dtype=tl.int32) + tl.dot(a_odd, tl.trans(hi), out_dtype=tl.int32)
+            acc += d.to(tl.float32) * (sx[:, None] * sw[None, :])
+    if SWAP:
+        if HAS_LR:
+            up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
+            lr = tl.zeros((R, BLOCK_M), dtype=tl.float32)
+            for s in range(0, S):   # partial x̂ · L_down of kernel 1's K splits
+                lr += tl.load(lr_ptr + s * M * R + rm[None, :] * R + r[:, None], mask=mmask[None, :], other=0.0)
+            acc += tl.dot(up, lr, input_precision="ieee")
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        tl.store(y_ptr + rm[None, :] * N + rn[:, None], acc.to(y_ptr.dtype.element_ty),
+                 mask=mmask[None, :] & nmask[:, None])
+    else:
+        if HAS_LR:
+            up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
+            lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+            for s in range(0, S):
+                lr += tl.load(lr_ptr + s * M * R + rm[:, None] * R + r[None, :], mask=mmask[:, None], other=0.0)
+            acc += tl.dot(lr, tl.trans(up), input_precision="ieee")
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=mmask[:, None] & nmask[None, :])
 
 
-def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None) -> torch.Tensor:
-    """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional."""
+@triton.jit
+def _dequant_weight(w_ptr, sw_ptr, up_ptr, out_ptr, N, K, LDW, R: tl.constexpr, HAS_LR: tl.constexpr,
+                    BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Packed INT4 (N, K/2) x group scales -> fp16 (N, K) in the activations' de-interleaved order
+    (exact: a 4-bit code times a bf16 scale fits fp16's 11-bit significand), plus L_up in the trailing
+    R columns."""
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    G = K // GROUP
+    HALF: tl.constexpr = GROUP // 2
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = rn[:, None] < N
+    j = tl.arange(0, HALF)
+    if g < G:
+        p8 = tl.load(w_ptr + rn[:, None] * (K // 2) + (g * HALF + j)[None, :], mask=nmask, other=0).to(tl.int8, bitcast=True)
+        sc = tl.load(sw_ptr + rn * G + g, mask=rn < N, other=0.0).to(tl.float32)[:, None]
+        base = out_ptr + rn[:, None] * LDW + g * GROUP
+        tl.store(base + j[None, :], (((p8 << 4) >> 4).to(tl.float32) * sc).to(tl.float16), mask=nmask)
+        tl.store(base + HALF + j[None, :], ((p8 >> 4).to(tl.float32) * sc).to(tl.float16), mask=nmask)
+    else:
+        if HAS_LR:
+            r = tl.arange(0, R)
+            up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask, other=0.0)
+            tl.store(out_ptr + rn[:, None] * LDW + K + r[None, :], up.to(tl.float16), mask=nmask)
+
+
+def _cfg(bm, bn, swap, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SWAP": swap}, num_warps=warps, num_stages=stages)
+
+
+# (BLOCK_M, BLOCK_N, SWAP, warps, stages); the small-M set streams weights (memory-bound), the large
+# set is compute-bound tiles
+SMALL_M_CONFIGS = [_cfg(16, 64, False, 4, 4), _cfg(16, 128, False, 4, 4), _cfg(16, 64, True, 4, 4),
+                   _cfg(16, 128, True, 4, 4), _cfg(32, 128, True, 4, 4), _cfg(16, 256, True, 8, 3),
+                   _cfg(32, 64, False, 4, 4)]
+LARGE_M_CONFIGS = [_cfg(64, 128, False, 4, 4), _cfg(128, 128, False, 8, 3), _cfg(128, 256, False, 8, 3),
+                   _cfg(128, 64, False, 4, 4), _cfg(64, 128, True, 4, 4), _cfg(128, 128, True, 8, 3),
+                   _cfg(128, 256, True, 8, 3)]
+
+
+def _prune(configs, named_args, **kwargs):
+    small = named_args["M_BUCKET"] <= 64
+    keep = {id(c) for c in (SMALL_M_CONFIGS if small else LARGE_M_CONFIGS)}
+    return [c for c in configs if id(c) in keep]
+
+
+_w4a4_gemm = triton.autotune(configs=SMALL_M_CONFIGS + LARGE_M_CONFIGS, key=["M_BUCKET", "N", "K"],
+                             prune_configs_by={"early_config_prune": _prune})(_w4a4_gemm_kernel)
+
+
+def _splits(M: int, G: int, block_m: int) -> int:
+    """K splits of kernel 1: enough programs to fill ~2 waves of a large GPU, each ≥ 2 groups."""
+    blocks = triton.cdiv(M, block_m)
+    return max(1, min(triton.cdiv(264, blocks), G // 2))
+
+
+def quantize_activations(x2: torch.Tensor, layer):
+    """Kernel 1 alone: (codes (M, K) int8 de-interleaved per group, scales (M, K/64) f32,
+    partial low-rank (S, M, r) f32 or None)."""
+    M, K = x2.shape
+    R = layer.rank
+    G = K // GROUP
+    BM = 16 if M <= 4096 else 32
+    S = _splits(M, G, BM)
+    gps = triton.cdiv(G, S)
+    S = triton.cdiv(G, gps)
+    q = torch.empty(M, K, dtype=torch.int8, device=x2.device)
+    sx = torch.empty(M, G, dtype=torch.float32, device=x2.device)
+    lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
+    _quantize_act[(triton.cdiv(M, BM), S)](x2, layer.smooth, layer.lora_down if R else x2, q, sx,
+                                          lr if R else sx, M, K, gps, INV_QMAX, K,
+                                          R=R if R else 16, HAS_LR=bool(R), DEQ=False, BLOCK_M=BM, GROUP=GROUP)
+    return q, sx, lr
+
+
+# From this many rows on (a measured crossover, docs/BENCHMARKS.md) the GEMM is compute-bound and
+# sm_90 runs it faster on fp16 tensor cores (cuBLAS) than through INT8 MMA with a per-group rescale:
+# the INT4 weights (exactly: a 4-bit code x a bf16 scale fits fp16) and activations (rounded,
+# relative error <= 2^-11) are dequantized into fp16 workspaces,
+# with the low-rank branch appended as R extra columns of the same GEMM.
+DEQUANT_MIN_M = int(os.environ.get("VAR_GEN_W4A4_DEQUANT_MIN_M", "1024"))
+
+
+def w4a4_linear_dequant(x2: torch.Tensor, layer, y: torch.Tensor) -> torch.Tensor:
+    M, K = x2.shape
+    N, R = layer.out_features, layer.rank
+    ld = K + R
+    xq = torch.empty(M, ld, dtype=torch.float16, device=x2.device)
+    BM = 32
+    _quantize_act[(triton.cdiv(M, BM), 1)](x2, layer.smooth, layer.lora_down if R else x2, xq, xq, xq, M, K,
+                                          K // GROUP, INV_QMAX, ld, R=R if R else 16, HAS_LR=bool(R), DEQ=True,
+                                          BLOCK_M=BM, GROUP=GROUP)
+    w = torch.empty(N, ld, dtype=torch.float16, device=x2.device)
+    BN = 64
+    _dequant_weight[(triton.cdiv(N, BN), K // GROUP + (1 if R else 0))](
+        layer.qweight, layer.wscales, layer.lora_up if R else layer.wscales, w, N, K, ld,
+        R=R if R else 16, HAS_LR=bool(R), BLOCK_N=BN, GROUP=GROUP)
+    prod = torch.matmul(xq, w.t())
+    if layer.bias is not None:
+        torch.add(prod, layer.bias, out=y)
+    else:
+        y.copy_(prod)
+    return y
+
+
+def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None) -> torch.Tensor:
+    """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
+    `path` "int8" (INT8 MMA kernel) or "dequant" (fp16 workspaces + cuBLAS) overrides the choice by
+    M; `config` ({BLOCK_M, BLOCK_N, SWAP, num_warps, num_stages}) fixes the INT8 kernel's tile instead
+    of autotuning (tests and benchmarks use both to check and time every variant)."""
     K, N, R = layer.in_features, layer.out_features, layer.rank
     shape = x.shape
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
-    q = torch.empty(M, K, dtype=torch.int8, device=x.device)
-    sx = torch.empty(M, K // GROUP, dtype=torch.float32, device=x.device)
-    xs = torch.empty(M, K, dtype=torch.float32, device=x.device)
-    BM = 16
-    _quantize_act[(triton.cdiv(M, BM), K // GROUP)](x2, layer.smooth, q, sx, xs, M, K, INV_QMAX, BLOCK_M=BM, GROUP=GROUP)
-    lr = xs @ layer.lora_down.float() if R else torch.zeros(M, 16, device=x.device)
-    Rk = R if R else 16
-    up = layer.lora_up if R else torch.zeros(N, 16, dtype=layer.wscales.dtype, device=x.device)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
-    bucket = 1 << max(0, (M - 1).bit_length())
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
-    _w4a4_gemm[grid](q, sx, layer.qweight, layer.wscales, lr.contiguous(), up.contiguous(),
-                     layer.bias if layer.bias is not None else y, y, M, N, K, min(bucket, 8192),
-                     HAS_BIAS=layer.bias is not None, R=Rk, GROUP=GROUP)
+    if path == "dequant" or (path is None and config is None and M >= DEQUANT_MIN_M):
+        w4a4_linear_dequant(x2, layer, y)
+        return y.reshape(*shape[:-1], N)
+    q, sx, lr = quantize_activations(x2, layer)
+    S = lr.shape[0] if R else 0
+    bucket = min(1 << max(0, (M - 1).bit_length()), 8192)
+    args = (q, sx, layer.qweight, layer.wscales, lr if R else sx, layer.lora_up if R else layer.wscales,
+            layer.bias if layer.bias is not None else y, y, M, N, K, S, bucket)
+    meta = dict(HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP)
+    if config is None:
+        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]))
+        _w4a4_gemm[grid](*args, **meta)
+    else:
+        grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]))
+        _w4a4_gemm_kernel[grid](*args, **meta, **config)
     return y.reshape(*shape[:-1], N)

@@ -40,3 +40,104 @@ def test_w4a4_kernel_matches_reference(K, N, bias):
         assert torch.isfinite(y).all()
         rel = ((y - ref).norm() / ref.norm()).item()
         assert rel <= 1e-3, (M, K, N, rel)
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_every_gemm_variant_matches_reference(small):
+    """Each autotuner candidate (SWAP on and off, every tile), not only the ones the tuner picks."""
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    K, N = 3584, 3584
+    layer = _layer(K, N, True, seed=7)
+    M = 32 if small else 2048
+    x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+    ref = layer.reference_forward(x).float()
+    cfgs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in (mod.SMALL_M_CONFIGS if small else mod.LARGE_M_CONFIGS)] + ["dequant"]
+    for cfg in cfgs:
+        y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
+        mod.w4a4_linear(x, layer, out=y, **({"path": cfg} if cfg == "dequant" else {"config": cfg, "path": "int8"}))
+        rel = ((y.float() - ref).norm() / ref.norm()).item()
+        assert rel <= 1e-3, (cfg, rel)
+
+
+# Infinity-8B at 1024x1024: tokens per scale (h*w of the 13 scales); B = 2 (CFG), 28 heads of 128
+SCALES_1024 = [1, 4, 16, 36, 64, 144, 256, 400, 576, 1024, 1600, 2304, 4096]
+
+
+def _kv_case(n_cached, n_tail, lq, seed):
+    """Cosine-attention-like q (unit vectors x per-head scale up to 20) and k (unit vectors with a
+    skewed per-channel offset, as RoPE'd normalised keys are), v with channel-dependent ranges;
+    static per-(head, channel) INT8 scales calibrated on the keys themselves."""
+    from var_gen_ros.quant.kv_int8 import asym_params, quantize_asym
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    B, H, D = 2, 28, 128
+    cap = max(n_cached, 1)
+    off = torch.randn(1, H, 1, D, device="cuda", generator=g) * 0.5
+    k = torch.nn.functional.normalize(torch.randn(B, H, cap, D, device="cuda", generator=g) + off, dim=-1)
+    v = torch.randn(B, H, cap, D, device="cuda", generator=g) * (torch.rand(1, H, 1, D, device="cuda", generator=g) * 2 + 0.1)
+    ks, kz = asym_params(k.amin((0, 2), keepdim=True), k.amax((0, 2), keepdim=True))
+    vs, vz = asym_params(v.amin((0, 2), keepdim=True), v.amax((0, 2), keepdim=True))
+    kq, vq = quantize_asym(k, ks, kz), quantize_asym(v, vs, vz)
+    scale = torch.linspace(4, 20, H, device="cuda").view(1, H, 1, 1)
+    q = (torch.nn.functional.normalize(torch.randn(B, H, lq, D, device="cuda", generator=g) + off, dim=-1) * scale).bfloat16()
+    kt = torch.nn.functional.normalize(torch.randn(B, H, n_tail, D, device="cuda", generator=g) + off, dim=-1).bfloat16()
+    vt = torch.randn(B, H, n_tail, D, device="cuda", generator=g).bfloat16()
+    return q, kq, vq, (ks, kz, vs, vz), kt, vt
+
+
+def _float64_attention(q, kq, vq, n_cached, prm, kt, vt):
+    from var_gen_ros.quant.kv_int8 import dequantize_asym
+    ks, kz, vs, vz = prm
+    outs = []
+    for h in range(q.shape[1]):                 # one head at a time: Lq x Lk float64 scores are large
+        K = torch.cat([dequantize_asym(kq[:, h:h + 1, :n_cached], ks[:, h:h + 1], kz[:, h:h + 1]).double(),
+                       kt[:, h:h + 1].double()], 2)
+        V = torch.cat([dequantize_asym(vq[:, h:h + 1, :n_cached], vs[:, h:h + 1], vz[:, h:h + 1]).double(),
+                       vt[:, h:h + 1].double()], 2)
+        outs.append(torch.softmax(q[:, h:h + 1].double() @ K.transpose(-1, -2), -1) @ V)
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("si", range(len(SCALES_1024)))
+def test_int8_kv_attention_kernel_matches_float64(si):
+    """Scales 0..11 attend to their stored (int8) K/V; the last scale to int8 scales 0..11 plus its own
+    bf16 K/V (never stored)."""
+    from var_gen_ros.quant.dispatch import int8_attention_kernel, kernel_status
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    last = si == len(SCALES_1024) - 1
+    lq = SCALES_1024[si]
+    n_cached = sum(SCALES_1024[:si]) if last else sum(SCALES_1024[:si + 1])
+    q, kq, vq, prm, kt, vt = _kv_case(n_cached, lq if last else 0, lq, seed=int(torch.randint(1 << 30, (1,))))
+    fn = int8_attention_kernel(q)
+    assert fn is not None, kernel_status()
+    o = torch.full_like(q, float("nan"))
+    fn(q, kq, vq, n_cached, *prm, kt if last else None, vt if last else None, out=o)
+    ref = _float64_attention(q, kq, vq, n_cached, prm, kt, vt)
+    rel = ((o.double() - ref).norm() / ref.norm()).item()
+    assert torch.isfinite(o).all() and rel <= 1e-2, (si, rel)
+
+
+def test_int8_kv_cache_attend_uses_kernel_and_matches_reference():
+    """Int8KVCache.attend (the model's path) with the kernel vs the same cache's reference attend."""
+    from var_gen_ros.infinity.kv_cache import KVCache
+    from var_gen_ros.quant.kv_int8 import Int8KVCache, asym_params
+    torch.manual_seed(0)
+    B, H, D, sizes = 2, 28, 128, [16, 64, 256]
+    ks = [torch.nn.functional.normalize(torch.randn(B, H, n, D, device="cuda"), dim=-1) for n in sizes]
+    vs = [torch.randn(B, H, n, D, device="cuda") for n in sizes]
+    k_all, v_all = torch.cat(ks, 2), torch.cat(vs, 2)
+    st = {}
+    st["k_scale"], st["k_zero"] = (t.view(H, D) for t in asym_params(k_all.amin((0, 2), keepdim=True), k_all.amax((0, 2), keepdim=True)))
+    st["v_scale"], st["v_zero"] = (t.view(H, D) for t in asym_params(v_all.amin((0, 2), keepdim=True), v_all.amax((0, 2), keepdim=True)))
+    a = Int8KVCache(B, H, D, sum(sizes[:-1]), torch.bfloat16, "cuda", static=st)
+    b = Int8KVCache(B, H, D, sum(sizes[:-1]), torch.bfloat16, "cuda", static=st)
+    start = 0
+    for i, (k, v) in enumerate(zip(ks, vs)):
+        q = (torch.nn.functional.normalize(torch.randn(B, H, k.shape[2], D, device="cuda"), dim=-1) * 8).bfloat16()
+        store = i < len(sizes) - 1
+        y = a.attend(q, k, v, start, store)                         # kernel
+        r = KVCache.attend(b, q, k, v, start, store)                # reference (dequantize + SDPA)
+        rel = ((y.float() - r.float()).norm() / r.float().norm()).item()
+        assert rel <= 1e-2, (i, rel)
+        start += k.shape[2]

@@ -13,6 +13,9 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$VPY" -m pip install -q -r requirements.txt
+# CUDA torch brings its own Triton; the CPU build does not, and the CPU tests run the kernels in
+# Triton's interpreter
+"$VPY" -c "import triton" 2>/dev/null || "$VPY" -m pip install -q triton==3.6.0
 "$VPY" -m pip install -q --no-deps -e .
 # msg/ + action/ -> build/interfaces/install (colcon, from the wheels). Without them the node cannot
 # start and its tests skip with the reason; everything else still works, so do not stop here.

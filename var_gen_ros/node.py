@@ -34,8 +34,9 @@ Generate = action_pkg.Generate
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
-READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache"}
+READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder"}
 CHOICES = {"dtype": ("fp32", "bf16", "fp16"), "quantization": ("bf16", "w4a4"), "kv_cache": ("bf16", "int8"),
+           "text_encoder": ("bf16", "int8", "cpu"),
            "compressed_format": ("png", "jpeg")}
 
 
@@ -58,6 +59,7 @@ class GenNode(Node):
         P("dtype", "fp32", _desc("weights/compute dtype: fp32 | bf16 | fp16", True))
         P("quantization", "bf16", _desc("bf16 (unquantized) | w4a4 (SVDQuant)", True))
         P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8", True))
+        P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | cpu", True))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("cfg", 0.0, _desc("classifier-free guidance scale; 0 = the model's own default", float_range=(0.0, 30.0)))
@@ -123,12 +125,13 @@ class GenNode(Node):
         import torch
         from .cli import DTYPES, default_bundle_path, resolve_device
         from .infinity import Generator
-        from .quant.runtime import apply_precision
+        from .quant.runtime import apply_precision, apply_text_encoder
         path = self.p("bundle_path") or default_bundle_path()
         device = resolve_device(self.p("device"))
         gen = Generator.from_bundle(path, device=device, dtype=DTYPES[self.p("dtype")])
         self.precision = apply_precision(gen, self.p("quantization"), self.p("kv_cache"), path,
                                          log=self.get_logger().info)
+        self.precision += ", " + apply_text_encoder(gen, self.p("text_encoder"))
         return gen
 
     # ---------------------------------------------------------------- inputs

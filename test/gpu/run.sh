@@ -1,5 +1,13 @@
 #!/bin/bash
-# GPU checks and kernel benchmark, run through the device tool (CI skips these on the CPU).
+# GPU checks and kernel benchmarks, run through the device tool (CI skips these on the CPU).
+# Writes kernels_h100.json (bench/kernels.py) and the default model's accuracy with kernels on/off.
 export PYTHONUNBUFFERED=1
-python3 -m pytest -q -x test/test_kernels_gpu.py 2>&1 | tail -15
-python3 bench/kernels.py --json "${OUT:-.}/kernels_h100.json"
+OUT=${OUT:-.}
+python3 -m pytest -q test/test_kernels_gpu.py 2>&1 | tail -25
+python3 bench/kernels.py --json "$OUT/kernels_h100.json"
+# the embedded model end to end, W4A4 + INT8 KV, kernels vs the PyTorch reference (same seeds)
+for k in 1 0; do
+  echo "== eval-default w4a4+kv8 VAR_GEN_KERNELS=$k"
+  VAR_GEN_KERNELS=$k python3 -m var_gen_ros.cli eval-default --prompts 100 --device cuda --dtype bf16 \
+    --quantization w4a4 --kv-cache int8 2>&1 | tail -3
+done

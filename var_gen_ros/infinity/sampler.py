@@ -31,6 +31,9 @@ class ScaleEvent:
     progress: float                 # fraction of all tokens generated so far
     elapsed_s: float
     preview: Optional[np.ndarray]   # (H, W, 3) uint8 decode of the codes so far, when asked for
+    # bytes the generation holds between scales, by component (kv_cache, scale_state): with the
+    # weights, what an allocator should see resident at this point (memory accounting, bench/edge_proof.py)
+    resident_bytes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +101,16 @@ def teacher_forcing_inputs(bits: Sequence[torch.Tensor], schedule: ScaleSchedule
         summed = summed + upsample_codes(bits_to_latent(bits[si], cfg), final)
         out.append(latent_to_tokens(upsample_codes(summed, latent_size(schedule.scales[si + 1], cfg)), cfg))
     return torch.cat(out, dim=1)
+
+
+def _unique_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (views and expands count once)."""
+    seen = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
 
 
 # ---------------------------------------------------------------- generator
@@ -220,12 +233,19 @@ class Generator:
                 nxt = upsample_codes(summed, latent_size(schedule.scales[si + 1], c))
                 x = m.embed_words(latent_to_tokens(nxt, c))
                 x = x.expand(B, -1, -1)
+                del nxt
+            # free this scale's activations and logits now, not when the next scale overwrites them:
+            # between scales only the KV cache and the scale state stay resident
+            del xs, out, logits, bits, codes
             self._sync()
             timings["scales_s"].append(time.perf_counter() - t0)
             if callback is not None:
                 pv = self.decode(summed) if preview else None
                 done = offsets[si] + counts[si]
-                callback(ScaleEvent(si, n, done / total_tokens, time.perf_counter() - t_start, pv))
+                state = [x, summed, rope, cond_BD, cond_gss, feats, mask, *[t for kv in text_kv for t in kv]]
+                resident = {"kv_cache": sum(cc.nbytes for cc in caches) if caches else 0,
+                            "scale_state": _unique_bytes(state)}
+                callback(ScaleEvent(si, n, done / total_tokens, time.perf_counter() - t_start, pv, resident))
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"cancelled after scale {si + 1}/{n}")
 

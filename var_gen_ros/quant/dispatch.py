@@ -3,6 +3,8 @@
 The kernels are used when the tensor is on a CUDA device, Triton imports and the kernel module
 loads; otherwise the reference runs, with one warning saying why. VAR_GEN_KERNELS=0 forces the
 reference. `kernel_status()` is what the node reports in diagnostics.
+Kernels: W4A4 GEMM (kernels/w4a4_gemm_triton.py), attention over the INT8 KV cache
+(kernels/int8_kv_attention_triton.py).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import importlib.util
 import os
 import warnings
 
-_STATE = {"loaded": False, "w4a4": None, "reason": "not loaded yet"}
+_STATE = {"loaded": False, "w4a4": None, "attn_int8": None, "reason": "not loaded yet"}
 
 
 def _load_module(name: str, filename: str):
@@ -40,8 +42,8 @@ def _load():
         if not torch.cuda.is_available():
             _STATE["reason"] = "no CUDA device"
             return
-        mod = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py")
-        _STATE["w4a4"] = mod.w4a4_linear
+        _STATE["w4a4"] = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py").w4a4_linear
+        _STATE["attn_int8"] = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py").int8_kv_attention
         _STATE["reason"] = "triton"
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
         _STATE["reason"] = f"unavailable ({type(e).__name__}: {e})"
@@ -56,6 +58,17 @@ def w4a4_kernel(x):
     return _STATE["w4a4"]
 
 
+def int8_attention_kernel(q):
+    """The INT8-KV attention kernel for queries q, or None for the reference (dequantize + SDPA)."""
+    import torch
+    if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-1] not in (16, 32, 64, 128, 256):
+        return None
+    _load()
+    return _STATE["attn_int8"]
+
+
 def kernel_status() -> str:
     _load()
-    return "w4a4: triton" if _STATE["w4a4"] is not None else f"pytorch reference ({_STATE['reason']})"
+    if _STATE["w4a4"] is None:
+        return f"pytorch reference ({_STATE['reason']})"
+    return "w4a4 gemm: triton, int8-kv attention: triton (static scales; dynamic uses the reference)"

@@ -97,8 +97,21 @@ class Int8KVCache(KVCache):
             return self.k.new_zeros(shape, dtype=torch.float32), self.v.new_zeros(shape, dtype=torch.float32)
         return torch.cat(ks, 2), torch.cat(vs, 2)
 
-    # attend() is KVCache's: stored K/V are read back dequantized (the reference attention); the last
-    # scale's own K/V, which are never stored, take part at full precision.
+    def attend(self, q, k, v, start, store):
+        """With static scales on a GPU: the INT8-KV attention kernel (dequantizes in registers).
+        Otherwise KVCache's reference: stored K/V are read back dequantized and SDPA runs on them.
+        Either way the last scale's own K/V, which are never stored, take part at full precision."""
+        if self.static is not None:
+            from .dispatch import int8_attention_kernel
+            fn = int8_attention_kernel(q)
+            if fn is not None:
+                st = self.static
+                L = k.shape[2]
+                if store:
+                    self.store(k, v, start)
+                    return fn(q, self.k, self.v, start + L, st["k_scale"], st["k_zero"], st["v_scale"], st["v_zero"])
+                return fn(q, self.k, self.v, start, st["k_scale"], st["k_zero"], st["v_scale"], st["v_zero"], k, v)
+        return super().attend(q, k, v, start, store)
 
 
 def symmetric_per_tensor_roundtrip(x: torch.Tensor) -> torch.Tensor:

@@ -41,3 +41,24 @@ def apply_precision(generator, quantization: str, kv_cache: str, bundle_path: st
         generator.kv_cache_factory = KVCache
         how += ", 16-bit KV"
     return how
+
+
+TEXT_ENCODER_MODES = ("bf16", "int8", "cpu")
+
+
+def apply_text_encoder(generator, mode: str) -> str:
+    """Where and how the text encoder lives: `bf16` (as loaded, on the generator's device), `int8`
+    (weight-only INT8 per output channel, half the bytes of bf16), or `cpu` (float32 on the host; on a
+    discrete GPU this frees its memory entirely, on Jetson's shared memory it does not)."""
+    import torch
+    from .int8_weight import quantize_int8_weights_
+    if mode not in TEXT_ENCODER_MODES:
+        raise ValueError(f"text_encoder must be one of {', '.join(TEXT_ENCODER_MODES)}, not {mode!r}")
+    te = generator.text_encoder
+    if te is None or mode == "bf16":
+        return "text encoder as loaded"
+    if mode == "int8":
+        n = quantize_int8_weights_(te.model)
+        return f"text encoder INT8 weights ({n} Linears)"
+    te.model.to(device="cpu", dtype=torch.float32)
+    return "text encoder on the CPU (float32)"

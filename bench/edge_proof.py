@@ -1,0 +1,295 @@
+"""Edge proof: the whole Infinity-8B pipeline (T5-XL-shaped encoder, transformer, KV cache, BSQ-VAE
+decoder) at 1024x1024 with CFG under a hard GPU memory cap, bf16 vs W4A4 vs W4A4 + INT8 KV.
+
+Random weights of the official shapes (real weights cannot be downloaded here). The W4A4 transformer
+is built directly in its quantized form (W4A4Linear modules made on the meta device, filled on the
+GPU), so the bf16 weights never exist: that is how a 16 GB device must load it. Every mode runs in
+its own process (own CUDA context, own cap). The product code paths are used unchanged: Generator,
+W4A4Linear / Int8KVCache with the kernels dispatched as the node does, apply_text_encoder.
+
+Per mode: peak allocated / reserved per stage (text encoder, each scale, VAE decode), the resident
+components (weights by module, KV cache, scale state) checked against the allocator, latency per
+stage and per scale, each scale's floor (max of FLOPs / peak rate and bytes / bandwidth), at
+1024x1024 and the other resolutions asked for.
+
+    python3 bench/edge_proof.py --cap-gib 14 --modes bf16,w4a4,w4a4_kv8 --text-encoder int8 \
+        --resolutions 1024x1024,512x512,768x1344 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from var_gen_ros.infinity import BSQVAE, Generator, Infinity, get_config     # noqa: E402
+from var_gen_ros.infinity.tiny import random_init_                           # noqa: E402
+from var_gen_ros.memory import AllocationMeter, resident_check               # noqa: E402
+
+GIB = 2 ** 30
+PROMPT = "a photo of a red robot in a green field under a blue sky"
+# H100 rates measured here (docs/BENCHMARKS.md, ../shared research): cuBLAS bf16 ≈ 770 TFLOP/s,
+# device memory ≈ 3.0 TB/s; the floors below use them for every mode (W4A4's large-M GEMMs run on
+# fp16 tensor cores, its small-M ones are weight-bandwidth-bound)
+PEAK_FLOPS = 770e12
+PEAK_BW = 3.0e12
+
+
+# ---------------------------------------------------------------- building
+def random_w4a4_(model: torch.nn.Module, seed: int) -> None:
+    """Random W4A4Linear buffers with the statistics of the random bf16 init (weight std 1/sqrt(K))."""
+    from var_gen_ros.quant import W4A4Linear
+    g = torch.Generator(device=next(model.buffers()).device).manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, W4A4Linear):
+                K, dev = m.in_features, m.qweight.device
+                m.qweight.copy_(torch.randint(0, 256, m.qweight.shape, generator=g, device=dev, dtype=torch.uint8))
+                m.wscales.copy_(torch.rand(m.wscales.shape, generator=g, device=dev) * 0.1 / K ** 0.5 + 0.17 / K ** 0.5)
+                m.smooth.fill_(1.0)
+                m.lora_down.normal_(0, K ** -0.5, generator=g)
+                m.lora_up.normal_(0, 0.02, generator=g)
+                if m.bias is not None:
+                    m.bias.normal_(0, 0.02, generator=g)
+
+
+def build_transformer(model_name: str, quantized: bool, device: str, seed: int = 0) -> Infinity:
+    from var_gen_ros.quant import QuantConfig, W4A4Linear
+    from var_gen_ros.quant.api import _set_module, selected_layers
+    cfg = get_config(model_name)
+    qc = QuantConfig()
+    with torch.device("meta"):
+        model = Infinity(cfg)
+        if quantized:
+            for name, mode in selected_layers(model, qc).items():
+                lin = model.get_submodule(name)
+                _set_module(model, name, W4A4Linear(lin.in_features, lin.out_features, lin.bias is not None,
+                                                    qc.rank, qc.group, 4 if mode == "w4a4" else None,
+                                                    torch.bfloat16, device="meta"))
+    model = model.to(torch.bfloat16).to_empty(device=device)
+    random_init_(model, seed)
+    if quantized:
+        random_w4a4_(model, seed)
+    return model.eval().requires_grad_(False)
+
+
+def build(mode: str, text_encoder: str, device: str, model_name: str = "infinity_8b") -> Generator:
+    from bench.pipeline import build_text_encoder
+    from var_gen_ros.quant.runtime import apply_text_encoder
+    cfg = get_config(model_name)
+    model = build_transformer(model_name, mode != "bf16", device)
+    with torch.device("meta"):
+        vae = BSQVAE(cfg.vae)
+    vae = vae.to(torch.bfloat16).to_empty(device=device)
+    random_init_(vae, 1)
+    vae.eval().requires_grad_(False)
+    te = build_text_encoder(device, torch.bfloat16, tempfile.mkdtemp(), 2)
+    gen = Generator(model, vae, te, device=device, name=f"{model_name}-random-{mode}")
+    gen.text_encoder_mode = apply_text_encoder(gen, text_encoder)
+    return gen
+
+
+def calibrate_static_kv(gen: Generator, height: int, width: int) -> list:
+    """Static INT8 KV scales from one generation (what `var-gen quantize` stores in a bundle)."""
+    from var_gen_ros.quant.api import static_kv_scales
+    from var_gen_ros.quant.kv_int8 import KVStatsRecorder
+    stats = [dict() for _ in range(gen.cfg.depth)]
+    old = gen.kv_cache_factory
+    gen.kv_cache_factory = lambda *a, layer=0, **k: KVStatsRecorder(*a, stats=stats[layer])
+    try:
+        gen.generate(PROMPT, seed=123, height=height, width=width)
+    finally:
+        gen.kv_cache_factory = old
+    return static_kv_scales(stats)
+
+
+# ---------------------------------------------------------------- measuring
+def scale_floors(gen: Generator, schedule, batch: int, kv_bytes_per_token: float) -> list:
+    """Per scale: FLOPs (per-token Linears + self-attention) and bytes (weights once + KV read), and the
+    floor max(FLOPs / PEAK_FLOPS, bytes / PEAK_BW) in seconds."""
+    from var_gen_ros.quant import W4A4Linear
+    lin_macs, wbytes = 0, 0
+    for name, m in gen.model.named_modules():
+        per_token = not any(t in name for t in ("mat_kv", "text_", "ada_lin"))   # these run once per prompt
+        if isinstance(m, (torch.nn.Linear, W4A4Linear)) and per_token:
+            lin_macs += m.in_features * m.out_features
+    wbytes = sum(t.numel() * t.element_size() for t in list(gen.model.parameters()) + list(gen.model.buffers()))
+    c = gen.cfg
+    out, seen = [], 0
+    for L in schedule.token_counts:
+        seen += L
+        flops = 2 * batch * L * lin_macs + 4 * batch * c.num_heads * L * seen * c.head_dim * c.depth
+        nbytes = wbytes + kv_bytes_per_token * seen
+        out.append({"tokens": L, "flops": flops, "bytes": nbytes,
+                    "floor_s": max(flops / PEAK_FLOPS, nbytes / PEAK_BW)})
+    return out
+
+
+def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg: float, repeats: int) -> dict:
+    """Runs of one resolution: stage latencies and per-stage peaks, and the resident components at
+    every scale boundary against the allocator."""
+    weights = gen.weight_bytes()
+    runs = []
+    for rep in range(repeats):
+        meter.reset_peak()
+        t0 = time.perf_counter()
+        feats = gen.encode_text(PROMPT, None, True)            # the prompt-embedding cache's input
+        torch.cuda.synchronize()
+        te_s, te_peak = time.perf_counter() - t0, meter.peak()
+        feats = tuple(f.to(gen.device) for f in feats)
+        base = meter.allocated()                             # weights + cached prompt features
+        stage, checks = [], []
+
+        def on_scale(ev):
+            torch.cuda.synchronize()
+            stage.append(meter.peak())
+            checks.append({"scale": ev.index, **resident_check(meter, sum(weights.values()), ev.resident_bytes,
+                                                                base - sum(weights.values()))})
+            meter.reset_peak()
+
+        r = gen.generate(PROMPT, seed=rep, cfg=cfg, height=height, width=width, text_features=feats, callback=on_scale)
+        vae_peak = meter.peak()
+        runs.append({"text_encoder_s": te_s, "text_encoder_peak": te_peak, "base_allocated": base,
+                     "scales_s": r.timings["scales_s"], "vae_decode_s": r.timings["vae_decode_s"],
+                     "total_s": r.timings["total_s"] + te_s, "scale_peaks": stage, "vae_decode_peak": vae_peak,
+                     "kv_cache_bytes": r.memory["kv_cache_bytes"], "checks": checks, "schedule": r.schedule})
+    med = statistics.median
+    last = runs[-1]
+    n = len(last["scales_s"])
+    sched = last["schedule"]
+    kv_per_token = last["kv_cache_bytes"] / max(1, sched.cached_tokens)
+    floors = scale_floors(gen, sched, 2, kv_per_token)
+    per_scale = [med([r["scales_s"][i] for r in runs]) for i in range(n)]
+    lat = {"text_encoder": med([r["text_encoder_s"] for r in runs]),
+           "transformer": med([sum(r["scales_s"]) for r in runs]),
+           "vae_decode": med([r["vae_decode_s"] for r in runs]),
+           "total": med([r["total_s"] for r in runs]), "per_scale": per_scale}
+    lat["share"] = {k: lat[k] / lat["total"] for k in ("text_encoder", "transformer", "vae_decode")}
+    peaks = {"text_encoder": max(r["text_encoder_peak"] for r in runs),
+             "scales": [max(r["scale_peaks"][i] for r in runs) for i in range(n)],
+             "vae_decode": max(r["vae_decode_peak"] for r in runs)}
+    peak = max(peaks["text_encoder"], max(peaks["scales"]), peaks["vae_decode"])
+    worst = max(last["checks"], key=lambda c: abs(c["unaccounted"]))
+    resident_at_last = last["checks"][-1]
+    return {
+        "resolution": [height, width], "scales": [list(s) for s in sched.scales], "repeats": repeats,
+        "latency_s": lat,
+        "floor_s": [f["floor_s"] for f in floors], "floor_total_s": sum(f["floor_s"] for f in floors),
+        "transformer_vs_floor": lat["transformer"] / sum(f["floor_s"] for f in floors),
+        "per_scale_vs_floor": [t / f["floor_s"] for t, f in zip(per_scale, floors)],
+        "memory_bytes": {
+            "weights": weights, "weights_total": sum(weights.values()),
+            "kv_cache": last["kv_cache_bytes"], "prompt_features_and_base": last["base_allocated"] - sum(weights.values()),
+            "peak_allocated": peak, "peak_by_stage": peaks,
+            "activations_at_peak": peak - resident_at_last["components"],
+            "accounting_worst": worst,
+        },
+    }
+
+
+def child(a) -> dict:
+    dev = "cuda"
+    mode = a.child
+    out = {"mode": mode, "cap_gib": a.cap_gib, "text_encoder": a.text_encoder, "device": torch.cuda.get_device_name()}
+    t = time.perf_counter()
+    gen = build(mode, a.text_encoder, dev)
+    if mode == "w4a4_kv8":
+        from var_gen_ros.quant.api import Int8KVCacheFactory
+        gen.kv_cache_factory = Int8KVCacheFactory(calibrate_static_kv(gen, 512, 512))
+    out["build_s"] = time.perf_counter() - t
+    out["text_encoder_mode"] = gen.text_encoder_mode
+    from var_gen_ros.quant.dispatch import kernel_status
+    out["kernels"] = kernel_status()
+    meter = AllocationMeter(dev)
+    res = [tuple(int(v) for v in r.split("x")) for r in a.resolutions.split(",")]
+    torch.cuda.empty_cache()
+    if mode == "bf16":   # its real peak first, uncapped: it cannot run under the cap
+        gen.generate(PROMPT, seed=0, cfg=a.cfg, height=res[0][0], width=res[0][1])
+        out["uncapped"] = measure(gen, meter, res[0][0], res[0][1], a.cfg, a.repeats)
+        torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * GIB / total))
+    torch.cuda.reset_peak_memory_stats()
+    out["resident_after_build"] = torch.cuda.memory_allocated()
+    out["runs"] = []
+    for h, w in res:
+        try:
+            gen.generate(PROMPT, seed=0, cfg=a.cfg, height=h, width=w)        # warm-up (autotuning, cuBLAS)
+            r = measure(gen, meter, h, w, a.cfg, a.repeats)
+            r["fits"] = True
+        except torch.cuda.OutOfMemoryError as e:
+            r = {"resolution": [h, w], "fits": False, "error": str(e).split("\n")[0][:300],
+                 "peak_allocated_before_oom": torch.cuda.max_memory_allocated()}
+            torch.cuda.empty_cache()
+        out["runs"].append(r)
+        print(json.dumps({"mode": mode, "res": [h, w], "fits": r["fits"],
+                          "peak_gib": r.get("memory_bytes", {}).get("peak_allocated", r.get("peak_allocated_before_oom", 0)) / GIB,
+                          "total_s": r.get("latency_s", {}).get("total")}), flush=True)
+    return out
+
+
+def summarize(results: dict) -> None:
+    print(f"\n{'mode':10} {'res':>10} {'fits':>5} {'peak GiB':>9} {'weights':>8} {'KV':>7} {'act':>6} "
+          f"{'total s':>8} {'TE':>6} {'transf.':>8} {'VAE':>6} {'vs floor':>8}")
+    for mode, r in results.items():
+        rows = ([("uncapped", r["uncapped"])] if "uncapped" in r else []) + [("", x) for x in r["runs"]]
+        for tag, x in rows:
+            res = "x".join(map(str, x["resolution"])) + ("*" if tag else "")
+            if not x.get("fits", True):
+                print(f"{mode:10} {res:>10} {'OOM':>5} {x['peak_allocated_before_oom'] / GIB:9.2f}")
+                continue
+            m, L = x["memory_bytes"], x["latency_s"]
+            print(f"{mode:10} {res:>10} {'yes':>5} {m['peak_allocated'] / GIB:9.2f} {m['weights_total'] / GIB:8.2f} "
+                  f"{m['kv_cache'] / GIB:7.2f} {m['activations_at_peak'] / GIB:6.2f} {L['total']:8.3f} "
+                  f"{L['text_encoder']:6.3f} {L['transformer']:8.3f} {L['vae_decode']:6.3f} {x['transformer_vs_floor']:8.2f}")
+    print("(* = bf16 without the cap, to report its real peak)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--modes", default="bf16,w4a4,w4a4_kv8")
+    ap.add_argument("--cap-gib", type=float, default=14.0, help="GPU memory cap (Orin: 16 GB shared, ~14 usable)")
+    ap.add_argument("--text-encoder", default="int8", choices=["bf16", "int8", "cpu"])
+    ap.add_argument("--resolutions", default="1024x1024,512x512,768x1344,1344x768")
+    ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/edge_proof.py measures GPU memory and latency: no CUDA device here")
+    if a.child:
+        with open(a.child_out, "w") as f:
+            json.dump(child(a), f, indent=1, default=str)
+        return
+    results = {}
+    for mode in a.modes.split(","):
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+            path = f.name
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-out", path,
+               "--cap-gib", str(a.cap_gib), "--text-encoder", a.text_encoder, "--resolutions", a.resolutions,
+               "--cfg", str(a.cfg), "--repeats", str(a.repeats)]
+        p = subprocess.run(cmd)
+        if p.returncode != 0:
+            results[mode] = {"mode": mode, "failed": p.returncode}
+            continue
+        with open(path) as f:
+            results[mode] = json.load(f)
+        if a.json:                      # after every mode, so a run cut short keeps what it measured
+            with open(a.json, "w") as f:
+                json.dump(results, f, indent=1)
+    summarize({k: v for k, v in results.items() if "failed" not in v})
+
+
+if __name__ == "__main__":
+    main()

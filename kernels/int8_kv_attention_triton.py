@@ -1,0 +1,140 @@
+"""Flash-style attention over the INT8 asymmetric per-channel KV cache, in Triton (GPU; the
+reference is var_gen_ros.infinity.kv_cache.KVCache.attend on Int8KVCache, which dequantizes the
+whole cache and calls SDPA).
+
+One scale's queries attend to every cached token (no mask: a scale sees all earlier scales and
+itself, so inference attention is block-causal without a mask) plus, for the last scale, its own
+K/V at full precision (the "tail", never stored). Dequantization happens in registers, per block:
+    k̂ = (k_q - z_k) · s_k  (per head, per channel)
+    q · k̂ = (q ∘ s_k) · k_q - Σ_d q_d s_k,d z_k,d
+The per-channel K scale folds into the query once per program, and the zero point is one number
+per query row (it cancels in the softmax when there is no tail; with a tail it is kept, so int8
+and full-precision keys share one softmax). For V:
+    Σ_j p_j v̂_j = (Σ_j p_j v_q,j - z_v Σ_j p_j) ∘ s_v
+so V's scale and zero point apply once to the accumulator at the end. K/V are read as int8 (half
+the bytes of bf16) and converted to bf16 in registers for the tensor-core dots (exact: |code| ≤ 128).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# the dtype of the tensor-core dots: bf16 on the GPU; float32 in Triton's CPU interpreter
+# (TRITON_INTERPRET=1, the CPU tests), whose numpy emulation of bf16 conversions is not faithful
+MMA_DTYPE = tl.float32 if os.environ.get("TRITON_INTERPRET", "0") == "1" else tl.bfloat16
+
+
+@triton.jit
+def _attn_int8_kernel(Q, KQ, VQ, KT, VT, KS, KZ, VS, VZ, O,
+                      sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, st_b, st_h, st_n, so_b, so_h, so_m,
+                      H, LQ, N8, NT, LQ_BUCKET, N_BUCKET,
+                      D: tl.constexpr, HAS_TAIL: tl.constexpr, MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    LOG2E: tl.constexpr = 1.4426950408889634
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D)
+    mrow = rm < LQ
+    q = tl.load(Q + b * sq_b + h * sq_h + rm[:, None] * sq_m + d[None, :], mask=mrow[:, None], other=0.0).to(tl.float32)
+    ks = tl.load(KS + h * D + d)
+    kz = tl.load(KZ + h * D + d)
+    q8 = (q * (ks * LOG2E)[None, :]).to(MMA)            # K scale folded into q (log2 domain)
+    c = tl.sum(q * (ks * kz)[None, :], axis=1) * LOG2E           # the K zero point, one number per row
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    l8 = tl.zeros((BLOCK_M,), dtype=tl.float32)                  # softmax mass on int8 keys
+    acc8 = tl.zeros((BLOCK_M, D), dtype=tl.float32)              # Σ p v_q (int8 V, in code units)
+    kbase = KQ + b * sk_b + h * sk_h
+    vbase = VQ + b * sk_b + h * sk_h
+    for n0 in range(0, N8, BLOCK_N):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        mn = rn < N8
+        k = tl.load(kbase + rn[None, :] * sk_n + d[:, None], mask=mn[None, :], other=0).to(MMA)
+        s = tl.dot(q8, k) - c[:, None]
+        s = tl.where(mn[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        ps = tl.sum(p, axis=1)
+        l_i = l_i * alpha + ps
+        l8 = l8 * alpha + ps
+        v = tl.load(vbase + rn[:, None] * sk_n + d[None, :], mask=mn[:, None], other=0).to(MMA)
+        acc8 = acc8 * alpha[:, None] + tl.dot(p.to(MMA), v)
+        m_i = m_new
+    acct = tl.zeros((BLOCK_M, D), dtype=tl.float32)              # Σ p v over full-precision tail keys
+    if HAS_TAIL:
+        qt = (q * LOG2E).to(MMA)
+        tkb = KT + b * st_b + h * st_h
+        tvb = VT + b * st_b + h * st_h
+        for n0 in range(0, NT, BLOCK_N):
+            rn = n0 + tl.arange(0, BLOCK_N)
+            mn = rn < NT
+            k = tl.load(tkb + rn[None, :] * st_n + d[:, None], mask=mn[None, :], other=0.0).to(MMA)
+            s = tl.dot(qt, k)
+            s = tl.where(mn[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            l8 = l8 * alpha
+            acc8 = acc8 * alpha[:, None]
+            v = tl.load(tvb + rn[:, None] * st_n + d[None, :], mask=mn[:, None], other=0.0).to(MMA)
+            acct = acct * alpha[:, None] + tl.dot(p.to(MMA), v)
+            m_i = m_new
+    vs = tl.load(VS + h * D + d)
+    vz = tl.load(VZ + h * D + d)
+    o = ((acc8 - l8[:, None] * vz[None, :]) * vs[None, :] + acct) / l_i[:, None]
+    tl.store(O + b * so_b + h * so_h + rm[:, None] * so_m + d[None, :], o.to(O.dtype.element_ty), mask=mrow[:, None])
+
+
+def _cfg(bm, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 128, 4, 3),
+           _cfg(128, 32, 4, 3), _cfg(32, 64, 4, 2), _cfg(16, 64, 4, 2)]
+
+_attn_int8 = triton.autotune(configs=CONFIGS, key=["LQ_BUCKET", "N_BUCKET", "HAS_TAIL", "D"])(_attn_int8_kernel)
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def int8_kv_attention(q: torch.Tensor, k_q: torch.Tensor, v_q: torch.Tensor, n_cached: int,
+                      k_scale: torch.Tensor, k_zero: torch.Tensor, v_scale: torch.Tensor, v_zero: torch.Tensor,
+                      k_tail: torch.Tensor = None, v_tail: torch.Tensor = None, out: torch.Tensor = None,
+                      config: dict = None) -> torch.Tensor:
+    """softmax(q K̂ᵀ) V̂ (scale 1, no mask) over the first `n_cached` int8 tokens of k_q/v_q
+    (B, H, capacity, D) with per-(head, channel) float32 scale/zero (H, D), plus an optional
+    full-precision tail (B, H, L, D). q (B, H, Lq, D) in bf16/fp16; returns q's dtype."""
+    B, H, LQ, D = q.shape
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    o = torch.empty_like(q) if out is None else out
+    has_tail = k_tail is not None and k_tail.shape[2] > 0
+    if has_tail:
+        k_tail = k_tail.to(q.dtype).contiguous()
+        v_tail = v_tail.to(q.dtype).contiguous()
+        NT = k_tail.shape[2]
+        st = k_tail.stride()
+    else:
+        k_tail = v_tail = q
+        NT, st = 0, (0, 0, 0, 0)
+    prm = [t.reshape(H, D).float().contiguous() for t in (k_scale, k_zero, v_scale, v_zero)]
+    args = (q, k_q, v_q, k_tail, v_tail, *prm, o,
+            q.stride(0), q.stride(1), q.stride(2), k_q.stride(0), k_q.stride(1), k_q.stride(2),
+            st[0], st[1], st[2], o.stride(0), o.stride(1), o.stride(2),
+            H, LQ, n_cached, NT, min(_bucket(LQ), 4096), min(_bucket(n_cached + NT), 16384))
+    if config is None:
+        grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)
+        _attn_int8[grid](*args, D=D, HAS_TAIL=has_tail, MMA=MMA_DTYPE)
+    else:
+        grid = (triton.cdiv(LQ, config["BLOCK_M"]), B * H)
+        _attn_int8_kernel[grid](*args, D=D, HAS_TAIL=has_tail, MMA=MMA_DTYPE, **config)
+    return o

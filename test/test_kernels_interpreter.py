@@ -1,0 +1,127 @@
+"""The Triton kernels' arithmetic, run on the CPU by Triton's interpreter (TRITON_INTERPRET=1), against
+float64 references. Tensor-core dots run in float32 there (the interpreter does not emulate bf16
+faithfully), so these check indexing, packing, masking, the K splits, the low-rank epilogue, the
+online softmax and the folded INT8 scales/zero points — not GPU speed or bf16 rounding, which
+test/test_kernels_gpu.py checks on the device."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Triton fixes interpreter mode when it is imported, so the checks run in a child pytest with
+# TRITON_INTERPRET=1 set from the start (this process may use the real GPU kernels)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def test_kernels_in_triton_interpreter():
+    pytest.importorskip("triton", reason="Triton not installed (tools/setup.sh installs it)")
+    if INTERPRETED:
+        pytest.skip("this is the child run")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout, r.stdout[-3000:]
+
+
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the child started by test_kernels_in_triton_interpreter")
+
+
+def _load_interpreted(name):
+    spec = importlib.util.spec_from_file_location(f"interp_{name}", os.path.join(ROOT, "kernels", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def gemm():
+    return _load_interpreted("w4a4_gemm_triton")
+
+
+@pytest.fixture(scope="module")
+def attn():
+    return _load_interpreted("int8_kv_attention_triton")
+
+
+def _w4a4_layer(K, N, bias, rank, seed):
+    from var_gen_ros.quant import W4A4Linear
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(K, N, bias=bias)
+    with torch.no_grad():
+        lin.weight.normal_(0, K ** -0.5, generator=g)
+        if bias:
+            lin.bias.normal_(0, 0.1, generator=g)
+    act = torch.rand(K, generator=g) * 4 + 0.5
+    return W4A4Linear.from_linear(lin, act, None, rank=rank, group=64, param_dtype=torch.bfloat16)
+
+
+def _float64_w4a4(x, layer):
+    """The layer's dequantized computation in float64: (x/λ) L_down L_upᵀ + Q4(x/λ) Rᵀ + b."""
+    from var_gen_ros.quant.int4 import fake_quant_int4
+    xs = x.float() / layer.smooth.float()                    # the kernel's float32 divide
+    xq = fake_quant_int4(xs, layer.group).double()
+    y = xq @ layer.dequantized_weight().double().t()
+    y = y + (xs.double() @ layer.lora_down.double()) @ layer.lora_up.double().t()
+    return y + (layer.bias.double() if layer.bias is not None else 0)
+
+
+@interpreted
+@pytest.mark.parametrize("K,N,bias,rank", [(256, 192, True, 32), (448, 64, False, 32), (192, 128, True, 0)])
+def test_w4a4_gemm_kernel_both_variants_match_float64(gemm, K, N, bias, rank):
+    layer = _w4a4_layer(K, N, bias, rank, seed=K + N)
+    for M in (1, 3, 40):
+        x = torch.randn(M, K) * 2
+        x[:, :3] *= 25                                       # outlier channels
+        ref = _float64_w4a4(x, layer)
+        for cfg, tol in ((dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5), (dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
+                         ("dequant", 1e-3)):   # fp16 workspaces: activations rounded to 11 bits
+            y = torch.full((M, N), float("nan"))             # poisoned output
+            gemm.w4a4_linear(x, layer, out=y, **({"path": cfg} if cfg == "dequant" else {"config": cfg, "path": "int8"}))
+            rel = ((y.double() - ref).norm() / ref.norm()).item()
+            assert rel <= tol, (M, cfg, rel)
+
+
+@interpreted
+def test_activation_codes_bit_identical_to_reference(gemm):
+    from var_gen_ros.quant.int4 import group_scales, quantize_groups
+    layer = _w4a4_layer(448, 64, False, 32, seed=3)          # 7 groups: K splits of uneven size
+    x = torch.randn(5, 448) * 3
+    q, sx, lr = gemm.quantize_activations(x, layer)
+    xs = x / layer.smooth.float()
+    s = group_scales(xs, 64)
+    codes = quantize_groups(xs, s, 64).view(5, 7, 64)
+    deinterleaved = torch.cat([codes[..., 0::2], codes[..., 1::2]], -1).reshape(5, 448)
+    assert lr.shape[0] > 1                                   # several K splits were used
+    assert torch.equal(q, deinterleaved) and torch.equal(sx, s)
+    torch.testing.assert_close(lr.sum(0).double(), xs.double() @ layer.lora_down.double(), rtol=1e-5, atol=1e-5)
+
+
+@interpreted
+@pytest.mark.parametrize("n_cached,n_tail,lq", [(70, 0, 20), (37, 13, 13), (0, 9, 9), (130, 0, 1)])
+def test_int8_kv_attention_kernel_matches_float64(attn, n_cached, n_tail, lq):
+    from var_gen_ros.quant.kv_int8 import asym_params, dequantize_asym, quantize_asym
+    g = torch.Generator().manual_seed(n_cached + n_tail)
+    B, H, D = 2, 3, 32
+    cap = n_cached + 5
+    # skewed channels with very different ranges: zero points far from 0
+    k = torch.randn(B, H, cap, D, generator=g) * torch.rand(1, H, 1, D, generator=g) * 3 + torch.rand(1, H, 1, D, generator=g) * 4
+    v = torch.randn(B, H, cap, D, generator=g) * torch.rand(1, H, 1, D, generator=g) * 3 + torch.rand(1, H, 1, D, generator=g) * 2
+    ks, kz = asym_params(k.amin((0, 2), keepdim=True), k.amax((0, 2), keepdim=True))
+    vs, vz = asym_params(v.amin((0, 2), keepdim=True), v.amax((0, 2), keepdim=True))
+    kq, vq = quantize_asym(k, ks, kz), quantize_asym(v, vs, vz)
+    q = torch.nn.functional.normalize(torch.randn(B, H, lq, D, generator=g), dim=-1) * 6
+    kt, vt = torch.randn(B, H, n_tail, D, generator=g), torch.randn(B, H, n_tail, D, generator=g)
+    K = torch.cat([dequantize_asym(kq[:, :, :n_cached], ks, kz).double(), kt.double()], 2)
+    V = torch.cat([dequantize_asym(vq[:, :, :n_cached], vs, vz).double(), vt.double()], 2)
+    ref = torch.softmax(q.double() @ K.transpose(-1, -2), -1) @ V
+    for cfg in (dict(BLOCK_M=16, BLOCK_N=32), dict(BLOCK_M=32, BLOCK_N=16)):
+        o = torch.full((B, H, lq, D), float("nan"))
+        attn.int8_kv_attention(q, kq, vq, n_cached, ks, kz, vs, vz, kt if n_tail else None, vt if n_tail else None,
+                               out=o, config=cfg)
+        rel = ((o.double() - ref).norm() / ref.norm()).item()
+        assert rel <= 1e-5, (cfg, rel)
