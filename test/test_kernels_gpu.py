@@ -55,10 +55,11 @@ def test_every_gemm_variant_matches_reference(small):
     cfgs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
             for c in (mod.SMALL_M_CONFIGS if small else mod.LARGE_M_CONFIGS)] + ["dequant"]
     for cfg in cfgs:
+        tol = 2e-3 if cfg == "dequant" else 1e-3   # the opt-in fp16 path measures 1.2e-3 (see the kernel)
         y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
         mod.w4a4_linear(x, layer, out=y, **({"path": cfg} if cfg == "dequant" else {"config": cfg, "path": "int8"}))
         rel = ((y.float() - ref).norm() / ref.norm()).item()
-        assert rel <= 1e-3, (cfg, rel)
+        assert rel <= tol, (cfg, rel)
 
 
 # Infinity-8B at 1024x1024: tokens per scale (h*w of the 13 scales); B = 2 (CFG), 28 heads of 128
