@@ -117,7 +117,7 @@ def scale_floors(gen: Generator, schedule, batch: int, kv_bytes_per_token: float
     """Per scale: FLOPs (per-token Linears + self-attention) and bytes (weights once + KV read), and the
     floor max(FLOPs / PEAK_FLOPS, bytes / PEAK_BW) in seconds."""
     from var_gen_ros.quant import W4A4Linear
-    lin_macs, wbytes = 0, 0
+    lin_macs = 0
     for name, m in gen.model.named_modules():
         per_token = not any(t in name for t in ("mat_kv", "text_", "ada_lin"))   # these run once per prompt
         if isinstance(m, (torch.nn.Linear, W4A4Linear)) and per_token:

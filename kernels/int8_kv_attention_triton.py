@@ -28,6 +28,15 @@ MMA_DTYPE = tl.float32 if os.environ.get("TRITON_INTERPRET", "0") == "1" else tl
 
 
 @triton.jit
+def _online_softmax_step(s, valid, m_i):
+    """One key block of the online softmax (log2 domain): masked scores -> (p, rescale of the running
+    sums, new running max)."""
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    return tl.math.exp2(s - m_new[:, None]), tl.math.exp2(m_i - m_new), m_new
+
+
+@triton.jit
 def _attn_int8_kernel(Q, KQ, VQ, KT, VT, KS, KZ, VS, VZ, O,
                       sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, st_b, st_h, st_n, so_b, so_h, so_m,
                       H, LQ, N8, NT, LQ_BUCKET, N_BUCKET,
@@ -55,17 +64,12 @@ def _attn_int8_kernel(Q, KQ, VQ, KT, VT, KS, KZ, VS, VZ, O,
         rn = n0 + tl.arange(0, BLOCK_N)
         mn = rn < N8
         k = tl.load(kbase + rn[None, :] * sk_n + d[:, None], mask=mn[None, :], other=0).to(MMA)
-        s = tl.dot(q8, k) - c[:, None]
-        s = tl.where(mn[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
+        p, alpha, m_i = _online_softmax_step(tl.dot(q8, k) - c[:, None], mn, m_i)
         ps = tl.sum(p, axis=1)
         l_i = l_i * alpha + ps
         l8 = l8 * alpha + ps
         v = tl.load(vbase + rn[:, None] * sk_n + d[None, :], mask=mn[:, None], other=0).to(MMA)
         acc8 = acc8 * alpha[:, None] + tl.dot(p.to(MMA), v)
-        m_i = m_new
     acct = tl.zeros((BLOCK_M, D), dtype=tl.float32)              # Σ p v over full-precision tail keys
     if HAS_TAIL:
         qt = (q * LOG2E).to(MMA)
@@ -75,17 +79,12 @@ def _attn_int8_kernel(Q, KQ, VQ, KT, VT, KS, KZ, VS, VZ, O,
             rn = n0 + tl.arange(0, BLOCK_N)
             mn = rn < NT
             k = tl.load(tkb + rn[None, :] * st_n + d[:, None], mask=mn[None, :], other=0.0).to(MMA)
-            s = tl.dot(qt, k)
-            s = tl.where(mn[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.math.exp2(m_i - m_new)
-            p = tl.math.exp2(s - m_new[:, None])
+            p, alpha, m_i = _online_softmax_step(tl.dot(qt, k), mn, m_i)
             l_i = l_i * alpha + tl.sum(p, axis=1)
             l8 = l8 * alpha
             acc8 = acc8 * alpha[:, None]
             v = tl.load(tvb + rn[:, None] * st_n + d[None, :], mask=mn[:, None], other=0.0).to(MMA)
             acct = acct * alpha[:, None] + tl.dot(p.to(MMA), v)
-            m_i = m_new
     vs = tl.load(VS + h * D + d)
     vz = tl.load(VZ + h * D + d)
     o = ((acc8 - l8[:, None] * vz[None, :]) * vs[None, :] + acct) / l_i[:, None]

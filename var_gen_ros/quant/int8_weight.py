@@ -17,7 +17,6 @@ class Int8WeightLinear(nn.Module):
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
-        self.compute_dtype = dtype
 
     @property
     def weight(self) -> torch.Tensor:
