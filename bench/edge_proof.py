@@ -202,6 +202,12 @@ def child(a) -> dict:
     out = {"mode": mode, "cap_gib": a.cap_gib, "text_encoder": a.text_encoder, "device": torch.cuda.get_device_name()}
     t = time.perf_counter()
     gen = build(mode, a.text_encoder, dev)
+    if a.chunk_tokens >= 0:
+        gen.chunk_tokens = a.chunk_tokens
+    out["chunk_tokens"] = gen.chunk_tokens
+    if a.text_encoder == "cpu":
+        # Orin's 16 GB is shared: an encoder moved off the GPU still occupies the same memory there
+        out["host_resident_model_bytes"] = gen.weight_bytes()["text_encoder"]
     if mode == "w4a4_kv8":
         from var_gen_ros.quant.api import Int8KVCacheFactory
         gen.kv_cache_factory = Int8KVCacheFactory(calibrate_static_kv(gen, 512, 512))
@@ -248,10 +254,12 @@ def summarize(results: dict) -> None:
                 print(f"{mode:10} {res:>10} {'OOM':>5} {x['peak_allocated_before_oom'] / GIB:9.2f}")
                 continue
             m, L = x["memory_bytes"], x["latency_s"]
-            print(f"{mode:10} {res:>10} {'yes':>5} {m['peak_allocated'] / GIB:9.2f} {m['weights_total'] / GIB:8.2f} "
+            host = r.get("host_resident_model_bytes", 0)
+            print(f"{mode:10} {res:>10} {'yes':>5} {(m['peak_allocated'] + host) / GIB:9.2f} {m['weights_total'] / GIB:8.2f} "
                   f"{m['kv_cache'] / GIB:7.2f} {m['activations_at_peak'] / GIB:6.2f} {L['total']:8.3f} "
                   f"{L['text_encoder']:6.3f} {L['transformer']:8.3f} {L['vae_decode']:6.3f} {x['transformer_vs_floor']:8.2f}")
-    print("(* = bf16 without the cap, to report its real peak)")
+    print("(* = bf16 without the cap, to report its real peak; with --text-encoder cpu the peak column adds the\n"
+          " encoder's host-resident weights, since Orin's CPU and GPU share one memory)")
 
 
 def main():
@@ -262,6 +270,9 @@ def main():
     ap.add_argument("--resolutions", default="1024x1024,512x512,768x1344,1344x768")
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--chunk-tokens", type=int, default=-1,
+                    help="Generator.chunk_tokens: per-token work of larger scales in slices of this many "
+                         "positions (0 = whole scale; default: the product's)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -278,7 +289,7 @@ def main():
             path = f.name
         cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-out", path,
                "--cap-gib", str(a.cap_gib), "--text-encoder", a.text_encoder, "--resolutions", a.resolutions,
-               "--cfg", str(a.cfg), "--repeats", str(a.repeats)]
+               "--cfg", str(a.cfg), "--repeats", str(a.repeats), "--chunk-tokens", str(a.chunk_tokens)]
         p = subprocess.run(cmd)
         if p.returncode != 0:
             results[mode] = {"mode": mode, "failed": p.returncode}

@@ -52,7 +52,7 @@ def _rint(a):
 @triton.jit
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, INV7, LDQ,
                   R: tl.constexpr, HAS_LR: tl.constexpr, DEQ: tl.constexpr, BLOCK_M: tl.constexpr,
-                  GROUP: tl.constexpr):
+                  GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee"):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -83,7 +83,7 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, 
                 tl.store(s_ptr + rows * G + g, s, mask=rows < M)
             if HAS_LR:
                 dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
-                lr += tl.dot(xs, dn, input_precision="ieee")
+                lr += tl.dot(xs, dn, input_precision=LR_PREC)
     if HAS_LR:
         if DEQ:    # single split: the low-rank input goes into the trailing R columns of the same row
             tl.store(q_ptr + rows[:, None] * LDQ + K + r[None, :], lr.to(tl.float16), mask=mask)
@@ -207,14 +207,15 @@ def _splits(M: int, G: int, block_m: int) -> int:
     return max(1, min(triton.cdiv(264, blocks), G // 2))
 
 
-def quantize_activations(x2: torch.Tensor, layer):
+def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = "ieee", block_m: int = None):
     """Kernel 1 alone: (codes (M, K) int8 de-interleaved per group, scales (M, K/64) f32,
-    partial low-rank (S, M, r) f32 or None)."""
+    partial low-rank (S, M, r) f32 or None). `splits`, `lr_prec` ("ieee" | "tf32x3"), `block_m`
+    override the defaults (benchmarks)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
-    BM = 16 if M <= 4096 else 32
-    S = _splits(M, G, BM)
+    BM = block_m or (16 if M <= 4096 else 32)
+    S = splits or _splits(M, G, BM)
     gps = triton.cdiv(G, S)
     S = triton.cdiv(G, gps)
     q = torch.empty(M, K, dtype=torch.int8, device=x2.device)
@@ -222,7 +223,8 @@ def quantize_activations(x2: torch.Tensor, layer):
     lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
     _quantize_act[(triton.cdiv(M, BM), S)](x2, layer.smooth, layer.lora_down if R else x2, q, sx,
                                           lr if R else sx, M, K, gps, INV_QMAX, K,
-                                          R=R if R else 16, HAS_LR=bool(R), DEQ=False, BLOCK_M=BM, GROUP=GROUP)
+                                          R=R if R else 16, HAS_LR=bool(R), DEQ=False, BLOCK_M=BM, GROUP=GROUP,
+                                          LR_PREC=lr_prec)
     return q, sx, lr
 
 

@@ -60,6 +60,9 @@ class GenNode(Node):
         P("quantization", "bf16", _desc("bf16 (unquantized) | w4a4 (SVDQuant)", True))
         P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8", True))
         P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | cpu", True))
+        P("activation_chunk", 512, _desc("scales with more token positions than this run their per-token layers in "
+                                         "slices of this many (same numbers, less peak memory); 0 = whole scales",
+                                         int_range=(0, 1 << 20)))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("cfg", 0.0, _desc("classifier-free guidance scale; 0 = the model's own default", float_range=(0.0, 30.0)))
@@ -119,6 +122,8 @@ class GenNode(Node):
                 self.engine.queue_size = int(prm.value)
             if prm.name == "max_prompt_chars":
                 self.engine.max_prompt_chars = int(prm.value)
+            if prm.name == "activation_chunk":     # read by the next generation
+                self.engine.generator.chunk_tokens = int(prm.value)
         return SetParametersResult(successful=True)
 
     def _load_generator(self):
@@ -132,6 +137,7 @@ class GenNode(Node):
         self.precision = apply_precision(gen, self.p("quantization"), self.p("kv_cache"), path,
                                          log=self.get_logger().info)
         self.precision += ", " + apply_text_encoder(gen, self.p("text_encoder"))
+        gen.chunk_tokens = self.p("activation_chunk")
         return gen
 
     # ---------------------------------------------------------------- inputs

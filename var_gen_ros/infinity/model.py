@@ -103,7 +103,8 @@ class SelfAttention(nn.Module):
 
     def qkv(self, x: torch.Tensor, rope: torch.Tensor):
         B, L, C = x.shape
-        qkv = _linear(x, self.mat_qkv).float() + torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).float()
+        qkv = _linear(x, self.mat_qkv).float()
+        qkv += torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).float()   # in place: one (B, L, 3C) less
         q, k, v = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # B H L c
         scale_mul = self.scale_mul_1H11.float().clamp_max(self.max_scale_mul).exp()
         q = F.normalize(q, dim=-1, eps=1e-12) * scale_mul
@@ -111,14 +112,16 @@ class SelfAttention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q, k, v
 
+    def attend(self, q, k, v, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True):
+        """q, k, v (B, H, L, c) -> attention output (B, H, L, c) in the projection's dtype."""
+        dt = layer_dtype(self.proj, q.dtype)
+        if kv_cache is not None:
+            return kv_cache.attend(q.to(dt), k, v, start=start, store=store)
+        return F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=attn_mask, scale=1.0)
+
     def forward(self, x, rope, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True):
         B, L, C = x.shape
-        dt = layer_dtype(self.proj, x.dtype)
-        q, k, v = self.qkv(x, rope)
-        if kv_cache is not None:
-            out = kv_cache.attend(q.to(dt), k, v, start=start, store=store)
-        else:
-            out = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=attn_mask, scale=1.0)
+        out = self.attend(*self.qkv(x, rope), attn_mask, kv_cache, start, store)
         return _linear(out.transpose(1, 2).reshape(B, L, C), self.proj)
 
 
@@ -184,13 +187,53 @@ class CrossAttnBlock(nn.Module):
         self.ca_norm = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=True)
         self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
 
-    def forward(self, x, cond_gss, text_kv, text_mask, rope, attn_mask=None, kv_cache=None, start=0, store=True):
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss.float() + cond_gss).unbind(2)   # B1C each
+    def forward(self, x, cond_gss, text_kv, text_mask, rope, attn_mask=None, kv_cache=None, start=0, store=True,
+                chunk_tokens: int = 0):
+        """chunk_tokens > 0 (inference with a KV cache): run everything but the attention core over
+        slices of at most chunk_tokens positions, so the large last scales never hold their full
+        fp32 qkv / FFN-hidden intermediates at once (`forward_chunked`)."""
+        ada = (self.ada_gss.float() + cond_gss).unbind(2)   # gamma1, gamma2, scale1, scale2, shift1, shift2: B1C each
+        if 0 < chunk_tokens < x.shape[1] and kv_cache is not None and not torch.is_grad_enabled():
+            return self.forward_chunked(x, ada, text_kv, text_mask, rope, kv_cache, start, store, chunk_tokens)
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada
         h = self.ln_wo_grad(x.float()) * (scale1 + 1) + shift1
         x = x + self.sa(h, rope, attn_mask, kv_cache, start, store).float() * gamma1
+        return self._cross_and_ffn(x, ada, text_kv, text_mask)
+
+    def _cross_and_ffn(self, x, ada, text_kv, text_mask):
+        gamma2, scale2, shift2 = ada[1], ada[3], ada[5]
         x = x + self.ca(_layer_norm_f32(x, self.ca_norm), text_kv, text_mask).float()
         h = self.ln_wo_grad(x) * (scale2 + 1) + shift2
         return x + self.ffn(h).float() * gamma2
+
+    def forward_chunked(self, x, ada, text_kv, text_mask, rope, kv_cache, start, store, n):
+        """The same arithmetic as `forward`, slice by slice along the tokens (x float32 is overwritten
+        with the result): every op but the
+        self-attention core is per token. q, k, v are gathered whole for the attention; k, v stay
+        float32 only when they will be stored (the INT8 cache quantizes them from float32), else they
+        are kept in the attention dtype, which is all the unstored last scale's attention reads."""
+        gamma1, scale1, shift1 = ada[0], ada[2], ada[4]
+        B, L, C = x.shape
+        H, c = self.sa.num_heads, self.sa.head_dim
+        dt = layer_dtype(self.sa.proj, x.dtype)
+        q = x.new_empty(B, H, L, c, dtype=dt)
+        k = x.new_empty(B, H, L, c, dtype=torch.float32 if store else dt)
+        v = torch.empty_like(k)
+        for a in range(0, L, n):
+            h = self.ln_wo_grad(x[:, a:a + n].float()) * (scale1 + 1) + shift1
+            qa, ka, va = self.sa.qkv(h, rope[:, a:a + n])
+            q[:, :, a:a + n], k[:, :, a:a + n], v[:, :, a:a + n] = qa, ka, va
+            del h, qa, ka, va
+        att = self.sa.attend(q, k, v, None, kv_cache, start, store)
+        del q, k, v
+        # everything below is per token, so each slice's output can replace its input: a float32 x is
+        # updated in place (run_blocks passes tensors nobody else holds), which saves one activation
+        out = x if x.dtype == torch.float32 else torch.empty_like(x, dtype=torch.promote_types(x.dtype, torch.float32))
+        for a in range(0, L, n):
+            xa = x[:, a:a + n] + _linear(att[:, :, a:a + n].transpose(1, 2).reshape(B, -1, C),
+                                                 self.sa.proj).float() * gamma1
+            out[:, a:a + n] = self._cross_and_ffn(xa, ada, text_kv, text_mask)
+        return out
 
 
 class MultipleLayers(nn.Module):
@@ -276,8 +319,12 @@ class Infinity(nn.Module):
         un = self.cfg_uncond[:T].to(text.dtype).unsqueeze(0).expand_as(text)
         return torch.where(text_mask[..., None], un, torch.zeros_like(un))
 
-    def logits(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        """Head in float32, as the official get_logits."""
+    def logits(self, x: torch.Tensor, cond_BD: torch.Tensor, chunk_tokens: int = 0) -> torch.Tensor:
+        """Head in float32, as the official get_logits; over slices of chunk_tokens positions if > 0
+        (the float32 AdaLN temporaries of a whole large scale are the size of several activations)."""
+        L = x.shape[1]
+        if 0 < chunk_tokens < L:
+            return torch.cat([self.logits(x[:, a:a + chunk_tokens], cond_BD) for a in range(0, L, chunk_tokens)], 1)
         h = self.head_nm(x.float(), cond_BD.float())
         return F.linear(h, self.head.weight.float(), self.head.bias.float())
 
@@ -288,10 +335,13 @@ class Infinity(nn.Module):
     def embed_scale(self, x: torch.Tensor, scale_index: int) -> torch.Tensor:
         return x.float() + self.lvl_embed.weight[scale_index].float()
 
-    def run_blocks(self, x, cond_gss, text_kv, text_mask, rope, attn_mask=None, caches=None, start=0, store=True):
+    def run_blocks(self, x, cond_gss, text_kv, text_mask, rope, attn_mask=None, caches=None, start=0, store=True,
+                   chunk_tokens: int = 0):
+        """chunk_tokens > 0 with caches: blocks run slice by slice and update a float32 x in place, so
+        pass an x the caller no longer needs (the sampler passes each scale's fresh embedding)."""
         for i, b in enumerate(self.blocks):
             x = b(x, cond_gss, text_kv[i], text_mask, rope, attn_mask,
-                  None if caches is None else caches[i], start, store)
+                  None if caches is None else caches[i], start, store, chunk_tokens)
         return x
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor, x_BLd: torch.Tensor,

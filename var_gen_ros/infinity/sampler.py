@@ -116,8 +116,12 @@ def _unique_bytes(tensors) -> int:
 # ---------------------------------------------------------------- generator
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
-                 kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = ""):
+                 kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
+                 chunk_tokens: int = 512):
         self.model, self.vae, self.text_encoder = model, vae, text_encoder
+        # scales with more positions than this run their per-token work in slices of this many
+        # positions (CrossAttnBlock.forward_chunked): same numbers, a fraction of the activations
+        self.chunk_tokens = int(chunk_tokens)
         self.cfg: InfinityConfig = model.cfg
         self.device = torch.device(device)
         self.kv_cache_factory = kv_cache_factory or KVCache
@@ -153,6 +157,8 @@ class Generator:
     def encode_text(self, prompt: str, negative_prompt: Optional[str], use_cfg: bool):
         prompts = [prompt] + ([negative_prompt] if (use_cfg and negative_prompt) else [])
         feats, mask = self.text_encoder.encode(prompts)
+        # the encoder may live elsewhere (text_encoder: cpu keeps it off the GPU): features go to the model
+        feats, mask = feats.to(self.device), mask.to(self.device)
         if use_cfg and not negative_prompt:
             un = self.model.uncond_text(feats[:1], mask[:1])
             feats, mask = torch.cat([feats, un]), torch.cat([mask, mask])
@@ -213,16 +219,20 @@ class Generator:
         for si, (h, w) in enumerate(schedule.scales):
             t0 = time.perf_counter()
             off, L = offsets[si], counts[si]
-            xs = m.embed_scale(x, si)
             if caches is not None:
-                out = m.run_blocks(xs, cond_gss, text_kv, mask, rope[:, off:off + L],
-                                   caches=caches, start=off, store=si < n - 1)
+                # the embedding goes straight into the blocks (which may update it in place), and this
+                # scale's input x is dropped: neither is held through the 40 blocks
+                xs, x = m.embed_scale(x, si), None
+                out = m.run_blocks(xs, cond_gss, text_kv, mask, rope[:, off:off + L], caches=caches, start=off,
+                                   store=si < n - 1, chunk_tokens=self.chunk_tokens)
             else:   # reference path: recompute every earlier scale with the block-causal mask
+                xs = m.embed_scale(x, si)
                 seq_inputs.append(xs)
                 sub = ScaleSchedule(schedule.scales[:si + 1], schedule.rope_grid)
                 out = m.run_blocks(torch.cat(seq_inputs, 1), cond_gss, text_kv, mask,
                                    rope[:, :off + L], attn_mask=block_causal_mask(sub, self.device))[:, off:]
-            logits = m.logits(out, cond_BD) / taus[si]
+            del xs
+            logits = m.logits(out, cond_BD, self.chunk_tokens) / taus[si]
             if use_cfg:
                 logits = cfgs[si] * logits[:1] + (1 - cfgs[si]) * logits[1:]
             bits = sample_top_k_top_p(logits.reshape(-1, 2), top_k, top_p, rng).view(1, h, w, c.d_vae).to(torch.uint8)
@@ -236,7 +246,7 @@ class Generator:
                 del nxt
             # free this scale's activations and logits now, not when the next scale overwrites them:
             # between scales only the KV cache and the scale state stay resident
-            del xs, out, logits, bits, codes
+            del out, logits, bits, codes
             self._sync()
             timings["scales_s"].append(time.perf_counter() - t0)
             if callback is not None:
@@ -249,13 +259,16 @@ class Generator:
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"cancelled after scale {si + 1}/{n}")
 
+        kv_cache_bytes = sum(cc.nbytes for cc in caches) if caches else 0
+        # the KV cache is dead once the last scale is sampled: free it before the VAE decoder's
+        # activations arrive (otherwise the decode stage is the generation's memory peak)
+        del caches, text_kv, cond_gss, x
         t0 = time.perf_counter()
         image = self.decode(summed)
         self._sync()
         timings["vae_decode_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
-        memory = {"weights": self.weight_bytes(),
-                  "kv_cache_bytes": sum(cc.nbytes for cc in caches) if caches else 0}
+        memory = {"weights": self.weight_bytes(), "kv_cache_bytes": kv_cache_bytes}
         if self.device.type == "cuda":
             memory["peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
             memory["peak_reserved"] = torch.cuda.max_memory_reserved(self.device)
