@@ -230,3 +230,33 @@ def test_w4a4_int8_node_on_the_default_model(running_node):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_activation_chunk_parameter_set_at_run_time(running_node):
+    """activation_chunk is a run-time parameter with a range: a valid value is taken, a negative one is
+    refused by its descriptor, and the node keeps serving afterwards."""
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    ns, node, _ = running_node
+    client = AsyncParameterClient(node, f"{ns}/var_gen")
+    assert client.wait_for_services(timeout_sec=30)
+
+    def set_(value):
+        fut = client.set_parameters([Parameter("activation_chunk", value=value)])
+        assert _wait(fut.done, 30)
+        return fut.result().results[0]
+
+    assert set_(16).successful
+    bad = set_(-5)
+    assert not bad.successful
+    fut = client.get_parameters(["activation_chunk"])
+    assert _wait(fut.done, 30)
+    assert fut.result().values[0].integer_value == 16
+    images = []
+    node.create_subscription(Image, f"{ns}/var_gen/image", images.append, QOS)
+    pub = node.create_publisher(String, f"{ns}/var_gen/prompt", QOS)
+    _wait_for_subscribers(pub)
+    time.sleep(0.5)
+    pub.publish(String(data="two blue squares"))
+    assert _wait(lambda: images), "no image after changing activation_chunk"
+    assert set_(512).successful
