@@ -106,6 +106,13 @@ def bench_quantize(rows, shapes, ms):
             lr_ref = xs.double() @ layer.lora_down.double()
             q0, s0, _ = quantize_activations(x, layer)
             row = {"K": K, "M": M, "x_bytes": x.numel() * 2}
+            # reciprocal-multiply instead of the two IEEE divides: the per-element-work hypothesis
+            q, sx, lr = quantize_activations(x, layer, fast_div=True)
+            row["fast_div"] = {"ms": t(lambda: quantize_activations(x, layer, fast_div=True)),
+                               "codes_equal": bool(torch.equal(q, q0)),
+                               "codes_differing": int((q != q0).sum()), "codes_total": q.numel(),
+                               "lr_err": ((lr.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()}
+            print("fast_div", K, M, row["fast_div"], flush=True)
             for splits in (None, 4, 8, 16):
                 for prec in ("ieee", "tf32x3"):
                     for bm in (None, 64):

@@ -52,7 +52,7 @@ def _rint(a):
 @triton.jit
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, INV7, LDQ,
                   R: tl.constexpr, HAS_LR: tl.constexpr, DEQ: tl.constexpr, BLOCK_M: tl.constexpr,
-                  GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee"):
+                  GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FAST_DIV: tl.constexpr = False):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -70,10 +70,16 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, 
             cols = g * GROUP + c
             x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             lam = tl.load(smooth_ptr + cols).to(tl.float32)
-            xs = _div_rn(x, lam[None, :])             # IEEE division, as the reference
+            if FAST_DIV:   # reciprocals once per column / row, multiplies per element (not bit-identical)
+                xs = x * (1.0 / lam)[None, :]
+            else:
+                xs = _div_rn(x, lam[None, :])             # IEEE division, as the reference
             amax = tl.max(tl.abs(xs), axis=1)
             s = tl.where(amax > 0, amax * INV7, 1.0)      # same float32 multiply as the reference
-            q = _rint(_div_rn(xs, s[:, None]))
+            if FAST_DIV:
+                q = _rint(xs * (1.0 / s)[:, None])
+            else:
+                q = _rint(_div_rn(xs, s[:, None]))
             q = tl.minimum(tl.maximum(q, -8.0), 7.0)
             if DEQ:    # the large-M path: code x scale, rounded to fp16 (relative error <= 2^-11)
                 tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :],
@@ -207,7 +213,8 @@ def _splits(M: int, G: int, block_m: int) -> int:
     return max(1, min(triton.cdiv(264, blocks), G // 2))
 
 
-def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = "ieee", block_m: int = None):
+def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = "ieee", block_m: int = None,
+                         fast_div: bool = False):
     """Kernel 1 alone: (codes (M, K) int8 de-interleaved per group, scales (M, K/64) f32,
     partial low-rank (S, M, r) f32 or None). `splits`, `lr_prec` ("ieee" | "tf32x3"), `block_m`
     override the defaults (benchmarks)."""
@@ -224,7 +231,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     _quantize_act[(triton.cdiv(M, BM), S)](x2, layer.smooth, layer.lora_down if R else x2, q, sx,
                                           lr if R else sx, M, K, gps, INV_QMAX, K,
                                           R=R if R else 16, HAS_LR=bool(R), DEQ=False, BLOCK_M=BM, GROUP=GROUP,
-                                          LR_PREC=lr_prec)
+                                          LR_PREC=lr_prec, FAST_DIV=fast_div)
     return q, sx, lr
 
 
