@@ -195,10 +195,12 @@ class CrossAttnBlock(nn.Module):
         ada = (self.ada_gss.float() + cond_gss).unbind(2)   # gamma1, gamma2, scale1, scale2, shift1, shift2: B1C each
         if 0 < chunk_tokens < x.shape[1] and kv_cache is not None and not torch.is_grad_enabled():
             return self.forward_chunked(x, ada, text_kv, text_mask, rope, kv_cache, start, store, chunk_tokens)
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada
-        h = self.ln_wo_grad(x.float()) * (scale1 + 1) + shift1
-        x = x + self.sa(h, rope, attn_mask, kv_cache, start, store).float() * gamma1
+        x = x + self.sa(self._attn_input(x, ada), rope, attn_mask, kv_cache, start, store).float() * ada[0]
         return self._cross_and_ffn(x, ada, text_kv, text_mask)
+
+    def _attn_input(self, x, ada):
+        scale1, shift1 = ada[2], ada[4]
+        return self.ln_wo_grad(x.float()) * (scale1 + 1) + shift1
 
     def _cross_and_ffn(self, x, ada, text_kv, text_mask):
         gamma2, scale2, shift2 = ada[1], ada[3], ada[5]
@@ -207,12 +209,11 @@ class CrossAttnBlock(nn.Module):
         return x + self.ffn(h).float() * gamma2
 
     def forward_chunked(self, x, ada, text_kv, text_mask, rope, kv_cache, start, store, n):
-        """The same arithmetic as `forward`, slice by slice along the tokens (x float32 is overwritten
-        with the result): every op but the
-        self-attention core is per token. q, k, v are gathered whole for the attention; k, v stay
-        float32 only when they will be stored (the INT8 cache quantizes them from float32), else they
-        are kept in the attention dtype, which is all the unstored last scale's attention reads."""
-        gamma1, scale1, shift1 = ada[0], ada[2], ada[4]
+        """The same arithmetic as `forward`, slice by slice along the tokens (a float32 x is overwritten
+        with the result): every op but the self-attention core is per token. q, k, v are gathered whole
+        for the attention; k, v stay float32 only when they will be stored (the INT8 cache quantizes
+        them from float32), else they are kept in the attention dtype, which is all the unstored last
+        scale's attention reads."""
         B, L, C = x.shape
         H, c = self.sa.num_heads, self.sa.head_dim
         dt = layer_dtype(self.sa.proj, x.dtype)
@@ -220,19 +221,17 @@ class CrossAttnBlock(nn.Module):
         k = x.new_empty(B, H, L, c, dtype=torch.float32 if store else dt)
         v = torch.empty_like(k)
         for a in range(0, L, n):
-            h = self.ln_wo_grad(x[:, a:a + n].float()) * (scale1 + 1) + shift1
-            qa, ka, va = self.sa.qkv(h, rope[:, a:a + n])
+            qa, ka, va = self.sa.qkv(self._attn_input(x[:, a:a + n], ada), rope[:, a:a + n])
             q[:, :, a:a + n], k[:, :, a:a + n], v[:, :, a:a + n] = qa, ka, va
-            del h, qa, ka, va
+            del qa, ka, va
         att = self.sa.attend(q, k, v, None, kv_cache, start, store)
         del q, k, v
         # everything below is per token, so each slice's output can replace its input: a float32 x is
         # updated in place (run_blocks passes tensors nobody else holds), which saves one activation
         out = x if x.dtype == torch.float32 else torch.empty_like(x, dtype=torch.promote_types(x.dtype, torch.float32))
         for a in range(0, L, n):
-            xa = x[:, a:a + n] + _linear(att[:, :, a:a + n].transpose(1, 2).reshape(B, -1, C),
-                                                 self.sa.proj).float() * gamma1
-            out[:, a:a + n] = self._cross_and_ffn(xa, ada, text_kv, text_mask)
+            proj = _linear(att[:, :, a:a + n].transpose(1, 2).reshape(B, -1, C), self.sa.proj)
+            out[:, a:a + n] = self._cross_and_ffn(x[:, a:a + n] + proj.float() * ada[0], ada, text_kv, text_mask)
         return out
 
 
