@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "test"))
 
 from test_kernels_gpu import _layer                                       # noqa: E402
+import kernels.w4a4_gemm_triton as gemm_mod                                  # noqa: E402
 from kernels.w4a4_gemm_triton import GROUP, quantize_activations, w4a4_linear   # noqa: E402
 
 
@@ -94,38 +95,33 @@ def run_variant(name, q, sx, lr, layer, y, tile):
 
 
 def bench_quantize(rows, shapes, ms):
-    """Kernel 1 (activation quantization + low-rank down-projection) at large M: the default launch
-    vs more K splits, a taller row block, and the low-rank dot on tensor cores (3xTF32, ~fp32 accuracy)."""
+    """Kernel 1 (activation quantization + low-rank down-projection) at large M: the float32 FMA
+    low-rank dot (ieee, the first design) vs the bf16x2 tensor-core dot at several row blocks and
+    warp counts, for the INT8 (de-interleaved) and FP8 (natural order) code layouts."""
     import triton.testing as tt
     t = lambda fn: tt.do_bench_cudagraph(fn, rep=100, return_mode="median")
+    launches = [("ieee", None, 4)] + [("bf16x2", bm, w) for bm, w in ((16, 4), (16, 8), (32, 4), (64, 4), (64, 8), (128, 8))]
     for K, N in shapes:
         layer = _layer(K, N, True, 0)
         for M in ms:
             x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
             xs = x.float() / layer.smooth.float()
             lr_ref = xs.double() @ layer.lora_down.double()
-            q0, s0, _ = quantize_activations(x, layer)
             row = {"K": K, "M": M, "x_bytes": x.numel() * 2}
-            # reciprocal-multiply instead of the two IEEE divides: the per-element-work hypothesis
-            q, sx, lr = quantize_activations(x, layer, fast_div=True)
-            row["fast_div"] = {"ms": t(lambda: quantize_activations(x, layer, fast_div=True)),
-                               "codes_equal": bool(torch.equal(q, q0)),
-                               "codes_differing": int((q != q0).sum()), "codes_total": q.numel(),
-                               "lr_err": ((lr.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()}
-            print("fast_div", K, M, row["fast_div"], flush=True)
-            for splits in (None, 4, 8, 16):
-                for prec in ("ieee", "tf32x3"):
-                    for bm in (None, 64):
-                        key = f"S{splits or 'dflt'}_{prec}_bm{bm or 'dflt'}"
-                        try:
-                            q, sx, lr = quantize_activations(x, layer, splits, prec, bm)
-                            same = bool(torch.equal(q, q0) and torch.equal(sx, s0))
-                            err = ((lr.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()
-                            ms_ = t(lambda: quantize_activations(x, layer, splits, prec, bm))
-                        except Exception as e:
-                            print(key, "failed:", str(e).split("\n")[0][:120])
-                            continue
-                        row[key] = {"ms": ms_, "codes_equal": same, "lr_err": err}
+            for fp8 in (False, True):
+                q0, s0, _ = quantize_activations(x, layer, fp8=fp8)
+                for prec, bm, w in launches:
+                    key = f"{'fp8' if fp8 else 'int8'}_{prec}_bm{bm or 'dflt'}_w{w}"
+                    kw = dict(lr_prec=prec, block_m=bm, fp8=fp8, num_warps=w)
+                    try:
+                        q, sx, lr = quantize_activations(x, layer, **kw)
+                        same = bool(torch.equal(q.view(torch.int8), q0.view(torch.int8)) and torch.equal(sx, s0))
+                        err = ((lr.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()
+                        ms_ = t(lambda: quantize_activations(x, layer, **kw))
+                    except Exception as e:
+                        print(key, "failed:", str(e).split("\n")[0][:120])
+                        continue
+                    row[key] = {"ms": ms_, "codes_equal": same, "lr_err": err, "GBps": 3 * x.numel() / ms_ / 1e6}
             best = min((v["ms"], k) for k, v in row.items() if isinstance(v, dict))
             row["best"] = best[1]
             rows.append(row)
@@ -139,6 +135,7 @@ def main():
     ap.add_argument("--shapes", default="3584x10752,14336x3584,3584x14336")
     ap.add_argument("--ms", default="512,2048,8192")
     ap.add_argument("--quantize-only", action="store_true")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="main-loop variants to time ('' for none)")
     a = ap.parse_args()
     if a.quantize_only:
         rows = []
@@ -161,7 +158,18 @@ def main():
             row = {"K": K, "N": N, "M": M, "bf16_ms": t(lambda: torch.matmul(x, w.t(), out=y)),
                    "quantize_ms": t(lambda: quantize_activations(x, layer)),
                    "shipped_total_ms": t(lambda: w4a4_linear(x, layer, out=y, path="int8"))}
-            for name in VARIANTS:
+            # the FP8-MMA paths (e4m3 codes, float32 group dots; fp8w: weights unpacked to an e4m3
+            # workspace first): error, total, chosen tile
+            for p in ("fp8", "fp8w"):
+                y.fill_(float("nan"))
+                w4a4_linear(x, layer, out=y, path=p)
+                row[p + "_err"] = ((y.float() - ref).norm() / ref.norm()).item()
+                row[p + "_total_ms"] = t(lambda: w4a4_linear(x, layer, out=y, path=p))
+                row[p + "_tile"] = str(getattr(gemm_mod._w4a4_fp8, "best_config", None))
+                row[p + "_vs_bf16"] = row["bf16_ms"] / row[p + "_total_ms"]
+            row["fp8_quantize_ms"] = t(lambda: quantize_activations(x, layer, fp8=True))
+            row["shipped_vs_bf16"] = row["bf16_ms"] / row["shipped_total_ms"]
+            for name in [v for v in a.variants.split(",") if v]:
                 best = None
                 for tile in TILES:
                     qa = q

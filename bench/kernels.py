@@ -1,6 +1,7 @@
 """Kernels vs their baselines, side by side in one run (median times, triton.testing):
 
-GEMM: W4A4 kernel (activation quantization + low-rank + GEMM) vs bf16 cuBLAS (torch.matmul), every
+GEMM: W4A4 kernel (activation quantization + low-rank + GEMM; the default path for the GPU and M,
+plus every path at every M) vs bf16 cuBLAS (torch.matmul), every
 Infinity-8B Linear shape, M in {2, 32, 128, 512, 2048, 8192}; timed twice: eager launches
 (`do_bench`, includes the CPU cost of launching) and replayed from a CUDA graph
 (`do_bench_cudagraph`, GPU time only, as a graph-captured pipeline would see it).
@@ -53,13 +54,13 @@ def bench_gemm(reference: bool):
                 r[tag + "speedup"] = r[tag + "bf16_ms"] / r[tag + "w4a4_ms"]
             r["graph_w4a4_tops"] = 2 * M * N * K / r["graph_w4a4_ms"] / 1e9
             # both W4A4 paths at every M (the dispatcher picks by M; this is the crossover data)
-            for p in ("int8", "dequant"):
+            for p in ("int8", "fp8", "fp8w", "dequant"):
                 r[f"graph_{p}_path_ms"] = _time(lambda: fn(x, layer, out=y_q, path=p), True)
             r["ref_ms"] = _time(lambda: layer.reference_forward(x), False) if reference else None
             rows.append(r)
             print(f"{K:6d} {N:6d} {M:5d} | {r['bf16_ms']:7.4f} {r['w4a4_ms']:7.4f} {r['speedup']:5.2f} | "
                   f"       {r['graph_bf16_ms']:7.4f} {r['graph_w4a4_ms']:7.4f} {r['graph_speedup']:5.2f} "
-                  f"{r['graph_w4a4_tops']:6.0f} | int8 {r['graph_int8_path_ms']:.4f} deq {r['graph_dequant_path_ms']:.4f} | "
+                  f"{r['graph_w4a4_tops']:6.0f} | " + " ".join(f"{p} {r[f'graph_{p}_path_ms']:.4f}" for p in ("int8", "fp8", "fp8w", "dequant")) + " | "
                   f"{r['ref_ms'] if r['ref_ms'] is None else round(r['ref_ms'], 4)}",
                   flush=True)
     return rows

@@ -42,6 +42,26 @@ def test_w4a4_kernel_matches_reference(K, N, bias):
         assert rel <= 1e-3, (M, K, N, rel)
 
 
+@pytest.mark.parametrize("K", [3584, 14336])
+def test_quantizer_launches_agree(K):
+    """Every quantizer launch (FMA or bf16x2 tensor-core low-rank dot, row blocks, warps) gives the same
+    codes and scales, and the low-rank input within 2e-5 of float64 (fresh inputs each run)."""
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    layer = _layer(K, 3584, True, seed=K)
+    for M in (2, 77, 2048):
+        x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+        x[:, torch.randint(K, (4,))] *= 30
+        lr_ref = (x.double() / layer.smooth.double()) @ layer.lora_down.double()
+        for fp8 in (False, True):
+            q0, s0, lr0 = mod.quantize_activations(x, layer, fp8=fp8, lr_prec="ieee")
+            for prec, bm, w in (("ieee", None, 4), ("bf16x2", 16, 4), ("bf16x2", 64, 8), ("bf16x2", None, 4)):
+                q, sx, lr = mod.quantize_activations(x, layer, fp8=fp8, lr_prec=prec, block_m=bm, num_warps=w)
+                assert torch.equal(q.view(torch.int8), q0.view(torch.int8)) and torch.equal(sx, s0), (M, fp8, prec, bm)
+                err = ((lr.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()
+                assert err <= 2e-5, (M, fp8, prec, bm, err)
+
+
 @pytest.mark.parametrize("small", [True, False])
 def test_every_gemm_variant_matches_reference(small):
     """Each autotuner candidate (SWAP on and off, every tile), not only the ones the tuner picks."""
@@ -52,14 +72,18 @@ def test_every_gemm_variant_matches_reference(small):
     M = 32 if small else 2048
     x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
     ref = layer.reference_forward(x).float()
-    cfgs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-            for c in (mod.SMALL_M_CONFIGS if small else mod.LARGE_M_CONFIGS)] + ["dequant"]
-    for cfg in cfgs:
-        tol = 2e-3 if cfg == "dequant" else 1e-3   # the opt-in fp16 path measures 1.2e-3 (see the kernel)
+    tile = lambda c: dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+    runs = [("int8", tile(c)) for c in (mod.SMALL_M_CONFIGS if small else mod.LARGE_M_CONFIGS)]
+    fp8_cfgs = mod.FP8_SMALL_M_CONFIGS if small else mod.FP8_LARGE_M_CONFIGS
+    if torch.cuda.get_device_capability() >= (8, 9):
+        runs += [(p, tile(c)) for p in ("fp8", "fp8w") for c in fp8_cfgs]
+    runs += [("dequant", None)]
+    for path, cfg in runs:
+        tol = 2e-3 if path == "dequant" else 1e-3   # the opt-in fp16 path measures 1.2e-3 (see the kernel)
         y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
-        mod.w4a4_linear(x, layer, out=y, **({"path": cfg} if cfg == "dequant" else {"config": cfg, "path": "int8"}))
+        mod.w4a4_linear(x, layer, out=y, path=path, config=cfg)
         rel = ((y.float() - ref).norm() / ref.norm()).item()
-        assert rel <= tol, (cfg, rel)
+        assert rel <= tol, (path, cfg, rel)
 
 
 # Infinity-8B at 1024x1024: tokens per scale (h*w of the 13 scales); B = 2 (CFG), 28 heads of 128

@@ -78,12 +78,16 @@ def test_w4a4_gemm_kernel_both_variants_match_float64(gemm, K, N, bias, rank):
         x = torch.randn(M, K) * 2
         x[:, :3] *= 25                                       # outlier channels
         ref = _float64_w4a4(x, layer)
-        for cfg, tol in ((dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5), (dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
-                         ("dequant", 1e-3)):   # fp16 workspaces: activations rounded to 11 bits
+        for path, cfg, tol in (("int8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
+                               ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
+                               ("fp8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
+                               ("fp8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
+                               ("fp8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
+                               ("dequant", None, 1e-3)):   # fp16 workspaces: activations rounded to 11 bits
             y = torch.full((M, N), float("nan"))             # poisoned output
-            gemm.w4a4_linear(x, layer, out=y, **({"path": cfg} if cfg == "dequant" else {"config": cfg, "path": "int8"}))
+            gemm.w4a4_linear(x, layer, out=y, path=path, config=cfg)
             rel = ((y.double() - ref).norm() / ref.norm()).item()
-            assert rel <= tol, (M, cfg, rel)
+            assert rel <= tol, (M, path, cfg, rel)
 
 
 @interpreted
@@ -99,6 +103,9 @@ def test_activation_codes_bit_identical_to_reference(gemm):
     assert lr.shape[0] > 1                                   # several K splits were used
     assert torch.equal(q, deinterleaved) and torch.equal(sx, s)
     torch.testing.assert_close(lr.sum(0).double(), xs.double() @ layer.lora_down.double(), rtol=1e-5, atol=1e-5)
+    q8, sx8, lr8 = gemm.quantize_activations(x, layer, fp8=True)  # e4m3 codes, natural order, scales (G, M)
+    assert q8.dtype == torch.float8_e4m3fn and torch.equal(q8.float(), codes.reshape(5, 448).float())
+    assert torch.equal(sx8, s.t()) and torch.equal(lr8, lr)
 
 
 @interpreted
