@@ -32,12 +32,14 @@ def _time(fn, graph: bool):
     return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def bench_gemm(reference: bool):
+def bench_gemm(reference: bool, shapes=None):
     from var_gen_ros.quant.dispatch import w4a4_kernel
     rows = []
     print(f"{'K':>6} {'N':>6} {'M':>5} | {'bf16':>7} {'w4a4':>7} {'x':>5} | graph: {'bf16':>7} {'w4a4':>7} {'x':>5} "
           f"{'TOPS':>6} | {'ref ms':>7}")
     for K, N, bias in SHAPES_8B:
+        if shapes and f"{K}x{N}" not in shapes:
+            continue
         layer = _layer(K, N, bias, 0)
         w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
         for M in MS:
@@ -121,10 +123,11 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--reference", action="store_true", help="also time the dequantize+matmul GEMM reference")
     ap.add_argument("--only", choices=["gemm", "attention"], default=None)
+    ap.add_argument("--shapes", default=None, help="GEMM shapes KxN, comma-separated (default: all)")
     a = ap.parse_args()
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if a.only != "attention":
-        out["gemm"] = bench_gemm(a.reference)
+        out["gemm"] = bench_gemm(a.reference, a.shapes.split(",") if a.shapes else None)
     if a.only != "gemm":
         out["attention"], out["attention_total_ms"] = bench_attention()
     if a.json:
