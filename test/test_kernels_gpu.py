@@ -166,3 +166,9 @@ def test_int8_kv_cache_attend_uses_kernel_and_matches_reference():
         rel = ((y.float() - r.float()).norm() / r.float().norm()).item()
         assert rel <= 1e-2, (i, rel)
         start += k.shape[2]
+
+
+def test_kernel_status_names_the_gemm_path_for_this_gpu():
+    from var_gen_ros.quant.dispatch import kernel_status
+    want = "fp8 mma" if torch.cuda.get_device_capability() >= (8, 9) else "int8 mma"
+    assert want in kernel_status(), kernel_status()

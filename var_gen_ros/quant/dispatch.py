@@ -42,7 +42,9 @@ def _load():
         if not torch.cuda.is_available():
             _STATE["reason"] = "no CUDA device"
             return
-        _STATE["w4a4"] = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py").w4a4_linear
+        gemm = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py")
+        _STATE["w4a4"] = gemm.w4a4_linear
+        _STATE["w4a4_path"] = gemm.default_path(torch.empty(0, device="cuda"))
         _STATE["attn_int8"] = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py").int8_kv_attention
         _STATE["reason"] = "triton"
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
@@ -71,4 +73,5 @@ def kernel_status() -> str:
     _load()
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
-    return "w4a4 gemm: triton, int8-kv attention: triton (static scales; dynamic uses the reference)"
+    return (f"w4a4 gemm: triton ({_STATE['w4a4_path']} mma), int8-kv attention: triton "
+            "(static scales; dynamic uses the reference)")
