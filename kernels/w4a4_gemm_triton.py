@@ -113,22 +113,36 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, 
 
 
 @triton.jit
-def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, M_BUCKET,
-                      HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = rm < M
-    nmask = rn < N
-    HALF: tl.constexpr = GROUP // 2
-    j = tl.arange(0, HALF)
-    G = K // GROUP
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr):
+    """This program's rows, columns, their masks, and a zero float32 accumulator ((BLOCK_N, BLOCK_M)
+    when SWAP, else (BLOCK_M, BLOCK_N))."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     if SWAP:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    return rm, rn, rm < M, rn < N, acc
+
+
+@triton.jit
+def _rescale(acc, d, sx, sw, SWAP: tl.constexpr):
+    """acc + a group's float32 dot d times its activation (sx) and weight (sw) scales."""
+    if SWAP:
+        out = acc + d * (sw[:, None] * sx[None, :])
+    else:
+        out = acc + d * (sx[:, None] * sw[None, :])
+    return out
+
+
+@triton.jit
+def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, M_BUCKET,
+                      HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr):
+    rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
+    HALF: tl.constexpr = GROUP // 2
+    j = tl.arange(0, HALF)
+    G = K // GROUP
     for g in range(0, G):
         k0 = g * GROUP
         packed = tl.load(w_ptr + rn[:, None] * (K // 2) + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0)
@@ -141,12 +155,11 @@ def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr
             a_even = tl.load(q_ptr + rm[None, :] * K + (k0 + j)[:, None], mask=mmask[None, :], other=0)
             a_odd = tl.load(q_ptr + rm[None, :] * K + (k0 + HALF + j)[:, None], mask=mmask[None, :], other=0)
             d = tl.dot(lo, a_even, out_dtype=tl.int32) + tl.dot(hi, a_odd, out_dtype=tl.int32)
-            acc += d.to(tl.float32) * (sw[:, None] * sx[None, :])
         else:
             a_even = tl.load(q_ptr + rm[:, None] * K + (k0 + j)[None, :], mask=mmask[:, None], other=0)
             a_odd = tl.load(q_ptr + rm[:, None] * K + (k0 + HALF + j)[None, :], mask=mmask[:, None], other=0)
             d = tl.dot(a_even, tl.trans(lo), out_dtype=tl.int32) + tl.dot(a_odd, tl.trans(hi), out_dtype=tl.int32)
-            acc += d.to(tl.float32) * (sx[:, None] * sw[None, :])
+        acc = _rescale(acc, d.to(tl.float32), sx, sw, SWAP)
     _epilogue(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, S, HAS_BIAS, HAS_LR, R, SWAP, BLOCK_M)
 
 
@@ -203,15 +216,6 @@ def _unpack_weight_fp8(w_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GROUP: tl.co
 
 
 @triton.jit
-def _rescale(acc, d, sx, sw, SWAP: tl.constexpr):
-    if SWAP:
-        out = acc + d * (sw[:, None] * sx[None, :])
-    else:
-        out = acc + d * (sx[:, None] * sw[None, :])
-    return out
-
-
-@triton.jit
 def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, M_BUCKET,
                      HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr, W8: tl.constexpr = False):
@@ -220,20 +224,10 @@ def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
     group replaces two K = 32 ones. The weight nibbles become fp16 by the magic-number trick
     (0x6400 | (v ^ 8) is 1032 + v as fp16 bits, exact) and then e4m3; interleaving the low and high
     nibbles gives the natural k order, which the FP8 activation codes keep."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = rm < M
-    nmask = rn < N
-    HALF: tl.constexpr = GROUP // 2
-    j = tl.arange(0, HALF)
+    rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
+    j = tl.arange(0, GROUP // 2)
     c = tl.arange(0, GROUP)
     G = K // GROUP
-    if SWAP:
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for g in range(0, G):
         k0 = g * GROUP
         if W8:     # weights already unpacked to e4m3 (N, K) by _unpack_weight_fp8
@@ -294,14 +288,15 @@ LARGE_M_CONFIGS = [_cfg(64, 128, False, 4, 4), _cfg(128, 128, False, 8, 3), _cfg
                    _cfg(128, 256, True, 8, 3)]
 
 
-def _prune(configs, named_args, **kwargs):
-    small = named_args["M_BUCKET"] <= 64
-    keep = {id(c) for c in (SMALL_M_CONFIGS if small else LARGE_M_CONFIGS)}
-    return [c for c in configs if id(c) in keep]
+def _autotuned(kernel, small, large, key):
+    """`kernel` autotuned over `small` configs for M <= 64 rows and `large` ones above."""
+    def prune(configs, named_args, **kwargs):
+        keep = {id(c) for c in (small if named_args["M_BUCKET"] <= 64 else large)}
+        return [c for c in configs if id(c) in keep]
+    return triton.autotune(configs=small + large, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
 
 
-_w4a4_gemm = triton.autotune(configs=SMALL_M_CONFIGS + LARGE_M_CONFIGS, key=["M_BUCKET", "N", "K"],
-                             prune_configs_by={"early_config_prune": _prune})(_w4a4_gemm_kernel)
+_w4a4_gemm = _autotuned(_w4a4_gemm_kernel, SMALL_M_CONFIGS, LARGE_M_CONFIGS, ["M_BUCKET", "N", "K"])
 
 
 # FP8 tiles: the weight side (BLOCK_N) is the wgmma M side when SWAP, so it is 64 per warpgroup
@@ -312,14 +307,7 @@ FP8_LARGE_M_CONFIGS = [_cfg(128, 128, False, 8, 3), _cfg(128, 256, False, 8, 3),
                        _cfg(64, 128, True, 4, 4), _cfg(128, 64, True, 4, 4)]
 
 
-def _prune_fp8(configs, named_args, **kwargs):
-    small = named_args["M_BUCKET"] <= 64
-    keep = {id(c) for c in (FP8_SMALL_M_CONFIGS if small else FP8_LARGE_M_CONFIGS)}
-    return [c for c in configs if id(c) in keep]
-
-
-_w4a4_fp8 = triton.autotune(configs=FP8_SMALL_M_CONFIGS + FP8_LARGE_M_CONFIGS, key=["M_BUCKET", "N", "K", "W8"],
-                            prune_configs_by={"early_config_prune": _prune_fp8})(_w4a4_fp8_kernel)
+_w4a4_fp8 = _autotuned(_w4a4_fp8_kernel, FP8_SMALL_M_CONFIGS, FP8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W8"])
 
 
 def _splits(M: int, G: int, block_m: int) -> int:
@@ -395,7 +383,7 @@ def w4a4_linear_dequant(x2: torch.Tensor, layer, y: torch.Tensor) -> torch.Tenso
 
 
 # From this many rows on, the FP8 path unpacks the weights into an e4m3 workspace (N x K bytes, freed
-# after the call) and its GEMM loads them plainly: 1.10-1.22x faster at M >= 2048 on the H100, about
+# after the call) and its GEMM loads them plainly: 1.07-1.23x faster at M >= 2048 on the H100, about
 # equal at 512, slower below (the unpack is a fixed cost). VAR_GEN_W4A4_UNPACK_MIN_M=0 turns it off.
 UNPACK_MIN_M = int(os.environ.get("VAR_GEN_W4A4_UNPACK_MIN_M", "2048"))
 _FP8_MMA = {}
