@@ -274,6 +274,108 @@ def _dequant_weight(w_ptr, sw_ptr, up_ptr, out_ptr, N, K, LDW, R: tl.constexpr, 
             tl.store(out_ptr + rn[:, None] * LDW + K + r[None, :], up.to(tl.float16), mask=nmask)
 
 
+@triton.jit
+def _smoothed(x_ptr, smooth_ptr, rows, rmask, cols, K):
+    """x[rows, cols] as loaded, and x̂ = x / λ in float32 (IEEE divide, as the reference)."""
+    x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=rmask[:, None], other=0.0)
+    return x, _div_rn(x.to(tl.float32), tl.load(smooth_ptr + cols).to(tl.float32)[None, :])
+
+
+@triton.jit
+def _codes(xs, s):
+    """The reference's INT4 codes of x̂ with per-row group scale s (round half to even, clamp)."""
+    return tl.minimum(tl.maximum(_rint(_div_rn(xs, s[:, None])), -8.0), 7.0)
+
+
+@triton.jit
+def _lowrank_down(lr, x, xs, down_ptr, smooth_ptr, cols, R: tl.constexpr, LR_BF16X2: tl.constexpr):
+    """lr + x̂[:, cols] · L_down[cols]: for bf16 x as x · (L_down / λ) with L_down / λ in two bf16 parts
+    (two tensor-core dots, ~2^-17), else a float32 FMA dot on x̂."""
+    dn = tl.load(down_ptr + cols[:, None] * R + tl.arange(0, R)[None, :]).to(tl.float32)
+    if LR_BF16X2:
+        dl = dn * (1.0 / tl.load(smooth_ptr + cols).to(tl.float32))[:, None]
+        dh = dl.to(tl.bfloat16)
+        out = tl.dot(x, dh, lr)
+        out = tl.dot(x, (dl - dh.to(tl.float32)).to(tl.bfloat16), out)
+    else:
+        out = tl.dot(xs, dn, lr, input_precision="ieee")
+    return out
+
+
+@triton.jit
+def _w4a4_fused_kernel(x_ptr, smooth_ptr, down_ptr, w_ptr, sw_ptr, up_ptr, b_ptr, ws_ptr, cnt_ptr, y_ptr,
+                       M, N, K, GPS, INV7, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, FP8: tl.constexpr,
+                       LR_BF16X2: tl.constexpr):
+    """The small-M path in one launch: activation quantizer, GEMM and low-rank branch fused, split over K.
+    Program (n, split, m) quantizes its own K slice of x (groups are 64 wide, so a slice's codes and
+    scales need nothing outside it; every N block repeats this, which is cheap while x is a few rows),
+    runs the group dots on its weights, and adds its slice's share of the low-rank branch,
+    (x̂_slice · L_down_slice) · L_upᵀ (the branch is linear in K). Its float32 partial goes to a
+    workspace; the last split to arrive at the tile (an atomic counter) sums all partials in split order
+    (deterministic), adds the bias, writes y and re-arms the counter. At small M the GEMM is a weight
+    stream: splitting K gives the GPU enough programs to pull it at full bandwidth, and fusing saves the
+    quantizer's launch and round trip."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    S = tl.num_programs(1)
+    rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask = rm < M
+    nmask = rn < N
+    G = K // GROUP
+    HALF: tl.constexpr = GROUP // 2
+    j = tl.arange(0, HALF)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+    for g in range(split * GPS, tl.minimum(split * GPS + GPS, G)):   # no branch in the body: pipelined
+        packed = tl.load(w_ptr + rn[:, None] * (K // 2) + (g * HALF + j)[None, :], mask=nmask[:, None], other=0)
+        sw = tl.load(sw_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
+        if FP8:    # natural k order on both sides: one K = 64 e4m3 dot
+            cols = g * GROUP + tl.arange(0, GROUP)
+            x, xs = _smoothed(x_ptr, smooth_ptr, rm, mmask, cols, K)
+            s = tl.max(tl.abs(xs), axis=1)
+            s = tl.where(s > 0, s * INV7, 1.0)            # the reference's float32 multiply
+            d = tl.dot(_codes(xs, s).to(tl.float8e4nv), tl.trans(_unpack_fp8(packed, BLOCK_N, GROUP)))
+            if HAS_LR:
+                lr = _lowrank_down(lr, x, xs, down_ptr, smooth_ptr, cols, R, LR_BF16X2)
+        else:      # INT8 MMA: even k against the low nibbles, odd k against the high ones
+            ce = g * GROUP + 2 * j
+            xe, xse = _smoothed(x_ptr, smooth_ptr, rm, mmask, ce, K)
+            xo, xso = _smoothed(x_ptr, smooth_ptr, rm, mmask, ce + 1, K)
+            s = tl.maximum(tl.max(tl.abs(xse), axis=1), tl.max(tl.abs(xso), axis=1))
+            s = tl.where(s > 0, s * INV7, 1.0)
+            p8 = packed.to(tl.int8, bitcast=True)
+            d = (tl.dot(_codes(xse, s).to(tl.int8), tl.trans((p8 << 4) >> 4), out_dtype=tl.int32)
+                 + tl.dot(_codes(xso, s).to(tl.int8), tl.trans(p8 >> 4), out_dtype=tl.int32)).to(tl.float32)
+            if HAS_LR:
+                lr = _lowrank_down(lr, xe, xse, down_ptr, smooth_ptr, ce, R, LR_BF16X2)
+                lr = _lowrank_down(lr, xo, xso, down_ptr, smooth_ptr, ce + 1, R, LR_BF16X2)
+        acc = _rescale(acc, d, s, sw, False)
+    if HAS_LR:
+        up = tl.load(up_ptr + rn[:, None] * R + tl.arange(0, R)[None, :], mask=nmask[:, None], other=0.0)
+        if LR_BF16X2:   # lr in two bf16 parts against the bf16 L_up: tensor cores, not an FMA dot's registers
+            lh = lr.to(tl.bfloat16)
+            acc = tl.dot(lh, tl.trans(up.to(tl.bfloat16)), acc)
+            acc = tl.dot((lr - lh.to(tl.float32)).to(tl.bfloat16), tl.trans(up.to(tl.bfloat16)), acc)
+        else:
+            acc += tl.dot(lr, tl.trans(up.to(tl.float32)), input_precision="ieee")
+    out = rm[:, None] * N + rn[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    tl.store(ws_ptr + split * M * N + out, acc, mask=omask)
+    tile = tl.program_id(2) * tl.num_programs(0) + pid_n
+    tl.debug_barrier()                          # every thread's partial is stored before the release
+    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    if arrived == S - 1:
+        tot = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for t in range(0, S):                   # split order: the same sum whichever split came last
+            tot += tl.load(ws_ptr + t * M * N + out, mask=omask, other=0.0, cache_modifier=".cg")
+        if HAS_BIAS:
+            tot += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + out, tot.to(y_ptr.dtype.element_ty), mask=omask)
+        tl.atomic_xchg(cnt_ptr + tile, 0)       # re-armed for the next call (also under graph replay)
+
+
 def _cfg(bm, bn, swap, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SWAP": swap}, num_warps=warps, num_stages=stages)
 
@@ -351,6 +453,52 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     return q, sx, lr
 
 
+# Up to this many rows the default path is the fused split-K kernel (one launch; see _w4a4_fused_kernel)
+FUSED_MAX_M = int(os.environ.get("VAR_GEN_W4A4_FUSED_MAX_M", "0"))   # off: measured slower (BENCHMARKS)
+_COUNTERS = {}
+
+
+def _tile_counters(device, n: int) -> torch.Tensor:
+    """A persistent zeroed int32 counter per output tile of the fused kernel (each call re-arms the
+    ones it used, so one buffer per device serves every layer, eager or in a CUDA graph)."""
+    key = (device.type, device.index)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
+def fused_launch(M: int, N: int, K: int) -> dict:
+    """The fused kernel's launch: row block, N block, groups per K split, warps, stages. Enough
+    programs to fill ~4 waves of a large GPU, but each split's float32 partial (M x N, written and
+    read back through L2) kept to about the weight slice's own bytes."""
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64
+    bn = 128
+    G = K // GROUP
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    splits = max(1, min(triton.cdiv(528, tiles), G, K // (16 * min(M, bm))))
+    return dict(BLOCK_M=bm, BLOCK_N=bn, GPS=triton.cdiv(G, splits), num_warps=4, num_stages=3)
+
+
+def w4a4_linear_fused(x2: torch.Tensor, layer, y: torch.Tensor, fp8: bool, config: dict = None) -> torch.Tensor:
+    """y = the W4A4 layer on x2 (M, K) through the fused split-K kernel (small M)."""
+    M, K = x2.shape
+    N, R = layer.out_features, layer.rank
+    cfg = dict(config or fused_launch(M, N, K))
+    G = K // GROUP
+    gps = cfg.pop("GPS")
+    S = triton.cdiv(G, gps)
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]), S, triton.cdiv(M, cfg["BLOCK_M"]))
+    ws = torch.empty(S, M, N, dtype=torch.float32, device=x2.device)
+    cnt = _tile_counters(x2.device, grid[0] * grid[2])
+    _w4a4_fused_kernel[grid](x2, layer.smooth, layer.lora_down if R else layer.smooth, layer.qweight, layer.wscales,
+                             layer.lora_up if R else layer.wscales, layer.bias if layer.bias is not None else y,
+                             ws, cnt, y, M, N, K, gps, INV_QMAX, HAS_BIAS=layer.bias is not None, HAS_LR=bool(R),
+                             R=R if R else 16, GROUP=GROUP, FP8=fp8, LR_BF16X2=x2.dtype == torch.bfloat16, **cfg)
+    return y
+
+
 # Opt-in (VAR_GEN_W4A4_DEQUANT_MIN_M=rows): from that many rows on, run the GEMM on fp16 tensor cores
 # (cuBLAS) instead of INT8 MMA with a per-group rescale: the INT4 weights (exactly: a 4-bit code x a
 # bf16 scale fits fp16) and the activations (rounded, relative error <= 2^-11) are dequantized into
@@ -401,9 +549,10 @@ def default_path(x: torch.Tensor) -> str:
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M: "int8" (INT8 MMA), "fp8" (FP8 MMA on the packed
-    weights), "fp8w" (FP8 MMA on weights unpacked first) or "dequant" (fp16 workspaces + cuBLAS);
-    `config` ({BLOCK_M, BLOCK_N, SWAP, num_warps, num_stages}) fixes the GEMM's tile instead of
-    autotuning (tests and benchmarks use both to check and time every variant)."""
+    weights), "fp8w" (FP8 MMA on weights unpacked first), "fused-int8" / "fused-fp8" (the one-launch
+    split-K kernel, the default up to FUSED_MAX_M rows) or "dequant" (fp16 workspaces + cuBLAS);
+    `config` ({BLOCK_M, BLOCK_N, SWAP, num_warps, num_stages}, or for the fused kernel {BLOCK_M,
+    BLOCK_N, GPS, num_warps, num_stages}) fixes the GEMM's launch instead of autotuning (tests and benchmarks use both to check and time every variant)."""
     K, N, R = layer.in_features, layer.out_features, layer.rank
     shape = x.shape
     x2 = x.reshape(-1, K).contiguous()
@@ -414,8 +563,13 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         return y.reshape(*shape[:-1], N)
     if path is None:
         path = default_path(x2)
-        if path == "fp8" and 0 < UNPACK_MIN_M <= M:
+        if config is None and M <= FUSED_MAX_M:
+            path = "fused-" + path
+        elif path == "fp8" and 0 < UNPACK_MIN_M <= M:
             path = "fp8w"
+    if path.startswith("fused"):
+        w4a4_linear_fused(x2, layer, y, fp8=path == "fused-fp8", config=config)
+        return y.reshape(*shape[:-1], N)
     fp8 = path in ("fp8", "fp8w")
     q, sx, lr = quantize_activations(x2, layer, fp8=fp8)
     wq = layer.qweight
