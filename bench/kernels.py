@@ -32,7 +32,7 @@ def _time(fn, graph: bool):
     return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def bench_gemm(reference: bool, shapes=None):
+def bench_gemm(reference: bool, shapes=None, ms=None, paths=True):
     from var_gen_ros.quant.dispatch import w4a4_kernel
     rows = []
     print(f"{'K':>6} {'N':>6} {'M':>5} | {'bf16':>7} {'w4a4':>7} {'x':>5} | graph: {'bf16':>7} {'w4a4':>7} {'x':>5} "
@@ -42,7 +42,7 @@ def bench_gemm(reference: bool, shapes=None):
             continue
         layer = _layer(K, N, bias, 0)
         w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
-        for M in MS:
+        for M in ms or MS:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             fn = w4a4_kernel(x)
             fn(x, layer)                                   # autotune outside the timed region
@@ -56,13 +56,13 @@ def bench_gemm(reference: bool, shapes=None):
                 r[tag + "speedup"] = r[tag + "bf16_ms"] / r[tag + "w4a4_ms"]
             r["graph_w4a4_tops"] = 2 * M * N * K / r["graph_w4a4_ms"] / 1e9
             # both W4A4 paths at every M (the dispatcher picks by M; this is the crossover data)
-            for p in ("int8", "fp8", "fp8w", "dequant"):
+            for p in ("int8", "fp8", "fp8w", "dequant") if paths else ():
                 r[f"graph_{p}_path_ms"] = _time(lambda: fn(x, layer, out=y_q, path=p), True)
             r["ref_ms"] = _time(lambda: layer.reference_forward(x), False) if reference else None
             rows.append(r)
             print(f"{K:6d} {N:6d} {M:5d} | {r['bf16_ms']:7.4f} {r['w4a4_ms']:7.4f} {r['speedup']:5.2f} | "
                   f"       {r['graph_bf16_ms']:7.4f} {r['graph_w4a4_ms']:7.4f} {r['graph_speedup']:5.2f} "
-                  f"{r['graph_w4a4_tops']:6.0f} | " + " ".join(f"{p} {r[f'graph_{p}_path_ms']:.4f}" for p in ("int8", "fp8", "fp8w", "dequant")) + " | "
+                  f"{r['graph_w4a4_tops']:6.0f} | " + " ".join(f"{p} {r[f'graph_{p}_path_ms']:.4f}" for p in ("int8", "fp8", "fp8w", "dequant") if paths) + " | "
                   f"{r['ref_ms'] if r['ref_ms'] is None else round(r['ref_ms'], 4)}",
                   flush=True)
     return rows
@@ -124,10 +124,14 @@ def main():
     ap.add_argument("--reference", action="store_true", help="also time the dequantize+matmul GEMM reference")
     ap.add_argument("--only", choices=["gemm", "attention"], default=None)
     ap.add_argument("--shapes", default=None, help="GEMM shapes KxN, comma-separated (default: all)")
+    ap.add_argument("--ms", default=None, help="GEMM rows M, comma-separated (default: 2,32,128,512,2048,8192)")
+    ap.add_argument("--no-paths", action="store_true", help="time only the default GEMM path, not each path")
     a = ap.parse_args()
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if a.only != "attention":
-        out["gemm"] = bench_gemm(a.reference, a.shapes.split(",") if a.shapes else None)
+        out["gemm"] = bench_gemm(a.reference, a.shapes.split(",") if a.shapes else None,
+                                 [int(m) for m in a.ms.split(",")] if a.ms else None, not a.no_paths)
+        out["split_max_m"] = int(os.environ.get("VAR_GEN_W4A4_SPLIT_MAX_M", "256"))
     if a.only != "gemm":
         out["attention"], out["attention_total_ms"] = bench_attention()
     if a.json:

@@ -17,6 +17,9 @@ Two kernels per forward:
    - `_w4a4_gemm_kernel` (sm_80-sm_87): INT8 MMA; kernel 1 stores each group's int8 codes even-k
      first, odd-k second, so two K = 32 dots on contiguous loads replace an interleave in registers
      (Hopper runs INT4 MMA ~26x slower, see docs).
+   `SPLIT_K` > 1 (up to SPLIT_MAX_M rows) splits the K loop over programs whose float32 partials the
+   last one to finish a tile sums in a fixed order (see `_finish`): a small M otherwise leaves most SMs
+   idle over one long serial loop.
    `SWAP` computes yᵀ = W · xᵀ instead: the unpacked weights (made in registers) become the MMA's
    left operand, which Hopper's wgmma may take from registers, and a small M becomes the MMA's
    narrow side (the usual trick for skinny GEMMs). The autotuner picks SWAP or not per (M bucket, N, K).
@@ -27,6 +30,7 @@ import os
 
 import torch
 import triton
+import triton.testing
 import triton.language as tl
 from triton.language.extra import libdevice
 
@@ -136,14 +140,15 @@ def _rescale(acc, d, sx, sw, SWAP: tl.constexpr):
 
 
 @triton.jit
-def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, M_BUCKET,
-                      HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
+                      M_BUCKET, SPLIT_K, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr):
     rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
     HALF: tl.constexpr = GROUP // 2
     j = tl.arange(0, HALF)
     G = K // GROUP
-    for g in range(0, G):
+    g0 = tl.program_id(2) * tl.cdiv(G, SPLIT_K)          # this program's K split (all of K when 1)
+    for g in range(g0, tl.minimum(g0 + tl.cdiv(G, SPLIT_K), G)):
         k0 = g * GROUP
         packed = tl.load(w_ptr + rn[:, None] * (K // 2) + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0)
         p8 = packed.to(tl.int8, bitcast=True)
@@ -160,37 +165,71 @@ def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr
             a_odd = tl.load(q_ptr + rm[:, None] * K + (k0 + HALF + j)[None, :], mask=mmask[:, None], other=0)
             d = tl.dot(a_even, tl.trans(lo), out_dtype=tl.int32) + tl.dot(a_odd, tl.trans(hi), out_dtype=tl.int32)
         acc = _rescale(acc, d.to(tl.float32), sx, sw, SWAP)
-    _epilogue(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, S, HAS_BIAS, HAS_LR, R, SWAP, BLOCK_M)
+    _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
+            HAS_LR, R, SWAP, BLOCK_M)
 
 
 @triton.jit
-def _epilogue(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, S, HAS_BIAS: tl.constexpr,
-              HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr):
-    """acc (+ the low-rank up-projection of kernel 1's summed partials) (+ bias) -> y, in y's dtype;
-    acc is (BLOCK_N, BLOCK_M) when SWAP, else (BLOCK_M, BLOCK_N)."""
-    r = tl.arange(0, R)
+def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K,
+            HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """acc (+ the low-rank branch, + bias) -> y in y's dtype; acc is (BLOCK_N, BLOCK_M) when SWAP.
+    Split-K (small M: N / BLOCK_N programs alone leave most of the GPU idle over one long K loop): split
+    0 adds the low-rank branch and bias to its partial, every split stores its float32 partial to a
+    workspace (SPLIT_K, M, N), and the last split to arrive at the tile (an atomic counter) adds the
+    partials in split order (the same sum whichever split came last), writes y and re-arms the counter,
+    so one zeroed counter buffer serves every call, eager or replayed in a CUDA graph."""
     if SWAP:
-        if HAS_LR:
-            up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
-            lr = tl.zeros((R, BLOCK_M), dtype=tl.float32)
-            for s in range(0, S):   # partial x̂ · L_down of kernel 1's K splits
-                lr += tl.load(lr_ptr + s * M * R + rm[None, :] * R + r[:, None], mask=mmask[None, :], other=0.0)
-            acc += tl.dot(up, lr, input_precision="ieee")
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
-        tl.store(y_ptr + rm[None, :] * N + rn[:, None], acc.to(y_ptr.dtype.element_ty),
-                 mask=mmask[None, :] & nmask[:, None])
+        off = rm[None, :] * N + rn[:, None]
+        omask = mmask[None, :] & nmask[:, None]
     else:
-        if HAS_LR:
-            up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
+        off = rm[:, None] * N + rn[None, :]
+        omask = mmask[:, None] & nmask[None, :]
+    if SPLIT_K == 1:
+        acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP, BLOCK_M)
+        tl.store(y_ptr + off, acc.to(y_ptr.dtype.element_ty), mask=omask)
+    else:
+        if tl.program_id(2) == 0:
+            acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP,
+                                BLOCK_M)
+        tl.store(ws_ptr + tl.program_id(2) * M * N + off, acc, mask=omask)
+        tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        tl.debug_barrier()                      # all of this program's partial is stored before the release
+        if tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            tot = tl.zeros_like(acc)
+            for t in range(0, SPLIT_K):
+                tot += tl.load(ws_ptr + t * M * N + off, mask=omask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + off, tot.to(y_ptr.dtype.element_ty), mask=omask)
+            tl.atomic_xchg(cnt_ptr + tile, 0)
+
+
+@triton.jit
+def _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS: tl.constexpr,
+                  HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """acc + the low-rank up-projection of kernel 1's summed partials (x̂ · L_down) + bias."""
+    r = tl.arange(0, R)
+    LRC: tl.constexpr = max(1, min(8, 256 // BLOCK_M))    # partials per load: ~8K floats per program
+    if HAS_LR:
+        up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
+        if SWAP:
+            lr = tl.zeros((R, BLOCK_M), dtype=tl.float32)
+            for s0 in range(0, S, LRC):   # kernel 1's partial x̂ · L_down, LRC K splits per load, not a chain of S
+                s = s0 + tl.arange(0, LRC)
+                lr += tl.sum(tl.load(lr_ptr + s[:, None, None] * M * R + rm[None, None, :] * R + r[None, :, None],
+                                     mask=(s < S)[:, None, None] & mmask[None, None, :], other=0.0), axis=0)
+            acc += tl.dot(up, lr, input_precision="ieee")
+        else:
             lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-            for s in range(0, S):
-                lr += tl.load(lr_ptr + s * M * R + rm[:, None] * R + r[None, :], mask=mmask[:, None], other=0.0)
+            for s0 in range(0, S, LRC):
+                s = s0 + tl.arange(0, LRC)
+                lr += tl.sum(tl.load(lr_ptr + s[:, None, None] * M * R + rm[None, :, None] * R + r[None, None, :],
+                                     mask=(s < S)[:, None, None] & mmask[None, :, None], other=0.0), axis=0)
             acc += tl.dot(lr, tl.trans(up), input_precision="ieee")
-        if HAS_BIAS:
+    if HAS_BIAS:
+        if SWAP:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        else:
             acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=mmask[:, None] & nmask[None, :])
+    return acc
 
 
 @triton.jit
@@ -216,8 +255,8 @@ def _unpack_weight_fp8(w_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GROUP: tl.co
 
 
 @triton.jit
-def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, M_BUCKET,
-                     HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
+                     M_BUCKET, SPLIT_K, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr, W8: tl.constexpr = False):
     """The FP8 variant: both operands' 4-bit codes are exact e4m3 values, and e4m3 MMA accumulates in
     float32, so a group's dot needs no int->float convert before the rescale, and one K = 64 dot per
@@ -228,7 +267,8 @@ def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
     j = tl.arange(0, GROUP // 2)
     c = tl.arange(0, GROUP)
     G = K // GROUP
-    for g in range(0, G):
+    g0 = tl.program_id(2) * tl.cdiv(G, SPLIT_K)          # this program's K split (all of K when 1)
+    for g in range(g0, tl.minimum(g0 + tl.cdiv(G, SPLIT_K), G)):
         k0 = g * GROUP
         if W8:     # weights already unpacked to e4m3 (N, K) by _unpack_weight_fp8
             w8 = tl.load(w_ptr + rn[:, None] * K + (k0 + c)[None, :], mask=nmask[:, None], other=0.0)
@@ -245,7 +285,8 @@ def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
         # Triton waits for the asynchronous MMA right here (pendings = 0 in the TTGIR, also when the
         # rescale is deferred a group), so the rescale does not overlap the next group's MMA
         acc = _rescale(acc, d, sx, sw, SWAP)
-    _epilogue(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, S, HAS_BIAS, HAS_LR, R, SWAP, BLOCK_M)
+    _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
+            HAS_LR, R, SWAP, BLOCK_M)
 
 
 @triton.jit
@@ -274,142 +315,70 @@ def _dequant_weight(w_ptr, sw_ptr, up_ptr, out_ptr, N, K, LDW, R: tl.constexpr, 
             tl.store(out_ptr + rn[:, None] * LDW + K + r[None, :], up.to(tl.float16), mask=nmask)
 
 
-@triton.jit
-def _smoothed(x_ptr, smooth_ptr, rows, rmask, cols, K):
-    """x[rows, cols] as loaded, and x̂ = x / λ in float32 (IEEE divide, as the reference)."""
-    x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=rmask[:, None], other=0.0)
-    return x, _div_rn(x.to(tl.float32), tl.load(smooth_ptr + cols).to(tl.float32)[None, :])
+def _cfg(bm, bn, swap, warps, stages, split_k=1):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SWAP": swap, "SPLIT_K": split_k}, num_warps=warps,
+                         num_stages=stages)
 
 
-@triton.jit
-def _codes(xs, s):
-    """The reference's INT4 codes of x̂ with per-row group scale s (round half to even, clamp)."""
-    return tl.minimum(tl.maximum(_rint(_div_rn(xs, s[:, None])), -8.0), 7.0)
+def _split(tiles, splits):
+    """Each (BLOCK_M, BLOCK_N, SWAP, warps, stages) tile with each K split count."""
+    return [_cfg(*t, split_k=k) for t in tiles for k in splits]
 
 
-@triton.jit
-def _lowrank_down(lr, x, xs, down_ptr, smooth_ptr, cols, R: tl.constexpr, LR_BF16X2: tl.constexpr):
-    """lr + x̂[:, cols] · L_down[cols]: for bf16 x as x · (L_down / λ) with L_down / λ in two bf16 parts
-    (two tensor-core dots, ~2^-17), else a float32 FMA dot on x̂."""
-    dn = tl.load(down_ptr + cols[:, None] * R + tl.arange(0, R)[None, :]).to(tl.float32)
-    if LR_BF16X2:
-        dl = dn * (1.0 / tl.load(smooth_ptr + cols).to(tl.float32))[:, None]
-        dh = dl.to(tl.bfloat16)
-        out = tl.dot(x, dh, lr)
-        out = tl.dot(x, (dl - dh.to(tl.float32)).to(tl.bfloat16), out)
-    else:
-        out = tl.dot(xs, dn, lr, input_precision="ieee")
-    return out
-
-
-@triton.jit
-def _w4a4_fused_kernel(x_ptr, smooth_ptr, down_ptr, w_ptr, sw_ptr, up_ptr, b_ptr, ws_ptr, cnt_ptr, y_ptr,
-                       M, N, K, GPS, INV7, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, FP8: tl.constexpr,
-                       LR_BF16X2: tl.constexpr):
-    """The small-M path in one launch: activation quantizer, GEMM and low-rank branch fused, split over K.
-    Program (n, split, m) quantizes its own K slice of x (groups are 64 wide, so a slice's codes and
-    scales need nothing outside it; every N block repeats this, which is cheap while x is a few rows),
-    runs the group dots on its weights, and adds its slice's share of the low-rank branch,
-    (x̂_slice · L_down_slice) · L_upᵀ (the branch is linear in K). Its float32 partial goes to a
-    workspace; the last split to arrive at the tile (an atomic counter) sums all partials in split order
-    (deterministic), adds the bias, writes y and re-arms the counter. At small M the GEMM is a weight
-    stream: splitting K gives the GPU enough programs to pull it at full bandwidth, and fusing saves the
-    quantizer's launch and round trip."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    S = tl.num_programs(1)
-    rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = rm < M
-    nmask = rn < N
-    G = K // GROUP
-    HALF: tl.constexpr = GROUP // 2
-    j = tl.arange(0, HALF)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-    for g in range(split * GPS, tl.minimum(split * GPS + GPS, G)):   # no branch in the body: pipelined
-        packed = tl.load(w_ptr + rn[:, None] * (K // 2) + (g * HALF + j)[None, :], mask=nmask[:, None], other=0)
-        sw = tl.load(sw_ptr + rn * G + g, mask=nmask, other=0.0).to(tl.float32)
-        if FP8:    # natural k order on both sides: one K = 64 e4m3 dot
-            cols = g * GROUP + tl.arange(0, GROUP)
-            x, xs = _smoothed(x_ptr, smooth_ptr, rm, mmask, cols, K)
-            s = tl.max(tl.abs(xs), axis=1)
-            s = tl.where(s > 0, s * INV7, 1.0)            # the reference's float32 multiply
-            d = tl.dot(_codes(xs, s).to(tl.float8e4nv), tl.trans(_unpack_fp8(packed, BLOCK_N, GROUP)))
-            if HAS_LR:
-                lr = _lowrank_down(lr, x, xs, down_ptr, smooth_ptr, cols, R, LR_BF16X2)
-        else:      # INT8 MMA: even k against the low nibbles, odd k against the high ones
-            ce = g * GROUP + 2 * j
-            xe, xse = _smoothed(x_ptr, smooth_ptr, rm, mmask, ce, K)
-            xo, xso = _smoothed(x_ptr, smooth_ptr, rm, mmask, ce + 1, K)
-            s = tl.maximum(tl.max(tl.abs(xse), axis=1), tl.max(tl.abs(xso), axis=1))
-            s = tl.where(s > 0, s * INV7, 1.0)
-            p8 = packed.to(tl.int8, bitcast=True)
-            d = (tl.dot(_codes(xse, s).to(tl.int8), tl.trans((p8 << 4) >> 4), out_dtype=tl.int32)
-                 + tl.dot(_codes(xso, s).to(tl.int8), tl.trans(p8 >> 4), out_dtype=tl.int32)).to(tl.float32)
-            if HAS_LR:
-                lr = _lowrank_down(lr, xe, xse, down_ptr, smooth_ptr, ce, R, LR_BF16X2)
-                lr = _lowrank_down(lr, xo, xso, down_ptr, smooth_ptr, ce + 1, R, LR_BF16X2)
-        acc = _rescale(acc, d, s, sw, False)
-    if HAS_LR:
-        up = tl.load(up_ptr + rn[:, None] * R + tl.arange(0, R)[None, :], mask=nmask[:, None], other=0.0)
-        if LR_BF16X2:   # lr in two bf16 parts against the bf16 L_up: tensor cores, not an FMA dot's registers
-            lh = lr.to(tl.bfloat16)
-            acc = tl.dot(lh, tl.trans(up.to(tl.bfloat16)), acc)
-            acc = tl.dot((lr - lh.to(tl.float32)).to(tl.bfloat16), tl.trans(up.to(tl.bfloat16)), acc)
-        else:
-            acc += tl.dot(lr, tl.trans(up.to(tl.float32)), input_precision="ieee")
-    out = rm[:, None] * N + rn[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    tl.store(ws_ptr + split * M * N + out, acc, mask=omask)
-    tile = tl.program_id(2) * tl.num_programs(0) + pid_n
-    tl.debug_barrier()                          # every thread's partial is stored before the release
-    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-    if arrived == S - 1:
-        tot = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for t in range(0, S):                   # split order: the same sum whichever split came last
-            tot += tl.load(ws_ptr + t * M * N + out, mask=omask, other=0.0, cache_modifier=".cg")
-        if HAS_BIAS:
-            tot += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + out, tot.to(y_ptr.dtype.element_ty), mask=omask)
-        tl.atomic_xchg(cnt_ptr + tile, 0)       # re-armed for the next call (also under graph replay)
-
-
-def _cfg(bm, bn, swap, warps, stages):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SWAP": swap}, num_warps=warps, num_stages=stages)
-
-
-# (BLOCK_M, BLOCK_N, SWAP, warps, stages); the small-M set streams weights (memory-bound), the large
-# set is compute-bound tiles
-SMALL_M_CONFIGS = [_cfg(16, 64, False, 4, 4), _cfg(16, 128, False, 4, 4), _cfg(16, 64, True, 4, 4),
-                   _cfg(16, 128, True, 4, 4), _cfg(32, 128, True, 4, 4), _cfg(16, 256, True, 8, 3),
-                   _cfg(32, 64, False, 4, 4)]
+# Small M (<= 64 rows) streams the weights (memory-bound): narrow row blocks, K split 1/4/8 ways; large M
+# is compute-bound tiles, split 2/4 ways only up to SPLIT_MAX_M rows (where the tiles alone underfill
+# the GPU; the split workspace is SPLIT_K x M x N float32)
+SPLIT_MAX_M = int(os.environ.get("VAR_GEN_W4A4_SPLIT_MAX_M", "256"))   # 0: no split-K (measurement baseline)
+SMALL_M_CONFIGS = _split([(16, 64, False, 4, 4), (16, 128, False, 4, 4), (16, 64, True, 4, 4), (16, 128, True, 4, 4),
+                          (32, 128, True, 4, 4), (16, 256, True, 8, 3), (32, 64, False, 4, 4)], (1, 4, 8))
 LARGE_M_CONFIGS = [_cfg(64, 128, False, 4, 4), _cfg(128, 128, False, 8, 3), _cfg(128, 256, False, 8, 3),
                    _cfg(128, 64, False, 4, 4), _cfg(64, 128, True, 4, 4), _cfg(128, 128, True, 8, 3),
-                   _cfg(128, 256, True, 8, 3)]
+                   _cfg(128, 256, True, 8, 3)] + _split([(64, 128, False, 4, 4), (64, 128, True, 4, 4)], (2, 4))
 
 
 def _autotuned(kernel, small, large, key):
-    """`kernel` autotuned over `small` configs for M <= 64 rows and `large` ones above."""
+    """`kernel` autotuned over `small` configs for M <= 64 rows and `large` ones above (split-K ones
+    only up to SPLIT_MAX_M rows)."""
     def prune(configs, named_args, **kwargs):
-        keep = {id(c) for c in (small if named_args["M_BUCKET"] <= 64 else large)}
+        b, M_ = named_args["M_BUCKET"], named_args["M"]
+        keep = {id(c) for c in (small if b <= 64 else large) if c.kwargs["SPLIT_K"] == 1 or M_ <= SPLIT_MAX_M}
         return [c for c in configs if id(c) in keep]
-    return triton.autotune(configs=small + large, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
+    # timed by CUDA-graph replay: eager timing of a ~20 µs kernel measures the Python launch instead,
+    # and then picks split-K configs at random (seen on the H100)
+    bench = lambda fn, quantiles: triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
+    return triton.autotune(configs=small + large, key=key, prune_configs_by={"early_config_prune": prune},
+                           do_bench=bench)(kernel)
 
 
 _w4a4_gemm = _autotuned(_w4a4_gemm_kernel, SMALL_M_CONFIGS, LARGE_M_CONFIGS, ["M_BUCKET", "N", "K"])
 
 
 # FP8 tiles: the weight side (BLOCK_N) is the wgmma M side when SWAP, so it is 64 per warpgroup
-FP8_SMALL_M_CONFIGS = [_cfg(16, 64, True, 4, 4), _cfg(16, 128, True, 4, 4), _cfg(32, 64, True, 4, 4),
-                       _cfg(32, 128, True, 4, 4), _cfg(64, 64, False, 4, 4), _cfg(64, 128, True, 4, 4)]
+FP8_SMALL_M_CONFIGS = _split([(16, 64, True, 4, 4), (16, 128, True, 4, 4), (32, 64, True, 4, 4),
+                              (32, 128, True, 4, 4), (64, 64, False, 4, 4), (64, 128, True, 4, 4)], (1, 4, 8))
 FP8_LARGE_M_CONFIGS = [_cfg(128, 128, False, 8, 3), _cfg(128, 256, False, 8, 3), _cfg(64, 128, False, 4, 4),
                        _cfg(128, 64, False, 4, 4), _cfg(128, 128, True, 8, 3), _cfg(256, 128, True, 8, 3),
-                       _cfg(64, 128, True, 4, 4), _cfg(128, 64, True, 4, 4)]
+                       _cfg(64, 128, True, 4, 4), _cfg(128, 64, True, 4, 4)] + \
+    _split([(64, 128, False, 4, 4), (64, 128, True, 4, 4), (128, 128, True, 8, 3)], (2, 4))
 
 
 _w4a4_fp8 = _autotuned(_w4a4_fp8_kernel, FP8_SMALL_M_CONFIGS, FP8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W8"])
+_COUNTERS = {}
+
+
+def _split_k_buffers(M: int, N: int, device, split_k: int = None):
+    """The split-K workspace (SPLIT_K, M, N) float32 for the largest split the tuner may pick at this M
+    (or `split_k`), and the per-tile counters: one persistent zeroed int32 buffer per device (every call
+    re-arms the counters it used)."""
+    most = split_k or (1 if M > SPLIT_MAX_M else 8 if M <= 64 else 4)
+    if most == 1:
+        return None, None
+    key = (device.type, device.index)
+    tiles = triton.cdiv(M, 16) * triton.cdiv(N, 64)          # the most any tile shape needs
+    if key not in _COUNTERS or _COUNTERS[key][-1].numel() < tiles:
+        # old buffers stay alive: a captured CUDA graph may still point at them
+        _COUNTERS.setdefault(key, []).append(torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device))
+    return torch.empty(most, M, N, dtype=torch.float32, device=device), _COUNTERS[key][-1]
 
 
 def _splits(M: int, G: int, block_m: int) -> int:
@@ -451,52 +420,6 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
                                           R=R if R else 16, HAS_LR=bool(R), DEQ=False, BLOCK_M=BM, GROUP=GROUP,
                                           LR_PREC=lr_prec, FP8=fp8, num_warps=warps)
     return q, sx, lr
-
-
-# Up to this many rows the default path is the fused split-K kernel (one launch; see _w4a4_fused_kernel)
-FUSED_MAX_M = int(os.environ.get("VAR_GEN_W4A4_FUSED_MAX_M", "0"))   # off: measured slower (BENCHMARKS)
-_COUNTERS = {}
-
-
-def _tile_counters(device, n: int) -> torch.Tensor:
-    """A persistent zeroed int32 counter per output tile of the fused kernel (each call re-arms the
-    ones it used, so one buffer per device serves every layer, eager or in a CUDA graph)."""
-    key = (device.type, device.index)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device)
-        _COUNTERS[key] = buf
-    return buf
-
-
-def fused_launch(M: int, N: int, K: int) -> dict:
-    """The fused kernel's launch: row block, N block, groups per K split, warps, stages. Enough
-    programs to fill ~4 waves of a large GPU, but each split's float32 partial (M x N, written and
-    read back through L2) kept to about the weight slice's own bytes."""
-    bm = 16 if M <= 16 else 32 if M <= 32 else 64
-    bn = 128
-    G = K // GROUP
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    splits = max(1, min(triton.cdiv(528, tiles), G, K // (16 * min(M, bm))))
-    return dict(BLOCK_M=bm, BLOCK_N=bn, GPS=triton.cdiv(G, splits), num_warps=4, num_stages=3)
-
-
-def w4a4_linear_fused(x2: torch.Tensor, layer, y: torch.Tensor, fp8: bool, config: dict = None) -> torch.Tensor:
-    """y = the W4A4 layer on x2 (M, K) through the fused split-K kernel (small M)."""
-    M, K = x2.shape
-    N, R = layer.out_features, layer.rank
-    cfg = dict(config or fused_launch(M, N, K))
-    G = K // GROUP
-    gps = cfg.pop("GPS")
-    S = triton.cdiv(G, gps)
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]), S, triton.cdiv(M, cfg["BLOCK_M"]))
-    ws = torch.empty(S, M, N, dtype=torch.float32, device=x2.device)
-    cnt = _tile_counters(x2.device, grid[0] * grid[2])
-    _w4a4_fused_kernel[grid](x2, layer.smooth, layer.lora_down if R else layer.smooth, layer.qweight, layer.wscales,
-                             layer.lora_up if R else layer.wscales, layer.bias if layer.bias is not None else y,
-                             ws, cnt, y, M, N, K, gps, INV_QMAX, HAS_BIAS=layer.bias is not None, HAS_LR=bool(R),
-                             R=R if R else 16, GROUP=GROUP, FP8=fp8, LR_BF16X2=x2.dtype == torch.bfloat16, **cfg)
-    return y
 
 
 # Opt-in (VAR_GEN_W4A4_DEQUANT_MIN_M=rows): from that many rows on, run the GEMM on fp16 tensor cores
@@ -549,10 +472,9 @@ def default_path(x: torch.Tensor) -> str:
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M: "int8" (INT8 MMA), "fp8" (FP8 MMA on the packed
-    weights), "fp8w" (FP8 MMA on weights unpacked first), "fused-int8" / "fused-fp8" (the one-launch
-    split-K kernel, the default up to FUSED_MAX_M rows) or "dequant" (fp16 workspaces + cuBLAS);
-    `config` ({BLOCK_M, BLOCK_N, SWAP, num_warps, num_stages}, or for the fused kernel {BLOCK_M,
-    BLOCK_N, GPS, num_warps, num_stages}) fixes the GEMM's launch instead of autotuning (tests and benchmarks use both to check and time every variant)."""
+    weights), "fp8w" (FP8 MMA on weights unpacked first) or "dequant" (fp16 workspaces + cuBLAS);
+    `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps, num_stages}) fixes the GEMM's launch instead
+    of autotuning (tests and benchmarks use both to check and time every variant)."""
     K, N, R = layer.in_features, layer.out_features, layer.rank
     shape = x.shape
     x2 = x.reshape(-1, K).contiguous()
@@ -563,13 +485,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         return y.reshape(*shape[:-1], N)
     if path is None:
         path = default_path(x2)
-        if config is None and M <= FUSED_MAX_M:
-            path = "fused-" + path
-        elif path == "fp8" and 0 < UNPACK_MIN_M <= M:
+        if path == "fp8" and 0 < UNPACK_MIN_M <= M:
             path = "fp8w"
-    if path.startswith("fused"):
-        w4a4_linear_fused(x2, layer, y, fp8=path == "fused-fp8", config=config)
-        return y.reshape(*shape[:-1], N)
     fp8 = path in ("fp8", "fp8w")
     q, sx, lr = quantize_activations(x2, layer, fp8=fp8)
     wq = layer.qweight
@@ -578,15 +495,18 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         _unpack_weight_fp8[(triton.cdiv(N, 64), K // GROUP)](layer.qweight, wq, N, K, BLOCK_N=64, GROUP=GROUP)
     S = lr.shape[0] if R else 0
     bucket = min(1 << max(0, (M - 1).bit_length()), 8192)
+    ws, cnt = _split_k_buffers(M, N, x.device, config.get("SPLIT_K", 1) if config else None)
     args = (q, sx, wq, layer.wscales, lr if R else sx, layer.lora_up if R else layer.wscales,
-            layer.bias if layer.bias is not None else y, y, M, N, K, S, bucket)
+            layer.bias if layer.bias is not None else y, y, ws if ws is not None else y, cnt if cnt is not None else y,
+            M, N, K, S, bucket)
     meta = dict(HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP)
     if fp8:
         meta["W8"] = path == "fp8w"
     if config is None:
-        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]))
+        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])
         (_w4a4_fp8 if fp8 else _w4a4_gemm)[grid](*args, **meta)
     else:
-        grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]))
+        config = dict(config, SPLIT_K=config.get("SPLIT_K", 1))
+        grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])
         (_w4a4_fp8_kernel if fp8 else _w4a4_gemm_kernel)[grid](*args, **meta, **config)
     return y.reshape(*shape[:-1], N)
