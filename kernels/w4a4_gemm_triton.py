@@ -344,8 +344,12 @@ def _autotuned(kernel, small, large, key):
         keep = {id(c) for c in (small if b <= 64 else large) if c.kwargs["SPLIT_K"] == 1 or M_ <= SPLIT_MAX_M}
         return [c for c in configs if id(c) in keep]
     # timed by CUDA-graph replay: eager timing of a ~20 µs kernel measures the Python launch instead,
-    # and then picks split-K configs at random (seen on the H100)
-    bench = lambda fn, quantiles: triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
+    # and then picks split-K configs at random (seen on the H100). The replay runs on a side stream:
+    # synchronize first, so no kernel still in flight on the caller's stream (kernel 1, an earlier
+    # layer's split-K GEMM using the same tile counters) overlaps the candidates
+    def bench(fn, quantiles):
+        torch.cuda.synchronize()
+        return triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
     return triton.autotune(configs=small + large, key=key, prune_configs_by={"early_config_prune": prune},
                            do_bench=bench)(kernel)
 
