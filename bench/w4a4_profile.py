@@ -1,9 +1,9 @@
-"""One W4A4 layer call, for Nsight Compute (`ncu ... python3 bench/w4a4_profile.py --path fused-fp8 ...`):
+"""One W4A4 layer call, for Nsight Compute (`ncu ... python3 bench/w4a4_profile.py --path fp8 ...`):
 builds an Infinity-8B-shaped layer, warms the kernels up (autotuning, compiles), then runs `--calls`
 forwards of the given path and launch.
 
-    ncu --clock-control none -k regex:"_w4a4|_quantize" --launch-skip 6 --launch-count 3 \\
-        --section SpeedOfLight --section WarpStateStats python3 bench/w4a4_profile.py --M 2 --path fused-fp8
+    ncu --clock-control none -k regex:_w4a4_fp8 --launch-skip 3 --launch-count 1 --section SpeedOfLight \\
+        python3 bench/w4a4_profile.py --M 2 --path fp8 --config '{"BLOCK_M":16,"BLOCK_N":64,"SWAP":true,"num_warps":4,"num_stages":4}'
 """
 import argparse
 import json

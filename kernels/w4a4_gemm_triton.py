@@ -207,22 +207,17 @@ def _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BI
                   HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr):
     """acc + the low-rank up-projection of kernel 1's summed partials (x̂ · L_down) + bias."""
     r = tl.arange(0, R)
-    LRC: tl.constexpr = max(1, min(8, 256 // BLOCK_M))    # partials per load: ~8K floats per program
     if HAS_LR:
         up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
         if SWAP:
             lr = tl.zeros((R, BLOCK_M), dtype=tl.float32)
-            for s0 in range(0, S, LRC):   # kernel 1's partial x̂ · L_down, LRC K splits per load, not a chain of S
-                s = s0 + tl.arange(0, LRC)
-                lr += tl.sum(tl.load(lr_ptr + s[:, None, None] * M * R + rm[None, None, :] * R + r[None, :, None],
-                                     mask=(s < S)[:, None, None] & mmask[None, None, :], other=0.0), axis=0)
+            for s in range(0, S):   # partial x̂ · L_down of kernel 1's K splits
+                lr += tl.load(lr_ptr + s * M * R + rm[None, :] * R + r[:, None], mask=mmask[None, :], other=0.0)
             acc += tl.dot(up, lr, input_precision="ieee")
         else:
             lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-            for s0 in range(0, S, LRC):
-                s = s0 + tl.arange(0, LRC)
-                lr += tl.sum(tl.load(lr_ptr + s[:, None, None] * M * R + rm[None, :, None] * R + r[None, None, :],
-                                     mask=(s < S)[:, None, None] & mmask[None, :, None], other=0.0), axis=0)
+            for s in range(0, S):
+                lr += tl.load(lr_ptr + s * M * R + rm[:, None] * R + r[None, :], mask=mmask[:, None], other=0.0)
             acc += tl.dot(lr, tl.trans(up), input_precision="ieee")
     if HAS_BIAS:
         if SWAP:
