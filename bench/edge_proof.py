@@ -149,16 +149,20 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
         base = meter.allocated()                             # weights + cached prompt features
         stage, checks = [], []
 
+        reserved = [meter.peak_reserved()]
+
         def on_scale(ev):
             torch.cuda.synchronize()
             stage.append(meter.peak())
+            reserved.append(meter.peak_reserved())
             checks.append({"scale": ev.index, **resident_check(meter, sum(weights.values()), ev.resident_bytes,
                                                                 base - sum(weights.values()))})
             meter.reset_peak()
 
         r = gen.generate(PROMPT, seed=rep, cfg=cfg, height=height, width=width, text_features=feats, callback=on_scale)
         vae_peak = meter.peak()
-        runs.append({"text_encoder_s": te_s, "text_encoder_peak": te_peak, "base_allocated": base,
+        reserved.append(meter.peak_reserved())
+        runs.append({"peak_reserved": max(reserved), "text_encoder_s": te_s, "text_encoder_peak": te_peak, "base_allocated": base,
                      "scales_s": r.timings["scales_s"], "vae_decode_s": r.timings["vae_decode_s"],
                      "total_s": r.timings["total_s"] + te_s, "scale_peaks": stage, "vae_decode_peak": vae_peak,
                      "kv_cache_bytes": r.memory["kv_cache_bytes"], "checks": checks, "schedule": r.schedule})
@@ -190,6 +194,9 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
             "weights": weights, "weights_total": sum(weights.values()),
             "kv_cache": last["kv_cache_bytes"], "prompt_features_and_base": last["base_allocated"] - sum(weights.values()),
             "peak_allocated": peak, "peak_by_stage": peaks,
+            # what the cap limits; also what a replayed CUDA graph uses: its activations live in the
+            # graph's memory pool, which the allocated counter no longer sees once captured
+            "peak_reserved": max(r["peak_reserved"] for r in runs),
             "activations_at_peak": peak - resident_at_last["components"],
             "accounting_worst": worst,
         },
@@ -205,6 +212,8 @@ def child(a) -> dict:
     if a.chunk_tokens >= 0:
         gen.chunk_tokens = a.chunk_tokens
     out["chunk_tokens"] = gen.chunk_tokens
+    gen.cuda_graphs = bool(a.cuda_graphs)
+    warm = 2 if gen.cuda_graphs else 1      # the first run autotunes, the second captures the graphs
     if a.text_encoder == "cpu":
         # Orin's 16 GB is shared: an encoder moved off the GPU still occupies the same memory there
         out["host_resident_model_bytes"] = gen.weight_bytes()["text_encoder"]
@@ -219,8 +228,10 @@ def child(a) -> dict:
     res = [tuple(int(v) for v in r.split("x")) for r in a.resolutions.split(",")]
     torch.cuda.empty_cache()
     if mode == "bf16":   # its real peak first, uncapped: it cannot run under the cap
-        gen.generate(PROMPT, seed=0, cfg=a.cfg, height=res[0][0], width=res[0][1])
+        gen.warmup(warm, PROMPT, cfg=a.cfg, height=res[0][0], width=res[0][1])
         out["uncapped"] = measure(gen, meter, res[0][0], res[0][1], a.cfg, a.repeats)
+        out["uncapped"]["cuda_graphs"] = gen.graph_status()
+        gen.release_graphs()
         torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * GIB / total))
@@ -229,12 +240,14 @@ def child(a) -> dict:
     out["runs"] = []
     for h, w in res:
         try:
-            gen.generate(PROMPT, seed=0, cfg=a.cfg, height=h, width=w)        # warm-up (autotuning, cuBLAS)
+            gen.warmup(warm, PROMPT, cfg=a.cfg, height=h, width=w)    # autotuning, cuBLAS, graph capture
             r = measure(gen, meter, h, w, a.cfg, a.repeats)
             r["fits"] = True
+            r["cuda_graphs"] = gen.graph_status()
         except torch.cuda.OutOfMemoryError as e:
             r = {"resolution": [h, w], "fits": False, "error": str(e).split("\n")[0][:300],
                  "peak_allocated_before_oom": torch.cuda.max_memory_allocated()}
+            gen.release_graphs()
             torch.cuda.empty_cache()
         out["runs"].append(r)
         print(json.dumps({"mode": mode, "res": [h, w], "fits": r["fits"],
@@ -244,7 +257,7 @@ def child(a) -> dict:
 
 
 def summarize(results: dict) -> None:
-    print(f"\n{'mode':10} {'res':>10} {'fits':>5} {'peak GiB':>9} {'weights':>8} {'KV':>7} {'act':>6} "
+    print(f"\n{'mode':10} {'res':>10} {'fits':>5} {'peak GiB':>9} {'resv GiB':>9} {'weights':>8} {'KV':>7} {'act':>6} "
           f"{'total s':>8} {'TE':>6} {'transf.':>8} {'VAE':>6} {'vs floor':>8}")
     for mode, r in results.items():
         rows = ([("uncapped", r["uncapped"])] if "uncapped" in r else []) + [("", x) for x in r["runs"]]
@@ -255,7 +268,8 @@ def summarize(results: dict) -> None:
                 continue
             m, L = x["memory_bytes"], x["latency_s"]
             host = r.get("host_resident_model_bytes", 0)
-            print(f"{mode:10} {res:>10} {'yes':>5} {(m['peak_allocated'] + host) / GIB:9.2f} {m['weights_total'] / GIB:8.2f} "
+            print(f"{mode:10} {res:>10} {'yes':>5} {(m['peak_allocated'] + host) / GIB:9.2f} "
+                  f"{m.get('peak_reserved', 0) / GIB:9.2f} {m['weights_total'] / GIB:8.2f} "
                   f"{m['kv_cache'] / GIB:7.2f} {m['activations_at_peak'] / GIB:6.2f} {L['total']:8.3f} "
                   f"{L['text_encoder']:6.3f} {L['transformer']:8.3f} {L['vae_decode']:6.3f} {x['transformer_vs_floor']:8.2f}")
     print("(* = bf16 without the cap, to report its real peak; with --text-encoder cpu the peak column adds the\n"
@@ -273,6 +287,8 @@ def main():
     ap.add_argument("--chunk-tokens", type=int, default=-1,
                     help="Generator.chunk_tokens: per-token work of larger scales in slices of this many "
                          "positions (0 = whole scale; default: the product's)")
+    ap.add_argument("--cuda-graphs", type=int, default=1, choices=(0, 1),
+                    help="replay scales of <= 1024 tokens as CUDA graphs (the node's default, cuda_graphs)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -289,7 +305,8 @@ def main():
             path = f.name
         cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-out", path,
                "--cap-gib", str(a.cap_gib), "--text-encoder", a.text_encoder, "--resolutions", a.resolutions,
-               "--cfg", str(a.cfg), "--repeats", str(a.repeats), "--chunk-tokens", str(a.chunk_tokens)]
+               "--cfg", str(a.cfg), "--repeats", str(a.repeats), "--chunk-tokens", str(a.chunk_tokens),
+               "--cuda-graphs", str(a.cuda_graphs)]
         p = subprocess.run(cmd)
         if p.returncode != 0:
             results[mode] = {"mode": mode, "failed": p.returncode}

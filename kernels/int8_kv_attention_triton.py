@@ -98,7 +98,8 @@ def _cfg(bm, bn, warps, stages):
 CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 128, 4, 3),
            _cfg(128, 32, 4, 3), _cfg(32, 64, 4, 2), _cfg(16, 64, 4, 2)]
 
-_attn_int8 = triton.autotune(configs=CONFIGS, key=["LQ_BUCKET", "N_BUCKET", "HAS_TAIL", "D"])(_attn_int8_kernel)
+_attn_int8 = triton.autotune(configs=CONFIGS, key=["LQ_BUCKET", "N_BUCKET", "HAS_TAIL", "D"],
+                             cache_results=True)(_attn_int8_kernel)     # picks kept on disk across starts
 
 
 def _bucket(n: int) -> int:

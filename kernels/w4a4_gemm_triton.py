@@ -335,8 +335,9 @@ def _autotuned(kernel, small, large, key):
     """`kernel` autotuned over `small` configs for M <= 64 rows and `large` ones above (split-K ones
     only up to SPLIT_MAX_M rows)."""
     def prune(configs, named_args, **kwargs):
-        b, M_ = named_args["M_BUCKET"], named_args["M"]
-        keep = {id(c) for c in (small if b <= 64 else large) if c.kwargs["SPLIT_K"] == 1 or M_ <= SPLIT_MAX_M}
+        # by the bucket (the tuner's cache key), not M: every M of a bucket reuses the pick
+        b = named_args["M_BUCKET"]
+        keep = {id(c) for c in (small if b <= 64 else large) if c.kwargs["SPLIT_K"] == 1 or b <= SPLIT_MAX_M}
         return [c for c in configs if id(c) in keep]
     # timed by CUDA-graph replay: eager timing of a ~20 µs kernel measures the Python launch instead,
     # and then picks split-K configs at random (seen on the H100). The replay runs on a side stream:
@@ -345,8 +346,10 @@ def _autotuned(kernel, small, large, key):
     def bench(fn, quantiles):
         torch.cuda.synchronize()
         return triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
+    # cache_results: the picks persist in Triton's cache directory, so only the first start on a
+    # machine spends the minutes of tuning (about 8 s per (M bucket, N, K) on the H100)
     return triton.autotune(configs=small + large, key=key, prune_configs_by={"early_config_prune": prune},
-                           do_bench=bench)(kernel)
+                           do_bench=bench, cache_results=True)(kernel)
 
 
 _w4a4_gemm = _autotuned(_w4a4_gemm_kernel, SMALL_M_CONFIGS, LARGE_M_CONFIGS, ["M_BUCKET", "N", "K"])
@@ -365,11 +368,17 @@ _w4a4_fp8 = _autotuned(_w4a4_fp8_kernel, FP8_SMALL_M_CONFIGS, FP8_LARGE_M_CONFIG
 _COUNTERS = {}
 
 
+def _bucket(M: int) -> int:
+    """The autotuner's row bucket: M rounded up to a power of two, at most 8192."""
+    return min(1 << max(0, (M - 1).bit_length()), 8192)
+
+
 def _split_k_buffers(M: int, N: int, device, split_k: int = None):
     """The split-K workspace (SPLIT_K, M, N) float32 for the largest split the tuner may pick at this M
     (or `split_k`), and the per-tile counters: one persistent zeroed int32 buffer per device (every call
     re-arms the counters it used)."""
-    most = split_k or (1 if M > SPLIT_MAX_M else 8 if M <= 64 else 4)
+    bucket = _bucket(M)
+    most = split_k or (1 if bucket > SPLIT_MAX_M else 8 if bucket <= 64 else 4)
     if most == 1:
         return None, None
     key = (device.type, device.index)
@@ -493,7 +502,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
         _unpack_weight_fp8[(triton.cdiv(N, 64), K // GROUP)](layer.qweight, wq, N, K, BLOCK_N=64, GROUP=GROUP)
     S = lr.shape[0] if R else 0
-    bucket = min(1 << max(0, (M - 1).bit_length()), 8192)
+    bucket = _bucket(M)
     ws, cnt = _split_k_buffers(M, N, x.device, config.get("SPLIT_K", 1) if config else None)
     args = (q, sx, wq, layer.wscales, lr if R else sx, layer.lora_up if R else layer.wscales,
             layer.bias if layer.bias is not None else y, y, ws if ws is not None else y, cnt if cnt is not None else y,

@@ -34,7 +34,7 @@ Generate = action_pkg.Generate
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
-READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder"}
+READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "warmup_runs"}
 CHOICES = {"dtype": ("fp32", "bf16", "fp16"), "quantization": ("bf16", "w4a4"), "kv_cache": ("bf16", "int8"),
            "text_encoder": ("bf16", "int8", "cpu"),
            "compressed_format": ("png", "jpeg")}
@@ -63,6 +63,10 @@ class GenNode(Node):
         P("activation_chunk", 512, _desc("scales with more token positions than this run their per-token layers in "
                                          "slices of this many (same numbers, less peak memory); 0 = whole scales",
                                          int_range=(0, 1 << 20)))
+        P("cuda_graphs", True, _desc("replay each scale of at most 1024 tokens as a CUDA graph (GPU; keeps the KV cache "
+                                     "allocated between requests of the same size); false frees them"))
+        P("warmup_runs", 0, _desc("generations run at start-up, before serving: the first autotunes the GPU "
+                                  "kernels, the second captures the CUDA graphs", True, int_range=(0, 10)))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("cfg", 0.0, _desc("classifier-free guidance scale; 0 = the model's own default", float_range=(0.0, 30.0)))
@@ -124,6 +128,10 @@ class GenNode(Node):
                 self.engine.max_prompt_chars = int(prm.value)
             if prm.name == "activation_chunk":     # read by the next generation
                 self.engine.generator.chunk_tokens = int(prm.value)
+            if prm.name == "cuda_graphs":          # read by the next generation; off frees the kept ones
+                self.engine.generator.cuda_graphs = bool(prm.value)
+                if not prm.value:
+                    self.engine.generator.release_graphs()
         return SetParametersResult(successful=True)
 
     def _load_generator(self):
@@ -138,6 +146,18 @@ class GenNode(Node):
                                          log=self.get_logger().info)
         self.precision += ", " + apply_text_encoder(gen, self.p("text_encoder"))
         gen.chunk_tokens = self.p("activation_chunk")
+        gen.cuda_graphs = self.p("cuda_graphs")
+        self.warmup_s = []
+        if self.p("warmup_runs"):
+            w, h = self.p("width") or None, self.p("height") or None
+            self.get_logger().info(f"warming up: {self.p('warmup_runs')} generation(s)")
+            try:
+                self.warmup_s = gen.warmup(self.p("warmup_runs"), width=w, height=h,
+                                           cfg=self.p("cfg") if self.p("cfg") > 0 else None)
+                self.get_logger().info("warm-up took " + ", ".join(f"{t:.2f} s" for t in self.warmup_s))
+            except Exception as e:   # e.g. out of memory: serve anyway, each request reports its own error
+                self.get_logger().error(f"warm-up failed, serving without it: {type(e).__name__}: {e}")
+                gen.release_graphs()
         return gen
 
     # ---------------------------------------------------------------- inputs
@@ -263,6 +283,7 @@ class GenNode(Node):
             "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,
             "kv_cache_bytes": s.last_kv_cache_bytes, "peak_gpu_memory_bytes": s.last_peak_memory,
             "weights_bytes": sum(g.weight_bytes().values()),
+            "cuda_graphs": g.graph_status(), "warmup_s": ", ".join(f"{t:.2f}" for t in self.warmup_s),
         }
         if g.device.type == "cuda":
             values["current_gpu_memory_bytes"] = torch.cuda.memory_allocated(g.device)

@@ -13,6 +13,10 @@ import torch.nn.functional as F
 class KVCache:
     """Dense K/V in a float dtype: (B, H, capacity, c) for keys and values."""
 
+    # all its state is in tensors at fixed addresses: a CUDA graph of a scale may replay its reads
+    # and writes (graphs.py)
+    graph_safe = True
+
     def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device, layer: int = 0):
         self.k = torch.empty(batch, heads, capacity, head_dim, dtype=dtype, device=device)
         self.v = torch.empty_like(self.k)

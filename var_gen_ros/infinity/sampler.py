@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import InfinityConfig, ScaleSchedule, schedule_for
+from .graphs import ScaleGraphs
 from .kv_cache import KVCache
 from .model import Infinity, block_causal_mask, rope_tables
 from .vae import BSQVAE, to_uint8, upsample_codes
@@ -117,7 +118,7 @@ def _unique_bytes(tensors) -> int:
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
                  kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
-                 chunk_tokens: int = 512):
+                 chunk_tokens: int = 512, cuda_graphs: bool = False, graph_max_tokens: int = 1024):
         self.model, self.vae, self.text_encoder = model, vae, text_encoder
         # scales with more positions than this run their per-token work in slices of this many
         # positions (CrossAttnBlock.forward_chunked): same numbers, a fraction of the activations
@@ -126,6 +127,11 @@ class Generator:
         self.device = torch.device(device)
         self.kv_cache_factory = kv_cache_factory or KVCache
         self.name = name or self.cfg.name
+        # CUDA graphs of the scales of at most graph_max_tokens tokens (see graphs.py): the KV caches of
+        # the last (schedule, batch, text length) then stay allocated between generations
+        self.cuda_graphs = bool(cuda_graphs)
+        self.graph_max_tokens = int(graph_max_tokens)
+        self._graphs: Optional[ScaleGraphs] = None
         if text_encoder is not None:
             width = text_encoder.model.config.d_model
             if width != self.cfg.text_channels:
@@ -148,6 +154,48 @@ class Generator:
         if self.text_encoder is not None:
             out["text_encoder"] = nbytes(self.text_encoder.model)
         return out
+
+    def warmup(self, runs: int = 2, prompt: str = "warm-up", **kwargs) -> List[float]:
+        """`runs` generations thrown away (seconds each): the first autotunes and compiles the GPU
+        kernels, the second captures the CUDA graphs; requests after it start fast. kwargs as generate."""
+        times = []
+        for i in range(int(runs)):
+            t = time.perf_counter()
+            self.generate(prompt, seed=i, **kwargs)
+            times.append(time.perf_counter() - t)
+        return times
+
+    def graph_status(self) -> str:
+        """What the node reports in diagnostics."""
+        if not self.cuda_graphs:
+            return "off"
+        gr = self._graphs
+        if self.device.type != "cuda":
+            return "on (no effect on the CPU)"
+        if gr is None:
+            return "on: nothing captured yet"
+        msg = (f"on: {len(gr.graphs)} graph(s) for {len(gr.condition)} text length(s) "
+               f"(scales {gr.key[0][0]}..{gr.key[0][-1]}, batch {gr.key[1]})")
+        return msg + (f"; capture stopped: {gr.error}" if gr.error else "")
+
+    def release_graphs(self) -> None:
+        """Drop the CUDA graphs and the KV caches kept for them (freed at the next empty_cache)."""
+        self._graphs = None
+
+    def _caches(self, schedule: ScaleSchedule, B: int, rope: torch.Tensor):
+        """(KV caches, ScaleGraphs or None) for one generation: with cuda_graphs, the kept ones when the
+        schedule and batch match the last generation's, else new ones (the old freed first). Graphs
+        need caches that say graph_safe; others get fresh caches and no graphs."""
+        c = self.cfg
+        key = (tuple(schedule.scales), B, self.dtype, id(self.kv_cache_factory), self.graph_max_tokens)
+        if self.cuda_graphs and self._graphs is not None and self._graphs.key == key:
+            return self._graphs.caches, self._graphs
+        self._graphs = None
+        caches = [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device,
+                                        layer=i) for i in range(c.depth)]
+        if self.cuda_graphs and all(getattr(cc, "graph_safe", False) for cc in caches):
+            self._graphs = ScaleGraphs(key, caches, rope, self.graph_max_tokens, capture=self.device.type == "cuda")
+        return caches, self._graphs
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -204,13 +252,17 @@ class Generator:
         m = self.model
         B = feats.shape[0]
         feats, mask = feats.to(self.device), mask.to(self.device)
+        graphs = None
         cond_BD, cond_gss, text_kv = m.encode_condition(feats, mask)
         rope = rope_tables(schedule, c.head_dim, self.device)
         offsets, counts = schedule.offsets(), schedule.token_counts
         caches = None
         if use_kv_cache:
-            caches = [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device,
-                                            layer=i) for i in range(c.depth)]
+            caches, graphs = self._caches(schedule, B, rope)
+        if graphs is not None:     # the graphs read the condition and RoPE from their own buffers
+            rope = graphs.rope
+            T, bound = graphs.bind(cond_BD, cond_gss, text_kv, mask)
+            cond_BD, cond_gss, text_kv, mask = bound["cond_BD"], bound["cond_gss"], bound["text_kv"], bound["mask"]
         final = latent_size(schedule.scales[-1], c)
         summed = torch.zeros(1, c.vae.codebook_dim, *final, device=self.device)
         x = cond_BD.unsqueeze(1) + m.pos_start.float()
@@ -223,16 +275,25 @@ class Generator:
                 # the embedding goes straight into the blocks (which may update it in place), and this
                 # scale's input x is dropped: neither is held through the 40 blocks
                 xs, x = m.embed_scale(x, si), None
-                out = m.run_blocks(xs, cond_gss, text_kv, mask, rope[:, off:off + L], caches=caches, start=off,
-                                   store=si < n - 1, chunk_tokens=self.chunk_tokens)
+
+                def forward(t, off=off, L=L, store=si < n - 1):
+                    out = m.run_blocks(t, cond_gss, text_kv, mask, rope[:, off:off + L], caches=caches, start=off,
+                                       store=store, chunk_tokens=self.chunk_tokens)
+                    return m.logits(out, cond_BD, self.chunk_tokens)
+                if graphs is not None and graphs.wants(L):
+                    logits = graphs.run(T, si, xs, forward)
+                else:
+                    logits = forward(xs)
             else:   # reference path: recompute every earlier scale with the block-causal mask
                 xs = m.embed_scale(x, si)
                 seq_inputs.append(xs)
                 sub = ScaleSchedule(schedule.scales[:si + 1], schedule.rope_grid)
                 out = m.run_blocks(torch.cat(seq_inputs, 1), cond_gss, text_kv, mask,
                                    rope[:, :off + L], attn_mask=block_causal_mask(sub, self.device))[:, off:]
+                logits = m.logits(out, cond_BD, self.chunk_tokens)
+                del out
             del xs
-            logits = m.logits(out, cond_BD, self.chunk_tokens) / taus[si]
+            logits = logits / taus[si]
             if use_cfg:
                 logits = cfgs[si] * logits[:1] + (1 - cfgs[si]) * logits[1:]
             bits = sample_top_k_top_p(logits.reshape(-1, 2), top_k, top_p, rng).view(1, h, w, c.d_vae).to(torch.uint8)
@@ -246,7 +307,7 @@ class Generator:
                 del nxt
             # free this scale's activations and logits now, not when the next scale overwrites them:
             # between scales only the KV cache and the scale state stay resident
-            del out, logits, bits, codes
+            del logits, bits, codes
             self._sync()
             timings["scales_s"].append(time.perf_counter() - t0)
             if callback is not None:
@@ -254,15 +315,16 @@ class Generator:
                 done = offsets[si] + counts[si]
                 state = [x, summed, rope, cond_BD, cond_gss, feats, mask, *[t for kv in text_kv for t in kv]]
                 resident = {"kv_cache": sum(cc.nbytes for cc in caches) if caches else 0,
-                            "scale_state": _unique_bytes(state)}
+                            "scale_state": _unique_bytes(state + (graphs.tensors() if graphs is not None else []))}
                 callback(ScaleEvent(si, n, done / total_tokens, time.perf_counter() - t_start, pv, resident))
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"cancelled after scale {si + 1}/{n}")
 
         kv_cache_bytes = sum(cc.nbytes for cc in caches) if caches else 0
         # the KV cache is dead once the last scale is sampled: free it before the VAE decoder's
-        # activations arrive (otherwise the decode stage is the generation's memory peak)
-        del caches, text_kv, cond_gss, x
+        # activations arrive (otherwise the decode stage is the generation's memory peak); with CUDA
+        # graphs it is kept for the next generation (the graphs hold its address)
+        del caches, text_kv, cond_gss, x, graphs
         t0 = time.perf_counter()
         image = self.decode(summed)
         self._sync()

@@ -56,6 +56,11 @@ class Int8KVCache(KVCache):
         self.chunks: List[tuple] = []
 
     @property
+    def graph_safe(self) -> bool:
+        """Static scales only: the dynamic cache keeps each stored scale's (s, z) in a Python list."""
+        return self.static is not None
+
+    @property
     def nbytes(self) -> int:
         n = self.k.numel() + self.v.numel()
         if self.static is not None:
@@ -123,6 +128,8 @@ def symmetric_per_tensor_roundtrip(x: torch.Tensor) -> torch.Tensor:
 class KVStatsRecorder(KVCache):
     """A float KV cache that also accumulates per-(head, channel) statistics of what it stores:
     min, max, and raw moments for mean / std / skewness (calibration and diagnostics)."""
+
+    graph_safe = False      # its statistics live in Python dicts, which a graph replay would not update
 
     def __init__(self, batch, heads, head_dim, capacity, dtype, device, stats: dict):
         super().__init__(batch, heads, head_dim, capacity, dtype, device)

@@ -1,0 +1,114 @@
+"""CUDA graphs of the per-scale transformer pass (40 blocks + head), replayed in later generations.
+
+Why: a small scale (1 to ~1000 tokens) runs a few thousand kernels whose GPU time is a few ms, but
+launching them from Python takes ~0.05-0.1 s per scale (measured on the H100, docs/BENCHMARKS.md).
+A graph replays the whole scale with one launch.
+
+What a graph needs, and how it gets it:
+- every tensor it reads or writes lives at a fixed address: the scale's input (one buffer per scale),
+  the prompt condition (copied into buffers kept per text length), the schedule's RoPE table, and the KV
+  caches, which for this reason stay allocated from one generation to the next (same schedule and
+  batch: a `ScaleGraphs.key`);
+- fixed shapes: the text length T is part of the cross-attention's shapes, so each T gets its own graphs
+  (the last `MAX_TEXT_LENGTHS` are kept). Padding the text to a few lengths instead would change the
+  attention's float rounding, and with it the sampled bits: graphs on or off give the same image;
+- nothing on the host mid-scale: sampling (which draws from a seeded generator) and the next scale's
+  input stay outside the graph;
+- everything warmed up first (Triton autotuning and compiling, cuBLAS handles): a scale is captured
+  from its second run on, the first being a plain eager one (a new text length needs no new warm-up:
+  no kernel's tuning depends on it).
+Only KV caches that say `graph_safe` are used (float, and INT8 with static scales; the dynamic INT8 cache
+keeps per-scale scales in Python lists, which a replay would not update).
+"""
+from __future__ import annotations
+
+import collections
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+MAX_TEXT_LENGTHS = 8     # text lengths whose graphs are kept (least recently used dropped first)
+
+
+class ScaleGraphs:
+    """The graphs of one (schedule, batch, cache type) and the buffers they read: the KV caches, the RoPE
+    table, each scale's input, the prompt condition per text length. Scales of more than `max_tokens`
+    tokens run eagerly (there the kernels, not the launches, take the time)."""
+
+    def __init__(self, key: tuple, caches: list, rope: torch.Tensor, max_tokens: int, capture: bool = True):
+        self.key = key
+        self.caches = caches
+        self.rope = rope
+        self.max_tokens = int(max_tokens)
+        # capture False: the same buffers and call order, never captured (the CPU, and tests)
+        self.capture = capture and rope.is_cuda
+        self.inputs: Dict[int, torch.Tensor] = {}                 # scale -> input buffer
+        self.condition: "collections.OrderedDict[int, dict]" = collections.OrderedDict()   # T -> buffers
+        self.graphs: Dict[Tuple[int, int], tuple] = {}           # (T, scale) -> (graph, output)
+        self.warm: set = set()
+        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.error = ""                                          # why capturing stopped, if it did
+
+    def bind(self, cond_BD, cond_gss, text_kv, mask) -> Tuple[int, dict]:
+        """This generation's condition, copied into the buffers of its text length T (made, and the
+        least recently used T dropped, when new). Returns T and the buffers, as encode_condition's."""
+        T = mask.shape[1]
+        new = {"cond_BD": cond_BD, "cond_gss": cond_gss, "mask": mask, "text_kv": [t for kv in text_kv for t in kv]}
+        if T in self.condition:
+            self.condition.move_to_end(T)
+            buf = self.condition[T]
+            for k, v in new.items():
+                for dst, src in (zip(buf[k], v) if k == "text_kv" else [(buf[k], v)]):
+                    dst.copy_(src)
+        else:
+            while len(self.condition) >= MAX_TEXT_LENGTHS:
+                old, _ = self.condition.popitem(last=False)
+                for k in [k for k in self.graphs if k[0] == old]:
+                    del self.graphs[k]
+            self.condition[T] = {k: ([t.clone() for t in v] if k == "text_kv" else v.clone()) for k, v in new.items()}
+        c = self.condition[T]
+        kv = c["text_kv"]
+        return T, {"cond_BD": c["cond_BD"], "cond_gss": c["cond_gss"], "mask": c["mask"],
+                   "text_kv": [(kv[2 * i], kv[2 * i + 1]) for i in range(len(kv) // 2)]}
+
+    def wants(self, tokens: int) -> bool:
+        return tokens <= self.max_tokens
+
+    def run(self, T: int, si: int, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """forward(x) for scale si of a text of length T (forward reads that T's condition buffers):
+        eager the first time the scale runs, captured the first time after for each T, replayed after.
+        The result of a capture or replay is the graph's output buffer, valid until the scale runs again."""
+        if (T, si) in self.graphs:
+            graph, out = self.graphs[(T, si)]
+            self.inputs[si].copy_(x)
+            graph.replay()
+            return out
+        if si not in self.warm or not self.capture:
+            self.warm.add(si)
+            return forward(x)
+        if si not in self.inputs:
+            self.inputs[si] = torch.empty_like(x)
+        buf = self.inputs[si]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: the node's other threads (diagnostics, ROS callbacks) may touch CUDA meanwhile
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                out = forward(buf)
+        except Exception as e:     # e.g. out of memory while capturing: carry on without graphs
+            self.capture, self.error = False, f"{type(e).__name__}: {e}"[:500]
+            warnings.warn(f"var_gen_ros: CUDA graph capture of scale {si} failed, running eagerly: {self.error}")
+            del graph
+            return forward(x)
+        self.graphs[(T, si)] = (graph, out)
+        buf.copy_(x)               # capturing ran nothing: the input goes in now
+        graph.replay()
+        return out
+
+    def tensors(self) -> List[torch.Tensor]:
+        """The buffers the graphs hold (RoPE, inputs, outputs, conditions); the caches count apart
+        (memory accounting)."""
+        ts: List[torch.Tensor] = [self.rope, *self.inputs.values(), *(out for _, out in self.graphs.values())]
+        for c in self.condition.values():
+            ts += [c["cond_BD"], c["cond_gss"], c["mask"], *c["text_kv"]]
+        return ts
