@@ -213,6 +213,7 @@ def child(a) -> dict:
         gen.chunk_tokens = a.chunk_tokens
     out["chunk_tokens"] = gen.chunk_tokens
     gen.cuda_graphs = bool(a.cuda_graphs)
+    gen.graph_max_tokens = a.graph_max_tokens
     warm = 2 if gen.cuda_graphs else 1      # the first run autotunes, the second captures the graphs
     if a.text_encoder == "cpu":
         # Orin's 16 GB is shared: an encoder moved off the GPU still occupies the same memory there
@@ -289,6 +290,8 @@ def main():
                          "positions (0 = whole scale; default: the product's)")
     ap.add_argument("--cuda-graphs", type=int, default=1, choices=(0, 1),
                     help="replay scales of <= 1024 tokens as CUDA graphs (the node's default, cuda_graphs)")
+    ap.add_argument("--graph-max-tokens", type=int, default=1024,
+                    help="largest scale (tokens) replayed as a graph; 0 keeps the KV caches but captures nothing")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -306,7 +309,7 @@ def main():
         cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-out", path,
                "--cap-gib", str(a.cap_gib), "--text-encoder", a.text_encoder, "--resolutions", a.resolutions,
                "--cfg", str(a.cfg), "--repeats", str(a.repeats), "--chunk-tokens", str(a.chunk_tokens),
-               "--cuda-graphs", str(a.cuda_graphs)]
+               "--cuda-graphs", str(a.cuda_graphs), "--graph-max-tokens", str(a.graph_max_tokens)]
         p = subprocess.run(cmd)
         if p.returncode != 0:
             results[mode] = {"mode": mode, "failed": p.returncode}

@@ -1,5 +1,5 @@
-"""CUDA-graph plumbing of the sampler (graphs.py): with `cuda_graphs` the generator keeps its KV caches
-and reads the condition from fixed buffers per text length; on the CPU nothing is captured but the same
+"""CUDA-graph plumbing of the sampler (graphs.py): with `cuda_graphs` the generator reads the condition
+from fixed buffers per text length and checks where its new KV caches landed; on the CPU nothing is captured but the same
 buffers and order are used, so the results must equal the plain path's exactly. On a GPU, replayed
 graphs must give the eager generation's bits."""
 import numpy as np
@@ -26,15 +26,28 @@ def test_graph_buffers_give_the_plain_path_results(tiny_bundle, cfg):
     g.cuda_graphs = True
     ref = plain.generate(PROMPT, seed=5, cfg=cfg)
     first = g.generate(PROMPT, seed=5, cfg=cfg)
-    caches = g._graphs.caches
-    second = g.generate(PROMPT, seed=5, cfg=cfg)            # the kept caches and condition buffers
-    assert g._graphs.caches is caches and len(g._graphs.warm) == len(ref.bits)
+    kept = g._graphs
+    second = g.generate(PROMPT, seed=5, cfg=cfg)            # the kept condition buffers
+    assert g._graphs is kept and len(g._graphs.warm) == len(ref.bits)
     assert not g._graphs.graphs                              # nothing captured on the CPU
     _same(ref, first)
     _same(ref, second)
     other = g.generate("a green square", seed=9, cfg=cfg)   # another text length: its own buffers
     _same(plain.generate("a green square", seed=9, cfg=cfg), other)
-    assert g._graphs.caches is caches and len(g._graphs.condition) == 2
+    assert g._graphs is kept and len(g._graphs.condition) == 2
+
+
+def test_graphs_dropped_when_the_caches_move():
+    from var_gen_ros.infinity.kv_cache import KVCache
+    sg = graphs_mod.ScaleGraphs(("k",), torch.zeros(2, 4, 2), max_tokens=16, capture=False)
+    a = [KVCache(1, 2, 4, 8, torch.float32, "cpu") for _ in range(3)]
+    sg.adopt(a)
+    sg.graphs[(5, 0)] = ("graph", "out")          # as if captured with the caches of `a`
+    sg.adopt(a)                                  # same tensors: kept
+    assert (5, 0) in sg.graphs and sg.recaptures == 0
+    b = [KVCache(1, 2, 4, 8, torch.float32, "cpu") for _ in range(3)]   # `a` alive: new addresses
+    sg.adopt(b)
+    assert not sg.graphs and sg.recaptures == 1
 
 
 def test_text_lengths_kept_least_recently_used_first(tiny_bundle, monkeypatch):

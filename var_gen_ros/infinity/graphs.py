@@ -6,9 +6,11 @@ A graph replays the whole scale with one launch.
 
 What a graph needs, and how it gets it:
 - every tensor it reads or writes lives at a fixed address: the scale's input (one buffer per scale),
-  the prompt condition (copied into buffers kept per text length), the schedule's RoPE table, and the KV
-  caches, which for this reason stay allocated from one generation to the next (same schedule and
-  batch: a `ScaleGraphs.key`);
+  the prompt condition (copied into buffers kept per text length) and the schedule's RoPE table stay
+  allocated; the KV caches do not (kept, they would sit beside the VAE decoder's activations and raise
+  the peak by ~1.8 GiB at 1024², measured): each generation allocates them again, in the same order and
+  sizes, so the caching allocator hands back the same blocks, and the graphs replay only when every
+  cache tensor is at the address they were captured with (else they are captured again);
 - fixed shapes: the text length T is part of the cross-attention's shapes, so each T gets its own graphs
   (the last `MAX_TEXT_LENGTHS` are kept). Padding the text to a few lengths instead would change the
   attention's float rounding, and with it the sampled bits: graphs on or off give the same image;
@@ -32,14 +34,16 @@ MAX_TEXT_LENGTHS = 8     # text lengths whose graphs are kept (least recently us
 
 
 class ScaleGraphs:
-    """The graphs of one (schedule, batch, cache type) and the buffers they read: the KV caches, the RoPE
-    table, each scale's input, the prompt condition per text length. Scales of more than `max_tokens`
-    tokens run eagerly (there the kernels, not the launches, take the time)."""
+    """The graphs of one (schedule, batch, cache type) and the buffers they read: the RoPE table, each
+    scale's input, the prompt condition per text length (the KV caches come with each generation, see
+    `adopt`). Scales of more than `max_tokens` tokens run eagerly (there the kernels, not the launches,
+    take most of the time)."""
 
-    def __init__(self, key: tuple, caches: list, rope: torch.Tensor, max_tokens: int, capture: bool = True):
+    def __init__(self, key: tuple, rope: torch.Tensor, max_tokens: int, capture: bool = True):
         self.key = key
-        self.caches = caches
         self.rope = rope
+        self.cache_ptrs: tuple = ()                  # addresses of the KV cache tensors the graphs use
+        self.recaptures = 0                          # times the caches moved and the graphs were dropped
         self.max_tokens = int(max_tokens)
         # capture False: the same buffers and call order, never captured (the CPU, and tests)
         self.capture = capture and rope.is_cuda
@@ -49,6 +53,16 @@ class ScaleGraphs:
         self.warm: set = set()
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.error = ""                                          # why capturing stopped, if it did
+
+    def adopt(self, caches: list) -> None:
+        """This generation's KV caches: the graphs stay if every cache tensor is where they were captured
+        with, else they are dropped (captured again on this run; tuning is not redone)."""
+        ptrs = tuple(t.data_ptr() for c in caches for t in c.tensors())
+        if ptrs != self.cache_ptrs:
+            if self.graphs:
+                self.recaptures += 1
+            self.graphs.clear()
+            self.cache_ptrs = ptrs
 
     def bind(self, cond_BD, cond_gss, text_kv, mask) -> Tuple[int, dict]:
         """This generation's condition, copied into the buffers of its text length T (made, and the

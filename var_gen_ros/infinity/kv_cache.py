@@ -22,6 +22,10 @@ class KVCache:
         self.v = torch.empty_like(self.k)
         self.length = 0
 
+    def tensors(self):
+        """Every tensor its attention reads or writes (a graph captured with it needs them in place)."""
+        return [self.k, self.v]
+
     @property
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()

@@ -127,8 +127,8 @@ class Generator:
         self.device = torch.device(device)
         self.kv_cache_factory = kv_cache_factory or KVCache
         self.name = name or self.cfg.name
-        # CUDA graphs of the scales of at most graph_max_tokens tokens (see graphs.py): the KV caches of
-        # the last (schedule, batch, text length) then stay allocated between generations
+        # CUDA graphs of the scales of at most graph_max_tokens tokens (see graphs.py), kept for the last
+        # (schedule, batch)
         self.cuda_graphs = bool(cuda_graphs)
         self.graph_max_tokens = int(graph_max_tokens)
         self._graphs: Optional[ScaleGraphs] = None
@@ -175,26 +175,29 @@ class Generator:
         if gr is None:
             return "on: nothing captured yet"
         msg = (f"on: {len(gr.graphs)} graph(s) for {len(gr.condition)} text length(s) "
-               f"(scales {gr.key[0][0]}..{gr.key[0][-1]}, batch {gr.key[1]})")
+               f"(scales {gr.key[0][0]}..{gr.key[0][-1]}, batch {gr.key[1]}), recaptured {gr.recaptures}x")
         return msg + (f"; capture stopped: {gr.error}" if gr.error else "")
 
     def release_graphs(self) -> None:
-        """Drop the CUDA graphs and the KV caches kept for them (freed at the next empty_cache)."""
+        """Drop the CUDA graphs and their buffers (freed at the next empty_cache)."""
         self._graphs = None
 
     def _caches(self, schedule: ScaleSchedule, B: int, rope: torch.Tensor):
-        """(KV caches, ScaleGraphs or None) for one generation: with cuda_graphs, the kept ones when the
-        schedule and batch match the last generation's, else new ones (the old freed first). Graphs
-        need caches that say graph_safe; others get fresh caches and no graphs."""
+        """(KV caches, ScaleGraphs or None) for one generation: the caches are new every time; with
+        cuda_graphs, the kept graphs when the schedule and batch match the last generation's (else new
+        ones, the old dropped). Graphs need caches that say graph_safe."""
         c = self.cfg
         key = (tuple(schedule.scales), B, self.dtype, id(self.kv_cache_factory), self.graph_max_tokens)
-        if self.cuda_graphs and self._graphs is not None and self._graphs.key == key:
-            return self._graphs.caches, self._graphs
-        self._graphs = None
+        if not (self.cuda_graphs and self._graphs is not None and self._graphs.key == key):
+            self._graphs = None
         caches = [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device,
                                         layer=i) for i in range(c.depth)]
-        if self.cuda_graphs and all(getattr(cc, "graph_safe", False) for cc in caches):
-            self._graphs = ScaleGraphs(key, caches, rope, self.graph_max_tokens, capture=self.device.type == "cuda")
+        if not (self.cuda_graphs and all(getattr(cc, "graph_safe", False) for cc in caches)):
+            self._graphs = None
+            return caches, None
+        if self._graphs is None:
+            self._graphs = ScaleGraphs(key, rope, self.graph_max_tokens, capture=self.device.type == "cuda")
+        self._graphs.adopt(caches)
         return caches, self._graphs
 
     def _sync(self):
@@ -322,8 +325,7 @@ class Generator:
 
         kv_cache_bytes = sum(cc.nbytes for cc in caches) if caches else 0
         # the KV cache is dead once the last scale is sampled: free it before the VAE decoder's
-        # activations arrive (otherwise the decode stage is the generation's memory peak); with CUDA
-        # graphs it is kept for the next generation (the graphs hold its address)
+        # activations arrive (otherwise the decode stage is the generation's memory peak)
         del caches, text_kv, cond_gss, x, graphs
         t0 = time.perf_counter()
         image = self.decode(summed)

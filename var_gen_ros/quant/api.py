@@ -172,9 +172,18 @@ class Int8KVCacheFactory:
 
     def __init__(self, static: Optional[List[dict]] = None):
         self.static = static
+        self._on_device = {}
 
     def __call__(self, batch, heads, head_dim, capacity, dtype, device, layer: int = 0):
-        st = None if self.static is None else self.static[layer]
+        st = None
+        if self.static is not None:
+            # moved to the device once: every cache then shares the same scale tensors (no copies per
+            # generation, and fixed addresses for a CUDA graph that reads them)
+            dev = str(torch.device(device))
+            if dev not in self._on_device:
+                self._on_device[dev] = [{n: t.to(device=device, dtype=torch.float32) for n, t in d.items()}
+                                        for d in self.static]
+            st = self._on_device[dev][layer]
         return Int8KVCache(batch, heads, head_dim, capacity, dtype, device, static=st)
 
 

@@ -55,6 +55,9 @@ class Int8KVCache(KVCache):
         # dynamic: one (start, end, k_s, k_z, v_s, v_z) per stored scale
         self.chunks: List[tuple] = []
 
+    def tensors(self):
+        return [self.k, self.v] + ([] if self.static is None else list(self.static.values()))
+
     @property
     def graph_safe(self) -> bool:
         """Static scales only: the dynamic cache keeps each stored scale's (s, z) in a Python list."""
