@@ -288,8 +288,9 @@ def main():
     ap.add_argument("--chunk-tokens", type=int, default=-1,
                     help="Generator.chunk_tokens: per-token work of larger scales in slices of this many "
                          "positions (0 = whole scale; default: the product's)")
-    ap.add_argument("--cuda-graphs", type=int, default=1, choices=(0, 1),
-                    help="replay scales of <= 1024 tokens as CUDA graphs (the node's default, cuda_graphs)")
+    ap.add_argument("--cuda-graphs", type=int, default=0, choices=(0, 1),
+                    help="replay scales of <= --graph-max-tokens tokens as CUDA graphs (the node's cuda_graphs, "
+                         "off by default)")
     ap.add_argument("--graph-max-tokens", type=int, default=1024,
                     help="largest scale (tokens) replayed as a graph; 0 keeps the KV caches but captures nothing")
     ap.add_argument("--json", default=None)

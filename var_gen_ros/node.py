@@ -63,10 +63,10 @@ class GenNode(Node):
         P("activation_chunk", 512, _desc("scales with more token positions than this run their per-token layers in "
                                          "slices of this many (same numbers, less peak memory); 0 = whole scales",
                                          int_range=(0, 1 << 20)))
-        P("cuda_graphs", True, _desc("replay each scale of at most 1024 tokens as a CUDA graph (GPU; keeps the KV cache "
-                                     "allocated between requests of the same size); false frees them"))
+        P("cuda_graphs", False, _desc("experimental: replay each scale of at most 1024 tokens as a CUDA graph (GPU); "
+                                      "false frees them (see docs/BENCHMARKS.md for what is verified)"))
         P("warmup_runs", 0, _desc("generations run at start-up, before serving: the first autotunes the GPU "
-                                  "kernels, the second captures the CUDA graphs", True, int_range=(0, 10)))
+                                  "kernels, the second captures the CUDA graphs (with cuda_graphs)", True, int_range=(0, 10)))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("cfg", 0.0, _desc("classifier-free guidance scale; 0 = the model's own default", float_range=(0.0, 30.0)))

@@ -8,7 +8,7 @@ clean() { pkill -9 -f "[e]dge_proof.py --child"; sleep 1; }
 timeout 110 python3 -m pytest -q -x --tb=short test/test_graphs.py > "$OUT/test_graphs_gpu.txt" 2>&1
 grep -E "Error|error|assert|passed|failed" "$OUT/test_graphs_gpu.txt" | head -12
 E="python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14"
-timeout 330 $E --modes w4a4_kv8,bf16 --json "$OUT/edge_proof_graphs_h100.json" 2>&1 | grep -E "^(w4a4|bf16)" ; clean
+timeout 330 $E --modes w4a4_kv8,bf16 --cuda-graphs 1 --json "$OUT/edge_proof_graphs_h100.json" 2>&1 | grep -E "^(w4a4|bf16)" ; clean
 timeout 90 $E --modes w4a4_kv8 --cuda-graphs 0 --json "$OUT/edge_proof_nographs_h100.json" 2>&1 | grep -E "^w4a4" ; clean
 python3 -c "
 import json

@@ -51,7 +51,6 @@ class ScaleGraphs:
         self.condition: "collections.OrderedDict[int, dict]" = collections.OrderedDict()   # T -> buffers
         self.graphs: Dict[Tuple[int, int], tuple] = {}           # (T, scale) -> (graph, output)
         self.warm: set = set()
-        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.error = ""                                          # why capturing stopped, if it did
 
     def adopt(self, caches: list) -> None:
@@ -107,7 +106,10 @@ class ScaleGraphs:
         graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: the node's other threads (diagnostics, ROS callbacks) may touch CUDA meanwhile
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            # each graph its own memory pool: sharing one handle across captures hit an internal assert
+            # of PyTorch 2.11's caching allocator (use_count > 0) on the H100; costs the sum of the
+            # graphed scales' working sets instead of their max (edge proof: peak_reserved)
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = forward(buf)
         except Exception as e:     # e.g. out of memory while capturing: carry on without graphs
             self.capture, self.error = False, f"{type(e).__name__}: {e}"[:500]
