@@ -210,6 +210,7 @@ class Engine:
                 msg = f"{type(e).__name__}: {e}"
                 if _is_oom(e):
                     msg = f"out of GPU memory: {e}"
+                    self.generator.release_graphs()     # their buffers too: start the next request lean
                     _free_cuda_cache()
                 self._finish(req, FAILED, msg[:2000])
             else:
