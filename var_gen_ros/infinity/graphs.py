@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -105,10 +105,10 @@ class ScaleGraphs:
         buf = self.inputs[si]
         graph = torch.cuda.CUDAGraph()
         try:
-            # thread_local: the node's other threads (diagnostics, ROS callbacks) may touch CUDA meanwhile
-            # each graph its own memory pool: sharing one handle across captures hit an internal assert
-            # of PyTorch 2.11's caching allocator (use_count > 0) on the H100; costs the sum of the
-            # graphed scales' working sets instead of their max (edge proof: peak_reserved)
+            # thread_local: the node's other threads (diagnostics, ROS callbacks) may touch CUDA meanwhile.
+            # Each graph gets its own memory pool: one handle shared across captures hit an internal
+            # assert of PyTorch 2.11's caching allocator (use_count > 0) on the H100; this costs the sum
+            # of the graphed scales' working sets instead of their max (edge proof: peak_reserved)
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = forward(buf)
         except Exception as e:     # e.g. out of memory while capturing: carry on without graphs

@@ -182,7 +182,7 @@ class Generator:
         """Drop the CUDA graphs and their buffers (freed at the next empty_cache)."""
         self._graphs = None
 
-    def _caches(self, schedule: ScaleSchedule, B: int, rope: torch.Tensor):
+    def _caches(self, schedule: ScaleSchedule, B: int):
         """(KV caches, ScaleGraphs or None) for one generation: the caches are new every time; with
         cuda_graphs, the kept graphs when the schedule and batch match the last generation's (else new
         ones, the old dropped). Graphs need caches that say graph_safe."""
@@ -196,7 +196,8 @@ class Generator:
             self._graphs = None
             return caches, None
         if self._graphs is None:
-            self._graphs = ScaleGraphs(key, rope, self.graph_max_tokens, capture=self.device.type == "cuda")
+            self._graphs = ScaleGraphs(key, rope_tables(schedule, c.head_dim, self.device), self.graph_max_tokens,
+                                       capture=self.device.type == "cuda")
         self._graphs.adopt(caches)
         return caches, self._graphs
 
@@ -255,15 +256,12 @@ class Generator:
         m = self.model
         B = feats.shape[0]
         feats, mask = feats.to(self.device), mask.to(self.device)
-        graphs = None
         cond_BD, cond_gss, text_kv = m.encode_condition(feats, mask)
-        rope = rope_tables(schedule, c.head_dim, self.device)
         offsets, counts = schedule.offsets(), schedule.token_counts
-        caches = None
-        if use_kv_cache:
-            caches, graphs = self._caches(schedule, B, rope)
-        if graphs is not None:     # the graphs read the condition and RoPE from their own buffers
-            rope = graphs.rope
+        caches, graphs = self._caches(schedule, B) if use_kv_cache else (None, None)
+        # with graphs, RoPE and the condition come from the buffers the graphs read
+        rope = graphs.rope if graphs is not None else rope_tables(schedule, c.head_dim, self.device)
+        if graphs is not None:
             T, bound = graphs.bind(cond_BD, cond_gss, text_kv, mask)
             cond_BD, cond_gss, text_kv, mask = bound["cond_BD"], bound["cond_gss"], bound["text_kv"], bound["mask"]
         final = latent_size(schedule.scales[-1], c)
