@@ -32,8 +32,9 @@ def _time(fn, graph: bool):
     return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def bench_gemm(reference: bool, shapes=None, ms=None, paths=True):
+def bench_gemm(reference: bool, shapes=None, ms=None, paths=("fp8", "fp8w", "f16", "f16w")):
     from var_gen_ros.quant.dispatch import w4a4_kernel
+    from kernels_under_test import gemm_module
     rows = []
     print(f"{'K':>6} {'N':>6} {'M':>5} | {'bf16':>7} {'w4a4':>7} {'x':>5} | graph: {'bf16':>7} {'w4a4':>7} {'x':>5} "
           f"{'TOPS':>6} | {'ref ms':>7}")
@@ -42,27 +43,34 @@ def bench_gemm(reference: bool, shapes=None, ms=None, paths=True):
             continue
         layer = _layer(K, N, bias, 0)
         w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+        w16 = w.half()
         for M in ms or MS:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            x16 = x.half()
             fn = w4a4_kernel(x)
             fn(x, layer)                                   # autotune outside the timed region
             y_b = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+            y_h = torch.empty(M, N, device="cuda", dtype=torch.float16)
             y_q = torch.empty_like(y_b)
-            r = {"K": K, "N": N, "M": M}
+            r = {"K": K, "N": N, "M": M, "default_path": gemm_module().path_for(x)}
             for graph in (False, True):
                 tag = "graph_" if graph else ""
                 r[tag + "bf16_ms"] = _time(lambda: torch.matmul(x, w.t(), out=y_b), graph)
                 r[tag + "w4a4_ms"] = _time(lambda: fn(x, layer, out=y_q), graph)
                 r[tag + "speedup"] = r[tag + "bf16_ms"] / r[tag + "w4a4_ms"]
             r["graph_w4a4_tops"] = 2 * M * N * K / r["graph_w4a4_ms"] / 1e9
-            # both W4A4 paths at every M (the dispatcher picks by M; this is the crossover data)
-            for p in ("int8", "fp8", "fp8w", "dequant") if paths else ():
+            # cuBLAS fp16 on operands of the same shape: the f16 paths' GEMM alone, their ceiling
+            r["graph_fp16_cublas_ms"] = _time(lambda: torch.matmul(x16, w16.t(), out=y_h), True)
+            # each W4A4 path at every M (the dispatcher picks by M; this is the crossover data)
+            for p in paths:
+                fn(x, layer, out=y_q, path=p)              # autotune outside the timed region
                 r[f"graph_{p}_path_ms"] = _time(lambda: fn(x, layer, out=y_q, path=p), True)
             r["ref_ms"] = _time(lambda: layer.reference_forward(x), False) if reference else None
             rows.append(r)
             print(f"{K:6d} {N:6d} {M:5d} | {r['bf16_ms']:7.4f} {r['w4a4_ms']:7.4f} {r['speedup']:5.2f} | "
                   f"       {r['graph_bf16_ms']:7.4f} {r['graph_w4a4_ms']:7.4f} {r['graph_speedup']:5.2f} "
-                  f"{r['graph_w4a4_tops']:6.0f} | " + " ".join(f"{p} {r[f'graph_{p}_path_ms']:.4f}" for p in ("int8", "fp8", "fp8w", "dequant") if paths) + " | "
+                  f"{r['graph_w4a4_tops']:6.0f} {r['default_path']:>4} | fp16 cuBLAS {r['graph_fp16_cublas_ms']:.4f} " +
+                  " ".join(f"{p} {r[f'graph_{p}_path_ms']:.4f}" for p in paths) + " | "
                   f"{r['ref_ms'] if r['ref_ms'] is None else round(r['ref_ms'], 4)}",
                   flush=True)
     return rows
@@ -125,13 +133,18 @@ def main():
     ap.add_argument("--only", choices=["gemm", "attention"], default=None)
     ap.add_argument("--shapes", default=None, help="GEMM shapes KxN, comma-separated (default: all)")
     ap.add_argument("--ms", default=None, help="GEMM rows M, comma-separated (default: 2,32,128,512,2048,8192)")
-    ap.add_argument("--no-paths", action="store_true", help="time only the default GEMM path, not each path")
+    ap.add_argument("--paths", default="fp8,fp8w,f16,f16w",
+                    help="W4A4 paths to time at every M besides the default, comma-separated ('' for none; int8 too)")
+    ap.add_argument("--no-paths", action="store_true", help="time only the default path (same as --paths '')")
     a = ap.parse_args()
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if a.only != "attention":
         out["gemm"] = bench_gemm(a.reference, a.shapes.split(",") if a.shapes else None,
-                                 [int(m) for m in a.ms.split(",")] if a.ms else None, not a.no_paths)
-        out["split_max_m"] = int(os.environ.get("VAR_GEN_W4A4_SPLIT_MAX_M", "256"))
+                                 [int(m) for m in a.ms.split(",")] if a.ms else None,
+                                 tuple(p for p in a.paths.split(",") if p and not a.no_paths))
+        mod = __import__("kernels_under_test").gemm_module()
+        out.update(split_max_m=mod.SPLIT_MAX_M, unpack_min_m=mod.UNPACK_MIN_M, f16_min_m=mod.F16_MIN_M,
+                   f16w_min_m=mod.F16W_MIN_M)
     if a.only != "gemm":
         out["attention"], out["attention_total_ms"] = bench_attention()
     if a.json:

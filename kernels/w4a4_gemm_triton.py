@@ -58,6 +58,15 @@ def _rint(a):
 
 
 @triton.jit
+def _round_bf16(a):
+    """float32 -> the nearest bf16 value (ties to even), as float32: torch's `.to(torch.bfloat16)` for
+    finite a >= 0, written in integer ops because the CPU interpreter's float casts truncate."""
+    bits = a.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, INV7, LDQ,
                   R: tl.constexpr, HAS_LR: tl.constexpr, DEQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False):
@@ -74,6 +83,20 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, 
         dst_c = c
     r = tl.arange(0, R)
     lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+    if DEQ:
+        # fp16 output: q·s is exact in fp16 (bf16 scale x 4-bit code) unless it overflows, so first a
+        # pass over the whole row for its largest |x̂|, and a power of two 2^-E that brings it under
+        # 2^15 (E = 0 unless |x̂| > 32768); the GEMM multiplies row m back by 2^E (both exact)
+        big = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for g in range(0, G):
+            cols = g * GROUP + c
+            x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            lam = tl.load(smooth_ptr + cols).to(tl.float32)
+            big = tl.maximum(big, tl.max(tl.abs(_div_rn(x, lam[None, :])), axis=1))
+        e = tl.maximum(tl.ceil(tl.log2(tl.maximum(big, 1.0) * (1.0 / 32768.0))), 0.0).to(tl.int32)
+        down_row = ((127 - e) << 23).to(tl.float32, bitcast=True)     # 2^-E
+        if split == 0:
+            tl.store(s_ptr + rows, ((127 + e) << 23).to(tl.float32, bitcast=True), mask=rows < M)
     for i in range(0, GPS):
         g = split * GPS + i
         if g < G:
@@ -82,12 +105,13 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, 
             lam = tl.load(smooth_ptr + cols).to(tl.float32)
             xs = _div_rn(x, lam[None, :])                 # IEEE division, as the reference
             amax = tl.max(tl.abs(xs), axis=1)
-            s = tl.where(amax > 0, amax * INV7, 1.0)      # same float32 multiply as the reference
+            # the reference's float32 multiply by 1/7, rounded to bf16 (quant.int4.act_scales)
+            s = tl.where(amax > 0, _round_bf16(amax * INV7), 1.0)
             q = _rint(_div_rn(xs, s[:, None]))
             q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-            if DEQ:    # the large-M path: code x scale, rounded to fp16 (relative error <= 2^-11)
-                tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :],
-                         (q * s[:, None]).to(tl.float16), mask=mask)
+            if DEQ:    # code x scale x 2^-E, exact in fp16, natural k order
+                tl.store(q_ptr + rows[:, None] * LDQ + cols[None, :], (q * (s * down_row)[:, None]).to(tl.float16),
+                         mask=mask)
             elif FP8:  # codes -8..7 are exact in e4m3; scales (G, M) so the GEMM reads them contiguously
                 tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.float8e4nv), mask=mask)
                 tl.store(s_ptr + g * M + rows, s, mask=rows < M)
@@ -110,10 +134,7 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, 
                     dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
                     lr += tl.dot(xs, dn, input_precision=LR_PREC)
     if HAS_LR:
-        if DEQ:    # single split: the low-rank input goes into the trailing R columns of the same row
-            tl.store(q_ptr + rows[:, None] * LDQ + K + r[None, :], lr.to(tl.float16), mask=mask)
-        else:
-            tl.store(lr_ptr + split * M * R + rows[:, None] * R + r[None, :], lr, mask=mask)
+        tl.store(lr_ptr + split * M * R + rows[:, None] * R + r[None, :], lr, mask=mask)
 
 
 @triton.jit
@@ -204,8 +225,9 @@ def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt
 
 @triton.jit
 def _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS: tl.constexpr,
-                  HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr):
-    """acc + the low-rank up-projection of kernel 1's summed partials (x̂ · L_down) + bias."""
+                  HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr, row_factor=None):
+    """acc + the low-rank up-projection of kernel 1's summed partials (x̂ · L_down, times `row_factor`
+    per row if given) + bias."""
     r = tl.arange(0, R)
     if HAS_LR:
         up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
@@ -213,12 +235,16 @@ def _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BI
             lr = tl.zeros((R, BLOCK_M), dtype=tl.float32)
             for s in range(0, S):   # partial x̂ · L_down of kernel 1's K splits
                 lr += tl.load(lr_ptr + s * M * R + rm[None, :] * R + r[:, None], mask=mmask[None, :], other=0.0)
-            acc += tl.dot(up, lr, input_precision="ieee")
+            if row_factor is not None:
+                lr = lr * row_factor[None, :]
+            acc = tl.dot(up, lr, acc, input_precision="tf32x3")
         else:
             lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
             for s in range(0, S):
                 lr += tl.load(lr_ptr + s * M * R + rm[:, None] * R + r[None, :], mask=mmask[:, None], other=0.0)
-            acc += tl.dot(lr, tl.trans(up), input_precision="ieee")
+            if row_factor is not None:
+                lr = lr * row_factor[:, None]
+            acc = tl.dot(lr, tl.trans(up), acc, input_precision="tf32x3")
     if HAS_BIAS:
         if SWAP:
             acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
@@ -285,29 +311,81 @@ def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
 
 
 @triton.jit
-def _dequant_weight(w_ptr, sw_ptr, up_ptr, out_ptr, N, K, LDW, R: tl.constexpr, HAS_LR: tl.constexpr,
-                    BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
-    """Packed INT4 (N, K/2) x group scales -> fp16 (N, K) in the activations' de-interleaved order
-    (exact: a 4-bit code times a bf16 scale fits fp16's 11-bit significand), plus L_up in the trailing
-    R columns."""
-    pid_n = tl.program_id(0)
+def _unpack_f16(packed, sw, ROWS: tl.constexpr, GROUP: tl.constexpr):
+    """(ROWS, GROUP/2) packed INT4 bytes x (ROWS,) float32 group scales -> (ROWS, GROUP) fp16 weights
+    in natural k order. Exact: the magic-number trick makes each code an fp16 integer, and a 4-bit code
+    times a bf16 scale has at most 11 significant bits (fp16's), unless it falls below fp16's normal
+    range (2^-14)."""
+    p16 = packed.to(tl.int16)
+    lo = ((p16 & 0xF) ^ 8) | 0x6400
+    hi = ((p16 >> 4) ^ 8) | 0x6400
+    w16 = tl.join(lo, hi).reshape(ROWS, GROUP)          # byte j holds k = 2j, 2j + 1
+    code = w16.to(tl.float16, bitcast=True) - 1032.0    # exact small integers
+    return (code.to(tl.float32) * sw[:, None]).to(tl.float16)
+
+
+@triton.jit
+def _dequant_weight_f16(w_ptr, sw_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Packed INT4 (N, K/2) x group scales -> fp16 (N, K), one group per program column (the large-M
+    workspace of the f16 path)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     g = tl.program_id(1)
+    j = tl.arange(0, GROUP // 2)
+    c = tl.arange(0, GROUP)
+    packed = tl.load(w_ptr + rn[:, None] * (K // 2) + (g * (GROUP // 2) + j)[None, :], mask=rn[:, None] < N, other=0)
+    sw = tl.load(sw_ptr + rn * (K // GROUP) + g, mask=rn < N, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rn[:, None] * K + (g * GROUP + c)[None, :], _unpack_f16(packed, sw, BLOCK_N, GROUP),
+             mask=rn[:, None] < N)
+
+
+@triton.jit
+def _w4a4_f16_kernel(a_ptr, rs_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
+                     M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
+                     W16: tl.constexpr = False):
+    """The f16 variant (Hopper, large M): both operands dequantized exactly to fp16 (activations by
+    kernel 1 as q·s·2^-E, weights in registers or, with W16, in a workspace), so the whole K loop
+    accumulates in the tensor cores' float32 accumulator with no per-group rescale, which Triton cannot
+    overlap with the MMA; row m is multiplied back by 2^E at the end."""
+    rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
+    j = tl.arange(0, GROUP // 2)
+    c = tl.arange(0, GROUP)
     G = K // GROUP
-    HALF: tl.constexpr = GROUP // 2
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = rn[:, None] < N
-    j = tl.arange(0, HALF)
-    if g < G:
-        p8 = tl.load(w_ptr + rn[:, None] * (K // 2) + (g * HALF + j)[None, :], mask=nmask, other=0).to(tl.int8, bitcast=True)
-        sc = tl.load(sw_ptr + rn * G + g, mask=rn < N, other=0.0).to(tl.float32)[:, None]
-        base = out_ptr + rn[:, None] * LDW + g * GROUP
-        tl.store(base + j[None, :], (((p8 << 4) >> 4).to(tl.float32) * sc).to(tl.float16), mask=nmask)
-        tl.store(base + HALF + j[None, :], ((p8 >> 4).to(tl.float32) * sc).to(tl.float16), mask=nmask)
+    g0 = tl.program_id(2) * tl.cdiv(G, SPLIT_K)          # this program's K split (all of K when 1)
+    # rows and columns past the end wrap around (valid memory, never stored): unmasked loads whose
+    # pointers only advance by a constant, which keeps addressing out of the registers the tile needs
+    a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + c)[None, :]
+    if W16:
+        w_ptrs = w_ptr + (rn % N)[:, None] * K + (g0 * GROUP + c)[None, :]
     else:
-        if HAS_LR:
-            r = tl.arange(0, R)
-            up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask, other=0.0)
-            tl.store(out_ptr + rn[:, None] * LDW + K + r[None, :], up.to(tl.float16), mask=nmask)
+        w_ptrs = w_ptr + (rn % N)[:, None] * (K // 2) + (g0 * (GROUP // 2) + j)[None, :]
+    s_ptrs = sw_ptr + (rn % N) * G + g0
+    rs = tl.load(rs_ptr + rm, mask=mmask, other=1.0)
+    if HAS_LR:
+        # the low-rank branch first, divided by the row factor 2^E (exact), as the accumulator's start:
+        # in the epilogue its dot would hold a second tile-sized accumulator (spills at 128 x 256)
+        if tl.program_id(2) == 0:
+            acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, False, True, R, SWAP, BLOCK_M,
+                                _div_rn(1.0, rs))
+    for g in range(g0, tl.minimum(g0 + tl.cdiv(G, SPLIT_K), G)):
+        if W16:
+            w = tl.load(w_ptrs)
+            w_ptrs += GROUP
+        else:
+            w = _unpack_f16(tl.load(w_ptrs), tl.load(s_ptrs).to(tl.float32), BLOCK_N, GROUP)
+            w_ptrs += GROUP // 2
+            s_ptrs += 1
+        if SWAP:
+            acc = tl.dot(w, tl.trans(tl.load(a_ptrs)), acc)
+        else:
+            acc = tl.dot(tl.load(a_ptrs), tl.trans(w), acc)
+        a_ptrs += GROUP
+    if SWAP:
+        acc = acc * rs[None, :]
+    else:
+        acc = acc * rs[:, None]
+    _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
+            False, R, SWAP, BLOCK_M)
 
 
 def _cfg(bm, bn, swap, warps, stages, split_k=1):
@@ -365,6 +443,14 @@ FP8_LARGE_M_CONFIGS = [_cfg(128, 128, False, 8, 3), _cfg(128, 256, False, 8, 3),
 
 
 _w4a4_fp8 = _autotuned(_w4a4_fp8_kernel, FP8_SMALL_M_CONFIGS, FP8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W8"])
+
+# f16 tiles: SWAP puts the weights (dequantized in registers) on wgmma's register-fed left operand
+F16_SMALL_M_CONFIGS = _split([(16, 64, True, 4, 4), (16, 128, True, 4, 4), (32, 128, True, 4, 4),
+                              (64, 64, False, 4, 4), (64, 128, True, 4, 4)], (1, 4, 8))
+F16_LARGE_M_CONFIGS = [_cfg(128, 256, False, 8, 3), _cfg(128, 128, False, 8, 4), _cfg(256, 128, False, 8, 3),
+                       _cfg(64, 256, False, 4, 3), _cfg(128, 128, True, 8, 3), _cfg(256, 128, True, 8, 3),
+                       _cfg(128, 256, True, 8, 3)] + _split([(64, 128, False, 4, 4), (64, 128, True, 4, 4)], (2, 4))
+_w4a4_f16 = _autotuned(_w4a4_f16_kernel, F16_SMALL_M_CONFIGS, F16_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W16"])
 _COUNTERS = {}
 
 
@@ -406,91 +492,113 @@ def _quantize_launch(M: int, fp8: bool):
 
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
-                         fp8: bool = False, num_warps: int = None):
+                         fp8: bool = False, num_warps: int = None, f16: bool = False):
     """Kernel 1 alone: (codes (M, K) int8 de-interleaved per group, scales (M, K/64) f32,
     partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in natural order and scales
-    (K/64, M). The low-rank dot is "bf16x2" (tensor cores) for bf16 x, else "ieee" (float32 FMA);
+    (K/64, M); with `f16`, the dequantized activations q·s·2^-E (M, K) fp16 (exact) and the row factors
+    2^E (M,) f32 in place of codes and scales. The low-rank dot is "bf16x2" (tensor cores) for bf16 x, else "ieee" (float32 FMA);
     `splits`, `lr_prec`, `block_m`, `num_warps` override the defaults (tests, benchmarks)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
-    BM, warps = _quantize_launch(M, fp8)
+    BM, warps = _quantize_launch(M, fp8 or f16)
     BM, warps = block_m or BM, num_warps or warps
     lr_prec = lr_prec or ("bf16x2" if x2.dtype == torch.bfloat16 else "ieee")
     S = splits or _splits(M, G, BM)
     gps = triton.cdiv(G, S)
     S = triton.cdiv(G, gps)
-    q = torch.empty(M, K, dtype=torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
-    sx = torch.empty((G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
+    q = torch.empty(M, K, dtype=torch.float16 if f16 else torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
+    sx = torch.empty((M,) if f16 else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
     lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
     _quantize_act[(triton.cdiv(M, BM), S)](x2, layer.smooth, layer.lora_down if R else x2, q, sx,
                                           lr if R else sx, M, K, gps, INV_QMAX, K,
-                                          R=R if R else 16, HAS_LR=bool(R), DEQ=False, BLOCK_M=BM, GROUP=GROUP,
+                                          R=R if R else 16, HAS_LR=bool(R), DEQ=f16, BLOCK_M=BM, GROUP=GROUP,
                                           LR_PREC=lr_prec, FP8=fp8, num_warps=warps)
     return q, sx, lr
-
-
-# Opt-in (VAR_GEN_W4A4_DEQUANT_MIN_M=rows): from that many rows on, run the GEMM on fp16 tensor cores
-# (cuBLAS) instead of INT8 MMA with a per-group rescale: the INT4 weights (exactly: a 4-bit code x a
-# bf16 scale fits fp16) and the activations (rounded, relative error <= 2^-11) are dequantized into
-# fp16 workspaces, with the low-rank branch appended as R extra columns of the same GEMM. Measured on
-# the H100: 2.0-2.1x faster than the INT8 path at M = 8192, but 1.2e-3 from the reference (the fp16
-# rounding plus the bf16 output), above the 1e-3 bar, so it is off by default (0).
-DEQUANT_MIN_M = int(os.environ.get("VAR_GEN_W4A4_DEQUANT_MIN_M", "0"))
-
-
-def w4a4_linear_dequant(x2: torch.Tensor, layer, y: torch.Tensor) -> torch.Tensor:
-    M, K = x2.shape
-    N, R = layer.out_features, layer.rank
-    ld = K + R
-    xq = torch.empty(M, ld, dtype=torch.float16, device=x2.device)
-    BM = 32
-    _quantize_act[(triton.cdiv(M, BM), 1)](x2, layer.smooth, layer.lora_down if R else x2, xq, xq, xq, M, K,
-                                          K // GROUP, INV_QMAX, ld, R=R if R else 16, HAS_LR=bool(R), DEQ=True,
-                                          BLOCK_M=BM, GROUP=GROUP)
-    w = torch.empty(N, ld, dtype=torch.float16, device=x2.device)
-    BN = 64
-    _dequant_weight[(triton.cdiv(N, BN), K // GROUP + (1 if R else 0))](
-        layer.qweight, layer.wscales, layer.lora_up if R else layer.wscales, w, N, K, ld,
-        R=R if R else 16, HAS_LR=bool(R), BLOCK_N=BN, GROUP=GROUP)
-    prod = torch.matmul(xq, w.t())
-    if layer.bias is not None:
-        torch.add(prod, layer.bias, out=y)
-    else:
-        y.copy_(prod)
-    return y
 
 
 # From this many rows on, the FP8 path unpacks the weights into an e4m3 workspace (N x K bytes, freed
 # after the call) and its GEMM loads them plainly: 1.07-1.23x faster at M >= 2048 on the H100, about
 # equal at 512, slower below (the unpack is a fixed cost). VAR_GEN_W4A4_UNPACK_MIN_M=0 turns it off.
 UNPACK_MIN_M = int(os.environ.get("VAR_GEN_W4A4_UNPACK_MIN_M", "2048"))
-_FP8_MMA = {}
+# From this many rows on, Hopper runs the f16 path (fp16 MMA over exactly dequantized operands, one
+# accumulation over all of K) instead of FP8 MMA with a per-group rescale; 0 turns it off. From
+# F16W_MIN_M rows the weights are dequantized into an fp16 workspace (N x K x 2 bytes, freed after the
+# call) first. Both thresholds are the H100 crossovers in docs/BENCHMARKS.md ("Kernels v5").
+F16_MIN_M = int(os.environ.get("VAR_GEN_W4A4_F16_MIN_M", "4096"))
+F16W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_F16W_MIN_M", "4096"))
+_ARCH = {}
+
+
+def _capability(x: torch.Tensor):
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if dev not in _ARCH:
+        _ARCH[dev] = torch.cuda.get_device_capability(dev)
+    return _ARCH[dev]
 
 
 def default_path(x: torch.Tensor) -> str:
     """The W4A4 GEMM for x's GPU: FP8 MMA where the tensor cores have it (sm_89+: Ada, Hopper;
     measured 1.4-2.2x faster than INT8 MMA on the H100), INT8 MMA before (sm_80-sm_87, Jetson Orin)."""
-    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    if dev not in _FP8_MMA:
-        _FP8_MMA[dev] = torch.cuda.get_device_capability(dev) >= (8, 9)
-    return "fp8" if _FP8_MMA[dev] else "int8"
+    return "fp8" if _capability(x) >= (8, 9) else "int8"
+
+
+def path_for(x2: torch.Tensor) -> str:
+    """The path `w4a4_linear` takes for x2 (M, K) by GPU and M."""
+    path = default_path(x2)
+    M = x2.shape[0]
+    if _capability(x2)[0] == 9 and 0 < F16_MIN_M <= M:
+        return "f16w" if 0 < F16W_MIN_M <= M else "f16"
+    if path == "fp8" and 0 < UNPACK_MIN_M <= M:
+        return "fp8w"
+    return path
 
 
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
-    `path` overrides the choice by GPU and M: "int8" (INT8 MMA), "fp8" (FP8 MMA on the packed
-    weights), "fp8w" (FP8 MMA on weights unpacked first) or "dequant" (fp16 workspaces + cuBLAS);
-    `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps, num_stages}) fixes the GEMM's launch instead
-    of autotuning (tests and benchmarks use both to check and time every variant)."""
+    `path` overrides the choice by GPU and M (`path_for`): "int8" (INT8 MMA), "fp8" (FP8 MMA on the
+    packed weights), "fp8w" (FP8 MMA on weights unpacked first), "f16" (fp16 MMA on activations and
+    weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
+    dequantized into a workspace first); `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps,
+    num_stages}) fixes the GEMM's launch instead of autotuning (tests and benchmarks use both to check
+    and time every variant)."""
     K, N, R = layer.in_features, layer.out_features, layer.rank
     shape = x.shape
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
-    if path == "dequant" or (path is None and config is None and 0 < DEQUANT_MIN_M <= M):
-        w4a4_linear_dequant(x2, layer, y)
-        return y.reshape(*shape[:-1], N)
+    path = path or path_for(x2)
+    fp8, f16 = path in ("fp8", "fp8w"), path in ("f16", "f16w")
+    q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16)
+    wq = layer.qweight
+    if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
+        wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
+        _unpack_weight_fp8[(triton.cdiv(N, 64), K // GROUP)](layer.qweight, wq, N, K, BLOCK_N=64, GROUP=GROUP)
+    elif path == "f16w":
+        wq = torch.empty(N, K, dtype=torch.float16, device=x.device)
+        _dequant_weight_f16[(triton.cdiv(N, 64), K // GROUP)](layer.qweight, layer.wscales, wq, N, K, BLOCK_N=64,
+                                                              GROUP=GROUP)
+    S = lr.shape[0] if R else 0
+    bucket = _bucket(M)
+    ws, cnt = _split_k_buffers(M, N, x.device, config.get("SPLIT_K", 1) if config else None)
+    args = (q, sx, wq, layer.wscales, lr if R else sx, layer.lora_up if R else layer.wscales,
+            layer.bias if layer.bias is not None else y, y, ws if ws is not None else y, cnt if cnt is not None else y,
+            M, N, K, S, bucket)
+    meta = dict(HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP)
+    if fp8:
+        meta["W8"] = path == "fp8w"
+    if f16:
+        meta["W16"] = path == "f16w"
+    tuned, fixed = ((_w4a4_f16, _w4a4_f16_kernel) if f16 else (_w4a4_fp8, _w4a4_fp8_kernel) if fp8
+                    else (_w4a4_gemm, _w4a4_gemm_kernel))
+    if config is None:
+        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])
+        tuned[grid](*args, **meta)
+    else:
+        config = dict(config, SPLIT_K=config.get("SPLIT_K", 1))
+        grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])
+        fixed[grid](*args, **meta, **config)
+    return y.reshape(*shape[:-1], N)
     if path is None:
         path = default_path(x2)
         if path == "fp8" and 0 < UNPACK_MIN_M <= M:

@@ -53,13 +53,18 @@ def test_quantizer_launches_agree(K):
         x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
         x[:, torch.randint(K, (4,))] *= 30
         lr_ref = (x.double() / layer.smooth.double()) @ layer.lora_down.double()
-        for fp8 in (False, True):
-            q0, s0, lr0 = mod.quantize_activations(x, layer, fp8=fp8, lr_prec="ieee")
+        for fp8, f16 in ((False, False), (True, False), (False, True)):
+            q0, s0, lr0 = mod.quantize_activations(x, layer, fp8=fp8, f16=f16, lr_prec="ieee")
             for prec, bm, w in (("ieee", None, 4), ("bf16x2", 16, 4), ("bf16x2", 64, 8), ("bf16x2", None, 4)):
-                q, sx, lr = mod.quantize_activations(x, layer, fp8=fp8, lr_prec=prec, block_m=bm, num_warps=w)
+                q, sx, lr = mod.quantize_activations(x, layer, fp8=fp8, f16=f16, lr_prec=prec, block_m=bm, num_warps=w)
                 assert torch.equal(q.view(torch.int8), q0.view(torch.int8)) and torch.equal(sx, s0), (M, fp8, prec, bm)
                 err = ((lr.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()
                 assert err <= 2e-5, (M, fp8, prec, bm, err)
+        # the f16 layout is the fp8 codes times their scales, exactly
+        q8, s8, _ = mod.quantize_activations(x, layer, fp8=True)
+        a16, rs, _ = mod.quantize_activations(x, layer, f16=True)
+        deq = (q8.float().view(M, K // 64, 64) * s8.t().unsqueeze(-1)).view(M, K)
+        assert torch.equal(a16.float() * rs[:, None], deq), M
 
 
 @pytest.mark.parametrize("small", [True, False])
@@ -77,16 +82,16 @@ def test_every_gemm_variant_matches_reference(small):
     fp8_cfgs = mod.FP8_SMALL_M_CONFIGS if small else mod.FP8_LARGE_M_CONFIGS
     if torch.cuda.get_device_capability() >= (8, 9):
         runs += [(p, tile(c)) for p in ("fp8", "fp8w") for c in fp8_cfgs]
-    runs += [("dequant", None)]
+    f16_cfgs = mod.F16_SMALL_M_CONFIGS if small else mod.F16_LARGE_M_CONFIGS
+    runs += [(p, tile(c)) for p in ("f16", "f16w") for c in f16_cfgs]
     for path, cfg in runs:
-        tol = 2e-3 if path == "dequant" else 1e-3   # the opt-in fp16 path measures 1.2e-3 (see the kernel)
         y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
         mod.w4a4_linear(x, layer, out=y, path=path, config=cfg)
         rel = ((y.float() - ref).norm() / ref.norm()).item()
-        assert rel <= tol, (path, cfg, rel)
+        assert rel <= 1e-3, (path, cfg, rel)
 
 
-@pytest.mark.parametrize("path", ["fp8", "int8"])
+@pytest.mark.parametrize("path", ["fp8", "int8", "f16"])
 def test_split_k_is_deterministic_and_replays_in_a_cuda_graph(path):
     """Split-K sums its partials in split order: the same bits on every call, eager or replayed in a
     CUDA graph (the per-tile counters re-arm themselves), and within 1e-3 of the reference."""
@@ -194,6 +199,21 @@ def test_int8_kv_cache_attend_uses_kernel_and_matches_reference():
         rel = ((y.float() - r.float()).norm() / r.float().norm()).item()
         assert rel <= 1e-2, (i, rel)
         start += k.shape[2]
+
+
+def test_f16_path_matches_reference_beyond_fp16_range():
+    """Rows with |x/λ| above fp16's range go through the f16 path scaled by 2^-E and back (exact)."""
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    layer = _layer(3584, 3584, True, seed=13)
+    x = (torch.randn(2048, 3584, device="cuda") * 2).bfloat16()
+    x[::7] *= 1e5
+    ref = layer.reference_forward(x).float()
+    for path in ("f16", "f16w", "fp8w"):
+        y = torch.full_like(x, float("nan"))
+        mod.w4a4_linear(x, layer, out=y, path=path)
+        rel = ((y.float() - ref).norm() / ref.norm()).item()
+        assert rel <= 1e-3, (path, rel)
 
 
 def test_kernel_status_names_the_gemm_path_for_this_gpu():

@@ -86,7 +86,10 @@ def test_w4a4_gemm_kernel_both_variants_match_float64(gemm, K, N, bias, rank):
                                # split-K: uneven splits (K = 448: 7 groups in 4), swapped and not
                                ("fp8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=4), 1e-5),
                                ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=8), 1e-5),
-                               ("dequant", None, 1e-3)):   # fp16 workspaces: activations rounded to 11 bits
+                               # f16: both operands dequantized exactly to fp16, one accumulation
+                               ("f16", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
+                               ("f16", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=4), 1e-5),
+                               ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5)):
             y = torch.full((M, N), float("nan"))             # poisoned output
             gemm.w4a4_linear(x, layer, out=y, path=path, config=cfg)
             rel = ((y.double() - ref).norm() / ref.norm()).item()
@@ -95,12 +98,12 @@ def test_w4a4_gemm_kernel_both_variants_match_float64(gemm, K, N, bias, rank):
 
 @interpreted
 def test_activation_codes_bit_identical_to_reference(gemm):
-    from var_gen_ros.quant.int4 import group_scales, quantize_groups
+    from var_gen_ros.quant.int4 import act_scales, quantize_groups
     layer = _w4a4_layer(448, 64, False, 32, seed=3)          # 7 groups: K splits of uneven size
     x = torch.randn(5, 448) * 3
     q, sx, lr = gemm.quantize_activations(x, layer)
     xs = x / layer.smooth.float()
-    s = group_scales(xs, 64)
+    s = act_scales(xs, 64)
     codes = quantize_groups(xs, s, 64).view(5, 7, 64)
     deinterleaved = torch.cat([codes[..., 0::2], codes[..., 1::2]], -1).reshape(5, 448)
     assert lr.shape[0] > 1                                   # several K splits were used
@@ -109,6 +112,35 @@ def test_activation_codes_bit_identical_to_reference(gemm):
     q8, sx8, lr8 = gemm.quantize_activations(x, layer, fp8=True)  # e4m3 codes, natural order, scales (G, M)
     assert q8.dtype == torch.float8_e4m3fn and torch.equal(q8.float(), codes.reshape(5, 448).float())
     assert torch.equal(sx8, s.t()) and torch.equal(lr8, lr)
+    # f16: q·s exactly in fp16 (natural order), row factor 2^E = 1 while |x̂| <= 2^15
+    a16, rs, lr16 = gemm.quantize_activations(x, layer, f16=True)
+    deq = (codes.float() * s.unsqueeze(-1)).reshape(5, 448)
+    assert a16.dtype == torch.float16 and torch.equal(a16.float(), deq) and torch.equal(rs, torch.ones(5))
+    assert torch.equal(lr16, lr)
+
+
+@interpreted
+def test_f16_path_rescales_rows_beyond_fp16_range(gemm):
+    """Rows whose |x/λ| exceeds fp16's range are stored as q·s·2^-E (exact) and multiplied back by 2^E
+    in the GEMM: the result stays the float64 computation, where a plain fp16 copy would be inf."""
+    layer = _w4a4_layer(256, 64, True, 32, seed=5)
+    x = torch.randn(4, 256) * 2
+    x[1] *= 3e5                                              # |x̂| ~ 1e6 > 65504
+    x[2, 7] = 1e6                                            # one huge element
+    a16, rs, _ = gemm.quantize_activations(x, layer, f16=True)
+    assert torch.isfinite(a16.float()).all()
+    assert rs[0].item() == 1.0 and rs[1].item() > 1.0 and rs[2].item() > 1.0
+    assert bool((torch.log2(rs) == torch.log2(rs).round()).all())      # powers of two
+    from var_gen_ros.quant.int4 import act_scales, quantize_groups
+    xs = x / layer.smooth.float()
+    s = act_scales(xs, 64)
+    deq = (quantize_groups(xs, s, 64).float().view(4, 4, 64) * s.unsqueeze(-1)).reshape(4, 256)
+    assert torch.equal(a16.float() * rs[:, None], deq)
+    ref = _float64_w4a4(x, layer)
+    for path in ("f16", "f16w"):
+        y = torch.full((4, 64), float("nan"))
+        gemm.w4a4_linear(x, layer, out=y, path=path, config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False))
+        assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5, path
 
 
 @interpreted

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from var_gen_ros.quant import (Int8KVCache, QuantConfig, QuantizationError, W4A4Linear, group_scales, load_quantized,
+from var_gen_ros.quant import (Int8KVCache, act_scales, QuantConfig, QuantizationError, W4A4Linear, group_scales, load_quantized,
                                pack_int4, quantize_, quantize_groups, save_quantized, unpack_int4)
 from var_gen_ros.quant.kv_int8 import asym_params, dequantize_asym, quantize_asym, symmetric_per_tensor_roundtrip
 from var_gen_ros.quant.w4a4 import LayerShape, w4a4_nbytes
@@ -41,6 +41,20 @@ def test_group_scales_are_amax_over_7_per_64():
     assert bool((err <= s.unsqueeze(-1) / 2 + 1e-7).all())
 
 
+def test_activation_scales_are_bf16_and_code_times_scale_is_exact_in_fp16():
+    """Activation scales are amax/7 rounded to bf16, so every dequantized activation q·s is an fp16
+    value (the Hopper large-M GEMM relies on it); the largest element still maps to ±7."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 512, generator=g) * torch.logspace(-3, 3, 512)    # groups over 6 decades
+    s = act_scales(x, 64)
+    assert torch.equal(s, group_scales(x, 64).bfloat16().float())
+    assert bool(((s - group_scales(x, 64)).abs() <= group_scales(x, 64) * 2 ** -8).all())   # half a bf16 ulp
+    q = quantize_groups(x, s, 64)
+    assert int(q.abs().max()) == 7
+    deq = q.float().unflatten(-1, (8, 64)) * s.unsqueeze(-1)
+    assert torch.equal(deq.half().float(), deq)
+
+
 @torch.no_grad()
 def test_w4a4_reference_equals_integer_group_dot_products():
     """The reference forward is the integer arithmetic the kernels do: Σ_g sx_g sw_g (qx_g · qw_g)."""
@@ -49,7 +63,7 @@ def test_w4a4_reference_equals_integer_group_dot_products():
     q = W4A4Linear.from_linear(lin, rank=8, param_dtype=torch.float16)
     x = torch.randn(10, 256)
     xs = x.double() / q.smooth.double()
-    sx = group_scales(xs, 64).double()
+    sx = act_scales(xs, 64).double()
     qx = quantize_groups(xs, sx, 64).double()
     qw = unpack_int4(q.qweight).double()
     sw = q.wscales.double()

@@ -44,7 +44,11 @@ def _load():
             return
         gemm = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py")
         _STATE["w4a4"] = gemm.w4a4_linear
-        _STATE["w4a4_path"] = gemm.default_path(torch.empty(0, device="cuda"))
+        probe = torch.empty(0, device="cuda")
+        _STATE["w4a4_path"] = gemm.default_path(probe) + " mma"
+        large = gemm.path_for(torch.empty(1 << 20, 0, device="cuda"))   # the path a 1M-row call takes
+        if large.startswith("f16"):
+            _STATE["w4a4_path"] += f"; fp16 mma on exactly dequantized operands from {gemm.F16_MIN_M} rows"
         _STATE["attn_int8"] = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py").int8_kv_attention
         _STATE["reason"] = "triton"
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
@@ -73,5 +77,5 @@ def kernel_status() -> str:
     _load()
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
-    return (f"w4a4 gemm: triton ({_STATE['w4a4_path']} mma), int8-kv attention: triton "
+    return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
             "(static scales; dynamic uses the reference)")

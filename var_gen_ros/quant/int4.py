@@ -3,7 +3,8 @@
 Layout (the one the kernels read): a row of K int4 values is stored as K/2 bytes; byte j holds
 element 2j in its low nibble and element 2j+1 in its high nibble, each as 4-bit two's complement.
 Scales are symmetric, one per group of `group` consecutive values along K: s = amax / 7, so the
-codes use [-7, 7] (-8 is never produced; it stays valid for unpacking).
+codes use [-7, 7] (-8 is never produced; it stays valid for unpacking). Weight scales are stored in
+the parameter dtype (bf16); activation scales are rounded to bf16 too (`act_scales`).
 """
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def group_scales(x: torch.Tensor, group: int) -> torch.Tensor:
     return torch.where(amax > 0, amax * INV_QMAX, torch.ones_like(amax))
 
 
+def act_scales(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Activation scales: amax/7 per group, rounded to bf16 (8 significant bits, within 2^-8) like the weights'.
+    A 4-bit code times such a scale has at most 11 significant bits, so it is exact in fp16: that lets
+    the large-M GEMM on Hopper (no INT4 tensor cores) run on fp16 tensor cores over the dequantized
+    operands, with no per-group rescale and the same result (kernels/w4a4_gemm_triton.py)."""
+    return group_scales(x, group).to(torch.bfloat16).float()
+
+
 def quantize_groups(x: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
     """(..., K) with (..., K/group) scales -> int8 codes in [-7, 7] (round half to even)."""
     xs = x.float().unflatten(-1, (-1, group)) / scales.float().unsqueeze(-1)
@@ -56,5 +65,5 @@ def dequantize_groups(q: torch.Tensor, scales: torch.Tensor, group: int) -> torc
 def fake_quant_int4(x: torch.Tensor, group: int) -> torch.Tensor:
     """Quantize-dequantize per group along the last dim with dynamic amax/7 scales (float32 out).
     This is exactly what the W4A4 kernels do to activations, per token."""
-    s = group_scales(x, group)
+    s = act_scales(x, group)
     return dequantize_groups(quantize_groups(x, s, group), s, group)
