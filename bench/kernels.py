@@ -32,7 +32,21 @@ def _time(fn, graph: bool):
     return tt.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def bench_gemm(reference: bool, shapes=None, ms=None, paths=("fp8", "fp8w", "f16", "f16w")):
+def _parts(mod, x, layer):
+    """Graph ms of the pieces: kernel 1 in its fp8 and f16 layouts, the two weight workspaces."""
+    import triton
+    K, N = layer.in_features, layer.out_features
+    w8 = torch.empty(N, K, dtype=torch.float8_e4m3fn, device="cuda")
+    w16 = torch.empty(N, K, dtype=torch.float16, device="cuda")
+    grid = (triton.cdiv(N, 64), K // 64)
+    return {"quantize_fp8_ms": _time(lambda: mod.quantize_activations(x, layer, fp8=True), True),
+            "quantize_f16_ms": _time(lambda: mod.quantize_activations(x, layer, f16=True), True),
+            "unpack_w_fp8_ms": _time(lambda: mod._unpack_weight_fp8[grid](layer.qweight, w8, N, K, BLOCK_N=64, GROUP=64), True),
+            "dequant_w_f16_ms": _time(lambda: mod._dequant_weight_f16[grid](layer.qweight, layer.wscales, w16, N, K,
+                                                                            BLOCK_N=64, GROUP=64), True)}
+
+
+def bench_gemm(reference: bool, shapes=None, ms=None, paths=("fp8", "fp8w", "f16", "f16w"), parts=False):
     from var_gen_ros.quant.dispatch import w4a4_kernel
     from kernels_under_test import gemm_module
     rows = []
@@ -66,6 +80,9 @@ def bench_gemm(reference: bool, shapes=None, ms=None, paths=("fp8", "fp8w", "f16
                 fn(x, layer, out=y_q, path=p)              # autotune outside the timed region
                 r[f"graph_{p}_path_ms"] = _time(lambda: fn(x, layer, out=y_q, path=p), True)
             r["ref_ms"] = _time(lambda: layer.reference_forward(x), False) if reference else None
+            if parts:
+                r.update(_parts(gemm_module(), x, layer))
+                print("   parts (graph ms): " + json.dumps({k: round(v, 4) for k, v in r.items() if k.startswith(("quantize_", "unpack_", "dequant_"))}))
             rows.append(r)
             print(f"{K:6d} {N:6d} {M:5d} | {r['bf16_ms']:7.4f} {r['w4a4_ms']:7.4f} {r['speedup']:5.2f} | "
                   f"       {r['graph_bf16_ms']:7.4f} {r['graph_w4a4_ms']:7.4f} {r['graph_speedup']:5.2f} "
@@ -135,13 +152,14 @@ def main():
     ap.add_argument("--ms", default=None, help="GEMM rows M, comma-separated (default: 2,32,128,512,2048,8192)")
     ap.add_argument("--paths", default="fp8,fp8w,f16,f16w",
                     help="W4A4 paths to time at every M besides the default, comma-separated ('' for none; int8 too)")
+    ap.add_argument("--parts", action="store_true", help="also time kernel 1 and the weight workspaces alone")
     ap.add_argument("--no-paths", action="store_true", help="time only the default path (same as --paths '')")
     a = ap.parse_args()
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if a.only != "attention":
         out["gemm"] = bench_gemm(a.reference, a.shapes.split(",") if a.shapes else None,
                                  [int(m) for m in a.ms.split(",")] if a.ms else None,
-                                 tuple(p for p in a.paths.split(",") if p and not a.no_paths))
+                                 tuple(p for p in a.paths.split(",") if p and not a.no_paths), a.parts)
         mod = __import__("kernels_under_test").gemm_module()
         out.update(split_max_m=mod.SPLIT_MAX_M, unpack_min_m=mod.UNPACK_MIN_M, f16_min_m=mod.F16_MIN_M,
                    f16w_min_m=mod.F16W_MIN_M)

@@ -89,7 +89,9 @@ def test_w4a4_gemm_kernel_both_variants_match_float64(gemm, K, N, bias, rank):
                                # f16: both operands dequantized exactly to fp16, one accumulation
                                ("f16", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
                                ("f16", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=4), 1e-5),
-                               ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5)):
+                               ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
+                               ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
+                               ("f16w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, TMA=True, SPLIT_K=2), 1e-5)):
             y = torch.full((M, N), float("nan"))             # poisoned output
             gemm.w4a4_linear(x, layer, out=y, path=path, config=cfg)
             rel = ((y.double() - ref).norm() / ref.norm()).item()
@@ -116,7 +118,7 @@ def test_activation_codes_bit_identical_to_reference(gemm):
     a16, rs, lr16 = gemm.quantize_activations(x, layer, f16=True)
     deq = (codes.float() * s.unsqueeze(-1)).reshape(5, 448)
     assert a16.dtype == torch.float16 and torch.equal(a16.float(), deq) and torch.equal(rs, torch.ones(5))
-    assert torch.equal(lr16, lr)
+    assert torch.equal(lr16, lr)                             # the same K splits and low-rank partials
 
 
 @interpreted
@@ -137,9 +139,9 @@ def test_f16_path_rescales_rows_beyond_fp16_range(gemm):
     deq = (quantize_groups(xs, s, 64).float().view(4, 4, 64) * s.unsqueeze(-1)).reshape(4, 256)
     assert torch.equal(a16.float() * rs[:, None], deq)
     ref = _float64_w4a4(x, layer)
-    for path in ("f16", "f16w"):
+    for path, tma in (("f16", False), ("f16w", False), ("f16w", True)):
         y = torch.full((4, 64), float("nan"))
-        gemm.w4a4_linear(x, layer, out=y, path=path, config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False))
+        gemm.w4a4_linear(x, layer, out=y, path=path, config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=tma))
         assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5, path
 
 
