@@ -62,10 +62,10 @@ def random_w4a4_(model: torch.nn.Module, seed: int) -> None:
                     m.bias.normal_(0, 0.02, generator=g)
 
 
-def build_transformer(model_name: str, quantized: bool, device: str, seed: int = 0) -> Infinity:
+def build_transformer(model_name: str, quantized: bool, device: str, seed: int = 0, cfg=None) -> Infinity:
     from var_gen_ros.quant import QuantConfig, W4A4Linear
     from var_gen_ros.quant.api import _set_module, selected_layers
-    cfg = get_config(model_name)
+    cfg = cfg or get_config(model_name)
     qc = QuantConfig()
     with torch.device("meta"):
         model = Infinity(cfg)
@@ -82,11 +82,12 @@ def build_transformer(model_name: str, quantized: bool, device: str, seed: int =
     return model.eval().requires_grad_(False)
 
 
-def build(mode: str, text_encoder: str, device: str, model_name: str = "infinity_8b") -> Generator:
+def build(mode: str, text_encoder: str, device: str, model_name: str = "infinity_8b", cfg=None) -> Generator:
+    """The pipeline in `mode` with random weights; `cfg` overrides the named config (e.g. fewer blocks)."""
     from bench.pipeline import build_text_encoder
     from var_gen_ros.quant.runtime import apply_text_encoder
-    cfg = get_config(model_name)
-    model = build_transformer(model_name, mode != "bf16", device)
+    cfg = cfg or get_config(model_name)
+    model = build_transformer(model_name, mode != "bf16", device, cfg=cfg)
     with torch.device("meta"):
         vae = BSQVAE(cfg.vae)
     vae = vae.to(torch.bfloat16).to_empty(device=device)
