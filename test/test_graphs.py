@@ -50,6 +50,25 @@ def test_graphs_dropped_when_the_caches_move():
     assert not sg.graphs and sg.recaptures == 1
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_kept_kv_caches_are_reused_and_give_the_same_images(tiny_bundle, keep):
+    """graph_keep_kv: the second generation runs in the first one's cache tensors (so captured graphs
+    replay), emptied first; the images equal the plain path's. Without it the caches are new."""
+    plain = Generator.from_bundle(tiny_bundle)
+    g = Generator.from_bundle(tiny_bundle)
+    g.cuda_graphs, g.graph_keep_kv = True, keep
+    g.generate(PROMPT, seed=1, cfg=3.0)
+    first = g._graphs.kept_caches
+    assert (first is not None) == keep
+    ptrs = g._graphs.cache_ptrs
+    _same(plain.generate("a green square", seed=4, cfg=3.0), g.generate("a green square", seed=4, cfg=3.0))
+    if keep:   # without keeping, new caches may or may not land at the old addresses
+        assert g._graphs.kept_caches is first and g._graphs.cache_ptrs == ptrs and g._graphs.recaptures == 0
+    g.cuda_graphs = False
+    g.generate(PROMPT, seed=1, cfg=3.0)
+    assert g._graphs is None                              # graphs off: the kept caches are released too
+
+
 def test_text_lengths_kept_least_recently_used_first(tiny_bundle, monkeypatch):
     monkeypatch.setattr(graphs_mod, "MAX_TEXT_LENGTHS", 2)
     g = Generator.from_bundle(tiny_bundle)

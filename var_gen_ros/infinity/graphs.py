@@ -52,6 +52,7 @@ class ScaleGraphs:
         self.graphs: Dict[Tuple[int, int], tuple] = {}           # (T, scale) -> (graph, output)
         self.warm: set = set()
         self.error = ""                                          # why capturing stopped, if it did
+        self.kept_caches: list = None        # the generator's KV caches, when it keeps them (graph_keep_kv)
 
     def adopt(self, caches: list) -> None:
         """This generation's KV caches: the graphs stay if every cache tensor is where they were captured

@@ -118,7 +118,8 @@ def _unique_bytes(tensors) -> int:
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
                  kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
-                 chunk_tokens: int = 512, cuda_graphs: bool = False, graph_max_tokens: int = 1024):
+                 chunk_tokens: int = 512, cuda_graphs: bool = False, graph_max_tokens: int = 1024,
+                 graph_keep_kv: bool = True):
         self.model, self.vae, self.text_encoder = model, vae, text_encoder
         # scales with more positions than this run their per-token work in slices of this many
         # positions (CrossAttnBlock.forward_chunked): same numbers, a fraction of the activations
@@ -131,6 +132,11 @@ class Generator:
         # (schedule, batch)
         self.cuda_graphs = bool(cuda_graphs)
         self.graph_max_tokens = int(graph_max_tokens)
+        # with graphs, keep the KV caches between generations so that the graphs always replay into the
+        # same tensors (new caches rarely land at the captured addresses: on the H100 the graphs were
+        # recaptured every generation and ran slower than eager); costs the caches' memory between
+        # requests and beside the VAE decode
+        self.graph_keep_kv = bool(graph_keep_kv)
         self._graphs: Optional[ScaleGraphs] = None
         if text_encoder is not None:
             width = text_encoder.model.config.d_model
@@ -175,7 +181,8 @@ class Generator:
         if gr is None:
             return "on: nothing captured yet"
         msg = (f"on: {len(gr.graphs)} graph(s) for {len(gr.condition)} text length(s) "
-               f"(scales {gr.key[0][0]}..{gr.key[0][-1]}, batch {gr.key[1]}), recaptured {gr.recaptures}x")
+               f"(scales {gr.key[0][0]}..{gr.key[0][-1]}, batch {gr.key[1]}), recaptured {gr.recaptures}x"
+               + (", KV caches kept" if gr.kept_caches is not None else ""))
         return msg + (f"; capture stopped: {gr.error}" if gr.error else "")
 
     def release_graphs(self) -> None:
@@ -183,13 +190,19 @@ class Generator:
         self._graphs = None
 
     def _caches(self, schedule: ScaleSchedule, B: int):
-        """(KV caches, ScaleGraphs or None) for one generation: the caches are new every time; with
-        cuda_graphs, the kept graphs when the schedule and batch match the last generation's (else new
-        ones, the old dropped). Graphs need caches that say graph_safe."""
+        """(KV caches, ScaleGraphs or None) for one generation: with cuda_graphs, the kept graphs when the
+        schedule and batch match the last generation's (else new ones, the old dropped), and with
+        graph_keep_kv the kept caches too, emptied; otherwise new caches (the graphs then replay only if
+        they land where the graphs were captured). Graphs need caches that say graph_safe."""
         c = self.cfg
         key = (tuple(schedule.scales), B, self.dtype, id(self.kv_cache_factory), self.graph_max_tokens)
         if not (self.cuda_graphs and self._graphs is not None and self._graphs.key == key):
             self._graphs = None
+        if self._graphs is not None and self.graph_keep_kv and self._graphs.kept_caches is not None:
+            for cc in self._graphs.kept_caches:
+                cc.length = 0                    # the stored tokens are overwritten scale by scale
+            self._graphs.adopt(self._graphs.kept_caches)
+            return self._graphs.kept_caches, self._graphs
         caches = [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device,
                                         layer=i) for i in range(c.depth)]
         if not (self.cuda_graphs and all(getattr(cc, "graph_safe", False) for cc in caches)):
@@ -199,6 +212,7 @@ class Generator:
             self._graphs = ScaleGraphs(key, rope_tables(schedule, c.head_dim, self.device), self.graph_max_tokens,
                                        capture=self.device.type == "cuda")
         self._graphs.adopt(caches)
+        self._graphs.kept_caches = caches if self.graph_keep_kv else None
         return caches, self._graphs
 
     def _sync(self):
