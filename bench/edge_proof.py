@@ -39,7 +39,7 @@ GIB = 2 ** 30
 PROMPT = "a photo of a red robot in a green field under a blue sky"
 # H100 rates measured here (docs/BENCHMARKS.md, ../shared research): cuBLAS bf16 ≈ 770 TFLOP/s,
 # device memory ≈ 3.0 TB/s; the floors below use them for every mode (W4A4's large-M GEMMs run on
-# fp16 tensor cores, its small-M ones are weight-bandwidth-bound)
+# fp16 tensor cores on Hopper, its small-M ones are weight-bandwidth-bound)
 PEAK_FLOPS = 770e12
 PEAK_BW = 3.0e12
 

@@ -3,9 +3,10 @@ var_gen_ros.quant.w4a4.W4A4Linear.reference_forward, which runs on the CPU).
 
 Two kernels per forward:
 1. `_quantize_act`: x (M, K) 16-bit -> x̂ = x / λ -> INT4 codes per token per group of 64 (range
-   [-7, 7]) + float32 scales, and the low-rank down-projection x̂ · L_down (M, r) from the same read
-   of x (the Nunchaku fusion: the branch costs no extra pass over x). Same arithmetic as the
-   reference (IEEE divide, amax · float32(1/7), round half to even), so the codes are bit-identical.
+   [-7, 7]) + scales (amax/7 rounded to bf16), and the low-rank down-projection x̂ · L_down (M, r)
+   from the same read of x (the Nunchaku fusion: the branch costs no extra pass over x). Same
+   arithmetic as the reference (IEEE divide, amax · float32(1/7) rounded to bf16, round half to
+   even), so the codes are bit-identical. For the f16 path it writes q·s·2^-E in fp16 instead (exact).
    For bf16 x the low-rank dot runs on tensor cores as x · (L_down / λ) with L_down / λ in two bf16
    parts (~2^-17), a float32 FMA dot otherwise. K is split over `S` programs per row block when M is
    small (each writes a partial x̂ · L_down, summed in the GEMM epilogue) so small M fills the GPU.
@@ -14,6 +15,9 @@ Two kernels per forward:
    - `_w4a4_fp8_kernel` (sm_89+, the H100's path): the 4-bit codes of both sides are exact e4m3
      values, so one FP8 MMA (K = 64, float32 accumulation) per group needs no int->float convert
      before its rescale; kernel 1 writes e4m3 codes in natural k order with scales (K/64, M).
+   - `_w4a4_f16_kernel` (sm_90 from M >= F16_MIN_M): code x scale is exact in fp16 on both sides, so
+     one fp16 MMA accumulation over all of K replaces the per-group rescale that Triton cannot overlap
+     with the MMA; the weights are dequantized in registers or (f16w) into a workspace first.
    - `_w4a4_gemm_kernel` (sm_80-sm_87): INT8 MMA; kernel 1 stores each group's int8 codes even-k
      first, odd-k second, so two K = 32 dots on contiguous loads replace an interleave in registers
      (Hopper runs INT4 MMA ~26x slower, see docs).
