@@ -64,9 +64,10 @@ def test_kept_kv_caches_are_reused_and_give_the_same_images(tiny_bundle, keep):
     _same(plain.generate("a green square", seed=4, cfg=3.0), g.generate("a green square", seed=4, cfg=3.0))
     if keep:   # without keeping, new caches may or may not land at the old addresses
         assert g._graphs.kept_caches is first and g._graphs.cache_ptrs == ptrs and g._graphs.recaptures == 0
+    assert g.kept_kv_bytes() == (sum(c.k.numel() * c.k.element_size() * 2 for c in first) if keep else 0)
     g.cuda_graphs = False
     g.generate(PROMPT, seed=1, cfg=3.0)
-    assert g._graphs is None                              # graphs off: the kept caches are released too
+    assert g._graphs is None and g.kept_kv_bytes() == 0   # graphs off: the kept caches are released too
 
 
 def test_text_lengths_kept_least_recently_used_first(tiny_bundle, monkeypatch):

@@ -185,6 +185,12 @@ class Generator:
                + (", KV caches kept" if gr.kept_caches is not None else ""))
         return msg + (f"; capture stopped: {gr.error}" if gr.error else "")
 
+    def kept_kv_bytes(self) -> int:
+        """Bytes of the KV caches kept between generations for the CUDA graphs (0 when none are): memory
+        the allocator holds while idle, which the memory accounting must not count twice."""
+        kept = self._graphs.kept_caches if self._graphs is not None else None
+        return sum(c.nbytes for c in kept) if kept else 0
+
     def release_graphs(self) -> None:
         """Drop the CUDA graphs and their buffers (freed at the next empty_cache)."""
         self._graphs = None
