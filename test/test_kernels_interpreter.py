@@ -169,3 +169,18 @@ def test_int8_kv_attention_kernel_matches_float64(attn, n_cached, n_tail, lq):
                                out=o, config=cfg)
         rel = ((o.double() - ref).norm() / ref.norm()).item()
         assert rel <= 1e-5, (cfg, rel)
+
+
+@interpreted
+def test_tuner_pruning_reads_the_w16_flag_from_the_call(gemm, monkeypatch):
+    """The f16 tuner's TMA tiles (workspace loads only) are candidates only for W16 calls, and only when
+    opted in; W16 comes as a keyword of the call, not among the positional arguments."""
+    prune = gemm._w4a4_f16.early_config_prune
+    tma = lambda cs: [c for c in cs if c.kwargs.get("TMA", False)]
+    args = {"M_BUCKET": 8192}
+    monkeypatch.setattr(gemm, "TMA_CANDIDATES", True)
+    assert tma(prune(gemm.F16_LARGE_M_CONFIGS, args, W16=True))
+    assert not tma(prune(gemm.F16_LARGE_M_CONFIGS, args, W16=False))
+    monkeypatch.setattr(gemm, "TMA_CANDIDATES", False)
+    kept = prune(gemm.F16_LARGE_M_CONFIGS, args, W16=True)
+    assert kept and not tma(kept)
