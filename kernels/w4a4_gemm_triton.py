@@ -282,13 +282,20 @@ def _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BI
 
 
 @triton.jit
-def _unpack_fp8(packed, ROWS: tl.constexpr, GROUP: tl.constexpr):
-    """(ROWS, GROUP/2) packed INT4 bytes -> (ROWS, GROUP) e4m3 codes in natural k order."""
+def _codes_f16(packed, ROWS: tl.constexpr, GROUP: tl.constexpr):
+    """(ROWS, GROUP/2) packed INT4 bytes -> (ROWS, GROUP) fp16 codes in natural k order, exact: the
+    magic number 0x6400 | (v ^ 8) is 1032 + v as fp16 bits."""
     p16 = packed.to(tl.int16)
     lo = ((p16 & 0xF) ^ 8) | 0x6400
     hi = ((p16 >> 4) ^ 8) | 0x6400
     w16 = tl.join(lo, hi).reshape(ROWS, GROUP)          # byte j holds k = 2j, 2j + 1
-    return (w16.to(tl.float16, bitcast=True) - 1032.0).to(tl.float8e4nv)
+    return w16.to(tl.float16, bitcast=True) - 1032.0
+
+
+@triton.jit
+def _unpack_fp8(packed, ROWS: tl.constexpr, GROUP: tl.constexpr):
+    """(ROWS, GROUP/2) packed INT4 bytes -> (ROWS, GROUP) e4m3 codes in natural k order."""
+    return _codes_f16(packed, ROWS, GROUP).to(tl.float8e4nv)
 
 
 @triton.jit
@@ -341,15 +348,9 @@ def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
 @triton.jit
 def _unpack_f16(packed, sw, ROWS: tl.constexpr, GROUP: tl.constexpr):
     """(ROWS, GROUP/2) packed INT4 bytes x (ROWS,) float32 group scales -> (ROWS, GROUP) fp16 weights
-    in natural k order. Exact: the magic-number trick makes each code an fp16 integer, and a 4-bit code
-    times a bf16 scale has at most 11 significant bits (fp16's), unless it falls below fp16's normal
-    range (2^-14)."""
-    p16 = packed.to(tl.int16)
-    lo = ((p16 & 0xF) ^ 8) | 0x6400
-    hi = ((p16 >> 4) ^ 8) | 0x6400
-    w16 = tl.join(lo, hi).reshape(ROWS, GROUP)          # byte j holds k = 2j, 2j + 1
-    code = w16.to(tl.float16, bitcast=True) - 1032.0    # exact small integers
-    return (code.to(tl.float32) * sw[:, None]).to(tl.float16)
+    in natural k order. Exact: a 4-bit code times a bf16 scale has at most 11 significant bits
+    (fp16's), unless it falls below fp16's normal range (2^-14)."""
+    return (_codes_f16(packed, ROWS, GROUP).to(tl.float32) * sw[:, None]).to(tl.float16)
 
 
 @triton.jit
@@ -649,31 +650,4 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         config = dict(config, SPLIT_K=config.get("SPLIT_K", 1))
         grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])
         fixed[grid](*args, **meta, **config)
-    return y.reshape(*shape[:-1], N)
-    if path is None:
-        path = default_path(x2)
-        if path == "fp8" and 0 < UNPACK_MIN_M <= M:
-            path = "fp8w"
-    fp8 = path in ("fp8", "fp8w")
-    q, sx, lr = quantize_activations(x2, layer, fp8=fp8)
-    wq = layer.qweight
-    if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
-        wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
-        _unpack_weight_fp8[(triton.cdiv(N, 64), K // GROUP)](layer.qweight, wq, N, K, BLOCK_N=64, GROUP=GROUP)
-    S = lr.shape[0] if R else 0
-    bucket = _bucket(M)
-    ws, cnt = _split_k_buffers(M, N, x.device, config.get("SPLIT_K", 1) if config else None)
-    args = (q, sx, wq, layer.wscales, lr if R else sx, layer.lora_up if R else layer.wscales,
-            layer.bias if layer.bias is not None else y, y, ws if ws is not None else y, cnt if cnt is not None else y,
-            M, N, K, S, bucket)
-    meta = dict(HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP)
-    if fp8:
-        meta["W8"] = path == "fp8w"
-    if config is None:
-        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])
-        (_w4a4_fp8 if fp8 else _w4a4_gemm)[grid](*args, **meta)
-    else:
-        config = dict(config, SPLIT_K=config.get("SPLIT_K", 1))
-        grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])
-        (_w4a4_fp8_kernel if fp8 else _w4a4_gemm_kernel)[grid](*args, **meta, **config)
     return y.reshape(*shape[:-1], N)
