@@ -221,6 +221,7 @@ def child(a) -> dict:
     gen.cuda_graphs = bool(a.cuda_graphs)
     gen.graph_max_tokens = a.graph_max_tokens
     gen.graph_keep_kv = bool(a.graph_keep_kv)
+    gen.decode_in_kv_memory = bool(a.decode_in_kv_memory)
     warm = 2 if gen.cuda_graphs else 1      # the first run autotunes, the second captures the graphs
     if a.text_encoder == "cpu":
         # Orin's 16 GB is shared: an encoder moved off the GPU still occupies the same memory there
@@ -302,6 +303,9 @@ def main():
                     help="largest scale (tokens) replayed as a graph; 0 keeps the KV caches but captures nothing")
     ap.add_argument("--graph-keep-kv", type=int, default=1, choices=(0, 1),
                     help="with --cuda-graphs 1: keep the KV caches between generations (Generator.graph_keep_kv)")
+    ap.add_argument("--decode-in-kv-memory", type=int, default=1, choices=(0, 1),
+                    help="with kept KV caches: the VAE decode allocates in their memory while they are dead "
+                         "(Generator.decode_in_kv_memory)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -319,6 +323,7 @@ def main():
         cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-out", path,
                "--cap-gib", str(a.cap_gib), "--text-encoder", a.text_encoder, "--resolutions", a.resolutions,
                "--cfg", str(a.cfg), "--repeats", str(a.repeats), "--chunk-tokens", str(a.chunk_tokens), "--graph-keep-kv", str(a.graph_keep_kv),
+               "--decode-in-kv-memory", str(a.decode_in_kv_memory),
                "--cuda-graphs", str(a.cuda_graphs), "--graph-max-tokens", str(a.graph_max_tokens)]
         p = subprocess.run(cmd)
         if p.returncode != 0:

@@ -21,10 +21,70 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+
+from .launch import Launcher
 
 # the dtype of the tensor-core dots: bf16 on the GPU; float32 in Triton's CPU interpreter
 # (TRITON_INTERPRET=1, the CPU tests), whose numpy emulation of bf16 conversions is not faithful
 MMA_DTYPE = tl.float32 if os.environ.get("TRITON_INTERPRET", "0") == "1" else tl.bfloat16
+_ON_GPU = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+@triton.jit
+def _kv_store_kernel(K, V, KQ, VQ, KS, KZ, VS, VZ, start, L, H,
+                     sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sq_b, sq_h, sq_n,
+                     D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """One (K or V, batch, head, block of tokens): q = clamp(round(x / s) + z, -128, 127) into the cache
+    at token start + i, the reference's arithmetic (IEEE divide, round half to even), so the codes are
+    the same bits as Int8KVCache's torch ops."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    which = tl.program_id(2)              # 0: K, 1: V
+    b = bh // H
+    h = bh % H
+    rn = pid * BLOCK_L + tl.arange(0, BLOCK_L)
+    d = tl.arange(0, D)
+    mask = (rn < L)[:, None]
+    if which == 0:
+        src = K + b * sk_b + h * sk_h + rn[:, None] * sk_n + d[None, :]
+        dst = KQ + b * sq_b + h * sq_h + (start + rn)[:, None] * sq_n + d[None, :]
+        s = tl.load(KS + h * D + d)
+        z = tl.load(KZ + h * D + d)
+    else:
+        src = V + b * sv_b + h * sv_h + rn[:, None] * sv_n + d[None, :]
+        dst = VQ + b * sq_b + h * sq_h + (start + rn)[:, None] * sq_n + d[None, :]
+        s = tl.load(VS + h * D + d)
+        z = tl.load(VZ + h * D + d)
+    x = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    if _ON_GPU:
+        a = libdevice.rint(libdevice.div_rn(x, s[None, :]))
+    else:     # the CPU interpreter: numpy's divide is IEEE; round half to even by the 1.5 * 2^23 trick
+        a = (x / s[None, :] + 12582912.0) - 12582912.0
+    q = tl.minimum(tl.maximum(a + z[None, :], -128.0), 127.0)
+    tl.store(dst, q.to(tl.int8), mask=mask)
+
+
+_KV_STORE = Launcher(_kv_store_kernel)
+
+
+def int8_kv_store(k: torch.Tensor, v: torch.Tensor, k_q: torch.Tensor, v_q: torch.Tensor, start: int,
+                  k_scale: torch.Tensor, k_zero: torch.Tensor, v_scale: torch.Tensor, v_zero: torch.Tensor) -> None:
+    """Quantize k, v (B, H, L, D) with static per-(head, channel) float32 scale/zero (H, D) into the int8
+    caches k_q, v_q (B, H, capacity, D) at tokens [start, start + L): one launch in place of the
+    reference's ~14 torch ops (eager generation is bound by launches at small scales)."""
+    B, H, L, D = k.shape
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    prm = [t.reshape(H, D) for t in (k_scale, k_zero, v_scale, v_zero)]
+    prm = [t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous() for t in prm]
+    BL = 64 if L >= 64 else max(16, triton.next_power_of_2(L))
+    _KV_STORE((triton.cdiv(L, BL), B * H, 2),
+              (k, v, k_q, v_q, *prm, start, L, H, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
+               v.stride(2), k_q.stride(0), k_q.stride(1), k_q.stride(2)),
+              dict(D=D, BLOCK_L=BL, num_warps=4))
 
 
 @triton.jit
@@ -100,6 +160,7 @@ CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(6
 
 _attn_int8 = triton.autotune(configs=CONFIGS, key=["LQ_BUCKET", "N_BUCKET", "HAS_TAIL", "D"],
                              cache_results=True)(_attn_int8_kernel)     # picks kept on disk across starts
+_ATTN_INT8 = Launcher(_attn_int8)      # direct launches after the first call per specialization
 
 
 def _bucket(n: int) -> int:
@@ -126,14 +187,14 @@ def int8_kv_attention(q: torch.Tensor, k_q: torch.Tensor, v_q: torch.Tensor, n_c
     else:
         k_tail = v_tail = q
         NT, st = 0, (0, 0, 0, 0)
-    prm = [t.reshape(H, D).float().contiguous() for t in (k_scale, k_zero, v_scale, v_zero)]
+    prm = [t.reshape(H, D) for t in (k_scale, k_zero, v_scale, v_zero)]
+    prm = [t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous() for t in prm]
     args = (q, k_q, v_q, k_tail, v_tail, *prm, o,
             q.stride(0), q.stride(1), q.stride(2), k_q.stride(0), k_q.stride(1), k_q.stride(2),
             st[0], st[1], st[2], o.stride(0), o.stride(1), o.stride(2),
             H, LQ, n_cached, NT, min(_bucket(LQ), 4096), min(_bucket(n_cached + NT), 16384))
     if config is None:
-        grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)
-        _attn_int8[grid](*args, D=D, HAS_TAIL=has_tail, MMA=MMA_DTYPE)
+        _ATTN_INT8(lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H), args, dict(D=D, HAS_TAIL=has_tail, MMA=MMA_DTYPE))
     else:
         grid = (triton.cdiv(LQ, config["BLOCK_M"]), B * H)
         _attn_int8_kernel[grid](*args, D=D, HAS_TAIL=has_tail, MMA=MMA_DTYPE, **config)

@@ -38,6 +38,8 @@ import triton.testing
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from .launch import Launcher
+
 GROUP = 64
 
 
@@ -502,6 +504,9 @@ F16_LARGE_M_CONFIGS = [_cfg(128, 256, False, 8, 3), _cfg(128, 128, False, 8, 4),
      _cfg(128, 256, True, 8, 3, TMA=True), _cfg(128, 256, False, 8, 4, TMA=True)]     # TMA: the workspace (W16) only
 _w4a4_f16 = _autotuned(_w4a4_f16_kernel, F16_SMALL_M_CONFIGS, F16_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W16"])
 _COUNTERS = {}
+# direct launches of the compiled kernels after their first call per specialization (kernels/launch.py)
+_QUANTIZE, _UNPACK_FP8, _DEQUANT_F16 = Launcher(_quantize_act), Launcher(_unpack_weight_fp8), Launcher(_dequant_weight_f16)
+_GEMM_INT8, _GEMM_FP8, _GEMM_F16 = Launcher(_w4a4_gemm), Launcher(_w4a4_fp8), Launcher(_w4a4_f16)
 
 
 def _bucket(M: int) -> int:
@@ -562,10 +567,10 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     q = torch.empty(M, K, dtype=torch.float16 if f16 else torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
     sx = torch.empty((M,) if f16 else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
     lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
-    _quantize_act[(triton.cdiv(M, BM), S)](x2, layer.smooth, layer.lora_down if R else x2, q, sx,
-                                          lr if R else sx, M, K, gps, INV_QMAX, K,
-                                          R=R if R else 16, HAS_LR=bool(R), DEQ=f16, BLOCK_M=BM, GROUP=GROUP,
-                                          LR_PREC=lr_prec, FP8=fp8, num_warps=warps)
+    _QUANTIZE((triton.cdiv(M, BM), S), (x2, layer.smooth, layer.lora_down if R else x2, q, sx, lr if R else sx,
+                                        M, K, gps, INV_QMAX, K),
+              dict(R=R if R else 16, HAS_LR=bool(R), DEQ=f16, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
+                   num_warps=warps))
     return q, sx, lr
 
 
@@ -625,11 +630,11 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     wq = layer.qweight
     if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
         wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
-        _unpack_weight_fp8[(triton.cdiv(N, 64), K // GROUP)](layer.qweight, wq, N, K, BLOCK_N=64, GROUP=GROUP)
+        _UNPACK_FP8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, wq, N, K), dict(BLOCK_N=64, GROUP=GROUP))
     elif path == "f16w":
         wq = torch.empty(N, K, dtype=torch.float16, device=x.device)
-        _dequant_weight_f16[(triton.cdiv(N, 64), K // GROUP)](layer.qweight, layer.wscales, wq, N, K, BLOCK_N=64,
-                                                              GROUP=GROUP)
+        _DEQUANT_F16((triton.cdiv(N, 64), K // GROUP), (layer.qweight, layer.wscales, wq, N, K),
+                     dict(BLOCK_N=64, GROUP=GROUP))
     S = lr.shape[0] if R else 0
     bucket = _bucket(M)
     ws, cnt = _split_k_buffers(M, N, x.device, config.get("SPLIT_K", 1) if config else None)
@@ -641,11 +646,10 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         meta["W8"] = path == "fp8w"
     if f16:
         meta["W16"] = path == "f16w"
-    tuned, fixed = ((_w4a4_f16, _w4a4_f16_kernel) if f16 else (_w4a4_fp8, _w4a4_fp8_kernel) if fp8
-                    else (_w4a4_gemm, _w4a4_gemm_kernel))
+    tuned, fixed = ((_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
+                    else (_GEMM_INT8, _w4a4_gemm_kernel))
     if config is None:
-        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])
-        tuned[grid](*args, **meta)
+        tuned(lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"]), args, meta)
     else:
         config = dict(config, SPLIT_K=config.get("SPLIT_K", 1))
         grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])

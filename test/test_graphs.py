@@ -110,3 +110,20 @@ def test_replayed_graphs_equal_eager_generation_on_gpu(tiny_bundle, quantized):
     for r in runs:
         _same(refs[0], r)
     _same(refs[1], g.generate("a green square", seed=3, cfg=3.0))
+    # the kept caches are views of one block of their own pool, which the VAE decode borrowed four times:
+    # made again after each decode at the same addresses, so the graphs were never captured again
+    gr = g._graphs
+    assert gr.kv_pool is not None and gr.recaptures == 0
+    blocks = {t.untyped_storage().data_ptr() for cc in gr.kept_caches for t in (cc.k, cc.v)}
+    assert len(blocks) == 1
+
+
+def test_graphed_scales_share_one_input_buffer():
+    """Every graphed scale's input is a view of one storage sized for the largest graphed scale (scales
+    beyond max_tokens run eagerly and need none)."""
+    scales = ((1, 1), (2, 2), (4, 4), (8, 8))
+    sg = graphs_mod.ScaleGraphs((scales, 2), torch.zeros(2, 4, 2), max_tokens=16, capture=False)
+    views = [sg._input_buffer(torch.ones(2, h * w, 3)) for h, w in scales[:3]]
+    assert [tuple(v.shape) for v in views] == [(2, 1, 3), (2, 4, 3), (2, 16, 3)]
+    assert len({v.untyped_storage().data_ptr() for v in views}) == 1
+    assert views[0].untyped_storage().nbytes() == 2 * 16 * 3 * 4

@@ -220,3 +220,58 @@ def test_kernel_status_names_the_gemm_path_for_this_gpu():
     from var_gen_ros.quant.dispatch import kernel_status
     want = "fp8 mma" if torch.cuda.get_device_capability() >= (8, 9) else "int8 mma"
     assert want in kernel_status(), kernel_status()
+
+
+def test_int8_kv_store_kernel_gives_the_reference_codes():
+    """The fused INT8 KV store (the cache's path on a GPU) writes the reference's codes bit for bit, from
+    the strided bf16 K/V the model hands it, at the 1024² scales' sizes."""
+    from kernels_under_test import attention_module
+    from var_gen_ros.quant.kv_int8 import asym_params, quantize_asym
+    mod = attention_module()
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    B, H, D = 2, 28, 128
+    start = 0
+    kq = torch.full((B, H, sum(SCALES_1024), D), 99, dtype=torch.int8, device="cuda")
+    vq = torch.full_like(kq, 99)
+    prm = None
+    for L in SCALES_1024:
+        k = (torch.randn(B, L, H, D, device="cuda") * 3 + 1).bfloat16().transpose(1, 2)
+        v = (torch.randn(B, L, H, D, device="cuda") * 2).bfloat16().transpose(1, 2)
+        if prm is None:      # calibrated on a narrower range than the data, so clamping happens
+            ks, kz = asym_params(k.float().amin((0, 2), keepdim=True) * 0.6, k.float().amax((0, 2), keepdim=True) * 0.6)
+            vs, vz = asym_params(v.float().amin((0, 2), keepdim=True) * 0.6, v.float().amax((0, 2), keepdim=True) * 0.6)
+            prm = (ks, kz, vs, vz)
+        mod.int8_kv_store(k, v, kq, vq, start, *prm)
+        assert torch.equal(kq[:, :, start:start + L], quantize_asym(k, ks, kz)), L
+        assert torch.equal(vq[:, :, start:start + L], quantize_asym(v, vs, vz)), L
+        start += L
+    assert start == kq.shape[2]
+
+
+def test_direct_launches_match_triton_launches():
+    """After a kernel's first call per specialization, kernels/launch.py launches its compiled binary
+    directly. Calls that reuse a specialization (new inputs, same shapes) and calls that change it
+    (another M, an output at an address that is not 16-byte aligned) all match the reference."""
+    from kernels_under_test import attention_module, gemm_module
+    mod = gemm_module()
+    layer = _layer(3584, 3584, True, seed=5)
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    before = mod._QUANTIZE.hits + mod._GEMM_FP8.hits + mod._GEMM_F16.hits
+    for M in (2, 96, 2, 96, 4096, 4096):
+        x = (torch.randn(M, 3584, device="cuda") * 2).bfloat16()
+        ref = layer.reference_forward(x).float()
+        y = mod.w4a4_linear(x, layer)
+        buf = torch.full((M * 3584 + 1,), float("nan"), device="cuda", dtype=x.dtype)
+        y2 = mod.w4a4_linear(x, layer, out=buf[1:].view(M, 3584))          # 2-byte aligned output
+        for out in (y, y2):
+            rel = ((out.float() - ref).norm() / ref.norm()).item()
+            assert rel <= 1e-3, (M, rel)
+    assert mod._QUANTIZE.hits + mod._GEMM_FP8.hits + mod._GEMM_F16.hits - before >= 6
+    att = attention_module()
+    hits = att._ATTN_INT8.hits
+    for _ in range(3):
+        q, kq, vq, prm, kt, vt = _kv_case(320, 0, 256, seed=int(torch.randint(1 << 30, (1,))))
+        o = att.int8_kv_attention(q, kq, vq, 320, *prm)
+        ref = _float64_attention(q, kq, vq, 320, prm, kt, vt)
+        assert ((o.double() - ref).norm() / ref.norm()).item() <= 1e-2
+    assert att._ATTN_INT8.hits >= hits + 2

@@ -32,10 +32,9 @@ interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the child star
 
 
 def _load_interpreted(name):
-    spec = importlib.util.spec_from_file_location(f"interp_{name}", os.path.join(ROOT, "kernels", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    return importlib.import_module(f"kernels.{name}")     # a package: the kernels import kernels/launch.py
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +168,31 @@ def test_int8_kv_attention_kernel_matches_float64(attn, n_cached, n_tail, lq):
                                out=o, config=cfg)
         rel = ((o.double() - ref).norm() / ref.norm()).item()
         assert rel <= 1e-5, (cfg, rel)
+
+
+@interpreted
+@pytest.mark.parametrize("L,start", [(37, 5), (64, 0), (130, 11), (1, 3)])
+def test_int8_kv_store_kernel_gives_the_reference_codes(attn, L, start):
+    """The fused store writes the same int8 codes as Int8KVCache's torch ops (IEEE divide, round half to
+    even, clamp), at tokens [start, start + L) of the cache and nowhere else, from strided K/V."""
+    from var_gen_ros.quant.kv_int8 import asym_params, quantize_asym
+    g = torch.Generator().manual_seed(L)
+    B, H, D, cap = 2, 3, 32, start + L + 4
+    # (B, L, H, D) storage viewed as (B, H, L, D): the layout qkv's split hands the cache
+    k = (torch.randn(B, L, H, D, generator=g) * 3 + 1).transpose(1, 2)
+    v = (torch.randn(B, L, H, D, generator=g) * 2 - 1).transpose(1, 2)
+    # calibrated on a narrower range than the data, so clamping happens; halves land on .5 exactly
+    ks, kz = asym_params(k.amin((0, 2), keepdim=True) * 0.5, k.amax((0, 2), keepdim=True) * 0.5)
+    vs, vz = asym_params(v.amin((0, 2), keepdim=True) * 0.8, v.amax((0, 2), keepdim=True) * 0.8)
+    k[0, 0, 0, :4] = (torch.arange(4) + 0.5) * ks[0, 0, 0, :4]
+    kq = torch.full((B, H, cap, D), 99, dtype=torch.int8)
+    vq = torch.full((B, H, cap, D), 99, dtype=torch.int8)
+    attn.int8_kv_store(k, v, kq, vq, start, ks, kz, vs, vz)
+    assert torch.equal(kq[:, :, start:start + L], quantize_asym(k, ks, kz))
+    assert torch.equal(vq[:, :, start:start + L], quantize_asym(v, vs, vz))
+    rest = torch.cat([kq[:, :, :start], kq[:, :, start + L:], vq[:, :, :start], vq[:, :, start + L:]], 2)
+    assert (rest == 99).all()
+    assert kq[:, :, start:start + L].min() == -128 and kq[:, :, start:start + L].max() == 127
 
 
 @interpreted

@@ -5,7 +5,8 @@ launching them from Python takes ~0.05-0.1 s per scale (measured on the H100, do
 A graph replays the whole scale with one launch.
 
 What a graph needs, and how it gets it:
-- every tensor it reads or writes lives at a fixed address: the scale's input (one buffer per scale),
+- every tensor it reads or writes lives at a fixed address: the scale's input (views of one buffer
+  that all scales share, since they run one after another),
   the prompt condition (copied into buffers kept per text length) and the schedule's RoPE table stay
   allocated; the KV caches do not (kept, they would sit beside the VAE decoder's activations and raise
   the peak by ~1.8 GiB at 1024², measured): each generation allocates them again, in the same order and
@@ -47,12 +48,14 @@ class ScaleGraphs:
         self.max_tokens = int(max_tokens)
         # capture False: the same buffers and call order, never captured (the CPU, and tests)
         self.capture = capture and rope.is_cuda
-        self.inputs: Dict[int, torch.Tensor] = {}                 # scale -> input buffer
+        self.inputs: Dict[int, torch.Tensor] = {}                 # scale -> input buffer (views of one store)
+        self._input_store: torch.Tensor = None
         self.condition: "collections.OrderedDict[int, dict]" = collections.OrderedDict()   # T -> buffers
         self.graphs: Dict[Tuple[int, int], tuple] = {}           # (T, scale) -> (graph, output)
         self.warm: set = set()
         self.error = ""                                          # why capturing stopped, if it did
         self.kept_caches: list = None        # the generator's KV caches, when it keeps them (graph_keep_kv)
+        self.kv_pool = None                  # the private memory pool they live in (CUDA), lent to the VAE decode
 
     def adopt(self, caches: list) -> None:
         """This generation's KV caches: the graphs stay if every cache tensor is where they were captured
@@ -102,7 +105,7 @@ class ScaleGraphs:
             self.warm.add(si)
             return forward(x)
         if si not in self.inputs:
-            self.inputs[si] = torch.empty_like(x)
+            self.inputs[si] = self._input_buffer(x)
         buf = self.inputs[si]
         graph = torch.cuda.CUDAGraph()
         try:
@@ -121,6 +124,17 @@ class ScaleGraphs:
         buf.copy_(x)               # capturing ran nothing: the input goes in now
         graph.replay()
         return out
+
+    def _input_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """x-shaped view of one storage that every graphed scale's input shares, sized for the largest
+        graphed scale: scales run one after another, and each copies its input in before its replay, so
+        one buffer serves all (at 1024² that is 29 MB instead of 72 MB for scales 0-9)."""
+        store = self._input_store
+        if store is None or store.dtype != x.dtype or store.numel() < x.numel():
+            tokens = max([h * w for h, w in self.key[0] if h * w <= self.max_tokens] + [x.shape[1]])
+            store = torch.empty(x.shape[0] * tokens * x.shape[2], dtype=x.dtype, device=x.device)
+            self._input_store = store        # views of an older store stay valid for the graphs using them
+        return store[:x.numel()].view(x.shape)
 
     def tensors(self) -> List[torch.Tensor]:
         """The buffers the graphs hold (RoPE, inputs, outputs, conditions); the caches count apart

@@ -17,9 +17,13 @@ class KVCache:
     # and writes (graphs.py)
     graph_safe = True
 
-    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device, layer: int = 0):
-        self.k = torch.empty(batch, heads, capacity, head_dim, dtype=dtype, device=device)
-        self.v = torch.empty_like(self.k)
+    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device, layer: int = 0,
+                 alloc=None):
+        # alloc(shape, dtype) -> tensor: where the K/V storage comes from (default: a new tensor on device;
+        # the generator may carve every layer's from one block, see Generator._new_caches)
+        alloc = alloc or (lambda shape, dt: torch.empty(shape, dtype=dt, device=device))
+        self.k = alloc((batch, heads, capacity, head_dim), dtype)
+        self.v = alloc((batch, heads, capacity, head_dim), dtype)
         self.length = 0
 
     def tensors(self):

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -115,6 +116,9 @@ def _unique_bytes(tensors) -> int:
 
 
 # ---------------------------------------------------------------- generator
+_HAS_MEM_POOL = hasattr(torch.cuda, "MemPool") and hasattr(torch.cuda, "use_mem_pool")
+
+
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
                  kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
@@ -137,6 +141,10 @@ class Generator:
         # recaptured every generation and ran slower than eager); costs the caches' memory between
         # requests and beside the VAE decode
         self.graph_keep_kv = bool(graph_keep_kv)
+        # with kept caches on a GPU: the caches live in one block of a private memory pool, which the VAE
+        # decoder borrows while they are dead (after the last scale), instead of sitting beside them; the
+        # caches are then made again in the same block, at the same addresses (see _new_caches)
+        self.decode_in_kv_memory = True
         self._graphs: Optional[ScaleGraphs] = None
         if text_encoder is not None:
             width = text_encoder.model.config.d_model
@@ -204,22 +212,64 @@ class Generator:
         key = (tuple(schedule.scales), B, self.dtype, id(self.kv_cache_factory), self.graph_max_tokens)
         if not (self.cuda_graphs and self._graphs is not None and self._graphs.key == key):
             self._graphs = None
-        if self._graphs is not None and self.graph_keep_kv and self._graphs.kept_caches is not None:
-            for cc in self._graphs.kept_caches:
+        gr = self._graphs
+        if gr is not None and self.graph_keep_kv and (gr.kept_caches is not None or gr.kv_pool is not None):
+            if gr.kept_caches is None:           # the last decode failed before they were made again
+                gr.kept_caches = self._new_caches(schedule, B, gr.kv_pool)
+            for cc in gr.kept_caches:
                 cc.length = 0                    # the stored tokens are overwritten scale by scale
-            self._graphs.adopt(self._graphs.kept_caches)
-            return self._graphs.kept_caches, self._graphs
-        caches = [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device,
-                                        layer=i) for i in range(c.depth)]
-        if not (self.cuda_graphs and all(getattr(cc, "graph_safe", False) for cc in caches)):
+            gr.adopt(gr.kept_caches)
+            return gr.kept_caches, gr
+        # graphs need caches that say graph_safe (asked of a one-token cache on the meta device)
+        if not (self.cuda_graphs and getattr(self.kv_cache_factory(B, c.num_heads, c.head_dim, 1, self.dtype, "meta",
+                                                                   layer=0), "graph_safe", False)):
             self._graphs = None
-            return caches, None
+            return self._new_caches(schedule, B), None
         if self._graphs is None:
             self._graphs = ScaleGraphs(key, rope_tables(schedule, c.head_dim, self.device), self.graph_max_tokens,
                                        capture=self.device.type == "cuda")
-        self._graphs.adopt(caches)
-        self._graphs.kept_caches = caches if self.graph_keep_kv else None
-        return caches, self._graphs
+        gr = self._graphs
+        if self.graph_keep_kv and self.decode_in_kv_memory and self.device.type == "cuda" and _HAS_MEM_POOL:
+            gr.kv_pool = torch.cuda.MemPool()
+        caches = self._new_caches(schedule, B, gr.kv_pool if self.graph_keep_kv else None)
+        gr.adopt(caches)
+        gr.kept_caches = caches if self.graph_keep_kv else None
+        return caches, gr
+
+    def _new_caches(self, schedule: ScaleSchedule, B: int, pool=None) -> list:
+        """One KV cache per layer; with `pool` (a torch.cuda.MemPool), every layer's K/V are views of one
+        block allocated in that pool.
+
+        Why: freed together (after the last scale, while the VAE decoder allocates in the pool) they leave
+        one free block that the decoder's large activations fit in, so the decode no longer adds its
+        activations to the caches' memory; and the block made again afterwards is that same free block (the
+        pool's best fit), so the caches come back at the addresses the graphs were captured with
+        (ScaleGraphs.adopt checks it, and captures again if not)."""
+        c = self.cfg
+
+        def make(alloc=None):
+            kw = {} if alloc is None else {"alloc": alloc}
+            return [self.kv_cache_factory(B, c.num_heads, c.head_dim, schedule.cached_tokens, self.dtype, self.device,
+                                          layer=i, **kw) for i in range(c.depth)]
+        if pool is None:
+            return make()
+        pad = lambda n: -(-n // 512) * 512             # each view starts 512-byte aligned
+        sizes = []
+        make(lambda shape, dt: sizes.append(math.prod(shape) * dt.itemsize) or torch.empty(shape, dtype=dt, device="meta"))
+        with torch.cuda.use_mem_pool(pool, self._cuda_index()):
+            block = torch.empty(sum(pad(n) for n in sizes), dtype=torch.uint8, device=self.device)
+        offset = 0
+
+        def carve(shape, dt):
+            nonlocal offset
+            n = math.prod(shape) * dt.itemsize
+            t = block[offset:offset + n].view(dt).view(shape)
+            offset += pad(n)
+            return t
+        return make(carve)
+
+    def _cuda_index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -343,10 +393,22 @@ class Generator:
 
         kv_cache_bytes = sum(cc.nbytes for cc in caches) if caches else 0
         # the KV cache is dead once the last scale is sampled: free it before the VAE decoder's
-        # activations arrive (otherwise the decode stage is the generation's memory peak)
-        del caches, text_kv, cond_gss, x, graphs
+        # activations arrive (otherwise the decode stage is the generation's memory peak). Caches kept
+        # for the graphs in their own pool are freed too, and the decoder allocates in that pool
+        pool = graphs.kv_pool if graphs is not None and graphs.kept_caches is not None else None
+        if pool is not None:
+            graphs.kept_caches = None
+        del caches, text_kv, cond_gss, x
         t0 = time.perf_counter()
-        image = self.decode(summed)
+        if pool is None:
+            image = self.decode(summed)
+        else:
+            with torch.cuda.use_mem_pool(pool, self._cuda_index()):
+                image = self.decode(summed)
+            # made again now, while the pool's block is free (an empty_cache between requests would
+            # otherwise return it to the driver, and new caches would land elsewhere)
+            graphs.kept_caches = self._new_caches(schedule, B, pool)
+        del graphs
         self._sync()
         timings["vae_decode_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start

@@ -174,7 +174,7 @@ class Int8KVCacheFactory:
         self.static = static
         self._on_device = {}
 
-    def __call__(self, batch, heads, head_dim, capacity, dtype, device, layer: int = 0):
+    def __call__(self, batch, heads, head_dim, capacity, dtype, device, layer: int = 0, alloc=None):
         st = None
         if self.static is not None:
             # moved to the device once: every cache then shares the same scale tensors (no copies per
@@ -184,7 +184,7 @@ class Int8KVCacheFactory:
                 self._on_device[dev] = [{n: t.to(device=device, dtype=torch.float32) for n, t in d.items()}
                                         for d in self.static]
             st = self._on_device[dev][layer]
-        return Int8KVCache(batch, heads, head_dim, capacity, dtype, device, static=st)
+        return Int8KVCache(batch, heads, head_dim, capacity, dtype, device, static=st, alloc=alloc)
 
 
 def static_kv_scales(kv_stats: List[dict]) -> List[dict]:

@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
 
 _STATE = {"loaded": False, "w4a4": None, "attn_int8": None, "reason": "not loaded yet"}
 
 
 def _load_module(name: str, filename: str):
+    """kernels/<filename> as var_gen_ros_kernels.<name>: installed (setup.py maps the package), or from
+    the source checkout beside this package, registered under the same package name so that the kernel
+    modules' relative imports (kernels/launch.py) resolve."""
     try:
         return importlib.import_module(f"var_gen_ros_kernels.{name}")
     except ImportError:
         pass
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "kernels", filename)
-    spec = importlib.util.spec_from_file_location(f"var_gen_ros_kernels_{name}", path)
-    if spec is None or not os.path.isfile(path):
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernels")
+    init = os.path.join(root, "__init__.py")
+    if not os.path.isfile(os.path.join(root, filename)) or not os.path.isfile(init):
         raise ImportError(f"kernel source not found: {filename}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    spec = importlib.util.spec_from_file_location("var_gen_ros_kernels", init, submodule_search_locations=[root])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules["var_gen_ros_kernels"] = pkg
+    spec.loader.exec_module(pkg)
+    return importlib.import_module(f"var_gen_ros_kernels.{name}")
 
 
 def _load():
@@ -49,7 +54,8 @@ def _load():
         large = gemm.path_for(torch.empty(1 << 20, 0, device="cuda"))   # the path a 1M-row call takes
         if large.startswith("f16"):
             _STATE["w4a4_path"] += f"; fp16 mma on exactly dequantized operands from {gemm.F16_MIN_M} rows"
-        _STATE["attn_int8"] = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py").int8_kv_attention
+        attn = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py")
+        _STATE["attn_int8"], _STATE["kv_store_int8"] = attn.int8_kv_attention, attn.int8_kv_store
         _STATE["reason"] = "triton"
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
         _STATE["reason"] = f"unavailable ({type(e).__name__}: {e})"
@@ -73,9 +79,17 @@ def int8_attention_kernel(q):
     return _STATE["attn_int8"]
 
 
+def int8_kv_store_kernel(k):
+    """The kernel that quantizes K/V into the INT8 cache with static scales, or None for the reference."""
+    if not k.is_cuda or k.shape[-1] not in (16, 32, 64, 128, 256):
+        return None
+    _load()
+    return _STATE.get("kv_store_int8")
+
+
 def kernel_status() -> str:
     _load()
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
-            "(static scales; dynamic uses the reference)")
+            "(static scales, and its INT8 store; dynamic uses the reference)")

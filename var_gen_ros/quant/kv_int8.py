@@ -21,6 +21,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..infinity.kv_cache import KVCache
+from .dispatch import int8_attention_kernel, int8_kv_store_kernel
 
 
 def asym_params(lo: torch.Tensor, hi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +46,10 @@ class Int8KVCache(KVCache):
     `static`: dict with k_scale, k_zero, v_scale, v_zero each (H, c) float32, or None for dynamic."""
 
     def __init__(self, batch: int, heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device,
-                 static: Optional[dict] = None):
-        self.k = torch.empty(batch, heads, capacity, head_dim, dtype=torch.int8, device=device)
-        self.v = torch.empty_like(self.k)
+                 static: Optional[dict] = None, alloc=None):
+        alloc = alloc or (lambda shape, dt: torch.empty(shape, dtype=dt, device=device))     # as KVCache's
+        self.k = alloc((batch, heads, capacity, head_dim), torch.int8)
+        self.v = alloc((batch, heads, capacity, head_dim), torch.int8)
         self.length = 0
         self.out_dtype = dtype
         self.static = None if static is None else {n: t.to(device=device, dtype=torch.float32).view(1, heads, 1, head_dim)
@@ -79,6 +81,11 @@ class Int8KVCache(KVCache):
         if self.static is not None:
             st = self.static
             ks, kz, vs, vz = st["k_scale"], st["k_zero"], st["v_scale"], st["v_zero"]
+            fn = int8_kv_store_kernel(k)
+            if fn is not None:       # the same codes in one launch (kernels/int8_kv_attention_triton.py)
+                fn(k, v, self.k, self.v, start, ks, kz, vs, vz)
+                self.length = start + L
+                return
         else:
             ks, kz = asym_params(k.float().amin((0, 2), keepdim=True), k.float().amax((0, 2), keepdim=True))
             vs, vz = asym_params(v.float().amin((0, 2), keepdim=True), v.float().amax((0, 2), keepdim=True))
@@ -110,7 +117,6 @@ class Int8KVCache(KVCache):
         Otherwise KVCache's reference: stored K/V are read back dequantized and SDPA runs on them.
         Either way the last scale's own K/V, which are never stored, take part at full precision."""
         if self.static is not None:
-            from .dispatch import int8_attention_kernel
             fn = int8_attention_kernel(q)
             if fn is not None:
                 st = self.static
