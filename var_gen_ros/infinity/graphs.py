@@ -6,12 +6,13 @@ A graph replays the whole scale with one launch.
 
 What a graph needs, and how it gets it:
 - every tensor it reads or writes lives at a fixed address: the scale's input (views of one buffer
-  that all scales share, since they run one after another),
-  the prompt condition (copied into buffers kept per text length) and the schedule's RoPE table stay
-  allocated; the KV caches do not (kept, they would sit beside the VAE decoder's activations and raise
-  the peak by ~1.8 GiB at 1024², measured): each generation allocates them again, in the same order and
-  sizes, so the caching allocator hands back the same blocks, and the graphs replay only when every
-  cache tensor is at the address they were captured with (else they are captured again);
+  that all scales share, since they run one after another), the prompt condition (copied into buffers
+  kept per text length), the schedule's RoPE table, and the KV caches. The generator keeps the caches
+  between generations (`Generator.graph_keep_kv`; caches made anew rarely came back at the captured
+  addresses, and the graphs were recaptured every time). On a GPU they are views of one block of a
+  private memory pool, which the VAE decode borrows after the last scale (their memory instead of
+  ~2.2 GiB beside it at 1024²) before they are made again in the same block (`Generator._new_caches`).
+  `adopt` checks the addresses every generation and drops the graphs if a cache moved;
 - fixed shapes: the text length T is part of the cross-attention's shapes, so each T gets its own graphs
   (the last `MAX_TEXT_LENGTHS` are kept). Padding the text to a few lengths instead would change the
   attention's float rounding, and with it the sampled bits: graphs on or off give the same image;
