@@ -81,7 +81,30 @@ def _round_bf16(a):
 
 
 @triton.jit
-def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, INV7, LDQ,
+def _row_bound(x_ptr, smooth_ptr, big_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
+    """The f16 layout's first pass: max over a K split of |x| · (1/λ) per row (an upper bound of |x̂|, 2x
+    headroom), folded into big_ptr (M,) by an atomic max on the float bits (non-negative floats order as
+    their int32 bits; big_ptr starts at 0). One read of x in all, where each K split of the quantizer
+    used to re-read its whole rows (S reads: 18 at M = 1024, K = 14336)."""
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    G = K // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask = rows[:, None] < M
+    c = tl.arange(0, GROUP)
+    big = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for i in range(0, GPS):
+        g = split * GPS + i
+        if g < G:
+            cols = g * GROUP + c
+            x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            inv_lam = 1.0 / tl.load(smooth_ptr + cols).to(tl.float32)
+            big = tl.maximum(big, tl.max(tl.abs(x) * inv_lam[None, :], axis=1))
+    tl.atomic_max(big_ptr + rows, big.to(tl.int32, bitcast=True), mask=rows < M)
+
+
+@triton.jit
+def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, big_ptr, M, K, GPS, INV7, LDQ,
                   R: tl.constexpr, HAS_LR: tl.constexpr, DEQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False):
     pid_m = tl.program_id(0)
@@ -98,15 +121,10 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, M, K, GPS, 
     r = tl.arange(0, R)
     lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
     if DEQ:
-        # fp16 output: q·s is exact in fp16 (bf16 scale x 4-bit code) unless it overflows, so first a
-        # pass over the whole row for its largest |x̂|, and a power of two 2^-E that brings it under
+        # fp16 output: q·s is exact in fp16 (bf16 scale x 4-bit code) unless it overflows, so the row's
+        # bound on |x̂| (from _row_bound, launched first) gives a power of two 2^-E that brings it under
         # 2^15 (E = 0 unless |x̂| > 32768); the GEMM multiplies row m back by 2^E (both exact)
-        big = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for g in range(0, G):
-            cols = g * GROUP + c
-            x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            inv_lam = 1.0 / tl.load(smooth_ptr + cols).to(tl.float32)   # a bound only: 2x headroom
-            big = tl.maximum(big, tl.max(tl.abs(x) * inv_lam[None, :], axis=1))
+        big = tl.load(big_ptr + rows, mask=rows < M, other=0).to(tl.float32, bitcast=True)
         e = tl.maximum(tl.ceil(tl.log2(tl.maximum(big, 1.0) * (1.0 / 32768.0))), 0.0).to(tl.int32)
         down_row = ((127 - e) << 23).to(tl.float32, bitcast=True)     # 2^-E
         if split == 0:
@@ -506,6 +524,7 @@ _w4a4_f16 = _autotuned(_w4a4_f16_kernel, F16_SMALL_M_CONFIGS, F16_LARGE_M_CONFIG
 _COUNTERS = {}
 # direct launches of the compiled kernels after their first call per specialization (kernels/launch.py)
 _QUANTIZE, _UNPACK_FP8, _DEQUANT_F16 = Launcher(_quantize_act), Launcher(_unpack_weight_fp8), Launcher(_dequant_weight_f16)
+_ROW_BOUND = Launcher(_row_bound)
 _GEMM_INT8, _GEMM_FP8, _GEMM_F16 = Launcher(_w4a4_gemm), Launcher(_w4a4_fp8), Launcher(_w4a4_f16)
 
 
@@ -559,15 +578,20 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     BM, warps = _quantize_launch(M, fp8 or f16)
     BM, warps = block_m or BM, num_warps or warps
     lr_prec = lr_prec or ("bf16x2" if x2.dtype == torch.bfloat16 else "ieee")
-    # (f16: each K split repeats the pass over its whole rows for 2^E; one program per 16 rows over all
-    # of K instead measured 1.1-1.3x slower on the H100, and summed the low-rank dot in one long chain)
+    # (f16: the rows' 2^E come from a first pass, _row_bound, over the same grid; one program per 16 rows
+    # over all of K instead measured 1.1-1.3x slower on the H100, and summed the low-rank dot in one long chain)
     S = splits or _splits(M, G, BM)
     gps = triton.cdiv(G, S)
     S = triton.cdiv(G, gps)
     q = torch.empty(M, K, dtype=torch.float16 if f16 else torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
     sx = torch.empty((M,) if f16 else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
     lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
-    _QUANTIZE((triton.cdiv(M, BM), S), (x2, layer.smooth, layer.lora_down if R else x2, q, sx, lr if R else sx,
+    big = sx
+    if f16:    # the rows' bounds on |x̂| first, in one pass over x
+        big = torch.zeros(M, dtype=torch.int32, device=x2.device)
+        _ROW_BOUND((triton.cdiv(M, BM), S), (x2, layer.smooth, big, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP,
+                                                                                   num_warps=warps))
+    _QUANTIZE((triton.cdiv(M, BM), S), (x2, layer.smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, big,
                                         M, K, gps, INV_QMAX, K),
               dict(R=R if R else 16, HAS_LR=bool(R), DEQ=f16, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
                    num_warps=warps))
@@ -581,9 +605,12 @@ UNPACK_MIN_M = int(os.environ.get("VAR_GEN_W4A4_UNPACK_MIN_M", "2048"))
 # From this many rows on, Hopper runs the f16 path (fp16 MMA over exactly dequantized operands, one
 # accumulation over all of K) instead of FP8 MMA with a per-group rescale; 0 turns it off. From
 # F16W_MIN_M rows the weights are dequantized into an fp16 workspace (N x K x 2 bytes, freed after the
-# call) first. Both thresholds are the H100 crossovers in docs/BENCHMARKS.md ("Kernels v5").
-F16_MIN_M = int(os.environ.get("VAR_GEN_W4A4_F16_MIN_M", "4096"))
-F16W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_F16W_MIN_M", "4096"))
+# call) first. With the one-pass row bounds (seventh session) f16w is 1.24-1.51x faster than fp8w at
+# M = 2048 on the four measured 8B shapes, and 1.17-1.31x faster than fp8 at M = 1024 (H100,
+# docs/BENCHMARKS.md); 1024 is left to the FP8 paths because the product's 512-token slices run there at
+# the edge proof's memory peak, which the workspace (up to 103 MB) would raise above 10 GiB.
+F16_MIN_M = int(os.environ.get("VAR_GEN_W4A4_F16_MIN_M", "2048"))
+F16W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_F16W_MIN_M", "2048"))
 _ARCH = {}
 
 

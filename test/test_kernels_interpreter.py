@@ -127,10 +127,11 @@ def test_f16_path_rescales_rows_beyond_fp16_range(gemm):
     layer = _w4a4_layer(256, 64, True, 32, seed=5)
     x = torch.randn(4, 256) * 2
     x[1] *= 3e5                                              # |x̂| ~ 1e6 > 65504
-    x[2, 7] = 1e6                                            # one huge element
-    a16, rs, _ = gemm.quantize_activations(x, layer, f16=True)
+    x[2, 7] = 1e6                                            # one huge element, in the first K split
+    x[3, 250] = 5e5                                          # and one in the last: the splits' bounds combine
+    a16, rs, _ = gemm.quantize_activations(x, layer, f16=True, splits=2)
     assert torch.isfinite(a16.float()).all()
-    assert rs[0].item() == 1.0 and rs[1].item() > 1.0 and rs[2].item() > 1.0
+    assert rs[0].item() == 1.0 and rs[1].item() > 1.0 and rs[2].item() > 1.0 and rs[3].item() > 1.0
     assert bool((torch.log2(rs) == torch.log2(rs).round()).all())      # powers of two
     from var_gen_ros.quant.int4 import act_scales, quantize_groups
     xs = x / layer.smooth.float()
