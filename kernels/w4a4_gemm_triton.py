@@ -605,8 +605,8 @@ UNPACK_MIN_M = int(os.environ.get("VAR_GEN_W4A4_UNPACK_MIN_M", "2048"))
 # From this many rows on, Hopper runs the f16 path (fp16 MMA over exactly dequantized operands, one
 # accumulation over all of K) instead of FP8 MMA with a per-group rescale; 0 turns it off. From
 # F16W_MIN_M rows the weights are dequantized into an fp16 workspace (N x K x 2 bytes, freed after the
-# call) first. With the one-pass row bounds (seventh session) f16w is 1.24-1.51x faster than fp8w at
-# M = 2048 on the four measured 8B shapes, and 1.17-1.31x faster than fp8 at M = 1024 (H100,
+# call) first. With the one-pass row bounds (seventh session) f16w is 1.24-1.47x faster than fp8w at
+# M = 2048 on the four measured 8B shapes, and 1.14-1.31x faster than fp8 at M = 1024 (H100,
 # docs/BENCHMARKS.md); 1024 is left to the FP8 paths because the product's 512-token slices run there at
 # the edge proof's memory peak, which the workspace (up to 103 MB) would raise above 10 GiB.
 F16_MIN_M = int(os.environ.get("VAR_GEN_W4A4_F16_MIN_M", "2048"))
