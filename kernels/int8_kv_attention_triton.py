@@ -68,6 +68,13 @@ def _kv_store_kernel(K, V, KQ, VQ, KS, KZ, VS, VZ, start, L, H,
 _KV_STORE = Launcher(_kv_store_kernel)
 
 
+def _scale_params(H: int, D: int, *ts: torch.Tensor) -> list:
+    """The per-(head, channel) scales / zero points as (H, D) float32 contiguous tensors (no copy when
+    they already are, as the cache's static ones)."""
+    ts = [t.reshape(H, D) for t in ts]
+    return [t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous() for t in ts]
+
+
 def int8_kv_store(k: torch.Tensor, v: torch.Tensor, k_q: torch.Tensor, v_q: torch.Tensor, start: int,
                   k_scale: torch.Tensor, k_zero: torch.Tensor, v_scale: torch.Tensor, v_zero: torch.Tensor) -> None:
     """Quantize k, v (B, H, L, D) with static per-(head, channel) float32 scale/zero (H, D) into the int8
@@ -78,8 +85,7 @@ def int8_kv_store(k: torch.Tensor, v: torch.Tensor, k_q: torch.Tensor, v_q: torc
         k = k.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
-    prm = [t.reshape(H, D) for t in (k_scale, k_zero, v_scale, v_zero)]
-    prm = [t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous() for t in prm]
+    prm = _scale_params(H, D, k_scale, k_zero, v_scale, v_zero)
     BL = 64 if L >= 64 else max(16, triton.next_power_of_2(L))
     _KV_STORE((triton.cdiv(L, BL), B * H, 2),
               (k, v, k_q, v_q, *prm, start, L, H, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
@@ -187,8 +193,7 @@ def int8_kv_attention(q: torch.Tensor, k_q: torch.Tensor, v_q: torch.Tensor, n_c
     else:
         k_tail = v_tail = q
         NT, st = 0, (0, 0, 0, 0)
-    prm = [t.reshape(H, D) for t in (k_scale, k_zero, v_scale, v_zero)]
-    prm = [t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous() for t in prm]
+    prm = _scale_params(H, D, k_scale, k_zero, v_scale, v_zero)
     args = (q, k_q, v_q, k_tail, v_tail, *prm, o,
             q.stride(0), q.stride(1), q.stride(2), k_q.stride(0), k_q.stride(1), k_q.stride(2),
             st[0], st[1], st[2], o.stride(0), o.stride(1), o.stride(2),

@@ -4,10 +4,7 @@
 #   graphs on  (KV caches kept, lent to the VAE decode, one shared graph input buffer): W4A4 + INT8 KV, bf16
 #   graphs off (the product default): W4A4 + INT8 KV and bf16 with the direct launches and the fused KV
 #   store, then W4A4 + INT8 KV again with VAR_GEN_FAST_LAUNCH=0 (Triton's own launch path)
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name --format=csv,noheader
-mkdir -p ~/.triton/cache
-[ -f .tcache/autotune.tgz ] && tar xzf .tcache/autotune.tgz -C ~/.triton/cache && echo "autotune picks carried in"
+source bench/device/autotune_carry.sh
 E="python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14"
 timeout 230 $E --modes w4a4_kv8,bf16 --cuda-graphs 1 --json "$OUT/edge_graphs_lend.json" > "$OUT/edge_graphs_lend.txt" 2>&1
 pkill -9 -f "[e]dge_proof.py --child"
@@ -18,4 +15,4 @@ grep -E "^(w4a4|bf16)|Error|rror:" "$OUT/edge_eager_direct.txt" | head
 VAR_GEN_FAST_LAUNCH=0 timeout 120 $E --modes w4a4_kv8 --json "$OUT/edge_eager_tritonlaunch.json" > "$OUT/edge_eager_tritonlaunch.txt" 2>&1
 pkill -9 -f "[e]dge_proof.py --child"
 grep -E "^(w4a4|bf16)|Error|rror:" "$OUT/edge_eager_tritonlaunch.txt" | head
-(cd ~/.triton/cache && find . -name "*.autotune.json" | tar czf "$OUT/autotune.tgz" -T -)
+autotune_save

@@ -1,10 +1,7 @@
 #!/bin/bash
 # Seventh session, sixth run: the f16 path's exact fp16 operands through cuBLAS (bench/f16_cublas.py),
 # against bf16 and the Triton paths at M = 512..8192 (picks carried in .tcache/).
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name --format=csv,noheader
-mkdir -p ~/.triton/cache
-[ -f .tcache/autotune.tgz ] && tar xzf .tcache/autotune.tgz -C ~/.triton/cache && echo "autotune picks carried in"
+source bench/device/autotune_carry.sh
 timeout 420 python3 bench/f16_cublas.py --json "$OUT/f16_cublas_h100.json" > "$OUT/f16_cublas_h100.txt" 2>&1
 tail -c 6000 "$OUT/f16_cublas_h100.txt" | python3 -c "
 import sys, json

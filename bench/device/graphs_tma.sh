@@ -3,10 +3,7 @@
 # and bf16: replay == eager with the caches' pool lent to the VAE decode and the shared input buffer),
 # then the f16w GEMM at M = 8192 with the TMA tiles among the tuner's candidates and without (the TMA
 # tiles had never been timed: docs/BENCHMARKS.md, Kernels v5).
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name --format=csv,noheader
-mkdir -p ~/.triton/cache
-[ -f .tcache/autotune.tgz ] && tar xzf .tcache/autotune.tgz -C ~/.triton/cache && echo "autotune picks carried in"
+source bench/device/autotune_carry.sh
 timeout 300 python3 -m pytest -q --tb=short test/test_graphs.py -k gpu > "$OUT/test_graphs_gpu.txt" 2>&1
 tail -4 "$OUT/test_graphs_gpu.txt"
 for tma in 0 1; do

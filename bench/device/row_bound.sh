@@ -2,10 +2,7 @@
 # Seventh session, seventh run: the f16 quantizer's row bounds from one pass (_row_bound) instead of one
 # per K split; the GPU tests of the quantizer and the f16 paths, then bench/f16_cublas.py again (it times
 # the f16 quantizer and every path at M = 512..8192; picks carried in .tcache/).
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name --format=csv,noheader
-mkdir -p ~/.triton/cache
-[ -f .tcache/autotune.tgz ] && tar xzf .tcache/autotune.tgz -C ~/.triton/cache && echo "autotune picks carried in"
+source bench/device/autotune_carry.sh
 timeout 200 python3 -m pytest -q --tb=short test/test_kernels_gpu.py \
   -k "quantizer or f16_path or split_k or kernel_matches_reference or direct" > "$OUT/test_row_bound.txt" 2>&1
 tail -3 "$OUT/test_row_bound.txt"

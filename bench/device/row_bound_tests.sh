@@ -1,9 +1,6 @@
 #!/bin/bash
 # Seventh session, eighth run: GPU tests after the one-pass row bounds and the f16 paths from 2048 rows.
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name --format=csv,noheader
-mkdir -p ~/.triton/cache
-[ -f .tcache/autotune.tgz ] && tar xzf .tcache/autotune.tgz -C ~/.triton/cache && echo "autotune picks carried in"
+source bench/device/autotune_carry.sh
 T=test/test_kernels_gpu.py
 timeout 150 python3 -m pytest -q --tb=short $T -k "f16_path or quantizer_launches or direct" > "$OUT/test_rb1.txt" 2>&1
 tail -3 "$OUT/test_rb1.txt"
