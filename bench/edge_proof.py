@@ -48,13 +48,18 @@ PEAK_BW = 3.0e12
 def random_w4a4_(model: torch.nn.Module, seed: int) -> None:
     """Random W4A4Linear buffers with the statistics of the random bf16 init (weight std 1/sqrt(K))."""
     from var_gen_ros.quant import W4A4Linear
+    from var_gen_ros.quant.int4 import WEIGHT_UNIT_BITS, round_up_bits
     g = torch.Generator(device=next(model.buffers()).device).manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, W4A4Linear):
                 K, dev = m.in_features, m.qweight.device
                 m.qweight.copy_(torch.randint(0, 256, m.qweight.shape, generator=g, device=dev, dtype=torch.uint8))
-                m.wscales.copy_(torch.rand(m.wscales.shape, generator=g, device=dev) * 0.1 / K ** 0.5 + 0.17 / K ** 0.5)
+                # two-level scales (quant.int4.two_level), as the quantizer makes: a unit of 4 significant
+                # bits per output channel times an integer in [1, 16] per group
+                target = torch.rand(m.wscales.shape, generator=g, device=dev) * 0.1 / K ** 0.5 + 0.17 / K ** 0.5
+                unit = round_up_bits(target.amax(-1, keepdim=True) / 16, WEIGHT_UNIT_BITS)
+                m.wscales.copy_(unit * torch.ceil(target / unit).clamp(1, 16))
                 m.smooth.fill_(1.0)
                 m.lora_down.normal_(0, K ** -0.5, generator=g)
                 m.lora_up.normal_(0, 0.02, generator=g)

@@ -37,16 +37,21 @@ def _parts(mod, x, layer):
     import triton
     K, N = layer.in_features, layer.out_features
     w8 = torch.empty(N, K, dtype=torch.float8_e4m3fn, device="cuda")
+    wi8 = torch.empty(N, K, dtype=torch.int8, device="cuda")
     w16 = torch.empty(N, K, dtype=torch.float16, device="cuda")
     grid = (triton.cdiv(N, 64), K // 64)
+    wu = layer.weight_units()
     return {"quantize_fp8_ms": _time(lambda: mod.quantize_activations(x, layer, fp8=True), True),
             "quantize_f16_ms": _time(lambda: mod.quantize_activations(x, layer, f16=True), True),
+            "quantize_i8_ms": _time(lambda: mod.quantize_activations(x, layer, i8=True), True),
+            "unpack_w_i8_ms": _time(lambda: mod._unpack_weight_i8[grid](layer.qweight, layer.wscales, wu, wi8, N, K,
+                                                                        BLOCK_N=64, GROUP=64), True),
             "unpack_w_fp8_ms": _time(lambda: mod._unpack_weight_fp8[grid](layer.qweight, w8, N, K, BLOCK_N=64, GROUP=64), True),
             "dequant_w_f16_ms": _time(lambda: mod._dequant_weight_f16[grid](layer.qweight, layer.wscales, w16, N, K,
                                                                             BLOCK_N=64, GROUP=64), True)}
 
 
-def bench_gemm(reference: bool, shapes=None, ms=None, paths=("fp8", "fp8w", "f16", "f16w"), parts=False):
+def bench_gemm(reference: bool, shapes=None, ms=None, paths=("fp8", "fp8w", "f16", "f16w", "i8", "i8w"), parts=False):
     from var_gen_ros.quant.dispatch import w4a4_kernel
     from kernels_under_test import gemm_module
     rows = []
@@ -66,7 +71,7 @@ def bench_gemm(reference: bool, shapes=None, ms=None, paths=("fp8", "fp8w", "f16
             y_b = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
             y_h = torch.empty(M, N, device="cuda", dtype=torch.float16)
             y_q = torch.empty_like(y_b)
-            r = {"K": K, "N": N, "M": M, "default_path": gemm_module().path_for(x)}
+            r = {"K": K, "N": N, "M": M, "default_path": gemm_module().path_for(x, layer)}
             for graph in (False, True):
                 tag = "graph_" if graph else ""
                 r[tag + "bf16_ms"] = _time(lambda: torch.matmul(x, w.t(), out=y_b), graph)

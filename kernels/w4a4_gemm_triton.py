@@ -72,20 +72,9 @@ def _rint(a):
 
 
 @triton.jit
-def _round_bf16(a):
-    """float32 -> the nearest bf16 value (ties to even), as float32: torch's `.to(torch.bfloat16)` for
-    finite a >= 0, written in integer ops because the CPU interpreter's float casts truncate."""
-    bits = a.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _row_bound(x_ptr, smooth_ptr, big_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
-    """The f16 layout's first pass: max over a K split of |x| · (1/λ) per row (an upper bound of |x̂|, 2x
-    headroom), folded into big_ptr (M,) by an atomic max on the float bits (non-negative floats order as
-    their int32 bits; big_ptr starts at 0). One read of x in all, where each K split of the quantizer
-    used to re-read its whole rows (S reads: 18 at M = 1024, K = 14336)."""
+def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
+    """The first pass of the two-level scales: max |x / λ| (IEEE divide, as the reference) per row over
+    this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits."""
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -98,14 +87,14 @@ def _row_bound(x_ptr, smooth_ptr, big_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
         if g < G:
             cols = g * GROUP + c
             x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            inv_lam = 1.0 / tl.load(smooth_ptr + cols).to(tl.float32)
-            big = tl.maximum(big, tl.max(tl.abs(x) * inv_lam[None, :], axis=1))
-    tl.atomic_max(big_ptr + rows, big.to(tl.int32, bitcast=True), mask=rows < M)
+            lam = tl.load(smooth_ptr + cols).to(tl.float32)
+            big = tl.maximum(big, tl.max(tl.abs(_div_rn(x, lam[None, :])), axis=1))
+    tl.store(part_ptr + split * M + rows, big, mask=rows < M)
 
 
 @triton.jit
-def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, big_ptr, M, K, GPS, INV7, LDQ,
-                  R: tl.constexpr, HAS_LR: tl.constexpr, DEQ: tl.constexpr, BLOCK_M: tl.constexpr,
+def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, M, K, GPS, S, INV7, LDQ,
+                  R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
@@ -116,19 +105,19 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, big_ptr, M,
     # codes stored de-interleaved inside each group (even k first, then odd k), matching the
     # weight's low / high nibbles
     dst_c = (c % 2) * (GROUP // 2) + c // 2
-    if FP8:    # FP8 codes keep the natural order (the GEMM interleaves the weight nibbles instead)
+    if FP8 or MQ:    # natural order (the GEMM interleaves the weight nibbles instead)
         dst_c = c
     r = tl.arange(0, R)
     lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-    if DEQ:
-        # fp16 output: q·s is exact in fp16 (bf16 scale x 4-bit code) unless it overflows, so the row's
-        # bound on |x̂| (from _row_bound, launched first) gives a power of two 2^-E that brings it under
-        # 2^15 (E = 0 unless |x̂| > 32768); the GEMM multiplies row m back by 2^E (both exact)
-        big = tl.load(big_ptr + rows, mask=rows < M, other=0).to(tl.float32, bitcast=True)
-        e = tl.maximum(tl.ceil(tl.log2(tl.maximum(big, 1.0) * (1.0 / 32768.0))), 0.0).to(tl.int32)
-        down_row = ((127 - e) << 23).to(tl.float32, bitcast=True)     # 2^-E
+    # the row's unit u = max_g(amax_g · 1/7) / 16 (quant.int4.two_level) from _row_amax's split maxima
+    top = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for t in range(0, S):
+        top = tl.maximum(top, tl.load(part_ptr + t * M + rows, mask=rows < M, other=0.0))
+    top = top * INV7
+    u = tl.where(top > 0, top * 0.0625, 0.0625)
+    if MQ:
         if split == 0:
-            tl.store(s_ptr + rows, ((127 + e) << 23).to(tl.float32, bitcast=True), mask=rows < M)
+            tl.store(s_ptr + rows, u, mask=rows < M)
     for i in range(0, GPS):
         g = split * GPS + i
         if g < G:
@@ -136,13 +125,12 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, big_ptr, M,
             x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             lam = tl.load(smooth_ptr + cols).to(tl.float32)
             xs = _div_rn(x, lam[None, :])                 # IEEE division, as the reference
-            amax = tl.max(tl.abs(xs), axis=1)
-            # the reference's float32 multiply by 1/7, rounded to bf16 (quant.int4.act_scales)
-            s = tl.where(amax > 0, _round_bf16(amax * INV7), 1.0)
+            mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(tl.max(tl.abs(xs), axis=1) * INV7, u)), 1.0), 16.0)
+            s = u * mult
             q = _rint(_div_rn(xs, s[:, None]))
             q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-            if DEQ:    # code x scale x 2^-E, exact in fp16, natural k order
-                tl.store(q_ptr + rows[:, None] * LDQ + cols[None, :], (q * (s * down_row)[:, None]).to(tl.float16),
+            if MQ:     # q·m (|q·m| <= 112): exact in int8 and fp16, natural k order; u per row
+                tl.store(q_ptr + rows[:, None] * LDQ + cols[None, :], (q * mult[:, None]).to(q_ptr.dtype.element_ty),
                          mask=mask)
             elif FP8:  # codes -8..7 are exact in e4m3; scales (G, M) so the GEMM reads them contiguously
                 tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.float8e4nv), mask=mask)
@@ -449,6 +437,108 @@ def _w4a4_f16_kernel(a_ptr, rs_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
             False, R, SWAP, BLOCK_M)
 
 
+@triton.jit
+def _codes_i8(packed, mult, ROWS: tl.constexpr, GROUP: tl.constexpr):
+    """(ROWS, GROUP/2) packed INT4 bytes x (ROWS,) per-group multipliers m (float, integer-valued in
+    [1, 16]) -> (ROWS, GROUP) int8 q·m in natural k order (|q·m| <= 128)."""
+    p8 = packed.to(tl.int8, bitcast=True)
+    lo = (p8 << 4) >> 4                 # arithmetic shifts sign-extend the low nibble
+    hi = p8 >> 4
+    q = tl.join(lo, hi).reshape(ROWS, GROUP)          # byte j holds k = 2j, 2j + 1
+    return q * mult.to(tl.int8)[:, None]
+
+
+@triton.jit
+def _weight_mult(sw_ptrs, inv_u):
+    """A group's weight multipliers m = s / u (exact integers: s = u·m; rint absorbs 1/u's rounding)."""
+    return _rint(tl.load(sw_ptrs).to(tl.float32) * inv_u)
+
+
+@triton.jit
+def _unpack_weight_i8(w_ptr, sw_ptr, wu_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Packed INT4 (N, K/2) with two-level scales -> int8 q·m (N, K), one group per program column (the
+    large-M workspace of the i8 path)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    g = tl.program_id(1)
+    j = tl.arange(0, GROUP // 2)
+    c = tl.arange(0, GROUP)
+    packed = tl.load(w_ptr + rn[:, None] * (K // 2) + (g * (GROUP // 2) + j)[None, :], mask=rn[:, None] < N, other=0)
+    inv_u = 1.0 / tl.load(wu_ptr + rn % N)
+    mult = _weight_mult(sw_ptr + (rn % N) * (K // GROUP) + g, inv_u)
+    tl.store(out_ptr + rn[:, None] * K + (g * GROUP + c)[None, :], _codes_i8(packed, mult, BLOCK_N, GROUP),
+             mask=rn[:, None] < N)
+
+
+@triton.jit
+def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
+                    M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
+                    W8: tl.constexpr = False, TMA: tl.constexpr = False, KSTEP: tl.constexpr = 64):
+    """The i8 variant (two-level scales on both sides, quant.int4.two_level): the activations arrive as
+    int8 q·m with a unit u_x per row, the weights as packed codes whose q·m is made in registers (or,
+    with W8, read from an int8 workspace), so the whole K loop is one INT8 MMA accumulation in int32
+    (exact: |Σ| <= 128² K < 2^31) with no per-group rescale, scaled by u_x · u_w once at the end."""
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask, nmask = rm < M, rn < N
+    if SWAP:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    j = tl.arange(0, GROUP // 2)
+    c = tl.arange(0, GROUP)
+    G = K // GROUP
+    g0 = tl.program_id(2) * tl.cdiv(G, SPLIT_K)          # this program's K split (all of K when 1)
+    # rows and columns past the end wrap around (valid memory, never stored): unmasked loads
+    uw = tl.load(wu_ptr + (rn % N))
+    inv_uw = 1.0 / uw
+    k_end = tl.minimum(g0 + tl.cdiv(G, SPLIT_K), G) * GROUP
+    if W8:     # plain int8 tiles, KSTEP (64 or 128: no group boundary inside the loop any more) per step
+        kk = tl.arange(0, KSTEP)
+        if TMA:    # both operands through the bulk tensor copy engine (rows past the end read as 0)
+            a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, KSTEP])
+            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, KSTEP])
+            for k in range(g0 * GROUP, k_end, KSTEP):
+                w = w_desc.load([pid_n * BLOCK_N, k])
+                a = a_desc.load([pid_m * BLOCK_M, k])
+                if SWAP:
+                    acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
+                else:
+                    acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+        else:
+            a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + kk)[None, :]
+            w_ptrs = w_ptr + (rn % N)[:, None] * K + (g0 * GROUP + kk)[None, :]
+            for k in range(g0 * GROUP, k_end, KSTEP):
+                w = tl.load(w_ptrs)
+                if SWAP:
+                    acc = tl.dot(w, tl.trans(tl.load(a_ptrs)), acc, out_dtype=tl.int32)
+                else:
+                    acc = tl.dot(tl.load(a_ptrs), tl.trans(w), acc, out_dtype=tl.int32)
+                a_ptrs += KSTEP
+                w_ptrs += KSTEP
+    else:
+        a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + c)[None, :]
+        w_ptrs = w_ptr + (rn % N)[:, None] * (K // 2) + (g0 * (GROUP // 2) + j)[None, :]
+        s_ptrs = sw_ptr + (rn % N) * G + g0
+        for k in range(g0 * GROUP, k_end, GROUP):
+            w = _codes_i8(tl.load(w_ptrs), _weight_mult(s_ptrs, inv_uw), BLOCK_N, GROUP)
+            w_ptrs += GROUP // 2
+            s_ptrs += 1
+            if SWAP:
+                acc = tl.dot(w, tl.trans(tl.load(a_ptrs)), acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(tl.load(a_ptrs), tl.trans(w), acc, out_dtype=tl.int32)
+            a_ptrs += GROUP
+    ux = tl.load(ux_ptr + rm, mask=mmask, other=0.0)
+    if SWAP:
+        out = acc.to(tl.float32) * (uw[:, None] * ux[None, :])
+    else:
+        out = acc.to(tl.float32) * (ux[:, None] * uw[None, :])
+    _finish(out, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
+            HAS_LR, R, SWAP, BLOCK_M)
+
+
 def _cfg(bm, bn, swap, warps, stages, split_k=1, **extra):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SWAP": swap, "SPLIT_K": split_k, **extra}, num_warps=warps,
                          num_stages=stages)
@@ -473,7 +563,7 @@ LARGE_M_CONFIGS = [_cfg(64, 128, False, 4, 4), _cfg(128, 128, False, 8, 3), _cfg
                    _cfg(128, 256, True, 8, 3)] + _split([(64, 128, False, 4, 4), (64, 128, True, 4, 4)], (2, 4))
 
 
-def _autotuned(kernel, small, large, key):
+def _autotuned(kernel, small, large, key, extra_prune=None):
     """`kernel` autotuned over `small` configs for M <= 64 rows and `large` ones above (split-K ones
     only up to SPLIT_MAX_M rows)."""
     def prune(configs, named_args, **kwargs):
@@ -483,8 +573,9 @@ def _autotuned(kernel, small, large, key):
         # session's fix it was read from named_args, so the TMA candidates were always pruned)
         w16 = kwargs.get("W16", named_args.get("W16", False)) and TMA_CANDIDATES
         keep = {id(c) for c in (small if b <= 64 else large) if (c.kwargs["SPLIT_K"] == 1 or b <= SPLIT_MAX_M)
-                and (w16 or not c.kwargs.get("TMA", False))}
-        return [c for c in configs if id(c) in keep]
+                and (w16 or not c.kwargs.get("TMA", False) or extra_prune is not None)}
+        kept = [c for c in configs if id(c) in keep]
+        return extra_prune(kept, named_args, **kwargs) if extra_prune is not None else kept
     # timed by CUDA-graph replay: eager timing of a ~20 µs kernel measures the Python launch instead,
     # and then picks split-K configs at random (seen on the H100). The replay runs on a side stream:
     # synchronize first, so no kernel still in flight on the caller's stream (kernel 1, an earlier
@@ -521,11 +612,30 @@ F16_LARGE_M_CONFIGS = [_cfg(128, 256, False, 8, 3), _cfg(128, 128, False, 8, 4),
     [_cfg(128, 256, False, 8, 3, TMA=True), _cfg(128, 128, False, 8, 4, TMA=True), _cfg(256, 128, False, 8, 3, TMA=True),
      _cfg(128, 256, True, 8, 3, TMA=True), _cfg(128, 256, False, 8, 4, TMA=True)]     # TMA: the workspace (W16) only
 _w4a4_f16 = _autotuned(_w4a4_f16_kernel, F16_SMALL_M_CONFIGS, F16_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W16"])
+# i8 tiles: the FP8 ones (8-bit operands, the same wgmma shapes), and for the int8 workspace (W8) larger
+# K steps (no group boundary inside the loop) and TMA tiles
+I8_SMALL_M_CONFIGS = FP8_SMALL_M_CONFIGS
+I8_LARGE_M_CONFIGS = FP8_LARGE_M_CONFIGS + \
+    [_cfg(128, 256, False, 8, 3, KSTEP=128), _cfg(128, 128, False, 8, 4, KSTEP=128), _cfg(256, 128, True, 8, 3, KSTEP=128),
+     _cfg(128, 256, False, 8, 3, TMA=True), _cfg(128, 256, False, 8, 3, TMA=True, KSTEP=128),
+     _cfg(128, 128, False, 8, 4, TMA=True, KSTEP=128), _cfg(256, 128, True, 8, 3, TMA=True, KSTEP=128),
+     _cfg(128, 256, True, 8, 3, TMA=True, KSTEP=128)]     # KSTEP 128 and TMA: the workspace (W8) only
+
+
+def _i8_prune(configs, named_args, **kwargs):
+    """KSTEP 128 and TMA need the workspace; KSTEP 128 also all of K in one split, a multiple of 128."""
+    w8 = kwargs.get("W8", named_args.get("W8", False))
+    K = named_args["K"]
+    return [c for c in configs if (w8 or c.kwargs.get("KSTEP", 64) == 64)
+            and not (c.kwargs.get("TMA", False) and not (w8 and TMA_CANDIDATES))
+            and (c.kwargs.get("KSTEP", 64) == 64 or (K % 128 == 0 and c.kwargs["SPLIT_K"] == 1))]
+_w4a4_i8 = _autotuned(_w4a4_i8_kernel, I8_SMALL_M_CONFIGS, I8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W8"], _i8_prune)
 _COUNTERS = {}
 # direct launches of the compiled kernels after their first call per specialization (kernels/launch.py)
 _QUANTIZE, _UNPACK_FP8, _DEQUANT_F16 = Launcher(_quantize_act), Launcher(_unpack_weight_fp8), Launcher(_dequant_weight_f16)
-_ROW_BOUND = Launcher(_row_bound)
-_GEMM_INT8, _GEMM_FP8, _GEMM_F16 = Launcher(_w4a4_gemm), Launcher(_w4a4_fp8), Launcher(_w4a4_f16)
+_ROW_AMAX, _UNPACK_I8 = Launcher(_row_amax), Launcher(_unpack_weight_i8)
+_GEMM_INT8, _GEMM_FP8, _GEMM_F16, _GEMM_I8 = (Launcher(_w4a4_gemm), Launcher(_w4a4_fp8), Launcher(_w4a4_f16),
+                                              Launcher(_w4a4_i8))
 
 
 def _bucket(M: int) -> int:
@@ -566,34 +676,33 @@ def _quantize_launch(M: int, fp8: bool):
 
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
-                         fp8: bool = False, num_warps: int = None, f16: bool = False):
-    """Kernel 1 alone: (codes (M, K) int8 de-interleaved per group, scales (M, K/64) f32,
-    partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in natural order and scales
-    (K/64, M); with `f16`, the dequantized activations q·s·2^-E (M, K) fp16 (exact) and the row factors
-    2^E (M,) f32 in place of codes and scales. The low-rank dot is "bf16x2" (tensor cores) for bf16 x, else "ieee" (float32 FMA);
-    `splits`, `lr_prec`, `block_m`, `num_warps` override the defaults (tests, benchmarks)."""
+                         fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False):
+    """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
+    scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
+    natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
+    order) and the rows' units u (M,) f32 in place of codes and scales. The low-rank dot is "bf16x2"
+    (tensor cores) for bf16 x, else "ieee" (float32 FMA); `splits`, `lr_prec`, `block_m`, `num_warps`
+    override the defaults (tests, benchmarks)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
-    BM, warps = _quantize_launch(M, fp8 or f16)
+    mq = f16 or i8
+    BM, warps = _quantize_launch(M, fp8 or mq)
     BM, warps = block_m or BM, num_warps or warps
     lr_prec = lr_prec or ("bf16x2" if x2.dtype == torch.bfloat16 else "ieee")
-    # (f16: the rows' 2^E come from a first pass, _row_bound, over the same grid; one program per 16 rows
-    # over all of K instead measured 1.1-1.3x slower on the H100, and summed the low-rank dot in one long chain)
     S = splits or _splits(M, G, BM)
     gps = triton.cdiv(G, S)
     S = triton.cdiv(G, gps)
     q = torch.empty(M, K, dtype=torch.float16 if f16 else torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
-    sx = torch.empty((M,) if f16 else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
+    sx = torch.empty((M,) if mq else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
     lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
-    big = sx
-    if f16:    # the rows' bounds on |x̂| first, in one pass over x
-        big = torch.zeros(M, dtype=torch.int32, device=x2.device)
-        _ROW_BOUND((triton.cdiv(M, BM), S), (x2, layer.smooth, big, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP,
-                                                                                   num_warps=warps))
-    _QUANTIZE((triton.cdiv(M, BM), S), (x2, layer.smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, big,
-                                        M, K, gps, INV_QMAX, K),
-              dict(R=R if R else 16, HAS_LR=bool(R), DEQ=f16, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
+    # the rows' max |x̂| first (the two-level scales' units), each K split's in one pass over x
+    part = torch.empty(S, M, dtype=torch.float32, device=x2.device)
+    grid = (triton.cdiv(M, BM), S)
+    _ROW_AMAX(grid, (x2, layer.smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, num_warps=warps))
+    _QUANTIZE(grid, (x2, layer.smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
+                     M, K, gps, S, INV_QMAX, K),
+              dict(R=R if R else 16, HAS_LR=bool(R), MQ=mq, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
                    num_warps=warps))
     return q, sx, lr
 
@@ -622,15 +731,25 @@ def _capability(x: torch.Tensor):
 
 
 def default_path(x: torch.Tensor) -> str:
-    """The W4A4 GEMM for x's GPU: FP8 MMA where the tensor cores have it (sm_89+: Ada, Hopper;
-    measured 1.4-2.2x faster than INT8 MMA on the H100), INT8 MMA before (sm_80-sm_87, Jetson Orin)."""
+    """The W4A4 GEMM for x's GPU for layers whose weight scales are not two-level (checkpoints with
+    free scales): FP8 MMA where the tensor cores have it (sm_89+: Ada, Hopper; measured 1.4-2.2x faster
+    than INT8 MMA with a per-group rescale on the H100), INT8 MMA before (sm_80-sm_87, Jetson Orin)."""
     return "fp8" if _capability(x) >= (8, 9) else "int8"
 
 
-def path_for(x2: torch.Tensor) -> str:
-    """The path `w4a4_linear` takes for x2 (M, K) by GPU and M."""
-    path = default_path(x2)
+# The i8 path (two-level scales: one INT8 MMA accumulation over all of K, no per-group rescale) for
+# layers whose weight scales allow it (every layer this package quantizes); VAR_GEN_W4A4_I8=0 turns it
+# off. From I8W_MIN_M rows the weights' q·m go to an int8 workspace (N x K bytes, freed after the call).
+I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
+I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "512"))
+
+
+def path_for(x2: torch.Tensor, layer=None) -> str:
+    """The path `w4a4_linear` takes for x2 (M, K) by GPU, M and (given `layer`) its weight scales."""
     M = x2.shape[0]
+    if I8 and _capability(x2) >= (8, 0) and (layer is None or layer.weight_units() is not None):
+        return "i8w" if 0 < I8W_MIN_M <= M else "i8"
+    path = default_path(x2)
     if _capability(x2)[0] == 9 and 0 < F16_MIN_M <= M:
         return "f16w" if 0 < F16W_MIN_M <= M else "f16"
     if path == "fp8" and 0 < UNPACK_MIN_M <= M:
@@ -640,7 +759,8 @@ def path_for(x2: torch.Tensor) -> str:
 
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
-    `path` overrides the choice by GPU and M (`path_for`): "int8" (INT8 MMA), "fp8" (FP8 MMA on the
+    `path` overrides the choice by GPU and M (`path_for`): "i8" / "i8w" (INT8 MMA over all of K on
+    q·m of two-level scales, the weights' made in registers / in a workspace first), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
     packed weights), "fp8w" (FP8 MMA on weights unpacked first), "f16" (fp16 MMA on activations and
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
     dequantized into a workspace first); `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps,
@@ -651,11 +771,18 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
-    path = path or path_for(x2)
-    fp8, f16 = path in ("fp8", "fp8w"), path in ("f16", "f16w")
-    q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16)
+    path = path or path_for(x2, layer)
+    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w")
+    wu = layer.weight_units() if i8 else None
+    if i8 and wu is None:
+        raise ValueError("the i8 path needs two-level weight scales (quant.int4.weight_scales); this layer's are free")
+    q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8)
     wq = layer.qweight
-    if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
+    if path == "i8w":    # the weights' q·m once into an int8 workspace (N, K): plain loads in the GEMM
+        wq = torch.empty(N, K, dtype=torch.int8, device=x.device)
+        _UNPACK_I8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, layer.wscales, wu, wq, N, K),
+                   dict(BLOCK_N=64, GROUP=GROUP))
+    elif path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
         wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
         _UNPACK_FP8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, wq, N, K), dict(BLOCK_N=64, GROUP=GROUP))
     elif path == "f16w":
@@ -665,7 +792,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     S = lr.shape[0] if R else 0
     bucket = _bucket(M)
     ws, cnt = _split_k_buffers(M, N, x.device, config.get("SPLIT_K", 1) if config else None)
-    args = (q, sx, wq, layer.wscales, lr if R else sx, layer.lora_up if R else layer.wscales,
+    args = (q, sx, wq, layer.wscales) + ((wu,) if i8 else ()) + (lr if R else sx, layer.lora_up if R else layer.wscales,
             layer.bias if layer.bias is not None else y, y, ws if ws is not None else y, cnt if cnt is not None else y,
             M, N, K, S, bucket)
     meta = dict(HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP)
@@ -673,7 +800,9 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         meta["W8"] = path == "fp8w"
     if f16:
         meta["W16"] = path == "f16w"
-    tuned, fixed = ((_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
+    if i8:
+        meta["W8"] = path == "i8w"
+    tuned, fixed = ((_GEMM_I8, _w4a4_i8_kernel) if i8 else (_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
                     else (_GEMM_INT8, _w4a4_gemm_kernel))
     if config is None:
         tuned(lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"]), args, meta)

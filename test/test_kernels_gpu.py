@@ -53,18 +53,26 @@ def test_quantizer_launches_agree(K):
         x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
         x[:, torch.randint(K, (4,))] *= 30
         lr_ref = (x.double() / layer.smooth.double()) @ layer.lora_down.double()
-        for fp8, f16 in ((False, False), (True, False), (False, True)):
-            q0, s0, lr0 = mod.quantize_activations(x, layer, fp8=fp8, f16=f16, lr_prec="ieee")
+        for fp8, f16, i8 in ((False, False, False), (True, False, False), (False, True, False), (False, False, True)):
+            q0, s0, lr0 = mod.quantize_activations(x, layer, fp8=fp8, f16=f16, i8=i8, lr_prec="ieee")
             for prec, bm, w in (("ieee", None, 4), ("bf16x2", 16, 4), ("bf16x2", 64, 8), ("bf16x2", None, 4)):
-                q, sx, lr = mod.quantize_activations(x, layer, fp8=fp8, f16=f16, lr_prec=prec, block_m=bm, num_warps=w)
+                q, sx, lr = mod.quantize_activations(x, layer, fp8=fp8, f16=f16, i8=i8, lr_prec=prec, block_m=bm,
+                                                     num_warps=w)
                 assert torch.equal(q.view(torch.int8), q0.view(torch.int8)) and torch.equal(sx, s0), (M, fp8, prec, bm)
                 err = ((lr.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()
                 assert err <= 2e-5, (M, fp8, prec, bm, err)
-        # the f16 layout is the fp8 codes times their scales, exactly
+        # the reference's codes and two-level scales; the f16 and i8 layouts hold q·m with the unit u per row
+        from var_gen_ros.quant.int4 import quantize_groups, two_level
+        xs = x.float() / layer.smooth.float()
+        u, m = two_level(xs, 64)
+        codes = quantize_groups(xs, u * m, 64)
         q8, s8, _ = mod.quantize_activations(x, layer, fp8=True)
+        assert torch.equal(q8.float(), codes.float()) and torch.equal(s8.t(), u * m), M
         a16, rs, _ = mod.quantize_activations(x, layer, f16=True)
-        deq = (q8.float().view(M, K // 64, 64) * s8.t().unsqueeze(-1)).view(M, K)
-        assert torch.equal(a16.float() * rs[:, None], deq), M
+        a8, rs8, _ = mod.quantize_activations(x, layer, i8=True)
+        qm = (codes.float().view(M, K // 64, 64) * m.unsqueeze(-1)).view(M, K)
+        assert torch.equal(a16.float(), qm) and torch.equal(a8.float(), qm), M
+        assert torch.equal(rs, u.squeeze(-1)) and torch.equal(rs8, rs), M
 
 
 @pytest.mark.parametrize("small", [True, False])
@@ -84,6 +92,9 @@ def test_every_gemm_variant_matches_reference(small):
         runs += [(p, tile(c)) for p in ("fp8", "fp8w") for c in fp8_cfgs]
     f16_cfgs = mod.F16_SMALL_M_CONFIGS if small else mod.F16_LARGE_M_CONFIGS
     runs += [(p, tile(c)) for p in ("f16", "f16w") for c in f16_cfgs]
+    i8_cfgs = mod.I8_SMALL_M_CONFIGS if small else mod.I8_LARGE_M_CONFIGS
+    runs += [(p, tile(c)) for p in ("i8", "i8w") for c in i8_cfgs
+             if p == "i8w" or not (c.kwargs.get("TMA") or c.kwargs.get("KSTEP", 64) != 64)]
     for path, cfg in runs:
         y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
         mod.w4a4_linear(x, layer, out=y, path=path, config=cfg)
@@ -91,7 +102,7 @@ def test_every_gemm_variant_matches_reference(small):
         assert rel <= 1e-3, (path, cfg, rel)
 
 
-@pytest.mark.parametrize("path", ["fp8", "int8", "f16"])
+@pytest.mark.parametrize("path", ["fp8", "int8", "f16", "i8"])
 def test_split_k_is_deterministic_and_replays_in_a_cuda_graph(path):
     """Split-K sums its partials in split order: the same bits on every call, eager or replayed in a
     CUDA graph (the per-tile counters re-arm themselves), and within 1e-3 of the reference."""
@@ -202,14 +213,15 @@ def test_int8_kv_cache_attend_uses_kernel_and_matches_reference():
 
 
 def test_f16_path_matches_reference_beyond_fp16_range():
-    """Rows with |x/λ| above fp16's range go through the f16 path scaled by 2^-E and back (exact)."""
+    """Rows with |x/λ| far above fp16's range: the f16 and i8 paths hold q·m (<= 112) and scale each row
+    by its unit u at the end."""
     from kernels_under_test import gemm_module
     mod = gemm_module()
     layer = _layer(3584, 3584, True, seed=13)
     x = (torch.randn(2048, 3584, device="cuda") * 2).bfloat16()
     x[::7] *= 1e5
     ref = layer.reference_forward(x).float()
-    for path in ("f16", "f16w", "fp8w"):
+    for path in ("f16", "f16w", "fp8w", "i8", "i8w"):
         y = torch.full_like(x, float("nan"))
         mod.w4a4_linear(x, layer, out=y, path=path)
         rel = ((y.float() - ref).norm() / ref.norm()).item()
@@ -219,7 +231,29 @@ def test_f16_path_matches_reference_beyond_fp16_range():
 def test_kernel_status_names_the_gemm_path_for_this_gpu():
     from var_gen_ros.quant.dispatch import kernel_status
     want = "fp8 mma" if torch.cuda.get_device_capability() >= (8, 9) else "int8 mma"
-    assert want in kernel_status(), kernel_status()
+    assert want in kernel_status() and "i8" in kernel_status(), kernel_status()
+
+
+def test_default_path_is_i8_for_two_level_scales_and_fp8_for_free_ones():
+    """Layers quantized here have two-level weight scales and take the i8 path; a checkpoint with free
+    per-group scales (another quantizer) takes the FP8 / f16 paths and still matches its reference."""
+    from kernels_under_test import gemm_module
+    from var_gen_ros.quant.int4 import group_scales, quantize_groups, unpack_int4, pack_int4
+    mod = gemm_module()
+    layer = _layer(3584, 3584, True, seed=17)
+    x = (torch.randn(32, 3584, device="cuda") * 2).bfloat16()
+    assert mod.path_for(x, layer) == "i8"
+    R = layer.dequantized_weight()
+    free = group_scales(R, 64).bfloat16()
+    with torch.no_grad():
+        layer.qweight.copy_(pack_int4(quantize_groups(R, free.float(), 64)))
+        layer.wscales.copy_(free)
+    assert layer.weight_units() is None and mod.path_for(x, layer) in ("fp8", "int8")
+    for M in (32, 4096):
+        x = (torch.randn(M, 3584, device="cuda") * 2).bfloat16()
+        ref = layer.reference_forward(x).float()
+        y = mod.w4a4_linear(x, layer)
+        assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, M
 
 
 def test_int8_kv_store_kernel_gives_the_reference_codes():

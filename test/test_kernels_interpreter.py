@@ -90,7 +90,15 @@ def test_w4a4_gemm_kernel_both_variants_match_float64(gemm, K, N, bias, rank):
                                ("f16", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=4), 1e-5),
                                ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
                                ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
-                               ("f16w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, TMA=True, SPLIT_K=2), 1e-5)):
+                               ("f16w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, TMA=True, SPLIT_K=2), 1e-5),
+                               # i8: q·m of both sides (two-level scales), one int32 accumulation over all of K
+                               ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
+                               ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4), 1e-5),
+                               ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
+                               ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
+                               ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=2), 1e-5)) + \
+                (("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=True, KSTEP=128), 1e-5),
+                 ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128), 1e-5)) * (K % 128 == 0):
             y = torch.full((M, N), float("nan"))             # poisoned output
             gemm.w4a4_linear(x, layer, out=y, path=path, config=cfg)
             rel = ((y.double() - ref).norm() / ref.norm()).item()
@@ -113,33 +121,32 @@ def test_activation_codes_bit_identical_to_reference(gemm):
     q8, sx8, lr8 = gemm.quantize_activations(x, layer, fp8=True)  # e4m3 codes, natural order, scales (G, M)
     assert q8.dtype == torch.float8_e4m3fn and torch.equal(q8.float(), codes.reshape(5, 448).float())
     assert torch.equal(sx8, s.t()) and torch.equal(lr8, lr)
-    # f16: q·s exactly in fp16 (natural order), row factor 2^E = 1 while |x̂| <= 2^15
-    a16, rs, lr16 = gemm.quantize_activations(x, layer, f16=True)
-    deq = (codes.float() * s.unsqueeze(-1)).reshape(5, 448)
-    assert a16.dtype == torch.float16 and torch.equal(a16.float(), deq) and torch.equal(rs, torch.ones(5))
-    assert torch.equal(lr16, lr)                             # the same K splits and low-rank partials
+    # f16 / i8: q·m (natural order) in fp16 / int8, exact, and the rows' units u
+    from var_gen_ros.quant.int4 import two_level
+    u, m = two_level(xs, 64)
+    qm = (codes.float() * m.unsqueeze(-1)).reshape(5, 448)
+    for kw, dtype in ((dict(f16=True), torch.float16), (dict(i8=True), torch.int8)):
+        a, rs, lr_mq = gemm.quantize_activations(x, layer, **kw)
+        assert a.dtype == dtype and torch.equal(a.float(), qm) and torch.equal(rs, u.squeeze(-1))
+        assert torch.equal(lr_mq, lr)                        # the same K splits and low-rank partials
 
 
 @interpreted
-def test_f16_path_rescales_rows_beyond_fp16_range(gemm):
-    """Rows whose |x/λ| exceeds fp16's range are stored as q·s·2^-E (exact) and multiplied back by 2^E
-    in the GEMM: the result stays the float64 computation, where a plain fp16 copy would be inf."""
+def test_rows_far_beyond_fp16_range_stay_exact(gemm):
+    """Rows whose |x/λ| is far beyond fp16's range: q·m stays <= 112 whatever the row's magnitude, the
+    unit u carries it, and every path still gives the float64 computation."""
     layer = _w4a4_layer(256, 64, True, 32, seed=5)
     x = torch.randn(4, 256) * 2
     x[1] *= 3e5                                              # |x̂| ~ 1e6 > 65504
     x[2, 7] = 1e6                                            # one huge element, in the first K split
-    x[3, 250] = 5e5                                          # and one in the last: the splits' bounds combine
+    x[3, 250] = 5e5                                          # and one in the last: the splits' maxima combine
     a16, rs, _ = gemm.quantize_activations(x, layer, f16=True, splits=2)
-    assert torch.isfinite(a16.float()).all()
-    assert rs[0].item() == 1.0 and rs[1].item() > 1.0 and rs[2].item() > 1.0 and rs[3].item() > 1.0
-    assert bool((torch.log2(rs) == torch.log2(rs).round()).all())      # powers of two
-    from var_gen_ros.quant.int4 import act_scales, quantize_groups
-    xs = x / layer.smooth.float()
-    s = act_scales(xs, 64)
-    deq = (quantize_groups(xs, s, 64).float().view(4, 4, 64) * s.unsqueeze(-1)).reshape(4, 256)
-    assert torch.equal(a16.float() * rs[:, None], deq)
+    assert torch.isfinite(a16.float()).all() and a16.float().abs().max() <= 112
+    from var_gen_ros.quant.int4 import two_level
+    u, _ = two_level(x / layer.smooth.float(), 64)
+    assert torch.equal(rs, u.squeeze(-1)) and bool((rs[1:] > 1e3).all())
     ref = _float64_w4a4(x, layer)
-    for path, tma in (("f16", False), ("f16w", False), ("f16w", True)):
+    for path, tma in (("f16", False), ("f16w", False), ("f16w", True), ("i8", False), ("i8w", False), ("i8w", True)):
         y = torch.full((4, 64), float("nan"))
         gemm.w4a4_linear(x, layer, out=y, path=path, config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=tma))
         assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5, path
@@ -209,3 +216,20 @@ def test_tuner_pruning_reads_the_w16_flag_from_the_call(gemm, monkeypatch):
     monkeypatch.setattr(gemm, "TMA_CANDIDATES", False)
     kept = prune(gemm.F16_LARGE_M_CONFIGS, args, W16=True)
     assert kept and not tma(kept)
+
+
+@interpreted
+def test_i8_tuner_keeps_workspace_tiles_for_workspace_calls(gemm, monkeypatch):
+    """The i8 tuner's TMA and 128-wide K-step tiles read the int8 workspace only (W8), the K steps of 128
+    only over all of a K that is a multiple of 128 in one split."""
+    prune = gemm._w4a4_i8.early_config_prune
+    wide = lambda cs: [c for c in cs if c.kwargs.get("TMA", False) or c.kwargs.get("KSTEP", 64) != 64]
+    monkeypatch.setattr(gemm, "TMA_CANDIDATES", True)
+    args = {"M_BUCKET": 8192, "K": 3584}
+    kept = prune(gemm.I8_LARGE_M_CONFIGS, args, W8=True)
+    assert wide(kept) and all(c.kwargs["SPLIT_K"] == 1 for c in kept if c.kwargs.get("KSTEP", 64) == 128)
+    assert not wide(prune(gemm.I8_LARGE_M_CONFIGS, args, W8=False))
+    assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, {"M_BUCKET": 8192, "K": 448}, W8=True)
+                if c.kwargs.get("KSTEP", 64) == 128]
+    monkeypatch.setattr(gemm, "TMA_CANDIDATES", False)
+    assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, args, W8=True) if c.kwargs.get("TMA", False)]

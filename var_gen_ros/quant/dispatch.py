@@ -52,7 +52,10 @@ def _load():
         probe = torch.empty(0, device="cuda")
         _STATE["w4a4_path"] = gemm.default_path(probe) + " mma"
         large = gemm.path_for(torch.empty(1 << 20, 0, device="cuda"))   # the path a 1M-row call takes
-        if large.startswith("f16"):
+        if large.startswith("i8"):
+            _STATE["w4a4_path"] = ("i8: int8 mma over all of K on two-level scales (q·m); free-scale checkpoints: "
+                                   + _STATE["w4a4_path"])
+        elif large.startswith("f16"):
             _STATE["w4a4_path"] += f"; fp16 mma on exactly dequantized operands from {gemm.F16_MIN_M} rows"
         attn = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py")
         _STATE["attn_int8"], _STATE["kv_store_int8"] = attn.int8_kv_attention, attn.int8_kv_store

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .int4 import dequantize_groups, fake_quant_int4, group_scales, pack_int4, quantize_groups, unpack_int4
+from .int4 import dequantize_groups, fake_quant_int4, pack_int4, quantize_groups, unpack_int4, weight_scales, weight_units
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -104,6 +104,17 @@ class W4A4Linear(nn.Module):
         q.set_weights(*best[1], bias=b)
         return q
 
+    def weight_units(self) -> Optional[torch.Tensor]:
+        """(N,) float32 per-channel units u of the two-level weight scales (every wscale / u an integer
+        in [1, 16]: what the INT8 GEMM path needs), or None for free scales. Derived from `wscales`
+        once per device and weights version."""
+        key = (self.wscales.device, self.wscales.data_ptr(), self.wscales._version)
+        cached = getattr(self, "_weight_units", None)
+        if cached is None or cached[0] != key:
+            cached = (key, weight_units(self.wscales))
+            self._weight_units = cached
+        return cached[1]
+
     # -- reference forward
     def dequantized_weight(self) -> torch.Tensor:
         """The INT4 residual R as float32 (N, K)."""
@@ -164,7 +175,7 @@ def svdquant_decompose(W: torch.Tensor, smooth: torch.Tensor, rank: int, group: 
     up, down = _svd_lowrank_factors(Wh, rank)
     up, down = up.to(dtype), down.to(dtype)
     R = Wh - up.float() @ down.float().t()
-    s = group_scales(R, group).to(dtype)
+    s = weight_scales(R, group).to(dtype)          # two-level: u·m is exact in the 16-bit dtype
     return smooth, down, up, quantize_groups(R, s, group), s
 
 
