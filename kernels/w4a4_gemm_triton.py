@@ -1,18 +1,23 @@
 """W4A4 GEMM with the SVDQuant low-rank branch, in Triton (GPU; the reference is
 var_gen_ros.quant.w4a4.W4A4Linear.reference_forward, which runs on the CPU).
 
-Two kernels per forward:
-1. `_quantize_act`: x (M, K) 16-bit -> x̂ = x / λ -> INT4 codes per token per group of 64 (range
-   [-7, 7]) + scales (amax/7 rounded to bf16), and the low-rank down-projection x̂ · L_down (M, r)
-   from the same read of x (the Nunchaku fusion: the branch costs no extra pass over x). Same
-   arithmetic as the reference (IEEE divide, amax · float32(1/7) rounded to bf16, round half to
-   even), so the codes are bit-identical. For the f16 path it writes q·s·2^-E in fp16 instead (exact).
+Kernels per forward:
+0. `_row_amax`: the rows' max |x̂| (x̂ = x · (1/λ)) per K split, for the two-level scales' units.
+1. `_quantize_act`: x (M, K) 16-bit -> x̂ -> INT4 codes per token per group of 64 (range [-7, 7])
+   with two-level scales s = u·m (quant.int4.two_level: u per row, an integer m in [1, 16] per
+   group), and the low-rank down-projection x̂ · L_down (M, r) from the same read of x (the Nunchaku
+   fusion: the branch costs no extra pass over x). Same arithmetic as the reference (IEEE
+   reciprocals, amax · float32(1/7), ceil, round half to even), so the codes are bit-identical. For
+   the i8 and f16 paths it writes q·m (an int8 / exact fp16) and u per row instead.
    For bf16 x the low-rank dot runs on tensor cores as x · (L_down / λ) with L_down / λ in two bf16
    parts (~2^-17), a float32 FMA dot otherwise. K is split over `S` programs per row block when M is
    small (each writes a partial x̂ · L_down, summed in the GEMM epilogue) so small M fills the GPU.
 2. The GEMM: y = Σ_g sx[m,g] · sw[n,g] · (qx[m,g,:] · qw[n,g,:]) + lr[m,:] · L_up[n,:] + b[n], with
    the packed weight byte j holding k = 2j (low nibble) and 2j+1 (high nibble).
-   - `_w4a4_fp8_kernel` (sm_89+, the H100's path): the 4-bit codes of both sides are exact e4m3
+   - `_w4a4_i8_kernel` (sm_80+, the default for two-level weight scales): int8 q·m of both sides, one
+     INT8 MMA accumulation over all of K (exact int32), scaled by u_x · u_w once at the end.
+   The paths below serve checkpoints with free per-group weight scales:
+   - `_w4a4_fp8_kernel` (sm_89+): the 4-bit codes of both sides are exact e4m3
      values, so one FP8 MMA (K = 64, float32 accumulation) per group needs no int->float convert
      before its rescale; kernel 1 writes e4m3 codes in natural k order with scales (K/64, M).
    - `_w4a4_f16_kernel` (sm_90 from M >= F16_MIN_M): code x scale is exact in fp16 on both sides, so
@@ -73,7 +78,7 @@ def _rint(a):
 
 @triton.jit
 def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
-    """The first pass of the two-level scales: max |x / λ| (IEEE divide, as the reference) per row over
+    """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
     this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits."""
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
@@ -87,8 +92,8 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
         if g < G:
             cols = g * GROUP + c
             x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            lam = tl.load(smooth_ptr + cols).to(tl.float32)
-            big = tl.maximum(big, tl.max(tl.abs(_div_rn(x, lam[None, :])), axis=1))
+            inv_lam = _div_rn(1.0, tl.load(smooth_ptr + cols).to(tl.float32))
+            big = tl.maximum(big, tl.max(tl.abs(x * inv_lam[None, :]), axis=1))
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
 
 
@@ -124,10 +129,12 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, M
             cols = g * GROUP + c
             x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             lam = tl.load(smooth_ptr + cols).to(tl.float32)
-            xs = _div_rn(x, lam[None, :])                 # IEEE division, as the reference
+            # x · (1/λ) and x̂ · (1/s) with IEEE reciprocals, as the reference (quant.w4a4.smooth_input,
+            # quant.int4.quantize_groups): one division per channel or group instead of per element
+            xs = x * _div_rn(1.0, lam)[None, :]
             mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(tl.max(tl.abs(xs), axis=1) * INV7, u)), 1.0), 16.0)
             s = u * mult
-            q = _rint(_div_rn(xs, s[:, None]))
+            q = _rint(xs * _div_rn(1.0, s)[:, None])
             q = tl.minimum(tl.maximum(q, -8.0), 7.0)
             if MQ:     # q·m (|q·m| <= 112): exact in int8 and fp16, natural k order; u per row
                 tl.store(q_ptr + rows[:, None] * LDQ + cols[None, :], (q * mult[:, None]).to(q_ptr.dtype.element_ty),
@@ -380,10 +387,10 @@ def _w4a4_f16_kernel(a_ptr, rs_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
                      M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
                      W16: tl.constexpr = False, TMA: tl.constexpr = False):
-    """The f16 variant (Hopper, large M): both operands dequantized exactly to fp16 (activations by
-    kernel 1 as q·s·2^-E, weights in registers or, with W16, in a workspace), so the whole K loop
-    accumulates in the tensor cores' float32 accumulator with no per-group rescale, which Triton cannot
-    overlap with the MMA; row m is multiplied back by 2^E at the end."""
+    """The f16 variant (Hopper, large M, free weight scales): both operands exact in fp16 (activations
+    from kernel 1 as q·m, weights dequantized in registers or, with W16, in a workspace), so the whole K
+    loop accumulates in the tensor cores' float32 accumulator with no per-group rescale, which Triton
+    cannot overlap with the MMA; row m is multiplied by its unit u at the end."""
     rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
     j = tl.arange(0, GROUP // 2)
     c = tl.arange(0, GROUP)
@@ -399,7 +406,7 @@ def _w4a4_f16_kernel(a_ptr, rs_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
     s_ptrs = sw_ptr + (rn % N) * G + g0
     rs = tl.load(rs_ptr + rm, mask=mmask, other=1.0)
     if HAS_LR:
-        # the low-rank branch first, divided by the row factor 2^E (exact), as the accumulator's start:
+        # the low-rank branch first, divided by the row's unit u, as the accumulator's start:
         # in the epilogue its dot would hold a second tile-sized accumulator (spills at 128 x 256)
         if tl.program_id(2) == 0:
             acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, False, True, R, SWAP, BLOCK_M,

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from var_gen_ros.quant.w4a4 import smooth_input
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
 
 # Infinity-8B Linear shapes (in, out, bias): sa.mat_qkv, sa.proj / ca.mat_q / ca.proj, ca.mat_kv,
@@ -63,7 +65,7 @@ def test_quantizer_launches_agree(K):
                 assert err <= 2e-5, (M, fp8, prec, bm, err)
         # the reference's codes and two-level scales; the f16 and i8 layouts hold q·m with the unit u per row
         from var_gen_ros.quant.int4 import quantize_groups, two_level
-        xs = x.float() / layer.smooth.float()
+        xs = smooth_input(x, layer.smooth)
         u, m = two_level(xs, 64)
         codes = quantize_groups(xs, u * m, 64)
         q8, s8, _ = mod.quantize_activations(x, layer, fp8=True)

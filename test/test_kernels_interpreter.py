@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from var_gen_ros.quant.w4a4 import smooth_input
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Triton fixes interpreter mode when it is imported, so the checks run in a child pytest with
 # TRITON_INTERPRET=1 set from the start (this process may use the real GPU kernels)
@@ -62,7 +64,7 @@ def _w4a4_layer(K, N, bias, rank, seed):
 def _float64_w4a4(x, layer):
     """The layer's dequantized computation in float64: (x/λ) L_down L_upᵀ + Q4(x/λ) Rᵀ + b."""
     from var_gen_ros.quant.int4 import fake_quant_int4
-    xs = x.float() / layer.smooth.float()                    # the kernel's float32 divide
+    xs = smooth_input(x, layer.smooth)                       # x · (1/λ), as the kernels
     xq = fake_quant_int4(xs, layer.group).double()
     y = xq @ layer.dequantized_weight().double().t()
     y = y + (xs.double() @ layer.lora_down.double()) @ layer.lora_up.double().t()
@@ -111,7 +113,7 @@ def test_activation_codes_bit_identical_to_reference(gemm):
     layer = _w4a4_layer(448, 64, False, 32, seed=3)          # 7 groups: K splits of uneven size
     x = torch.randn(5, 448) * 3
     q, sx, lr = gemm.quantize_activations(x, layer)
-    xs = x / layer.smooth.float()
+    xs = smooth_input(x, layer.smooth)
     s = act_scales(xs, 64)
     codes = quantize_groups(xs, s, 64).view(5, 7, 64)
     deinterleaved = torch.cat([codes[..., 0::2], codes[..., 1::2]], -1).reshape(5, 448)
@@ -143,7 +145,7 @@ def test_rows_far_beyond_fp16_range_stay_exact(gemm):
     a16, rs, _ = gemm.quantize_activations(x, layer, f16=True, splits=2)
     assert torch.isfinite(a16.float()).all() and a16.float().abs().max() <= 112
     from var_gen_ros.quant.int4 import two_level
-    u, _ = two_level(x / layer.smooth.float(), 64)
+    u, _ = two_level(smooth_input(x, layer.smooth), 64)
     assert torch.equal(rs, u.squeeze(-1)) and bool((rs[1:] > 1e3).all())
     ref = _float64_w4a4(x, layer)
     for path, tma in (("f16", False), ("f16w", False), ("f16w", True), ("i8", False), ("i8w", False), ("i8w", True)):

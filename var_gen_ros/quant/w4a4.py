@@ -179,9 +179,15 @@ def svdquant_decompose(W: torch.Tensor, smooth: torch.Tensor, rank: int, group: 
     return smooth, down, up, quantize_groups(R, s, group), s
 
 
+def smooth_input(x: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """x̂ = x / λ in float32, as x · (1/λ): the kernels multiply by the reciprocal (one IEEE division per
+    channel instead of one per element), and the reference rounds the same way."""
+    return x.float() * (1.0 / smooth.float())
+
+
 def svdquant_product(x, smooth, down, up, residual, group, act_bits) -> torch.Tensor:
     """x (M, K) -> (x/λ) L_down L_upᵀ + Q4(x/λ) Rᵀ in float32 (no bias); R already dequantized."""
-    xs = x.float() / smooth.float()
+    xs = smooth_input(x, smooth)
     y = (xs @ down.float()) @ up.float().t()
     xq = fake_quant_int4(xs, group) if act_bits else xs
     return y + xq @ residual.t()
