@@ -77,6 +77,16 @@ def _rint(a):
 
 
 @triton.jit
+def _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K):
+    """A (rows, group) tile of x as float32, its λ, and x̂ = x · (1/λ) with an IEEE reciprocal, as the
+    reference (quant.w4a4.smooth_input): one division per channel instead of one per element. Shared by
+    the row pass and the quantizer, whose units and codes must see the same x̂ bits."""
+    x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    lam = tl.load(smooth_ptr + cols).to(tl.float32)
+    return x, lam, x * _div_rn(1.0, lam)[None, :]
+
+
+@triton.jit
 def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
     """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
     this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits."""
@@ -91,9 +101,8 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
         g = split * GPS + i
         if g < G:
             cols = g * GROUP + c
-            x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            inv_lam = _div_rn(1.0, tl.load(smooth_ptr + cols).to(tl.float32))
-            big = tl.maximum(big, tl.max(tl.abs(x * inv_lam[None, :]), axis=1))
+            _, _, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K)
+            big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
 
 
@@ -127,11 +136,8 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, M
         g = split * GPS + i
         if g < G:
             cols = g * GROUP + c
-            x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            lam = tl.load(smooth_ptr + cols).to(tl.float32)
-            # x · (1/λ) and x̂ · (1/s) with IEEE reciprocals, as the reference (quant.w4a4.smooth_input,
-            # quant.int4.quantize_groups): one division per channel or group instead of per element
-            xs = x * _div_rn(1.0, lam)[None, :]
+            x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K)
+            # x̂ · (1/s) with an IEEE reciprocal, as the reference (quant.int4.quantize_groups)
             mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(tl.max(tl.abs(xs), axis=1) * INV7, u)), 1.0), 16.0)
             s = u * mult
             q = _rint(xs * _div_rn(1.0, s)[:, None])
@@ -485,14 +491,8 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
     int8 q·m with a unit u_x per row, the weights as packed codes whose q·m is made in registers (or,
     with W8, read from an int8 workspace), so the whole K loop is one INT8 MMA accumulation in int32
     (exact: |Σ| <= 128² K < 2^31) with no per-group rescale, scaled by u_x · u_w once at the end."""
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask, nmask = rm < M, rn < N
-    if SWAP:
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
+    acc = acc.to(tl.int32)                                # int32: exact integer sums
     j = tl.arange(0, GROUP // 2)
     c = tl.arange(0, GROUP)
     G = K // GROUP
@@ -504,6 +504,7 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
     if W8:     # plain int8 tiles, KSTEP (64 or 128: no group boundary inside the loop any more) per step
         kk = tl.arange(0, KSTEP)
         if TMA:    # both operands through the bulk tensor copy engine (rows past the end read as 0)
+            pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N)
             a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, KSTEP])
             w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, KSTEP])
             for k in range(g0 * GROUP, k_end, KSTEP):
