@@ -103,6 +103,37 @@ def _online_softmax_step(s, valid, m_i):
 
 
 @triton.jit
+def _int8_keys(q8, c, kbase, vbase, n0, N8, sk_n, d, m_i, l_i, l8, acc8,
+               MASKED: tl.constexpr, HAS_TAIL: tl.constexpr, MMA: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One block of int8 keys/values [n0, n0 + BLOCK_N) into the online softmax. The K zero point's
+    per-row term c only matters when full-precision tail keys share the softmax (else it cancels);
+    masks only for the last, partial block."""
+    rn = n0 + tl.arange(0, BLOCK_N)
+    if MASKED:
+        mn = rn < N8
+        k = tl.load(kbase + rn[None, :] * sk_n + d[:, None], mask=mn[None, :], other=0).to(MMA)
+    else:
+        k = tl.load(kbase + rn[None, :] * sk_n + d[:, None]).to(MMA)
+    s = tl.dot(q8, k)
+    if HAS_TAIL:
+        s = s - c[:, None]
+    if MASKED:
+        s = tl.where(mn[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    ps = tl.sum(p, axis=1)
+    l_i = l_i * alpha + ps
+    l8 = l8 * alpha + ps
+    if MASKED:
+        v = tl.load(vbase + rn[:, None] * sk_n + d[None, :], mask=mn[:, None], other=0).to(MMA)
+    else:
+        v = tl.load(vbase + rn[:, None] * sk_n + d[None, :]).to(MMA)
+    acc8 = acc8 * alpha[:, None] + tl.dot(p.to(MMA), v)
+    return m_new, l_i, l8, acc8
+
+
+@triton.jit
 def _attn_int8_kernel(Q, KQ, VQ, KT, VT, KS, KZ, VS, VZ, O,
                       sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, st_b, st_h, st_n, so_b, so_h, so_m,
                       H, LQ, N8, NT, LQ_BUCKET, N_BUCKET,
@@ -126,16 +157,13 @@ def _attn_int8_kernel(Q, KQ, VQ, KT, VT, KS, KZ, VS, VZ, O,
     acc8 = tl.zeros((BLOCK_M, D), dtype=tl.float32)              # Σ p v_q (int8 V, in code units)
     kbase = KQ + b * sk_b + h * sk_h
     vbase = VQ + b * sk_b + h * sk_h
-    for n0 in range(0, N8, BLOCK_N):
-        rn = n0 + tl.arange(0, BLOCK_N)
-        mn = rn < N8
-        k = tl.load(kbase + rn[None, :] * sk_n + d[:, None], mask=mn[None, :], other=0).to(MMA)
-        p, alpha, m_i = _online_softmax_step(tl.dot(q8, k) - c[:, None], mn, m_i)
-        ps = tl.sum(p, axis=1)
-        l_i = l_i * alpha + ps
-        l8 = l8 * alpha + ps
-        v = tl.load(vbase + rn[:, None] * sk_n + d[None, :], mask=mn[:, None], other=0).to(MMA)
-        acc8 = acc8 * alpha[:, None] + tl.dot(p.to(MMA), v)
+    n_full = (N8 // BLOCK_N) * BLOCK_N
+    for n0 in range(0, n_full, BLOCK_N):          # whole key blocks: no masks
+        m_i, l_i, l8, acc8 = _int8_keys(q8, c, kbase, vbase, n0, N8, sk_n, d, m_i, l_i, l8, acc8,
+                                        False, HAS_TAIL, MMA, BLOCK_N)
+    if n_full < N8:                               # the last, partial block
+        m_i, l_i, l8, acc8 = _int8_keys(q8, c, kbase, vbase, n_full, N8, sk_n, d, m_i, l_i, l8, acc8,
+                                        True, HAS_TAIL, MMA, BLOCK_N)
     acct = tl.zeros((BLOCK_M, D), dtype=tl.float32)              # Σ p v over full-precision tail keys
     if HAS_TAIL:
         qt = (q * LOG2E).to(MMA)
@@ -162,10 +190,13 @@ def _cfg(bm, bn, warps, stages):
 
 
 CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 128, 4, 3),
-           _cfg(128, 32, 4, 3), _cfg(32, 64, 4, 2), _cfg(16, 64, 4, 2)]
+           _cfg(128, 32, 4, 3), _cfg(32, 64, 4, 2), _cfg(16, 64, 4, 2),
+           _cfg(128, 64, 8, 4), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 4)]
 
+# picks kept on disk across starts; O restored after every trial launch, because the output may be
+# written over the queries (Int8KVCache.attend): without it each trial would read the last one's output
 _attn_int8 = triton.autotune(configs=CONFIGS, key=["LQ_BUCKET", "N_BUCKET", "HAS_TAIL", "D"],
-                             cache_results=True)(_attn_int8_kernel)     # picks kept on disk across starts
+                             cache_results=True, restore_value=["O"])(_attn_int8_kernel)
 _ATTN_INT8 = Launcher(_attn_int8)      # direct launches after the first call per specialization
 
 

@@ -212,7 +212,7 @@ def _rescale(acc, d, sx, sw, SWAP: tl.constexpr):
 @triton.jit
 def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
                       M_BUCKET, SPLIT_K, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr):
+                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr, ACT: tl.constexpr = 0):
     rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
     HALF: tl.constexpr = GROUP // 2
     j = tl.arange(0, HALF)
@@ -236,13 +236,26 @@ def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr
             d = tl.dot(a_even, tl.trans(lo), out_dtype=tl.int32) + tl.dot(a_odd, tl.trans(hi), out_dtype=tl.int32)
         acc = _rescale(acc, d.to(tl.float32), sx, sw, SWAP)
     _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M)
+            HAS_LR, R, SWAP, BLOCK_M, ACT)
+
+
+@triton.jit
+def _activation(x, ACT: tl.constexpr):
+    """ACT 1: GELU, tanh approximation (the FFN's), on the float32 result before its rounding to y's
+    dtype; 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), u = √(2/π)·(x + 0.044715·x³), which needs only exp
+    (the same in Triton's CPU interpreter) and saturates cleanly at ±inf."""
+    if ACT == 1:
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = x / (1.0 + tl.exp(-2.0 * u))
+    return x
 
 
 @triton.jit
 def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K,
-            HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr):
-    """acc (+ the low-rank branch, + bias) -> y in y's dtype; acc is (BLOCK_N, BLOCK_M) when SWAP.
+            HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr,
+            ACT: tl.constexpr = 0):
+    """acc (+ the low-rank branch, + bias, then the activation ACT: 0 none, 1 GELU-tanh) -> y in y's
+    dtype; acc is (BLOCK_N, BLOCK_M) when SWAP.
     Split-K (small M: N / BLOCK_N programs alone leave most of the GPU idle over one long K loop): split
     0 adds the low-rank branch and bias to its partial, every split stores its float32 partial to a
     workspace (SPLIT_K, M, N), and the last split to arrive at the tile (an atomic counter) adds the
@@ -256,7 +269,7 @@ def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt
         omask = mmask[:, None] & nmask[None, :]
     if SPLIT_K == 1:
         acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP, BLOCK_M)
-        tl.store(y_ptr + off, acc.to(y_ptr.dtype.element_ty), mask=omask)
+        tl.store(y_ptr + off, _activation(acc, ACT).to(y_ptr.dtype.element_ty), mask=omask)
     else:
         if tl.program_id(2) == 0:
             acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP,
@@ -268,7 +281,7 @@ def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt
             tot = tl.zeros_like(acc)
             for t in range(0, SPLIT_K):
                 tot += tl.load(ws_ptr + t * M * N + off, mask=omask, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptr + off, tot.to(y_ptr.dtype.element_ty), mask=omask)
+            tl.store(y_ptr + off, _activation(tot, ACT).to(y_ptr.dtype.element_ty), mask=omask)
             tl.atomic_xchg(cnt_ptr + tile, 0)
 
 
@@ -334,7 +347,8 @@ def _unpack_weight_fp8(w_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GROUP: tl.co
 @triton.jit
 def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
                      M_BUCKET, SPLIT_K, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr, W8: tl.constexpr = False):
+                     BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr, W8: tl.constexpr = False,
+                     ACT: tl.constexpr = 0):
     """The FP8 variant: both operands' 4-bit codes are exact e4m3 values, and e4m3 MMA accumulates in
     float32, so a group's dot needs no int->float convert before the rescale, and one K = 64 dot per
     group replaces two K = 32 ones. The weight nibbles become fp16 by the magic-number trick
@@ -363,7 +377,7 @@ def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
         # rescale is deferred a group), so the rescale does not overlap the next group's MMA
         acc = _rescale(acc, d, sx, sw, SWAP)
     _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M)
+            HAS_LR, R, SWAP, BLOCK_M, ACT)
 
 
 @triton.jit
@@ -392,7 +406,7 @@ def _dequant_weight_f16(w_ptr, sw_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GRO
 def _w4a4_f16_kernel(a_ptr, rs_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
                      M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
-                     W16: tl.constexpr = False, TMA: tl.constexpr = False):
+                     W16: tl.constexpr = False, TMA: tl.constexpr = False, ACT: tl.constexpr = 0):
     """The f16 variant (Hopper, large M, free weight scales): both operands exact in fp16 (activations
     from kernel 1 as q·m, weights dequantized in registers or, with W16, in a workspace), so the whole K
     loop accumulates in the tensor cores' float32 accumulator with no per-group rescale, which Triton
@@ -447,7 +461,7 @@ def _w4a4_f16_kernel(a_ptr, rs_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
     else:
         acc = acc * rs[:, None]
     _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            False, R, SWAP, BLOCK_M)
+            False, R, SWAP, BLOCK_M, ACT)
 
 
 @triton.jit
@@ -486,7 +500,8 @@ def _unpack_weight_i8(w_ptr, sw_ptr, wu_ptr, out_ptr, N, K, BLOCK_N: tl.constexp
 def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
                     M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
-                    W8: tl.constexpr = False, TMA: tl.constexpr = False, KSTEP: tl.constexpr = 64):
+                    W8: tl.constexpr = False, TMA: tl.constexpr = False, KSTEP: tl.constexpr = 64,
+                    ACT: tl.constexpr = 0):
     """The i8 variant (two-level scales on both sides, quant.int4.two_level): the activations arrive as
     int8 q·m with a unit u_x per row, the weights as packed codes whose q·m is made in registers (or,
     with W8, read from an int8 workspace), so the whole K loop is one INT8 MMA accumulation in int32
@@ -544,7 +559,7 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
     else:
         out = acc.to(tl.float32) * (ux[:, None] * uw[None, :])
     _finish(out, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M)
+            HAS_LR, R, SWAP, BLOCK_M, ACT)
 
 
 def _cfg(bm, bn, swap, warps, stages, split_k=1, **extra):
@@ -765,7 +780,12 @@ def path_for(x2: torch.Tensor, layer=None) -> str:
     return path
 
 
-def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None) -> torch.Tensor:
+# activations the GEMM's epilogue applies (W4A4Linear.forward's `act`): the kernels' ACT constexpr
+ACTIVATIONS = {None: 0, "gelu_tanh": 1}
+
+
+def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None,
+                act: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M (`path_for`): "i8" / "i8w" (INT8 MMA over all of K on
     q·m of two-level scales, the weights' made in registers / in a workspace first), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
@@ -773,7 +793,9 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
     dequantized into a workspace first); `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps,
     num_stages}) fixes the GEMM's launch instead of autotuning (tests and benchmarks use both to check
-    and time every variant)."""
+    and time every variant). `act` ("gelu_tanh") is applied in the epilogue, to the float32 result."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; the epilogue has {sorted(k for k in ACTIVATIONS if k)}")
     K, N, R = layer.in_features, layer.out_features, layer.rank
     shape = x.shape
     x2 = x.reshape(-1, K).contiguous()
@@ -804,6 +826,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
             layer.bias if layer.bias is not None else y, y, ws if ws is not None else y, cnt if cnt is not None else y,
             M, N, K, S, bucket)
     meta = dict(HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP)
+    if act:
+        meta["ACT"] = ACTIVATIONS[act]
     if fp8:
         meta["W8"] = path == "fp8w"
     if f16:

@@ -44,6 +44,22 @@ def test_w4a4_kernel_matches_reference(K, N, bias):
         assert rel <= 1e-3, (M, K, N, rel)
 
 
+def test_gelu_epilogue_matches_reference_on_the_ffn_shape():
+    """fc1 of the FFN (3584 -> 14336) with act="gelu_tanh" through the default dispatch at every M:
+    the epilogue's GELU of the float32 result vs the reference's (fresh inputs, poisoned outputs)."""
+    from var_gen_ros.quant.dispatch import w4a4_kernel
+    layer = _layer(3584, 14336, True, seed=7)
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    for M in MS:
+        x = (torch.randn(M, 3584, device="cuda") * 2).bfloat16()
+        ref = layer.reference_forward(x, "gelu_tanh").float()
+        y = torch.full((M, 14336), float("nan"), device="cuda", dtype=x.dtype)
+        w4a4_kernel(x)(x, layer, out=y, act="gelu_tanh")
+        rel = ((y.float() - ref).norm() / ref.norm()).item()
+        assert rel <= 1e-3, (M, rel)
+        assert torch.equal(layer(x, act="gelu_tanh"), y)             # forward() takes the same path
+
+
 @pytest.mark.parametrize("K", [3584, 14336])
 def test_quantizer_launches_agree(K):
     """Every quantizer launch (FMA or bf16x2 tensor-core low-rank dot, row blocks, warps) gives the same
@@ -207,7 +223,9 @@ def test_int8_kv_cache_attend_uses_kernel_and_matches_reference():
     for i, (k, v) in enumerate(zip(ks, vs)):
         q = (torch.nn.functional.normalize(torch.randn(B, H, k.shape[2], D, device="cuda"), dim=-1) * 8).bfloat16()
         store = i < len(sizes) - 1
-        y = a.attend(q, k, v, start, store)                         # kernel
+        qa = q.clone()
+        y = a.attend(qa, k, v, start, store)                        # kernel, written over its queries
+        assert y.data_ptr() == qa.data_ptr()
         r = KVCache.attend(b, q, k, v, start, store)                # reference (dequantize + SDPA)
         rel = ((y.float() - r.float()).norm() / r.float().norm()).item()
         assert rel <= 1e-2, (i, rel)

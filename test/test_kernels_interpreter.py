@@ -108,6 +108,28 @@ def test_w4a4_gemm_kernel_both_variants_match_float64(gemm, K, N, bias, rank):
 
 
 @interpreted
+def test_gelu_epilogue_matches_float64(gemm):
+    """act="gelu_tanh": the epilogue applies the FFN's GELU to the float32 result, after the low-rank
+    branch and bias, in every GEMM variant and in the split-K sum (the last split applies it once)."""
+    layer = _w4a4_layer(256, 128, True, 32, seed=11)
+    x = torch.randn(6, 256) * 2
+    pre = _float64_w4a4(x, layer)
+    ref = torch.nn.functional.gelu(pre, approximate="tanh")
+    assert (ref - pre).norm() > 0.1 * ref.norm()            # the activation matters here
+    for path, cfg in (("int8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True)), ("fp8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False)),
+                      ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True)), ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False)),
+                      ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True)),
+                      ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=2))):
+        y = torch.full((6, 128), float("nan"))
+        gemm.w4a4_linear(x, layer, out=y, path=path, config=cfg, act="gelu_tanh")
+        assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5, (path, cfg)
+    # the reference forward applies it the same way
+    torch.testing.assert_close(layer.reference_forward(x, "gelu_tanh").double(), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown activation"):
+        gemm.w4a4_linear(x, layer, act="relu")
+
+
+@interpreted
 def test_activation_codes_bit_identical_to_reference(gemm):
     from var_gen_ros.quant.int4 import act_scales, quantize_groups
     layer = _w4a4_layer(448, 64, False, 32, seed=3)          # 7 groups: K splits of uneven size
@@ -178,6 +200,11 @@ def test_int8_kv_attention_kernel_matches_float64(attn, n_cached, n_tail, lq):
                                out=o, config=cfg)
         rel = ((o.double() - ref).norm() / ref.norm()).item()
         assert rel <= 1e-5, (cfg, rel)
+        # in place (Int8KVCache.attend writes the output over q): the same numbers
+        qi = q.clone()
+        attn.int8_kv_attention(qi, kq, vq, n_cached, ks, kz, vs, vz, kt if n_tail else None, vt if n_tail else None,
+                               out=qi, config=cfg)
+        assert torch.equal(qi, o), cfg
 
 
 @interpreted

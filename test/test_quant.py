@@ -160,6 +160,31 @@ def test_w4a16_mode_does_not_quantize_activations():
     assert err(w4a16) < err(w4a4)          # same weights; only the 4-bit activations differ
 
 
+def test_ffn_with_quantized_fc1_applies_gelu_to_the_float32_result():
+    """The FFN hands its GELU to a quantized fc1 (fused into the GEMM epilogue on the GPU): on an fp32
+    layer the same result as the unfused GELU; on a bf16 one the GELU of the unrounded float32 result,
+    rounded once."""
+    from var_gen_ros.infinity.model import FFN
+    from var_gen_ros.quant.w4a4 import svdquant_product
+    torch.manual_seed(0)
+    ffn = FFN(128, 256)
+    x = torch.randn(2, 5, 128)
+    for dtype in (torch.float32, torch.bfloat16):
+        q = FFN(128, 256)
+        q.fc1 = fc1 = W4A4Linear.from_linear(ffn.fc1, rank=16, param_dtype=dtype)
+        q.fc2 = W4A4Linear.from_linear(ffn.fc2, rank=16, param_dtype=dtype)
+        xd = x.to(dtype)
+        pre = svdquant_product(xd.reshape(-1, 128), fc1.smooth, fc1.lora_down, fc1.lora_up, fc1.dequantized_weight(),
+                               64, 4) + fc1.bias.float()
+        h = F.gelu(pre, approximate="tanh").to(dtype).reshape(2, 5, 256)
+        assert torch.equal(fc1(xd, act="gelu_tanh"), h)
+        assert torch.equal(q(xd), q.fc2(h))
+        if dtype == torch.float32:
+            assert torch.equal(q(x), q.fc2(F.gelu(fc1(x), approximate="tanh")))
+    with pytest.raises(ValueError, match="unknown activation"):
+        fc1(x.to(torch.bfloat16), act="relu")
+
+
 # ---------------------------------------------------------------- INT8 KV
 def _skewed_kv(seed=0, B=2, H=4, L=300, c=64):
     g = torch.Generator().manual_seed(seed)

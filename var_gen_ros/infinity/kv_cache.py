@@ -46,7 +46,8 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, store: bool) -> torch.Tensor:
-        """Attention of this scale's queries over cached scales [0, start) plus this scale's k, v."""
+        """Attention of this scale's queries over cached scales [0, start) plus this scale's k, v. q is
+        consumed: an implementation may write the output over it (Int8KVCache's kernel does)."""
         L = k.shape[2]
         if store:
             self.store(k, v, start)

@@ -170,7 +170,13 @@ class FFN(nn.Module):
         self.fc2 = nn.Linear(hidden, C)
 
     def forward(self, x):
-        return _linear(self.act(_linear(x, self.fc1)), self.fc2)
+        if "gelu_tanh" in getattr(self.fc1, "fused_activations", ()):
+            # a quantized fc1 applies the GELU to its float32 result in its GEMM epilogue: one pass over,
+            # and one buffer of, the (tokens x hidden) activation fewer
+            h = self.fc1(x.to(layer_dtype(self.fc1, x.dtype)), act="gelu_tanh")
+        else:
+            h = self.act(_linear(x, self.fc1))
+        return _linear(h, self.fc2)
 
 
 class CrossAttnBlock(nn.Module):

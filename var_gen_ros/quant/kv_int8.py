@@ -115,16 +115,21 @@ class Int8KVCache(KVCache):
     def attend(self, q, k, v, start, store):
         """With static scales on a GPU: the INT8-KV attention kernel (dequantizes in registers).
         Otherwise KVCache's reference: stored K/V are read back dequantized and SDPA runs on them.
-        Either way the last scale's own K/V, which are never stored, take part at full precision."""
+        Either way the last scale's own K/V, which are never stored, take part at full precision.
+        The kernel writes its output over q (each program reads its query block before it writes that
+        block's output): q is consumed, and the largest scale holds one (B, H, L, c) tensor fewer."""
         if self.static is not None:
             fn = int8_attention_kernel(q)
             if fn is not None:
                 st = self.static
                 L = k.shape[2]
+                out = q if q.is_contiguous() else None
                 if store:
                     self.store(k, v, start)
-                    return fn(q, self.k, self.v, start + L, st["k_scale"], st["k_zero"], st["v_scale"], st["v_zero"])
-                return fn(q, self.k, self.v, start, st["k_scale"], st["k_zero"], st["v_scale"], st["v_zero"], k, v)
+                    return fn(q, self.k, self.v, start + L, st["k_scale"], st["k_zero"], st["v_scale"], st["v_zero"],
+                              out=out)
+                return fn(q, self.k, self.v, start, st["k_scale"], st["k_zero"], st["v_scale"], st["v_zero"], k, v,
+                          out=out)
         return super().attend(q, k, v, start, store)
 
 

@@ -120,20 +120,28 @@ class W4A4Linear(nn.Module):
         """The INT4 residual R as float32 (N, K)."""
         return dequantize_groups(unpack_int4(self.qweight), self.wscales, self.group)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # activations forward() can apply to its float32 result before the cast (the FFN's GELU): the GEMM
+    # epilogue does it, which saves a pass over, and a buffer of, the M x hidden output
+    fused_activations = ("gelu_tanh",)
+
+    def forward(self, x: torch.Tensor, act: Optional[str] = None) -> torch.Tensor:
+        if act is not None and act not in self.fused_activations:
+            raise ValueError(f"W4A4Linear: unknown activation {act!r}")
         if self.act_bits == 4 and x.is_cuda:
             from .dispatch import w4a4_kernel
             fn = w4a4_kernel(x)
             if fn is not None:
-                return fn(x, self)
-        return self.reference_forward(x)
+                return fn(x, self, act=act) if act else fn(x, self)
+        return self.reference_forward(x, act)
 
-    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reference_forward(self, x: torch.Tensor, act: Optional[str] = None) -> torch.Tensor:
         shape = x.shape
         y = svdquant_product(x.reshape(-1, self.in_features), self.smooth, self.lora_down, self.lora_up,
                              self.dequantized_weight(), self.group, self.act_bits)
         if self.bias is not None:
             y = y + self.bias.float()
+        if act == "gelu_tanh":
+            y = torch.nn.functional.gelu(y, approximate="tanh")
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
