@@ -94,10 +94,11 @@ def int8_kv_store(k: torch.Tensor, v: torch.Tensor, k_q: torch.Tensor, v_q: torc
 
 
 @triton.jit
-def _online_softmax_step(s, valid, m_i):
-    """One key block of the online softmax (log2 domain): masked scores -> (p, rescale of the running
-    sums, new running max)."""
-    s = tl.where(valid[None, :], s, float("-inf"))
+def _online_softmax_step(s, valid, m_i, MASKED: tl.constexpr = True):
+    """One key block of the online softmax (log2 domain): scores (masked by `valid` when MASKED) ->
+    (p, rescale of the running sums, new running max)."""
+    if MASKED:
+        s = tl.where(valid[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     return tl.math.exp2(s - m_new[:, None]), tl.math.exp2(m_i - m_new), m_new
 
@@ -109,19 +110,15 @@ def _int8_keys(q8, c, kbase, vbase, n0, N8, sk_n, d, m_i, l_i, l8, acc8,
     per-row term c only matters when full-precision tail keys share the softmax (else it cancels);
     masks only for the last, partial block."""
     rn = n0 + tl.arange(0, BLOCK_N)
+    mn = rn < N8
     if MASKED:
-        mn = rn < N8
         k = tl.load(kbase + rn[None, :] * sk_n + d[:, None], mask=mn[None, :], other=0).to(MMA)
     else:
         k = tl.load(kbase + rn[None, :] * sk_n + d[:, None]).to(MMA)
     s = tl.dot(q8, k)
     if HAS_TAIL:
         s = s - c[:, None]
-    if MASKED:
-        s = tl.where(mn[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    p = tl.math.exp2(s - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+    p, alpha, m_new = _online_softmax_step(s, mn, m_i, MASKED)
     ps = tl.sum(p, axis=1)
     l_i = l_i * alpha + ps
     l8 = l8 * alpha + ps

@@ -82,9 +82,10 @@ def layer_dtype(layer: nn.Module, default: torch.dtype = torch.float32) -> torch
     return getattr(layer, "compute_dtype", default)
 
 
-def _linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """Run a Linear (or a quantized replacement) on x cast to the layer's compute dtype."""
-    return layer(x.to(layer_dtype(layer, x.dtype)))
+def _linear(x: torch.Tensor, layer: nn.Module, **kwargs) -> torch.Tensor:
+    """Run a Linear (or a quantized replacement, with its keyword options) on x cast to the layer's
+    compute dtype."""
+    return layer(x.to(layer_dtype(layer, x.dtype)), **kwargs)
 
 
 class SelfAttention(nn.Module):
@@ -173,7 +174,7 @@ class FFN(nn.Module):
         if "gelu_tanh" in getattr(self.fc1, "fused_activations", ()):
             # a quantized fc1 applies the GELU to its float32 result in its GEMM epilogue: one pass over,
             # and one buffer of, the (tokens x hidden) activation fewer
-            h = self.fc1(x.to(layer_dtype(self.fc1, x.dtype)), act="gelu_tanh")
+            h = _linear(x, self.fc1, act="gelu_tanh")
         else:
             h = self.act(_linear(x, self.fc1))
         return _linear(h, self.fc2)

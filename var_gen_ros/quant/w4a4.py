@@ -131,7 +131,7 @@ class W4A4Linear(nn.Module):
             from .dispatch import w4a4_kernel
             fn = w4a4_kernel(x)
             if fn is not None:
-                return fn(x, self, act=act) if act else fn(x, self)
+                return fn(x, self, act=act)
         return self.reference_forward(x, act)
 
     def reference_forward(self, x: torch.Tensor, act: Optional[str] = None) -> torch.Tensor:
