@@ -260,7 +260,7 @@ def child(a) -> dict:
             r["cuda_graphs"] = gen.graph_status()
         except torch.cuda.OutOfMemoryError as e:
             r = {"resolution": [h, w], "fits": False, "error": str(e).split("\n")[0][:300],
-                 "peak_allocated_before_oom": torch.cuda.max_memory_allocated()}
+                 "peak_allocated_before_oom": torch.cuda.max_memory_allocated(), **oom_report(e)}
             gen.release_graphs()
             torch.cuda.empty_cache()
         out["runs"].append(r)
@@ -268,6 +268,19 @@ def child(a) -> dict:
                           "peak_gib": r.get("memory_bytes", {}).get("peak_allocated", r.get("peak_allocated_before_oom", 0)) / GIB,
                           "total_s": r.get("latency_s", {}).get("total")}), flush=True)
     return out
+
+
+def oom_report(e: BaseException) -> dict:
+    """Where an out-of-memory happened (the innermost frames of this package) and what held the
+    memory: the allocator's segments over 64 MiB, with their pool (0 = the default one, else a CUDA
+    graph's or the KV caches' private pool) and how much of each is allocated."""
+    import traceback
+    frames = [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in traceback.extract_tb(e.__traceback__)
+              if "var_gen_ros" in f.filename or "edge_proof" in f.filename]
+    segs = [{"mib": round(sg["total_size"] / 2 ** 20, 1), "allocated_mib": round(sg["allocated_size"] / 2 ** 20, 1),
+             "pool": str(sg.get("segment_pool_id", ""))} for sg in torch.cuda.memory_snapshot()
+            if sg["total_size"] >= 64 * 2 ** 20]
+    return {"oom_frames": frames[-6:], "segments_over_64mib": segs}
 
 
 def summarize(results: dict) -> None:

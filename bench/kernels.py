@@ -7,6 +7,9 @@ Infinity-8B Linear shape, M in {2, 32, 128, 512, 2048, 8192}; timed twice: eager
 (`do_bench_cudagraph`, GPU time only, as a graph-captured pipeline would see it).
 Attention: the INT8-KV kernel vs bf16 SDPA (flash, and SDPA's own pick: cuDNN on the H100) vs the reference (dequantize the cache + SDPA)
 at every scale of a 1024x1024 Infinity-8B generation with CFG (B=2, 28 heads of 128).
+qkv epilogue: the fused kernel (bias, normalize, scale, RoPE into the attention buffers) vs the
+PyTorch reference (SelfAttention.qkv_epilogue + copy into the buffers) on a bf16 projection output,
+time and the allocator's peak above the inputs, at slice sizes up to the last scale's 4096 tokens.
 
     python3 bench/kernels.py --json out.json [--reference]
 """
@@ -152,11 +155,50 @@ def bench_attention():
     return rows, tot
 
 
+def bench_qkv_epilogue(ns=(4, 64, 256, 1024, 2048, 4096)):
+    from kernels_under_test import qkv_rope_module
+    from var_gen_ros.infinity.model import SelfAttention
+    fused = qkv_rope_module().qkv_rope
+    B, H, c = 2, 28, 128
+    sa = SelfAttention(H * c, H).to("cuda", torch.bfloat16)
+    consts = sa.qkv_constants()
+    rows = []
+    for n in ns:
+        qkv = torch.randn(B, n, 3 * H * c, device="cuda", dtype=torch.bfloat16)
+        ang = torch.rand(n, c // 2, device="cuda") * 100
+        rope = torch.stack([ang.cos(), ang.sin()])
+        q, k, v = sa.qkv_buffers(qkv, n, store=True)
+
+        def run_fused():
+            fused(qkv, consts[0], consts[1].view(-1), rope, q, k, v, 0)
+
+        def run_ref():
+            q[:], k[:], v[:] = sa.qkv_epilogue(qkv, rope, consts)
+
+        r = {"tokens": n, "batch": B}
+        with torch.no_grad():
+            for name, fn in (("fused", run_fused), ("reference", run_ref)):
+                fn()
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                fn()
+                torch.cuda.synchronize()
+                r[f"{name}_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+                r[f"{name}_ms"] = _time(fn, graph=False)
+                r[f"graph_{name}_ms"] = _time(fn, graph=True)
+        r["speedup_eager"] = r["reference_ms"] / r["fused_ms"]
+        r["speedup_graph"] = r["graph_reference_ms"] / r["graph_fused_ms"]
+        rows.append(r)
+        print("qkv epilogue " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--reference", action="store_true", help="also time the dequantize+matmul GEMM reference")
-    ap.add_argument("--only", choices=["gemm", "attention"], default=None)
+    ap.add_argument("--only", choices=["gemm", "attention", "qkv"], default=None)
     ap.add_argument("--shapes", default=None, help="GEMM shapes KxN, comma-separated (default: all)")
     ap.add_argument("--ms", default=None, help="GEMM rows M, comma-separated (default: 2,32,128,512,2048,8192)")
     ap.add_argument("--paths", default="fp8,fp8w,f16,f16w",
@@ -165,15 +207,17 @@ def main():
     ap.add_argument("--no-paths", action="store_true", help="time only the default path (same as --paths '')")
     a = ap.parse_args()
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    if a.only != "attention":
+    if a.only in (None, "gemm"):
         out["gemm"] = bench_gemm(a.reference, a.shapes.split(",") if a.shapes else None,
                                  [int(m) for m in a.ms.split(",")] if a.ms else None,
                                  tuple(p for p in a.paths.split(",") if p and not a.no_paths), a.parts)
         mod = __import__("kernels_under_test").gemm_module()
         out.update(split_max_m=mod.SPLIT_MAX_M, unpack_min_m=mod.UNPACK_MIN_M, f16_min_m=mod.F16_MIN_M,
                    f16w_min_m=mod.F16W_MIN_M)
-    if a.only != "gemm":
+    if a.only in (None, "attention"):
         out["attention"], out["attention_total_ms"] = bench_attention()
+    if a.only in (None, "qkv"):
+        out["qkv_epilogue"] = bench_qkv_epilogue()
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

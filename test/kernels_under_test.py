@@ -8,3 +8,21 @@ def gemm_module():
 
 def attention_module():
     return _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py")
+
+
+def qkv_rope_module():
+    return _load_module("qkv_rope_triton", "qkv_rope_triton.py")
+
+
+def qkv_epilogue_float64(qkv, sa, rope):
+    """SelfAttention.qkv's epilogue (bias, normalize, scale, RoPE) in float64 on a projection output
+    qkv (B, n, 3C): the reference the fused kernel is checked against."""
+    import torch.nn.functional as F
+    from var_gen_ros.infinity.model import apply_rope
+    B, n, _ = qkv.shape
+    H, c = sa.num_heads, sa.head_dim
+    bias, scale_mul = (t.double() for t in sa.qkv_constants())
+    q, k, v = (qkv.double() + bias).view(B, n, 3, H, c).permute(2, 0, 3, 1, 4).unbind(0)
+    q = F.normalize(q, dim=-1, eps=1e-12) * scale_mul
+    k = F.normalize(k, dim=-1, eps=1e-12)
+    return apply_rope(q, rope.double()), apply_rope(k, rope.double()), v

@@ -329,3 +329,51 @@ def test_direct_launches_match_triton_launches():
         ref = _float64_attention(q, kq, vq, 320, prm, kt, vt)
         assert ((o.double() - ref).norm() / ref.norm()).item() <= 1e-2
     assert att._ATTN_INT8.hits >= hits + 2
+
+
+def test_qkv_epilogue_kernel_matches_float64_and_holds_less_memory():
+    """Infinity-8B's self-attention (28 heads of 128), CFG batch, a 1024-token slice written at an
+    offset into last-scale buffers: the fused epilogue vs float64 on the same projection output, and
+    the allocator's peak over the call vs the PyTorch reference's."""
+    from kernels_under_test import qkv_epilogue_float64
+    from var_gen_ros.infinity.model import SelfAttention
+    from var_gen_ros.quant.dispatch import kernel_status, qkv_rope_kernel
+    B, H, c, L, n, start = 2, 28, 128, 4096, 1024, 2048
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    sa = SelfAttention(H * c, H)
+    with torch.no_grad():
+        sa.q_bias.normal_()
+        sa.v_bias.normal_()
+        sa.scale_mul_1H11.uniform_(0.0, 5.0)
+    sa = sa.to("cuda", torch.bfloat16)
+    x = torch.randn(B, n, H * c, device="cuda", dtype=torch.bfloat16)
+    ang = torch.rand(n, c // 2, device="cuda") * 100
+    rope = torch.stack([ang.cos(), ang.sin()])
+    assert qkv_rope_kernel(x) is not None, kernel_status()
+    with torch.no_grad():
+        q, k, v = sa.qkv_buffers(x, L, store=True)
+        sa.qkv_into(x, rope, q, k, v, start)       # warm: compile, and cuBLAS's workspace, outside the counts
+        sa.qkv(x, rope)
+        for t in (q, k, v):
+            t.fill_(float("nan"))
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        sa.qkv_into(x, rope, q, k, v, start)
+        torch.cuda.synchronize()
+        fused_extra = torch.cuda.max_memory_allocated() - base
+        torch.cuda.reset_peak_memory_stats()
+        ref = sa.qkv(x, rope)
+        torch.cuda.synchronize()
+        ref_extra = torch.cuda.max_memory_allocated() - base
+        del ref
+        refs = qkv_epilogue_float64(torch.nn.functional.linear(x, sa.mat_qkv.weight), sa, rope)
+    assert q.dtype == torch.bfloat16 and k.dtype == v.dtype == torch.float32
+    for name, out, r in (("q", q, refs[0]), ("k", k, refs[1]), ("v", v, refs[2])):
+        got = out[:, :, start:start + n].double()
+        tol = 1e-5 if out.dtype == torch.float32 else 8e-3
+        err = float((got - r).abs().max() / r.abs().max())
+        assert err <= tol, (name, err)
+        assert torch.isnan(out[:, :, :start]).all() and torch.isnan(out[:, :, start + n:]).all(), name
+    # the kernel holds only the projection's bf16 output; the reference its float32 copy and temporaries
+    assert fused_extra <= 0.35 * ref_extra, (fused_extra, ref_extra)

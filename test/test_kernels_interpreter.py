@@ -262,3 +262,35 @@ def test_i8_tuner_keeps_workspace_tiles_for_workspace_calls(gemm, monkeypatch):
                 if c.kwargs.get("KSTEP", 64) == 128]
     monkeypatch.setattr(gemm, "TMA_CANDIDATES", False)
     assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, args, W8=True) if c.kwargs.get("TMA", False)]
+
+
+@interpreted
+@pytest.mark.parametrize("n,start,in_dt,kv_dt", [(37, 9, torch.float32, torch.float32), (32, 0, torch.bfloat16, torch.float32),
+                                                  (5, 60, torch.float32, torch.bfloat16)])
+def test_qkv_rope_kernel_matches_float64(n, start, in_dt, kv_dt):
+    """The fused qkv epilogue: a partial token block, a token offset, bf16 outputs; what lies outside
+    the written tokens stays as poisoned."""
+    from kernels_under_test import qkv_epilogue_float64
+    from var_gen_ros.infinity.model import SelfAttention
+    qr = _load_interpreted("qkv_rope_triton")
+    B, H, c, L = 2, 3, 16, 70
+    g = torch.Generator().manual_seed(n + start)
+    sa = SelfAttention(H * c, H)
+    with torch.no_grad():
+        sa.q_bias.normal_(generator=g)
+        sa.v_bias.normal_(generator=g)
+        sa.scale_mul_1H11.uniform_(0.0, 5.0, generator=g)     # up to the clamp at log(100)
+    qkv = (torch.randn(B, n, 3 * H * c, generator=g) * 3).to(in_dt)
+    rope = torch.randn(2, n, c // 2, generator=g)
+    q = torch.full((B, H, L, c), float("nan"), dtype=torch.bfloat16 if kv_dt == torch.bfloat16 else torch.float32)
+    k, v = torch.full((B, H, L, c), float("nan"), dtype=kv_dt), torch.full((B, H, L, c), float("nan"), dtype=kv_dt)
+    with torch.no_grad():
+        bias, scale_mul = sa.qkv_constants()
+        qr.qkv_rope(qkv, bias, scale_mul.view(-1), rope, q, k, v, start)
+        refs = qkv_epilogue_float64(qkv, sa, rope)
+    for name, out, ref in (("q", q, refs[0]), ("k", k, refs[1]), ("v", v, refs[2])):
+        got = out[:, :, start:start + n].double()
+        tol = 1e-6 if out.dtype == torch.float32 else 8e-3        # bf16 keeps 8 bits
+        err = float((got - ref).abs().max() / ref.abs().max())
+        assert err <= tol, (name, err)
+        assert torch.isnan(out[:, :, :start]).all() and torch.isnan(out[:, :, start + n:]).all(), name

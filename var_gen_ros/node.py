@@ -60,10 +60,10 @@ class GenNode(Node):
         P("quantization", "bf16", _desc("bf16 (unquantized) | w4a4 (SVDQuant)", True))
         P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8", True))
         P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | cpu", True))
-        P("activation_chunk", 512, _desc("scales with more token positions than this run their per-token layers in "
-                                         "slices of this many (same numbers, less peak memory); 0 = whole scales. "
-                                         "8B W4A4+KV8 at 1024² on the H100: 512 -> 2.11 s at 9.97 GiB peak, "
-                                         "1024 -> 1.66 s at 10.09 GiB, 2048 -> 1.59 s at 10.33 GiB",
+        P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
+                                          "slices of this many (same numbers, less peak memory); 0 = whole scales. "
+                                          "8B W4A4+KV8 at 1024² on the H100: 512 -> 1.91 s at 9.93 GiB peak, "
+                                          "1024 -> 1.46-1.51 s at 9.97 GiB, 2048 -> 1.36 s at 10.11 GiB",
                                          int_range=(0, 1 << 20)))
         P("cuda_graphs", True, _desc("replay each scale of at most 1024 tokens as a CUDA graph (GPU): 8B W4A4+KV8 at "
                                      "1024² on the H100 2.43 s instead of 2.96 s eager, same peak (9.96 vs 9.91 GiB); "

@@ -102,16 +102,52 @@ class SelfAttention(nn.Module):
         self.max_scale_mul = math.log(100.0)
         self.proj = nn.Linear(C, C)
 
-    def qkv(self, x: torch.Tensor, rope: torch.Tensor):
-        B, L, C = x.shape
-        qkv = _linear(x, self.mat_qkv).float()
-        qkv += torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).float()   # in place: one (B, L, 3C) less
+    def qkv_constants(self):
+        """The float32 bias [q, 0, v] and per-head scale (1, H, 1, 1) that `qkv` applies: computed once
+        per block call, not per slice."""
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).float()
+        return bias, self.scale_mul_1H11.float().clamp_max(self.max_scale_mul).exp()
+
+    def qkv(self, x: torch.Tensor, rope: torch.Tensor, constants=None):
+        """The reference: x (B, L, C), rope (2, L, c/2) -> float32 q, k, v (B, H, L, c)."""
+        return self.qkv_epilogue(_linear(x, self.mat_qkv), rope, constants)
+
+    def qkv_epilogue(self, qkv: torch.Tensor, rope: torch.Tensor, constants=None):
+        """The reference of what follows the projection (kernels/qkv_rope_triton.py fuses it):
+        qkv (B, L, 3C) -> float32 q, k, v (B, H, L, c)."""
+        B, L, _ = qkv.shape
+        bias, scale_mul = constants or self.qkv_constants()
+        qkv = qkv.float()
+        qkv += bias                                                            # in place: one (B, L, 3C) less
         q, k, v = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # B H L c
-        scale_mul = self.scale_mul_1H11.float().clamp_max(self.max_scale_mul).exp()
         q = F.normalize(q, dim=-1, eps=1e-12) * scale_mul
         k = F.normalize(k, dim=-1, eps=1e-12)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q, k, v
+
+    def qkv_buffers(self, x: torch.Tensor, L: int, store: bool):
+        """Empty (B, H, L, c) q, k, v for an inference call with a KV cache: q in the attention dtype;
+        k, v float32 when they will be stored (the INT8 cache quantizes them from float32), else in the
+        attention dtype, which is all the unstored last scale's attention reads."""
+        B, H, c = x.shape[0], self.num_heads, self.head_dim
+        dt = layer_dtype(self.proj, x.dtype)
+        q = x.new_empty(B, H, L, c, dtype=dt)
+        k = x.new_empty(B, H, L, c, dtype=torch.float32 if store else dt)
+        return q, k, torch.empty_like(k)
+
+    def qkv_into(self, x: torch.Tensor, rope: torch.Tensor, q, k, v, start: int = 0, constants=None) -> None:
+        """`qkv` of x's tokens written into q, k, v (B, H, L, c) at token offset start. On a GPU one
+        kernel (kernels/qkv_rope_triton.py) does the epilogue from the projection's output: no float32
+        copy of the projection and no normalized/rotated temporaries, which at 1024² set the peak."""
+        from ..quant.dispatch import qkv_rope_kernel     # (lazy: quant imports this package)
+        fn = None if torch.is_grad_enabled() else qkv_rope_kernel(x)
+        n = x.shape[1]
+        constants = constants or self.qkv_constants()
+        if fn is None:
+            q[:, :, start:start + n], k[:, :, start:start + n], v[:, :, start:start + n] = self.qkv(x, rope, constants)
+            return
+        bias, scale_mul = constants
+        fn(_linear(x, self.mat_qkv), bias, scale_mul.view(-1), rope, q, k, v, start)
 
     def attend(self, q, k, v, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True):
         """q, k, v (B, H, L, c) -> attention output (B, H, L, c) in the projection's dtype."""
@@ -122,7 +158,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, rope, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True):
         B, L, C = x.shape
-        out = self.attend(*self.qkv(x, rope), attn_mask, kv_cache, start, store)
+        if kv_cache is not None and not torch.is_grad_enabled():     # inference: the fused epilogue on a GPU
+            q, k, v = self.qkv_buffers(x, L, store)
+            self.qkv_into(x, rope, q, k, v)
+        else:
+            q, k, v = self.qkv(x, rope)
+        out = self.attend(q, k, v, attn_mask, kv_cache, start, store)
         return _linear(out.transpose(1, 2).reshape(B, L, C), self.proj)
 
 
@@ -217,20 +258,13 @@ class CrossAttnBlock(nn.Module):
 
     def forward_chunked(self, x, ada, text_kv, text_mask, rope, kv_cache, start, store, n):
         """The same arithmetic as `forward`, slice by slice along the tokens (a float32 x is overwritten
-        with the result): every op but the self-attention core is per token. q, k, v are gathered whole
-        for the attention; k, v stay float32 only when they will be stored (the INT8 cache quantizes
-        them from float32), else they are kept in the attention dtype, which is all the unstored last
-        scale's attention reads."""
+        with the result): every op but the self-attention core is per token. Each slice's q, k, v are
+        written into whole-scale buffers (`SelfAttention.qkv_buffers`) for the attention."""
         B, L, C = x.shape
-        H, c = self.sa.num_heads, self.sa.head_dim
-        dt = layer_dtype(self.sa.proj, x.dtype)
-        q = x.new_empty(B, H, L, c, dtype=dt)
-        k = x.new_empty(B, H, L, c, dtype=torch.float32 if store else dt)
-        v = torch.empty_like(k)
+        q, k, v = self.sa.qkv_buffers(x, L, store)
+        constants = self.sa.qkv_constants()
         for a in range(0, L, n):
-            qa, ka, va = self.sa.qkv(self._attn_input(x[:, a:a + n], ada), rope[:, a:a + n])
-            q[:, :, a:a + n], k[:, :, a:a + n], v[:, :, a:a + n] = qa, ka, va
-            del qa, ka, va
+            self.sa.qkv_into(self._attn_input(x[:, a:a + n], ada), rope[:, a:a + n], q, k, v, a, constants)
         att = self.sa.attend(q, k, v, None, kv_cache, start, store)
         del q, k, v
         # everything below is per token, so each slice's output can replace its input: a float32 x is

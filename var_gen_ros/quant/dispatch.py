@@ -4,7 +4,8 @@ The kernels are used when the tensor is on a CUDA device, Triton imports and the
 loads; otherwise the reference runs, with one warning saying why. VAR_GEN_KERNELS=0 forces the
 reference. `kernel_status()` is what the node reports in diagnostics.
 Kernels: W4A4 GEMM (kernels/w4a4_gemm_triton.py), attention over the INT8 KV cache
-(kernels/int8_kv_attention_triton.py).
+(kernels/int8_kv_attention_triton.py), the self-attention input epilogue (kernels/qkv_rope_triton.py:
+bias, normalize, scale, RoPE into the attention's buffers; used in every precision).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def _load():
             _STATE["w4a4_path"] += f"; fp16 mma on exactly dequantized operands from {gemm.F16_MIN_M} rows"
         attn = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py")
         _STATE["attn_int8"], _STATE["kv_store_int8"] = attn.int8_kv_attention, attn.int8_kv_store
+        _STATE["qkv_rope"] = _load_module("qkv_rope_triton", "qkv_rope_triton.py").qkv_rope
         _STATE["reason"] = "triton"
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
         _STATE["reason"] = f"unavailable ({type(e).__name__}: {e})"
@@ -90,9 +92,18 @@ def int8_kv_store_kernel(k):
     return _STATE.get("kv_store_int8")
 
 
+def qkv_rope_kernel(x):
+    """The fused qkv epilogue (bias, normalize, scale, RoPE, written into the attention's (B, H, L, c)
+    buffers) for activations x, or None for the reference (`SelfAttention.qkv`)."""
+    if not x.is_cuda:
+        return None
+    _load()
+    return _STATE.get("qkv_rope")
+
+
 def kernel_status() -> str:
     _load()
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
-            "(static scales, and its INT8 store; dynamic uses the reference)")
+            "(static scales, and its INT8 store; dynamic uses the reference), qkv epilogue: triton")
