@@ -10,6 +10,8 @@ at every scale of a 1024x1024 Infinity-8B generation with CFG (B=2, 28 heads of 
 qkv epilogue: the fused kernel (bias, normalize, scale, RoPE into the attention buffers) vs the
 PyTorch reference (SelfAttention.qkv_epilogue + copy into the buffers) on a bf16 projection output,
 time and the allocator's peak above the inputs, at slice sizes up to the last scale's 4096 tokens.
+Modulated LayerNorm: the fused kernel (LN, AdaLN scale/shift, bf16 out) vs the PyTorch reference
+(model.modulated_norm's ops), the same slice sizes.
 
     python3 bench/kernels.py --json out.json [--reference]
 """
@@ -194,11 +196,43 @@ def bench_qkv_epilogue(ns=(4, 64, 256, 1024, 2048, 4096)):
     return rows
 
 
+def bench_adaln(ns=(4, 64, 256, 1024, 2048, 4096)):
+    from kernels_under_test import adaln_module
+    fused = adaln_module().adaln
+    B, C = 2, 3584
+    s, sh = torch.randn(B, 1, C, device="cuda") * 0.3, torch.randn(B, 1, C, device="cuda")
+    rows = []
+    for n in ns:
+        x = torch.randn(B, n, C, device="cuda")
+
+        def run_ref():     # the reference ops, as modulated_norm runs them without the kernel
+            return (torch.nn.functional.layer_norm(x, (C,), None, None, 1e-6) * (s + 1) + sh).to(torch.bfloat16)
+
+        r = {"tokens": n, "batch": B}
+        with torch.no_grad():
+            for name, fn in (("fused", lambda: fused(x, 1e-6, torch.bfloat16, None, None, s, sh)), ("reference", run_ref)):
+                fn()
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                fn()
+                torch.cuda.synchronize()
+                r[f"{name}_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+                r[f"{name}_ms"] = _time(fn, graph=False)
+                r[f"graph_{name}_ms"] = _time(fn, graph=True)
+            r["max_abs_diff"] = float((fused(x, 1e-6, torch.bfloat16, None, None, s, sh).float() - run_ref().float()).abs().max())
+        r["speedup_eager"] = r["reference_ms"] / r["fused_ms"]
+        r["speedup_graph"] = r["graph_reference_ms"] / r["graph_fused_ms"]
+        rows.append(r)
+        print("adaln " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--reference", action="store_true", help="also time the dequantize+matmul GEMM reference")
-    ap.add_argument("--only", choices=["gemm", "attention", "qkv"], default=None)
+    ap.add_argument("--only", choices=["gemm", "attention", "qkv", "adaln"], default=None)
     ap.add_argument("--shapes", default=None, help="GEMM shapes KxN, comma-separated (default: all)")
     ap.add_argument("--ms", default=None, help="GEMM rows M, comma-separated (default: 2,32,128,512,2048,8192)")
     ap.add_argument("--paths", default="fp8,fp8w,f16,f16w",
@@ -218,6 +252,8 @@ def main():
         out["attention"], out["attention_total_ms"] = bench_attention()
     if a.only in (None, "qkv"):
         out["qkv_epilogue"] = bench_qkv_epilogue()
+    if a.only in (None, "adaln"):
+        out["adaln"] = bench_adaln()
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -26,3 +26,7 @@ def qkv_epilogue_float64(qkv, sa, rope):
     q = F.normalize(q, dim=-1, eps=1e-12) * scale_mul
     k = F.normalize(k, dim=-1, eps=1e-12)
     return apply_rope(q, rope.double()), apply_rope(k, rope.double()), v
+
+
+def adaln_module():
+    return _load_module("adaln_triton", "adaln_triton.py")

@@ -377,3 +377,61 @@ def test_qkv_epilogue_kernel_matches_float64_and_holds_less_memory():
         assert torch.isnan(out[:, :, :start]).all() and torch.isnan(out[:, :, start + n:]).all(), name
     # the kernel holds only the projection's bf16 output; the reference its float32 copy and temporaries
     assert fused_extra <= 0.35 * ref_extra, (fused_extra, ref_extra)
+
+
+def test_adaln_kernel_matches_float64_on_the_8b_width():
+    """The modulated LayerNorm at C = 3584 (not a power of two) on a token slice of the last 1024²
+    scale, written in bf16 (the W4A4 GEMM's input) and in float32."""
+    from var_gen_ros.quant.dispatch import adaln_kernel, kernel_status
+    B, L, C, a, n = 2, 4096, 3584, 1024, 1024
+    x = torch.randn(B, L, C, device="cuda") * 3 + 0.5
+    x[..., torch.randint(C, (4,))] *= 40                       # outlier channels
+    w, b = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
+    s, sh = torch.randn(B, 1, C, device="cuda") * 0.3, torch.randn(B, 1, C, device="cuda")
+    fn = adaln_kernel(x)
+    assert fn is not None, kernel_status()
+    xd = x[:, a:a + n].double()
+    norm = (xd - xd.mean(-1, keepdim=True)) / (xd.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
+    for out_dt, affine, tol in ((torch.bfloat16, False, 8e-3), (torch.float32, True, 1e-5)):
+        y = fn(x[:, a:a + n], 1e-6, out_dt, *((w, b) if affine else (None, None)), s, sh)
+        ref = ((norm * w.double() + b.double()) if affine else norm) * (s.double() + 1) + sh.double()
+        err = float((y.double() - ref).abs().max() / ref.abs().max())
+        assert y.dtype == out_dt and err <= tol, (out_dt, err)
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_block_fast_path_matches_float64_on_the_8b_width(monkeypatch, store):
+    """One Infinity-8B block (float32 weights) on the GPU fast path (qkv epilogue and modulated-LayerNorm
+    kernels, residuals added in place, slices of 512 tokens) against the same block in float64 on the
+    PyTorch reference, over a cached scale then a 1024-token scale."""
+    import copy
+    from var_gen_ros.infinity.config import INFINITY_8B, ScaleSchedule
+    from var_gen_ros.infinity.kv_cache import KVCache
+    from var_gen_ros.infinity.model import CrossAttnBlock, rope_tables
+    from var_gen_ros.quant import dispatch
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    blk = CrossAttnBlock(INFINITY_8B)
+    for p in blk.parameters():
+        p.data = torch.randn(p.shape) * p.shape[-1] ** -0.5
+    blk = blk.cuda()
+    B, C, H, c = 2, blk.C, blk.sa.num_heads, blk.sa.head_dim
+    rope = rope_tables(ScaleSchedule(((16, 16), (32, 32)), (32, 32)), c, "cuda")
+    x0, x1 = torch.randn(B, 256, C, device="cuda"), torch.randn(B, 1024, C, device="cuda")
+    gss = torch.randn(B, 1, 6, C, device="cuda") * 0.1
+    text, mask = torch.randn(B, 30, C, device="cuda"), torch.ones(B, 30, dtype=torch.bool, device="cuda")
+
+    def run(block, dt, chunk):
+        cache = KVCache(B, H, c, 256 + 1024, dt, "cuda")
+        with torch.no_grad():
+            kv = block.ca.text_kv(text.to(dt))
+            block(x0.to(dt), gss.to(dt), kv, mask, rope[:, :256].to(dt), kv_cache=cache, start=0, store=True)
+            # a copy: a sliced block writes its result over a float32 input
+            return block(x1.to(dt, copy=True), gss.to(dt), kv, mask, rope[:, 256:].to(dt), kv_cache=cache, start=256,
+                         store=store, chunk_tokens=chunk)
+    assert dispatch.adaln_kernel(x1) is not None and dispatch.qkv_rope_kernel(x1) is not None, dispatch.kernel_status()
+    y = run(blk, torch.float32, 512)
+    monkeypatch.setattr(dispatch, "qkv_rope_kernel", lambda x: None)
+    monkeypatch.setattr(dispatch, "adaln_kernel", lambda x: None)
+    ref = run(copy.deepcopy(blk).double(), torch.float64, 0)
+    err = float((y.double() - ref).abs().max() / ref.abs().max())
+    assert err <= 1e-4, err          # float32 throughout (TF32 off by default), against float64

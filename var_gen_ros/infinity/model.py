@@ -67,11 +67,28 @@ class FastRMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
 
 
-def _layer_norm_f32(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
-    """LayerNorm in float32 whatever the parameter dtype (as autocast runs it upstream)."""
+def _fused(x: torch.Tensor):
+    """The modulated-LayerNorm kernel when the inference fast path applies to x (a GPU with the kernels,
+    no autograd), else None. The fast path also adds residuals in place."""
+    if torch.is_grad_enabled():
+        return None
+    from ..quant.dispatch import adaln_kernel     # (lazy: quant imports this package)
+    return adaln_kernel(x)
+
+
+def modulated_norm(x: torch.Tensor, ln: nn.LayerNorm, out_dtype: torch.dtype, scale=None, shift=None) -> torch.Tensor:
+    """ln(x) in float32 (with ln's affine weight and bias if it has them), times (1 + scale) plus shift
+    (AdaLN, (B, 1, C) each) if given, in out_dtype (the compute dtype of the layer that reads it). On a
+    GPU one kernel (kernels/adaln_triton.py): x read once, no float32 temporaries."""
+    fn = _fused(x)
     w = None if ln.weight is None else ln.weight.float()
     b = None if ln.bias is None else ln.bias.float()
-    return F.layer_norm(x.float(), ln.normalized_shape, w, b, ln.eps)
+    if fn is not None and (w is None) == (b is None):
+        return fn(x, ln.eps, out_dtype, w, b, scale, shift)
+    y = F.layer_norm(x.float(), ln.normalized_shape, w, b, ln.eps)
+    if scale is not None:
+        y = y * (scale + 1) + shift
+    return y.to(out_dtype)
 
 
 def layer_dtype(layer: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
@@ -247,14 +264,16 @@ class CrossAttnBlock(nn.Module):
         return self._cross_and_ffn(x, ada, text_kv, text_mask)
 
     def _attn_input(self, x, ada):
-        scale1, shift1 = ada[2], ada[4]
-        return self.ln_wo_grad(x.float()) * (scale1 + 1) + shift1
+        return modulated_norm(x, self.ln_wo_grad, layer_dtype(self.sa.mat_qkv), ada[2], ada[4])
 
     def _cross_and_ffn(self, x, ada, text_kv, text_mask):
+        """x (float32, consumed: on the fast path the residuals are added into it) -> block output."""
         gamma2, scale2, shift2 = ada[1], ada[3], ada[5]
-        x = x + self.ca(_layer_norm_f32(x, self.ca_norm), text_kv, text_mask).float()
-        h = self.ln_wo_grad(x) * (scale2 + 1) + shift2
-        return x + self.ffn(h).float() * gamma2
+        fast = _fused(x) is not None and x.dtype == torch.float32
+        ca = self.ca(modulated_norm(x, self.ca_norm, layer_dtype(self.ca.mat_q)), text_kv, text_mask)
+        x = x.add_(ca) if fast else x + ca.float()
+        h = modulated_norm(x, self.ln_wo_grad, layer_dtype(self.ffn.fc1), scale2, shift2)
+        return x.addcmul_(self.ffn(h), gamma2) if fast else x + self.ffn(h).float() * gamma2
 
     def forward_chunked(self, x, ada, text_kv, text_mask, rope, kv_cache, start, store, n):
         """The same arithmetic as `forward`, slice by slice along the tokens (a float32 x is overwritten
@@ -270,9 +289,13 @@ class CrossAttnBlock(nn.Module):
         # everything below is per token, so each slice's output can replace its input: a float32 x is
         # updated in place (run_blocks passes tensors nobody else holds), which saves one activation
         out = x if x.dtype == torch.float32 else torch.empty_like(x, dtype=torch.promote_types(x.dtype, torch.float32))
+        in_place = out is x and _fused(x) is not None
         for a in range(0, L, n):
             proj = _linear(att[:, :, a:a + n].transpose(1, 2).reshape(B, -1, C), self.sa.proj)
-            out[:, a:a + n] = self._cross_and_ffn(x[:, a:a + n] + proj.float() * ada[0], ada, text_kv, text_mask)
+            if in_place:       # the residuals go straight into x's slice: no float32 temporaries
+                self._cross_and_ffn(x[:, a:a + n].addcmul_(proj, ada[0]), ada, text_kv, text_mask)
+            else:
+                out[:, a:a + n] = self._cross_and_ffn(x[:, a:a + n] + proj.float() * ada[0], ada, text_kv, text_mask)
         return out
 
 

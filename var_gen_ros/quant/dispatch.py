@@ -4,8 +4,9 @@ The kernels are used when the tensor is on a CUDA device, Triton imports and the
 loads; otherwise the reference runs, with one warning saying why. VAR_GEN_KERNELS=0 forces the
 reference. `kernel_status()` is what the node reports in diagnostics.
 Kernels: W4A4 GEMM (kernels/w4a4_gemm_triton.py), attention over the INT8 KV cache
-(kernels/int8_kv_attention_triton.py), the self-attention input epilogue (kernels/qkv_rope_triton.py:
-bias, normalize, scale, RoPE into the attention's buffers; used in every precision).
+(kernels/int8_kv_attention_triton.py), and two used in every precision: the self-attention input
+epilogue (kernels/qkv_rope_triton.py: bias, normalize, scale, RoPE into the attention's buffers) and the
+modulated LayerNorm (kernels/adaln_triton.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import importlib.util
 import os
 import sys
 import warnings
+
+import torch
 
 _STATE = {"loaded": False, "w4a4": None, "attn_int8": None, "reason": "not loaded yet"}
 
@@ -44,7 +47,6 @@ def _load():
         _STATE["reason"] = "disabled by VAR_GEN_KERNELS=0"
         return
     try:
-        import torch
         if not torch.cuda.is_available():
             _STATE["reason"] = "no CUDA device"
             return
@@ -61,6 +63,7 @@ def _load():
         attn = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py")
         _STATE["attn_int8"], _STATE["kv_store_int8"] = attn.int8_kv_attention, attn.int8_kv_store
         _STATE["qkv_rope"] = _load_module("qkv_rope_triton", "qkv_rope_triton.py").qkv_rope
+        _STATE["adaln"] = _load_module("adaln_triton", "adaln_triton.py").adaln
         _STATE["reason"] = "triton"
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
         _STATE["reason"] = f"unavailable ({type(e).__name__}: {e})"
@@ -77,7 +80,6 @@ def w4a4_kernel(x):
 
 def int8_attention_kernel(q):
     """The INT8-KV attention kernel for queries q, or None for the reference (dequantize + SDPA)."""
-    import torch
     if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-1] not in (16, 32, 64, 128, 256):
         return None
     _load()
@@ -95,10 +97,19 @@ def int8_kv_store_kernel(k):
 def qkv_rope_kernel(x):
     """The fused qkv epilogue (bias, normalize, scale, RoPE, written into the attention's (B, H, L, c)
     buffers) for activations x, or None for the reference (`SelfAttention.qkv`)."""
-    if not x.is_cuda:
+    if not x.is_cuda or x.dtype == torch.float64:     # (the kernels compute in float32)
         return None
     _load()
     return _STATE.get("qkv_rope")
+
+
+def adaln_kernel(x):
+    """The modulated LayerNorm kernel (LN, optional affine, AdaLN scale/shift, cast) for x, or None for
+    the reference (`model.modulated_norm`'s PyTorch ops)."""
+    if not x.is_cuda or x.dtype == torch.float64:
+        return None
+    _load()
+    return _STATE.get("adaln")
 
 
 def kernel_status() -> str:
@@ -106,4 +117,4 @@ def kernel_status() -> str:
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
-            "(static scales, and its INT8 store; dynamic uses the reference), qkv epilogue: triton")
+            "(static scales, and its INT8 store; dynamic uses the reference), qkv epilogue and modulated LayerNorm: triton")
