@@ -157,6 +157,26 @@ def bench_attention():
     return rows, tot
 
 
+def _fused_vs_reference(label: str, r: dict, run_fused, run_ref) -> dict:
+    """Times (eager and graph-replayed) and the allocator's peak above the inputs of a fused kernel and
+    its reference, into r with their ratios; prints the row."""
+    with torch.no_grad():
+        for name, fn in (("fused", run_fused), ("reference", run_ref)):
+            fn()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            r[f"{name}_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+            r[f"{name}_ms"] = _time(fn, graph=False)
+            r[f"graph_{name}_ms"] = _time(fn, graph=True)
+    r["speedup_eager"] = r["reference_ms"] / r["fused_ms"]
+    r["speedup_graph"] = r["graph_reference_ms"] / r["graph_fused_ms"]
+    print(f"{label} " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+    return r
+
+
 def bench_qkv_epilogue(ns=(4, 64, 256, 1024, 2048, 4096)):
     from kernels_under_test import qkv_rope_module
     from var_gen_ros.infinity.model import SelfAttention
@@ -177,54 +197,30 @@ def bench_qkv_epilogue(ns=(4, 64, 256, 1024, 2048, 4096)):
         def run_ref():
             q[:], k[:], v[:] = sa.qkv_epilogue(qkv, rope, consts)
 
-        r = {"tokens": n, "batch": B}
-        with torch.no_grad():
-            for name, fn in (("fused", run_fused), ("reference", run_ref)):
-                fn()
-                torch.cuda.synchronize()
-                base = torch.cuda.memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-                fn()
-                torch.cuda.synchronize()
-                r[f"{name}_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-                r[f"{name}_ms"] = _time(fn, graph=False)
-                r[f"graph_{name}_ms"] = _time(fn, graph=True)
-        r["speedup_eager"] = r["reference_ms"] / r["fused_ms"]
-        r["speedup_graph"] = r["graph_reference_ms"] / r["graph_fused_ms"]
-        rows.append(r)
-        print("qkv epilogue " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+        rows.append(_fused_vs_reference("qkv epilogue", {"tokens": n, "batch": B}, run_fused, run_ref))
     return rows
 
 
 def bench_adaln(ns=(4, 64, 256, 1024, 2048, 4096)):
     from kernels_under_test import adaln_module
+    from var_gen_ros.infinity.model import modulated_norm_reference
     fused = adaln_module().adaln
     B, C = 2, 3584
+    ln = torch.nn.LayerNorm(C, eps=1e-6, elementwise_affine=False)
     s, sh = torch.randn(B, 1, C, device="cuda") * 0.3, torch.randn(B, 1, C, device="cuda")
     rows = []
     for n in ns:
         x = torch.randn(B, n, C, device="cuda")
 
-        def run_ref():     # the reference ops, as modulated_norm runs them without the kernel
-            return (torch.nn.functional.layer_norm(x, (C,), None, None, 1e-6) * (s + 1) + sh).to(torch.bfloat16)
+        def run_fused():
+            return fused(x, 1e-6, torch.bfloat16, None, None, s, sh)
 
-        r = {"tokens": n, "batch": B}
+        def run_ref():
+            return modulated_norm_reference(x, ln, torch.bfloat16, s, sh)
+
         with torch.no_grad():
-            for name, fn in (("fused", lambda: fused(x, 1e-6, torch.bfloat16, None, None, s, sh)), ("reference", run_ref)):
-                fn()
-                torch.cuda.synchronize()
-                base = torch.cuda.memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-                fn()
-                torch.cuda.synchronize()
-                r[f"{name}_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-                r[f"{name}_ms"] = _time(fn, graph=False)
-                r[f"graph_{name}_ms"] = _time(fn, graph=True)
-            r["max_abs_diff"] = float((fused(x, 1e-6, torch.bfloat16, None, None, s, sh).float() - run_ref().float()).abs().max())
-        r["speedup_eager"] = r["reference_ms"] / r["fused_ms"]
-        r["speedup_graph"] = r["graph_reference_ms"] / r["graph_fused_ms"]
-        rows.append(r)
-        print("adaln " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+            diff = float((run_fused().float() - run_ref().float()).abs().max())
+        rows.append(_fused_vs_reference("adaln", {"tokens": n, "batch": B, "max_abs_diff": diff}, run_fused, run_ref))
     return rows
 
 

@@ -7,10 +7,5 @@ timeout 150 python3 -m pytest -q test/test_kernels_gpu.py -k "qkv or adaln or fa
 echo "kernel tests rc $?"; tail -4 "$OUT/test_fused_gpu.txt"
 timeout 90 python3 bench/kernels.py --only adaln --json "$OUT/adaln_h100.json" > "$OUT/adaln_h100.txt" 2>&1
 echo "adaln bench rc $?"; cut -c1-330 "$OUT/adaln_h100.txt"
-for C in ${CHUNKS:-1024 2048}; do
-  timeout ${EDGE_TIMEOUT:-170} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes ${MODES:-w4a4_kv8,bf16} \
-    --cuda-graphs 1 --chunk-tokens $C --graph-max-tokens 1024 --json "$OUT/edge_adaln_c$C.json" > "$OUT/edge_adaln_c$C.txt" 2>&1
-  echo "edge C=$C rc $?"; pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|rror" "$OUT/edge_adaln_c$C.txt" | head -5
-done
+edge_round adaln "${CHUNKS:-1024 2048}" ${MODES:-w4a4_kv8,bf16} ${EDGE_TIMEOUT:-170}
 autotune_save

@@ -7,10 +7,5 @@ timeout 120 python3 -m pytest -q test/test_kernels_gpu.py -k "qkv or attend or s
 echo "kernel tests rc $?"; tail -4 "$OUT/test_qkv_gpu.txt"
 timeout 90 python3 bench/kernels.py --only qkv --json "$OUT/qkv_epilogue_h100.json" > "$OUT/qkv_epilogue_h100.txt" 2>&1
 echo "qkv bench rc $?"; cut -c1-400 "$OUT/qkv_epilogue_h100.txt"
-for C in ${CHUNKS:-1024 512}; do
-  timeout ${EDGE_TIMEOUT:-170} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes w4a4_kv8,bf16 \
-    --cuda-graphs 1 --chunk-tokens $C --graph-max-tokens 1024 --json "$OUT/edge_qkv_c$C.json" > "$OUT/edge_qkv_c$C.txt" 2>&1
-  echo "edge C=$C rc $?"; pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|rror" "$OUT/edge_qkv_c$C.txt" | head -5
-done
+edge_round qkv "${CHUNKS:-1024 512}" w4a4_kv8,bf16 ${EDGE_TIMEOUT:-170}
 autotune_save

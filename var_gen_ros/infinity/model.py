@@ -81,10 +81,16 @@ def modulated_norm(x: torch.Tensor, ln: nn.LayerNorm, out_dtype: torch.dtype, sc
     (AdaLN, (B, 1, C) each) if given, in out_dtype (the compute dtype of the layer that reads it). On a
     GPU one kernel (kernels/adaln_triton.py): x read once, no float32 temporaries."""
     fn = _fused(x)
+    if fn is not None and (ln.weight is None) == (ln.bias is None):
+        return fn(x, ln.eps, out_dtype, None if ln.weight is None else ln.weight.float(),
+                  None if ln.bias is None else ln.bias.float(), scale, shift)
+    return modulated_norm_reference(x, ln, out_dtype, scale, shift)
+
+
+def modulated_norm_reference(x: torch.Tensor, ln: nn.LayerNorm, out_dtype: torch.dtype, scale=None, shift=None):
+    """`modulated_norm` in PyTorch ops: LayerNorm in float32 whatever the parameter dtype."""
     w = None if ln.weight is None else ln.weight.float()
     b = None if ln.bias is None else ln.bias.float()
-    if fn is not None and (w is None) == (b is None):
-        return fn(x, ln.eps, out_dtype, w, b, scale, shift)
     y = F.layer_norm(x.float(), ln.normalized_shape, w, b, ln.eps)
     if scale is not None:
         y = y * (scale + 1) + shift
