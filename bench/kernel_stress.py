@@ -38,7 +38,7 @@ layers = {s: _layer(*s, seed=sum(s[:2])) for s in shapes}
 
 
 def counters_armed():
-    bufs = mod._COUNTERS.get(("cuda", torch.cuda.current_device()), [])
+    bufs = [b for k, v in mod._COUNTERS.items() if k[:2] == ("cuda", torch.cuda.current_device()) for b in v]
     return sum(int((b != 0).sum()) for b in bufs)
 
 
@@ -81,8 +81,9 @@ while time.time() - t1 < a.seconds / 2:
                 f = dict(phase="sync", shape=s, M=M, rel=rel, nan=nan, counters_armed=armed, iteration=it)
                 report["failures"].append(f)
                 print("FAIL", f, flush=True)
-                for b in mod._COUNTERS.get(("cuda", torch.cuda.current_device()), []):
-                    b.zero_()      # re-arm so later calls test afresh
+                for k, v in mod._COUNTERS.items():     # split-K tiles and the low-rank reduction's rows
+                    for b in v:
+                        b.zero_()      # re-arm so later calls test afresh
 print("sync phase:", report["calls"], "calls,", len(report["failures"]), "failures", flush=True)
 
 # burst: 64 calls queued back to back (fresh inputs, poisoned outputs), then all checked

@@ -232,3 +232,106 @@ def int8_kv_attention(q: torch.Tensor, k_q: torch.Tensor, v_q: torch.Tensor, n_c
         grid = (triton.cdiv(LQ, config["BLOCK_M"]), B * H)
         _attn_int8_kernel[grid](*args, D=D, HAS_TAIL=has_tail, MMA=MMA_DTYPE, **config)
     return o
+
+
+@triton.jit
+def _kv_dequant_kernel(KQ, VQ, KT, VT, KS, KZ, VS, VZ, KO, VO, h0, N8, NT, HC,
+                       sq_b, sq_h, sq_n, st_b, st_h, st_n, so_b, so_h, so_n,
+                       D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """One (K or V, batch, head of the chunk, block of tokens) of `int8_kv_dequant`: cached tokens
+    [0, N8) as (q - z) · s in float32 rounded to the output dtype (Int8KVCache.read's arithmetic, then
+    the cast the reference makes), tail tokens [N8, N8 + NT) copied."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    which = tl.program_id(2)              # 0: K, 1: V
+    b = bh // HC
+    hh = bh % HC
+    h = h0 + hh
+    rn = pid * BLOCK_L + tl.arange(0, BLOCK_L)
+    d = tl.arange(0, D)
+    cached = rn < N8
+    tail = (rn >= N8) & (rn < N8 + NT)
+    if which == 0:
+        src, tsrc, dst = KQ, KT, KO
+        s = tl.load(KS + h * D + d)
+        z = tl.load(KZ + h * D + d)
+    else:
+        src, tsrc, dst = VQ, VT, VO
+        s = tl.load(VS + h * D + d)
+        z = tl.load(VZ + h * D + d)
+    code = tl.load(src + b * sq_b + h * sq_h + rn[:, None] * sq_n + d[None, :], mask=cached[:, None], other=0)
+    x = (code.to(tl.float32) - z[None, :]) * s[None, :]
+    if NT > 0:
+        t = tl.load(tsrc + b * st_b + h * st_h + (rn - N8)[:, None] * st_n + d[None, :], mask=tail[:, None], other=0.0)
+        x = tl.where(cached[:, None], x, t.to(tl.float32))
+    tl.store(dst + b * so_b + hh * so_h + rn[:, None] * so_n + d[None, :], x.to(dst.dtype.element_ty),
+             mask=(cached | tail)[:, None])
+
+
+_KV_DEQUANT = Launcher(_kv_dequant_kernel)
+
+
+def int8_kv_dequant(k_q: torch.Tensor, v_q: torch.Tensor, n_cached: int, h0: int, heads: int,
+                    k_scale: torch.Tensor, k_zero: torch.Tensor, v_scale: torch.Tensor, v_zero: torch.Tensor,
+                    k_tail: torch.Tensor = None, v_tail: torch.Tensor = None, dtype=torch.bfloat16):
+    """Heads [h0, h0 + heads) of the int8 cache's first `n_cached` tokens dequantized, followed by the
+    same heads of the tail (B, H, NT, D; all heads passed): K, V (B, heads, n_cached + NT, D) in
+    `dtype`, in one launch."""
+    B, H, _, D = k_q.shape
+    NT = 0 if k_tail is None else k_tail.shape[2]
+    N = n_cached + NT
+    ko = torch.empty(B, heads, N, D, dtype=dtype, device=k_q.device)
+    vo = torch.empty_like(ko)
+    if NT:
+        if k_tail.stride(-1) != 1 or v_tail.stride() != k_tail.stride():
+            k_tail, v_tail = k_tail.contiguous(), v_tail.contiguous()
+        st = k_tail.stride()
+    else:
+        k_tail = v_tail = ko
+        st = (0, 0, 0, 0)
+    prm = _scale_params(H, D, k_scale, k_zero, v_scale, v_zero)
+    BL = 64
+    _KV_DEQUANT((triton.cdiv(N, BL), B * heads, 2),
+                (k_q, v_q, k_tail, v_tail, *prm, ko, vo, h0, n_cached, NT, heads,
+                 k_q.stride(0), k_q.stride(1), k_q.stride(2), st[0], st[1], st[2],
+                 ko.stride(0), ko.stride(1), ko.stride(2)),
+                dict(D=D, BLOCK_L=BL, num_warps=4))
+    return ko, vo
+
+
+# Bytes of dequantized K and V that `int8_kv_attention_sdpa` holds at once; the heads are taken in
+# groups (divisors of H) that fit it, so the path adds a bounded amount to the generation's peak
+SDPA_CHUNK_BYTES = int(os.environ.get("VAR_GEN_KV_SDPA_CHUNK_MIB", "64")) << 20
+
+
+def sdpa_head_group(B: int, H: int, N: int, D: int, budget: int = None) -> int:
+    """The most heads (a divisor of H) whose dequantized K and V (2 x B x heads x N x D x 2 bytes) fit
+    `budget` bytes (at least one head)."""
+    budget = SDPA_CHUNK_BYTES if budget is None else budget
+    per_head = 2 * B * N * D * 2
+    return max([h for h in range(1, H + 1) if H % h == 0 and h * per_head <= budget] or [1])
+
+
+def int8_kv_attention_sdpa(q: torch.Tensor, k_q: torch.Tensor, v_q: torch.Tensor, n_cached: int,
+                           k_scale: torch.Tensor, k_zero: torch.Tensor, v_scale: torch.Tensor, v_zero: torch.Tensor,
+                           k_tail: torch.Tensor = None, v_tail: torch.Tensor = None, out: torch.Tensor = None,
+                           heads: int = None) -> torch.Tensor:
+    """The same attention as `int8_kv_attention`, for many queries: each group of heads' K/V is
+    dequantized into a bounded bf16 buffer (`int8_kv_dequant`) and PyTorch's SDPA (cuDNN's fused
+    attention on Hopper) runs on it. At the large scales this is faster than dequantizing in the
+    attention's registers, which puts every K/V tile through a register round trip before its MMA
+    (docs/BENCHMARKS.md, eleventh session). `out` may be q (each head group reads its queries first)."""
+    import torch.nn.functional as F
+    B, H, LQ, D = q.shape
+    NT = 0 if k_tail is None else k_tail.shape[2]
+    hc = heads or sdpa_head_group(B, H, n_cached + NT, D)
+    o = torch.empty_like(q) if out is None else out
+    for h0 in range(0, H, hc):
+        n = min(hc, H - h0)
+        kb, vb = int8_kv_dequant(k_q, v_q, n_cached, h0, n, k_scale, k_zero, v_scale, v_zero,
+                                 k_tail if NT else None, v_tail if NT else None, dtype=q.dtype)
+        qh = q[:, h0:h0 + n]
+        oh = F.scaled_dot_product_attention(qh if n == H else qh.contiguous(), kb, vb, scale=1.0)
+        del kb, vb
+        o[:, h0:h0 + n] = oh
+    return o

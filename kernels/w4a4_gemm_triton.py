@@ -107,9 +107,10 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
 
 
 @triton.jit
-def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, M, K, GPS, S, INV7, LDQ,
-                  R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
-                  GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False):
+def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
+                  LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
+                  GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
+                  REDUCE: tl.constexpr = False):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -168,6 +169,19 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, M
                     lr += tl.dot(xs, dn, input_precision=LR_PREC)
     if HAS_LR:
         tl.store(lr_ptr + split * M * R + rows[:, None] * R + r[None, :], lr, mask=mask)
+        if REDUCE:
+            # the last of the row block's K splits to arrive sums their partials in split order (the
+            # order the GEMM's epilogue used, so the same float32 sum) into lrsum (M, R): the GEMM then
+            # reads one partial per tile instead of S (at M = 2048 and S = 17 its tiles re-read ~180 MB
+            # of partials from the L2); the counter is re-armed for the next call
+            tl.debug_barrier()               # this program's partial is stored before the release
+            if tl.atomic_add(cnt_ptr + pid_m, 1, sem="acq_rel", scope="gpu") == S - 1:
+                tot = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+                for t in range(0, S):
+                    tot += tl.load(lr_ptr + t * M * R + rows[:, None] * R + r[None, :], mask=mask, other=0.0,
+                                   cache_modifier=".cg")
+                tl.store(lrsum_ptr + rows[:, None] * R + r[None, :], tot, mask=mask)
+                tl.atomic_xchg(cnt_ptr + pid_m, 0)
 
 
 @triton.jit
@@ -642,7 +656,10 @@ I8_LARGE_M_CONFIGS = FP8_LARGE_M_CONFIGS + \
     [_cfg(128, 256, False, 8, 3, KSTEP=128), _cfg(128, 128, False, 8, 4, KSTEP=128), _cfg(256, 128, True, 8, 3, KSTEP=128),
      _cfg(128, 256, False, 8, 3, TMA=True), _cfg(128, 256, False, 8, 3, TMA=True, KSTEP=128),
      _cfg(128, 128, False, 8, 4, TMA=True, KSTEP=128), _cfg(256, 128, True, 8, 3, TMA=True, KSTEP=128),
-     _cfg(128, 256, True, 8, 3, TMA=True, KSTEP=128)]     # KSTEP 128 and TMA: the workspace (W8) only
+     _cfg(128, 256, True, 8, 3, TMA=True, KSTEP=128),
+     # 4 stages (192 KB of shared memory): 3-7 % faster than any tile above at M = 2048 and 8192 on the
+     # four block shapes (H100, bench/int8_gemm_probe.py, eleventh session)
+     _cfg(128, 256, False, 8, 4, TMA=True, KSTEP=128)]     # KSTEP 128 and TMA: the workspace (W8) only
 
 
 def _i8_prune(configs, named_args, **kwargs):
@@ -674,12 +691,8 @@ def _split_k_buffers(M: int, N: int, device, split_k: int = None):
     most = split_k or (1 if bucket > SPLIT_MAX_M else 8 if bucket <= 64 else 4)
     if most == 1:
         return None, None
-    key = (device.type, device.index)
     tiles = triton.cdiv(M, 16) * triton.cdiv(N, 64)          # the most any tile shape needs
-    if key not in _COUNTERS or _COUNTERS[key][-1].numel() < tiles:
-        # old buffers stay alive: a captured CUDA graph may still point at them
-        _COUNTERS.setdefault(key, []).append(torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device))
-    return torch.empty(most, M, N, dtype=torch.float32, device=device), _COUNTERS[key][-1]
+    return torch.empty(most, M, N, dtype=torch.float32, device=device), _counters(device, tiles, "split_k")
 
 
 def _splits(M: int, G: int, block_m: int) -> int:
@@ -698,12 +711,25 @@ def _quantize_launch(M: int, fp8: bool):
     return (128, 8) if M <= 4096 else (64, 4)
 
 
+def _counters(device, n: int, kind: str) -> torch.Tensor:
+    """A persistent zeroed int32 buffer of at least n counters per device and use (`kind`): every kernel
+    that counts re-arms the counters it used, so one buffer serves every call, eager or in a CUDA graph."""
+    key = (device.type, device.index, kind)
+    if key not in _COUNTERS or _COUNTERS[key][-1].numel() < n:
+        # old buffers stay alive: a captured CUDA graph may still point at them
+        _COUNTERS.setdefault(key, []).append(torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device))
+    return _COUNTERS[key][-1]
+
+
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
-                         fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False):
+                         fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
+                         reduce_lr: bool = True):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
-    order) and the rows' units u (M,) f32 in place of codes and scales. The low-rank dot is "bf16x2"
+    order) and the rows' units u (M,) f32 in place of codes and scales. With `reduce_lr` (the default)
+    the K splits' low-rank partials come back summed (1, M, r) by the split that finishes a row block
+    last. The low-rank dot is "bf16x2"
     (tensor cores) for bf16 x, else "ieee" (float32 FMA); `splits`, `lr_prec`, `block_m`, `num_warps`
     override the defaults (tests, benchmarks)."""
     M, K = x2.shape
@@ -723,11 +749,14 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     part = torch.empty(S, M, dtype=torch.float32, device=x2.device)
     grid = (triton.cdiv(M, BM), S)
     _ROW_AMAX(grid, (x2, layer.smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, num_warps=warps))
+    reduce = bool(R) and reduce_lr and S > 1
+    lrsum = torch.empty(1, M, R, dtype=torch.float32, device=x2.device) if reduce else None
+    cnt = _counters(x2.device, grid[0], "lr") if reduce else part
     _QUANTIZE(grid, (x2, layer.smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
-                     M, K, gps, S, INV_QMAX, K),
+                     lrsum if reduce else part, cnt, M, K, gps, S, INV_QMAX, K),
               dict(R=R if R else 16, HAS_LR=bool(R), MQ=mq, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
-                   num_warps=warps))
-    return q, sx, lr
+                   REDUCE=reduce, num_warps=warps))
+    return q, sx, (lrsum if reduce else lr)
 
 
 # From this many rows on, the FP8 path unpacks the weights into an e4m3 workspace (N x K bytes, freed

@@ -205,6 +205,30 @@ def test_int8_kv_attention_kernel_matches_float64(si):
     assert torch.isfinite(o).all() and rel <= 1e-2, (si, rel)
 
 
+@pytest.mark.parametrize("si", [8, 10, 11, 12])
+def test_int8_kv_sdpa_path_matches_float64(si):
+    """The large scales' path: each head group's K/V dequantized into a bounded bf16 buffer, then SDPA,
+    written over the queries as Int8KVCache.attend asks, vs float64 attention on the dequantized K/V."""
+    from kernels_under_test import attention_module
+    mod = attention_module()
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    last = si == len(SCALES_1024) - 1
+    lq = SCALES_1024[si]
+    n_cached = sum(SCALES_1024[:si]) if last else sum(SCALES_1024[:si + 1])
+    q, kq, vq, prm, kt, vt = _kv_case(n_cached, lq if last else 0, lq, seed=int(torch.randint(1 << 30, (1,))))
+    ref = _float64_attention(q, kq, vq, n_cached, prm, kt, vt)
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    o = mod.int8_kv_attention_sdpa(q, kq, vq, n_cached, *prm, kt if last else None, vt if last else None, out=q)
+    extra = torch.cuda.max_memory_allocated() - before
+    assert o.data_ptr() == q.data_ptr()
+    rel = ((o.double() - ref).norm() / ref.norm()).item()
+    assert torch.isfinite(o).all() and rel <= 1e-2, (si, rel)
+    # the dequantized K/V of one head group, its queries' copy and SDPA's output and workspace
+    hc = mod.sdpa_head_group(2, 28, n_cached + (lq if last else 0), 128)
+    assert extra <= mod.SDPA_CHUNK_BYTES + 3 * 2 * hc * lq * 128 * 2 + (8 << 20), (extra, hc)
+
+
 def test_int8_kv_cache_attend_uses_kernel_and_matches_reference():
     """Int8KVCache.attend (the model's path) with the kernel vs the same cache's reference attend."""
     from var_gen_ros.infinity.kv_cache import KVCache
@@ -230,6 +254,49 @@ def test_int8_kv_cache_attend_uses_kernel_and_matches_reference():
         rel = ((y.float() - r.float()).norm() / r.float().norm()).item()
         assert rel <= 1e-2, (i, rel)
         start += k.shape[2]
+
+
+def test_int8_kv_cache_attend_in_a_cuda_graph_takes_the_sdpa_path():
+    """Int8KVCache.attend captured in a CUDA graph with 1024 queries (the dequantize + SDPA path, the
+    graphed large scales' one) vs the same cache's reference attend, stored and unstored."""
+    from var_gen_ros.infinity.kv_cache import KVCache
+    from var_gen_ros.quant import dispatch
+    from var_gen_ros.quant.kv_int8 import Int8KVCache, asym_params
+    assert 0 < dispatch.KV_SDPA_MIN_LQ <= 1024
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    B, H, D, n0, n = 2, 28, 128, 1497, 1024
+    k0 = torch.nn.functional.normalize(torch.randn(B, H, n0, D, device="cuda"), dim=-1)
+    v0 = torch.randn(B, H, n0, D, device="cuda")
+    st = {}
+    st["k_scale"], st["k_zero"] = (t.view(H, D) for t in asym_params(k0.amin((0, 2), keepdim=True), k0.amax((0, 2), keepdim=True)))
+    st["v_scale"], st["v_zero"] = (t.view(H, D) for t in asym_params(v0.amin((0, 2), keepdim=True), v0.amax((0, 2), keepdim=True)))
+    for store in (True, False):
+        a = Int8KVCache(B, H, D, n0 + n, torch.bfloat16, "cuda", static=st)
+        a.store(k0, v0, 0)
+        k = torch.nn.functional.normalize(torch.randn(B, H, n, D, device="cuda"), dim=-1)
+        v = torch.randn(B, H, n, D, device="cuda")
+        if not store:
+            k, v = k.bfloat16(), v.bfloat16()
+        q = (torch.nn.functional.normalize(torch.randn(B, H, n, D, device="cuda"), dim=-1) * 8).bfloat16()
+        ref = KVCache.attend(a, q.clone(), k, v, n0, store)          # reference (dequantize + SDPA)
+        a.store(k0, v0, 0)
+        qg = q.clone()
+        a.attend(qg.clone(), k, v, n0, store)                        # warm-up (kernels compiled / tuned)
+        calls = []
+        orig = dispatch._STATE["attn_int8_sdpa"]
+        dispatch._STATE["attn_int8_sdpa"] = lambda *args, **kw: calls.append(1) or orig(*args, **kw)
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out = a.attend(qg, k, v, n0, store)
+        finally:
+            dispatch._STATE["attn_int8_sdpa"] = orig
+        assert calls, "the SDPA path was not taken in the graph"
+        qg.copy_(q)
+        g.replay()
+        torch.cuda.synchronize()
+        rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        assert out.data_ptr() == qg.data_ptr() and rel <= 1e-2, (store, rel)
 
 
 def test_f16_path_matches_reference_beyond_fp16_range():

@@ -134,7 +134,7 @@ def test_activation_codes_bit_identical_to_reference(gemm):
     from var_gen_ros.quant.int4 import act_scales, quantize_groups
     layer = _w4a4_layer(448, 64, False, 32, seed=3)          # 7 groups: K splits of uneven size
     x = torch.randn(5, 448) * 3
-    q, sx, lr = gemm.quantize_activations(x, layer)
+    q, sx, lr = gemm.quantize_activations(x, layer, reduce_lr=False)
     xs = smooth_input(x, layer.smooth)
     s = act_scales(xs, 64)
     codes = quantize_groups(xs, s, 64).view(5, 7, 64)
@@ -142,7 +142,15 @@ def test_activation_codes_bit_identical_to_reference(gemm):
     assert lr.shape[0] > 1                                   # several K splits were used
     assert torch.equal(q, deinterleaved) and torch.equal(sx, s)
     torch.testing.assert_close(lr.sum(0).double(), xs.double() @ layer.lora_down.double(), rtol=1e-5, atol=1e-5)
-    q8, sx8, lr8 = gemm.quantize_activations(x, layer, fp8=True)  # e4m3 codes, natural order, scales (G, M)
+    # by default the split that finishes last sums the partials in split order, the same float32 sum
+    # as the GEMM epilogue's loop; twice, so the re-armed counters are checked too
+    in_order = torch.zeros_like(lr[0])
+    for t in range(lr.shape[0]):
+        in_order = in_order + lr[t]
+    for _ in range(2):
+        q1, sx1, lr1 = gemm.quantize_activations(x, layer)
+        assert lr1.shape == (1, 5, 32) and torch.equal(lr1[0], in_order) and torch.equal(q1, q)
+    q8, sx8, lr8 = gemm.quantize_activations(x, layer, fp8=True, reduce_lr=False)  # e4m3, natural order, (G, M)
     assert q8.dtype == torch.float8_e4m3fn and torch.equal(q8.float(), codes.reshape(5, 448).float())
     assert torch.equal(sx8, s.t()) and torch.equal(lr8, lr)
     # f16 / i8: q·m (natural order) in fp16 / int8, exact, and the rows' units u
@@ -150,7 +158,7 @@ def test_activation_codes_bit_identical_to_reference(gemm):
     u, m = two_level(xs, 64)
     qm = (codes.float() * m.unsqueeze(-1)).reshape(5, 448)
     for kw, dtype in ((dict(f16=True), torch.float16), (dict(i8=True), torch.int8)):
-        a, rs, lr_mq = gemm.quantize_activations(x, layer, **kw)
+        a, rs, lr_mq = gemm.quantize_activations(x, layer, reduce_lr=False, **kw)
         assert a.dtype == dtype and torch.equal(a.float(), qm) and torch.equal(rs, u.squeeze(-1))
         assert torch.equal(lr_mq, lr)                        # the same K splits and low-rank partials
 
@@ -205,6 +213,38 @@ def test_int8_kv_attention_kernel_matches_float64(attn, n_cached, n_tail, lq):
         attn.int8_kv_attention(qi, kq, vq, n_cached, ks, kz, vs, vz, kt if n_tail else None, vt if n_tail else None,
                                out=qi, config=cfg)
         assert torch.equal(qi, o), cfg
+
+
+@interpreted
+@pytest.mark.parametrize("n_cached,n_tail,heads", [(70, 0, 1), (37, 13, 3), (0, 9, 2), (130, 0, None)])
+def test_int8_kv_dequant_and_sdpa_path_match_float64(attn, n_cached, n_tail, heads):
+    """int8_kv_dequant gives Int8KVCache.read's float32 values (bit for bit) for its head group, then
+    the tail's tokens; the dequantize-then-SDPA attention over head groups matches float64 attention,
+    also written over its queries."""
+    from var_gen_ros.quant.kv_int8 import asym_params, dequantize_asym, quantize_asym
+    g = torch.Generator().manual_seed(n_cached + 7 * n_tail)
+    B, H, D = 2, 6, 32
+    cap = n_cached + 5
+    k = torch.randn(B, H, cap, D, generator=g) * torch.rand(1, H, 1, D, generator=g) * 3 + torch.rand(1, H, 1, D, generator=g) * 4
+    v = torch.randn(B, H, cap, D, generator=g) * torch.rand(1, H, 1, D, generator=g) * 3 - 1
+    ks, kz = asym_params(k.amin((0, 2), keepdim=True), k.amax((0, 2), keepdim=True))
+    vs, vz = asym_params(v.amin((0, 2), keepdim=True), v.amax((0, 2), keepdim=True))
+    kq, vq = quantize_asym(k, ks, kz), quantize_asym(v, vs, vz)
+    kt, vt = torch.randn(B, H, n_tail, D, generator=g), torch.randn(B, H, n_tail, D, generator=g)
+    Kf = torch.cat([dequantize_asym(kq[:, :, :n_cached], ks, kz), kt], 2)
+    Vf = torch.cat([dequantize_asym(vq[:, :, :n_cached], vs, vz), vt], 2)
+    tails = (kt, vt) if n_tail else (None, None)
+    kb, vb = attn.int8_kv_dequant(kq, vq, n_cached, 2, 3, ks, kz, vs, vz, *tails, dtype=torch.float32)
+    assert torch.equal(kb, Kf[:, 2:5]) and torch.equal(vb, Vf[:, 2:5])
+    q = torch.nn.functional.normalize(torch.randn(B, H, 11, D, generator=g), dim=-1) * 6
+    ref = torch.softmax(q.double() @ Kf.double().transpose(-1, -2), -1) @ Vf.double()
+    o = attn.int8_kv_attention_sdpa(q, kq, vq, n_cached, ks, kz, vs, vz, *tails, heads=heads)
+    assert ((o.double() - ref).norm() / ref.norm()).item() <= 1e-5
+    qi = q.clone()
+    assert attn.int8_kv_attention_sdpa(qi, kq, vq, n_cached, ks, kz, vs, vz, *tails, out=qi, heads=heads) is qi
+    assert torch.equal(qi, o)
+    # the head group fits the byte budget: 2 (K, V) x B x heads x N x D x 2 bytes
+    assert attn.sdpa_head_group(2, 28, 10521, 128, 64 << 20) == 4 and attn.sdpa_head_group(2, 28, 10, 128, 1) == 1
 
 
 @interpreted
@@ -347,11 +387,12 @@ def _block_run(blk, cache_kind, store, chunk, dtype, seed=0):
 
 
 @interpreted
-@pytest.mark.parametrize("cache_kind,store", [("float", True), ("float", False), ("int8", True)])
+@pytest.mark.parametrize("cache_kind,store", [("float", True), ("float", False), ("int8", True), ("int8", False)])
 def test_block_fast_path_matches_float64(monkeypatch, cache_kind, store):
     """A whole block on the GPU fast path (the qkv epilogue and modulated-LayerNorm kernels, residuals
-    added in place into the slices of x), here with the kernels interpreted on the CPU, against the
-    same block and inputs in float64 on the PyTorch reference: whole and in slices."""
+    added in place into the slices of x; for the INT8 cache the dequantize-per-head-group + SDPA
+    attention), here with the kernels interpreted on the CPU, against the same block and inputs in
+    float64 on the PyTorch reference: whole and in slices."""
     import copy
     from var_gen_ros.infinity import tiny_config
     from var_gen_ros.infinity.model import CrossAttnBlock
@@ -364,6 +405,10 @@ def test_block_fast_path_matches_float64(monkeypatch, cache_kind, store):
     qr, ad = _load_interpreted("qkv_rope_triton"), _load_interpreted("adaln_triton")
     monkeypatch.setattr(dispatch, "qkv_rope_kernel", lambda x: qr.qkv_rope)
     monkeypatch.setattr(dispatch, "adaln_kernel", lambda x: ad.adaln)
+    if cache_kind == "int8":
+        from var_gen_ros.quant import kv_int8
+        at = _load_interpreted("int8_kv_attention_triton")
+        monkeypatch.setattr(kv_int8, "int8_attention_sdpa", lambda q, n: lambda *a, **k: at.int8_kv_attention_sdpa(*a, heads=2, **k))
     for chunk in (0, 50):
         y = _block_run(blk, cache_kind, store, chunk, torch.float32)
         err = float((y.double() - ref).abs().max() / ref.abs().max())

@@ -62,6 +62,7 @@ def _load():
             _STATE["w4a4_path"] += f"; fp16 mma on exactly dequantized operands from {gemm.F16_MIN_M} rows"
         attn = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py")
         _STATE["attn_int8"], _STATE["kv_store_int8"] = attn.int8_kv_attention, attn.int8_kv_store
+        _STATE["attn_int8_sdpa"] = attn.int8_kv_attention_sdpa
         _STATE["qkv_rope"] = _load_module("qkv_rope_triton", "qkv_rope_triton.py").qkv_rope
         _STATE["adaln"] = _load_module("adaln_triton", "adaln_triton.py").adaln
         _STATE["reason"] = "triton"
@@ -84,6 +85,33 @@ def int8_attention_kernel(q):
         return None
     _load()
     return _STATE["attn_int8"]
+
+
+# From this many queries on (per batch and head), inside a CUDA graph, the INT8-KV attention dequantizes
+# each group of heads' K/V into a bounded bf16 buffer and runs SDPA (cuDNN's fused attention on Hopper)
+# instead of the Triton kernel, which dequantizes in registers: 1.18x faster at 1024 queries and up to
+# 1.32x at 4096 on the H100 in GPU time, slower below (docs/BENCHMARKS.md, eleventh session). Only in a
+# graph: launched eagerly it costs ~0.3 ms of host time per head group (cuDNN's forward alone ~0.1 ms),
+# which made the eager large scales of a 1024² generation 28 % slower. 0 turns it off.
+KV_SDPA_MIN_LQ = int(os.environ.get("VAR_GEN_KV_SDPA_MIN_LQ", "1024"))
+
+
+_SDPA_WARM = set()
+
+
+def int8_attention_sdpa(q, n_keys: int):
+    """The dequantize-per-head-group + SDPA attention over the INT8 cache for queries q (B, H, Lq, c) and
+    n_keys keys when it is the faster path (many queries, captured in a CUDA graph), else None
+    (`int8_attention_kernel`). Each shape also takes it once eagerly, so that its first call (Triton's
+    compile, cuDNN's plan) never happens during a capture."""
+    if KV_SDPA_MIN_LQ <= 0 or q.shape[2] < KV_SDPA_MIN_LQ or int8_attention_kernel(q) is None:
+        return None
+    key = (tuple(q.shape), n_keys, q.dtype, q.device)
+    if not torch.cuda.is_current_stream_capturing():
+        if key in _SDPA_WARM:
+            return None
+        _SDPA_WARM.add(key)
+    return _STATE.get("attn_int8_sdpa")
 
 
 def int8_kv_store_kernel(k):
@@ -116,5 +144,8 @@ def kernel_status() -> str:
     _load()
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
+    sdpa = (f"; in CUDA graphs from {KV_SDPA_MIN_LQ} queries its K/V dequantized per head group by triton, then SDPA"
+            if KV_SDPA_MIN_LQ > 0 else "")
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
-            "(static scales, and its INT8 store; dynamic uses the reference), qkv epilogue and modulated LayerNorm: triton")
+            f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
+            "qkv epilogue and modulated LayerNorm: triton")

@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..infinity.kv_cache import KVCache
-from .dispatch import int8_attention_kernel, int8_kv_store_kernel
+from .dispatch import int8_attention_kernel, int8_attention_sdpa, int8_kv_store_kernel
 
 
 def asym_params(lo: torch.Tensor, hi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -116,10 +116,15 @@ class Int8KVCache(KVCache):
         """With static scales on a GPU: the INT8-KV attention kernel (dequantizes in registers).
         Otherwise KVCache's reference: stored K/V are read back dequantized and SDPA runs on them.
         Either way the last scale's own K/V, which are never stored, take part at full precision.
-        The kernel writes its output over q (each program reads its query block before it writes that
-        block's output): q is consumed, and the largest scale holds one (B, H, L, c) tensor fewer."""
+        Inside a CUDA graph, from `dispatch.KV_SDPA_MIN_LQ` queries on, each group of heads' K/V is
+        dequantized into a bounded bf16 buffer and SDPA runs on it instead (faster there on Hopper:
+        cuDNN's fused attention; eagerly its host time outweighs that).
+        Both write the output over q (the kernel's programs read their query block before writing it;
+        the SDPA path a head group's queries): q is consumed, and the largest scale holds one
+        (B, H, L, c) tensor fewer."""
         if self.static is not None:
-            fn = int8_attention_kernel(q)
+            # many queries in a CUDA graph: each head group's K/V dequantized into a bounded buffer, then SDPA
+            fn = int8_attention_sdpa(q, start + k.shape[2]) or int8_attention_kernel(q)
             if fn is not None:
                 st = self.static
                 L = k.shape[2]
