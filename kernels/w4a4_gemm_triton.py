@@ -791,9 +791,13 @@ def default_path(x: torch.Tensor) -> str:
 
 # The i8 path (two-level scales: one INT8 MMA accumulation over all of K, no per-group rescale) for
 # layers whose weight scales allow it (every layer this package quantizes); VAR_GEN_W4A4_I8=0 turns it
-# off. From I8W_MIN_M rows the weights' q·m go to an int8 workspace (N x K bytes, freed after the call).
+# off. From I8W_MIN_M rows the weights' q·m go to an int8 workspace (N x K bytes, freed after the call):
+# from 257 rows, the autotuner's own timings of the 512-row bucket (H100, eleventh session) put the
+# workspace's GEMM plus its unpack at 0.6-0.7x the in-register GEMM's time on the block shapes (3584²:
+# 20-27 + 8 µs against 41-51 µs; 3584->14336: 71-77 + 35 against 147-200), which a 1024² generation
+# meets at its 144-token scale (288 rows with CFG); at 128 rows they are about equal
 I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
-I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "512"))
+I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 
 
 def path_for(x2: torch.Tensor, layer=None) -> str:
