@@ -247,6 +247,11 @@ class FFN(nn.Module):
 class CrossAttnBlock(nn.Module):
     """Pre-norm block, shared AdaLN: ada_gss (per block) + shared_ada_lin(cond) (model level)."""
 
+    # The most tokens the FFN runs at once on the GPU fast path: its (tokens x hidden) activation and the
+    # quantized copy fc2 reads are the block's largest; capped, 2048-token slices of the other ops stay
+    # within the 10 GiB peak at 1024² (docs/BENCHMARKS.md, eleventh session)
+    ffn_tokens = 1024
+
     def __init__(self, cfg: InfinityConfig):
         super().__init__()
         C = cfg.embed_dim
@@ -279,7 +284,12 @@ class CrossAttnBlock(nn.Module):
         ca = self.ca(modulated_norm(x, self.ca_norm, layer_dtype(self.ca.mat_q)), text_kv, text_mask)
         x = x.add_(ca) if fast else x + ca.float()
         h = modulated_norm(x, self.ln_wo_grad, layer_dtype(self.ffn.fc1), scale2, shift2)
-        return x.addcmul_(self.ffn(h), gamma2) if fast else x + self.ffn(h).float() * gamma2
+        if not fast:
+            return x + self.ffn(h).float() * gamma2
+        m = self.ffn_tokens
+        for a in range(0, h.shape[1], m):       # per token: sub-slices give the same numbers
+            x[:, a:a + m].addcmul_(self.ffn(h[:, a:a + m]), gamma2)
+        return x
 
     def forward_chunked(self, x, ada, text_kv, text_mask, rope, kv_cache, start, store, n):
         """The same arithmetic as `forward`, slice by slice along the tokens (a float32 x is overwritten
