@@ -247,10 +247,13 @@ class FFN(nn.Module):
 class CrossAttnBlock(nn.Module):
     """Pre-norm block, shared AdaLN: ada_gss (per block) + shared_ada_lin(cond) (model level)."""
 
-    # The most tokens the FFN runs at once on the GPU fast path: its (tokens x hidden) activation and the
-    # quantized copy fc2 reads are the block's largest; capped, 2048-token slices of the other ops stay
-    # within the 10 GiB peak at 1024² (docs/BENCHMARKS.md, eleventh session)
+    # The most tokens the FFN (on the GPU fast path) and the qkv projection (in `forward_chunked`) run at
+    # once: the FFN's (tokens x hidden) activation with fc2's quantized copy, and the projection's
+    # (tokens x 3C) output beside the whole scale's q, k, v, are the block's largest temporaries; capped,
+    # larger slices of the other ops (proj, cross-attention) keep the 1024-token peak (docs/BENCHMARKS.md,
+    # eleventh session)
     ffn_tokens = 1024
+    qkv_tokens = 1024
 
     def __init__(self, cfg: InfinityConfig):
         super().__init__()
@@ -298,8 +301,9 @@ class CrossAttnBlock(nn.Module):
         B, L, C = x.shape
         q, k, v = self.sa.qkv_buffers(x, L, store)
         constants = self.sa.qkv_constants()
-        for a in range(0, L, n):
-            self.sa.qkv_into(self._attn_input(x[:, a:a + n], ada), rope[:, a:a + n], q, k, v, a, constants)
+        nq = min(n, self.qkv_tokens)
+        for a in range(0, L, nq):
+            self.sa.qkv_into(self._attn_input(x[:, a:a + nq], ada), rope[:, a:a + nq], q, k, v, a, constants)
         att = self.sa.attend(q, k, v, None, kv_cache, start, store)
         del q, k, v
         # everything below is per token, so each slice's output can replace its input: a float32 x is
