@@ -409,9 +409,7 @@ def test_block_fast_path_matches_float64(monkeypatch, cache_kind, store):
         from var_gen_ros.quant import kv_int8
         at = _load_interpreted("int8_kv_attention_triton")
         monkeypatch.setattr(kv_int8, "int8_attention_sdpa", lambda q, n: lambda *a, **k: at.int8_kv_attention_sdpa(*a, heads=2, **k))
-    for chunk, sub in ((0, 1024), (50, 1024), (50, 16), (0, 40)):     # FFN and qkv sub-slices too
-        monkeypatch.setattr(CrossAttnBlock, "ffn_tokens", sub)
-        monkeypatch.setattr(CrossAttnBlock, "qkv_tokens", sub + 3)
+    for chunk in (0, 50):
         y = _block_run(blk, cache_kind, store, chunk, torch.float32)
         err = float((y.double() - ref).abs().max() / ref.abs().max())
-        assert err <= (1e-5 if cache_kind == "float" else 1e-3), (chunk, sub, err)    # int8: a code may flip
+        assert err <= (1e-5 if cache_kind == "float" else 1e-3), (chunk, err)    # int8: a code may flip

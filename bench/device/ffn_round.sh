@@ -1,6 +1,6 @@
 #!/bin/bash
-# Eleventh session, last run: the FFN in sub-slices of at most 1024 tokens (CrossAttnBlock.ffn_tokens):
-# the edge proof at 2048- and 1024-token slices, then the GPU test of every W4A4 tile (the new 4-stage one).
+# Eleventh session: the FFN in sub-slices of at most 1024 tokens (CrossAttnBlock.ffn_tokens, commit d74ec1f;
+# measured, then reverted: see docs/BENCHMARKS.md): the edge proof at 2048- and 1024-token slices, then the GPU test of every W4A4 tile.
 source bench/device/autotune_carry.sh
 edge_round ffn "${CHUNKS:-2048 1024}" ${MODES:-w4a4_kv8,bf16} ${EDGE_TIMEOUT:-150}
 autotune_save

@@ -247,14 +247,6 @@ class FFN(nn.Module):
 class CrossAttnBlock(nn.Module):
     """Pre-norm block, shared AdaLN: ada_gss (per block) + shared_ada_lin(cond) (model level)."""
 
-    # The most tokens the FFN (on the GPU fast path) and the qkv projection (in `forward_chunked`) run at
-    # once: the FFN's (tokens x hidden) activation with fc2's quantized copy, and the projection's
-    # (tokens x 3C) output beside the whole scale's q, k, v, are the block's largest temporaries; capped,
-    # larger slices of the other ops (proj, cross-attention) keep the 1024-token peak (docs/BENCHMARKS.md,
-    # eleventh session)
-    ffn_tokens = 1024
-    qkv_tokens = 1024
-
     def __init__(self, cfg: InfinityConfig):
         super().__init__()
         C = cfg.embed_dim
@@ -287,12 +279,7 @@ class CrossAttnBlock(nn.Module):
         ca = self.ca(modulated_norm(x, self.ca_norm, layer_dtype(self.ca.mat_q)), text_kv, text_mask)
         x = x.add_(ca) if fast else x + ca.float()
         h = modulated_norm(x, self.ln_wo_grad, layer_dtype(self.ffn.fc1), scale2, shift2)
-        if not fast:
-            return x + self.ffn(h).float() * gamma2
-        m = self.ffn_tokens
-        for a in range(0, h.shape[1], m):       # per token: sub-slices give the same numbers
-            x[:, a:a + m].addcmul_(self.ffn(h[:, a:a + m]), gamma2)
-        return x
+        return x.addcmul_(self.ffn(h), gamma2) if fast else x + self.ffn(h).float() * gamma2
 
     def forward_chunked(self, x, ada, text_kv, text_mask, rope, kv_cache, start, store, n):
         """The same arithmetic as `forward`, slice by slice along the tokens (a float32 x is overwritten
@@ -301,9 +288,8 @@ class CrossAttnBlock(nn.Module):
         B, L, C = x.shape
         q, k, v = self.sa.qkv_buffers(x, L, store)
         constants = self.sa.qkv_constants()
-        nq = min(n, self.qkv_tokens)
-        for a in range(0, L, nq):
-            self.sa.qkv_into(self._attn_input(x[:, a:a + nq], ada), rope[:, a:a + nq], q, k, v, a, constants)
+        for a in range(0, L, n):
+            self.sa.qkv_into(self._attn_input(x[:, a:a + n], ada), rope[:, a:a + n], q, k, v, a, constants)
         att = self.sa.attend(q, k, v, None, kv_cache, start, store)
         del q, k, v
         # everything below is per token, so each slice's output can replace its input: a float32 x is
