@@ -94,6 +94,8 @@ def int8_attention_kernel(q):
 # graph: launched eagerly it costs ~0.3 ms of host time per head group (cuDNN's forward alone ~0.1 ms),
 # which made the eager large scales of a 1024² generation 28 % slower. 0 turns it off.
 KV_SDPA_MIN_LQ = int(os.environ.get("VAR_GEN_KV_SDPA_MIN_LQ", "1024"))
+# 1: take it eagerly too (measurements of the eager cost, bench/device/sdpa_eager_round.sh)
+KV_SDPA_EAGER = os.environ.get("VAR_GEN_KV_SDPA_EAGER", "0") == "1"
 
 
 _SDPA_WARM = set()
@@ -107,7 +109,7 @@ def int8_attention_sdpa(q, n_keys: int):
     if KV_SDPA_MIN_LQ <= 0 or q.shape[2] < KV_SDPA_MIN_LQ or int8_attention_kernel(q) is None:
         return None
     key = (tuple(q.shape), n_keys, q.dtype, q.device)
-    if not torch.cuda.is_current_stream_capturing():
+    if not torch.cuda.is_current_stream_capturing() and not KV_SDPA_EAGER:
         if key in _SDPA_WARM:
             return None
         _SDPA_WARM.add(key)
