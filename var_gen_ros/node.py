@@ -62,8 +62,8 @@ class GenNode(Node):
         P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | cpu", True))
         P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
-                                          "8B W4A4+KV8 at 1024² on the H100 (fused kernels): 1024 -> 1.35 s at "
-                                          "9.94 GiB peak, 2048 -> 1.28 s at 10.06 GiB",
+                                          "8B W4A4+KV8 at 1024² on the H100 (fused kernels): 1024 -> 1.23 s at "
+                                          "9.94 GiB peak, 2048 -> 1.16 s at 10.06 GiB",
                                          int_range=(0, 1 << 20)))
         P("cuda_graphs", True, _desc("replay each scale of at most 1024 tokens as a CUDA graph (GPU): 8B W4A4+KV8 at "
                                      "1024² on the H100 2.43 s instead of 2.96 s eager, same peak (9.96 vs 9.91 GiB); "

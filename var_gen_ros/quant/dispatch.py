@@ -89,7 +89,7 @@ def int8_attention_kernel(q):
 
 # From this many queries on (per batch and head), inside a CUDA graph, the INT8-KV attention dequantizes
 # each group of heads' K/V into a bounded bf16 buffer and runs SDPA (cuDNN's fused attention on Hopper)
-# instead of the Triton kernel, which dequantizes in registers: 1.18x faster at 1024 queries and up to
+# instead of the Triton kernel, which dequantizes in registers: 1.12x faster at 1024 queries and up to
 # 1.32x at 4096 on the H100 in GPU time, slower below (docs/BENCHMARKS.md, eleventh session). Only in a
 # graph: launched eagerly it costs ~0.3 ms of host time per head group (cuDNN's forward alone ~0.1 ms),
 # which made the eager large scales of a 1024² generation 28 % slower. 0 turns it off.
