@@ -92,7 +92,7 @@ def int8_attention_kernel(q):
 # instead of the Triton kernel, which dequantizes in registers: 1.12x faster at 1024 queries and up to
 # 1.32x at 4096 on the H100 in GPU time, slower below (docs/BENCHMARKS.md, eleventh session). Only in a
 # graph: launched eagerly it costs ~0.3 ms of host time per head group (cuDNN's forward alone ~0.1 ms),
-# which made the eager large scales of a 1024² generation 28 % slower. 0 turns it off.
+# which made the eager large scales of a 1024² generation 40 % slower (host-bound). 0 turns it off.
 KV_SDPA_MIN_LQ = int(os.environ.get("VAR_GEN_KV_SDPA_MIN_LQ", "1024"))
 # 1: take it eagerly too (measurements of the eager cost, bench/device/sdpa_eager_round.sh)
 KV_SDPA_EAGER = os.environ.get("VAR_GEN_KV_SDPA_EAGER", "0") == "1"
