@@ -18,18 +18,12 @@ sys.path.insert(0, os.path.join(ROOT, "test"))
 
 from test_kernels_gpu import _layer             # noqa: E402
 from kernels_under_test import gemm_module      # noqa: E402
-
-BLOCK_SHAPES = [(3584, 10752, False), (3584, 3584, True), (3584, 14336, True), (14336, 3584, True)]
+from bench.w4a4_stages import BLOCK_SHAPES, _ms  # noqa: E402
 TILES = {"128x256 k128 tma s3": dict(BLOCK_M=128, BLOCK_N=256, SWAP=False, KSTEP=128, TMA=True, num_warps=8, num_stages=3),
          "128x256 k128 tma s4": dict(BLOCK_M=128, BLOCK_N=256, SWAP=False, KSTEP=128, TMA=True, num_warps=8, num_stages=4),
          "256x128 k128 tma s3": dict(BLOCK_M=256, BLOCK_N=128, SWAP=False, KSTEP=128, TMA=True, num_warps=8, num_stages=3),
          "128x128 k128 tma s4": dict(BLOCK_M=128, BLOCK_N=128, SWAP=False, KSTEP=128, TMA=True, num_warps=8, num_stages=4),
          "128x128 k128 tma s5 w4": dict(BLOCK_M=128, BLOCK_N=128, SWAP=False, KSTEP=128, TMA=True, num_warps=4, num_stages=5)}
-
-
-def _ms(fn):
-    import triton.testing as tt
-    return tt.do_bench_cudagraph(fn, rep=50, return_mode="median")
 
 
 def main():

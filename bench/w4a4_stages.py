@@ -54,7 +54,7 @@ def main():
             r["default_launch"] = {"BM": BM, "warps": warps, "S": splits0(M, K // 64, BM)}
             wu = layer.weight_units()
             wq = torch.empty(N, K, dtype=torch.int8, device="cuda")
-            r["unpack_ms"] = _ms(lambda: mod._UNPACK_I8((triton_cdiv(N, 64), K // 64),
+            r["unpack_ms"] = _ms(lambda: mod._UNPACK_I8((-(-N // 64), K // 64),
                                                         (layer.qweight, layer.wscales, wu, wq, N, K),
                                                         dict(BLOCK_N=64, GROUP=64)))
             variants = {}
@@ -84,10 +84,6 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
-
-
-def triton_cdiv(a, b):
-    return -(-a // b)
 
 
 if __name__ == "__main__":
