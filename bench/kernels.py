@@ -11,6 +11,8 @@ at every scale of a 1024x1024 Infinity-8B generation with CFG (B=2, 28 heads of 
 qkv epilogue: the fused kernel (bias, normalize, scale, RoPE into the attention buffers) vs the
 PyTorch reference (SelfAttention.qkv_epilogue + copy into the buffers) on a bf16 projection output,
 time and the allocator's peak above the inputs, at slice sizes up to the last scale's 4096 tokens.
+qkv GEMM: the W4A4 qkv projection with that epilogue in its GEMM vs the W4A4 GEMM then the epilogue
+kernel vs bf16 cuBLAS then the epilogue kernel, at a 1024² generation's slice sizes.
 Modulated LayerNorm: the fused kernel (LN, AdaLN scale/shift, bf16 out) vs the PyTorch reference
 (model.modulated_norm's ops), the same slice sizes.
 
@@ -245,6 +247,55 @@ def bench_qkv_epilogue(ns=(4, 64, 256, 1024, 2048, 4096)):
     return rows
 
 
+def bench_qkv_gemm(ns=(144, 256, 576, 1024, 2048)):
+    """The self-attention's qkv projection and input epilogue at a 1024² generation's slice sizes (CFG):
+    the W4A4 GEMM with the epilogue in it (`w4a4_qkv_rope`) vs the W4A4 GEMM, its bf16 output, then
+    the epilogue kernel (as before) vs bf16 cuBLAS then the epilogue kernel (the bf16 model's path)."""
+    from kernels_under_test import gemm_module, qkv_rope_module
+    from var_gen_ros.infinity.model import SelfAttention
+    gemm, qkv_rope = gemm_module(), qkv_rope_module().qkv_rope
+    B, H, c, K = 2, 28, 128, 3584
+    sa = SelfAttention(H * c, H).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        sa.q_bias.normal_()
+        sa.v_bias.normal_()
+    bias, sm = sa.qkv_constants()
+    layer = _layer(K, 3 * H * c, False, seed=5)
+    w = torch.randn(3 * H * c, K, device="cuda", dtype=torch.bfloat16) * K ** -0.5
+    rows = []
+    for n in ns:
+        x = torch.randn(B, n, K, device="cuda", dtype=torch.bfloat16)
+        ang = torch.rand(n, c // 2, device="cuda") * 100
+        rope = torch.stack([ang.cos(), ang.sin()])
+        q, k, v = sa.qkv_buffers(x, n, store=True)
+
+        def run_fused():
+            gemm.w4a4_qkv_rope(x, layer, bias, sm.view(-1), rope, q, k, v, 0)
+
+        def run_separate():
+            qkv_rope(gemm.w4a4_linear(x, layer), bias, sm.view(-1), rope, q, k, v, 0)
+
+        def run_bf16():
+            qkv_rope(F.linear(x, w), bias, sm.view(-1), rope, q, k, v, 0)
+
+        r = {"tokens": n, "rows": B * n, "path": gemm.path_for(x.view(-1, K), layer),
+             "fusable": gemm.qkv_fusable(x, layer, c)}
+        with torch.no_grad():
+            run_separate()
+            sep = [t.clone() for t in (q, k, v)]
+            run_fused()
+            r["max_rel_diff_vs_separate"] = max(float((a.float() - b.float()).abs().max() / b.float().abs().max())
+                                                for a, b in zip((q, k, v), sep))
+            del sep
+            r["graph_bf16_ms"] = _time(run_bf16, graph=True)
+            r["bf16_ms"] = _time(run_bf16, graph=False)
+        r = _fused_vs_reference("qkv gemm", r, run_fused, run_separate)
+        r["graph_vs_bf16"] = r["graph_bf16_ms"] / r["graph_fused_ms"]
+        r["eager_vs_bf16"] = r["bf16_ms"] / r["fused_ms"]
+        rows.append(r)
+    return rows
+
+
 def bench_adaln(ns=(4, 64, 256, 1024, 2048, 4096)):
     from kernels_under_test import adaln_module
     from var_gen_ros.infinity.model import modulated_norm_reference
@@ -272,7 +323,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--reference", action="store_true", help="also time the dequantize+matmul GEMM reference")
-    ap.add_argument("--only", choices=["gemm", "attention", "qkv", "adaln"], default=None)
+    ap.add_argument("--only", choices=["gemm", "attention", "qkv", "qkv_gemm", "adaln"], default=None)
     ap.add_argument("--shapes", default=None, help="GEMM shapes KxN, comma-separated (default: all)")
     ap.add_argument("--ms", default=None, help="GEMM rows M, comma-separated (default: 2,32,128,512,2048,8192)")
     ap.add_argument("--paths", default="fp8,fp8w,f16,f16w",
@@ -292,6 +343,8 @@ def main():
         out["attention"], out["attention_total_ms"] = bench_attention()
     if a.only in (None, "qkv"):
         out["qkv_epilogue"] = bench_qkv_epilogue()
+    if a.only in (None, "qkv_gemm"):
+        out["qkv_gemm"] = bench_qkv_gemm()
     if a.only in (None, "adaln"):
         out["adaln"] = bench_adaln()
     if a.json:

@@ -576,6 +576,112 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
             HAS_LR, R, SWAP, BLOCK_M, ACT)
 
 
+@triton.jit
+def _w4a4_i8_qkv_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, M, N, K, S, M_BUCKET,
+                        QB, SM, COS, SIN, QO, KO, VO, NTOK, START, C, sr_l, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
+                        HEAD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
+                        BLOCK_M: tl.constexpr, GROUP: tl.constexpr, W8: tl.constexpr = False,
+                        KSTEP: tl.constexpr = 64, TMA: tl.constexpr = False):
+    """The i8 GEMM of the self-attention's qkv projection with the attention's input epilogue (the
+    reference: SelfAttention.qkv_epilogue; kernels/qkv_rope_triton.py does it as a second pass) in place
+    of the store. A program owns one head's HEAD columns (of q, k or v) for BLOCK_M rows, in two
+    accumulators: the head's even channels and its odd ones, whose weight rows it reads as two strided
+    row sets. RoPE rotates exactly those pairs, so the epilogue is elementwise on the two accumulators
+    plus a row sum for the norm: no reshapes or splits of the MMA tile (which cost a shared-memory round
+    trip of the whole tile, and made a one-accumulator version of this kernel 2x slower than the GEMM and
+    the second pass together on the H100). The float32 tile + the low-rank branch + [q_bias, 0, v_bias];
+    q, k normalized to unit length (IEEE sqrt and division, as F.normalize), q times its head's scale,
+    both rotated by the token's (cos, sin); written into the attention's (B, H, L, c) buffers at token
+    START + t (row m = b · NTOK + t). The projection's (M, 3C) output never exists."""
+    HALF: tl.constexpr = HEAD // 2
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, HEAD)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = rm < M
+    i = tl.arange(0, HALF)
+    col0 = pid_n * HEAD
+    ce = col0 + 2 * i                                   # the head's even channels' columns; odd: ce + 1
+    nmask = ce < N
+    acc0 = tl.zeros((BLOCK_M, HALF), dtype=tl.int32)
+    acc1 = tl.zeros((BLOCK_M, HALF), dtype=tl.int32)
+    uw0 = tl.load(wu_ptr + ce)
+    uw1 = tl.load(wu_ptr + ce + 1)
+    if W8 and TMA:    # the workspace viewed as (N/2, 2K): a row holds channel 2r's weights, then 2r + 1's
+        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, KSTEP])
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N // 2, 2 * K], strides=[2 * K, 1], block_shape=[HALF, KSTEP])
+        for k in range(0, K, KSTEP):
+            a = a_desc.load([pid_m * BLOCK_M, k])
+            acc0 = tl.dot(a, tl.trans(w_desc.load([pid_n * HALF, k])), acc0, out_dtype=tl.int32)
+            acc1 = tl.dot(a, tl.trans(w_desc.load([pid_n * HALF, K + k])), acc1, out_dtype=tl.int32)
+    elif W8:     # the int8 workspace: plain loads, KSTEP per step
+        kk = tl.arange(0, KSTEP)
+        a_ptrs = a_ptr + (rm % M)[:, None] * K + kk[None, :]
+        w_ptrs = w_ptr + ce[:, None] * K + kk[None, :]
+        for k in range(0, K, KSTEP):
+            a = tl.load(a_ptrs)
+            acc0 = tl.dot(a, tl.trans(tl.load(w_ptrs)), acc0, out_dtype=tl.int32)
+            acc1 = tl.dot(a, tl.trans(tl.load(w_ptrs + K)), acc1, out_dtype=tl.int32)
+            a_ptrs += KSTEP
+            w_ptrs += KSTEP
+    else:      # packed codes, q·m made in registers per group
+        c = tl.arange(0, GROUP)
+        j = tl.arange(0, GROUP // 2)
+        G = K // GROUP
+        a_ptrs = a_ptr + (rm % M)[:, None] * K + c[None, :]
+        w_ptrs = w_ptr + ce[:, None] * (K // 2) + j[None, :]
+        s_ptrs = sw_ptr + ce * G
+        inv0, inv1 = 1.0 / uw0, 1.0 / uw1
+        for g in range(0, G):
+            a = tl.load(a_ptrs)
+            w0 = _codes_i8(tl.load(w_ptrs), _weight_mult(s_ptrs, inv0), HALF, GROUP)
+            w1 = _codes_i8(tl.load(w_ptrs + K // 2), _weight_mult(s_ptrs + G, inv1), HALF, GROUP)
+            acc0 = tl.dot(a, tl.trans(w0), acc0, out_dtype=tl.int32)
+            acc1 = tl.dot(a, tl.trans(w1), acc1, out_dtype=tl.int32)
+            a_ptrs += GROUP
+            w_ptrs += GROUP // 2
+            s_ptrs += 1
+    ux = tl.load(ux_ptr + rm, mask=mmask, other=0.0)
+    x0 = acc0.to(tl.float32) * (ux[:, None] * uw0[None, :])
+    x1 = acc1.to(tl.float32) * (ux[:, None] * uw1[None, :])
+    x0 = _lowrank_bias(x0, rm, ce, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, False, BLOCK_M)
+    x1 = _lowrank_bias(x1, rm, ce + 1, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, False, BLOCK_M)
+    x0 += tl.load(QB + ce)[None, :]
+    x1 += tl.load(QB + ce + 1)[None, :]
+    sec = col0 // C                                       # 0: q, 1: k, 2: v
+    h = (col0 % C) // HEAD
+    t = rm % NTOK
+    row_k = (rm // NTOK) * sk_b + (START + t) * sk_l + h * sk_h
+    if sec == 2:
+        _store_head(VO + row_k, x0, x1, mmask, HEAD)
+    else:
+        sq = tl.sum(x0 * x0, axis=1) + tl.sum(x1 * x1, axis=1)
+        if _ON_GPU:
+            nrm = tl.maximum(libdevice.sqrt_rn(sq), 1e-12)[:, None]
+            x0, x1 = libdevice.div_rn(x0, nrm), libdevice.div_rn(x1, nrm)
+        else:
+            nrm = tl.maximum(tl.sqrt(sq), 1e-12)[:, None]
+            x0, x1 = x0 / nrm, x1 / nrm
+        cos = tl.load(COS + t[:, None] * sr_l + i[None, :], mask=mmask[:, None], other=1.0)
+        sin = tl.load(SIN + t[:, None] * sr_l + i[None, :], mask=mmask[:, None], other=0.0)
+        if sec == 0:
+            s = tl.load(SM + h)
+            x0, x1 = x0 * s, x1 * s
+            _store_head(QO + (rm // NTOK) * sq_b + (START + t) * sq_l + h * sq_h, cos * x0 - sin * x1,
+                        sin * x0 + cos * x1, mmask, HEAD)
+        else:
+            _store_head(KO + row_k, cos * x0 - sin * x1, sin * x0 + cos * x1, mmask, HEAD)
+
+
+@triton.jit
+def _store_head(rows, x0, x1, mask, HEAD: tl.constexpr):
+    """A head's even (x0) and odd (x1) channels, (BLOCK_M, HEAD/2) each, interleaved into one contiguous
+    (BLOCK_M, HEAD) store at the rows' pointers: the pairs are one thread's registers, so the join is
+    free, and the store is as wide as the plain GEMM's. (Two stores with a stride of 2 elements made the
+    kernel 1.9x slower on the H100: bench/qkv_epilogue_probe.py.)"""
+    d = tl.arange(0, HEAD)
+    tl.store(rows[:, None] + d[None, :], tl.reshape(tl.join(x0, x1), x0.shape[0], HEAD).to(rows.dtype.element_ty),
+             mask=mask[:, None])
+
+
 def _cfg(bm, bn, swap, warps, stages, split_k=1, **extra):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SWAP": swap, "SPLIT_K": split_k, **extra}, num_warps=warps,
                          num_stages=stages)
@@ -600,6 +706,15 @@ LARGE_M_CONFIGS = [_cfg(64, 128, False, 4, 4), _cfg(128, 128, False, 8, 3), _cfg
                    _cfg(128, 256, True, 8, 3)] + _split([(64, 128, False, 4, 4), (64, 128, True, 4, 4)], (2, 4))
 
 
+def _graph_bench(fn, quantiles):
+    """The tuners' timer: CUDA-graph replay. Eager timing of a ~20 µs kernel measures the Python launch
+    instead, and then picks split-K configs at random (seen on the H100). The replay runs on a side
+    stream: synchronize first, so no kernel still in flight on the caller's stream (kernel 1, an earlier
+    layer's split-K GEMM using the same tile counters) overlaps the candidates."""
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
+
+
 def _autotuned(kernel, small, large, key, extra_prune=None):
     """`kernel` autotuned over `small` configs for M <= 64 rows and `large` ones above (split-K ones
     only up to SPLIT_MAX_M rows)."""
@@ -613,17 +728,10 @@ def _autotuned(kernel, small, large, key, extra_prune=None):
                 and (w16 or not c.kwargs.get("TMA", False) or extra_prune is not None)}
         kept = [c for c in configs if id(c) in keep]
         return extra_prune(kept, named_args, **kwargs) if extra_prune is not None else kept
-    # timed by CUDA-graph replay: eager timing of a ~20 µs kernel measures the Python launch instead,
-    # and then picks split-K configs at random (seen on the H100). The replay runs on a side stream:
-    # synchronize first, so no kernel still in flight on the caller's stream (kernel 1, an earlier
-    # layer's split-K GEMM using the same tile counters) overlaps the candidates
-    def bench(fn, quantiles):
-        torch.cuda.synchronize()
-        return triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
     # cache_results: the picks persist in Triton's cache directory, so only the first start on a
     # machine spends the minutes of tuning (about 8 s per (M bucket, N, K) on the H100)
     return triton.autotune(configs=small + large, key=key, prune_configs_by={"early_config_prune": prune},
-                           do_bench=bench, cache_results=True)(kernel)
+                           do_bench=_graph_bench, cache_results=True)(kernel)
 
 
 _w4a4_gemm = _autotuned(_w4a4_gemm_kernel, SMALL_M_CONFIGS, LARGE_M_CONFIGS, ["M_BUCKET", "N", "K"])
@@ -670,12 +778,34 @@ def _i8_prune(configs, named_args, **kwargs):
             and not (c.kwargs.get("TMA", False) and not (w8 and TMA_CANDIDATES))
             and (c.kwargs.get("KSTEP", 64) == 64 or (K % 128 == 0 and c.kwargs["SPLIT_K"] == 1))]
 _w4a4_i8 = _autotuned(_w4a4_i8_kernel, I8_SMALL_M_CONFIGS, I8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W8"], _i8_prune)
+# The qkv-epilogue GEMM's tiles: BLOCK_M rows of one head (two HEAD/2-wide accumulators), the K step of
+# the workspace's loads (128 needs K % 128 == 0 and the workspace), TMA loads (the workspace only)
+def _qkv_cfg(bm, warps, stages, kstep=64, tma=False):
+    return triton.Config({"BLOCK_M": bm, "KSTEP": kstep, "TMA": tma}, num_warps=warps, num_stages=stages)
+
+
+QKV_CONFIGS = [_qkv_cfg(128, 8, 3), _qkv_cfg(128, 8, 4), _qkv_cfg(64, 4, 4), _qkv_cfg(256, 8, 3),
+               _qkv_cfg(128, 8, 3, 128), _qkv_cfg(128, 8, 4, 128), _qkv_cfg(256, 8, 3, 128), _qkv_cfg(64, 4, 4, 128),
+               _qkv_cfg(128, 8, 4, 128, True), _qkv_cfg(256, 8, 3, 128, True), _qkv_cfg(128, 8, 3, 64, True),
+               _qkv_cfg(256, 8, 4, 64, True)]
+
+
+def _qkv_prune(configs, named_args, **kwargs):
+    w8 = kwargs.get("W8", named_args.get("W8", False))
+    return [c for c in configs if (c.kwargs["KSTEP"] == 64 or (w8 and named_args["K"] % 128 == 0))
+            and not (c.kwargs["TMA"] and not (w8 and TMA_CANDIDATES))]
+
+
+_w4a4_i8_qkv = triton.autotune(configs=QKV_CONFIGS, key=["M_BUCKET", "N", "K", "W8", "HEAD"],
+                               prune_configs_by={"early_config_prune": _qkv_prune},
+                               do_bench=_graph_bench, cache_results=True)(_w4a4_i8_qkv_kernel)
 _COUNTERS = {}
 # direct launches of the compiled kernels after their first call per specialization (kernels/launch.py)
 _QUANTIZE, _UNPACK_FP8, _DEQUANT_F16 = Launcher(_quantize_act), Launcher(_unpack_weight_fp8), Launcher(_dequant_weight_f16)
 _ROW_AMAX, _UNPACK_I8 = Launcher(_row_amax), Launcher(_unpack_weight_i8)
 _GEMM_INT8, _GEMM_FP8, _GEMM_F16, _GEMM_I8 = (Launcher(_w4a4_gemm), Launcher(_w4a4_fp8), Launcher(_w4a4_f16),
                                               Launcher(_w4a4_i8))
+_GEMM_I8_QKV = Launcher(_w4a4_i8_qkv)
 
 
 def _bucket(M: int) -> int:
@@ -800,9 +930,10 @@ I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 
 
-def path_for(x2: torch.Tensor, layer=None) -> str:
-    """The path `w4a4_linear` takes for x2 (M, K) by GPU, M and (given `layer`) its weight scales."""
-    M = x2.shape[0]
+def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:
+    """The path `w4a4_linear` takes for x2 (M, K) (or `rows` rows on x2's device) by GPU, M and (given
+    `layer`) its weight scales."""
+    M = x2.shape[0] if rows is None else rows
     if I8 and _capability(x2) >= (8, 0) and (layer is None or layer.weight_units() is not None):
         return "i8w" if 0 < I8W_MIN_M <= M else "i8"
     path = default_path(x2)
@@ -815,6 +946,15 @@ def path_for(x2: torch.Tensor, layer=None) -> str:
 
 # activations the GEMM's epilogue applies (W4A4Linear.forward's `act`): the kernels' ACT constexpr
 ACTIVATIONS = {None: 0, "gelu_tanh": 1}
+
+
+def _i8_workspace(layer, wu: torch.Tensor) -> torch.Tensor:
+    """The weights' q·m once into an int8 workspace (N, K), freed after the call: plain loads in the GEMM."""
+    N, K = layer.out_features, layer.in_features
+    wq = torch.empty(N, K, dtype=torch.int8, device=layer.qweight.device)
+    _UNPACK_I8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, layer.wscales, wu, wq, N, K),
+               dict(BLOCK_N=64, GROUP=GROUP))
+    return wq
 
 
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None,
@@ -840,12 +980,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     if i8 and wu is None:
         raise ValueError("the i8 path needs two-level weight scales (quant.int4.weight_scales); this layer's are free")
     q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8)
-    wq = layer.qweight
-    if path == "i8w":    # the weights' q·m once into an int8 workspace (N, K): plain loads in the GEMM
-        wq = torch.empty(N, K, dtype=torch.int8, device=x.device)
-        _UNPACK_I8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, layer.wscales, wu, wq, N, K),
-                   dict(BLOCK_N=64, GROUP=GROUP))
-    elif path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
+    wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
+    if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
         wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
         _UNPACK_FP8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, wq, N, K), dict(BLOCK_N=64, GROUP=GROUP))
     elif path == "f16w":
@@ -876,3 +1012,57 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])
         fixed[grid](*args, **meta, **config)
     return y.reshape(*shape[:-1], N)
+
+
+# The qkv projection with the attention's input epilogue in its GEMM (`w4a4_qkv_rope`) where it applies
+# (`qkv_fusable`); VAR_GEN_W4A4_QKV_EPILOGUE=0 keeps the GEMM and the separate epilogue kernel
+QKV_EPILOGUE = os.environ.get("VAR_GEN_W4A4_QKV_EPILOGUE", "1") == "1"
+
+
+def qkv_fusable(x: torch.Tensor, layer, head_dim: int) -> bool:
+    """Whether `w4a4_qkv_rope` serves the qkv projection `layer` of x (..., K): on the i8 workspace path
+    (from I8W_MIN_M rows; below it the plain GEMM's fast tiles are swapped or split K, which a one-head
+    epilogue cannot use), heads of 32 to 256 channels."""
+    return (QKV_EPILOGUE and layer.out_features % 3 == 0 and head_dim in (32, 64, 128, 256)
+            and layer.act_bits == 4 and path_for(x, layer, rows=x.numel() // x.shape[-1]) == "i8w")
+
+
+def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.Tensor, rope: torch.Tensor,
+                  q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int = 0, config: dict = None,
+                  path: str = None) -> None:
+    """The self-attention's qkv projection of x (B, n, K) by `layer` (a W4A4Linear with two-level
+    scales, N = 3C) and its input epilogue (bias (3C,) and scale_mul (H,) float32, rope (2, n, c/2)
+    float32) in one GEMM, written into tokens [start, start + n) of q, k, v (B, H, L, c) as
+    kernels/qkv_rope_triton.py writes them from the projection's output, which is never stored: its
+    float32 tile is normalized and rotated in the epilogue (one rounding, to q/k/v's dtypes, instead of two).
+    `path` "i8" / "i8w" and `config` as in `w4a4_linear`."""
+    B, n, K = x.shape
+    N, R = layer.out_features, layer.rank
+    C = N // 3
+    _, H, L, c = q.shape
+    if N != 3 * C or C != H * c or c & (c - 1) or c < 32 or K != layer.in_features:
+        raise ValueError(f"w4a4_qkv_rope: layer {K}->{N} does not make q, k, v of {H} heads of {c}")
+    if start + n > L or k.shape != v.shape or k.stride() != v.stride() or k.shape[:3] != (B, H, L):
+        raise ValueError(f"w4a4_qkv_rope: {n} tokens at {start} do not fit q {tuple(q.shape)} / k, v {tuple(k.shape)}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        raise ValueError("w4a4_qkv_rope: q, k, v need contiguous channels")
+    x2 = x.reshape(-1, K).contiguous()
+    M = x2.shape[0]
+    path = path or path_for(x2, layer)
+    wu = layer.weight_units()
+    if path not in ("i8", "i8w") or wu is None:
+        raise ValueError(f"w4a4_qkv_rope: the epilogue is in the i8 GEMM (two-level scales), not {path!r}")
+    if rope.stride(-1) != 1 or rope.shape[1] != n:
+        rope = rope[:, :n].contiguous()
+    qx, ux, lr = quantize_activations(x2, layer, i8=True)
+    wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
+    args = (qx, ux, wq, layer.wscales, wu, lr if R else ux, layer.lora_up if R else layer.wscales,
+            layer.bias if layer.bias is not None else bias, M, N, K, lr.shape[0] if R else 0, _bucket(M),
+            bias, scale_mul, rope[0], rope[1], q, k, v, n, start, C, rope.stride(1),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+    meta = dict(HEAD=c, HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP,
+                W8=path == "i8w")
+    if config is None:
+        _GEMM_I8_QKV(lambda m: (triton.cdiv(M, m["BLOCK_M"]), N // c, 1), args, meta)
+    else:
+        _w4a4_i8_qkv_kernel[(triton.cdiv(M, config["BLOCK_M"]), N // c, 1)](*args, **meta, **config)

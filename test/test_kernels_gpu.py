@@ -446,6 +446,64 @@ def test_qkv_epilogue_kernel_matches_float64_and_holds_less_memory():
     assert fused_extra <= 0.35 * ref_extra, (fused_extra, ref_extra)
 
 
+@pytest.mark.parametrize("n", [160, 1024, 2048])
+def test_qkv_epilogue_in_the_w4a4_gemm_matches_float64_and_holds_no_projection(monkeypatch, n):
+    """Infinity-8B's sa.mat_qkv quantized (3584 -> 10752), a CFG slice of n tokens written at an offset
+    into last-scale buffers through the model's dispatch (`SelfAttention.qkv_into`), which here takes the
+    GEMM with the epilogue in it: vs float64 of the layer's dequantized product followed by the epilogue
+    (fresh inputs, poisoned buffers), and the allocator's peak vs the separate path (the GEMM's bf16
+    output, then the epilogue kernel), which also still has to match."""
+    from kernels_under_test import qkv_epilogue_float64
+    from var_gen_ros.infinity.model import SelfAttention
+    from var_gen_ros.quant import dispatch
+    from var_gen_ros.quant.int4 import fake_quant_int4
+    B, H, c, L, start = 2, 28, 128, 4096, 4096 - n
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    sa = SelfAttention(H * c, H)
+    with torch.no_grad():
+        sa.q_bias.normal_()
+        sa.v_bias.normal_()
+        sa.scale_mul_1H11.uniform_(0.0, 5.0)
+    sa = sa.cuda()
+    sa.proj = sa.proj.bfloat16()                      # the attention (q's) dtype
+    layer = sa.mat_qkv = _layer(3584, 3 * H * c, False, seed=n)
+    x = (torch.randn(B, n, 3584, device="cuda") * 2).bfloat16()
+    x[..., torch.randint(3584, (4,))] *= 30
+    ang = torch.rand(n, c // 2, device="cuda") * 100
+    rope = torch.stack([ang.cos(), ang.sin()])
+    assert dispatch.w4a4_qkv_kernel(x, layer, c) is not None, dispatch.kernel_status()
+    with torch.no_grad():
+        xs = smooth_input(x.reshape(-1, 3584), layer.smooth)
+        y64 = fake_quant_int4(xs, layer.group).double() @ layer.dequantized_weight().double().t()
+        y64 += (xs.double() @ layer.lora_down.double()) @ layer.lora_up.double().t()
+        refs = qkv_epilogue_float64(y64.view(B, n, -1), sa, rope)
+        del xs, y64
+        q, k, v = sa.qkv_buffers(x, L, store=True)
+        extra = {}
+        for name in ("in_gemm", "separate"):
+            if name == "separate":
+                monkeypatch.setattr(dispatch, "w4a4_qkv_kernel", lambda *a: None)
+            sa.qkv_into(x, rope, q, k, v, start)         # warm: compile, tune, outside the counts
+            for t in (q, k, v):
+                t.fill_(float("nan"))
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            sa.qkv_into(x, rope, q, k, v, start)
+            torch.cuda.synchronize()
+            extra[name] = torch.cuda.max_memory_allocated() - base
+            assert q.dtype == torch.bfloat16 and k.dtype == v.dtype == torch.float32
+            for what, out, r in (("q", q, refs[0]), ("k", k, refs[1]), ("v", v, refs[2])):
+                got = out[:, :, start:start + n].double()
+                # the separate path rounds the projection to bf16 before the epilogue
+                tol = 8e-3 if out.dtype == torch.bfloat16 or name == "separate" else 1e-4
+                err = float((got - r).abs().max() / r.abs().max())
+                assert err <= tol, (name, what, err)
+                assert torch.isnan(out[:, :, :start]).all(), (name, what)
+    # the separate path holds the projection's (M, 3C) bf16 output besides what both hold
+    assert extra["in_gemm"] + 0.95 * (B * n * 3 * H * c * 2) <= extra["separate"], extra
+
+
 def test_adaln_kernel_matches_float64_on_the_8b_width():
     """The modulated LayerNorm at C = 3584 (not a power of two) on a token slice of the last 1024²
     scale, written in bf16 (the W4A4 GEMM's input) and in float32."""

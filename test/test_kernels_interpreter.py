@@ -337,6 +337,47 @@ def test_qkv_rope_kernel_matches_float64(n, start, in_dt, kv_dt):
 
 
 @interpreted
+@pytest.mark.parametrize("path,cfg,q_dt", [("i8w", dict(BLOCK_M=16), torch.float32),
+                                          ("i8", dict(BLOCK_M=32), torch.float32),
+                                          ("i8w", dict(BLOCK_M=16, KSTEP=128), torch.bfloat16),
+                                          ("i8w", dict(BLOCK_M=32, KSTEP=64, TMA=True), torch.float32)])
+def test_w4a4_gemm_with_the_qkv_epilogue_matches_float64(gemm, path, cfg, q_dt):
+    """The qkv projection with the attention's input epilogue in the i8 GEMM's (`w4a4_qkv_rope`): packed
+    and workspace weights (plain and TMA loads), a partial row block, rows of two batches, a token offset, against float64 of
+    the layer's dequantized product followed by the epilogue; what lies outside the written tokens
+    stays poisoned."""
+    from kernels_under_test import qkv_epilogue_float64
+    from var_gen_ros.infinity.model import SelfAttention
+    B, H, c, L, n, start, K = 2, 3, 32, 50, 19, 7, 256
+    C = H * c
+    g = torch.Generator().manual_seed(cfg["BLOCK_M"] + n)
+    sa = SelfAttention(C, H)
+    with torch.no_grad():
+        sa.q_bias.normal_(generator=g)
+        sa.v_bias.normal_(generator=g)
+        sa.scale_mul_1H11.uniform_(0.0, 5.0, generator=g)
+    layer = _w4a4_layer(K, 3 * C, False, 32, seed=3)
+    x = torch.randn(B, n, K, generator=g) * 2
+    x[..., :3] *= 25                                          # outlier channels
+    rope = torch.randn(2, n, c // 2, generator=g)
+    q = torch.full((B, H, L, c), float("nan"), dtype=q_dt)
+    k, v = torch.full((B, H, L, c), float("nan")), torch.full((B, H, L, c), float("nan"))
+    with torch.no_grad():
+        bias, scale_mul = sa.qkv_constants()
+        gemm.w4a4_qkv_rope(x, layer, bias, scale_mul.view(-1), rope, q, k, v, start, config=cfg, path=path)
+        refs = qkv_epilogue_float64(_float64_w4a4(x.reshape(-1, K), layer).view(B, n, 3 * C), sa, rope)
+    for name, out, ref in (("q", q, refs[0]), ("k", k, refs[1]), ("v", v, refs[2])):
+        got = out[:, :, start:start + n].double()
+        tol = 1e-5 if out.dtype == torch.float32 else 8e-3
+        err = float((got - ref).abs().max() / ref.abs().max())
+        assert err <= tol, (name, err)
+        assert torch.isnan(out[:, :, :start]).all() and torch.isnan(out[:, :, start + n:]).all(), name
+    with pytest.raises(ValueError, match="heads"):
+        gemm.w4a4_qkv_rope(x, layer, bias, scale_mul.view(-1), rope, q[..., :16], k[..., :16], v[..., :16], start,
+                           config=cfg, path=path)
+
+
+@interpreted
 @pytest.mark.parametrize("affine,mod,out_dt", [(False, True, torch.float32), (True, False, torch.bfloat16),
                                                (False, False, torch.float32)])
 def test_adaln_kernel_matches_float64(affine, mod, out_dt):

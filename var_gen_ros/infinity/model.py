@@ -162,7 +162,7 @@ class SelfAttention(nn.Module):
         """`qkv` of x's tokens written into q, k, v (B, H, L, c) at token offset start. On a GPU one
         kernel (kernels/qkv_rope_triton.py) does the epilogue from the projection's output: no float32
         copy of the projection and no normalized/rotated temporaries, which at 1024² set the peak."""
-        from ..quant.dispatch import qkv_rope_kernel     # (lazy: quant imports this package)
+        from ..quant.dispatch import qkv_rope_kernel, w4a4_qkv_kernel     # (lazy: quant imports this package)
         fn = None if torch.is_grad_enabled() else qkv_rope_kernel(x)
         n = x.shape[1]
         constants = constants or self.qkv_constants()
@@ -170,6 +170,10 @@ class SelfAttention(nn.Module):
             q[:, :, start:start + n], k[:, :, start:start + n], v[:, :, start:start + n] = self.qkv(x, rope, constants)
             return
         bias, scale_mul = constants
+        in_gemm = w4a4_qkv_kernel(x, self.mat_qkv, self.head_dim)
+        if in_gemm is not None:    # a W4A4 projection with the epilogue in its GEMM: no (B, n, 3C) output at all
+            in_gemm(x.to(layer_dtype(self.mat_qkv, x.dtype)), self.mat_qkv, bias, scale_mul.view(-1), rope, q, k, v, start)
+            return
         fn(_linear(x, self.mat_qkv), bias, scale_mul.view(-1), rope, q, k, v, start)
 
     def attend(self, q, k, v, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True):

@@ -51,7 +51,7 @@ def _load():
             _STATE["reason"] = "no CUDA device"
             return
         gemm = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py")
-        _STATE["w4a4"] = gemm.w4a4_linear
+        _STATE["w4a4"], _STATE["w4a4_module"] = gemm.w4a4_linear, gemm
         probe = torch.empty(0, device="cuda")
         _STATE["w4a4_path"] = gemm.default_path(probe) + " mma"
         large = gemm.path_for(torch.empty(1 << 20, 0, device="cuda"))   # the path a 1M-row call takes
@@ -133,6 +133,19 @@ def qkv_rope_kernel(x):
     return _STATE.get("qkv_rope")
 
 
+def w4a4_qkv_kernel(x, layer, head_dim: int):
+    """The self-attention's qkv projection with its input epilogue inside the W4A4 GEMM (`w4a4_qkv_rope`
+    in kernels/w4a4_gemm_triton.py: the projection's output is never stored) for x and the W4A4 layer,
+    or None (the projection, then `qkv_rope_kernel`): large slices on the i8 workspace path only."""
+    if not x.is_cuda or getattr(layer, "act_bits", None) != 4 or not hasattr(layer, "qweight"):
+        return None
+    _load()
+    gemm = _STATE.get("w4a4_module")
+    if gemm is None or not gemm.qkv_fusable(x, layer, head_dim):
+        return None
+    return gemm.w4a4_qkv_rope
+
+
 def adaln_kernel(x):
     """The modulated LayerNorm kernel (LN, optional affine, AdaLN scale/shift, cast) for x, or None for
     the reference (`model.modulated_norm`'s PyTorch ops)."""
@@ -146,8 +159,10 @@ def kernel_status() -> str:
     _load()
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
+    gemm_qkv = getattr(_STATE.get("w4a4_module"), "QKV_EPILOGUE", False)
     sdpa = (f"; in CUDA graphs from {KV_SDPA_MIN_LQ} queries its K/V dequantized per head group by triton, then SDPA"
             if KV_SDPA_MIN_LQ > 0 else "")
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
-            "qkv epilogue and modulated LayerNorm: triton")
+            "qkv epilogue and modulated LayerNorm: triton"
+            + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else ""))
