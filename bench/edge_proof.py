@@ -140,11 +140,18 @@ def scale_floors(gen: Generator, schedule, batch: int, kv_bytes_per_token: float
     return out
 
 
+ALLOCATOR_EVENTS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams")
+
+
 def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg: float, repeats: int) -> dict:
     """Runs of one resolution: stage latencies and per-stage peaks, and the resident components at
     every scale boundary against the allocator."""
     weights = gen.weight_bytes()
     runs = []
+    # the caching allocator's own counters over the measured runs: a retry (an allocation that failed at
+    # the cap, freed the cache and tried again) and a device malloc/free each synchronize the GPU, which
+    # turns an eager scale host-bound
+    alloc0 = {k: torch.cuda.memory_stats().get(k, 0) for k in ALLOCATOR_EVENTS}
     for rep in range(repeats):
         meter.reset_peak()
         t0 = time.perf_counter()
@@ -176,6 +183,7 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
                      "total_s": r.timings["total_s"] + te_s, "scale_peaks": stage, "vae_decode_peak": vae_peak,
                      "kv_cache_bytes": r.memory["kv_cache_bytes"], "checks": checks, "schedule": r.schedule,
                      "kept_kv_at_start": kept_kv})
+    allocator = {k: torch.cuda.memory_stats().get(k, 0) - v for k, v in alloc0.items()}
     med = statistics.median
     last = runs[-1]
     n = len(last["scales_s"])
@@ -186,7 +194,8 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
     lat = {"text_encoder": med([r["text_encoder_s"] for r in runs]),
            "transformer": med([sum(r["scales_s"]) for r in runs]),
            "vae_decode": med([r["vae_decode_s"] for r in runs]),
-           "total": med([r["total_s"] for r in runs]), "per_scale": per_scale}
+           "total": med([r["total_s"] for r in runs]), "per_scale": per_scale,
+           "per_scale_each_run": [r["scales_s"] for r in runs]}
     lat["share"] = {k: lat[k] / lat["total"] for k in ("text_encoder", "transformer", "vae_decode")}
     peaks = {"text_encoder": max(r["text_encoder_peak"] for r in runs),
              "scales": [max(r["scale_peaks"][i] for r in runs) for i in range(n)],
@@ -211,6 +220,7 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
             "activations_at_peak": peak - resident_at_last["components"],
             "accounting_worst": worst,
         },
+        "allocator_events": allocator,
     }
 
 
