@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--chunk-tokens", type=int, default=1024)
+    ap.add_argument("--graph-max-tokens", type=int, default=1024)
     ap.add_argument("--cap-gib", type=float, default=14.0)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -33,7 +34,7 @@ def main():
     from var_gen_ros.quant.api import Int8KVCacheFactory
     gen = build("w4a4_kv8", "int8", "cuda")
     gen.chunk_tokens = a.chunk_tokens
-    gen.cuda_graphs, gen.graph_max_tokens, gen.graph_keep_kv = True, 1024, True
+    gen.cuda_graphs, gen.graph_max_tokens, gen.graph_keep_kv = True, a.graph_max_tokens, True
     gen.kv_cache_factory = Int8KVCacheFactory(calibrate_static_kv(gen, 512, 512))
     dispatch._load()
     gemm = dispatch._STATE["w4a4_module"]

@@ -127,3 +127,31 @@ def test_graphed_scales_share_one_input_buffer():
     assert [tuple(v.shape) for v in views] == [(2, 1, 3), (2, 4, 3), (2, 16, 3)]
     assert len({v.untyped_storage().data_ptr() for v in views}) == 1
     assert views[0].untyped_storage().nbytes() == 2 * 16 * 3 * 4
+
+
+def test_kept_caches_made_again_after_an_out_of_memory(tiny_bundle, monkeypatch):
+    """After the decode the kept KV caches are made again; an out-of-memory error there is retried once
+    after collecting the garbage, and a second one leaves them to the next generation (which makes them
+    and gives the same image) instead of failing the finished one."""
+    g = Generator.from_bundle(tiny_bundle)
+    g.cuda_graphs = True
+    ref = g.generate(PROMPT, seed=3)
+    sched = ref.schedule
+    real, fails = g._new_caches, []
+
+    def flaky(*a, **k):
+        if len(fails) < want:
+            fails.append(1)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return real(*a, **k)
+    monkeypatch.setattr(g, "_new_caches", flaky)
+    want = 1
+    caches = g._remake_kept_caches(sched, 2)
+    assert len(fails) == 1 and len(caches) == g.cfg.depth
+    fails.clear()
+    want = 2
+    with pytest.warns(UserWarning, match="next generation makes them"):
+        assert g._remake_kept_caches(sched, 2) is None
+    assert len(fails) == 2
+    monkeypatch.setattr(g, "_new_caches", real)
+    _same(ref, g.generate(PROMPT, seed=3))

@@ -260,3 +260,11 @@ def test_activation_chunk_parameter_set_at_run_time(running_node):
     pub.publish(String(data="two blue squares"))
     assert _wait(lambda: images), "no image after changing activation_chunk"
     assert set_(512).successful
+    # graph_max_tokens likewise (read by the next generation; 0 is out of its range)
+    for value, ok in ((4096, True), (0, False)):
+        fut = client.set_parameters([Parameter("graph_max_tokens", value=value)])
+        assert _wait(fut.done, 30)
+        assert fut.result().results[0].successful == ok, value
+    fut = client.get_parameters(["graph_max_tokens"])
+    assert _wait(fut.done, 30)
+    assert fut.result().values[0].integer_value == 4096

@@ -62,13 +62,19 @@ class GenNode(Node):
         P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | cpu", True))
         P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
-                                          "8B W4A4+KV8 at 1024² on the H100 (fused kernels): 1024 -> 1.23 s at "
-                                          "9.94 GiB peak, 2048 -> 1.16 s at 10.06 GiB",
+                                          "8B W4A4+KV8 at 1024² on the H100 (graphs up to 2304 tokens): 1024 -> "
+                                          "1.26 s at 9.96 GiB peak, 2048 -> 1.17 s at 10.09 GiB",
                                          int_range=(0, 1 << 20)))
-        P("cuda_graphs", True, _desc("replay each scale of at most 1024 tokens as a CUDA graph (GPU): 8B W4A4+KV8 at "
-                                     "1024² on the H100 2.43 s instead of 2.96 s eager, same peak (9.96 vs 9.91 GiB); "
-                                     "the KV caches stay allocated between requests (3.4 GiB there; the VAE decode "
-                                     "borrows their memory); false frees both (docs/BENCHMARKS.md)"))
+        P("cuda_graphs", True, _desc("replay each scale of at most graph_max_tokens tokens as a CUDA graph (GPU): 8B "
+                                     "W4A4+KV8 at 1024² on the H100 2.43 s instead of 2.96 s eager, same peak (9.96 vs "
+                                     "9.91 GiB); the KV caches stay allocated between requests (3.4 GiB there; the VAE "
+                                     "decode borrows their memory); false frees both (docs/BENCHMARKS.md)"))
+        P("graph_max_tokens", 2304, _desc("with cuda_graphs, the largest scale (in token positions) that is graph-replayed; "
+                                          "larger ones run eagerly. 8B W4A4+KV8 at 1024² on the H100: 2304 (up to 48x48) "
+                                          "-> 1.26 s, 9.96 GiB allocated / 11.93 reserved; 1024 -> 1.34-1.62 s (the eager "
+                                          "1600- and 2304-token scales are bound by the host's launch speed, which "
+                                          "varied), 9.92 / 11.41 GiB. Each graph keeps its own activations' memory",
+                                          int_range=(1, 1 << 20)))
         P("warmup_runs", 0, _desc("generations run at start-up, before serving: the first autotunes the GPU "
                                   "kernels, the second captures the CUDA graphs (with cuda_graphs)", True, int_range=(0, 10)))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
@@ -132,6 +138,8 @@ class GenNode(Node):
                 self.engine.max_prompt_chars = int(prm.value)
             if prm.name == "activation_chunk":     # read by the next generation
                 self.engine.generator.chunk_tokens = int(prm.value)
+            if prm.name == "graph_max_tokens":     # the next generation captures anew (the graphs' key changes)
+                self.engine.generator.graph_max_tokens = int(prm.value)
             if prm.name == "cuda_graphs":          # read by the next generation; off frees the kept ones
                 self.engine.generator.cuda_graphs = bool(prm.value)
                 if not prm.value:
@@ -151,6 +159,7 @@ class GenNode(Node):
         self.precision += ", " + apply_text_encoder(gen, self.p("text_encoder"))
         gen.chunk_tokens = self.p("activation_chunk")
         gen.cuda_graphs = self.p("cuda_graphs")
+        gen.graph_max_tokens = self.p("graph_max_tokens")
         self.warmup_s = []
         if self.p("warmup_runs"):
             w, h = self.p("width") or None, self.p("height") or None

@@ -18,7 +18,7 @@ autotune_save() {
   true
 }
 # edge_round TAG "CHUNKS" [MODES] [TIMEOUT]: the edge proof at 1024² under the 14 GiB cap, graphs up to
-# GRAPH_MAX (default 1024) tokens, once per slice size, written to $OUT/edge_TAG_cC.{json,txt}
+# GRAPH_MAX tokens (default 1024, what the earlier scripts ran; the product default is 2304), once per slice size, written to $OUT/edge_TAG_cC.{json,txt}
 edge_round() {
   local tag=$1 modes=${3:-w4a4_kv8,bf16} limit=${4:-170} C
   for C in $2; do

@@ -5,9 +5,11 @@
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -122,7 +124,7 @@ _HAS_MEM_POOL = hasattr(torch.cuda, "MemPool") and hasattr(torch.cuda, "use_mem_
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
                  kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
-                 chunk_tokens: int = 1024, cuda_graphs: bool = False, graph_max_tokens: int = 1024,
+                 chunk_tokens: int = 1024, cuda_graphs: bool = False, graph_max_tokens: int = 2304,
                  graph_keep_kv: bool = True):
         self.model, self.vae, self.text_encoder = model, vae, text_encoder
         # scales with more positions than this run their per-token work in slices of this many
@@ -235,6 +237,26 @@ class Generator:
         gr.adopt(caches)
         gr.kept_caches = caches if self.graph_keep_kv else None
         return caches, gr
+
+    def _remake_kept_caches(self, schedule: ScaleSchedule, B: int, pool=None) -> Optional[list]:
+        """The kept KV caches made again after the decode (`_new_caches`). On an out-of-memory error the
+        Python garbage is collected and the allocator's free cache returned, then it is tried once more;
+        if that fails too, None: this generation's image is kept, and the next generation makes the
+        caches itself (`_caches`) or reports the error. Seen once per fresh H100 machine, in the first
+        warm-up generation (the one that autotunes): the old 3.43 GiB block was still allocated and the
+        new one passed the cap (docs/BENCHMARKS.md, tenth and twelfth sessions)."""
+        for attempt in range(2):
+            try:
+                return self._new_caches(schedule, B, pool)
+            except torch.cuda.OutOfMemoryError as e:
+                if attempt:
+                    warnings.warn(f"var_gen_ros: KV caches not made again after the decode ({str(e)[:200]}); "
+                                  "the next generation makes them")
+                    return None
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return None
 
     def _new_caches(self, schedule: ScaleSchedule, B: int, pool=None) -> list:
         """One KV cache per layer; with `pool` (a torch.cuda.MemPool), every layer's K/V are views of one
@@ -407,7 +429,7 @@ class Generator:
                 image = self.decode(summed)
             # made again now, while the pool's block is free (an empty_cache between requests would
             # otherwise return it to the driver, and new caches would land elsewhere)
-            graphs.kept_caches = self._new_caches(schedule, B, pool)
+            graphs.kept_caches = self._remake_kept_caches(schedule, B, pool)
         del graphs
         self._sync()
         timings["vae_decode_s"] = time.perf_counter() - t0
