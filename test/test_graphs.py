@@ -155,3 +155,28 @@ def test_kept_caches_made_again_after_an_out_of_memory(tiny_bundle, monkeypatch)
     assert len(fails) == 2
     monkeypatch.setattr(g, "_new_caches", real)
     _same(ref, g.generate(PROMPT, seed=3))
+
+
+def test_free_or_collect_collects_a_cycle_holding_the_block():
+    """The kept caches' block must be free before the decode borrows its pool: when a reference cycle still
+    holds it (an exception's traceback holding a frame whose locals hold a cache view), the cyclic
+    garbage collector is run and frees it; a live reference is not freed, and reports False."""
+    import gc
+    import weakref
+    from var_gen_ros.infinity.sampler import free_or_collect
+    block = torch.empty(64, dtype=torch.uint8)
+    ref = weakref.ref(block)
+
+    class Holder:
+        pass
+    h = Holder()
+    h.view, h.me = block[:32], h           # a cycle holding a view
+    del h, block
+    gc.disable()                           # no automatic collection between the del and the call
+    try:
+        assert ref() is not None
+        assert free_or_collect(ref) and ref() is None
+    finally:
+        gc.enable()
+    live = torch.empty(8)
+    assert not free_or_collect(weakref.ref(live)) and free_or_collect(None)

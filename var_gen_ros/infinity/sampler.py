@@ -10,6 +10,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -121,6 +122,22 @@ def _unique_bytes(tensors) -> int:
 _HAS_MEM_POOL = hasattr(torch.cuda, "MemPool") and hasattr(torch.cuda, "use_mem_pool")
 
 
+def free_or_collect(ref) -> bool:
+    """True once the object behind the weak reference `ref` is gone, running the cyclic garbage collector
+    if it is not yet (a full collection costs tens of ms with a model loaded, so only then).
+
+    Why: the kept KV caches' block must be free before the VAE decode borrows its memory pool. In the
+    first generation on a fresh machine it was not: Triton's autotuning catches compile errors of the
+    candidates it cannot build, and such exceptions' tracebacks form reference cycles with the frames
+    whose locals hold cache views. The decode then grew the pool by ~3 GiB of segments that stayed
+    reserved, and a later CUDA-graph capture or the caches' re-making passed the 14 GiB cap (H100:
+    docs/BENCHMARKS.md, tenth and twelfth sessions)."""
+    if ref is None or ref() is None:
+        return True
+    gc.collect()
+    return ref() is None
+
+
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
                  kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
@@ -138,6 +155,7 @@ class Generator:
         # (schedule, batch)
         self.cuda_graphs = bool(cuda_graphs)
         self.graph_max_tokens = int(graph_max_tokens)
+        self._kv_block = None                    # weak reference to the kept caches' block (CUDA)
         # with graphs, keep the KV caches between generations so that the graphs always replay into the
         # same tensors (new caches rarely land at the captured addresses: on the H100 the graphs were
         # recaptured every generation and ran slower than eager); costs the caches' memory between
@@ -280,6 +298,7 @@ class Generator:
         make(lambda shape, dt: sizes.append(math.prod(shape) * dt.itemsize) or torch.empty(shape, dtype=dt, device="meta"))
         with torch.cuda.use_mem_pool(pool, self._cuda_index()):
             block = torch.empty(sum(pad(n) for n in sizes), dtype=torch.uint8, device=self.device)
+        self._kv_block = weakref.ref(block)       # alive while any cache view is (see `generate`)
         offset = 0
 
         def carve(shape, dt):
@@ -421,6 +440,8 @@ class Generator:
         if pool is not None:
             graphs.kept_caches = None
         del caches, text_kv, cond_gss, x
+        if pool is not None:
+            free_or_collect(self._kv_block)
         t0 = time.perf_counter()
         if pool is None:
             image = self.decode(summed)
