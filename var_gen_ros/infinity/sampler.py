@@ -127,11 +127,11 @@ def free_or_collect(ref) -> bool:
     if it is not yet (a full collection costs tens of ms with a model loaded, so only then).
 
     Why: the kept KV caches' block must be free before the VAE decode borrows its memory pool. In the
-    first generation on a fresh machine it was not: Triton's autotuning catches compile errors of the
-    candidates it cannot build, and such exceptions' tracebacks form reference cycles with the frames
-    whose locals hold cache views. The decode then grew the pool by ~3 GiB of segments that stayed
-    reserved, and a later CUDA-graph capture or the caches' re-making passed the 14 GiB cap (H100:
-    docs/BENCHMARKS.md, tenth and twelfth sessions)."""
+    first generation on a fresh machine it was not: the decode grew the pool by ~3 GiB of segments that
+    stayed reserved, and a later CUDA-graph capture or the caches' re-making passed the 14 GiB cap (H100:
+    docs/BENCHMARKS.md, tenth and twelfth sessions). The likely holder (not proven): reference cycles of
+    the exceptions Triton's autotuning catches for candidates it cannot build, whose tracebacks keep
+    frames with cache views alive until the cyclic collector runs."""
     if ref is None or ref() is None:
         return True
     gc.collect()
@@ -260,9 +260,9 @@ class Generator:
         """The kept KV caches made again after the decode (`_new_caches`). On an out-of-memory error the
         Python garbage is collected and the allocator's free cache returned, then it is tried once more;
         if that fails too, None: this generation's image is kept, and the next generation makes the
-        caches itself (`_caches`) or reports the error. Seen once per fresh H100 machine, in the first
-        warm-up generation (the one that autotunes): the old 3.43 GiB block was still allocated and the
-        new one passed the cap (docs/BENCHMARKS.md, tenth and twelfth sessions)."""
+        caches itself (`_caches`) or reports the error. Seen on fresh H100 machines, in the first warm-up
+        generation (the one that autotunes): the old 3.43 GiB block was still allocated and the new one
+        passed the cap (docs/BENCHMARKS.md, tenth and twelfth sessions)."""
         for attempt in range(2):
             try:
                 return self._new_caches(schedule, B, pool)
