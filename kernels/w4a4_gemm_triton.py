@@ -1065,4 +1065,6 @@ def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.T
     if config is None:
         _GEMM_I8_QKV(lambda m: (triton.cdiv(M, m["BLOCK_M"]), N // c, 1), args, meta)
     else:
+        if K % config.get("KSTEP", 64) or (config.get("KSTEP", 64) != 64 and path != "i8w"):
+            raise ValueError(f"w4a4_qkv_rope: KSTEP {config.get('KSTEP')} needs the workspace and K % KSTEP == 0 (K = {K})")
         _w4a4_i8_qkv_kernel[(triton.cdiv(M, config["BLOCK_M"]), N // c, 1)](*args, **meta, **config)

@@ -375,6 +375,9 @@ def test_w4a4_gemm_with_the_qkv_epilogue_matches_float64(gemm, path, cfg, q_dt):
     with pytest.raises(ValueError, match="heads"):
         gemm.w4a4_qkv_rope(x, layer, bias, scale_mul.view(-1), rope, q[..., :16], k[..., :16], v[..., :16], start,
                            config=cfg, path=path)
+    with pytest.raises(ValueError, match="KSTEP"):
+        gemm.w4a4_qkv_rope(x, layer, bias, scale_mul.view(-1), rope, q, k, v, start, config=dict(BLOCK_M=16, KSTEP=512),
+                           path=path)
 
 
 @interpreted
