@@ -28,5 +28,16 @@ def qkv_epilogue_float64(qkv, sa, rope):
     return apply_rope(q, rope.double()), apply_rope(k, rope.double()), v
 
 
+def assert_qkv_written(outs, refs, start, n, tol):
+    """q, k, v (B, H, L, c) buffers against float64 references of their tokens [start, start + n): the
+    largest error relative to the reference's largest value within tol(name, dtype), and the tokens
+    outside the slice still NaN (the buffers were poisoned)."""
+    for name, out, ref in zip("qkv", outs, refs):
+        got = out[:, :, start:start + n].double()
+        err = float((got - ref).abs().max() / ref.abs().max())
+        assert err <= tol(name, out.dtype), (name, err)
+        assert out[:, :, :start].isnan().all() and out[:, :, start + n:].isnan().all(), name
+
+
 def adaln_module():
     return _load_module("adaln_triton", "adaln_triton.py")

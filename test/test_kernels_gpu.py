@@ -25,6 +25,16 @@ def _layer(K, N, bias, seed):
     return W4A4Linear.from_linear(lin, act, None, rank=32, group=64, param_dtype=torch.bfloat16)
 
 
+def _extra_bytes(fn) -> int:
+    """The allocator's peak over fn() above what was allocated when it started (synchronized)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
 @pytest.mark.parametrize("K,N,bias", SHAPES_8B)
 def test_w4a4_kernel_matches_reference(K, N, bias):
     from var_gen_ros.quant.dispatch import kernel_status, w4a4_kernel
@@ -402,7 +412,7 @@ def test_qkv_epilogue_kernel_matches_float64_and_holds_less_memory():
     """Infinity-8B's self-attention (28 heads of 128), CFG batch, a 1024-token slice written at an
     offset into last-scale buffers: the fused epilogue vs float64 on the same projection output, and
     the allocator's peak over the call vs the PyTorch reference's."""
-    from kernels_under_test import qkv_epilogue_float64
+    from kernels_under_test import assert_qkv_written, qkv_epilogue_float64
     from var_gen_ros.infinity.model import SelfAttention
     from var_gen_ros.quant.dispatch import kernel_status, qkv_rope_kernel
     B, H, c, L, n, start = 2, 28, 128, 4096, 1024, 2048
@@ -423,25 +433,11 @@ def test_qkv_epilogue_kernel_matches_float64_and_holds_less_memory():
         sa.qkv(x, rope)
         for t in (q, k, v):
             t.fill_(float("nan"))
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        sa.qkv_into(x, rope, q, k, v, start)
-        torch.cuda.synchronize()
-        fused_extra = torch.cuda.max_memory_allocated() - base
-        torch.cuda.reset_peak_memory_stats()
-        ref = sa.qkv(x, rope)
-        torch.cuda.synchronize()
-        ref_extra = torch.cuda.max_memory_allocated() - base
-        del ref
+        fused_extra = _extra_bytes(lambda: sa.qkv_into(x, rope, q, k, v, start))
+        ref_extra = _extra_bytes(lambda: sa.qkv(x, rope))
         refs = qkv_epilogue_float64(torch.nn.functional.linear(x, sa.mat_qkv.weight), sa, rope)
     assert q.dtype == torch.bfloat16 and k.dtype == v.dtype == torch.float32
-    for name, out, r in (("q", q, refs[0]), ("k", k, refs[1]), ("v", v, refs[2])):
-        got = out[:, :, start:start + n].double()
-        tol = 1e-5 if out.dtype == torch.float32 else 8e-3
-        err = float((got - r).abs().max() / r.abs().max())
-        assert err <= tol, (name, err)
-        assert torch.isnan(out[:, :, :start]).all() and torch.isnan(out[:, :, start + n:]).all(), name
+    assert_qkv_written((q, k, v), refs, start, n, lambda name, dt: 1e-5 if dt == torch.float32 else 8e-3)
     # the kernel holds only the projection's bf16 output; the reference its float32 copy and temporaries
     assert fused_extra <= 0.35 * ref_extra, (fused_extra, ref_extra)
 
@@ -453,7 +449,7 @@ def test_qkv_epilogue_in_the_w4a4_gemm_matches_float64_and_holds_no_projection(m
     GEMM with the epilogue in it: vs float64 of the layer's dequantized product followed by the epilogue
     (fresh inputs, poisoned buffers), and the allocator's peak vs the separate path (the GEMM's bf16
     output, then the epilogue kernel), which also still has to match."""
-    from kernels_under_test import qkv_epilogue_float64
+    from kernels_under_test import assert_qkv_written, qkv_epilogue_float64
     from var_gen_ros.infinity.model import SelfAttention
     from var_gen_ros.quant import dispatch
     from var_gen_ros.quant.int4 import fake_quant_int4
@@ -486,20 +482,11 @@ def test_qkv_epilogue_in_the_w4a4_gemm_matches_float64_and_holds_no_projection(m
             sa.qkv_into(x, rope, q, k, v, start)         # warm: compile, tune, outside the counts
             for t in (q, k, v):
                 t.fill_(float("nan"))
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            sa.qkv_into(x, rope, q, k, v, start)
-            torch.cuda.synchronize()
-            extra[name] = torch.cuda.max_memory_allocated() - base
+            extra[name] = _extra_bytes(lambda: sa.qkv_into(x, rope, q, k, v, start))
             assert q.dtype == torch.bfloat16 and k.dtype == v.dtype == torch.float32
-            for what, out, r in (("q", q, refs[0]), ("k", k, refs[1]), ("v", v, refs[2])):
-                got = out[:, :, start:start + n].double()
-                # the separate path rounds the projection to bf16 before the epilogue
-                tol = 8e-3 if out.dtype == torch.bfloat16 or name == "separate" else 1e-4
-                err = float((got - r).abs().max() / r.abs().max())
-                assert err <= tol, (name, what, err)
-                assert torch.isnan(out[:, :, :start]).all(), (name, what)
+            # the separate path rounds the projection to bf16 before the epilogue
+            assert_qkv_written((q, k, v), refs, start, n,
+                               lambda what, dt: 8e-3 if dt == torch.bfloat16 or name == "separate" else 1e-4)
     # the separate path holds the projection's (M, 3C) bf16 output besides what both hold
     assert extra["in_gemm"] + 0.95 * (B * n * 3 * H * c * 2) <= extra["separate"], extra
 

@@ -310,7 +310,7 @@ def test_i8_tuner_keeps_workspace_tiles_for_workspace_calls(gemm, monkeypatch):
 def test_qkv_rope_kernel_matches_float64(n, start, in_dt, kv_dt):
     """The fused qkv epilogue: a partial token block, a token offset, bf16 outputs; what lies outside
     the written tokens stays as poisoned."""
-    from kernels_under_test import qkv_epilogue_float64
+    from kernels_under_test import assert_qkv_written, qkv_epilogue_float64
     from var_gen_ros.infinity.model import SelfAttention
     qr = _load_interpreted("qkv_rope_triton")
     B, H, c, L = 2, 3, 16, 70
@@ -328,12 +328,8 @@ def test_qkv_rope_kernel_matches_float64(n, start, in_dt, kv_dt):
         bias, scale_mul = sa.qkv_constants()
         qr.qkv_rope(qkv, bias, scale_mul.view(-1), rope, q, k, v, start)
         refs = qkv_epilogue_float64(qkv, sa, rope)
-    for name, out, ref in (("q", q, refs[0]), ("k", k, refs[1]), ("v", v, refs[2])):
-        got = out[:, :, start:start + n].double()
-        tol = 1e-6 if out.dtype == torch.float32 else 8e-3        # bf16 keeps 8 bits
-        err = float((got - ref).abs().max() / ref.abs().max())
-        assert err <= tol, (name, err)
-        assert torch.isnan(out[:, :, :start]).all() and torch.isnan(out[:, :, start + n:]).all(), name
+    # bf16 keeps 8 bits
+    assert_qkv_written((q, k, v), refs, start, n, lambda name, dt: 1e-6 if dt == torch.float32 else 8e-3)
 
 
 @interpreted
@@ -346,7 +342,7 @@ def test_w4a4_gemm_with_the_qkv_epilogue_matches_float64(gemm, path, cfg, q_dt):
     and workspace weights (plain and TMA loads), a partial row block, rows of two batches, a token offset, against float64 of
     the layer's dequantized product followed by the epilogue; what lies outside the written tokens
     stays poisoned."""
-    from kernels_under_test import qkv_epilogue_float64
+    from kernels_under_test import assert_qkv_written, qkv_epilogue_float64
     from var_gen_ros.infinity.model import SelfAttention
     B, H, c, L, n, start, K = 2, 3, 32, 50, 19, 7, 256
     C = H * c
@@ -366,12 +362,7 @@ def test_w4a4_gemm_with_the_qkv_epilogue_matches_float64(gemm, path, cfg, q_dt):
         bias, scale_mul = sa.qkv_constants()
         gemm.w4a4_qkv_rope(x, layer, bias, scale_mul.view(-1), rope, q, k, v, start, config=cfg, path=path)
         refs = qkv_epilogue_float64(_float64_w4a4(x.reshape(-1, K), layer).view(B, n, 3 * C), sa, rope)
-    for name, out, ref in (("q", q, refs[0]), ("k", k, refs[1]), ("v", v, refs[2])):
-        got = out[:, :, start:start + n].double()
-        tol = 1e-5 if out.dtype == torch.float32 else 8e-3
-        err = float((got - ref).abs().max() / ref.abs().max())
-        assert err <= tol, (name, err)
-        assert torch.isnan(out[:, :, :start]).all() and torch.isnan(out[:, :, start + n:]).all(), name
+    assert_qkv_written((q, k, v), refs, start, n, lambda name, dt: 1e-5 if dt == torch.float32 else 8e-3)
     with pytest.raises(ValueError, match="heads"):
         gemm.w4a4_qkv_rope(x, layer, bias, scale_mul.view(-1), rope, q[..., :16], k[..., :16], v[..., :16], start,
                            config=cfg, path=path)
