@@ -266,35 +266,48 @@ def test_int8_kv_cache_attend_uses_kernel_and_matches_reference():
         start += k.shape[2]
 
 
-def test_int8_kv_cache_attend_in_a_cuda_graph_takes_the_sdpa_path():
-    """Int8KVCache.attend captured in a CUDA graph with 1024 queries (the dequantize + SDPA path, the
-    graphed large scales' one) vs the same cache's reference attend, stored and unstored."""
+def _int8_cache_case(store, n0=1497, n=1024, B=2, H=28, D=128):
+    """An Int8KVCache (static scales) holding n0 keys, n new queries/keys/values, and the cache's
+    reference attend of them (dequantize + SDPA in float32); the cache is left holding the n0 keys."""
     from var_gen_ros.infinity.kv_cache import KVCache
-    from var_gen_ros.quant import dispatch
     from var_gen_ros.quant.kv_int8 import Int8KVCache, asym_params
-    assert 0 < dispatch.KV_SDPA_MIN_LQ <= 1024
-    torch.manual_seed(torch.seed() % 2 ** 31)
-    B, H, D, n0, n = 2, 28, 128, 1497, 1024
     k0 = torch.nn.functional.normalize(torch.randn(B, H, n0, D, device="cuda"), dim=-1)
     v0 = torch.randn(B, H, n0, D, device="cuda")
     st = {}
     st["k_scale"], st["k_zero"] = (t.view(H, D) for t in asym_params(k0.amin((0, 2), keepdim=True), k0.amax((0, 2), keepdim=True)))
     st["v_scale"], st["v_zero"] = (t.view(H, D) for t in asym_params(v0.amin((0, 2), keepdim=True), v0.amax((0, 2), keepdim=True)))
+    a = Int8KVCache(B, H, D, n0 + n, torch.bfloat16, "cuda", static=st)
+    a.store(k0, v0, 0)
+    k = torch.nn.functional.normalize(torch.randn(B, H, n, D, device="cuda"), dim=-1)
+    v = torch.randn(B, H, n, D, device="cuda")
+    if not store:
+        k, v = k.bfloat16(), v.bfloat16()
+    q = (torch.nn.functional.normalize(torch.randn(B, H, n, D, device="cuda"), dim=-1) * 8).bfloat16()
+    ref = KVCache.attend(a, q.clone(), k, v, n0, store)
+    a.store(k0, v0, 0)
+    return a, q, k, v, ref
+
+
+def _counting_sdpa_path(dispatch, calls):
+    """dispatch's SDPA attention path wrapped so that each call is counted (the real function runs)."""
+    orig = dispatch._STATE["attn_int8_sdpa"]
+    dispatch._STATE["attn_int8_sdpa"] = lambda *args, **kw: calls.append(1) or orig(*args, **kw)
+    return orig
+
+
+def test_int8_kv_cache_attend_in_a_cuda_graph_takes_the_sdpa_path():
+    """Int8KVCache.attend captured in a CUDA graph with 1024 queries (the dequantize + SDPA path, the
+    graphed large scales' one) vs the same cache's reference attend, stored and unstored."""
+    from var_gen_ros.quant import dispatch
+    assert 0 < dispatch.KV_SDPA_MIN_LQ <= 1024
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    n0 = 1497
     for store in (True, False):
-        a = Int8KVCache(B, H, D, n0 + n, torch.bfloat16, "cuda", static=st)
-        a.store(k0, v0, 0)
-        k = torch.nn.functional.normalize(torch.randn(B, H, n, D, device="cuda"), dim=-1)
-        v = torch.randn(B, H, n, D, device="cuda")
-        if not store:
-            k, v = k.bfloat16(), v.bfloat16()
-        q = (torch.nn.functional.normalize(torch.randn(B, H, n, D, device="cuda"), dim=-1) * 8).bfloat16()
-        ref = KVCache.attend(a, q.clone(), k, v, n0, store)          # reference (dequantize + SDPA)
-        a.store(k0, v0, 0)
+        a, q, k, v, ref = _int8_cache_case(store, n0)
         qg = q.clone()
         a.attend(qg.clone(), k, v, n0, store)                        # warm-up (kernels compiled / tuned)
         calls = []
-        orig = dispatch._STATE["attn_int8_sdpa"]
-        dispatch._STATE["attn_int8_sdpa"] = lambda *args, **kw: calls.append(1) or orig(*args, **kw)
+        orig = _counting_sdpa_path(dispatch, calls)
         try:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
@@ -307,6 +320,28 @@ def test_int8_kv_cache_attend_in_a_cuda_graph_takes_the_sdpa_path():
         torch.cuda.synchronize()
         rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
         assert out.data_ptr() == qg.data_ptr() and rel <= 1e-2, (store, rel)
+
+
+@pytest.mark.parametrize("eager_min_lq", [0, 1024])
+def test_int8_kv_cache_eager_attend_takes_the_sdpa_path_from_its_eager_threshold(monkeypatch, eager_min_lq):
+    """Eagerly, the SDPA path is taken on every call from KV_SDPA_EAGER_MIN_LQ queries, and below it (0:
+    graphs only) only on a shape's first call; either way the output matches the reference attend."""
+    from var_gen_ros.quant import dispatch
+    monkeypatch.setattr(dispatch, "KV_SDPA_EAGER_MIN_LQ", eager_min_lq)
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    n0, n = 1511, 1024           # a key count no other test uses: the first call is this shape's first
+    a, q, k, v, ref = _int8_cache_case(False, n0, n)
+    calls = []
+    orig = _counting_sdpa_path(dispatch, calls)
+    try:
+        for i in range(3):
+            out = a.attend(q.clone(), k, v, n0, False)
+            torch.cuda.synchronize()
+            rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+            assert rel <= 1e-2, (i, rel)
+    finally:
+        dispatch._STATE["attn_int8_sdpa"] = orig
+    assert len(calls) == (3 if eager_min_lq else 1), calls
 
 
 def test_f16_path_matches_reference_beyond_fp16_range():

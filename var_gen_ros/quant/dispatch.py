@@ -94,8 +94,11 @@ def int8_attention_kernel(q):
 # graph: launched eagerly it costs ~0.3 ms of host time per head group (cuDNN's forward alone ~0.1 ms),
 # which made the eager large scales of a 1024² generation 40 % slower (host-bound). 0 turns it off.
 KV_SDPA_MIN_LQ = int(os.environ.get("VAR_GEN_KV_SDPA_MIN_LQ", "1024"))
-# 1: take it eagerly too (measurements of the eager cost, bench/device/sdpa_eager_round.sh)
-KV_SDPA_EAGER = os.environ.get("VAR_GEN_KV_SDPA_EAGER", "0") == "1"
+# Eagerly too from this many queries: there one head group's GPU time (~0.36 ms at the 4096-query scale
+# of 1024², 14617 keys) covers its host time, so cuDNN's faster core is not hidden behind launches.
+# 0: graphs only. VAR_GEN_KV_SDPA_EAGER=1 (bench/device/sdpa_eager_round.sh): eagerly at every size.
+KV_SDPA_EAGER_MIN_LQ = (1 if os.environ.get("VAR_GEN_KV_SDPA_EAGER", "0") == "1"
+                        else int(os.environ.get("VAR_GEN_KV_SDPA_EAGER_MIN_LQ", "0")))
 
 
 _SDPA_WARM = set()
@@ -109,7 +112,8 @@ def int8_attention_sdpa(q, n_keys: int):
     if KV_SDPA_MIN_LQ <= 0 or q.shape[2] < KV_SDPA_MIN_LQ or int8_attention_kernel(q) is None:
         return None
     key = (tuple(q.shape), n_keys, q.dtype, q.device)
-    if not torch.cuda.is_current_stream_capturing() and not KV_SDPA_EAGER:
+    eager_too = 0 < KV_SDPA_EAGER_MIN_LQ <= q.shape[2]
+    if not torch.cuda.is_current_stream_capturing() and not eager_too:
         if key in _SDPA_WARM:
             return None
         _SDPA_WARM.add(key)
@@ -160,8 +164,9 @@ def kernel_status() -> str:
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
     gemm_qkv = getattr(_STATE.get("w4a4_module"), "QKV_EPILOGUE", False)
-    sdpa = (f"; in CUDA graphs from {KV_SDPA_MIN_LQ} queries its K/V dequantized per head group by triton, then SDPA"
-            if KV_SDPA_MIN_LQ > 0 else "")
+    eager = (f", eagerly from {max(KV_SDPA_MIN_LQ, KV_SDPA_EAGER_MIN_LQ)}" if KV_SDPA_EAGER_MIN_LQ > 0 else "")
+    sdpa = (f"; in CUDA graphs from {KV_SDPA_MIN_LQ} queries{eager} its K/V dequantized per head group by "
+            "triton, then SDPA" if KV_SDPA_MIN_LQ > 0 else "")
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
             "qkv epilogue and modulated LayerNorm: triton"
