@@ -273,6 +273,8 @@ def child(a) -> dict:
                  "peak_allocated_before_oom": torch.cuda.max_memory_allocated(), **oom_report(e)}
             gen.release_graphs()
             torch.cuda.empty_cache()
+        r["memory_trace"] = list(gen.memory_trace)      # (VAR_GEN_MEMORY_TRACE=1) warm-up generations included
+        gen.memory_trace.clear()
         out["runs"].append(r)
         print(json.dumps({"mode": mode, "res": [h, w], "fits": r["fits"],
                           "peak_gib": r.get("memory_bytes", {}).get("peak_allocated", r.get("peak_allocated_before_oom", 0)) / GIB,

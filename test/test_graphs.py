@@ -180,3 +180,19 @@ def test_free_or_collect_collects_a_cycle_holding_the_block():
         gc.enable()
     live = torch.empty(8)
     assert not free_or_collect(weakref.ref(live)) and free_or_collect(None)
+
+
+def test_holders_of_names_what_keeps_a_blocks_view_alive():
+    """The KV block's warning names the live views of its storage and who holds them."""
+    from var_gen_ros.infinity.sampler import holders_of
+
+    class CacheHolder:
+        pass
+    block = torch.empty(64)
+    h = CacheHolder()
+    h.view = block[8:16].view(2, 4)
+    other = torch.empty(64)[:8]                 # another storage: not reported
+    found = holders_of(block)
+    assert len(found) == 1 and "(2, 4)" in found[0] and "CacheHolder" in found[0], found
+    del h
+    assert holders_of(block) == [] and other.numel() == 8

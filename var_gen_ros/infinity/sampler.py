@@ -138,6 +138,48 @@ def free_or_collect(ref) -> bool:
     return ref() is None
 
 
+def holders_of(t: torch.Tensor, limit: int = 12) -> List[str]:
+    """What keeps tensors on t's storage alive, as far as Python's garbage collector sees: for each such
+    tensor, its shape and its referrers (a frame by function and line, a dict by some of its keys and
+    owner). For the warning when the KV block outlives the generation; it walks every tracked object,
+    so only then."""
+    ptr, found = t.untyped_storage().data_ptr(), []
+    for o in gc.get_objects():
+        if len(found) >= limit:
+            break
+        if not isinstance(o, torch.Tensor) or o is t:
+            continue
+        try:
+            if o.untyped_storage().data_ptr() != ptr:
+                continue
+        except (RuntimeError, NotImplementedError):
+            continue
+        refs = []
+        for r in gc.get_referrers(o):
+            if r is found or type(r).__name__ == "frame" and r.f_code.co_name == "holders_of":
+                continue
+            if type(r).__name__ == "frame":
+                refs.append(f"frame {r.f_code.co_name}:{r.f_lineno} ({os.path.basename(r.f_code.co_filename)})")
+            elif isinstance(r, dict):
+                owners = [type(x).__name__ for x in gc.get_referrers(r) if x is not found][:3]
+                refs.append(f"dict{list(r)[:4]} of {owners}")
+            else:
+                refs.append(type(r).__name__ + (f"[{len(r)}]" if hasattr(r, "__len__") else ""))
+        found.append(f"{tuple(o.shape)} {o.dtype} held by {refs[:4] or 'no Python object (C++ or a cycle)'}")
+    return found
+
+
+def pool_reserved(pool) -> int:
+    """Bytes of the allocator's segments in a torch.cuda.MemPool (free or not: a live pool keeps them)."""
+    pid = tuple(pool.id)
+    return sum(s["total_size"] for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", ())) == pid)
+
+
+# 1: each generation records its KV pool's reserved bytes around the VAE decode (`memory`); costs a
+# memory snapshot, so only for diagnosis (bench/device scripts)
+MEMORY_TRACE = os.environ.get("VAR_GEN_MEMORY_TRACE", "0") == "1"
+
+
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
                  kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
@@ -156,6 +198,7 @@ class Generator:
         self.cuda_graphs = bool(cuda_graphs)
         self.graph_max_tokens = int(graph_max_tokens)
         self._kv_block = None                    # weak reference to the kept caches' block (CUDA)
+        self.memory_trace: List[dict] = []       # with VAR_GEN_MEMORY_TRACE=1: the KV pool per generation
         # with graphs, keep the KV caches between generations so that the graphs always replay into the
         # same tensors (new caches rarely land at the captured addresses: on the H100 the graphs were
         # recaptured every generation and ran slower than eager); costs the caches' memory between
@@ -440,8 +483,14 @@ class Generator:
         if pool is not None:
             graphs.kept_caches = None
         del caches, text_kv, cond_gss, x
+        trace = {}
         if pool is not None:
-            free_or_collect(self._kv_block)
+            if not free_or_collect(self._kv_block):
+                # the decode would grow the pool beside the block, and a live pool keeps those segments
+                warnings.warn("var_gen_ros: the KV caches' block is still held before the VAE decode: "
+                              + "; ".join(holders_of(self._kv_block())))
+            if MEMORY_TRACE:
+                trace["kv_pool_before_decode"] = pool_reserved(pool)
         t0 = time.perf_counter()
         if pool is None:
             image = self.decode(summed)
@@ -450,12 +499,18 @@ class Generator:
                 image = self.decode(summed)
             # made again now, while the pool's block is free (an empty_cache between requests would
             # otherwise return it to the driver, and new caches would land elsewhere)
+            if MEMORY_TRACE:
+                trace["kv_pool_after_decode"] = pool_reserved(pool)
             graphs.kept_caches = self._remake_kept_caches(schedule, B, pool)
+            if MEMORY_TRACE:
+                trace["kv_pool_after_remake"] = pool_reserved(pool)
         del graphs
         self._sync()
         timings["vae_decode_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
-        memory = {"weights": self.weight_bytes(), "kv_cache_bytes": kv_cache_bytes}
+        memory = {"weights": self.weight_bytes(), "kv_cache_bytes": kv_cache_bytes, **trace}
+        if trace:
+            self.memory_trace.append(trace)
         if self.device.type == "cuda":
             memory["peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
             memory["peak_reserved"] = torch.cuda.max_memory_reserved(self.device)
