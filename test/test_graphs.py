@@ -196,3 +196,60 @@ def test_holders_of_names_what_keeps_a_blocks_view_alive():
     assert len(found) == 1 and "(2, 4)" in found[0] and "CacheHolder" in found[0], found
     del h
     assert holders_of(block) == [] and other.numel() == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
+def test_a_held_kv_block_gets_a_new_pool_and_the_images_stay_the_same(tiny_bundle):
+    """A view of the kept KV block held past the last scale (what happened on fresh H100 machines): the
+    decode runs outside the pool, the caches are made in a new pool holding nothing beside its block,
+    the graphs are captured once more, and every image equals the first."""
+    from var_gen_ros.infinity import sampler
+    g = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
+    g.cuda_graphs = True
+    ref = [g.generate(PROMPT, seed=3, cfg=3.0) for _ in range(2)][-1]            # eager, then captured
+    old_pool, leak = g._graphs.kv_pool, g._graphs.kept_caches[0].k
+    with pytest.warns(UserWarning, match="still held before the VAE decode"):
+        r = g.generate(PROMPT, seed=3, cfg=3.0)
+    _same(ref, r)
+    gr = g._graphs
+    assert gr.kv_pool is not old_pool and "kv_pool_renewed" in r.memory
+    assert sampler.kv_pool_excess(gr.kv_pool, g._kv_block) <= sampler.KV_POOL_SLACK
+    del leak, old_pool
+    runs = [g.generate(PROMPT, seed=3, cfg=3.0) for _ in range(2)]                 # recaptured, replayed
+    for x in runs:
+        _same(ref, x)
+        assert "kv_pool_renewed" not in x.memory
+    assert gr.recaptures == 1 and len(gr.graphs) == len(ref.bits), gr.error
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
+def test_a_grown_kv_pool_is_measured_and_made_anew():
+    """kv_pool_excess counts a pool's segments beyond its block; _renew_kv_pool returns them to the
+    driver (torch's reserved bytes fall by at least the excess) and leaves a pool of the block alone."""
+    from var_gen_ros.infinity import sampler
+    from var_gen_ros.infinity.graphs import ScaleGraphs
+    g = Generator.__new__(Generator)
+    g.device, g._kv_block = torch.device("cuda"), None
+    g._new_caches = lambda schedule, B, pool=None: _block_in(g, pool)
+    gr = ScaleGraphs(("key",), torch.zeros(1, device="cuda"), 0)
+    gr.kv_pool = torch.cuda.MemPool()
+    gr.kept_caches = g._new_caches(None, 2, gr.kv_pool)
+    healthy = sampler.kv_pool_excess(gr.kv_pool, g._kv_block)
+    assert healthy <= sampler.KV_POOL_SLACK
+    with torch.cuda.use_mem_pool(gr.kv_pool):
+        extra = torch.empty(96 << 20, dtype=torch.uint8, device="cuda")
+    del extra                                                    # freed, but kept by the live pool
+    assert sampler.kv_pool_excess(gr.kv_pool, g._kv_block) >= healthy + (96 << 20)
+    with pytest.warns(UserWarning, match="made anew"):
+        freed = g._renew_kv_pool(gr, None, 2)
+    assert freed >= 96 << 20
+    assert sampler.kv_pool_excess(gr.kv_pool, g._kv_block) == healthy and gr.kept_caches[0].numel() == 40 << 20
+
+
+def _block_in(g, pool):
+    """A 40 MiB stand-in for the KV block in `pool`, tracked as Generator._new_caches tracks its block."""
+    import weakref
+    with torch.cuda.use_mem_pool(pool):
+        block = torch.empty(40 << 20, dtype=torch.uint8, device="cuda")
+    g._kv_block = weakref.ref(block)
+    return [block]

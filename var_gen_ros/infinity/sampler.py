@@ -175,6 +175,25 @@ def pool_reserved(pool) -> int:
     return sum(s["total_size"] for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", ())) == pid)
 
 
+def kv_pool_excess(pool, block_ref) -> int:
+    """Bytes a torch.cuda.MemPool reserves beyond the kept KV block (weak reference `block_ref`): every
+    other segment of the pool, and its own segment's rounding. A healthy pool holds the block's segment
+    and a 2 MiB one of small blocks; the VAE decode borrows the block itself."""
+    block = block_ref() if block_ref is not None else None
+    ptr = block.data_ptr() if block is not None else -1
+    nbytes = block.untyped_storage().nbytes() if block is not None else 0
+    pid, excess = tuple(pool.id), 0
+    for s in torch.cuda.memory_snapshot():
+        if tuple(s.get("segment_pool_id", ())) != pid:
+            continue
+        own = s["address"] <= ptr < s["address"] + s["total_size"]
+        excess += s["total_size"] - (nbytes if own else 0)
+    return excess
+
+
+# Bytes of a kept KV pool beyond its block above which the pool is made anew (`Generator._renew_kv_pool`)
+KV_POOL_SLACK = 32 << 20
+
 # 1: each generation records its KV pool's reserved bytes around the VAE decode (`memory`); costs a
 # memory snapshot, so only for diagnosis (bench/device scripts)
 MEMORY_TRACE = os.environ.get("VAR_GEN_MEMORY_TRACE", "0") == "1"
@@ -318,6 +337,27 @@ class Generator:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
         return None
+
+    def _renew_kv_pool(self, graphs: ScaleGraphs, schedule: ScaleSchedule, B: int) -> int:
+        """The kept caches made again in a new memory pool, the old pool dropped with its free segments
+        (a live MemPool never returns them to the driver). For a pool the decode grew beside a block
+        that was still held: on fresh H100 machines it kept ~2.9 GiB more than its 3.43 GiB block, and
+        the next generation's graph capture passed the 14 GiB cap (docs/BENCHMARKS.md, thirteenth
+        session). The graphs see the caches' new addresses and are captured again next generation.
+        Returns the bytes returned to the driver."""
+        before = torch.cuda.memory_reserved(self.device)
+        excess = kv_pool_excess(graphs.kv_pool, self._kv_block)
+        graphs.kept_caches = None
+        graphs.kv_pool = None            # (the MemPool's last reference: its free segments become releasable)
+        gc.collect()
+        torch.cuda.empty_cache()
+        graphs.kv_pool = torch.cuda.MemPool()
+        graphs.kept_caches = self._remake_kept_caches(schedule, B, graphs.kv_pool)
+        freed = before - torch.cuda.memory_reserved(self.device)
+        warnings.warn(f"var_gen_ros: the KV caches' memory pool held {excess / 2 ** 20:.0f} MiB beside its block "
+                      f"after the VAE decode; made anew ({freed / 2 ** 20:.0f} MiB returned; the CUDA graphs are "
+                      "captured again in the next generation)")
+        return freed
 
     def _new_caches(self, schedule: ScaleSchedule, B: int, pool=None) -> list:
         """One KV cache per layer; with `pool` (a torch.cuda.MemPool), every layer's K/V are views of one
@@ -483,33 +523,41 @@ class Generator:
         if pool is not None:
             graphs.kept_caches = None
         del caches, text_kv, cond_gss, x
-        trace = {}
+        trace, held = {}, False
         if pool is not None:
-            if not free_or_collect(self._kv_block):
-                # the decode would grow the pool beside the block, and a live pool keeps those segments
-                warnings.warn("var_gen_ros: the KV caches' block is still held before the VAE decode: "
-                              + "; ".join(holders_of(self._kv_block())))
+            held = not free_or_collect(self._kv_block)
+            if held:    # decoding in the pool would grow it beside the block, and a live pool keeps its segments
+                warnings.warn("var_gen_ros: the KV caches' block is still held before the VAE decode (decoded "
+                              "outside its pool, which is made anew): " + "; ".join(holders_of(self._kv_block())))
             if MEMORY_TRACE:
                 trace["kv_pool_before_decode"] = pool_reserved(pool)
+            reserved0 = torch.cuda.memory_reserved(self.device)
         t0 = time.perf_counter()
-        if pool is None:
+        if pool is None or held:
             image = self.decode(summed)
         else:
             with torch.cuda.use_mem_pool(pool, self._cuda_index()):
                 image = self.decode(summed)
-            # made again now, while the pool's block is free (an empty_cache between requests would
-            # otherwise return it to the driver, and new caches would land elsewhere)
             if MEMORY_TRACE:
                 trace["kv_pool_after_decode"] = pool_reserved(pool)
-            graphs.kept_caches = self._remake_kept_caches(schedule, B, pool)
+        if pool is not None:
+            # made again now, while the pool's block is free (an empty_cache between requests would
+            # otherwise return it to the driver, and new caches would land elsewhere)
+            if held:
+                trace["kv_pool_renewed"] = self._renew_kv_pool(graphs, schedule, B)
+            else:
+                graphs.kept_caches = self._remake_kept_caches(schedule, B, pool)
+                grew = torch.cuda.memory_reserved(self.device) - reserved0 > KV_POOL_SLACK
+                if grew and kv_pool_excess(pool, self._kv_block) > KV_POOL_SLACK:
+                    trace["kv_pool_renewed"] = self._renew_kv_pool(graphs, schedule, B)
             if MEMORY_TRACE:
-                trace["kv_pool_after_remake"] = pool_reserved(pool)
+                trace["kv_pool_after_remake"] = pool_reserved(graphs.kv_pool)
         del graphs
         self._sync()
         timings["vae_decode_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
         memory = {"weights": self.weight_bytes(), "kv_cache_bytes": kv_cache_bytes, **trace}
-        if trace:
+        if MEMORY_TRACE:
             self.memory_trace.append(trace)
         if self.device.type == "cuda":
             memory["peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
