@@ -10,7 +10,6 @@ import math
 import os
 import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -122,32 +121,39 @@ def _unique_bytes(tensors) -> int:
 _HAS_MEM_POOL = hasattr(torch.cuda, "MemPool") and hasattr(torch.cuda, "use_mem_pool")
 
 
-def free_or_collect(ref) -> bool:
-    """True once the object behind the weak reference `ref` is gone, running the cyclic garbage collector
-    if it is not yet (a full collection costs tens of ms with a model loaded, so only then).
+def free_or_collect(freed: Callable[[], bool]) -> bool:
+    """True once `freed()` says the memory is free, running the cyclic garbage collector if it does not
+    yet (a full collection costs tens of ms with a model loaded, so only then).
 
-    Why: the kept KV caches' block must be free before the VAE decode borrows its memory pool. In the
-    first generation on a fresh machine it was not: the decode grew the pool by ~3 GiB of segments that
-    stayed reserved, and a later CUDA-graph capture or the caches' re-making passed the 14 GiB cap (H100:
-    docs/BENCHMARKS.md, tenth and twelfth sessions). The likely holder (not proven): reference cycles of
-    the exceptions Triton's autotuning catches for candidates it cannot build, whose tracebacks keep
-    frames with cache views alive until the cyclic collector runs."""
-    if ref is None or ref() is None:
+    Why: the kept KV caches' block must be free before the VAE decode borrows its memory pool, else the
+    decode grows the pool beside it (~2.9 GiB at 1024² on fresh H100 machines, docs/BENCHMARKS.md). The
+    generator asks the allocator (allocated bytes fell by the block's size), not a weak reference to the
+    block: inside inference_mode a view keeps no reference to its base tensor, so the base object can die
+    while a view still holds the storage."""
+    if freed():
         return True
     gc.collect()
-    return ref() is None
+    return freed()
 
 
-def holders_of(t: torch.Tensor, limit: int = 12) -> List[str]:
-    """What keeps tensors on t's storage alive, as far as Python's garbage collector sees: for each such
-    tensor, its shape and its referrers (a frame by function and line, a dict by some of its keys and
-    owner). For the warning when the KV block outlives the generation; it walks every tracked object,
-    so only then."""
-    ptr, found = t.untyped_storage().data_ptr(), []
-    for o in gc.get_objects():
+def holders_of(ptr: int, limit: int = 12) -> List[str]:
+    """What keeps tensors on the storage at address `ptr` alive, as far as Python's garbage collector
+    sees: for each such tensor, its shape and its referrers (a frame by function and line, a dict by some
+    of its keys and owner). For the warning when the KV block outlives the generation; it walks every
+    tracked object, so only then."""
+    found, objs = [], gc.get_objects()
+    try:
+        _describe_holders(ptr, objs, found, limit)
+    finally:
+        objs.clear()        # it holds this frame, which holds it: no cycle left for the collector
+    return found
+
+
+def _describe_holders(ptr, objs, found, limit):
+    for o in objs:
         if len(found) >= limit:
             break
-        if not isinstance(o, torch.Tensor) or o is t:
+        if not isinstance(o, torch.Tensor):
             continue
         try:
             if o.untyped_storage().data_ptr() != ptr:
@@ -156,17 +162,16 @@ def holders_of(t: torch.Tensor, limit: int = 12) -> List[str]:
             continue
         refs = []
         for r in gc.get_referrers(o):
-            if r is found or type(r).__name__ == "frame" and r.f_code.co_name == "holders_of":
+            if r is found or r is objs or type(r).__name__ == "frame" and r.f_code.co_name in ("holders_of", "_describe_holders"):
                 continue
             if type(r).__name__ == "frame":
                 refs.append(f"frame {r.f_code.co_name}:{r.f_lineno} ({os.path.basename(r.f_code.co_filename)})")
             elif isinstance(r, dict):
-                owners = [type(x).__name__ for x in gc.get_referrers(r) if x is not found][:3]
+                owners = [type(x).__name__ for x in gc.get_referrers(r) if x is not found and x is not objs][:3]
                 refs.append(f"dict{list(r)[:4]} of {owners}")
             else:
                 refs.append(type(r).__name__ + (f"[{len(r)}]" if hasattr(r, "__len__") else ""))
         found.append(f"{tuple(o.shape)} {o.dtype} held by {refs[:4] or 'no Python object (C++ or a cycle)'}")
-    return found
 
 
 def pool_reserved(pool) -> int:
@@ -175,13 +180,11 @@ def pool_reserved(pool) -> int:
     return sum(s["total_size"] for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", ())) == pid)
 
 
-def kv_pool_excess(pool, block_ref) -> int:
-    """Bytes a torch.cuda.MemPool reserves beyond the kept KV block (weak reference `block_ref`): every
-    other segment of the pool, and its own segment's rounding. A healthy pool holds the block's segment
-    and a 2 MiB one of small blocks; the VAE decode borrows the block itself."""
-    block = block_ref() if block_ref is not None else None
-    ptr = block.data_ptr() if block is not None else -1
-    nbytes = block.untyped_storage().nbytes() if block is not None else 0
+def kv_pool_excess(pool, block_at) -> int:
+    """Bytes a torch.cuda.MemPool reserves beyond the kept KV block (`block_at`: its address and bytes, or
+    None): every other segment of the pool, and its own segment's rounding. A healthy pool holds the
+    block's segment and a 2 MiB one of small blocks; the VAE decode borrows the block itself."""
+    ptr, nbytes = block_at or (-1, 0)
     pid, excess = tuple(pool.id), 0
     for s in torch.cuda.memory_snapshot():
         if tuple(s.get("segment_pool_id", ())) != pid:
@@ -216,7 +219,7 @@ class Generator:
         # (schedule, batch)
         self.cuda_graphs = bool(cuda_graphs)
         self.graph_max_tokens = int(graph_max_tokens)
-        self._kv_block = None                    # weak reference to the kept caches' block (CUDA)
+        self._kv_block_at = None                 # (address, bytes) of the kept caches' block (CUDA)
         self.memory_trace: List[dict] = []       # with VAR_GEN_MEMORY_TRACE=1: the KV pool per generation
         # with graphs, keep the KV caches between generations so that the graphs always replay into the
         # same tensors (new caches rarely land at the captured addresses: on the H100 the graphs were
@@ -346,7 +349,7 @@ class Generator:
         session). The graphs see the caches' new addresses and are captured again next generation.
         Returns the bytes returned to the driver."""
         before = torch.cuda.memory_reserved(self.device)
-        excess = kv_pool_excess(graphs.kv_pool, self._kv_block)
+        excess = kv_pool_excess(graphs.kv_pool, self._kv_block_at)
         graphs.kept_caches = None
         graphs.kv_pool = None            # (the MemPool's last reference: its free segments become releasable)
         gc.collect()
@@ -381,7 +384,7 @@ class Generator:
         make(lambda shape, dt: sizes.append(math.prod(shape) * dt.itemsize) or torch.empty(shape, dtype=dt, device="meta"))
         with torch.cuda.use_mem_pool(pool, self._cuda_index()):
             block = torch.empty(sum(pad(n) for n in sizes), dtype=torch.uint8, device=self.device)
-        self._kv_block = weakref.ref(block)       # alive while any cache view is (see `generate`)
+        self._kv_block_at = (block.data_ptr(), block.nbytes)     # (see `generate`: is it free before the decode?)
         offset = 0
 
         def carve(shape, dt):
@@ -520,15 +523,18 @@ class Generator:
         # activations arrive (otherwise the decode stage is the generation's memory peak). Caches kept
         # for the graphs in their own pool are freed too, and the decoder allocates in that pool
         pool = graphs.kv_pool if graphs is not None and graphs.kept_caches is not None else None
+        del text_kv, cond_gss, x
         if pool is not None:
             graphs.kept_caches = None
-        del caches, text_kv, cond_gss, x
+            allocated0 = torch.cuda.memory_allocated(self.device)      # (the block is freed by the next del)
+        del caches
         trace, held = {}, False
         if pool is not None:
-            held = not free_or_collect(self._kv_block)
+            ptr, nbytes = self._kv_block_at
+            held = not free_or_collect(lambda: allocated0 - torch.cuda.memory_allocated(self.device) >= nbytes)
             if held:    # decoding in the pool would grow it beside the block, and a live pool keeps its segments
                 warnings.warn("var_gen_ros: the KV caches' block is still held before the VAE decode (decoded "
-                              "outside its pool, which is made anew): " + "; ".join(holders_of(self._kv_block())))
+                              "outside its pool, which is made anew): " + "; ".join(holders_of(ptr)))
             if MEMORY_TRACE:
                 trace["kv_pool_before_decode"] = pool_reserved(pool)
             reserved0 = torch.cuda.memory_reserved(self.device)
@@ -548,7 +554,7 @@ class Generator:
             else:
                 graphs.kept_caches = self._remake_kept_caches(schedule, B, pool)
                 grew = torch.cuda.memory_reserved(self.device) - reserved0 > KV_POOL_SLACK
-                if grew and kv_pool_excess(pool, self._kv_block) > KV_POOL_SLACK:
+                if grew and kv_pool_excess(pool, self._kv_block_at) > KV_POOL_SLACK:
                     trace["kv_pool_renewed"] = self._renew_kv_pool(graphs, schedule, B)
             if MEMORY_TRACE:
                 trace["kv_pool_after_remake"] = pool_reserved(graphs.kv_pool)
