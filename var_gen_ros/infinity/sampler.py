@@ -153,7 +153,7 @@ def _describe_holders(ptr, objs, found, limit):
     for o in objs:
         if len(found) >= limit:
             break
-        if not isinstance(o, torch.Tensor):
+        if not issubclass(type(o), torch.Tensor):      # (isinstance would ask lazy modules' __class__)
             continue
         try:
             if o.untyped_storage().data_ptr() != ptr:
