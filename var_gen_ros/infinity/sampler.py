@@ -549,13 +549,14 @@ class Generator:
         if pool is not None:
             # made again now, while the pool's block is free (an empty_cache between requests would
             # otherwise return it to the driver, and new caches would land elsewhere)
-            if held:
-                trace["kv_pool_renewed"] = self._renew_kv_pool(graphs, schedule, B)
-            else:
+            renew = held
+            if not held:
                 graphs.kept_caches = self._remake_kept_caches(schedule, B, pool)
                 grew = torch.cuda.memory_reserved(self.device) - reserved0 > KV_POOL_SLACK
-                if grew and kv_pool_excess(pool, self._kv_block_at) > KV_POOL_SLACK:
-                    trace["kv_pool_renewed"] = self._renew_kv_pool(graphs, schedule, B)
+                renew = grew and kv_pool_excess(pool, self._kv_block_at) > KV_POOL_SLACK
+            del pool                 # (a reference here would keep the old pool's segments from the driver)
+            if renew:
+                trace["kv_pool_renewed"] = self._renew_kv_pool(graphs, schedule, B)
             if MEMORY_TRACE:
                 trace["kv_pool_after_remake"] = pool_reserved(graphs.kv_pool)
         del graphs
