@@ -443,20 +443,26 @@ def test_direct_launches_match_triton_launches():
     assert att._ATTN_INT8.hits >= hits + 2
 
 
-def test_qkv_epilogue_kernel_matches_float64_and_holds_less_memory():
-    """Infinity-8B's self-attention (28 heads of 128), CFG batch, a 1024-token slice written at an
-    offset into last-scale buffers: the fused epilogue vs float64 on the same projection output, and
-    the allocator's peak over the call vs the PyTorch reference's."""
-    from kernels_under_test import assert_qkv_written, qkv_epilogue_float64
+def _self_attention_8b(H, c):
+    """Infinity-8B's self-attention (float32, CPU) with random q/v biases and per-head q scales."""
     from var_gen_ros.infinity.model import SelfAttention
-    from var_gen_ros.quant.dispatch import kernel_status, qkv_rope_kernel
-    B, H, c, L, n, start = 2, 28, 128, 4096, 1024, 2048
-    torch.manual_seed(torch.seed() % 2 ** 31)
     sa = SelfAttention(H * c, H)
     with torch.no_grad():
         sa.q_bias.normal_()
         sa.v_bias.normal_()
         sa.scale_mul_1H11.uniform_(0.0, 5.0)
+    return sa
+
+
+def test_qkv_epilogue_kernel_matches_float64_and_holds_less_memory():
+    """Infinity-8B's self-attention (28 heads of 128), CFG batch, a 1024-token slice written at an
+    offset into last-scale buffers: the fused epilogue vs float64 on the same projection output, and
+    the allocator's peak over the call vs the PyTorch reference's."""
+    from kernels_under_test import assert_qkv_written, qkv_epilogue_float64
+    from var_gen_ros.quant.dispatch import kernel_status, qkv_rope_kernel
+    B, H, c, L, n, start = 2, 28, 128, 4096, 1024, 2048
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    sa = _self_attention_8b(H, c)
     sa = sa.to("cuda", torch.bfloat16)
     x = torch.randn(B, n, H * c, device="cuda", dtype=torch.bfloat16)
     ang = torch.rand(n, c // 2, device="cuda") * 100
@@ -485,16 +491,11 @@ def test_qkv_epilogue_in_the_w4a4_gemm_matches_float64_and_holds_no_projection(m
     (fresh inputs, poisoned buffers), and the allocator's peak vs the separate path (the GEMM's bf16
     output, then the epilogue kernel), which also still has to match."""
     from kernels_under_test import assert_qkv_written, qkv_epilogue_float64
-    from var_gen_ros.infinity.model import SelfAttention
     from var_gen_ros.quant import dispatch
     from var_gen_ros.quant.int4 import fake_quant_int4
     B, H, c, L, start = 2, 28, 128, 4096, 4096 - n
     torch.manual_seed(torch.seed() % 2 ** 31)
-    sa = SelfAttention(H * c, H)
-    with torch.no_grad():
-        sa.q_bias.normal_()
-        sa.v_bias.normal_()
-        sa.scale_mul_1H11.uniform_(0.0, 5.0)
+    sa = _self_attention_8b(H, c)
     sa = sa.cuda()
     sa.proj = sa.proj.bfloat16()                      # the attention (q's) dtype
     layer = sa.mat_qkv = _layer(3584, 3 * H * c, False, seed=n)

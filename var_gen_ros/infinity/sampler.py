@@ -158,7 +158,7 @@ def _describe_holders(ptr, objs, found, limit):
         try:
             if o.untyped_storage().data_ptr() != ptr:
                 continue
-        except (RuntimeError, NotImplementedError):
+        except (RuntimeError, NotImplementedError):     # tensors without a plain storage (meta, sparse...)
             continue
         refs = []
         for r in gc.get_referrers(o):
