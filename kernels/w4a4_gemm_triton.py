@@ -226,7 +226,8 @@ def _rescale(acc, d, sx, sw, SWAP: tl.constexpr):
 @triton.jit
 def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
                       M_BUCKET, SPLIT_K, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr, ACT: tl.constexpr = 0):
+                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr, ACT: tl.constexpr = 0,
+                      LR_BF16: tl.constexpr = False):
     rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
     HALF: tl.constexpr = GROUP // 2
     j = tl.arange(0, HALF)
@@ -250,7 +251,7 @@ def _w4a4_gemm_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr
             d = tl.dot(a_even, tl.trans(lo), out_dtype=tl.int32) + tl.dot(a_odd, tl.trans(hi), out_dtype=tl.int32)
         acc = _rescale(acc, d.to(tl.float32), sx, sw, SWAP)
     _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M, ACT)
+            HAS_LR, R, SWAP, BLOCK_M, ACT, LR_BF16)
 
 
 @triton.jit
@@ -267,7 +268,7 @@ def _activation(x, ACT: tl.constexpr):
 @triton.jit
 def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K,
             HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr,
-            ACT: tl.constexpr = 0):
+            ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False):
     """acc (+ the low-rank branch, + bias, then the activation ACT: 0 none, 1 GELU-tanh) -> y in y's
     dtype; acc is (BLOCK_N, BLOCK_M) when SWAP.
     Split-K (small M: N / BLOCK_N programs alone leave most of the GPU idle over one long K loop): split
@@ -282,12 +283,13 @@ def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt
         off = rm[:, None] * N + rn[None, :]
         omask = mmask[:, None] & nmask[None, :]
     if SPLIT_K == 1:
-        acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP, BLOCK_M)
+        acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP, BLOCK_M,
+                            LR_BF16=LR_BF16)
         tl.store(y_ptr + off, _activation(acc, ACT).to(y_ptr.dtype.element_ty), mask=omask)
     else:
         if tl.program_id(2) == 0:
             acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP,
-                                BLOCK_M)
+                                BLOCK_M, LR_BF16=LR_BF16)
         tl.store(ws_ptr + tl.program_id(2) * M * N + off, acc, mask=omask)
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         tl.debug_barrier()                      # all of this program's partial is stored before the release
@@ -300,10 +302,26 @@ def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt
 
 
 @triton.jit
+def _bf16_dot(a, b, acc):
+    """acc + a·b with both operands rounded to bf16 (bf16 tensor-core MMA, float32 accumulation). Triton's
+    CPU interpreter has no bf16 dot: there the bf16-rounded values are multiplied in float32, which gives
+    the same products (exact in float32)."""
+    if _ON_GPU:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc, input_precision="ieee")
+
+
+@triton.jit
 def _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS: tl.constexpr,
-                  HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr, row_factor=None):
+                  HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr, row_factor=None,
+                  LR_BF16: tl.constexpr = False):
     """acc + the low-rank up-projection of kernel 1's summed partials (x̂ · L_down, times `row_factor`
-    per row if given) + bias."""
+    per row if given) + bias. The float32 partials times the 16-bit L_up run as a tf32x3 dot, or with
+    LR_BF16 and a bf16 L_up as two bf16 dots of the partials' high and low bf16 parts (to ~2^-17, like
+    kernel 1's down-projection): on sm_80-sm_89 (mma.sync), tf32x3's split operands push the large-M
+    tiles past 255 registers (1.2-5 KB of spills per thread at sm_87 by ptxas; kernels/targets.py), the
+    bf16 pair does not."""
     r = tl.arange(0, R)
     if HAS_LR:
         up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
@@ -313,14 +331,24 @@ def _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BI
                 lr += tl.load(lr_ptr + s * M * R + rm[None, :] * R + r[:, None], mask=mmask[None, :], other=0.0)
             if row_factor is not None:
                 lr = lr * row_factor[None, :]
-            acc = tl.dot(up, lr, acc, input_precision="tf32x3")
+            if LR_BF16 and up_ptr.dtype.element_ty == tl.bfloat16:
+                hi = lr.to(tl.bfloat16).to(tl.float32)
+                acc = _bf16_dot(up, hi, acc)
+                acc = _bf16_dot(up, lr - hi, acc)
+            else:
+                acc = tl.dot(up, lr, acc, input_precision="tf32x3")
         else:
             lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
             for s in range(0, S):
                 lr += tl.load(lr_ptr + s * M * R + rm[:, None] * R + r[None, :], mask=mmask[:, None], other=0.0)
             if row_factor is not None:
                 lr = lr * row_factor[:, None]
-            acc = tl.dot(lr, tl.trans(up), acc, input_precision="tf32x3")
+            if LR_BF16 and up_ptr.dtype.element_ty == tl.bfloat16:
+                hi = lr.to(tl.bfloat16).to(tl.float32)
+                acc = _bf16_dot(hi, tl.trans(up), acc)
+                acc = _bf16_dot(lr - hi, tl.trans(up), acc)
+            else:
+                acc = tl.dot(lr, tl.trans(up), acc, input_precision="tf32x3")
     if HAS_BIAS:
         if SWAP:
             acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
@@ -362,7 +390,7 @@ def _unpack_weight_fp8(w_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GROUP: tl.co
 def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
                      M_BUCKET, SPLIT_K, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr, W8: tl.constexpr = False,
-                     ACT: tl.constexpr = 0):
+                     ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False):
     """The FP8 variant: both operands' 4-bit codes are exact e4m3 values, and e4m3 MMA accumulates in
     float32, so a group's dot needs no int->float convert before the rescale, and one K = 64 dot per
     group replaces two K = 32 ones. The weight nibbles become fp16 by the magic-number trick
@@ -391,7 +419,7 @@ def _w4a4_fp8_kernel(q_ptr, sx_ptr, w_ptr, sw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr,
         # rescale is deferred a group), so the rescale does not overlap the next group's MMA
         acc = _rescale(acc, d, sx, sw, SWAP)
     _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M, ACT)
+            HAS_LR, R, SWAP, BLOCK_M, ACT, LR_BF16)
 
 
 @triton.jit
@@ -515,7 +543,7 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
                     M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
                     W8: tl.constexpr = False, TMA: tl.constexpr = False, KSTEP: tl.constexpr = 64,
-                    ACT: tl.constexpr = 0):
+                    ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False):
     """The i8 variant (two-level scales on both sides, quant.int4.two_level): the activations arrive as
     int8 q·m with a unit u_x per row, the weights as packed codes whose q·m is made in registers (or,
     with W8, read from an int8 workspace), so the whole K loop is one INT8 MMA accumulation in int32
@@ -573,7 +601,7 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
     else:
         out = acc.to(tl.float32) * (ux[:, None] * uw[None, :])
     _finish(out, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M, ACT)
+            HAS_LR, R, SWAP, BLOCK_M, ACT, LR_BF16)
 
 
 @triton.jit
@@ -581,7 +609,7 @@ def _w4a4_i8_qkv_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_
                         QB, SM, COS, SIN, QO, KO, VO, NTOK, START, C, sr_l, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
                         HEAD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
                         BLOCK_M: tl.constexpr, GROUP: tl.constexpr, W8: tl.constexpr = False,
-                        KSTEP: tl.constexpr = 64, TMA: tl.constexpr = False):
+                        KSTEP: tl.constexpr = 64, TMA: tl.constexpr = False, LR_BF16: tl.constexpr = False):
     """The i8 GEMM of the self-attention's qkv projection with the attention's input epilogue (the
     reference: SelfAttention.qkv_epilogue; kernels/qkv_rope_triton.py does it as a second pass) in place
     of the store. A program owns one head's HEAD columns (of q, k or v) for BLOCK_M rows, in two
@@ -642,8 +670,10 @@ def _w4a4_i8_qkv_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_
     ux = tl.load(ux_ptr + rm, mask=mmask, other=0.0)
     x0 = acc0.to(tl.float32) * (ux[:, None] * uw0[None, :])
     x1 = acc1.to(tl.float32) * (ux[:, None] * uw1[None, :])
-    x0 = _lowrank_bias(x0, rm, ce, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, False, BLOCK_M)
-    x1 = _lowrank_bias(x1, rm, ce + 1, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, False, BLOCK_M)
+    x0 = _lowrank_bias(x0, rm, ce, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, False, BLOCK_M,
+                       LR_BF16=LR_BF16)
+    x1 = _lowrank_bias(x1, rm, ce + 1, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, False, BLOCK_M,
+                       LR_BF16=LR_BF16)
     x0 += tl.load(QB + ce)[None, :]
     x1 += tl.load(QB + ce + 1)[None, :]
     sec = col0 // C                                       # 0: q, 1: k, 2: v
@@ -770,13 +800,22 @@ I8_LARGE_M_CONFIGS = FP8_LARGE_M_CONFIGS + \
      _cfg(128, 256, False, 8, 4, TMA=True, KSTEP=128)]     # KSTEP 128 and TMA: the workspace (W8) only
 
 
-def _i8_prune(configs, named_args, **kwargs):
-    """KSTEP 128 and TMA need the workspace; KSTEP 128 also all of K in one split, a multiple of 128."""
-    w8 = kwargs.get("W8", named_args.get("W8", False))
-    K = named_args["K"]
+def _arch(named_args) -> int:
+    """The compute capability (e.g. 87, 90) of the GPU a tuned call runs on, from its first tensor."""
+    return _arch_of(next(a for a in named_args.values() if isinstance(a, torch.Tensor)))
+
+
+def i8_candidates(configs, w8: bool, K: int, arch: int) -> list:
+    """The i8 GEMM's candidates for a call: KSTEP 128 and TMA need the workspace (W8); KSTEP 128 also all
+    of K in one split, a multiple of 128; TMA tiles only where the bulk tensor copy engine is (sm_90+:
+    elsewhere Triton would compile them to plain loads, the same tiles the tuner already tries)."""
     return [c for c in configs if (w8 or c.kwargs.get("KSTEP", 64) == 64)
-            and not (c.kwargs.get("TMA", False) and not (w8 and TMA_CANDIDATES))
+            and not (c.kwargs.get("TMA", False) and not (w8 and TMA_CANDIDATES and arch >= 90))
             and (c.kwargs.get("KSTEP", 64) == 64 or (K % 128 == 0 and c.kwargs["SPLIT_K"] == 1))]
+
+
+def _i8_prune(configs, named_args, **kwargs):
+    return i8_candidates(configs, kwargs.get("W8", named_args.get("W8", False)), named_args["K"], _arch(named_args))
 _w4a4_i8 = _autotuned(_w4a4_i8_kernel, I8_SMALL_M_CONFIGS, I8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W8"], _i8_prune)
 # The qkv-epilogue GEMM's tiles: BLOCK_M rows of one head (two HEAD/2-wide accumulators), the K step of
 # the workspace's loads (128 needs K % 128 == 0 and the workspace), TMA loads (the workspace only)
@@ -790,10 +829,14 @@ QKV_CONFIGS = [_qkv_cfg(128, 8, 3), _qkv_cfg(128, 8, 4), _qkv_cfg(64, 4, 4), _qk
                _qkv_cfg(256, 8, 4, 64, True)]
 
 
+def qkv_candidates(configs, w8: bool, K: int, arch: int) -> list:
+    """The qkv-epilogue GEMM's candidates: as `i8_candidates` (KSTEP 128 and TMA need the workspace, TMA sm_90+)."""
+    return [c for c in configs if (c.kwargs["KSTEP"] == 64 or (w8 and K % 128 == 0))
+            and not (c.kwargs["TMA"] and not (w8 and TMA_CANDIDATES and arch >= 90))]
+
+
 def _qkv_prune(configs, named_args, **kwargs):
-    w8 = kwargs.get("W8", named_args.get("W8", False))
-    return [c for c in configs if (c.kwargs["KSTEP"] == 64 or (w8 and named_args["K"] % 128 == 0))
-            and not (c.kwargs["TMA"] and not (w8 and TMA_CANDIDATES))]
+    return qkv_candidates(configs, kwargs.get("W8", named_args.get("W8", False)), named_args["K"], _arch(named_args))
 
 
 _w4a4_i8_qkv = triton.autotune(configs=QKV_CONFIGS, key=["M_BUCKET", "N", "K", "W8", "HEAD"],
@@ -944,6 +987,18 @@ def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:
     return path
 
 
+def lr_bf16(arch: int) -> bool:
+    """Whether the GEMM epilogue's low-rank up-projection takes the two-bf16-dot form (`_lowrank_bias`) on
+    sm_`arch`: on mma.sync GPUs (sm_80-sm_89, the Orin among them), where tf32x3 spills the large tiles;
+    Hopper keeps tf32x3 (no spills there with wgmma, and the H100's figures were measured with it)."""
+    return arch < 90
+
+
+def _arch_of(x: torch.Tensor) -> int:
+    major, minor = _capability(x)
+    return 10 * major + minor
+
+
 # activations the GEMM's epilogue applies (W4A4Linear.forward's `act`): the kernels' ACT constexpr
 ACTIVATIONS = {None: 0, "gelu_tanh": 1}
 
@@ -995,6 +1050,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
             layer.bias if layer.bias is not None else y, y, ws if ws is not None else y, cnt if cnt is not None else y,
             M, N, K, S, bucket)
     meta = dict(HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP)
+    if R and not f16 and x2.is_cuda and lr_bf16(_arch_of(x2)):
+        meta["LR_BF16"] = True
     if act:
         meta["ACT"] = ACTIVATIONS[act]
     if fp8:
@@ -1010,7 +1067,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     else:
         config = dict(config, SPLIT_K=config.get("SPLIT_K", 1))
         grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])
-        fixed[grid](*args, **meta, **config)
+        fixed[grid](*args, **{**meta, **config})
     return y.reshape(*shape[:-1], N)
 
 
@@ -1062,9 +1119,11 @@ def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.T
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
     meta = dict(HEAD=c, HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP,
                 W8=path == "i8w")
+    if R and x2.is_cuda and lr_bf16(_arch_of(x2)):
+        meta["LR_BF16"] = True
     if config is None:
         _GEMM_I8_QKV(lambda m: (triton.cdiv(M, m["BLOCK_M"]), N // c, 1), args, meta)
     else:
         if K % config.get("KSTEP", 64) or (config.get("KSTEP", 64) != 64 and path != "i8w"):
             raise ValueError(f"w4a4_qkv_rope: KSTEP {config.get('KSTEP')} needs the workspace and K % KSTEP == 0 (K = {K})")
-        _w4a4_i8_qkv_kernel[(triton.cdiv(M, config["BLOCK_M"]), N // c, 1)](*args, **meta, **config)
+        _w4a4_i8_qkv_kernel[(triton.cdiv(M, config["BLOCK_M"]), N // c, 1)](*args, **{**meta, **config})

@@ -130,6 +130,34 @@ def test_every_gemm_variant_matches_reference(small):
         assert rel <= 1e-3, (path, cfg, rel)
 
 
+def test_the_sm80_low_rank_epilogue_matches_reference_on_every_8b_shape():
+    """The low-rank up-projection as two bf16 dots (LR_BF16: what sm_80-sm_89, the Orin, run; forced here
+    on whatever GPU this is) in the i8 GEMM (small and large tiles, split-K) and the INT8-rescale GEMM,
+    on every 8B shape: within 1e-3 of the reference, as the default tf32x3 form, and within 1e-4 of it."""
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    runs = [(32, "i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, num_warps=4, num_stages=4)),
+            (32, "i8", dict(BLOCK_M=16, BLOCK_N=128, SWAP=True, SPLIT_K=4, num_warps=4, num_stages=4)),
+            (32, "int8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, num_warps=4, num_stages=4)),
+            (2048, "i8w", dict(BLOCK_M=128, BLOCK_N=128, SWAP=False, num_warps=8, num_stages=3)),
+            (2048, "i8w", dict(BLOCK_M=128, BLOCK_N=128, SWAP=True, num_warps=8, num_stages=3))]
+    for K, N, bias in SHAPES_8B:
+        layer = _layer(K, N, bias, seed=K + N + 1)
+        for M, path, cfg in runs:
+            x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+            x[:, torch.randint(K, (4,))] *= 30
+            ref = layer.reference_forward(x).float()
+            ys = []
+            for lr_bf16 in (True, False):
+                y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
+                mod.w4a4_linear(x, layer, out=y, path=path, config=dict(cfg, LR_BF16=lr_bf16))
+                ys.append(y.float())
+                rel = ((ys[-1] - ref).norm() / ref.norm()).item()
+                assert rel <= 1e-3, (K, N, M, path, cfg, lr_bf16, rel)
+            assert ((ys[0] - ys[1]).norm() / ref.norm()).item() <= 1e-4, (K, N, M, path, cfg)
+
+
 @pytest.mark.parametrize("path", ["fp8", "int8", "f16", "i8"])
 def test_split_k_is_deterministic_and_replays_in_a_cuda_graph(path):
     """Split-K sums its partials in split order: the same bits on every call, eager or replayed in a

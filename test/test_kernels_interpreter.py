@@ -79,32 +79,42 @@ def test_w4a4_gemm_kernel_both_variants_match_float64(gemm, K, N, bias, rank):
         x = torch.randn(M, K) * 2
         x[:, :3] *= 25                                       # outlier channels
         ref = _float64_w4a4(x, layer)
-        for path, cfg, tol in (("int8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
-                               ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
-                               ("fp8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
-                               ("fp8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
-                               ("fp8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
-                               # split-K: uneven splits (K = 448: 7 groups in 4), swapped and not
-                               ("fp8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=4), 1e-5),
-                               ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=8), 1e-5),
-                               # f16: both operands dequantized exactly to fp16, one accumulation
-                               ("f16", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
-                               ("f16", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=4), 1e-5),
-                               ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
-                               ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
-                               ("f16w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, TMA=True, SPLIT_K=2), 1e-5),
-                               # i8: q·m of both sides (two-level scales), one int32 accumulation over all of K
-                               ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
-                               ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4), 1e-5),
-                               ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
-                               ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
-                               ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=2), 1e-5)) + \
-                (("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=True, KSTEP=128), 1e-5),
-                 ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128), 1e-5)) * (K % 128 == 0):
+        for path, cfg, tol in _gemm_cases(K, rank):
             y = torch.full((M, N), float("nan"))             # poisoned output
             gemm.w4a4_linear(x, layer, out=y, path=path, config=cfg)
             rel = ((y.double() - ref).norm() / ref.norm()).item()
             assert rel <= tol, (M, path, cfg, rel)
+
+
+def _gemm_cases(K, rank):
+    """(path, launch config, tolerance) of every GEMM variant the test above runs."""
+    every = (("int8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
+             ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
+             ("fp8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
+             ("fp8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
+             ("fp8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
+             # split-K: uneven splits (K = 448: 7 groups in 4), swapped and not
+             ("fp8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=4), 1e-5),
+             ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=8), 1e-5),
+             # f16: both operands dequantized exactly to fp16, one accumulation
+             ("f16", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False), 1e-5),
+             ("f16", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=4), 1e-5),
+             ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
+             ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
+             ("f16w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, TMA=True, SPLIT_K=2), 1e-5),
+             # i8: q·m of both sides (two-level scales), one int32 accumulation over all of K
+             ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
+             ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4), 1e-5),
+             ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
+             ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
+             ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=2), 1e-5))
+    # the sm_80-sm_89 epilogue: the low-rank up-projection as two bf16 dots (one alone is ~1.6e-3 off here)
+    lr_bf16 = (("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, LR_BF16=True), 1e-5),
+               ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, LR_BF16=True), 1e-5),
+               ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=8, LR_BF16=True), 1e-5))
+    kstep128 = (("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=True, KSTEP=128), 1e-5),
+                ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128), 1e-5))
+    return every + lr_bf16 * bool(rank) + kstep128 * (K % 128 == 0)
 
 
 @interpreted
@@ -291,17 +301,16 @@ def test_tuner_pruning_reads_the_w16_flag_from_the_call(gemm, monkeypatch):
 def test_i8_tuner_keeps_workspace_tiles_for_workspace_calls(gemm, monkeypatch):
     """The i8 tuner's TMA and 128-wide K-step tiles read the int8 workspace only (W8), the K steps of 128
     only over all of a K that is a multiple of 128 in one split."""
-    prune = gemm._w4a4_i8.early_config_prune
+    # (the tuner's prune is i8_candidates at the call's GPU architecture; 90: Hopper, where TMA tiles exist)
+    prune = lambda cs, K, W8: gemm.i8_candidates(cs, W8, K, 90)
     wide = lambda cs: [c for c in cs if c.kwargs.get("TMA", False) or c.kwargs.get("KSTEP", 64) != 64]
     monkeypatch.setattr(gemm, "TMA_CANDIDATES", True)
-    args = {"M_BUCKET": 8192, "K": 3584}
-    kept = prune(gemm.I8_LARGE_M_CONFIGS, args, W8=True)
+    kept = prune(gemm.I8_LARGE_M_CONFIGS, 3584, W8=True)
     assert wide(kept) and all(c.kwargs["SPLIT_K"] == 1 for c in kept if c.kwargs.get("KSTEP", 64) == 128)
-    assert not wide(prune(gemm.I8_LARGE_M_CONFIGS, args, W8=False))
-    assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, {"M_BUCKET": 8192, "K": 448}, W8=True)
-                if c.kwargs.get("KSTEP", 64) == 128]
+    assert not wide(prune(gemm.I8_LARGE_M_CONFIGS, 3584, W8=False))
+    assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, 448, W8=True) if c.kwargs.get("KSTEP", 64) == 128]
     monkeypatch.setattr(gemm, "TMA_CANDIDATES", False)
-    assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, args, W8=True) if c.kwargs.get("TMA", False)]
+    assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, 3584, W8=True) if c.kwargs.get("TMA", False)]
 
 
 @interpreted
@@ -336,7 +345,8 @@ def test_qkv_rope_kernel_matches_float64(n, start, in_dt, kv_dt):
 @pytest.mark.parametrize("path,cfg,q_dt", [("i8w", dict(BLOCK_M=16), torch.float32),
                                           ("i8", dict(BLOCK_M=32), torch.float32),
                                           ("i8w", dict(BLOCK_M=16, KSTEP=128), torch.bfloat16),
-                                          ("i8w", dict(BLOCK_M=32, KSTEP=64, TMA=True), torch.float32)])
+                                          ("i8w", dict(BLOCK_M=32, KSTEP=64, TMA=True), torch.float32),
+                                          ("i8w", dict(BLOCK_M=16, LR_BF16=True), torch.float32)])
 def test_w4a4_gemm_with_the_qkv_epilogue_matches_float64(gemm, path, cfg, q_dt):
     """The qkv projection with the attention's input epilogue in the i8 GEMM's (`w4a4_qkv_rope`): packed
     and workspace weights (plain and TMA loads), a partial row block, rows of two batches, a token offset, against float64 of

@@ -39,6 +39,21 @@ def _load_module(name: str, filename: str):
     return importlib.import_module(f"var_gen_ros_kernels.{name}")
 
 
+# The kernels' oldest GPU: sm_80 (Ampere; the Jetson Orin is sm_87). Their INT8 and bf16 tensor-core dots
+# need it: compiled for sm_75 (Turing), some do not build at all (Triton's matmul lowering fails on the
+# qkv-epilogue GEMM; `python3 bench/target_compile.py --arch 75`), so an older GPU runs the reference
+MIN_CAPABILITY = (8, 0)
+
+
+def kernels_supported(capability) -> tuple:
+    """(whether the compiled kernels run on a GPU of this compute capability, why not)."""
+    major, minor = capability
+    if tuple(capability) < MIN_CAPABILITY:
+        return False, (f"compute capability {major}.{minor}: the kernels need sm_{MIN_CAPABILITY[0]}{MIN_CAPABILITY[1]} "
+                       "or newer (INT8 / bf16 tensor-core MMA)")
+    return True, ""
+
+
 def _load():
     if _STATE["loaded"]:
         return
@@ -49,6 +64,11 @@ def _load():
     try:
         if not torch.cuda.is_available():
             _STATE["reason"] = "no CUDA device"
+            return
+        ok, why = kernels_supported(torch.cuda.get_device_capability())
+        if not ok:
+            _STATE["reason"] = why
+            warnings.warn(f"var_gen_ros: compiled kernels not used, running the PyTorch reference: {why}")
             return
         gemm = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py")
         _STATE["w4a4"], _STATE["w4a4_module"] = gemm.w4a4_linear, gemm

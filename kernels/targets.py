@@ -1,0 +1,231 @@
+"""Every kernel variant a GPU of another architecture would build, compiled here ahead of time.
+
+Why: the product's target is a Jetson Orin (sm_87), and no Orin is reachable from where this code is
+made (CI has no GPU at all; the lent GPU is an H100, sm_90). On its first start the Orin compiles each
+kernel, and its autotuner each candidate config, for sm_87. A variant that Triton or ptxas rejects there
+(a Hopper-only feature, a layout the older tensor cores lack) would stop the node at its first image; one
+that needs more shared memory than the chip has is skipped by the autotuner, but must not be all a
+kernel has. Triton compiles for a named target with no GPU or driver present (its own LLVM and the
+ptxas in its wheel), so these checks run on any machine.
+
+`variants(arch)` lists what the dispatch can launch on that architecture: the W4A4 paths `path_for`
+picks there (i8 / i8w for two-level scales, INT8 MMA with a per-group rescale for free scales below
+sm_89), every autotuner candidate its pruning keeps, the INT8-KV attention with its store and
+dequantization, and the fused elementwise kernels, with their launch constexprs at the Infinity-8B
+shapes. `compile_variant` builds one and reports its shared memory (and, with `ptxas_report`, its
+registers and spills). `bench/target_compile.py` prints the table; `test/test_kernels_targets.py` runs it
+in CI.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import adaln_triton, int8_kv_attention_triton as attn, qkv_rope_triton, w4a4_gemm_triton as gemm
+
+# Shared memory a block may have, in bytes, per compute capability (CUDA C++ Programming Guide, "Technical
+# Specifications per Compute Capability": 8.0 and 8.7 163 KB, 8.6 and 8.9 99 KB, 9.0 227 KB, 7.5 64 KB)
+SHARED_LIMIT = {75: 64 << 10, 80: 163 << 10, 86: 99 << 10, 87: 163 << 10, 89: 99 << 10, 90: 227 << 10}
+ORIN = 87
+_C, _H, _D, _R = 3584, 28, 128, 32          # Infinity-8B width, heads, head dim; the low-rank branch's rank
+
+
+@dataclass
+class Variant:
+    """One compile: `kernel` (a @triton.jit function) with these constexprs and launch options. Arguments
+    not named in `ptrs` (pointer element types, Triton's names) or `floats` are 32-bit ints; `div16` names
+    the ints that are multiples of 16 at the 8B shapes (widths, strides). Pointers are 16-byte aligned, as
+    torch's allocations are. Triton's launcher specializes on both; without them no load is vectorized,
+    and with no 16-byte copies the sm_80 pipeliner (cp.async) stays off, which would misstate the shared
+    memory and registers of every GEMM."""
+    name: str
+    kernel: object
+    ptrs: Dict[str, str]
+    constexprs: dict
+    num_warps: int = 4
+    num_stages: int = 3
+    floats: tuple = ()
+    div16: tuple = ()
+    tuned: bool = False          # an autotuner candidate: a config the chip has no room for is skipped, not fatal
+    notes: List[str] = field(default_factory=list)
+
+    def signature(self) -> dict:
+        sig, consts = {}, dict(self.constexprs)
+        for p in self.kernel.params:
+            n = p.name
+            if p.is_constexpr or n in consts:
+                if n not in consts:
+                    if p.default is inspect.Parameter.empty:
+                        raise ValueError(f"{self.name}: constexpr {n} has no value")
+                    consts[n] = p.default
+                sig[n] = "constexpr"
+            elif n in self.ptrs:
+                sig[n] = "*" + self.ptrs[n]
+            elif n in self.floats:
+                sig[n] = "fp32"
+            else:
+                sig[n] = "i32"
+        unknown = set(self.ptrs) - set(sig)
+        if unknown:
+            raise ValueError(f"{self.name}: {sorted(unknown)} are not parameters of {self.kernel.__name__}")
+        self.constexprs = consts
+        return sig
+
+    def attrs(self) -> dict:
+        names = [p.name for p in self.kernel.params]
+        unknown = set(self.div16) - set(names)
+        if unknown:
+            raise ValueError(f"{self.name}: {sorted(unknown)} are not parameters of {self.kernel.__name__}")
+        return {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+                if (n in self.ptrs or n in self.div16) and n not in self.constexprs}
+
+
+def compile_variant(v: Variant, arch: int, ptxas_report: bool = False) -> dict:
+    """Compile `v` for sm_`arch`: {name, ok, shared, fits, error} (+ registers, spill bytes with ptxas_report)."""
+    out = {"name": v.name, "arch": arch, "tuned": v.tuned, "num_warps": v.num_warps, "num_stages": v.num_stages}
+    try:
+        src = ASTSource(fn=v.kernel, signature=v.signature(), constexprs=v.constexprs, attrs=v.attrs())
+        k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                           options={"num_warps": v.num_warps, "num_stages": v.num_stages})
+    except Exception as e:       # what the chip's first start would raise
+        out.update(ok=False, error=f"{type(e).__name__}: {e}"[:800])
+        return out
+    shared = int(k.metadata.shared)
+    out.update(ok=True, shared=shared, fits=shared <= SHARED_LIMIT.get(arch, 48 << 10),
+               mma=sorted(set(re.findall(r"\b(mma\.sync\.aligned\.[\w.]+|wgmma\.mma_async[\w.]*)", k.asm["ptx"]))))
+    if ptxas_report:
+        out.update(_ptxas_usage(k.asm["ptx"], arch))
+    return out
+
+
+def _ptxas_usage(ptx: str, arch: int) -> dict:
+    """Registers and spill bytes from ptxas -v (the ptxas in Triton's wheel)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)       # sm_90a for Hopper
+        r = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={target}", f.name, "-o", "/dev/null"],
+                           capture_output=True, text=True)
+    log = r.stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return {"registers": int(regs.group(1)) if regs else None,
+            "spill_bytes": int(spill.group(1)) + int(spill.group(2)) if spill else None}
+
+
+def _config_variant(name, kernel, ptrs, base: dict, cfg, div16=()) -> Variant:
+    kw = dict(cfg.kwargs)
+    label = ",".join(f"{k}={kw[k]}" for k in sorted(kw))
+    return Variant(f"{name}[{label},w{cfg.num_warps},s{cfg.num_stages}]", kernel, ptrs, {**base, **kw},
+                   cfg.num_warps, cfg.num_stages, div16=div16, tuned=True)
+
+
+_GEMM_PTRS = dict(ux_ptr="fp32", sw_ptr="bf16", wu_ptr="fp32", lr_ptr="fp32", up_ptr="bf16", b_ptr="bf16",
+                  y_ptr="bf16", ws_ptr="fp32", cnt_ptr="i32")
+
+
+def _gemm_variants(arch: int, K: int = _C) -> List[Variant]:
+    """The W4A4 GEMMs `path_for` takes on sm_`arch` (two-level scales: i8 below I8W_MIN_M rows, i8w from
+    it; free scales below sm_89: INT8 MMA with a per-group rescale), every candidate the pruning keeps."""
+    out = []
+    base = dict(HAS_BIAS=True, HAS_LR=True, R=_R, GROUP=gemm.GROUP, ACT=0, LR_BF16=gemm.lr_bf16(arch))
+    for w8 in (False, True):
+        ptrs = dict(_GEMM_PTRS, a_ptr="i8", w_ptr="i8" if w8 else "u8")
+        # i8 (in-register weights) below I8W_MIN_M rows: both buckets; i8w from it: the large ones only
+        for bucket in ((64, 256) if not w8 else (512,)):
+            named = {"M_BUCKET": bucket, "K": K}
+            cands = gemm.I8_SMALL_M_CONFIGS if bucket <= 64 else gemm.I8_LARGE_M_CONFIGS
+            cands = [c for c in cands if c.kwargs["SPLIT_K"] == 1 or bucket <= gemm.SPLIT_MAX_M]
+            for c in gemm.i8_candidates(cands, w8, K, arch):
+                out.append(_config_variant(f"w4a4_i8{'w' if w8 else ''}", gemm._w4a4_i8_kernel, ptrs,
+                                           dict(base, W8=w8), c, ("N", "K", "M_BUCKET")))
+    if arch < 89:      # free-scale checkpoints (default_path "int8")
+        ptrs = dict(_GEMM_PTRS, q_ptr="i8", sx_ptr="fp32", w_ptr="u8")
+        ptrs.pop("ux_ptr"), ptrs.pop("wu_ptr")
+        for c in gemm.SMALL_M_CONFIGS + gemm.LARGE_M_CONFIGS:
+            out.append(_config_variant("w4a4_int8", gemm._w4a4_gemm_kernel, ptrs, base, c, ("N", "K", "M_BUCKET")))
+    # the qkv projection with the attention's input epilogue, on the i8w path
+    qkv_ptrs = dict(a_ptr="i8", ux_ptr="fp32", w_ptr="i8", sw_ptr="bf16", wu_ptr="fp32", lr_ptr="fp32",
+                    up_ptr="bf16", b_ptr="bf16", QB="fp32", SM="fp32", COS="fp32", SIN="fp32", QO="bf16",
+                    KO="fp32", VO="fp32")
+    for c in gemm.qkv_candidates(gemm.QKV_CONFIGS, True, K, arch):
+        out.append(_config_variant("w4a4_i8_qkv", gemm._w4a4_i8_qkv_kernel, qkv_ptrs,
+                                   dict(HEAD=_D, HAS_BIAS=True, HAS_LR=True, R=_R, GROUP=gemm.GROUP, W8=True,
+                                        LR_BF16=gemm.lr_bf16(arch)), c,
+                                   ("N", "K", "M_BUCKET", "C", "sr_l", "sq_b", "sq_h", "sq_l", "sk_b", "sk_h", "sk_l")))
+    return out
+
+
+def _quantizer_variants() -> List[Variant]:
+    out = []
+    ptrs = dict(x_ptr="bf16", smooth_ptr="bf16", part_ptr="fp32")
+    for M in (2, 256, 2048, 8192):
+        bm, warps = gemm._quantize_launch(M, True)
+        out.append(Variant(f"row_amax[BLOCK_M={bm},w{warps}]", gemm._row_amax, ptrs,
+                           dict(BLOCK_M=bm, GROUP=gemm.GROUP), warps, div16=("K",)))
+        for mq, reduce in ((True, True), (True, False), (False, False)):    # i8 (q·m), and the int8 path's codes
+            bm, warps = gemm._quantize_launch(M, mq)
+            q_ptrs = dict(x_ptr="bf16", smooth_ptr="bf16", down_ptr="bf16", q_ptr="i8", s_ptr="fp32", lr_ptr="fp32",
+                          part_ptr="fp32", lrsum_ptr="fp32", cnt_ptr="i32")
+            out.append(Variant(f"quantize_act[MQ={mq},REDUCE={reduce},BLOCK_M={bm},w{warps}]", gemm._quantize_act,
+                               q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP, LR_PREC="bf16x2",
+                                            FP8=False, REDUCE=reduce), warps, floats=("INV7",), div16=("K", "LDQ")))
+    out.append(Variant("unpack_weight_i8", gemm._unpack_weight_i8,
+                       dict(w_ptr="u8", sw_ptr="bf16", wu_ptr="fp32", out_ptr="i8"),
+                       dict(BLOCK_N=64, GROUP=gemm.GROUP), div16=("N", "K")))
+    return _unique(out)
+
+
+def _attention_variants() -> List[Variant]:
+    ptrs = dict(Q="bf16", KQ="i8", VQ="i8", KT="bf16", VT="bf16", KS="fp32", KZ="fp32", VS="fp32", VZ="fp32",
+                O="bf16")
+    strides = ("sq_b", "sq_h", "sq_m", "sk_b", "sk_h", "sk_n", "st_b", "st_h", "st_n", "so_b", "so_h", "so_m")
+    out = [_config_variant(f"attn_int8[HAS_TAIL={t}]", attn._attn_int8_kernel, ptrs,
+                           dict(D=_D, HAS_TAIL=t, MMA=attn.MMA_DTYPE), c, strides + ("LQ_BUCKET", "N_BUCKET"))
+           for t in (False, True) for c in attn.CONFIGS]
+    kv = dict(KQ="i8", VQ="i8", KS="fp32", KZ="fp32", VS="fp32", VZ="fp32")
+    out.append(Variant("kv_store", attn._kv_store_kernel, dict(kv, K="fp32", V="fp32"), dict(D=_D, BLOCK_L=64),
+                       div16=("sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "sq_b", "sq_h", "sq_n")))
+    out.append(Variant("kv_dequant", attn._kv_dequant_kernel, dict(kv, KT="bf16", VT="bf16", KO="bf16", VO="bf16"),
+                       dict(D=_D, BLOCK_L=64), div16=("sq_b", "sq_h", "sq_n", "st_b", "st_h", "st_n", "so_b", "so_h", "so_n")))
+    return out
+
+
+def _elementwise_variants() -> List[Variant]:
+    qkv = Variant("qkv_rope", qkv_rope_triton._qkv_rope_kernel,
+                  dict(X="bf16", BIAS="fp32", SM="fp32", COS="fp32", SIN="fp32", Q="bf16", K="fp32", V="fp32"),
+                  dict(HEAD=_D, BLOCK_L=32),
+                  div16=("C", "sx_b", "sx_l", "sr_l", "sq_b", "sq_h", "sq_l", "sk_b", "sk_h", "sk_l"))
+    ln = [Variant(f"adaln[HAS_AFFINE={a}]", adaln_triton._adaln_kernel,
+                  dict(X="fp32", W="fp32", Bi="fp32", S="fp32", SH="fp32", Y="bf16"),
+                  dict(HAS_AFFINE=a, HAS_MOD=True, BLOCK_C=triton.next_power_of_2(_C)), 8, floats=("eps",),
+                  div16=("C", "sx_b", "sx_l", "ss_b", "sy_b", "sy_l"))
+          for a in (False, True)]
+    return [qkv] + ln
+
+
+def _unique(vs: List[Variant]) -> List[Variant]:
+    seen, out = set(), []
+    for v in vs:
+        if v.name not in seen:
+            seen.add(v.name)
+            out.append(v)
+    return out
+
+
+def variants(arch: int = ORIN) -> List[Variant]:
+    """Every kernel variant the dispatch may build on sm_`arch`, at the Infinity-8B shapes."""
+    return _unique(_quantizer_variants() + _gemm_variants(arch) + _attention_variants() + _elementwise_variants())
+
+
+def kernel_family(name: str) -> str:
+    return name.split("[")[0]

@@ -1,0 +1,108 @@
+"""The kernels built for the Jetson Orin (sm_87) on this machine, with Triton's compiler and ptxas (no GPU):
+what the node's first start on an Orin compiles (kernels/targets.py). The full table, with registers and
+spills, is `bench/target_compile.py` (docs/BENCHMARKS.md)."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+triton = pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    pytest.skip("compiling needs Triton's compiler, not its interpreter", allow_module_level=True)
+
+from kernels import targets  # noqa: E402
+from kernels import w4a4_gemm_triton as gemm  # noqa: E402
+
+
+def _compile(args):
+    i, arch = args
+    return targets.compile_variant(targets.variants(arch)[i], arch)
+
+
+def _pick(vs):
+    """Every untuned kernel variant (each must run), and per tuned kernel its first and its largest
+    candidate (the tile most likely to hit a limit)."""
+    out, by = [], {}
+    for i, v in enumerate(vs):
+        if not v.tuned:
+            out.append(i)
+        else:
+            by.setdefault(targets.kernel_family(v.name), []).append(i)
+    for idx in by.values():
+        big = max(idx, key=lambda i: (vs[i].constexprs.get("BLOCK_M", 0) * vs[i].constexprs.get("BLOCK_N", 128),
+                                      vs[i].num_stages))
+        out += sorted({idx[0], big})
+    return sorted(out)
+
+
+def test_orin_builds_every_kernel_the_dispatch_launches_there():
+    vs = targets.variants(targets.ORIN)
+    fams = {targets.kernel_family(v.name) for v in vs}
+    # the Orin's paths: i8 / i8w (two-level scales), INT8 MMA with a rescale (free scales; no FP8 before
+    # sm_89, no f16 path off Hopper), the qkv-epilogue GEMM, the INT8-KV attention and its helpers
+    assert fams == {"row_amax", "quantize_act", "unpack_weight_i8", "w4a4_i8", "w4a4_i8w", "w4a4_int8", "w4a4_i8_qkv",
+                    "attn_int8", "kv_store", "kv_dequant", "qkv_rope", "adaln"}
+    idx = _pick(vs)
+    with ProcessPoolExecutor(min(2, os.cpu_count() or 1)) as ex:
+        rows = list(ex.map(_compile, [(i, targets.ORIN) for i in idx]))
+    failed = [(r["name"], r.get("error")) for r in rows if not r["ok"]]
+    assert not failed, failed
+    for r in rows:
+        v = vs[idx[rows.index(r)]]
+        if not v.tuned:
+            assert r["fits"], (r["name"], r["shared"])
+        fam = targets.kernel_family(r["name"])
+        if fam.startswith("w4a4_i8") or fam == "w4a4_int8":
+            # the INT8 tensor cores (mma.sync m16n8k32 s8), not an emulation, and no Hopper instruction
+            assert any("m16n8k32" in m and ".s8.s8." in m for m in r["mma"]), (r["name"], r["mma"])
+        if fam == "attn_int8":
+            assert any("m16n8k16" in m and "bf16" in m for m in r["mma"]), (r["name"], r["mma"])
+        assert not any(m.startswith("wgmma") for m in r["mma"]), r["name"]
+
+
+def test_hopper_only_candidates_are_pruned_below_sm90():
+    """TMA tiles (the bulk tensor copy engine is sm_90+) are not tuned on the Orin; K steps of 128 and TMA
+    still need the workspace."""
+    large = gemm.I8_LARGE_M_CONFIGS
+    tma = [c for c in large if c.kwargs.get("TMA")]
+    assert tma
+    on_orin = gemm.i8_candidates(large, True, 3584, 87)
+    on_h100 = gemm.i8_candidates(large, True, 3584, 90)
+    assert not any(c.kwargs.get("TMA") for c in on_orin)
+    if gemm.TMA_CANDIDATES:
+        assert set(map(id, tma)) <= set(map(id, on_h100))
+    assert len(on_h100) - len(on_orin) == (len(tma) if gemm.TMA_CANDIDATES else 0)
+    no_ws = gemm.i8_candidates(large, False, 3584, 90)
+    assert not any(c.kwargs.get("TMA") or c.kwargs.get("KSTEP", 64) != 64 for c in no_ws)
+    odd_k = gemm.i8_candidates(large, True, 3584 + 64, 90)       # K % 128 != 0: no K step of 128
+    assert not any(c.kwargs.get("KSTEP", 64) == 128 for c in odd_k)
+    qkv = gemm.qkv_candidates(gemm.QKV_CONFIGS, True, 3584, 87)
+    assert qkv and not any(c.kwargs["TMA"] for c in qkv)
+    assert any(c.kwargs["TMA"] for c in gemm.qkv_candidates(gemm.QKV_CONFIGS, True, 3584, 90)) == gemm.TMA_CANDIDATES
+
+
+def test_a_kernel_the_target_cannot_build_is_reported_not_raised():
+    """compile_variant returns the compiler's error (what a first start would hit) instead of raising: a
+    block of 24 tokens (tl.arange needs a power of two) fails with Triton's message."""
+    v = next(v for v in targets.variants(targets.ORIN) if v.name.startswith("qkv_rope"))
+    bad = targets.Variant("qkv_rope[BLOCK_L=24]", v.kernel, v.ptrs, dict(v.constexprs, BLOCK_L=24), v.num_warps)
+    r = targets.compile_variant(bad, targets.ORIN)
+    assert not r["ok"] and "power of 2" in r["error"].lower().replace("power-of-two", "power of 2"), r
+
+
+def test_gpus_before_sm80_run_the_reference_because_a_kernel_does_not_build_there():
+    """dispatch.kernels_supported: sm_80 and newer take the kernels; an older GPU takes the reference, with
+    the reason in kernel_status. Why: compiled for sm_75 (Turing), the qkv-epilogue GEMM fails in Triton's
+    matmul lowering, while it builds for sm_80."""
+    from var_gen_ros.quant.dispatch import kernels_supported
+    for cap in ((8, 0), (8, 6), (8, 7), (8, 9), (9, 0)):
+        assert kernels_supported(cap) == (True, ""), cap
+    ok, why = kernels_supported((7, 5))
+    assert not ok and "7.5" in why and "sm_80" in why
+    v75 = next(v for v in targets.variants(75) if v.name.startswith("w4a4_i8_qkv"))
+    r75 = targets.compile_variant(v75, 75)
+    assert not r75["ok"], r75
+    v80 = next(v for v in targets.variants(80) if v.name == v75.name)
+    assert targets.compile_variant(v80, 80)["ok"]
