@@ -33,7 +33,8 @@ sys.path.insert(0, ROOT)
 
 from var_gen_ros.infinity import BSQVAE, Generator, Infinity, get_config     # noqa: E402
 from var_gen_ros.infinity.tiny import random_init_                           # noqa: E402
-from var_gen_ros.memory import AllocationMeter, resident_check               # noqa: E402
+from var_gen_ros.memory import (AllocationMeter, device_memory_used, process_memory,  # noqa: E402
+                                resident_check, trim_host_memory)
 
 GIB = 2 ** 30
 PROMPT = "a photo of a red robot in a green field under a blue sky"
@@ -184,6 +185,12 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
                      "kv_cache_bytes": r.memory["kv_cache_bytes"], "checks": checks, "schedule": r.schedule,
                      "kept_kv_at_start": kept_kv})
     allocator = {k: torch.cuda.memory_stats().get(k, 0) - v for k, v in alloc0.items()}
+    # what else the process holds: device memory outside PyTorch's allocator (CUDA context, cuBLAS/cuDNN
+    # workspaces, Triton's modules) and host memory. A Jetson's CPU and GPU share one DRAM, so there all
+    # three come out of the same 16 GB (an estimate from this machine: the Orin's context and libraries
+    # are not the H100's)
+    host = process_memory()
+    non_pytorch = device_memory_used(torch.cuda.current_device())["non_pytorch"]
     med = statistics.median
     last = runs[-1]
     n = len(last["scales_s"])
@@ -219,6 +226,10 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
             "peak_reserved": max(r["peak_reserved"] for r in runs),
             "activations_at_peak": peak - resident_at_last["components"],
             "accounting_worst": worst,
+            "device_non_pytorch": non_pytorch, "host_rss": host.get("rss"), "host_peak_rss": host.get("peak_rss"),
+            "host_rss_anon": host.get("rss_anon"), "host_rss_file": host.get("rss_file"),
+            # what must stay resident: the file pages (mapped libraries) can be dropped and read again
+            "unified_estimate": max(r["peak_reserved"] for r in runs) + non_pytorch + host.get("rss_anon", 0),
         },
         "allocator_events": allocator,
     }
@@ -227,9 +238,13 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
 def child(a) -> dict:
     dev = "cuda"
     mode = a.child
+    at_start = process_memory()                                    # python, torch and this package imported
     out = {"mode": mode, "cap_gib": a.cap_gib, "text_encoder": a.text_encoder, "device": torch.cuda.get_device_name()}
+    torch.empty(1, device=dev)
+    out["host_memory"] = {"at_start": at_start, "after_cuda_init": process_memory()}
     t = time.perf_counter()
     gen = build(mode, a.text_encoder, dev)
+    out["host_memory"]["after_build"] = process_memory()
     if a.chunk_tokens >= 0:
         gen.chunk_tokens = a.chunk_tokens
     out["chunk_tokens"] = gen.chunk_tokens
@@ -265,6 +280,7 @@ def child(a) -> dict:
     for h, w in res:
         try:
             gen.warmup(warm, PROMPT, cfg=a.cfg, height=h, width=w)    # autotuning, cuBLAS, graph capture
+            out["host_memory"][f"after_warmup_{h}x{w}"] = process_memory()
             r = measure(gen, meter, h, w, a.cfg, a.repeats)
             r["fits"] = True
             r["cuda_graphs"] = gen.graph_status()
@@ -276,6 +292,9 @@ def child(a) -> dict:
         r["memory_trace"] = list(gen.memory_trace)      # (VAR_GEN_MEMORY_TRACE=1) warm-up generations included
         gen.memory_trace.clear()
         out["runs"].append(r)
+        out["host_memory"][f"after_{h}x{w}"] = process_memory()
+        trim_host_memory()
+        out["host_memory"][f"after_{h}x{w}_trimmed"] = process_memory()
         print(json.dumps({"mode": mode, "res": [h, w], "fits": r["fits"],
                           "peak_gib": r.get("memory_bytes", {}).get("peak_allocated", r.get("peak_allocated_before_oom", 0)) / GIB,
                           "total_s": r.get("latency_s", {}).get("total")}), flush=True)
@@ -313,6 +332,16 @@ def summarize(results: dict) -> None:
                   f"{L['text_encoder']:6.3f} {L['transformer']:8.3f} {L['vae_decode']:6.3f} {x['transformer_vs_floor']:8.2f}")
     print("(* = bf16 without the cap, to report its real peak; with --text-encoder cpu the peak column adds the\n"
           " encoder's host-resident weights, since Orin's CPU and GPU share one memory)")
+    print("\nshared-memory estimate (a Jetson's CPU and GPU share its DRAM): GPU reserved peak + device memory "
+          "outside PyTorch + host anonymous RSS (+ mapped library pages, which can be dropped)")
+    for mode, r in results.items():
+        for x in ([r["uncapped"]] if "uncapped" in r else []) + r["runs"]:
+            m = x.get("memory_bytes", {})
+            if "unified_estimate" in m:
+                print(f"  {mode:10} {'x'.join(map(str, x['resolution'])):>10}: {m['peak_reserved'] / GIB:.2f} + "
+                      f"{m['device_non_pytorch'] / GIB:.2f} + {(m['host_rss_anon'] or 0) / GIB:.2f} = "
+                      f"{m['unified_estimate'] / GIB:.2f} GiB (+ {(m['host_rss_file'] or 0) / GIB:.2f} of library "
+                      f"pages; host peak RSS {(m['host_peak_rss'] or 0) / GIB:.2f})")
 
 
 def main():

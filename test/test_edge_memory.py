@@ -2,6 +2,7 @@
 allocator's live bytes between scales equal the counted components (weights + KV cache + scale state
 + prompt features) within 5 %, for bf16-style float and for W4A4 + INT8 KV. Plus the allocation meter
 itself and the INT8 text encoder lever."""
+import pytest
 import torch
 
 from var_gen_ros.memory import AllocationMeter, resident_check
@@ -165,3 +166,20 @@ def test_vae_decode_in_place_gives_the_same_image_with_fewer_bytes():
     assert torch.equal(out[True], out[False])
     top = 32 * 32 * 32 * 4                     # one top-level activation: base_ch x 32 x 32 float32
     assert peaks[True] <= peaks[False] - top, (peaks, top)
+
+
+def test_process_memory_sees_host_pages_being_touched():
+    """process_memory reads this process's resident and peak host bytes (what a Jetson's shared DRAM also
+    pays): touching 256 MiB raises both by about that much; freeing it lowers the resident figure, not the peak."""
+    from var_gen_ros.memory import process_memory
+    before = process_memory()
+    if not before:
+        pytest.skip("no /proc/self/status on this OS")
+    slack = 16 << 20         # Linux batches each thread's RSS counter updates: VmHWM may trail VmRSS a little
+    t = torch.ones(64 << 20, dtype=torch.float32)        # 256 MiB, written: resident
+    during = process_memory()
+    assert during["rss"] - before["rss"] >= 200 << 20, (before, during)
+    assert during["peak_rss"] >= during["rss"] - slack
+    del t
+    after = process_memory()
+    assert after["rss"] < during["rss"] - (100 << 20) and after["peak_rss"] >= during["rss"] - slack, (during, after)

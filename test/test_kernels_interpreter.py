@@ -108,10 +108,12 @@ def _gemm_cases(K, rank):
              ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
              ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
              ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=2), 1e-5))
-    # the sm_80-sm_89 epilogue: the low-rank up-projection as two bf16 dots (one alone is ~1.6e-3 off here)
-    lr_bf16 = (("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, LR_BF16=True), 1e-5),
-               ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, LR_BF16=True), 1e-5),
-               ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=8, LR_BF16=True), 1e-5))
+    # the sm_80-sm_89 epilogue: the low-rank up-projection as two bf16 dots. The pair holds the float32
+    # partials to ~2^-17 each (up to 1.2e-5 of the output over 48 random draws of 1-3 rows, median 6.5e-6);
+    # one bf16 dot alone is ~1.6e-3 off
+    lr_bf16 = (("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, LR_BF16=True), 4e-5),
+               ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, LR_BF16=True), 4e-5),
+               ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=8, LR_BF16=True), 4e-5))
     kstep128 = (("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=True, KSTEP=128), 1e-5),
                 ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128), 1e-5))
     return every + lr_bf16 * bool(rank) + kstep128 * (K % 128 == 0)
@@ -372,7 +374,8 @@ def test_w4a4_gemm_with_the_qkv_epilogue_matches_float64(gemm, path, cfg, q_dt):
         bias, scale_mul = sa.qkv_constants()
         gemm.w4a4_qkv_rope(x, layer, bias, scale_mul.view(-1), rope, q, k, v, start, config=cfg, path=path)
         refs = qkv_epilogue_float64(_float64_w4a4(x.reshape(-1, K), layer).view(B, n, 3 * C), sa, rope)
-    assert_qkv_written((q, k, v), refs, start, n, lambda name, dt: 1e-5 if dt == torch.float32 else 8e-3)
+    tol32 = 4e-5 if cfg.get("LR_BF16") else 1e-5       # (the bf16-pair low-rank epilogue: see _gemm_cases)
+    assert_qkv_written((q, k, v), refs, start, n, lambda name, dt: tol32 if dt == torch.float32 else 8e-3)
     with pytest.raises(ValueError, match="heads"):
         gemm.w4a4_qkv_rope(x, layer, bias, scale_mul.view(-1), rope, q[..., :16], k[..., :16], v[..., :16], start,
                            config=cfg, path=path)

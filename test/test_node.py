@@ -188,6 +188,8 @@ def test_diagnostics(running_node):
                 "queue_depth", "error_count"):
         assert key in kv
     assert kv["device"] == "cpu"
+    # the node process's host memory (a Jetson's GPU shares that DRAM): at least the interpreter + torch + model
+    assert 50 << 20 < int(kv["host_rss_bytes"]) <= int(kv["host_peak_rss_bytes"]) + (16 << 20), kv
 
 
 def test_w4a4_int8_node_on_the_default_model(running_node):

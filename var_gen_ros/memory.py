@@ -86,3 +86,47 @@ def resident_check(meter: AllocationMeter, weight_bytes: int, resident_bytes: di
     alloc = meter.allocated()
     return {"allocated": alloc, "components": components, "unaccounted": alloc - components,
             "relative": (alloc - components) / max(alloc, 1), **resident_bytes}
+
+
+def process_memory() -> dict:
+    """This process's host memory, bytes, from /proc/self/status ({} where there is no /proc: not Linux):
+    resident now (`rss`, VmRSS), its high-water mark (`peak_rss`, VmHWM), and the resident split into
+    anonymous pages (`rss_anon`: heap, Python objects, pinned buffers; what must stay in memory) and file
+    pages (`rss_file`: mapped libraries such as cuBLAS and cuDNN, which the kernel can drop and re-read). A
+    Jetson's CPU and GPU share one DRAM, so on the Orin this comes on top of the GPU allocator's bytes: the
+    node reports both."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return {}
+    out = {}
+    for key, name in (("VmRSS", "rss"), ("VmHWM", "peak_rss"), ("RssAnon", "rss_anon"), ("RssFile", "rss_file")):
+        if key in fields:
+            value, unit = fields[key].split()
+            out[name] = int(value) * {"kB": 1024}.get(unit, 1)
+    return out
+
+
+def device_memory_used(device) -> dict:
+    """On a CUDA device: `used` (total minus free, as the driver sees it: every allocator and context on the
+    device) and `non_pytorch` (used minus PyTorch's reserved bytes: the CUDA context, cuBLAS / cuDNN
+    workspaces, Triton's modules, other processes)."""
+    free, total = torch.cuda.mem_get_info(device)
+    used = total - free
+    return {"used": used, "non_pytorch": used - torch.cuda.memory_reserved(device)}
+
+
+def trim_host_memory() -> bool:
+    """Give the C heap's free pages back to the system (glibc `malloc_trim`), after a garbage collection.
+    Why: warm-up (compiling, tuning, capturing graphs) frees much more host memory than it keeps, and glibc
+    keeps freed heap pages resident; on a Jetson those pages are GPU memory lost. False where there is no
+    glibc."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.malloc_trim(0))

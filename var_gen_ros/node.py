@@ -23,6 +23,7 @@ from std_msgs.msg import Header, String
 
 from . import interfaces
 from .engine import CANCELLED, DONE, FAILED, STATE_NAMES, Engine, Listener, Request, RequestRejected
+from .memory import process_memory
 from .ros_conversions import to_compressed_msg, to_image_msg
 
 msg_pkg, action_pkg = interfaces.load()
@@ -300,6 +301,8 @@ class GenNode(Node):
         }
         if g.device.type == "cuda":
             values["current_gpu_memory_bytes"] = torch.cuda.memory_allocated(g.device)
+        # the process's host memory: on a Jetson it comes out of the same DRAM as the GPU's
+        values.update({f"host_{k}_bytes": v for k, v in process_memory().items()})
         st = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: generator",
                               message="errors seen" if s.errors else "ok", hardware_id=str(g.device),
                               values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
