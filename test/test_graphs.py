@@ -255,3 +255,45 @@ def _block_in(g, pool):
         block = torch.empty(40 << 20, dtype=torch.uint8, device="cuda")
     g._kv_block_at = (block.data_ptr(), block.nbytes)
     return [block]
+
+
+def test_graph_pool_is_part_of_the_graphs_key_and_checked(tiny_bundle):
+    """Changing Generator.graph_pool drops the kept graphs (the next generation captures anew, on the CPU
+    without capturing: the same buffers and call order), gives the same image, and an unknown pool is refused."""
+    from var_gen_ros.infinity.graphs import ScaleGraphs
+    g = Generator.from_bundle(tiny_bundle)
+    g.cuda_graphs = True
+    a = g.generate(PROMPT, seed=5)
+    first = g._graphs
+    assert first is not None and first.pool == g.graph_pool
+    g.graph_pool = "shared" if g.graph_pool == "per_graph" else "per_graph"
+    b = g.generate(PROMPT, seed=5)
+    assert g._graphs is not first and g._graphs.pool == g.graph_pool
+    _same(a, b)
+    with pytest.raises(ValueError, match="graph pool must be one of"):
+        ScaleGraphs(first.key, first.rope, 16, capture=False, pool="one_big")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
+@pytest.mark.parametrize("quantized", [False, True])
+def test_graphs_in_one_shared_pool_equal_eager_generation_on_gpu(tiny_bundle, quantized):
+    """graph_pool "shared": every scale (of both prompts' text lengths) captured into one pool replays the eager
+    path's bits, and the pool holds less than one pool per graph."""
+    from var_gen_ros.quant import QuantConfig, quantize_
+    g = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
+    if quantized:
+        quantize_(g, QuantConfig())
+    refs = [g.generate(p, seed=3, cfg=3.0) for p in (PROMPT, "a green square")]
+    reserved = {}
+    for pool in ("per_graph", "shared"):
+        g.release_graphs()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_reserved()
+        g.graph_pool, g.cuda_graphs = pool, True
+        for _ in range(3):                                      # eager, captured, replayed
+            _same(refs[0], g.generate(PROMPT, seed=3, cfg=3.0))
+        _same(refs[1], g.generate("a green square", seed=3, cfg=3.0))
+        assert g._graphs.pool == pool and len(g._graphs.graphs) == len(g._graphs.condition) * len(refs[0].bits), \
+            g._graphs.error
+        reserved[pool] = torch.cuda.memory_reserved() - base
+    assert reserved["shared"] < reserved["per_graph"], reserved

@@ -270,3 +270,9 @@ def test_activation_chunk_parameter_set_at_run_time(running_node):
     fut = client.get_parameters(["graph_max_tokens"])
     assert _wait(fut.done, 30)
     assert fut.result().values[0].integer_value == 4096
+    # graph_pool: one of its choices, else refused with the reason
+    for value, ok in (("shared", True), ("one_big", False), ("per_graph", True)):
+        fut = client.set_parameters([Parameter("graph_pool", value=value)])
+        assert _wait(fut.done, 30)
+        r = fut.result().results[0]
+        assert r.successful == ok and (ok or "graph_pool must be one of" in r.reason), (value, r.reason)

@@ -38,7 +38,7 @@ STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durabi
 READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "warmup_runs"}
 CHOICES = {"dtype": ("fp32", "bf16", "fp16"), "quantization": ("bf16", "w4a4"), "kv_cache": ("bf16", "int8"),
            "text_encoder": ("bf16", "int8", "cpu"),
-           "compressed_format": ("png", "jpeg")}
+           "compressed_format": ("png", "jpeg"), "graph_pool": ("per_graph", "shared")}
 
 
 def _desc(text, read_only=False, int_range=None, float_range=None):
@@ -76,6 +76,11 @@ class GenNode(Node):
                                           "1600- and 2304-token scales are bound by the host's launch speed, which "
                                           "varied), 9.92 / 11.41 GiB. Each graph keeps its own activations' memory",
                                           int_range=(1, 1 << 20)))
+        P("graph_pool", "per_graph", _desc("with cuda_graphs, the graphs' memory: per_graph (one pool each: the sum of "
+                                           "the graphed scales' working sets) | shared (one pool for all: about the "
+                                           "largest one's). 8B W4A4+KV8 at 1024² on the H100: 11.93 vs 10.74 GiB "
+                                           "reserved, graphed scales as fast; shared awaits its full GPU test run "
+                                           "(docs/BENCHMARKS.md, fourteenth session). Changing it captures anew"))
         P("warmup_runs", 0, _desc("generations run at start-up, before serving: the first autotunes the GPU "
                                   "kernels, the second captures the CUDA graphs (with cuda_graphs)", True, int_range=(0, 10)))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
@@ -141,6 +146,8 @@ class GenNode(Node):
                 self.engine.generator.chunk_tokens = int(prm.value)
             if prm.name == "graph_max_tokens":     # the next generation captures anew (the graphs' key changes)
                 self.engine.generator.graph_max_tokens = int(prm.value)
+            if prm.name == "graph_pool":           # the same
+                self.engine.generator.graph_pool = prm.value
             if prm.name == "cuda_graphs":          # read by the next generation; off frees the kept ones
                 self.engine.generator.cuda_graphs = bool(prm.value)
                 if not prm.value:
@@ -161,6 +168,7 @@ class GenNode(Node):
         gen.chunk_tokens = self.p("activation_chunk")
         gen.cuda_graphs = self.p("cuda_graphs")
         gen.graph_max_tokens = self.p("graph_max_tokens")
+        gen.graph_pool = self.p("graph_pool")
         self.warmup_s = []
         if self.p("warmup_runs"):
             w, h = self.p("width") or None, self.p("height") or None

@@ -27,12 +27,21 @@ keeps per-scale scales in Python lists, which a replay would not update).
 from __future__ import annotations
 
 import collections
+import os
 import warnings
 from typing import Callable, Dict, List, Tuple
 
 import torch
 
 MAX_TEXT_LENGTHS = 8     # text lengths whose graphs are kept (least recently used dropped first)
+# "shared": every graph of a ScaleGraphs captures into one memory pool, so the pool holds the largest scale's
+# temporaries instead of the sum of all (each graph's output stays allocated, so no graph's temporaries can
+# land on another's output; the graphs never run at the same time, so their temporaries may overlap).
+# "per_graph": one pool per graph, the twelfth session's choice after a shared handle hit an internal assert
+# of PyTorch 2.11's caching allocator (use_count > 0; what triggered it was not recorded). Here the handle is
+# renewed whenever the graphs are dropped together (`adopt`)
+GRAPH_POOL = os.environ.get("VAR_GEN_GRAPH_POOL", "per_graph")
+GRAPH_POOLS = ("per_graph", "shared")
 
 
 class ScaleGraphs:
@@ -41,8 +50,11 @@ class ScaleGraphs:
     `adopt`). Scales of more than `max_tokens` tokens run eagerly (there the kernels, not the launches,
     take most of the time)."""
 
-    def __init__(self, key: tuple, rope: torch.Tensor, max_tokens: int, capture: bool = True):
+    def __init__(self, key: tuple, rope: torch.Tensor, max_tokens: int, capture: bool = True, pool: str = None):
         self.key = key
+        self.pool = pool or GRAPH_POOL                 # "per_graph" | "shared" (see GRAPH_POOL)
+        if self.pool not in GRAPH_POOLS:
+            raise ValueError(f"graph pool must be one of {GRAPH_POOLS}, got {self.pool!r}")
         self.rope = rope
         self.cache_ptrs: tuple = ()                  # addresses of the KV cache tensors the graphs use
         self.recaptures = 0                          # times the caches moved and the graphs were dropped
@@ -57,6 +69,7 @@ class ScaleGraphs:
         self.error = ""                                          # why capturing stopped, if it did
         self.kept_caches: list = None        # the generator's KV caches, when it keeps them (graph_keep_kv)
         self.kv_pool = None                  # the private memory pool they live in (CUDA), lent to the VAE decode
+        self._pool = None                    # the graphs' shared memory pool handle (GRAPH_POOL "shared")
 
     def adopt(self, caches: list) -> None:
         """This generation's KV caches: the graphs stay if every cache tensor is where they were captured
@@ -66,6 +79,7 @@ class ScaleGraphs:
             if self.graphs:
                 self.recaptures += 1
             self.graphs.clear()
+            self._pool = None       # a fresh handle for the new captures (the old graphs' pool dies with them)
             self.cache_ptrs = ptrs
 
     def bind(self, cond_BD, cond_gss, text_kv, mask) -> Tuple[int, dict]:
@@ -111,10 +125,12 @@ class ScaleGraphs:
         graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: the node's other threads (diagnostics, ROS callbacks) may touch CUDA meanwhile.
-            # Each graph gets its own memory pool: one handle shared across captures hit an internal
-            # assert of PyTorch 2.11's caching allocator (use_count > 0) on the H100; this costs the sum
-            # of the graphed scales' working sets instead of their max (edge proof: peak_reserved)
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            # The memory pool: see GRAPH_POOL (per graph, the sum of the graphed scales' working sets; shared,
+            # about the largest one's)
+            if self.pool == "shared" and self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool if self.pool == "shared" else None,
+                                  capture_error_mode="thread_local"):
                 out = forward(buf)
         except Exception as e:     # e.g. out of memory while capturing: carry on without graphs
             self.capture, self.error = False, f"{type(e).__name__}: {e}"[:500]

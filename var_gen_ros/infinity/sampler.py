@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import InfinityConfig, ScaleSchedule, schedule_for
-from .graphs import ScaleGraphs
+from .graphs import GRAPH_POOL, ScaleGraphs
 from .kv_cache import KVCache
 from .model import Infinity, block_causal_mask, rope_tables
 from .vae import BSQVAE, to_uint8, upsample_codes
@@ -219,6 +219,8 @@ class Generator:
         # (schedule, batch)
         self.cuda_graphs = bool(cuda_graphs)
         self.graph_max_tokens = int(graph_max_tokens)
+        # the graphs' memory: one pool per graph or one shared by all (graphs.GRAPH_POOL; VAR_GEN_GRAPH_POOL)
+        self.graph_pool = GRAPH_POOL
         self._kv_block_at = None                 # (address, bytes) of the kept caches' block (CUDA)
         self.memory_trace: List[dict] = []       # with VAR_GEN_MEMORY_TRACE=1: the KV pool per generation
         # with graphs, keep the KV caches between generations so that the graphs always replay into the
@@ -294,7 +296,7 @@ class Generator:
         graph_keep_kv the kept caches too, emptied; otherwise new caches (the graphs then replay only if
         they land where the graphs were captured). Graphs need caches that say graph_safe."""
         c = self.cfg
-        key = (tuple(schedule.scales), B, self.dtype, id(self.kv_cache_factory), self.graph_max_tokens)
+        key = (tuple(schedule.scales), B, self.dtype, id(self.kv_cache_factory), self.graph_max_tokens, self.graph_pool)
         if not (self.cuda_graphs and self._graphs is not None and self._graphs.key == key):
             self._graphs = None
         gr = self._graphs
@@ -312,7 +314,7 @@ class Generator:
             return self._new_caches(schedule, B), None
         if self._graphs is None:
             self._graphs = ScaleGraphs(key, rope_tables(schedule, c.head_dim, self.device), self.graph_max_tokens,
-                                       capture=self.device.type == "cuda")
+                                       capture=self.device.type == "cuda", pool=self.graph_pool)
         gr = self._graphs
         if self.graph_keep_kv and self.decode_in_kv_memory and self.device.type == "cuda" and _HAS_MEM_POOL:
             gr.kv_pool = torch.cuda.MemPool()
