@@ -320,8 +320,9 @@ def _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BI
     per row if given) + bias. The float32 partials times the 16-bit L_up run as a tf32x3 dot, or with
     LR_BF16 and a bf16 L_up as two bf16 dots of the partials' high and low bf16 parts (to ~2^-17, like
     kernel 1's down-projection): on sm_80-sm_89 (mma.sync), tf32x3's split operands push the large-M
-    tiles past 255 registers (1.2-5 KB of spills per thread at sm_87 by ptxas; kernels/targets.py), the
-    bf16 pair does not."""
+    tiles past 255 registers (up to 2.5 KB of spills per thread in the i8 GEMMs, 6-8 KB in the qkv and
+    INT8-rescale ones, at sm_87 by ptxas: bench/target_compile.py --set LR_BF16=0); the bf16 pair leaves
+    the 128-row tiles without spills."""
     r = tl.arange(0, R)
     if HAS_LR:
         up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=nmask[:, None], other=0.0).to(tl.float32)
