@@ -49,8 +49,8 @@ def test_orin_builds_every_kernel_the_dispatch_launches_there():
         rows = list(ex.map(_compile, [(i, targets.ORIN) for i in idx]))
     failed = [(r["name"], r.get("error")) for r in rows if not r["ok"]]
     assert not failed, failed
-    for r in rows:
-        v = vs[idx[rows.index(r)]]
+    for i, r in zip(idx, rows):
+        v = vs[i]
         if not v.tuned:
             assert r["fits"], (r["name"], r["shared"])
         fam = targets.kernel_family(r["name"])

@@ -118,10 +118,11 @@ def device_memory_used(device) -> dict:
 
 
 def trim_host_memory() -> bool:
-    """Give the C heap's free pages back to the system (glibc `malloc_trim`), after a garbage collection.
-    Why: warm-up (compiling, tuning, capturing graphs) frees much more host memory than it keeps, and glibc
-    keeps freed heap pages resident; on a Jetson those pages are GPU memory lost. False where there is no
-    glibc."""
+    """Give the C heap's free pages back to the system (glibc `malloc_trim`), after a garbage collection;
+    False where there is no glibc. The edge proof and bench/host_footprint.py call it before reading
+    `process_memory`, so that freed-but-kept heap pages are not counted as live: at 8B 1024² on the H100 it
+    returned almost nothing (1.793 -> 1.784 GiB anonymous), so warm-up's host memory is live, not heap
+    left over (docs/BENCHMARKS.md, fourteenth session)."""
     import ctypes
     import gc
     gc.collect()
