@@ -358,7 +358,7 @@ def main():
     ap.add_argument("--cuda-graphs", type=int, default=0, choices=(0, 1),
                     help="replay scales of <= --graph-max-tokens tokens as CUDA graphs (the node's cuda_graphs, "
                          "off by default)")
-    ap.add_argument("--graph-max-tokens", type=int, default=2304,
+    ap.add_argument("--graph-max-tokens", type=int, default=4096,
                     help="largest scale (tokens) replayed as a graph; 0 keeps the KV caches but captures nothing")
     ap.add_argument("--graph-keep-kv", type=int, default=1, choices=(0, 1),
                     help="with --cuda-graphs 1: keep the KV caches between generations (Generator.graph_keep_kv)")

@@ -64,23 +64,25 @@ class GenNode(Node):
         P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
                                           "8B W4A4+KV8 at 1024² on the H100 (graphs up to 2304 tokens): 1024 -> "
-                                          "1.26 s at 9.96 GiB peak, 2048 -> 1.17 s at 10.09 GiB",
+                                          "1.26 s at 9.96 GiB peak, 2048 -> 1.17 s at 10.09 GiB (with every "
+                                          "scale graphed, 1024: 1.12 s at 9.77 GiB)",
                                          int_range=(0, 1 << 20)))
         P("cuda_graphs", True, _desc("replay each scale of at most graph_max_tokens tokens as a CUDA graph (GPU): 8B "
                                      "W4A4+KV8 at 1024² on the H100 2.43 s instead of 2.96 s eager, same peak (9.96 vs "
                                      "9.91 GiB); the KV caches stay allocated between requests (3.4 GiB there; the VAE "
                                      "decode borrows their memory); false frees both (docs/BENCHMARKS.md)"))
-        P("graph_max_tokens", 2304, _desc("with cuda_graphs, the largest scale (in token positions) that is graph-replayed; "
-                                          "larger ones run eagerly. 8B W4A4+KV8 at 1024² on the H100: 2304 (up to 48x48) "
-                                          "-> 1.26 s, 9.96 GiB allocated / 11.93 reserved; 1024 -> 1.34-1.62 s (the eager "
-                                          "1600- and 2304-token scales are bound by the host's launch speed, which "
-                                          "varied), 9.92 / 11.41 GiB. Each graph keeps its own activations' memory",
+        P("graph_max_tokens", 4096, _desc("with cuda_graphs, the largest scale (in token positions) that is graph-replayed; "
+                                          "larger ones run eagerly. 8B W4A4+KV8 at 1024² on the H100, shared pool: "
+                                          "4096 (every scale) -> 1.125 s, 9.77 GiB allocated / 10.60 reserved, 0.5 GiB "
+                                          "more host memory (cuDNN's attention at the last scale); 2304 -> 1.17 s, "
+                                          "9.96 / 10.74 GiB; 1024 -> 1.34-1.62 s (eager 1600- and 2304-token scales "
+                                          "are bound by the host's launch speed)",
                                           int_range=(1, 1 << 20)))
-        P("graph_pool", "per_graph", _desc("with cuda_graphs, the graphs' memory: per_graph (one pool each: the sum of "
-                                           "the graphed scales' working sets) | shared (one pool for all: about the "
-                                           "largest one's). 8B W4A4+KV8 at 1024² on the H100: 11.93 vs 10.74 GiB "
-                                           "reserved, graphed scales as fast; shared awaits its full GPU test run "
-                                           "(docs/BENCHMARKS.md, fourteenth session). Changing it captures anew"))
+        P("graph_pool", "shared", _desc("with cuda_graphs, the graphs' memory: shared (one pool for all: about the "
+                                        "largest scale's working set) | per_graph (one pool each: the sum). 8B "
+                                        "W4A4+KV8 at 1024² on the H100, graphs up to 2304 tokens: 10.74 vs 11.93 GiB "
+                                        "reserved, as fast (docs/BENCHMARKS.md, fifteenth session). Changing it "
+                                        "captures anew"))
         P("warmup_runs", 0, _desc("generations run at start-up, before serving: the first autotunes the GPU "
                                   "kernels, the second captures the CUDA graphs (with cuda_graphs)", True, int_range=(0, 10)))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))

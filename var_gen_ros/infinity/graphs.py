@@ -37,10 +37,12 @@ MAX_TEXT_LENGTHS = 8     # text lengths whose graphs are kept (least recently us
 # "shared": every graph of a ScaleGraphs captures into one memory pool, so the pool holds the largest scale's
 # temporaries instead of the sum of all (each graph's output stays allocated, so no graph's temporaries can
 # land on another's output; the graphs never run at the same time, so their temporaries may overlap).
-# "per_graph": one pool per graph, the twelfth session's choice after a shared handle hit an internal assert
-# of PyTorch 2.11's caching allocator (use_count > 0; what triggered it was not recorded). Here the handle is
-# renewed whenever the graphs are dropped together (`adopt`)
-GRAPH_POOL = os.environ.get("VAR_GEN_GRAPH_POOL", "per_graph")
+# The default since the fifteenth session: 8B W4A4+KV8 at 1024² on the H100, 10.74 instead of 11.93 GiB
+# reserved with the graphed scales as fast, and with every scale graphed (graph_max_tokens 4096) 10.60 GiB
+# (docs/BENCHMARKS.md). "per_graph": one pool per graph, the twelfth session's choice after a shared handle
+# hit an internal assert of PyTorch 2.11's caching allocator (use_count > 0; what triggered it was not
+# recorded). Here the handle is renewed whenever the graphs are dropped together (`adopt`)
+GRAPH_POOL = os.environ.get("VAR_GEN_GRAPH_POOL", "shared")
 GRAPH_POOLS = ("per_graph", "shared")
 
 
