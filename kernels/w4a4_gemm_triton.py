@@ -110,7 +110,7 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
                   LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
-                  REDUCE: tl.constexpr = False, DEINT: tl.constexpr = False):
+                  REDUCE: tl.constexpr = False):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -120,7 +120,7 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
     # codes stored de-interleaved inside each group (even k first, then odd k), matching the
     # weight's low / high nibbles
     dst_c = (c % 2) * (GROUP // 2) + c // 2
-    if (FP8 or MQ) and not DEINT:    # natural order (the GEMM interleaves the weight nibbles instead)
+    if FP8 or MQ:    # natural order (the GEMM interleaves the weight nibbles instead)
         dst_c = c
     r = tl.arange(0, R)
     lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
@@ -144,8 +144,8 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
             q = _rint(xs * _div_rn(1.0, s)[:, None])
             q = tl.minimum(tl.maximum(q, -8.0), 7.0)
             if MQ:     # q·m (|q·m| <= 112): exact in int8 and fp16, natural k order; u per row
-                tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :],
-                         (q * mult[:, None]).to(q_ptr.dtype.element_ty), mask=mask)
+                tl.store(q_ptr + rows[:, None] * LDQ + cols[None, :], (q * mult[:, None]).to(q_ptr.dtype.element_ty),
+                         mask=mask)
             elif FP8:  # codes -8..7 are exact in e4m3; scales (G, M) so the GEMM reads them contiguously
                 tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.float8e4nv), mask=mask)
                 tl.store(s_ptr + g * M + rows, s, mask=rows < M)
@@ -606,51 +606,6 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
 
 
 @triton.jit
-def _w4a4_i8d_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
-                     M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
-                     ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False):
-    """The i8 path with the weights' q·m made in registers without an interleave: kernel 1 stores the
-    activations' q·m de-interleaved per group (even k, then odd k; `DEINT`), so a packed byte's low and high
-    nibbles meet their activations in two K = 32 dots on contiguous loads, instead of `_codes_i8`'s
-    join + reshape of the nibbles into natural order (a register shuffle per weight tile). Same integers,
-    same int32 sums, same epilogue as `_w4a4_i8_kernel`."""
-    rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
-    acc = acc.to(tl.int32)
-    HALF: tl.constexpr = GROUP // 2
-    j = tl.arange(0, HALF)
-    G = K // GROUP
-    g0 = tl.program_id(2) * tl.cdiv(G, SPLIT_K)
-    uw = tl.load(wu_ptr + (rn % N))
-    inv_uw = 1.0 / uw
-    k_end = tl.minimum(g0 + tl.cdiv(G, SPLIT_K), G) * GROUP
-    a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + j)[None, :]
-    w_ptrs = w_ptr + (rn % N)[:, None] * (K // 2) + (g0 * HALF + j)[None, :]
-    s_ptrs = sw_ptr + (rn % N) * G + g0
-    for k in range(g0 * GROUP, k_end, GROUP):
-        p8 = tl.load(w_ptrs).to(tl.int8, bitcast=True)
-        m8 = _weight_mult(s_ptrs, inv_uw).to(tl.int8)[:, None]
-        lo = ((p8 << 4) >> 4) * m8           # k = 2j: the sign-extended low nibble, times the group's m
-        hi = (p8 >> 4) * m8                  # k = 2j + 1
-        w_ptrs += HALF
-        s_ptrs += 1
-        if SWAP:
-            acc = tl.dot(lo, tl.trans(tl.load(a_ptrs)), acc, out_dtype=tl.int32)
-            acc = tl.dot(hi, tl.trans(tl.load(a_ptrs + HALF)), acc, out_dtype=tl.int32)
-        else:
-            acc = tl.dot(tl.load(a_ptrs), tl.trans(lo), acc, out_dtype=tl.int32)
-            acc = tl.dot(tl.load(a_ptrs + HALF), tl.trans(hi), acc, out_dtype=tl.int32)
-        a_ptrs += GROUP
-    ux = tl.load(ux_ptr + rm, mask=mmask, other=0.0)
-    if SWAP:
-        out = acc.to(tl.float32) * (uw[:, None] * ux[None, :])
-    else:
-        out = acc.to(tl.float32) * (ux[:, None] * uw[None, :])
-    _finish(out, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M, ACT, LR_BF16)
-
-
-@triton.jit
 def _w4a4_i8_qkv_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, M, N, K, S, M_BUCKET,
                         QB, SM, COS, SIN, QO, KO, VO, NTOK, START, C, sr_l, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
                         HEAD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
@@ -863,8 +818,6 @@ def i8_candidates(configs, w8: bool, K: int, arch: int) -> list:
 def _i8_prune(configs, named_args, **kwargs):
     return i8_candidates(configs, kwargs.get("W8", named_args.get("W8", False)), named_args["K"], _arch(named_args))
 _w4a4_i8 = _autotuned(_w4a4_i8_kernel, I8_SMALL_M_CONFIGS, I8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W8"], _i8_prune)
-# the de-interleaved in-register i8 GEMM: the K-step-64, plain-load tiles of the i8 path
-_w4a4_i8d = _autotuned(_w4a4_i8d_kernel, I8_SMALL_M_CONFIGS, FP8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K"])
 # The qkv-epilogue GEMM's tiles: BLOCK_M rows of one head (two HEAD/2-wide accumulators), the K step of
 # the workspace's loads (128 needs K % 128 == 0 and the workspace), TMA loads (the workspace only)
 def _qkv_cfg(bm, warps, stages, kstep=64, tma=False):
@@ -897,7 +850,6 @@ _ROW_AMAX, _UNPACK_I8 = Launcher(_row_amax), Launcher(_unpack_weight_i8)
 _GEMM_INT8, _GEMM_FP8, _GEMM_F16, _GEMM_I8 = (Launcher(_w4a4_gemm), Launcher(_w4a4_fp8), Launcher(_w4a4_f16),
                                               Launcher(_w4a4_i8))
 _GEMM_I8_QKV = Launcher(_w4a4_i8_qkv)
-_GEMM_I8D = Launcher(_w4a4_i8d)
 
 
 def _bucket(M: int) -> int:
@@ -945,13 +897,13 @@ def _counters(device, n: int, kind: str) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, deint: bool = False):
+                         reduce_lr: bool = True):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
     order) and the rows' units u (M,) f32 in place of codes and scales. With `reduce_lr` (the default)
     the K splits' low-rank partials come back summed (1, M, r) by the split that finishes a row block
-    last. With `deint` (the i8d path) the q·m are stored de-interleaved per group (even k, then odd k). The low-rank dot is "bf16x2"
+    last. The low-rank dot is "bf16x2"
     (tensor cores) for bf16 x, else "ieee" (float32 FMA); `splits`, `lr_prec`, `block_m`, `num_warps`
     override the defaults (tests, benchmarks)."""
     M, K = x2.shape
@@ -977,7 +929,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     _QUANTIZE(grid, (x2, layer.smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
                      lrsum if reduce else part, cnt, M, K, gps, S, INV_QMAX, K),
               dict(R=R if R else 16, HAS_LR=bool(R), MQ=mq, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
-                   REDUCE=reduce, DEINT=deint, num_warps=warps))
+                   REDUCE=reduce, num_warps=warps))
     return q, sx, (lrsum if reduce else lr)
 
 
@@ -1065,8 +1017,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
                 act: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M (`path_for`): "i8" / "i8w" (INT8 MMA over all of K on
-    q·m of two-level scales, the weights' made in registers / in a workspace first; "i8d" in registers
-    against activations stored de-interleaved per group), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
+    q·m of two-level scales, the weights' made in registers / in a workspace first), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
     packed weights), "fp8w" (FP8 MMA on weights unpacked first), "f16" (fp16 MMA on activations and
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
     dequantized into a workspace first); `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps,
@@ -1080,11 +1031,11 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     M = x2.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
     path = path or path_for(x2, layer)
-    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w", "i8d")
+    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w")
     wu = layer.weight_units() if i8 else None
     if i8 and wu is None:
         raise ValueError("the i8 path needs two-level weight scales (quant.int4.weight_scales); this layer's are free")
-    q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8, deint=path == "i8d")
+    q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
         wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
@@ -1108,9 +1059,9 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         meta["W8"] = path == "fp8w"
     if f16:
         meta["W16"] = path == "f16w"
-    if i8 and path != "i8d":
+    if i8:
         meta["W8"] = path == "i8w"
-    tuned, fixed = ((_GEMM_I8D, _w4a4_i8d_kernel) if path == "i8d" else (_GEMM_I8, _w4a4_i8_kernel) if i8 else (_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
+    tuned, fixed = ((_GEMM_I8, _w4a4_i8_kernel) if i8 else (_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
                     else (_GEMM_INT8, _w4a4_gemm_kernel))
     if config is None:
         tuned(lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"]), args, meta)
