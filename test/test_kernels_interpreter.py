@@ -316,6 +316,39 @@ def test_i8_tuner_keeps_workspace_tiles_for_workspace_calls(gemm, monkeypatch):
 
 
 @interpreted
+def test_kept_workspaces_are_made_once_per_layer_and_follow_its_weights(gemm):
+    """Inside `workspaces_kept` (a large scale's slices) an i8w layer unpacks its int8 workspace on its first
+    call and reuses it after (the same tensor, the same outputs as without keeping); a weight changed in place
+    makes a new one; on exit nothing is kept."""
+    layer = _w4a4_layer(192, 64, True, 32, seed=5)
+    other = _w4a4_layer(192, 64, False, 32, seed=6)
+    xs = [torch.randn(M, 192) for M in (5, 40)]
+    alone = [gemm.w4a4_linear(x, layer, path="i8w", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False)) for x in xs]
+    made = []
+    real = gemm._UNPACK_I8
+    with gemm.workspaces_kept():
+        gemm._UNPACK_I8 = lambda grid, args, meta: (made.append(args[3]), real(grid, args, meta))
+        try:
+            kept = [gemm.w4a4_linear(x, layer, path="i8w", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False)) for x in xs]
+            gemm.w4a4_linear(xs[0], other, path="i8w", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False))
+            with gemm.workspaces_kept():           # nested: the outer scope's workspaces stay
+                gemm.w4a4_linear(xs[1], layer, path="i8w", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False))
+            assert len(made) == 2 and gemm._KEPT.spaces[id(layer)][2] is made[0]
+            with torch.no_grad():
+                layer.qweight.copy_(other.qweight)  # in place: the version moves on
+                layer.wscales.copy_(other.wscales)
+            changed = gemm.w4a4_linear(xs[0], layer, path="i8w", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False))
+            assert len(made) == 3
+        finally:
+            gemm._UNPACK_I8 = real
+    assert gemm._KEPT.spaces is None
+    for a, b in zip(alone, kept):
+        assert torch.equal(a, b)
+    ref = _float64_w4a4(xs[0], layer)
+    assert ((changed.double() - ref).norm() / ref.norm()).item() <= 1e-5
+
+
+@interpreted
 @pytest.mark.parametrize("n,start,in_dt,kv_dt", [(37, 9, torch.float32, torch.float32), (32, 0, torch.bfloat16, torch.float32),
                                                   (5, 60, torch.float32, torch.bfloat16)])
 def test_qkv_rope_kernel_matches_float64(n, start, in_dt, kv_dt):

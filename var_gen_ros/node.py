@@ -73,10 +73,10 @@ class GenNode(Node):
                                      "decode borrows their memory); false frees both (docs/BENCHMARKS.md)"))
         P("graph_max_tokens", 4096, _desc("with cuda_graphs, the largest scale (in token positions) that is graph-replayed; "
                                           "larger ones run eagerly. 8B W4A4+KV8 at 1024² on the H100, shared pool: "
-                                          "4096 (every scale) -> 1.125 s, 9.77 GiB allocated / 10.60 reserved, 0.5 GiB "
-                                          "more host memory (cuDNN's attention at the last scale); 2304 -> 1.17 s, "
-                                          "9.96 / 10.74 GiB; 1024 -> 1.34-1.62 s (eager 1600- and 2304-token scales "
-                                          "are bound by the host's launch speed)",
+                                          "4096 (every scale; the last one's attention then takes cuDNN inside its "
+                                          "graph) -> 1.10-1.12 s, 10.60-10.65 GiB reserved; 2304 -> 1.17 s, 10.74 GiB; "
+                                          "1024 -> 1.34-1.62 s (eager 1600- and 2304-token scales are bound by the "
+                                          "host's launch speed)",
                                           int_range=(1, 1 << 20)))
         P("graph_pool", "shared", _desc("with cuda_graphs, the graphs' memory: shared (one pool for all: about the "
                                         "largest scale's working set) | per_graph (one pool each: the sum). 8B "

@@ -289,23 +289,28 @@ class CrossAttnBlock(nn.Module):
         """The same arithmetic as `forward`, slice by slice along the tokens (a float32 x is overwritten
         with the result): every op but the self-attention core is per token. Each slice's q, k, v are
         written into whole-scale buffers (`SelfAttention.qkv_buffers`) for the attention."""
+        from ..quant.dispatch import w4a4_workspaces_kept     # (lazy: quant imports this package)
         B, L, C = x.shape
         q, k, v = self.sa.qkv_buffers(x, L, store)
         constants = self.sa.qkv_constants()
-        for a in range(0, L, n):
-            self.sa.qkv_into(self._attn_input(x[:, a:a + n], ada), rope[:, a:a + n], q, k, v, a, constants)
+        # the slices call the same W4A4 layers: their int8 weight workspaces are unpacked once per loop
+        with w4a4_workspaces_kept(x):
+            for a in range(0, L, n):
+                self.sa.qkv_into(self._attn_input(x[:, a:a + n], ada), rope[:, a:a + n], q, k, v, a, constants)
         att = self.sa.attend(q, k, v, None, kv_cache, start, store)
         del q, k, v
         # everything below is per token, so each slice's output can replace its input: a float32 x is
         # updated in place (run_blocks passes tensors nobody else holds), which saves one activation
         out = x if x.dtype == torch.float32 else torch.empty_like(x, dtype=torch.promote_types(x.dtype, torch.float32))
         in_place = out is x and _fused(x) is not None
-        for a in range(0, L, n):
-            proj = _linear(att[:, :, a:a + n].transpose(1, 2).reshape(B, -1, C), self.sa.proj)
-            if in_place:       # the residuals go straight into x's slice: no float32 temporaries
-                self._cross_and_ffn(x[:, a:a + n].addcmul_(proj, ada[0]), ada, text_kv, text_mask)
-            else:
-                out[:, a:a + n] = self._cross_and_ffn(x[:, a:a + n] + proj.float() * ada[0], ada, text_kv, text_mask)
+        with w4a4_workspaces_kept(x):
+            for a in range(0, L, n):
+                proj = _linear(att[:, :, a:a + n].transpose(1, 2).reshape(B, -1, C), self.sa.proj)
+                if in_place:       # the residuals go straight into x's slice: no float32 temporaries
+                    self._cross_and_ffn(x[:, a:a + n].addcmul_(proj, ada[0]), ada, text_kv, text_mask)
+                else:
+                    out[:, a:a + n] = self._cross_and_ffn(x[:, a:a + n] + proj.float() * ada[0], ada, text_kv,
+                                                          text_mask)
         return out
 
 

@@ -10,6 +10,7 @@ modulated LayerNorm (kernels/adaln_triton.py).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -168,6 +169,17 @@ def w4a4_qkv_kernel(x, layer, head_dim: int):
     if gemm is None or not gemm.qkv_fusable(x, layer, head_dim):
         return None
     return gemm.w4a4_qkv_rope
+
+
+def w4a4_workspaces_kept(x):
+    """A context inside which W4A4 layers on the kernels' i8w path unpack their int8 weight workspace once
+    and reuse it (`workspaces_kept` in kernels/w4a4_gemm_triton.py): for the slices of one scale, which call
+    the same layers several times. A no-op context on the reference."""
+    if not x.is_cuda:
+        return contextlib.nullcontext()
+    _load()
+    gemm = _STATE.get("w4a4_module")
+    return contextlib.nullcontext() if gemm is None else gemm.workspaces_kept()
 
 
 def adaln_kernel(x):
