@@ -611,3 +611,49 @@ def test_block_fast_path_matches_float64_on_the_8b_width(monkeypatch, store):
     ref = run(copy.deepcopy(blk).double(), torch.float64, 0)
     err = float((y.double() - ref).abs().max() / ref.abs().max())
     assert err <= 1e-4, err          # float32 throughout (TF32 off by default), against float64
+
+
+def test_kept_weight_workspaces_give_the_same_block_output_with_one_unpack_per_layer(monkeypatch):
+    """A W4A4 Infinity-8B block over a 1024-token scale in 512-token slices (1024-row calls: the i8w path,
+    whose GEMM reads an int8 weight workspace): with each layer's workspace kept across a loop's slices (the
+    default, `workspaces_kept`) the output equals one workspace per call bit for bit, with one unpack per layer
+    and loop (qkv, then proj, cross-attention q and proj, fc1, fc2) instead of one per call."""
+    from var_gen_ros.infinity.config import INFINITY_8B, ScaleSchedule
+    from var_gen_ros.infinity.kv_cache import KVCache
+    from var_gen_ros.infinity.model import CrossAttnBlock, rope_tables
+    from var_gen_ros.quant import W4A4Linear
+    from kernels_under_test import gemm_module
+    gm = gemm_module()
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    blk = CrossAttnBlock(INFINITY_8B)
+    for p in blk.parameters():
+        p.data = torch.randn(p.shape) * p.shape[-1] ** -0.5
+    blk = blk.to("cuda", torch.bfloat16)
+    for parent in list(blk.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, W4A4Linear.from_linear(child.float(), param_dtype=torch.bfloat16))
+    B, C, H, c = 2, blk.C, blk.sa.num_heads, blk.sa.head_dim
+    rope = rope_tables(ScaleSchedule(((32, 32),), (32, 32)), c, "cuda").to(torch.bfloat16)
+    x = torch.randn(B, 1024, C, device="cuda")
+    gss = torch.randn(B, 1, 6, C, device="cuda") * 0.1
+    text, mask = torch.randn(B, 30, C, device="cuda", dtype=torch.bfloat16), torch.ones(B, 30, dtype=torch.bool, device="cuda")
+    unpacks = []
+    real = gm._UNPACK_I8
+    monkeypatch.setattr(gm, "_UNPACK_I8", lambda grid, args, meta: (unpacks.append(args[3].shape), real(grid, args, meta)))
+
+    def run(keep):
+        monkeypatch.setattr(gm, "KEEP_WORKSPACES", keep)
+        unpacks.clear()
+        cache = KVCache(B, H, c, 1024, torch.bfloat16, "cuda")
+        with torch.no_grad():
+            kv = blk.ca.text_kv(text)
+            # a float32 x is overwritten slice by slice: each run gets its own copy
+            y = blk(x.clone(), gss, kv, mask, rope, kv_cache=cache, start=0, store=False, chunk_tokens=512)
+        torch.cuda.synchronize()
+        return y, list(unpacks)
+    y_kept, kept = run(True)
+    y_each, each = run(False)
+    assert torch.equal(y_kept, y_each)
+    assert len(kept) == 6 and len(each) == 12, (len(kept), len(each))
+    assert gm._KEPT.spaces is None
