@@ -65,7 +65,7 @@ class GenNode(Node):
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
                                           "8B W4A4+KV8 at 1024² on the H100 (graphs up to 2304 tokens): 1024 -> "
                                           "1.26 s at 9.96 GiB peak, 2048 -> 1.17 s at 10.09 GiB (with every "
-                                          "scale graphed, 1024: 1.12 s at 9.77 GiB)",
+                                          "scale graphed, 1024: 1.10-1.12 s at 10.60-10.65 GiB reserved)",
                                          int_range=(0, 1 << 20)))
         P("cuda_graphs", True, _desc("replay each scale of at most graph_max_tokens tokens as a CUDA graph (GPU): 8B "
                                      "W4A4+KV8 at 1024² on the H100 2.43 s instead of 2.96 s eager, same peak (9.96 vs "
