@@ -276,7 +276,8 @@ class Generator:
         if gr is None:
             return "on: nothing captured yet"
         msg = (f"on: {len(gr.graphs)} graph(s) for {len(gr.condition)} text length(s) "
-               f"(scales {gr.key[0][0]}..{gr.key[0][-1]}, batch {gr.key[1]}), recaptured {gr.recaptures}x"
+               f"(scales {gr.key[0][0]}..{gr.key[0][-1]} up to {self.graph_max_tokens} tokens, batch {gr.key[1]}, "
+               f"{self.graph_pool} memory pool), recaptured {gr.recaptures}x"
                + (", KV caches kept" if gr.kept_caches is not None else ""))
         return msg + (f"; capture stopped: {gr.error}" if gr.error else "")
 
