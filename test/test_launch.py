@@ -40,3 +40,21 @@ def test_launch_description_with_launch_ros():
     spec.loader.exec_module(mod)
     ld = mod.generate_launch_description()
     assert len(ld.entities) >= 6
+
+
+def test_the_benchmark_the_generator_and_the_node_share_the_graph_defaults():
+    """graph_max_tokens and graph_pool: the node's declared defaults, config/gen.yaml, the Generator's defaults and
+    bench/edge_proof.py's agree, so the edge proof measures what the product runs."""
+    import inspect
+    from var_gen_ros.infinity import graphs
+    from var_gen_ros.infinity.sampler import Generator
+    params = yaml.safe_load(open(os.path.join(ROOT, "config", "gen.yaml")))["/**"]["ros__parameters"]
+    node_src = open(os.path.join(ROOT, "var_gen_ros", "node.py")).read()
+    bench_src = open(os.path.join(ROOT, "bench", "edge_proof.py")).read()
+    node_max = int(re.search(r'P\("graph_max_tokens", (\d+)', node_src).group(1))
+    node_pool = re.search(r'P\("graph_pool", "([a-z_]+)"', node_src).group(1)
+    bench_max = int(re.search(r'"--graph-max-tokens", type=int, default=(\d+)', bench_src).group(1))
+    gen_max = inspect.signature(Generator.__init__).parameters["graph_max_tokens"].default
+    assert node_max == params["graph_max_tokens"] == gen_max == bench_max, (node_max, params["graph_max_tokens"], gen_max, bench_max)
+    pool_default = graphs.GRAPH_POOL if "VAR_GEN_GRAPH_POOL" not in os.environ else node_pool
+    assert node_pool == params["graph_pool"] == pool_default, (node_pool, params["graph_pool"], pool_default)
