@@ -546,7 +546,7 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
                     M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
                     W8: tl.constexpr = False, TMA: tl.constexpr = False, KSTEP: tl.constexpr = 64,
-                    ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False):
+                    ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False, PREFETCH_SCALES: tl.constexpr = False):
     """The i8 variant (two-level scales on both sides, quant.int4.two_level): the activations arrive as
     int8 q·m with a unit u_x per row, the weights as packed codes whose q·m is made in registers (or,
     with W8, read from an int8 workspace), so the whole K loop is one INT8 MMA accumulation in int32
@@ -589,8 +589,19 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
         a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + c)[None, :]
         w_ptrs = w_ptr + (rn % N)[:, None] * (K // 2) + (g0 * (GROUP // 2) + j)[None, :]
         s_ptrs = sw_ptr + (rn % N) * G + g0
+        if PREFETCH_SCALES:
+            # each group's weight scales loaded one group ahead: 2-byte loads cannot go through cp.async, so
+            # the pipeliner leaves them in the loop, where each one waits a global round trip before its
+            # group's codes can be made (seen in the sm_90 PTX: the only load in the loop body)
+            s_next = tl.load(s_ptrs)
         for k in range(g0 * GROUP, k_end, GROUP):
-            w = _codes_i8(tl.load(w_ptrs), _weight_mult(s_ptrs, inv_uw), BLOCK_N, GROUP)
+            if PREFETCH_SCALES:
+                s_cur = s_next
+                s_next = tl.load(s_ptrs + 1, mask=(rn >= 0) & (k + GROUP < k_end), other=1.0)
+                mult = _rint(s_cur.to(tl.float32) * inv_uw)
+            else:
+                mult = _weight_mult(s_ptrs, inv_uw)
+            w = _codes_i8(tl.load(w_ptrs), mult, BLOCK_N, GROUP)
             w_ptrs += GROUP // 2
             s_ptrs += 1
             if SWAP:
@@ -973,6 +984,10 @@ def default_path(x: torch.Tensor) -> str:
 # 20-27 + 8 µs against 41-51 µs; 3584->14336: 71-77 + 35 against 147-200), which a 1024² generation
 # meets at its 144-token scale (288 rows with CFG); at 128 rows they are about equal
 I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
+# The in-register i8 GEMM (up to I8W_MIN_M rows) with each group's weight scales loaded one group ahead
+# (`PREFETCH_SCALES` in `_w4a4_i8_kernel`); VAR_GEN_W4A4_PREFETCH_SCALES=1 turns it on. Off until measured on a
+# GPU (fifteenth session: built and checked in the interpreter, its PTX read, no device time left)
+PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 
 
@@ -1098,6 +1113,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         meta["W16"] = path == "f16w"
     if i8:
         meta["W8"] = path == "i8w"
+        if path == "i8" and PREFETCH_SCALES:
+            meta["PREFETCH_SCALES"] = True
     tuned, fixed = ((_GEMM_I8, _w4a4_i8_kernel) if i8 else (_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
                     else (_GEMM_INT8, _w4a4_gemm_kernel))
     if config is None:
