@@ -25,8 +25,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "test"))
 
 from test_kernels_gpu import _layer                                       # noqa: E402
-import kernels.w4a4_gemm_triton as gemm_mod                                  # noqa: E402
-from kernels.w4a4_gemm_triton import GROUP, quantize_activations, w4a4_linear   # noqa: E402
+from var_gen_ros.quant.dispatch import kernel_module                         # noqa: E402
+
+gemm_mod = kernel_module("w4a4_gemm_triton")
+GROUP, quantize_activations, w4a4_linear = gemm_mod.GROUP, gemm_mod.quantize_activations, gemm_mod.w4a4_linear
 
 
 @triton.jit

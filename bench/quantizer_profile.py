@@ -14,7 +14,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "test"))
 
 from test_kernels_gpu import _layer                                          # noqa: E402
-from kernels.w4a4_gemm_triton import quantize_activations, w4a4_linear       # noqa: E402
+from var_gen_ros.quant.dispatch import kernel_module                            # noqa: E402
+
+quantize_activations = kernel_module("w4a4_gemm_triton").quantize_activations
+w4a4_linear = kernel_module("w4a4_gemm_triton").w4a4_linear
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--M", type=int, default=8192)

@@ -18,7 +18,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kernels import targets  # noqa: E402
+from var_gen_ros.quant.dispatch import kernel_module  # noqa: E402
+
+targets = kernel_module("targets")
 
 
 def _one(args):

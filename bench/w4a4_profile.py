@@ -17,7 +17,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "test"))
 
 from test_kernels_gpu import _layer                      # noqa: E402
-import kernels.w4a4_gemm_triton as gm                    # noqa: E402
+from var_gen_ros.quant.dispatch import kernel_module    # noqa: E402
+
+gm = kernel_module("w4a4_gemm_triton")
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--M", type=int, default=2)

@@ -1,17 +1,17 @@
 """The kernel modules as the dispatcher loads them (tests and benchmarks call them directly)."""
-from var_gen_ros.quant.dispatch import _load_module
+from var_gen_ros.quant.dispatch import kernel_module
 
 
 def gemm_module():
-    return _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py")
+    return kernel_module("w4a4_gemm_triton")
 
 
 def attention_module():
-    return _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py")
+    return kernel_module("int8_kv_attention_triton")
 
 
 def qkv_rope_module():
-    return _load_module("qkv_rope_triton", "qkv_rope_triton.py")
+    return kernel_module("qkv_rope_triton")
 
 
 def qkv_epilogue_float64(qkv, sa, rope):
@@ -40,4 +40,4 @@ def assert_qkv_written(outs, refs, start, n, tol):
 
 
 def adaln_module():
-    return _load_module("adaln_triton", "adaln_triton.py")
+    return kernel_module("adaln_triton")

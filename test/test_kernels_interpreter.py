@@ -34,9 +34,8 @@ interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the child star
 
 
 def _load_interpreted(name):
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    return importlib.import_module(f"kernels.{name}")     # a package: the kernels import kernels/launch.py
+    from var_gen_ros.quant.dispatch import kernel_module
+    return kernel_module(name)        # as var_gen_ros_kernels.<name>: one copy, the dispatcher's
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,10 @@ triton = pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     pytest.skip("compiling needs Triton's compiler, not its interpreter", allow_module_level=True)
 
-from kernels import targets  # noqa: E402
-from kernels import w4a4_gemm_triton as gemm  # noqa: E402
+from var_gen_ros.quant.dispatch import kernel_module  # noqa: E402
+
+targets = kernel_module("targets")
+gemm = kernel_module("w4a4_gemm_triton")
 
 
 def _compile(args):

@@ -14,7 +14,8 @@ python3 - <<'PY'
 import sys, torch
 sys.path.insert(0, "."); sys.path.insert(0, "test")
 from test_kernels_gpu import _layer
-import kernels.w4a4_gemm_triton as g
+from kernels_under_test import gemm_module
+g = gemm_module()
 layer = _layer(3584, 14336, True, 0)
 for M in (512, 2048):
     x = (torch.randn(M, 3584, device="cuda") * 2).bfloat16()

@@ -3,7 +3,7 @@
 # edge proof with the FFN's GELU in the W4A4 epilogue and the attention written over its queries, at
 # 1024- and 2048-token slices.
 source bench/device/autotune_carry.sh
-timeout 150 python3 bench/kernels.py --only attention --json "$OUT/attn_ninth.json" > "$OUT/attn_ninth.txt" 2>&1
+timeout 150 python3 bench/kernel_bench.py --only attention --json "$OUT/attn_ninth.json" > "$OUT/attn_ninth.txt" 2>&1
 echo "attn rc $?"; tail -16 "$OUT/attn_ninth.txt" | cut -c1-200
 autotune_save
 for C in 1024 2048; do

@@ -7,7 +7,7 @@ timeout 330 python3 bench/edge_proof.py --resolutions 1024x1024,512x512 --cap-gi
   --modes w4a4_kv8,bf16 --cuda-graphs 1 --json "$OUT/edge_i8_final.json" > "$OUT/edge_i8_final.txt" 2>&1
 pkill -9 -f "[e]dge_proof.py --child"
 grep -E "^(w4a4|bf16)|Error|rror:" "$OUT/edge_i8_final.txt" | head -20
-timeout 190 python3 bench/kernels.py --only gemm --shapes 3584x10752,3584x3584,2048x7168,3584x21504 --ms 2048,8192 \
+timeout 190 python3 bench/kernel_bench.py --only gemm --shapes 3584x10752,3584x3584,2048x7168,3584x21504 --ms 2048,8192 \
   --paths i8w --parts --json "$OUT/gemm_i8_large_m.json" > "$OUT/gemm_i8_large_m.txt" 2>&1
 grep -v parts "$OUT/gemm_i8_large_m.txt" | cut -c1-200 | tail -10
 grep parts "$OUT/gemm_i8_large_m.txt" | cut -c1-120 | tail -10

@@ -5,7 +5,7 @@
 source bench/device/autotune_carry.sh
 timeout 120 python3 -m pytest -q test/test_kernels_gpu.py -k "int8_kv or status" > "$OUT/test_sdpa_gpu.txt" 2>&1
 echo "attention tests rc $?"; tail -4 "$OUT/test_sdpa_gpu.txt"
-timeout 150 python3 bench/kernels.py --only attention --json "$OUT/attn_sdpa_h100.json" > "$OUT/attn_sdpa_h100.txt" 2>&1
+timeout 150 python3 bench/kernel_bench.py --only attention --json "$OUT/attn_sdpa_h100.json" > "$OUT/attn_sdpa_h100.txt" 2>&1
 echo "attention bench rc $?"; cut -c1-60,150-400 "$OUT/attn_sdpa_h100.txt"
 timeout 200 python3 bench/w4a4_stages.py --json "$OUT/w4a4_stages_h100.json" > "$OUT/w4a4_stages_h100.txt" 2>&1
 echo "stages rc $?"; cat "$OUT/w4a4_stages_h100.txt" | cut -c1-400

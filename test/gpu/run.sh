@@ -1,10 +1,10 @@
 #!/bin/bash
 # GPU checks and kernel benchmarks, run through the device tool (CI skips these on the CPU).
-# Writes kernels_h100.json (bench/kernels.py) and the default model's accuracy with kernels on/off.
+# Writes kernels_h100.json (bench/kernel_bench.py) and the default model's accuracy with kernels on/off.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-.}
 python3 -m pytest -q test/test_kernels_gpu.py test/test_graphs.py 2>&1 | tail -25
-python3 bench/kernels.py --json "$OUT/kernels_h100.json"
+python3 bench/kernel_bench.py --json "$OUT/kernels_h100.json"
 # the embedded model end to end, W4A4 + INT8 KV, kernels vs the PyTorch reference (same seeds)
 for k in 1 0; do
   echo "== eval-default w4a4+kv8 VAR_GEN_KERNELS=$k"

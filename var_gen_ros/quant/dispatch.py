@@ -11,6 +11,7 @@ modulated LayerNorm (kernels/adaln_triton.py).
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -21,22 +22,25 @@ import torch
 _STATE = {"loaded": False, "w4a4": None, "attn_int8": None, "reason": "not loaded yet"}
 
 
-def _load_module(name: str, filename: str):
-    """kernels/<filename> as var_gen_ros_kernels.<name>: installed (setup.py maps the package), or from
-    the source checkout beside this package, registered under the same package name so that the kernel
-    modules' relative imports (kernels/launch.py) resolve."""
+def kernel_module(name: str):
+    """kernels/<name>.py as var_gen_ros_kernels.<name>: installed (setup.py maps the package), or from the
+    source checkout beside this package, registered under the same package name so that the kernel
+    modules' relative imports (kernels/launch.py) resolve.
+
+    Why never as a top-level `kernels`: that name belongs to Hugging Face's `kernels` package, which
+    transformers (from 5.25) imports whenever it is installed, and which it requires. kernels/ therefore
+    has no __init__.py: a folder without one found first on sys.path (the repository root, e.g. under
+    `python -m pytest`) gives way to an installed package of the same name."""
     try:
         return importlib.import_module(f"var_gen_ros_kernels.{name}")
     except ImportError:
         pass
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernels")
-    init = os.path.join(root, "__init__.py")
-    if not os.path.isfile(os.path.join(root, filename)) or not os.path.isfile(init):
-        raise ImportError(f"kernel source not found: {filename}")
-    spec = importlib.util.spec_from_file_location("var_gen_ros_kernels", init, submodule_search_locations=[root])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["var_gen_ros_kernels"] = pkg
-    spec.loader.exec_module(pkg)
+    if not os.path.isfile(os.path.join(root, name + ".py")):
+        raise ImportError(f"kernel source not found: kernels/{name}.py")
+    spec = importlib.machinery.ModuleSpec("var_gen_ros_kernels", None, is_package=True)
+    spec.submodule_search_locations = [root]
+    sys.modules["var_gen_ros_kernels"] = importlib.util.module_from_spec(spec)
     return importlib.import_module(f"var_gen_ros_kernels.{name}")
 
 
@@ -71,7 +75,7 @@ def _load():
             _STATE["reason"] = why
             warnings.warn(f"var_gen_ros: compiled kernels not used, running the PyTorch reference: {why}")
             return
-        gemm = _load_module("w4a4_gemm_triton", "w4a4_gemm_triton.py")
+        gemm = kernel_module("w4a4_gemm_triton")
         _STATE["w4a4"], _STATE["w4a4_module"] = gemm.w4a4_linear, gemm
         probe = torch.empty(0, device="cuda")
         _STATE["w4a4_path"] = gemm.default_path(probe) + " mma"
@@ -81,11 +85,11 @@ def _load():
                                    + _STATE["w4a4_path"])
         elif large.startswith("f16"):
             _STATE["w4a4_path"] += f"; fp16 mma on exactly dequantized operands from {gemm.F16_MIN_M} rows"
-        attn = _load_module("int8_kv_attention_triton", "int8_kv_attention_triton.py")
+        attn = kernel_module("int8_kv_attention_triton")
         _STATE["attn_int8"], _STATE["kv_store_int8"] = attn.int8_kv_attention, attn.int8_kv_store
         _STATE["attn_int8_sdpa"] = attn.int8_kv_attention_sdpa
-        _STATE["qkv_rope"] = _load_module("qkv_rope_triton", "qkv_rope_triton.py").qkv_rope
-        _STATE["adaln"] = _load_module("adaln_triton", "adaln_triton.py").adaln
+        _STATE["qkv_rope"] = kernel_module("qkv_rope_triton").qkv_rope
+        _STATE["adaln"] = kernel_module("adaln_triton").adaln
         _STATE["reason"] = "triton"
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
         _STATE["reason"] = f"unavailable ({type(e).__name__}: {e})"

@@ -16,7 +16,7 @@ kernel vs bf16 cuBLAS then the epilogue kernel, at a 1024² generation's slice s
 Modulated LayerNorm: the fused kernel (LN, AdaLN scale/shift, bf16 out) vs the PyTorch reference
 (model.modulated_norm's ops), the same slice sizes.
 
-    python3 bench/kernels.py --json out.json [--reference]
+    python3 bench/kernel_bench.py --json out.json [--reference]
 """
 import argparse
 import json
