@@ -356,7 +356,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modes", default="bf16,w4a4,w4a4_kv8")
     ap.add_argument("--cap-gib", type=float, default=14.0, help="GPU memory cap (Orin: 16 GB shared, ~14 usable)")
-    ap.add_argument("--text-encoder", default="int8", choices=["bf16", "int8", "cpu"])
+    ap.add_argument("--text-encoder", default="int8", choices=["bf16", "int8", "int4", "cpu"])
     ap.add_argument("--resolutions", default="1024x1024,512x512,768x1344,1344x768")
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=2)

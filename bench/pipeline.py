@@ -37,6 +37,9 @@ def build_text_encoder(device, dtype, tmp: str, seed: int) -> TextEncoder:
     with torch.device("meta"):
         model = T5EncoderModel(T5Config(**T5_XL))
     model = model.to(dtype).to_empty(device=device)
+    # to_empty gives each module its own copy of a shared parameter; a T5EncoderModel loaded from a
+    # checkpoint has one token table, which its encoder's embed_tokens shares (transformers ties them)
+    model.encoder.embed_tokens.weight = model.shared.weight
     random_init_(model, seed)
     model.eval().requires_grad_(False)
     return TextEncoder(tok, model, max_length=512)

@@ -1,7 +1,7 @@
 """Memory accounting of the edge benchmark (bench/edge_proof.py), on the CPU with a tiny config: the
 allocator's live bytes between scales equal the counted components (weights + KV cache + scale state
 + prompt features) within 5 %, for bf16-style float and for W4A4 + INT8 KV. Plus the allocation meter
-itself and the INT8 text encoder lever."""
+itself and the INT8 / INT4 text encoder levers."""
 import pytest
 import torch
 
@@ -75,6 +75,73 @@ def test_int8_text_encoder_matches_float(tiny_bundle):
     assert torch.equal(ma, mb)
     rel = ((a - b).norm() / a.norm()).item()
     assert rel < 2e-2, rel
+
+
+def test_int4_text_encoder_matches_float_in_a_quarter_of_int8s_bytes(tiny_bundle):
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.quant.int4_weight import Int4WeightLinear, Int8Embedding
+    from var_gen_ros.quant.runtime import apply_text_encoder
+    ref = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    g8 = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    g4 = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    apply_text_encoder(g8, "int8")
+    assert "INT4" in apply_text_encoder(g4, "int4")
+    mods = list(g4.text_encoder.model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in mods)
+    assert all("relative_attention_bias" in n for n, m in g4.text_encoder.model.named_modules() if type(m) is torch.nn.Embedding)
+    assert sum(isinstance(m, Int4WeightLinear) for m in mods) == sum(
+        isinstance(m, torch.nn.Linear) for m in ref.text_encoder.model.modules())
+    # one INT8 table for the tied shared/encoder embedding
+    assert g4.text_encoder.model.shared is g4.text_encoder.model.encoder.embed_tokens
+    assert isinstance(g4.text_encoder.model.shared, Int8Embedding)
+    b8, b4 = g8.weight_bytes()["text_encoder"], g4.weight_bytes()["text_encoder"]
+    assert b4 < 0.6 * b8, (b4, b8)
+    prompts = ["a red circle on a white background", "three small green triangles", "a blue square"]
+    a, ma = ref.text_encoder.encode(prompts)
+    b, mb = g4.text_encoder.encode(prompts)
+    assert torch.equal(ma, mb)
+    rel = ((a - b).norm() / a.norm()).item()
+    # random weights: 0.16 here (INT8: 0.011); a wrong nibble order or group layout is ~1
+    assert rel < 0.25, rel
+    # the embedded default model's trained encoder: 0.048 (docs/BENCHMARKS.md, sixteenth session)
+    from var_gen_ros.cli import default_bundle_path
+    from var_gen_ros.shapes import held_out_prompts
+    ref = Generator.from_bundle(default_bundle_path(), device="cpu", dtype=torch.float32)
+    g4 = Generator.from_bundle(default_bundle_path(), device="cpu", dtype=torch.float32)
+    apply_text_encoder(g4, "int4")
+    prompts = held_out_prompts(16)
+    a, b = ref.text_encoder.encode(prompts)[0], g4.text_encoder.encode(prompts)[0]
+    rel = ((a - b).norm() / a.norm()).item()
+    assert rel < 0.08, rel
+
+
+def test_int4_text_encoder_bytes_at_t5_xl_shapes():
+    """The Infinity models' Flan-T5-XL encoder, built on the meta device (shapes only) and converted: each
+    Linear stores K/2 bytes of codes and a float16 scale and offset per 64 inputs per output; the token
+    table int8 with a float32 scale per row. 0.293 of bf16's bytes, 0.555 of INT8's."""
+    from transformers import T5Config, T5EncoderModel
+    from var_gen_ros.quant.int4_weight import quantize_int4_weights_, quantize_t5_embedding_
+    from var_gen_ros.quant.int8_weight import quantize_int8_weights_
+    cfg = dict(d_model=2048, d_kv=64, num_heads=32, num_layers=24, d_ff=5120, vocab_size=32128,
+               feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+    def nbytes(m):
+        return sum(t.numel() * t.element_size() for t in {id(t): t for t in list(m.parameters()) + list(m.buffers())}.values())
+
+    sizes = {}
+    for mode in ("bf16", "int8", "int4"):
+        with torch.device("meta"):
+            m = T5EncoderModel(T5Config(**cfg)).to(torch.bfloat16)
+            if mode == "int8":
+                quantize_int8_weights_(m)
+            if mode == "int4":
+                assert quantize_int4_weights_(m) == 24 * 7 and quantize_t5_embedding_(m) == 2
+        sizes[mode] = nbytes(m)
+    d, f, L, V = 2048, 5120, 24, 32128
+    linears = L * (4 * d * d + 3 * d * f)                      # q, k, v, o; wi_0, wi_1, wo
+    rest = sizes["bf16"] - 2 * (linears + V * d)               # layer norms, relative attention bias
+    assert sizes["int4"] == linears // 2 + linears // 64 * 4 + V * d + 4 * V + rest
+    assert sizes["int4"] / sizes["bf16"] < 0.30 and sizes["int4"] / sizes["int8"] < 0.56
 
 
 def _one_block_run(cfg, cache_kind, store, chunk, dtype, meter=None):

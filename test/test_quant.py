@@ -241,6 +241,47 @@ def quantized_dir(tiny_bundle, tmp_path_factory):
     return gen, report, out
 
 
+def test_int4_weight_linear_codes_scales_and_forward():
+    """The text encoder's weight-only INT4 Linear: codes pack two per byte and unpack exactly; with the
+    full range each weight is within half a stored step of its value; the chosen range never leaves more
+    squared error in a group than the full range; the forward is x · dequant(W)ᵀ + b (float64 reference)."""
+    import torch.nn as nn
+    from var_gen_ros.quant.int4_weight import Int4WeightLinear, pack_int4, quantize_groups, unpack_int4
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 16, (5, 128), generator=g, dtype=torch.uint8)
+    assert torch.equal(unpack_int4(pack_int4(codes)), codes)
+    # heavy tails, so that some groups do better clipped
+    w = torch.distributions.StudentT(3.0).sample((96, 256)).view(96, 4, 64)
+    c, s, m = quantize_groups(w, shrinks=(1.0,))
+    deq = c.float() * s.float()[..., None] + m.float()[..., None]
+    assert ((deq - w).abs() <= s.float()[..., None] / 2 * (1 + 1e-3) + 1e-6).all()
+    c2, s2, m2 = quantize_groups(w)
+    deq2 = c2.float() * s2.float()[..., None] + m2.float()[..., None]
+    e_full, e_best = (deq - w).square().sum(-1), (deq2 - w).square().sum(-1)
+    assert (e_best <= e_full * (1 + 1e-6)).all() and (e_best < e_full).float().mean() > 0.3
+    lin = nn.Linear(256, 96, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(w.view(96, 256))
+    q = Int4WeightLinear.from_linear(lin)
+    assert q.weight_packed.shape == (96, 128) and q.weight_scale.shape == (96, 4) and q.weight.dtype == torch.int8
+    assert torch.allclose(q.dequantized(), deq2.view(96, 256))
+    x = torch.randn(3, 7, 256, generator=g)
+    ref = x.double() @ deq2.view(96, 256).double().T + lin.bias.double()
+    assert torch.allclose(q(x).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_embedding_rows_within_half_a_step():
+    import torch.nn as nn
+    from var_gen_ros.quant.int4_weight import Int8Embedding
+    emb = nn.Embedding(50, 32)
+    q = Int8Embedding.from_embedding(emb)
+    ids = torch.tensor([[0, 7, 49], [3, 3, 1]])
+    out = q(ids)
+    assert out.shape == (2, 3, 32) and out.dtype == emb.weight.dtype
+    step = q.weight_scale[ids][..., None]
+    assert ((out - emb(ids)).abs() <= step / 2 + 1e-7).all()
+
+
 def test_quantize_replaces_policy_layers_and_reports(quantized_dir):
     gen, report, _ = quantized_dir
     names = {r["name"] for r in report.layers}

@@ -7,7 +7,7 @@
     var-gen info --bundle DIR
     var-gen quantize --bundle DIR --out DIR/w4a4 [--rank 32 --group 64 --kv int8 --kv-scales static]
     var-gen diagnose --bundle DIR [--json out.json]
-    var-gen eval-default [--prompts 50] [--quantization w4a4 --kv-cache int8]   (checker accuracy)
+    var-gen eval-default [--prompts 50] [--quantization w4a4 --kv-cache int8] [--text-encoder int4]   (checker accuracy)
     var-gen train-default --out DIR --workdir DIR      (trains the embedded default model; GPU)
 """
 from __future__ import annotations
@@ -146,11 +146,12 @@ def cmd_eval_default(a) -> int:
     import time
     from .checker import check
     from .infinity import Generator
-    from .quant.runtime import apply_precision
+    from .quant.runtime import apply_precision, apply_text_encoder
     from .shapes import held_out_prompts
     bundle = a.bundle or default_bundle_path()
     gen = Generator.from_bundle(bundle, device=resolve_device(a.device), dtype=DTYPES[a.dtype])
     precision = apply_precision(gen, a.quantization, a.kv_cache, bundle, log=lambda m: print(m, file=sys.stderr))
+    precision += ", " + apply_text_encoder(gen, a.text_encoder)
     prompts = held_out_prompts(a.prompts)
     oks, times, fails = [], [], {}
     for i, p in enumerate(prompts):
@@ -183,6 +184,7 @@ def _add_quant_args(q):
 
 
 def main(argv=None) -> int:
+    from .quant.runtime import TEXT_ENCODER_MODES
     p = argparse.ArgumentParser(prog="var-gen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="prompt -> PNG")
@@ -233,6 +235,7 @@ def main(argv=None) -> int:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quantization", default="bf16", choices=("bf16", "w4a4"))
     e.add_argument("--kv-cache", default="bf16", choices=("bf16", "int8"))
+    e.add_argument("--text-encoder", default="bf16", choices=TEXT_ENCODER_MODES)
     e.add_argument("--json", default=None)
     e.set_defaults(fn=cmd_eval_default)
     t = sub.add_parser("train-default", help="train the embedded default model (see var_gen_ros/train_default.py)",

@@ -37,7 +37,7 @@ STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durabi
 
 READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "warmup_runs"}
 CHOICES = {"dtype": ("fp32", "bf16", "fp16"), "quantization": ("bf16", "w4a4"), "kv_cache": ("bf16", "int8"),
-           "text_encoder": ("bf16", "int8", "cpu"),
+           "text_encoder": ("bf16", "int8", "int4", "cpu"),
            "compressed_format": ("png", "jpeg"), "graph_pool": ("per_graph", "shared")}
 
 
@@ -60,7 +60,8 @@ class GenNode(Node):
         P("dtype", "fp32", _desc("weights/compute dtype: fp32 | bf16 | fp16", True))
         P("quantization", "bf16", _desc("bf16 (unquantized) | w4a4 (SVDQuant)", True))
         P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8", True))
-        P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | cpu", True))
+        P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | int4 (weight-only, 64-wide "
+                                        "groups; INT8 token table) | cpu", True))
         P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
                                           "8B W4A4+KV8 at 1024² on the H100 (graphs up to 2304 tokens): 1024 -> "

@@ -43,13 +43,15 @@ def apply_precision(generator, quantization: str, kv_cache: str, bundle_path: st
     return how
 
 
-TEXT_ENCODER_MODES = ("bf16", "int8", "cpu")
+TEXT_ENCODER_MODES = ("bf16", "int8", "int4", "cpu")
 
 
 def apply_text_encoder(generator, mode: str) -> str:
     """Where and how the text encoder lives: `bf16` (as loaded, on the generator's device), `int8`
-    (weight-only INT8 per output channel, half the bytes of bf16), or `cpu` (float32 on the host; on a
-    discrete GPU this frees its memory entirely, on Jetson's shared memory it does not)."""
+    (weight-only INT8 per output channel, half the bytes of bf16), `int4` (weight-only INT4 in 64-wide
+    groups and the token table in INT8 per row, 0.29 of bf16's bytes at T5-XL's shapes), or `cpu`
+    (float32 on the host; on a discrete GPU this frees its memory entirely, on Jetson's shared memory it
+    does not)."""
     import torch
     from .int8_weight import quantize_int8_weights_
     if mode not in TEXT_ENCODER_MODES:
@@ -60,5 +62,10 @@ def apply_text_encoder(generator, mode: str) -> str:
     if mode == "int8":
         n = quantize_int8_weights_(te.model)
         return f"text encoder INT8 weights ({n} Linears)"
+    if mode == "int4":
+        from .int4_weight import quantize_int4_weights_, quantize_t5_embedding_
+        n = quantize_int4_weights_(te.model)
+        tables = quantize_t5_embedding_(te.model)
+        return f"text encoder INT4 weights ({n} Linears, groups of 64), INT8 token table" + ("" if tables else " (none found)")
     te.model.to(device="cpu", dtype=torch.float32)
     return "text encoder on the CPU (float32)"

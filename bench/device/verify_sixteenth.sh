@@ -1,0 +1,24 @@
+#!/bin/bash
+# For the session after the sixteenth (which had no device time). PART=1: the weight-scale prefetch A/B of the
+# i8 GEMM (prefetch_scales.sh). PART=2: the edge proof, W4A4 + INT8 KV at 1024² with the product defaults, the
+# text encoder in INT4 then INT8, on one machine (the first run compiles; the int8 run is the comparison, the
+# INT4 encoder's bytes are the only difference), with PREFETCH=1 to run both with the prefetch on. PART=3: the
+# fifteenth session's GPU tests (verify_fifteenth.sh). Carry .tcache when there is one.
+source bench/device/autotune_carry.sh
+case "${PART:-2}" in
+1) bash bench/device/prefetch_scales.sh ;;
+2) for te in int4 int8; do
+     VAR_GEN_W4A4_PREFETCH_SCALES=${PREFETCH:-0} TE=$te GRAPH_MAX=4096 edge_round te_$te 1024 w4a4_kv8 ${EDGE_TIMEOUT:-420}
+     python3 - "$OUT/edge_te_${te}_c1024.json" <<'PY'
+import json, sys
+for mode, x in json.load(open(sys.argv[1])).items():
+    for r in x.get("runs", []):
+        m = r["memory_bytes"]
+        print(mode, x.get("text_encoder_mode"), "total", round(r["latency_s"]["total"], 4), "text", round(r["latency_s"]["text_encoder"], 4),
+              "te bytes", m["weights"].get("text_encoder"), "peak", round(m["peak_allocated"] / 2**30, 3),
+              "reserved", round(m["peak_reserved"] / 2**30, 3))
+PY
+   done
+   autotune_save ;;
+3) bash bench/device/verify_fifteenth.sh ;;
+esac

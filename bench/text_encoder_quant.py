@@ -1,0 +1,85 @@
+"""The text encoder's weight-only levers at the real Flan-T5-XL shapes (random weights): bytes held and
+the error of the prompt features against the unquantized encoder, for `int8` and `int4`
+(`apply_text_encoder`, what the node's `text_encoder` parameter and `bench/edge_proof.py` select).
+
+    python3 bench/text_encoder_quant.py [--device cuda] [--json out.json]
+
+Random weights make a 24-layer T5 chaotic (its attention logits are not scaled, so random q·k are large
+and softmax picks near one-hot: a small change of any weight flips them), so the script also reports
+the unquantized encoder's bf16-against-float32 error: the floor below which its quantization errors
+say nothing. A trained encoder's errors are measured on the embedded default model
+(`var-gen eval-default --text-encoder int4`)."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.pipeline import build_text_encoder                  # noqa: E402
+from var_gen_ros.quant.runtime import apply_text_encoder       # noqa: E402
+
+PROMPTS = ["a red fox jumping over a wooden fence at sunset, photorealistic",
+           "an isometric illustration of a tiny robot watering plants on a balcony",
+           "close-up of a steaming cup of coffee on a marble table, morning light"]
+
+
+class _Holder:                          # what apply_text_encoder reads: .text_encoder
+    def __init__(self, te):
+        self.text_encoder = te
+
+
+def nbytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    base = build_text_encoder(a.device, dtype, tempfile.mkdtemp(), 2)
+    ref, _ = base.encode(PROMPTS)
+    out = {"device": a.device, "dtype": a.dtype, "prompts": len(PROMPTS), "tokens": int(ref.shape[1]),
+           "bytes": {"bf16" if dtype == torch.bfloat16 else "fp32": nbytes(base.model)}}
+    if dtype != torch.float32:
+        # the same weights in float32: how far the encoder's own rounding moves its features, the floor
+        # against which a weight grid's error means something (random T5 weights are chaotic: T5 does not
+        # scale its attention logits, and random q·k make them large)
+        te32 = copy.deepcopy(base)
+        te32.model.float()
+        f32, _ = te32.encode(PROMPTS)
+        out["bf16_vs_fp32_rel_error"] = ((ref.float() - f32).norm() / f32.norm()).item()
+        print(f"the unquantized encoder in bf16 against float32: feature error {out['bf16_vs_fp32_rel_error']:.4f}", flush=True)
+        del te32
+    for mode in ("int8", "int4"):
+        te = copy.deepcopy(base)
+        t = time.perf_counter()
+        desc = apply_text_encoder(_Holder(te), mode)
+        quant_s = time.perf_counter() - t
+        feats, _ = te.encode(PROMPTS)
+        rel = ((feats - ref).norm() / ref.norm()).item()
+        cos = torch.nn.functional.cosine_similarity(feats.flatten(0, 1), ref.flatten(0, 1), dim=-1)
+        out["bytes"][mode] = nbytes(te.model)
+        out[mode] = {"applied": desc, "feature_rel_error": rel, "token_cosine_min": cos.min().item(),
+                     "token_cosine_mean": cos.mean().item(), "quantize_s": quant_s}
+        print(f"{mode}: {out['bytes'][mode] / 2**30:.3f} GiB, feature error {rel:.4f}, token cosine mean "
+              f"{cos.mean().item():.5f} min {cos.min().item():.5f} ({desc})", flush=True)
+        del te
+    print(json.dumps(out, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
