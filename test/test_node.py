@@ -276,3 +276,45 @@ def test_activation_chunk_parameter_set_at_run_time(running_node):
         assert _wait(fut.done, 30)
         r = fut.result().results[0]
         assert r.successful == ok and (ok or "graph_pool must be one of" in r.reason), (value, r.reason)
+
+
+def test_repeated_prompt_hits_the_prompt_cache_and_gives_the_same_image(running_node):
+    """A prompt seen again takes its text features from the generator's prompt cache: the diagnostics
+    count the hit, and the image is the same bytes as the first one for the same seed. prompt_cache_size
+    is a run-time parameter: 0 turns the cache off (reported), a negative size is refused."""
+    import re
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    ns, node, _ = running_node
+    diags, images, statuses = [], [], []
+    node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, QOS)
+    node.create_subscription(Image, f"{ns}/var_gen/image", images.append, QOS)
+    node.create_subscription(msg_pkg.GenerationStatus, f"{ns}/var_gen/status", statuses.append, QOS)
+
+    def cache_status():
+        sts = [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")]
+        return {v.key: v.value for v in sts[-1].values}["prompt_cache"] if sts else None
+
+    assert _wait(lambda: cache_status() is not None)
+    hits0 = int(re.search(r"(\d+) hits", cache_status()).group(1))
+    pub = node.create_publisher(msg_pkg.GenerateCommand, f"{ns}/var_gen/command", QOS)
+    _wait_for_subscribers(pub)
+    time.sleep(0.5)
+    prompt = f"three large green triangles {uuid.uuid4().hex[:6]}"
+    for rid in ("cache-1", "cache-2"):
+        pub.publish(msg_pkg.GenerateCommand(request_id=rid, prompt=prompt, seed=7))
+        assert _wait(lambda: any(s.request_id == rid and s.state_name == "DONE" for s in statuses)), rid
+    assert _wait(lambda: len(images) >= 2)
+    assert np.array_equal(from_image_msg(images[-2]), from_image_msg(images[-1]))
+    assert _wait(lambda: int(re.search(r"(\d+) hits", cache_status()).group(1)) >= hits0 + 1), cache_status()
+
+    client = AsyncParameterClient(node, f"{ns}/var_gen")
+    assert client.wait_for_services(timeout_sec=30)
+    for value, ok in ((0, True), (-1, False)):
+        fut = client.set_parameters([Parameter("prompt_cache_size", value=value)])
+        assert _wait(fut.done, 30)
+        assert fut.result().results[0].successful == ok, value
+    n = len(diags)
+    assert _wait(lambda: len(diags) > n + 1 and cache_status() == "off"), cache_status()
+    fut = client.set_parameters([Parameter("prompt_cache_size", value=16)])
+    assert _wait(fut.done, 30) and fut.result().results[0].successful

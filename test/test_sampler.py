@@ -80,6 +80,40 @@ def test_prompt_changes_image(gen):
     assert not np.array_equal(a.image, b.image)
 
 
+def test_prompt_cache_hits_give_the_same_image_and_evict_least_recently_used(tiny_bundle):
+    """The generator's prompt cache: a repeated (prompt, negative prompt, CFG) skips the text encoder and
+    gives the same image bytes as the first generation and as a generator without the cache; other
+    negative prompts or CFG settings are other entries; the least recently used prompt goes first; a new
+    text encoder precision empties it."""
+    from var_gen_ros.quant.runtime import apply_text_encoder
+    g = Generator.from_bundle(tiny_bundle)
+    off = Generator.from_bundle(tiny_bundle)
+    off.prompt_cache.max_entries = 0
+    first = g.generate("a red circle", seed=4)
+    again = g.generate("a red circle", seed=4)
+    assert not first.text_cache_hit and again.text_cache_hit
+    assert np.array_equal(first.image, again.image)
+    ref = off.generate("a red circle", seed=4)
+    assert not ref.text_cache_hit and np.array_equal(ref.image, again.image)
+    assert off.prompt_cache.status() == "off" and len(off.prompt_cache) == 0
+    # the negative prompt and CFG on/off are part of the key
+    assert not g.generate("a red circle", seed=4, negative_prompt="blue").text_cache_hit
+    assert not g.generate("a red circle", seed=4, cfg=1.0).text_cache_hit
+    assert g.generate("a red circle", seed=4, negative_prompt="blue").text_cache_hit
+    assert len(g.prompt_cache) == 3 and (g.prompt_cache.hits, g.prompt_cache.misses) == (2, 3)
+    f, m = g.prompt_cache.get(("a red circle", "", True))
+    assert g.prompt_cache.nbytes >= f.numel() * f.element_size() + m.numel() * m.element_size() > 0
+    g.prompt_cache.max_entries = 2       # drops the least recently used: the CFG-off entry
+    assert len(g.prompt_cache) == 2 and g.prompt_cache.get(("a red circle", "", False)) is None
+    g.generate("three blue squares", seed=1)     # evicts the negative-prompt entry
+    assert g.prompt_cache.get(("a red circle", "blue", True)) is None
+    assert g.prompt_cache.get(("a red circle", "", True)) is not None
+    apply_text_encoder(g, "int8")
+    assert len(g.prompt_cache) == 0 and not g.generate("a red circle", seed=4).text_cache_hit
+    with pytest.raises(ValueError):
+        g.prompt_cache.max_entries = -1
+
+
 def test_callbacks_previews_and_cancel(gen):
     events = []
     res = gen.generate("a red circle", seed=1, preview=True, callback=events.append)

@@ -21,6 +21,7 @@ from .config import InfinityConfig, ScaleSchedule, schedule_for
 from .graphs import GRAPH_POOL, ScaleGraphs
 from .kv_cache import KVCache
 from .model import Infinity, block_causal_mask, rope_tables
+from .prompt_cache import PromptFeatureCache
 from .vae import BSQVAE, to_uint8, upsample_codes
 
 
@@ -48,6 +49,7 @@ class GenerationResult:
     schedule: ScaleSchedule
     timings: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
+    text_cache_hit: bool = False    # the prompt's features came from the generator's prompt cache
 
 
 # ---------------------------------------------------------------- sampling
@@ -233,6 +235,8 @@ class Generator:
         # caches are then made again in the same block, at the same addresses (see _new_caches)
         self.decode_in_kv_memory = True
         self._graphs: Optional[ScaleGraphs] = None
+        # the text encoder's outputs for recent prompts (prompt_cache.py); max_entries 0 turns it off
+        self.prompt_cache = PromptFeatureCache(16)
         if text_encoder is not None:
             width = text_encoder.model.config.d_model
             if width != self.cfg.text_channels:
@@ -446,8 +450,13 @@ class Generator:
         t_start = time.perf_counter()
 
         # text
+        cached = None
         if text_features is None:
-            feats, mask = self.encode_text(prompt, negative_prompt, use_cfg)
+            key = (prompt, negative_prompt or "", use_cfg)
+            cached = self.prompt_cache.get(key)
+            feats, mask = cached if cached is not None else self.encode_text(prompt, negative_prompt, use_cfg)
+            if cached is None:
+                self.prompt_cache.put(key, feats, mask)
         else:
             feats, mask = text_features
         self._sync()
@@ -573,7 +582,7 @@ class Generator:
             memory["peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
             memory["peak_reserved"] = torch.cuda.max_memory_reserved(self.device)
             memory["current_allocated"] = torch.cuda.memory_allocated(self.device)
-        return GenerationResult(image, int(seed), all_bits, schedule, timings, memory)
+        return GenerationResult(image, int(seed), all_bits, schedule, timings, memory, text_cache_hit=cached is not None)
 
     @torch.no_grad()
     def decode(self, summed_codes: torch.Tensor) -> np.ndarray:

@@ -57,6 +57,9 @@ def apply_text_encoder(generator, mode: str) -> str:
     if mode not in TEXT_ENCODER_MODES:
         raise ValueError(f"text_encoder must be one of {', '.join(TEXT_ENCODER_MODES)}, not {mode!r}")
     te = generator.text_encoder
+    cache = getattr(generator, "prompt_cache", None)
+    if cache is not None:               # features of the encoder as it was no longer hold
+        cache.clear()
     if te is None or mode == "bf16":
         return "text encoder as loaded"
     if mode == "int8":
