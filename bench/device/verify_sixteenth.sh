@@ -6,9 +6,11 @@
 # with no Triton cache spends ~6 min on the first edge run, so there run TES=int4 and then TES=int8 in two
 # calls (within the machine's 30 s idle window, so that the second finds the first's cache). PART=3: the
 # fifteenth session's GPU tests (verify_fifteenth.sh). PART=4: where the small scales' time goes (scales 0-8 of
-# 1024² are W4A4 221 ms against bf16's 148, the largest loss; the W4A4 Linears' own excess, from the stage
-# table, explains only ~30 ms of it): kernel time by family, bf16 vs W4A4 + INT8 KV, at 512² (the same first
-# nine scales, then 32²), 4 blocks. Carry .tcache when there is one.
+# 1024² are W4A4 221 ms against bf16's 148, the largest loss. At scales 0-2 (M = 2-32) the excess, ~3.3 ms per
+# scale, is what the W4A4 Linears' stage table predicts (~80 us per block); from scale 3 (M = 72) it doubles and
+# reaches 11-15 ms at scales 5-8, unexplained): each block Linear's stages at those scales' rows, then kernel
+# time by family, bf16 vs W4A4 + INT8 KV, at 512² (the same first nine scales, then 32²), 4 blocks. Carry
+# .tcache when there is one.
 source bench/device/autotune_carry.sh
 case "${PART:-2}" in
 1) bash bench/device/prefetch_scales.sh ;;
@@ -26,7 +28,10 @@ PY
    done
    autotune_save ;;
 3) bash bench/device/verify_fifteenth.sh ;;
-4) timeout ${PROFILE_TIMEOUT:-420} python3 bench/gpu_time_profile.py --depth 4 --size 512 --settings 1024:4096 \
+4) timeout ${STAGES_TIMEOUT:-240} python3 bench/w4a4_stages.py --ms 72,128,288,512,800,1152 \
+     --json "$OUT/w4a4_stages_small_scales.json" > "$OUT/w4a4_stages_small_scales.txt" 2>&1
+   echo "stages rc $?"; grep -v -i warn "$OUT/w4a4_stages_small_scales.txt" | tail -30 | cut -c1-200
+   timeout ${PROFILE_TIMEOUT:-330} python3 bench/gpu_time_profile.py --depth 4 --size 512 --settings 1024:4096 \
      --profile-chunks 1024 --json "$OUT/gpu_time_profile_small_scales.json" > "$OUT/gpu_time_profile_small_scales.txt" 2>&1
    echo "profile rc $?"; grep -v -i warn "$OUT/gpu_time_profile_small_scales.txt" | tail -40 | cut -c1-200
    autotune_save ;;
