@@ -80,6 +80,7 @@ class Int4WeightLinear(nn.Module):
 # (the weights outside it clip): a group's extreme weight sets the grid for all 64, and giving up a little of
 # it makes the other 63 finer. 1.0 first, so a tie keeps the full range.
 SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+FP16_TINY, FP16_MAX = 2.0 ** -14, 65504.0
 
 
 def quantize_groups(w: torch.Tensor, shrinks=None):
@@ -87,12 +88,17 @@ def quantize_groups(w: torch.Tensor, shrinks=None):
     per group chosen among `shrinks` by squared error. The float16-rounded scale and offset are those the
     codes are computed against, so the error left is the codes' rounding and the clipping."""
     shrinks = SHRINKS if shrinks is None else shrinks
+    if w.numel() and not bool(w.abs().max() <= FP16_MAX):     # also catches NaN / inf weights
+        raise ValueError(f"weights outside float16's range (max |w| {w.abs().max().item():.3g}) cannot take "
+                         f"float16 group offsets; keep this model's text encoder in int8 or bf16")
     lo, hi = w.amin(-1), w.amax(-1)
     mid, half = (hi + lo) / 2, (hi - lo) / 2
     best = None
     for f in shrinks:
         a, b = mid - f * half, mid + f * half
-        s = ((b - a) / 15.0).clamp_min(1e-8).to(torch.float16)
+        # at least float16's smallest normal number: a constant group (range 0) gets codes 0 and its value
+        # as the offset, instead of a zero scale
+        s = ((b - a) / 15.0).clamp_min(FP16_TINY).to(torch.float16)
         m = a.to(torch.float16)
         sf, mf = s.float()[..., None], m.float()[..., None]
         c = torch.round((w - mf) / sf).clamp(0, 15)
