@@ -759,17 +759,37 @@ def _graph_bench(fn, quantiles):
     return triton.testing.do_bench_cudagraph(fn, rep=20, quantiles=quantiles)
 
 
+# The small-M tiles are also the tuner's candidates, beside the large ones, for row buckets up to this many
+# rows (64: only up to 64, as measured so far). Scales 3-8 of a 1024² image (72-1152 rows) cost 7-15 ms
+# more than bf16 each, twice the small scales' excess (docs/BENCHMARKS.md, sixteenth session); above 64 rows
+# the narrowest tiles the tuner may pick are 64 rows, so at 72 rows nearly half of each tile is padding.
+# Only their splits up to 4 join (8 would double the split workspace there). VAR_GEN_W4A4_SMALL_TILES_MAX_M
+# (e.g. 256) turns it on; off until measured (the tuner then picks by measurement, at a few more seconds of
+# tuning per row bucket and shape on a machine's first start).
+SMALL_TILES_MAX_M = int(os.environ.get("VAR_GEN_W4A4_SMALL_TILES_MAX_M", "64"))
+
+
+def tile_candidates(small, large, bucket: int) -> list:
+    """The configs the tuner may try at a row bucket: `small` up to 64 rows, `large` above, and with
+    SMALL_TILES_MAX_M the small ones' splits up to 4 beside the large ones up to that bucket; split-K
+    ones only up to SPLIT_MAX_M rows."""
+    if bucket <= 64:
+        cands = list(small)
+    else:
+        cands = list(large) + [c for c in small if bucket <= SMALL_TILES_MAX_M and c.kwargs["SPLIT_K"] <= 4]
+    return [c for c in cands if c.kwargs["SPLIT_K"] == 1 or bucket <= SPLIT_MAX_M]
+
+
 def _autotuned(kernel, small, large, key, extra_prune=None):
-    """`kernel` autotuned over `small` configs for M <= 64 rows and `large` ones above (split-K ones
-    only up to SPLIT_MAX_M rows)."""
+    """`kernel` autotuned over `tile_candidates` of its `small` and `large` configs."""
     def prune(configs, named_args, **kwargs):
         # by the bucket (the tuner's cache key), not M: every M of a bucket reuses the pick
         b = named_args["M_BUCKET"]
         # W16 arrives with the call's keyword arguments, not the positional named_args (until the sixth
         # session's fix it was read from named_args, so the TMA candidates were always pruned)
         w16 = kwargs.get("W16", named_args.get("W16", False)) and TMA_CANDIDATES
-        keep = {id(c) for c in (small if b <= 64 else large) if (c.kwargs["SPLIT_K"] == 1 or b <= SPLIT_MAX_M)
-                and (w16 or not c.kwargs.get("TMA", False) or extra_prune is not None)}
+        keep = {id(c) for c in tile_candidates(small, large, b)
+                if w16 or not c.kwargs.get("TMA", False) or extra_prune is not None}
         kept = [c for c in configs if id(c) in keep]
         return extra_prune(kept, named_args, **kwargs) if extra_prune is not None else kept
     # cache_results: the picks persist in Triton's cache directory, so only the first start on a

@@ -7,6 +7,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -108,3 +109,22 @@ def test_gpus_before_sm80_run_the_reference_because_a_kernel_does_not_build_ther
     assert not r75["ok"], r75
     v80 = next(v for v in targets.variants(80) if v.name == v75.name)
     assert targets.compile_variant(v80, 80)["ok"]
+
+
+@pytest.mark.parametrize("small_tiles_max_m", [64, 256])
+def test_tile_candidates_fit_the_split_workspace(monkeypatch, small_tiles_max_m):
+    """Every config the GEMM tuner may try at a row bucket splits K at most as many ways as the split-K
+    workspace allocated for that bucket holds (a larger split would write past it), with the small tiles
+    joining above 64 rows or not (VAR_GEN_W4A4_SMALL_TILES_MAX_M)."""
+    monkeypatch.setattr(gemm, "SMALL_TILES_MAX_M", small_tiles_max_m)
+    small_ids = {id(c) for c in gemm.I8_SMALL_M_CONFIGS}
+    for bucket in [1 << i for i in range(14)]:
+        cands = gemm.tile_candidates(gemm.I8_SMALL_M_CONFIGS, gemm.I8_LARGE_M_CONFIGS, bucket)
+        assert cands
+        ws, _ = gemm._split_k_buffers(bucket, 64, torch.device("cpu"))
+        most = 1 if ws is None else ws.shape[0]
+        assert max(c.kwargs["SPLIT_K"] for c in cands) <= most, bucket
+        joined = [c for c in cands if id(c) in small_ids]
+        assert bool(joined) == (bucket <= max(64, small_tiles_max_m)), bucket
+        if 64 < bucket:
+            assert all(c.kwargs["SPLIT_K"] <= 4 for c in joined)
