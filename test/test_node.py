@@ -306,6 +306,8 @@ def test_repeated_prompt_hits_the_prompt_cache_and_gives_the_same_image(running_
         assert _wait(lambda: any(s.request_id == rid and s.state_name == "DONE" for s in statuses)), rid
     assert _wait(lambda: len(images) >= 2)
     assert np.array_equal(from_image_msg(images[-2]), from_image_msg(images[-1]))
+    done = {s.request_id: s for s in statuses if s.state_name == "DONE"}
+    assert not done["cache-1"].text_cached and done["cache-2"].text_cached
     assert _wait(lambda: int(re.search(r"(\d+) hits", cache_status()).group(1)) >= hits0 + 1), cache_status()
 
     client = AsyncParameterClient(node, f"{ns}/var_gen")

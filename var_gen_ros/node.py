@@ -361,6 +361,7 @@ def request_from_fields(m) -> Request:
 
 def _fill_timings(msg, r):
     msg.text_encoder_s = float(r.timings.get("text_encoder_s", 0.0))
+    msg.text_cached = bool(r.text_cache_hit)
     msg.transformer_s = float(sum(r.timings.get("scales_s", [])))
     msg.vae_decode_s = float(r.timings.get("vae_decode_s", 0.0))
     msg.total_s = float(r.timings.get("total_s", 0.0))
