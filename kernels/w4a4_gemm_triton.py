@@ -79,17 +79,25 @@ def _rint(a):
 
 
 @triton.jit
-def _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K):
+def _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH: tl.constexpr = False):
     """A (rows, group) tile of x as float32, its λ, and x̂ = x · (1/λ) with an IEEE reciprocal, as the
     reference (quant.w4a4.smooth_input): one division per channel instead of one per element. Shared by
-    the row pass and the quantizer, whose units and codes must see the same x̂ bits."""
+    the row pass and the quantizer, whose units and codes must see the same x̂ bits. With INV_SMOOTH,
+    smooth_ptr holds the reciprocals already (`inv_smooth`, the same IEEE bits), and the second value is
+    1/λ instead of λ: no division here (the compiler recomputed it wherever x̂ is needed in another
+    register layout, e.g. as a dot operand)."""
     x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    lam = tl.load(smooth_ptr + cols).to(tl.float32)
-    return x, lam, x * _div_rn(1.0, lam)[None, :]
+    if INV_SMOOTH:
+        inv = tl.load(smooth_ptr + cols).to(tl.float32)
+        return x, inv, x * inv[None, :]
+    else:
+        lam = tl.load(smooth_ptr + cols).to(tl.float32)
+        return x, lam, x * _div_rn(1.0, lam)[None, :]
 
 
 @triton.jit
-def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):
+def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr,
+              INV_SMOOTH: tl.constexpr = False):
     """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
     this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits."""
     pid_m = tl.program_id(0)
@@ -103,7 +111,7 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
         g = split * GPS + i
         if g < G:
             cols = g * GROUP + c
-            _, _, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K)
+            _, _, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
             big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
 
@@ -112,7 +120,7 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
                   LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
-                  REDUCE: tl.constexpr = False):
+                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -139,7 +147,7 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
         g = split * GPS + i
         if g < G:
             cols = g * GROUP + c
-            x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K)
+            x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)   # lam: 1/λ with INV_SMOOTH
             # x̂ · (1/s) with an IEEE reciprocal, as the reference (quant.int4.quantize_groups)
             mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(tl.max(tl.abs(xs), axis=1) * INV7, u)), 1.0), 16.0)
             s = u * mult
@@ -164,8 +172,17 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
                     dl = _div_rn(dl, lam[:, None])
                     dh = dl.to(tl.bfloat16)
                     xb = x.to(tl.bfloat16)
-                    lr = tl.dot(xb, dh, lr)
-                    lr = tl.dot(xb, (dl - dh.to(tl.float32)).to(tl.bfloat16), lr)
+                    lr = _bf16_dot(xb, dh, lr)
+                    lr = _bf16_dot(xb, (dl - dh.to(tl.float32)).to(tl.bfloat16), lr)
+                elif LR_PREC == "bf16x2s":
+                    # x̂ · L_down with x̂ (made above for the codes) split into two bf16 parts (to ~2^-17)
+                    # against L_down as stored (bf16, exact): the same two tensor-core dots, without
+                    # bf16x2's division of every L_down element by λ (64 x R IEEE divisions per group and
+                    # program, 16 of the 26 per thread at BLOCK_M 16 in the sm_90 PTX)
+                    dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.bfloat16)
+                    xh = xs.to(tl.bfloat16)
+                    lr = _bf16_dot(xh, dn, lr)
+                    lr = _bf16_dot((xs - xh.to(tl.float32)).to(tl.bfloat16), dn, lr)
                 else:
                     dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
                     lr += tl.dot(xs, dn, input_precision=LR_PREC)
@@ -928,16 +945,31 @@ def _counters(device, n: int, kind: str) -> torch.Tensor:
     return _COUNTERS[key][-1]
 
 
+def inv_smooth(layer) -> torch.Tensor:
+    """1/λ of the layer's smoothing factors in float32, kept on the layer and remade when λ changes: the
+    same bits as the kernels' IEEE reciprocal (`_div_rn(1.0, λ)`; PyTorch's float32 division is correctly
+    rounded on the CPU and on CUDA), computed once per layer instead of in every program and group."""
+    lam = layer.smooth
+    key = (lam.data_ptr(), lam._version, lam.device)
+    kept = getattr(layer, "_inv_smooth", None)
+    if kept is None or kept[0] != key:
+        kept = (key, torch.reciprocal(lam.float()))
+        layer._inv_smooth = kept
+    return kept[1]
+
+
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True):
+                         reduce_lr: bool = True, inv: bool = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
     order) and the rows' units u (M,) f32 in place of codes and scales. With `reduce_lr` (the default)
     the K splits' low-rank partials come back summed (1, M, r) by the split that finishes a row block
-    last. The low-rank dot is "bf16x2"
-    (tensor cores) for bf16 x, else "ieee" (float32 FMA); `splits`, `lr_prec`, `block_m`, `num_warps`
+    last. The low-rank dot is "bf16x2" (tensor cores: x against L_down / λ in two bf16 parts) for bf16 x,
+    with LR_SPLIT_X "bf16x2s" (x̂ in two bf16 parts against L_down as stored, which must then be bf16),
+    else "ieee" (float32 FMA). `inv` (default LR_SPLIT_X; not with "bf16x2", which needs λ itself): the
+    kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
     override the defaults (tests, benchmarks)."""
     M, K = x2.shape
     R = layer.rank
@@ -945,7 +977,12 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     mq = f16 or i8
     BM, warps = _quantize_launch(M, fp8 or mq)
     BM, warps = block_m or BM, num_warps or warps
-    lr_prec = lr_prec or ("bf16x2" if x2.dtype == torch.bfloat16 else "ieee")
+    if lr_prec is None:
+        lr_prec = "ieee"
+        if x2.dtype == torch.bfloat16:
+            lr_prec = lr_prec_bf16() if not R or layer.lora_down.dtype == torch.bfloat16 else "bf16x2"
+    inv = (LR_SPLIT_X if inv is None else inv) and lr_prec != "bf16x2"
+    smooth = inv_smooth(layer) if inv else layer.smooth
     S = splits or _splits(M, G, BM)
     gps = triton.cdiv(G, S)
     S = triton.cdiv(G, gps)
@@ -955,14 +992,14 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     # the rows' max |x̂| first (the two-level scales' units), each K split's in one pass over x
     part = torch.empty(S, M, dtype=torch.float32, device=x2.device)
     grid = (triton.cdiv(M, BM), S)
-    _ROW_AMAX(grid, (x2, layer.smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, num_warps=warps))
+    _ROW_AMAX(grid, (x2, smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
     reduce = bool(R) and reduce_lr and S > 1
     lrsum = torch.empty(1, M, R, dtype=torch.float32, device=x2.device) if reduce else None
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
-    _QUANTIZE(grid, (x2, layer.smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
+    _QUANTIZE(grid, (x2, smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
                      lrsum if reduce else part, cnt, M, K, gps, S, INV_QMAX, K),
               dict(R=R if R else 16, HAS_LR=bool(R), MQ=mq, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
-                   REDUCE=reduce, num_warps=warps))
+                   REDUCE=reduce, INV_SMOOTH=inv, num_warps=warps))
     return q, sx, (lrsum if reduce else lr)
 
 
@@ -1009,6 +1046,19 @@ I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
 # GPU (fifteenth session: built and checked in the interpreter, its PTX read, no device time left)
 PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
+# Kernel 1 (and its row pass) without divisions: the low-rank dot on x̂ split into two bf16 parts against
+# L_down as stored ("bf16x2s"), instead of x against L_down / λ divided in the kernel ("bf16x2"), the same
+# precision (~2^-17); and 1/λ read from `inv_smooth` instead of made per program and group. In the sm_90 PTX
+# of the BLOCK_M 16 launch: 2 IEEE divisions per thread and group instead of 26 (either change alone leaves
+# most of them: the compiler remakes x̂, reciprocal included, in the dot's operand layout), at 128 registers
+# instead of 96; the 64- and 128-row launches 165-191 instead of 77-108 (sixteenth session,
+# docs/BENCHMARKS.md). VAR_GEN_W4A4_LR_SPLIT_X=1 turns it on; off until measured on a GPU.
+LR_SPLIT_X = os.environ.get("VAR_GEN_W4A4_LR_SPLIT_X", "0") == "1"
+
+
+def lr_prec_bf16() -> str:
+    """Kernel 1's low-rank dot for bf16 activations and a bf16 L_down, as `quantize_activations` picks it."""
+    return "bf16x2s" if LR_SPLIT_X else "bf16x2"
 
 
 def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:

@@ -178,6 +178,44 @@ def test_activation_codes_bit_identical_to_reference(gemm):
 
 
 @interpreted
+def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
+    """Kernel 1's low-rank dot for bf16 x: "bf16x2" (x against L_down / λ in two bf16 parts) and "bf16x2s"
+    (x̂ in two bf16 parts against L_down as stored), the latter also with 1/λ read from `inv_smooth`
+    instead of divided in the kernels: all within 2e-5 of x̂ · L_down in float64, with the same codes and
+    scales bit for bit, over uneven K splits and every activation layout. LR_SPLIT_X selects "bf16x2s" with
+    the reciprocals for bf16 x and a bf16 L_down; the reciprocals follow an in-place change of λ."""
+    layer = _w4a4_layer(448, 64, False, 32, seed=9)
+    assert layer.lora_down.dtype == torch.bfloat16
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(5, 448, generator=g) * 3).bfloat16()
+    x[:, 100] *= 40                                           # an outlier channel
+    ref = smooth_input(x, layer.smooth).double() @ layer.lora_down.double()
+    for kw in (dict(), dict(i8=True), dict(f16=True), dict(fp8=True)):
+        q0, s0, _ = gemm.quantize_activations(x, layer, lr_prec="ieee", reduce_lr=False, **kw)
+        for prec, inv in (("bf16x2", False), ("bf16x2s", False), ("bf16x2s", True), ("ieee", True)):
+            q, sx, lr = gemm.quantize_activations(x, layer, lr_prec=prec, reduce_lr=False, inv=inv, **kw)
+            assert lr.shape[0] > 1 and torch.equal(q.float(), q0.float()) and torch.equal(sx, s0), (kw, prec, inv)
+            err = ((lr.sum(0).double() - ref).norm() / ref.norm()).item()
+            assert err <= 2e-5, (kw, prec, inv, err)
+    old = gemm.LR_SPLIT_X
+    try:
+        gemm.LR_SPLIT_X = True
+        q1, _, lr_default = gemm.quantize_activations(x, layer, i8=True, reduce_lr=False)
+        _, _, lr_split = gemm.quantize_activations(x, layer, i8=True, lr_prec="bf16x2s", inv=True, reduce_lr=False)
+        assert torch.equal(lr_default, lr_split)
+        # the reciprocals are remade when λ changes in place (per channel, so the codes change): the same
+        # codes as the path that divides in the kernel
+        with torch.no_grad():
+            layer.smooth.mul_(1 + torch.rand(layer.smooth.shape, generator=g).to(layer.smooth.dtype))
+        q2, _, _ = gemm.quantize_activations(x, layer, i8=True, reduce_lr=False)
+        q3, _, _ = gemm.quantize_activations(x, layer, i8=True, lr_prec="bf16x2s", inv=False, reduce_lr=False)
+        assert torch.equal(q2, q3) and not torch.equal(q2, q1)
+        assert torch.equal(gemm.inv_smooth(layer), torch.reciprocal(layer.smooth.float()))
+    finally:
+        gemm.LR_SPLIT_X = old
+
+
+@interpreted
 def test_rows_far_beyond_fp16_range_stay_exact(gemm):
     """Rows whose |x/λ| is far beyond fp16's range: q·m stays <= 112 whatever the row's magnitude, the
     unit u carries it, and every path still gives the float64 computation."""

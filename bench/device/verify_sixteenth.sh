@@ -11,7 +11,8 @@
 # reaches 11-15 ms at scales 5-8, unexplained): each block Linear's stages at those scales' rows, then kernel
 # time by family, bf16 vs W4A4 + INT8 KV, at 512² (the same first nine scales, then 32²), 4 blocks. Carry
 # .tcache when there is one. PART=5: the small-M tiles among the tuner's candidates up to 256 rows, A/B
-# (small_tiles.sh; SMALL=1 adds an edge run with them).
+# (small_tiles.sh; SMALL=1 adds an edge run with them). PART=6: kernel 1 without divisions, its GPU test and
+# A/B (kernel1_nodiv.sh).
 source bench/device/autotune_carry.sh
 case "${PART:-2}" in
 1) bash bench/device/prefetch_scales.sh ;;
@@ -30,6 +31,7 @@ PY
    autotune_save ;;
 3) bash bench/device/verify_fifteenth.sh ;;
 5) bash bench/device/small_tiles.sh ;;
+6) bash bench/device/kernel1_nodiv.sh ;;
 4) timeout ${STAGES_TIMEOUT:-240} python3 bench/w4a4_stages.py --ms 72,128,288,512,800,1152 \
      --json "$OUT/w4a4_stages_small_scales.json" > "$OUT/w4a4_stages_small_scales.txt" 2>&1
    echo "stages rc $?"; grep -v -i warn "$OUT/w4a4_stages_small_scales.txt" | tail -30 | cut -c1-200
