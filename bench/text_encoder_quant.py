@@ -8,7 +8,11 @@ Random weights make a 24-layer T5 chaotic (its attention logits are not scaled, 
 and softmax picks near one-hot: a small change of any weight flips them), so the script also reports
 the unquantized encoder's bf16-against-float32 error: the floor below which its quantization errors
 say nothing. A trained encoder's errors are measured on the embedded default model
-(`var-gen eval-default --text-encoder int4`)."""
+(`var-gen eval-default --text-encoder int4`).
+
+Also the encode time of each mode, side by side in one process (median of --repeats, synchronized): the
+unquantized encoder, INT8, INT4 with its dequantization kernel on a GPU, and INT4 through the PyTorch
+reference dequantization (`int4_weight.DEQUANT_KERNEL = False`)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.pipeline import build_text_encoder                  # noqa: E402
+from var_gen_ros.quant import int4_weight                      # noqa: E402
 from var_gen_ros.quant.runtime import apply_text_encoder       # noqa: E402
 
 PROMPTS = ["a red fox jumping over a wooden fence at sunset, photorealistic",
@@ -40,17 +45,35 @@ def nbytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
 
 
+def encode_seconds(te, repeats: int) -> float:
+    """Median wall time of one encode of PROMPTS (with their CFG-free batch), after one warm-up call."""
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    te.encode(PROMPTS)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        te.encode(PROMPTS)
+        sync()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--repeats", type=int, default=20)
     a = ap.parse_args()
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     base = build_text_encoder(a.device, dtype, tempfile.mkdtemp(), 2)
     ref, _ = base.encode(PROMPTS)
+    base_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     out = {"device": a.device, "dtype": a.dtype, "prompts": len(PROMPTS), "tokens": int(ref.shape[1]),
-           "bytes": {"bf16" if dtype == torch.bfloat16 else "fp32": nbytes(base.model)}}
+           "bytes": {base_name: nbytes(base.model)}, "encode_s": {base_name: encode_seconds(base, a.repeats)}}
     if dtype != torch.float32:
         # the same weights in float32: how far the encoder's own rounding moves its features, the floor
         # against which a weight grid's error means something (random T5 weights are chaotic: T5 does not
@@ -72,9 +95,19 @@ def main():
         out["bytes"][mode] = nbytes(te.model)
         out[mode] = {"applied": desc, "feature_rel_error": rel, "token_cosine_min": cos.min().item(),
                      "token_cosine_mean": cos.mean().item(), "quantize_s": quant_s}
+        out["encode_s"][mode] = encode_seconds(te, a.repeats)
+        if mode == "int4":
+            int4_weight.DEQUANT_KERNEL = False
+            try:
+                out["encode_s"]["int4_reference_dequant"] = encode_seconds(te, a.repeats)
+                feats_ref, _ = te.encode(PROMPTS)
+            finally:
+                int4_weight.DEQUANT_KERNEL = True
+            out[mode]["kernel_vs_reference_dequant_equal"] = bool(torch.equal(feats, feats_ref))
         print(f"{mode}: {out['bytes'][mode] / 2**30:.3f} GiB, feature error {rel:.4f}, token cosine mean "
               f"{cos.mean().item():.5f} min {cos.min().item():.5f} ({desc})", flush=True)
         del te
+    print("encode s (median of %d): " % a.repeats + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in out["encode_s"].items()))
     print(json.dumps(out, indent=1))
     if a.json:
         with open(a.json, "w") as f:

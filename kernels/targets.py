@@ -29,7 +29,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import adaln_triton, int8_kv_attention_triton as attn, qkv_rope_triton, w4a4_gemm_triton as gemm
+from . import adaln_triton, int4_dequant_triton, int8_kv_attention_triton as attn, qkv_rope_triton, w4a4_gemm_triton as gemm
 
 # Shared memory a block may have, in bytes, per compute capability (CUDA C++ Programming Guide, "Technical
 # Specifications per Compute Capability": 8.0 and 8.7 163 KB, 8.6 and 8.9 99 KB, 9.0 227 KB, 7.5 64 KB)
@@ -212,7 +212,11 @@ def _elementwise_variants() -> List[Variant]:
                   dict(HAS_AFFINE=a, HAS_MOD=True, BLOCK_C=triton.next_power_of_2(_C)), 8, floats=("eps",),
                   div16=("C", "sx_b", "sx_l", "ss_b", "sy_b", "sy_l"))
           for a in (False, True)]
-    return [qkv] + ln
+    # the INT4 text encoder's weights (Flan-T5-XL: every width a multiple of 64, so N, K and K/64 of 16)
+    deq = Variant("int4_dequant", int4_dequant_triton._int4_dequant_kernel, dict(P="u8", S="fp16", O="fp16", Y="bf16"),
+                  dict(BLOCK_N=int4_dequant_triton.BLOCK_N, BLOCK_K=int4_dequant_triton.BLOCK_K, GROUP=64),
+                  div16=("N", "K", "G"))
+    return [qkv] + ln + [deq]
 
 
 def _unique(vs: List[Variant]) -> List[Variant]:

@@ -661,3 +661,31 @@ def test_kept_weight_workspaces_give_the_same_block_output_with_one_unpack_per_l
     assert torch.equal(y_kept, y_each)
     assert len(kept) == 6 and len(each) == 12, (len(kept), len(each))
     assert gm._KEPT.spaces is None
+
+
+@pytest.mark.parametrize("n_in,n_out", [(2048, 5120), (5120, 2048), (2048, 2048), (96, 21)])
+def test_int4_text_encoder_dequant_kernel_gives_the_reference_bits(n_in, n_out):
+    """The INT4 text encoder's dequantization kernel at Flan-T5-XL's Linear shapes (and a 32-wide group with
+    partial tiles): the same bf16 and float32 weights as the reference, into a poisoned output, fresh weights
+    each run; the Linear's forward on CUDA takes the kernel and gives the reference's output bits."""
+    import var_gen_ros.quant.int4_weight as int4_weight
+    from var_gen_ros.quant.dispatch import int4_dequant_kernel
+    lin = torch.nn.Linear(n_in, n_out, bias=True, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.normal_(0, n_in ** -0.5)
+    q = int4_weight.Int4WeightLinear.from_linear(lin)
+    kernel = int4_dequant_kernel(q.weight_packed)
+    assert kernel is not None
+    for dt in (torch.bfloat16, torch.float32):
+        ref = q.dequantized(torch.float32).to(dt)
+        out = torch.full((n_out, n_in), float("nan"), dtype=dt, device="cuda")
+        got = kernel(q.weight_packed, q.weight_scale, q.weight_offset, q.group, dt, out=out)
+        assert torch.equal(got, ref), (dt, (got.float() - ref.float()).abs().max().item())
+    x = torch.randn(3, 17, n_in, device="cuda", dtype=torch.bfloat16)
+    y = q(x)
+    int4_weight.DEQUANT_KERNEL = False
+    try:
+        y_ref = q(x)
+    finally:
+        int4_weight.DEQUANT_KERNEL = True
+    assert torch.equal(y, y_ref)

@@ -534,3 +534,35 @@ def test_block_fast_path_matches_float64(monkeypatch, cache_kind, store):
         y = _block_run(blk, cache_kind, store, chunk, torch.float32)
         err = float((y.double() - ref).abs().max() / ref.abs().max())
         assert err <= (1e-5 if cache_kind == "float" else 1e-3), (chunk, err)    # int8: a code may flip
+
+
+@interpreted
+@pytest.mark.parametrize("n_in,n_out,out_dt", [(256, 48, torch.bfloat16), (96, 21, torch.float32), (640, 16, torch.float16),
+                                             (6, 5, torch.float32)])
+def test_int4_dequant_kernel_matches_the_reference(n_in, n_out, out_dt):
+    """The text encoder's INT4 dequantization kernel against Int4WeightLinear.dequantized in float32 rounded once
+    to the output dtype, across partial row and column tiles, a 32-wide group (96 inputs) and a 2-wide one (6); the output is
+    poisoned first. In float32 the same bits. The interpreter casts to bf16 / fp16 by truncation (the GPU
+    rounds to nearest even, and test_kernels_gpu.py asserts the same bits there), so here those are within
+    one unit in the last place of the reference."""
+    from var_gen_ros.quant.int4_weight import Int4WeightLinear
+    deq = _load_interpreted("int4_dequant_triton")
+    g = torch.Generator().manual_seed(n_in + n_out)
+    lin = torch.nn.Linear(n_in, n_out, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n_out, n_in, generator=g) * torch.rand(n_out, 1, generator=g) * 3)
+    q = Int4WeightLinear.from_linear(lin)
+    ref = q.dequantized(torch.float32).to(out_dt)
+    out = torch.full((n_out, n_in), float("nan"), dtype=out_dt)
+    got = deq.int4_dequant(q.weight_packed, q.weight_scale, q.weight_offset, q.group, out_dt, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    if out_dt == torch.float32:
+        assert torch.equal(got, ref), (got - ref).abs().max()
+    else:
+        ulp = 2.0 ** (torch.floor(torch.log2(ref.float().abs().clamp_min(2.0 ** -14))) - {torch.bfloat16: 7, torch.float16: 10}[out_dt])
+        assert bool(((got.float() - ref.float()).abs() <= ulp).all()), ((got.float() - ref.float()).abs() / ulp).max()
+    # and the weight is close to the float one it came from (the codes are not garbage that matches itself)
+    err = ((got.double() - lin.weight.double()).norm() / lin.weight.double().norm()).item()
+    assert err < 0.12, err
+    with pytest.raises(ValueError, match="scale and offset"):
+        deq.int4_dequant(q.weight_packed, q.weight_scale[:, 1:], q.weight_offset, q.group, out_dt)

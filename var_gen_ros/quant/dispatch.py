@@ -90,6 +90,7 @@ def _load():
         _STATE["attn_int8_sdpa"] = attn.int8_kv_attention_sdpa
         _STATE["qkv_rope"] = kernel_module("qkv_rope_triton").qkv_rope
         _STATE["adaln"] = kernel_module("adaln_triton").adaln
+        _STATE["int4_dequant"] = kernel_module("int4_dequant_triton").int4_dequant
         _STATE["reason"] = "triton"
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
         _STATE["reason"] = f"unavailable ({type(e).__name__}: {e})"
@@ -195,6 +196,15 @@ def adaln_kernel(x):
     return _STATE.get("adaln")
 
 
+def int4_dequant_kernel(packed):
+    """The text encoder's INT4 weight dequantization kernel for `packed` (uint8 codes), or None for the
+    reference (`Int4WeightLinear.dequantized`)."""
+    if not packed.is_cuda:
+        return None
+    _load()
+    return _STATE.get("int4_dequant")
+
+
 def kernel_status() -> str:
     _load()
     if _STATE["w4a4"] is None:
@@ -205,5 +215,5 @@ def kernel_status() -> str:
             "triton, then SDPA" if KV_SDPA_MIN_LQ > 0 else "")
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
-            "qkv epilogue and modulated LayerNorm: triton"
+            "qkv epilogue, modulated LayerNorm and the INT4 text encoder's dequantization: triton"
             + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else ""))

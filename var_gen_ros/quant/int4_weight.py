@@ -15,7 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dispatch import int4_dequant_kernel
+
 GROUP = 64
+# the forward's dequantization through the kernel where there is one (a benchmark's side-by-side switch)
+DEQUANT_KERNEL = True
 
 
 def group_size(in_features: int, group: int = GROUP) -> int:
@@ -68,8 +72,13 @@ class Int4WeightLinear(nn.Module):
         return w.view(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # dequantized in float32 and rounded once to the activations' dtype (a bf16 q·s + m would round twice)
-        w = self.dequantized(torch.float32).to(x.dtype)
+        # dequantized in float32 and rounded once to the activations' dtype (a bf16 q·s + m would round twice);
+        # on a GPU in one kernel (kernels/int4_dequant_triton.py, the same bits) instead of ~10 PyTorch ops
+        kernel = int4_dequant_kernel(self.weight_packed) if DEQUANT_KERNEL else None
+        if kernel is not None:
+            w = kernel(self.weight_packed, self.weight_scale, self.weight_offset, self.group, x.dtype)
+        else:
+            w = self.dequantized(torch.float32).to(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
