@@ -58,3 +58,23 @@ def test_the_benchmark_the_generator_and_the_node_share_the_graph_defaults():
     assert node_max == params["graph_max_tokens"] == gen_max == bench_max, (node_max, params["graph_max_tokens"], gen_max, bench_max)
     pool_default = graphs.GRAPH_POOL if "VAR_GEN_GRAPH_POOL" not in os.environ else node_pool
     assert node_pool == params["graph_pool"] == pool_default, (node_pool, params["graph_pool"], pool_default)
+
+
+def test_edge_preset_is_what_the_edge_proof_measured():
+    """config/edge_8b.yaml names only declared parameters, each a value the node accepts, and is the setting of
+    the committed edge-proof measurement it cites (mode, text encoder, slices, graphs)."""
+    import json
+    params = yaml.safe_load(open(os.path.join(ROOT, "config", "edge_8b.yaml")))["/**"]["ros__parameters"]
+    node_src = open(os.path.join(ROOT, "var_gen_ros", "node.py")).read()
+    declared = set(re.findall(r'P\("([a-z_]+)"', node_src))
+    assert set(params) <= declared, set(params) - declared
+    choices = ast.literal_eval(re.search(r"^CHOICES = (\{.*?\})$", node_src, re.S | re.M).group(1))
+    for name, allowed in choices.items():
+        if name in params:
+            assert params[name] in allowed, (name, params[name])
+    run = json.load(open(os.path.join(ROOT, "docs", "results", "edge_te_int4_c1024_seventeenth_h200.json")))["w4a4_kv8"]
+    assert (params["quantization"], params["kv_cache"]) == ("w4a4", "int8")
+    assert params["text_encoder"] == run["text_encoder"] == "int4"
+    assert params["activation_chunk"] == run["chunk_tokens"]
+    assert params["cuda_graphs"] and "4096 tokens" in run["runs"][0]["cuda_graphs"] and params["graph_max_tokens"] == 4096
+    assert "shared memory pool" in run["runs"][0]["cuda_graphs"] and params["graph_pool"] == "shared"

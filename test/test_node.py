@@ -192,16 +192,16 @@ def test_diagnostics(running_node):
     assert 50 << 20 < int(kv["host_rss_bytes"]) <= int(kv["host_peak_rss_bytes"]) + (16 << 20), kv
 
 
-def test_w4a4_int8_node_on_the_default_model(running_node):
-    """gen_node with quantization:=w4a4 kv_cache:=int8 on the embedded default model (its shipped
-    w4a4/ is loaded, no calibration): the published image equals the quantized Generator's and
-    diagnostics say what precision and kernels ran."""
+def test_edge_preset_node_on_the_default_model(running_node):
+    """gen_node with the edge preset (config/edge_8b.yaml over gen.yaml: W4A4, INT8 KV, INT4 text encoder) on
+    the embedded default model (its shipped w4a4/ is loaded, no calibration), on the CPU in float32: the
+    published image equals the Generator's with the same precision, and diagnostics say what ran."""
     _, node, _ = running_node
     ns = "/q" + uuid.uuid4().hex[:8]
     proc = subprocess.Popen(
         [sys.executable, "-m", "var_gen_ros.node", "--ros-args", "--params-file", os.path.join(ROOT, "config", "gen.yaml"),
-         "-p", "device:=cpu", "-p", "seed:=5", "-p", "quantization:=w4a4", "-p", "kv_cache:=int8",
-         "-p", "diagnostics_period:=0.2", "-r", f"__ns:={ns}"],
+         "--params-file", os.path.join(ROOT, "config", "edge_8b.yaml"),
+         "-p", "device:=cpu", "-p", "dtype:=fp32", "-p", "seed:=5", "-p", "diagnostics_period:=0.2", "-r", f"__ns:={ns}"],
         cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         images, diags = [], []
@@ -216,15 +216,17 @@ def test_w4a4_int8_node_on_the_default_model(running_node):
         got = from_image_msg(images[0])
         from var_gen_ros.cli import default_bundle_path
         from var_gen_ros.infinity import Generator
-        from var_gen_ros.quant.runtime import apply_precision
+        from var_gen_ros.quant.runtime import apply_precision, apply_text_encoder
         g = Generator.from_bundle(default_bundle_path())
         apply_precision(g, "w4a4", "int8", default_bundle_path())
+        apply_text_encoder(g, "int4")
         assert np.array_equal(got, g.generate(prompt, seed=5).image)
         assert got.shape == (128, 128, 3)
         mine = lambda: [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")]
         assert _wait(lambda: mine())
         kv = {v.key: v.value for v in mine()[-1].values}
         assert kv["quantization"] == "w4a4" and "W4A4 loaded" in kv["precision"] and "INT8 KV" in kv["precision"]
+        assert "text encoder INT4" in kv["precision"], kv["precision"]
         assert kv["kernels"].startswith("pytorch reference")
     finally:
         proc.terminate()
