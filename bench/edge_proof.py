@@ -12,7 +12,7 @@ components (weights by module, KV cache, scale state) checked against the alloca
 stage and per scale, each scale's floor (max of FLOPs / peak rate and bytes / bandwidth), at
 1024x1024 and the other resolutions asked for.
 
-    python3 bench/edge_proof.py --cap-gib 14 --modes bf16,w4a4,w4a4_kv8 --text-encoder int8 \
+    python3 bench/edge_proof.py --cap-gib 14 --modes bf16,w4a4,w4a4_kv8 --text-encoder int4 \
         --resolutions 1024x1024,512x512,768x1344 --json out.json
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 from var_gen_ros.infinity import BSQVAE, Generator, Infinity, get_config     # noqa: E402
 from var_gen_ros.infinity.tiny import random_init_                           # noqa: E402
 from var_gen_ros.memory import (AllocationMeter, device_memory_used, process_memory,  # noqa: E402
-                                resident_check, trim_host_memory)
+                                reserved_by_pool, resident_check, trim_host_memory)
 
 GIB = 2 ** 30
 PROMPT = "a photo of a red robot in a green field under a blue sky"
@@ -232,6 +232,9 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
             "unified_estimate": max(r["peak_reserved"] for r in runs) + non_pytorch + host.get("rss_anon", 0),
         },
         "allocator_events": allocator,
+        # after the last measured run, per memory pool: the graphs' pool's free bytes are its replays'
+        # temporaries, the default pool's are cache and fragmentation
+        "reserved_by_pool": reserved_by_pool(gen.memory_pools()),
     }
 
 
@@ -350,13 +353,18 @@ def summarize(results: dict) -> None:
                       f"pages; host peak RSS {(m['host_peak_rss'] or 0) / GIB:.2f})"
                       + (f"; allocated peak over the warm-up, captures included: {x['warmup_peak_allocated'] / GIB:.2f}"
                          if "warmup_peak_allocated" in x else ""))
+            pools = x.get("reserved_by_pool")
+            if pools:
+                print("    reserved after the runs, by pool (reserved / allocated / free GiB): " + "; ".join(
+                    f"{k} {d['reserved'] / GIB:.2f} / {d['allocated'] / GIB:.2f} / {d['free'] / GIB:.2f}"
+                    for k, d in sorted(pools.items(), key=lambda kv: -kv[1]["reserved"])))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modes", default="bf16,w4a4,w4a4_kv8")
     ap.add_argument("--cap-gib", type=float, default=14.0, help="GPU memory cap (Orin: 16 GB shared, ~14 usable)")
-    ap.add_argument("--text-encoder", default="int8", choices=["bf16", "int8", "int4", "cpu"])
+    ap.add_argument("--text-encoder", default="int4", choices=["bf16", "int8", "int4", "cpu"])
     ap.add_argument("--resolutions", default="1024x1024,512x512,768x1344,1344x768")
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=2)

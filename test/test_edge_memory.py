@@ -250,3 +250,24 @@ def test_process_memory_sees_host_pages_being_touched():
     del t
     after = process_memory()
     assert after["rss"] < during["rss"] - (100 << 20) and after["peak_rss"] >= during["rss"] - slack, (during, after)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none): the caching allocator's pools")
+def test_reserved_by_pool_adds_up_to_the_allocator_counters():
+    """memory.reserved_by_pool: a named torch.cuda.MemPool's bytes apart from the default pool's, and the sums over
+    pools equal the allocator's reserved and allocated bytes."""
+    from var_gen_ros.memory import reserved_by_pool
+    torch.cuda.synchronize()
+    pool = torch.cuda.MemPool()
+    a = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")          # default pool
+    with torch.cuda.use_mem_pool(pool):
+        b = torch.empty(48 << 20, dtype=torch.uint8, device="cuda")
+    freed = torch.empty(8 << 20, dtype=torch.uint8, device="cuda")
+    del freed                                                           # cached in the default pool
+    got = reserved_by_pool({tuple(pool.id): "mine"})
+    assert set(got) >= {"default", "mine"}
+    assert got["mine"]["allocated"] == 48 << 20 and got["mine"]["reserved"] >= 48 << 20
+    assert got["default"]["allocated"] >= 64 << 20 and got["default"]["free"] >= 8 << 20
+    assert sum(d["reserved"] for d in got.values()) == torch.cuda.memory_reserved()
+    assert sum(d["allocated"] for d in got.values()) == torch.cuda.memory_allocated()
+    del a, b

@@ -75,6 +75,8 @@ def test_edge_preset_is_what_the_edge_proof_measured():
     run = json.load(open(os.path.join(ROOT, "docs", "results", "edge_te_int4_c1024_seventeenth_h200.json")))["w4a4_kv8"]
     assert (params["quantization"], params["kv_cache"]) == ("w4a4", "int8")
     assert params["text_encoder"] == run["text_encoder"] == "int4"
+    bench_src = open(os.path.join(ROOT, "bench", "edge_proof.py")).read()      # and what it measures by default
+    assert re.search(r'"--text-encoder", default="([a-z0-9]+)"', bench_src).group(1) == params["text_encoder"]
     assert params["activation_chunk"] == run["chunk_tokens"]
     assert params["cuda_graphs"] and "4096 tokens" in run["runs"][0]["cuda_graphs"] and params["graph_max_tokens"] == 4096
     assert "shared memory pool" in run["runs"][0]["cuda_graphs"] and params["graph_pool"] == "shared"

@@ -131,3 +131,31 @@ def trim_host_memory() -> bool:
     except OSError:
         return False
     return bool(libc.malloc_trim(0))
+
+
+def reserved_by_pool(names: dict = None, device=None) -> dict:
+    """The CUDA caching allocator's segments summed per memory pool: {pool: {reserved, allocated, free, segments,
+    largest_free_block}}, bytes. `names` maps pool ids (a torch.cuda.MemPool's `.id`, a graph pool handle) to
+    labels; the default pool is "default", others "pool<a>_<b>". Why: the reserved peak is what a memory cap
+    limits, and the gap between it and the allocated peak has two kinds of bytes. A CUDA graph's pool keeps the
+    segments of the temporaries captured into it, which its replays use at the same addresses while the
+    allocator counts them free. The default pool's free bytes are cache and fragmentation. Only the second kind
+    can be trimmed. The sums equal torch.cuda.memory_reserved / memory_allocated of the device."""
+    dev = torch.cuda.current_device() if device is None else torch.device(device).index or 0
+    labels = {tuple(k): v for k, v in (names or {}).items() if k is not None}
+    out = {}
+    for seg in torch.cuda.memory_snapshot():
+        if seg.get("device", dev) != dev:
+            continue
+        pid = tuple(seg.get("segment_pool_id", (0, 0)))
+        label = "default" if pid == (0, 0) else labels.get(pid, "pool%d_%d" % pid)
+        d = out.setdefault(label, {"reserved": 0, "allocated": 0, "segments": 0, "largest_free_block": 0})
+        d["reserved"] += seg["total_size"]
+        d["allocated"] += seg["allocated_size"]
+        d["segments"] += 1
+        for b in seg.get("blocks", ()):
+            if b.get("state") == "inactive":
+                d["largest_free_block"] = max(d["largest_free_block"], b["size"])
+    for d in out.values():
+        d["free"] = d["reserved"] - d["allocated"]
+    return out

@@ -24,12 +24,12 @@ autotune_save() {
 }
 # edge_round TAG "CHUNKS" [MODES] [TIMEOUT]: the edge proof at 1024² under the 14 GiB cap, graphs up to
 # GRAPH_MAX tokens (default 1024, what the earlier scripts ran; the product default is 4096), the text encoder
-# TE (default int8), once per slice size, written to $OUT/edge_TAG_cC.{json,txt}
+# TE (default int4, the edge preset's), once per slice size, written to $OUT/edge_TAG_cC.{json,txt}
 edge_round() {
   local tag=$1 modes=${3:-w4a4_kv8,bf16} limit=${4:-170} C
   for C in $2; do
     timeout $limit python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $modes \
-      --cuda-graphs 1 --chunk-tokens $C --graph-max-tokens ${GRAPH_MAX:-1024} --text-encoder ${TE:-int8} --json "$OUT/edge_${tag}_c$C.json" > "$OUT/edge_${tag}_c$C.txt" 2>&1
+      --cuda-graphs 1 --chunk-tokens $C --graph-max-tokens ${GRAPH_MAX:-1024} --text-encoder ${TE:-int4} --json "$OUT/edge_${tag}_c$C.json" > "$OUT/edge_${tag}_c$C.txt" 2>&1
     echo "edge C=$C rc $?"; pkill -9 -f "[e]dge_proof.py --child"
     grep -E "^(w4a4|bf16)|rror" "$OUT/edge_${tag}_c$C.txt" | head -5
   done

@@ -285,6 +285,17 @@ class Generator:
                + (", KV caches kept" if gr.kept_caches is not None else ""))
         return msg + (f"; capture stopped: {gr.error}" if gr.error else "")
 
+    def memory_pools(self) -> dict:
+        """The CUDA memory pools this generator made, by id: the kept KV caches' ("kv") and the CUDA graphs'
+        shared one ("graphs"), for `memory.reserved_by_pool`."""
+        gr = self._graphs
+        out = {}
+        if gr is not None and gr.kv_pool is not None:
+            out[tuple(gr.kv_pool.id)] = "kv"
+        if gr is not None and gr._pool is not None:
+            out[tuple(gr._pool)] = "graphs"
+        return out
+
     def kept_kv_bytes(self) -> int:
         """Bytes of the KV caches kept between generations for the CUDA graphs (0 when none are): memory
         the allocator holds while idle, which the memory accounting must not count twice."""
