@@ -10,6 +10,9 @@
 #   GPU: every earlier ratio is the H100's), then kernel 1 without divisions, A/B (kernel1_nodiv.sh).
 # PART=C: the small-M tiles above 64 rows (small_tiles.sh) and the weight-scale prefetch (prefetch_scales.sh).
 # PART=D: where the small scales' time goes (PART=4 of verify_sixteenth.sh).
+# PART=E: the edge run with the allocator's expandable segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True),
+#   against A's: reserved 10.00 GiB against 9.12 allocated, and A's run says how much of the gap is the graphs'
+#   pool (replay temporaries) and how much the default pool's cache and fragmentation, which this may shrink.
 source bench/device/autotune_carry.sh
 case "${PART:-A}" in
 A) timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q test/test_kernels_gpu.py -k "int4_text_encoder or quantizer_launches_agree" \
@@ -19,12 +22,14 @@ A) timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q test/test_kernels_gpu.py -k
      --json "$OUT/text_encoder_quant_h200.json" > "$OUT/text_encoder_quant_h200.txt" 2>&1
    echo "text encoder rc $?"; grep -E "^(int|the|encode)" "$OUT/text_encoder_quant_h200.txt" | cut -c1-250
    TE=int4 GRAPH_MAX=4096 edge_round te_int4 1024 w4a4_kv8 ${EDGE_TIMEOUT:-400}
+   grep -A1 "shared-memory" "$OUT/edge_te_int4_c1024.txt" | tail -2; grep "by pool" "$OUT/edge_te_int4_c1024.txt"
    autotune_save ;;
 B) TE=int4 GRAPH_MAX=4096 edge_round te_int4_bf16 1024 bf16 ${EDGE_TIMEOUT:-200}
    TEST_TIMEOUT=120 STAGES_TIMEOUT=120 bash bench/device/kernel1_nodiv.sh ;;
 C) GEMM_TIMEOUT=150 bash bench/device/small_tiles.sh
    GEMM_TIMEOUT=120 bash bench/device/prefetch_scales.sh ;;
 D) PART=4 bash bench/device/verify_sixteenth.sh ;;
+E) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TE=int4 GRAPH_MAX=4096 edge_round te_int4_expandable 1024 w4a4_kv8 ${EDGE_TIMEOUT:-300} ;;
 esac
 # at most 8 files come back from a call: this PART's results in one archive, beside the caches
 (cd "$OUT" && res=$(ls | grep -v -e '^triton_cache' -e '^autotune' -e '^results_') && [ -n "$res" ] \
