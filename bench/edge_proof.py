@@ -38,11 +38,44 @@ from var_gen_ros.memory import (AllocationMeter, device_memory_used, process_mem
 
 GIB = 2 ** 30
 PROMPT = "a photo of a red robot in a green field under a blue sky"
-# H100 rates measured here (docs/BENCHMARKS.md, ../shared research): cuBLAS bf16 ≈ 770 TFLOP/s,
-# device memory ≈ 3.0 TB/s; the floors below use them for every mode (W4A4's large-M GEMMs run on
-# fp16 tensor cores on Hopper, its small-M ones are weight-bandwidth-bound)
+# H100 rates measured in earlier sessions (docs/BENCHMARKS.md): cuBLAS bf16 ≈ 770 TFLOP/s, device memory
+# ≈ 3.0 TB/s. The floors use the rates each run measures on its own GPU (`measure_device_rates`; an H200 or an
+# Orin is not an H100); these are the fallback where a run has none. The same rates serve every mode (W4A4's
+# large-M GEMMs run on INT8 / fp16 tensor cores, its small-M ones are weight-bandwidth-bound)
 PEAK_FLOPS = 770e12
 PEAK_BW = 3.0e12
+
+
+def measure_device_rates(device="cuda", n: int = 8192, copy_bytes: int = 1 << 29, repeats: int = 10) -> dict:
+    """This GPU's bf16 matmul rate (an n x n x n torch.matmul: cuBLAS) and device-memory bandwidth (a copy of
+    copy_bytes: read + written), the median of `repeats` timed with CUDA events after a warm-up. Its buffers
+    are freed and the cache emptied, so a run's peaks do not include them."""
+    import statistics as st
+
+    def timed(fn):
+        fn()
+        torch.cuda.synchronize(device)
+        times = []
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        return st.median(times)
+
+    x = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    y = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    mm_s = timed(lambda: torch.matmul(x, y))
+    del x, y
+    src = torch.empty(copy_bytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    copy_s = timed(lambda: dst.copy_(src))
+    del src, dst
+    torch.cuda.empty_cache()
+    return {"bf16_matmul_flops": 2 * n ** 3 / mm_s, "memory_bytes_per_s": 2 * copy_bytes / copy_s,
+            "matmul_n": n, "copy_bytes": copy_bytes}
 
 
 # ---------------------------------------------------------------- building
@@ -120,9 +153,12 @@ def calibrate_static_kv(gen: Generator, height: int, width: int) -> list:
 
 
 # ---------------------------------------------------------------- measuring
-def scale_floors(gen: Generator, schedule, batch: int, kv_bytes_per_token: float) -> list:
+def scale_floors(gen: Generator, schedule, batch: int, kv_bytes_per_token: float, rates: dict = None) -> list:
     """Per scale: FLOPs (per-token Linears + self-attention) and bytes (weights once + KV read), and the
-    floor max(FLOPs / PEAK_FLOPS, bytes / PEAK_BW) in seconds."""
+    floor max(FLOPs / peak rate, bytes / bandwidth) in seconds, at `rates` (measure_device_rates) or, without,
+    the H100's (PEAK_FLOPS, PEAK_BW)."""
+    peak_flops = rates["bf16_matmul_flops"] if rates else PEAK_FLOPS
+    peak_bw = rates["memory_bytes_per_s"] if rates else PEAK_BW
     from var_gen_ros.quant import W4A4Linear
     lin_macs = 0
     for name, m in gen.model.named_modules():
@@ -137,14 +173,15 @@ def scale_floors(gen: Generator, schedule, batch: int, kv_bytes_per_token: float
         flops = 2 * batch * L * lin_macs + 4 * batch * c.num_heads * L * seen * c.head_dim * c.depth
         nbytes = wbytes + kv_bytes_per_token * seen
         out.append({"tokens": L, "flops": flops, "bytes": nbytes,
-                    "floor_s": max(flops / PEAK_FLOPS, nbytes / PEAK_BW)})
+                    "floor_s": max(flops / peak_flops, nbytes / peak_bw)})
     return out
 
 
 ALLOCATOR_EVENTS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams")
 
 
-def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg: float, repeats: int) -> dict:
+def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg: float, repeats: int,
+            rates: dict = None) -> dict:
     """Runs of one resolution: stage latencies and per-stage peaks, and the resident components at
     every scale boundary against the allocator."""
     weights = gen.weight_bytes()
@@ -196,7 +233,7 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
     n = len(last["scales_s"])
     sched = last["schedule"]
     kv_per_token = last["kv_cache_bytes"] / max(1, sched.cached_tokens)
-    floors = scale_floors(gen, sched, 2, kv_per_token)
+    floors = scale_floors(gen, sched, 2, kv_per_token, rates)
     per_scale = [med([r["scales_s"][i] for r in runs]) for i in range(n)]
     lat = {"text_encoder": med([r["text_encoder_s"] for r in runs]),
            "transformer": med([sum(r["scales_s"]) for r in runs]),
@@ -245,6 +282,8 @@ def child(a) -> dict:
     out = {"mode": mode, "cap_gib": a.cap_gib, "text_encoder": a.text_encoder, "device": torch.cuda.get_device_name()}
     torch.empty(1, device=dev)
     out["host_memory"] = {"at_start": at_start, "after_cuda_init": process_memory()}
+    # this GPU's own rates for the floors, before anything else is on it
+    out["device_rates"] = measure_device_rates(dev)
     t = time.perf_counter()
     gen = build(mode, a.text_encoder, dev)
     out["host_memory"]["after_build"] = process_memory()
@@ -271,7 +310,7 @@ def child(a) -> dict:
     torch.cuda.empty_cache()
     if mode == "bf16":   # its real peak first, uncapped: it cannot run under the cap
         gen.warmup(warm, PROMPT, cfg=a.cfg, height=res[0][0], width=res[0][1])
-        out["uncapped"] = measure(gen, meter, res[0][0], res[0][1], a.cfg, a.repeats)
+        out["uncapped"] = measure(gen, meter, res[0][0], res[0][1], a.cfg, a.repeats, out["device_rates"])
         out["uncapped"]["cuda_graphs"] = gen.graph_status()
         gen.release_graphs()
         torch.cuda.empty_cache()
@@ -289,7 +328,7 @@ def child(a) -> dict:
             # graphed this is the live-memory peak the measured runs' allocated peak no longer shows; on a
             # machine that autotunes, the candidates' timing buffers count too)
             warm_peak = torch.cuda.max_memory_allocated()
-            r = measure(gen, meter, h, w, a.cfg, a.repeats)
+            r = measure(gen, meter, h, w, a.cfg, a.repeats, out["device_rates"])
             r["warmup_peak_allocated"] = warm_peak
             r["fits"] = True
             r["cuda_graphs"] = gen.graph_status()
@@ -341,6 +380,11 @@ def summarize(results: dict) -> None:
                   f"{L['text_encoder']:6.3f} {L['transformer']:8.3f} {L['vae_decode']:6.3f} {x['transformer_vs_floor']:8.2f}")
     print("(* = bf16 without the cap, to report its real peak; with --text-encoder cpu the peak column adds the\n"
           " encoder's host-resident weights, since Orin's CPU and GPU share one memory)")
+    for mode, r in results.items():
+        d = r.get("device_rates")
+        if d:
+            print(f"floors at {mode}'s measured rates: bf16 matmul {d['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s "
+                  f"({d['matmul_n']}^3), memory {d['memory_bytes_per_s'] / 1e12:.2f} TB/s (copy of {d['copy_bytes'] >> 20} MiB)")
     print("\nshared-memory estimate (a Jetson's CPU and GPU share its DRAM): GPU reserved peak + device memory "
           "outside PyTorch + host anonymous RSS (+ mapped library pages, which can be dropped)")
     for mode, r in results.items():

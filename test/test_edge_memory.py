@@ -271,3 +271,44 @@ def test_reserved_by_pool_adds_up_to_the_allocator_counters():
     assert sum(d["reserved"] for d in got.values()) == torch.cuda.memory_reserved()
     assert sum(d["allocated"] for d in got.values()) == torch.cuda.memory_allocated()
     del a, b
+
+
+def _edge_proof():
+    """bench/edge_proof.py as a module (the repository root on sys.path, as under `python -m pytest`)."""
+    import os
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import edge_proof
+    return edge_proof
+
+
+def test_scale_floors_take_the_measured_rates(tiny_bundle):
+    """bench/edge_proof.scale_floors: each scale's floor is max(FLOPs / rate, bytes / bandwidth) at the rates given
+    (a run's own GPU), the H100's without; the FLOPs count the per-token Linears' MACs twice per CFG row."""
+    edge_proof = _edge_proof()
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.infinity.config import schedule_for
+    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    sched = schedule_for(gen.cfg)
+    slow = {"bf16_matmul_flops": 1e12, "memory_bytes_per_s": 1e9}
+    fast_bw = dict(slow, memory_bytes_per_s=2e9)
+    a = edge_proof.scale_floors(gen, sched, 2, 100.0, slow)
+    b = edge_proof.scale_floors(gen, sched, 2, 100.0, fast_bw)
+    h100 = edge_proof.scale_floors(gen, sched, 2, 100.0)
+    assert len(a) == len(sched.token_counts)
+    for x, y, z in zip(a, b, h100):
+        assert x["floor_s"] == pytest.approx(max(x["flops"] / 1e12, x["bytes"] / 1e9))
+        assert y["floor_s"] == pytest.approx(max(y["flops"] / 1e12, y["bytes"] / 2e9))
+        assert z["floor_s"] == pytest.approx(max(z["flops"] / edge_proof.PEAK_FLOPS, z["bytes"] / edge_proof.PEAK_BW))
+        assert x["flops"] == y["flops"] > 0 and x["bytes"] == y["bytes"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_device_rates_are_measured_and_leave_nothing_allocated():
+    edge_proof = _edge_proof()
+    before = torch.cuda.memory_allocated()
+    r = edge_proof.measure_device_rates("cuda", n=4096, copy_bytes=1 << 27, repeats=3)
+    assert 1e12 < r["bf16_matmul_flops"] < 1e16 and 1e10 < r["memory_bytes_per_s"] < 1e14, r
+    assert torch.cuda.memory_allocated() == before
