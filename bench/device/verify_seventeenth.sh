@@ -15,14 +15,15 @@
 #   pool (replay temporaries) and how much the default pool's cache and fragmentation, which this may shrink.
 source bench/device/autotune_carry.sh
 case "${PART:-A}" in
-A) timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q test/test_kernels_gpu.py -k "int4_text_encoder or quantizer_launches_agree" \
+A) timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q test/test_kernels_gpu.py test/test_edge_memory.py \
+     -k "int4_text_encoder or quantizer_launches_agree or reserved_by_pool or device_rates" \
      > "$OUT/test_gpu_seventeenth.txt" 2>&1
    echo "tests rc $?"; tail -3 "$OUT/test_gpu_seventeenth.txt" | cut -c1-300
    timeout ${TE_TIMEOUT:-150} python3 bench/text_encoder_quant.py --device cuda --repeats 20 \
      --json "$OUT/text_encoder_quant_h200.json" > "$OUT/text_encoder_quant_h200.txt" 2>&1
    echo "text encoder rc $?"; grep -E "^(int|the|encode)" "$OUT/text_encoder_quant_h200.txt" | cut -c1-250
    TE=int4 GRAPH_MAX=4096 edge_round te_int4 1024 w4a4_kv8 ${EDGE_TIMEOUT:-400}
-   grep -A1 "shared-memory" "$OUT/edge_te_int4_c1024.txt" | tail -2; grep "by pool" "$OUT/edge_te_int4_c1024.txt"
+   grep -A1 "shared-memory" "$OUT/edge_te_int4_c1024.txt" | tail -2; grep -E "by pool|floors at" "$OUT/edge_te_int4_c1024.txt"
    autotune_save ;;
 B) TE=int4 GRAPH_MAX=4096 edge_round te_int4_bf16 1024 bf16 ${EDGE_TIMEOUT:-200}
    TEST_TIMEOUT=120 STAGES_TIMEOUT=120 bash bench/device/kernel1_nodiv.sh ;;
