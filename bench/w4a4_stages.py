@@ -7,7 +7,7 @@ partials of the low-rank projection): graph-replayed ms per stage and per varian
 Rows: the Infinity-8B block layers (qkv 3584->10752, proj / cross-attention q and proj 3584->3584,
 fc1 3584->14336, fc2 14336->3584). Per row: bf16 matmul; the default W4A4 forward; its stages alone
 (row pass + kernel 1, the int8 weight workspace); then the whole forward again with kernel 1's K splits
-forced (S) and its row block / warps forced (BM/W).
+forced (S; --splits, up to one 64-wide group per program) and its row block / warps forced (BM/W).
 """
 import argparse
 import json
@@ -35,6 +35,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="2048,1152,512")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--splits", default="1,2,4,8,G//4,G//2,G",
+                    help="kernel 1's K splits to force, each a number or an expression of G (the K groups)")
     a = ap.parse_args()
     mod = gemm_module()
     splits0, launch0 = mod._splits, mod._quantize_launch
@@ -59,7 +61,10 @@ def main():
                                                         dict(BLOCK_N=64, GROUP=64)))
             variants = {}
             try:
-                for S in (1, 2, 4, 8):
+                # a fixed count, or a share of the K groups (G/2: the default's 2 groups per program at small M;
+                # G: one group per program, the shortest serial chain)
+                G = K // 64
+                for S in sorted({min(G, eval(t, {"__builtins__": {}, "G": G})) for t in a.splits.split(",")}):
                     mod._splits = lambda M_, G_, bm_, S=S: min(S, G_)
                     mod.w4a4_linear(x, layer, out=y)
                     variants[f"S={S}"] = (_ms(lambda: mod.quantize_activations(x, layer, i8=True)),
