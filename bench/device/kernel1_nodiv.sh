@@ -7,7 +7,7 @@ source bench/device/autotune_carry.sh
 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q test/test_kernels_gpu.py -k "quantizer_launches_agree" > "$OUT/test_gpu_kernel1_nodiv.txt" 2>&1
 echo "quantizer test rc $?"; tail -3 "$OUT/test_gpu_kernel1_nodiv.txt" | cut -c1-300
 for f in 0 1; do
-  VAR_GEN_W4A4_LR_SPLIT_X=$f timeout ${STAGES_TIMEOUT:-200} python3 bench/w4a4_stages.py --ms 2,32,128,512,2048,8192 \
+  VAR_GEN_W4A4_LR_SPLIT_X=$f timeout ${STAGES_TIMEOUT:-200} python3 bench/w4a4_stages.py --ms ${MS:-2,32,128,512,2048,8192} \
     --json "$OUT/w4a4_stages_nodiv$f.json" > "$OUT/w4a4_stages_nodiv$f.txt" 2>&1
   echo "LR_SPLIT_X=$f rc $?"; grep -vi warn "$OUT/w4a4_stages_nodiv$f.txt" | tail -24 | cut -c1-160
 done

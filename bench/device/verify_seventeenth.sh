@@ -7,7 +7,8 @@
 #   PyTorch's ops), then the edge proof, W4A4 + INT8 KV with the INT4 encoder (the first edge run on a bare
 #   machine compiles: ~6 min without picks; bench/device/autotune_h200.tgz carries the last H200 picks in).
 # PART=B: bf16 at 1024² on the same machine (its real peak uncapped, the latency ratio against A's run on this
-#   GPU: every earlier ratio is the H100's), then kernel 1 without divisions, A/B (kernel1_nodiv.sh).
+#   GPU: every earlier ratio is the H100's), then kernel 1 without divisions, A/B (kernel1_nodiv.sh) at the small
+#   rows, with kernel 1's K splits swept up to one group per program (w4a4_stages.py --splits).
 # PART=C: the small-M tiles above 64 rows (small_tiles.sh) and the weight-scale prefetch (prefetch_scales.sh).
 # PART=D: where the small scales' time goes (PART=4 of verify_sixteenth.sh).
 # PART=E: the edge run with the allocator's expandable segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True),
@@ -26,7 +27,7 @@ A) timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q test/test_kernels_gpu.py te
    grep -A1 "shared-memory" "$OUT/edge_te_int4_c1024.txt" | tail -2; grep -E "by pool|floors at" "$OUT/edge_te_int4_c1024.txt"
    autotune_save ;;
 B) TE=int4 GRAPH_MAX=4096 edge_round te_int4_bf16 1024 bf16 ${EDGE_TIMEOUT:-200}
-   TEST_TIMEOUT=120 STAGES_TIMEOUT=120 bash bench/device/kernel1_nodiv.sh ;;
+   MS=2,32,128,512 TEST_TIMEOUT=100 STAGES_TIMEOUT=140 bash bench/device/kernel1_nodiv.sh ;;
 C) GEMM_TIMEOUT=150 bash bench/device/small_tiles.sh
    GEMM_TIMEOUT=120 bash bench/device/prefetch_scales.sh ;;
 D) PART=4 bash bench/device/verify_sixteenth.sh ;;
