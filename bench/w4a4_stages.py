@@ -36,7 +36,7 @@ def main():
     ap.add_argument("--ms", default="2048,1152,512")
     ap.add_argument("--json", default=None)
     ap.add_argument("--splits", default="1,2,4,8,G//4,G//2,G",
-                    help="kernel 1's K splits to force, each a number or an expression of G (the K groups)")
+                    help="kernel 1's K splits to force, each a number or G, G//2, G//4 (G: the K groups)")
     a = ap.parse_args()
     mod = gemm_module()
     splits0, launch0 = mod._splits, mod._quantize_launch
@@ -64,7 +64,8 @@ def main():
                 # a fixed count, or a share of the K groups (G/2: the default's 2 groups per program at small M;
                 # G: one group per program, the shortest serial chain)
                 G = K // 64
-                for S in sorted({min(G, eval(t, {"__builtins__": {}, "G": G})) for t in a.splits.split(",")}):
+                shares = {"G": G, "G//2": G // 2, "G//4": G // 4}
+                for S in sorted({min(G, shares[t] if t in shares else int(t)) for t in a.splits.split(",")}):
                     mod._splits = lambda M_, G_, bm_, S=S: min(S, G_)
                     mod.w4a4_linear(x, layer, out=y)
                     variants[f"S={S}"] = (_ms(lambda: mod.quantize_activations(x, layer, i8=True)),

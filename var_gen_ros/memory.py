@@ -141,7 +141,8 @@ def reserved_by_pool(names: dict = None, device=None) -> dict:
     segments of the temporaries captured into it, which its replays use at the same addresses while the
     allocator counts them free. The default pool's free bytes are cache and fragmentation. Only the second kind
     can be trimmed. The sums equal torch.cuda.memory_reserved / memory_allocated of the device."""
-    dev = torch.cuda.current_device() if device is None else torch.device(device).index or 0
+    index = None if device is None else torch.device(device).index
+    dev = torch.cuda.current_device() if index is None else index
     labels = {tuple(k): v for k, v in (names or {}).items() if k is not None}
     out = {}
     for seg in torch.cuda.memory_snapshot():

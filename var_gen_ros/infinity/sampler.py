@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..memory import reserved_by_pool
 from .config import InfinityConfig, ScaleSchedule, schedule_for
 from .graphs import GRAPH_POOL, ScaleGraphs
 from .kv_cache import KVCache
@@ -176,10 +177,10 @@ def _describe_holders(ptr, objs, found, limit):
         found.append(f"{tuple(o.shape)} {o.dtype} held by {refs[:4] or 'no Python object (C++ or a cycle)'}")
 
 
-def pool_reserved(pool) -> int:
-    """Bytes of the allocator's segments in a torch.cuda.MemPool (free or not: a live pool keeps them)."""
-    pid = tuple(pool.id)
-    return sum(s["total_size"] for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", ())) == pid)
+def pool_reserved(pool, device=None) -> int:
+    """Bytes of the allocator's segments in a torch.cuda.MemPool on `device` (default: the current one), free or
+    not: a live pool keeps them."""
+    return reserved_by_pool({tuple(pool.id): "pool"}, device).get("pool", {}).get("reserved", 0)
 
 
 def kv_pool_excess(pool, block_at) -> int:
@@ -559,7 +560,7 @@ class Generator:
                 warnings.warn("var_gen_ros: the KV caches' block is still held before the VAE decode (decoded "
                               "outside its pool, which is made anew): " + "; ".join(holders_of(ptr)))
             if MEMORY_TRACE:
-                trace["kv_pool_before_decode"] = pool_reserved(pool)
+                trace["kv_pool_before_decode"] = pool_reserved(pool, self.device)
             reserved0 = torch.cuda.memory_reserved(self.device)
         t0 = time.perf_counter()
         if pool is None or held:
@@ -568,7 +569,7 @@ class Generator:
             with torch.cuda.use_mem_pool(pool, self._cuda_index()):
                 image = self.decode(summed)
             if MEMORY_TRACE:
-                trace["kv_pool_after_decode"] = pool_reserved(pool)
+                trace["kv_pool_after_decode"] = pool_reserved(pool, self.device)
         if pool is not None:
             # made again now, while the pool's block is free (an empty_cache between requests would
             # otherwise return it to the driver, and new caches would land elsewhere)
@@ -581,7 +582,7 @@ class Generator:
             if renew:
                 trace["kv_pool_renewed"] = self._renew_kv_pool(graphs, schedule, B)
             if MEMORY_TRACE:
-                trace["kv_pool_after_remake"] = pool_reserved(graphs.kv_pool)
+                trace["kv_pool_after_remake"] = pool_reserved(graphs.kv_pool, self.device)
         del graphs
         self._sync()
         timings["vae_decode_s"] = time.perf_counter() - t0
