@@ -52,7 +52,7 @@ def main():
             r["bf16_ms"] = _ms(lambda: torch.matmul(x, w.t(), out=y))
             r["w4a4_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y))
             r["quantize_ms"] = _ms(lambda: mod.quantize_activations(x, layer, i8=True))
-            BM, warps = launch0(M, True)
+            BM, warps = launch0(M, "mq")
             r["default_launch"] = {"BM": BM, "warps": warps, "S": splits0(M, K // 64, BM)}
             wu = layer.weight_units()
             wq = torch.empty(N, K, dtype=torch.int8, device="cuda")
@@ -72,7 +72,7 @@ def main():
                                           _ms(lambda: mod.w4a4_linear(x, layer, out=y)))
                 mod._splits = splits0
                 for bm, wp in ((16, 4), (32, 4), (64, 4), (64, 8), (128, 8)):
-                    mod._quantize_launch = lambda M_, fp8, bm=bm, wp=wp: (bm, wp)
+                    mod._quantize_launch = lambda M_, layout, bm=bm, wp=wp: (bm, wp)
                     mod.w4a4_linear(x, layer, out=y)
                     variants[f"BM={bm}/W={wp}"] = (_ms(lambda: mod.quantize_activations(x, layer, i8=True)),
                                                    _ms(lambda: mod.w4a4_linear(x, layer, out=y)))

@@ -781,8 +781,8 @@ def _graph_bench(fn, quantiles):
 # more than bf16 each, twice the small scales' excess (docs/BENCHMARKS.md, sixteenth session); above 64 rows
 # the narrowest tiles the tuner may pick are 64 rows, so at 72 rows nearly half of each tile is padding.
 # Only their splits up to 4 join (8 would double the split workspace there). VAR_GEN_W4A4_SMALL_TILES_MAX_M
-# (e.g. 256) turns it on; off until measured (the tuner then picks by measurement, at a few more seconds of
-# tuning per row bucket and shape on a machine's first start).
+# (e.g. 256) turns it on. Off: on the H100 at 72-256 rows within ±3.5 % of the default on the four block shapes
+# (eighteenth session, docs/BENCHMARKS.md), not worth the tuning time on a machine's first start.
 SMALL_TILES_MAX_M = int(os.environ.get("VAR_GEN_W4A4_SMALL_TILES_MAX_M", "64"))
 
 
@@ -925,10 +925,19 @@ def _splits(M: int, G: int, block_m: int) -> int:
     return max(1, min(triton.cdiv(264, blocks), G // 2))
 
 
-def _quantize_launch(M: int, fp8: bool):
-    """(BLOCK_M, num_warps) of kernel 1, the fastest measured on the H100 per M
-    (docs/results/quantize_variants_h100.json); the INT8 layout's de-interleaved stores prefer 16 rows."""
-    if not fp8 or M <= 64:
+# Up to this many rows the q·m layouts (the i8 / i8w paths) run kernel 1 in 16-row blocks of 4 warps (without
+# divisions: LR_SPLIT_X "auto"), instead of 64 rows of 8 warps above 64 rows: 29-37 % faster at 72 and 128 rows on
+# the four block shapes, 2-28 % at 288, on the H200 (eighteenth session, bench/w4a4_stages.py); on the H100 35 %
+# slower at 512. At the edge proof (1024² with CFG) 5 ms of 1.019 s.
+QUANT_16ROW_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_16ROW_MAX_M", "288"))
+
+
+def _quantize_launch(M: int, layout: str):
+    """(BLOCK_M, num_warps) of kernel 1 for its output `layout`: "int8" (codes, de-interleaved per group),
+    "fp8" (codes in natural order) or "mq" (q·m of the i8 / f16 paths). The fastest measured on the H100 per M
+    (docs/results/quantize_variants_h100.json, the FP8 layout; the q·m layout's small rows in the eighteenth
+    session); the INT8 layout's de-interleaved stores prefer 16 rows."""
+    if layout == "int8" or M <= 64 or (layout == "mq" and M <= QUANT_16ROW_MAX_M):
         return 16, 4
     if M <= 1024:
         return 64, 8
@@ -975,13 +984,13 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     R = layer.rank
     G = K // GROUP
     mq = f16 or i8
-    BM, warps = _quantize_launch(M, fp8 or mq)
+    BM, warps = _quantize_launch(M, "mq" if mq else "fp8" if fp8 else "int8")
     BM, warps = block_m or BM, num_warps or warps
     if lr_prec is None:
         lr_prec = "ieee"
         if x2.dtype == torch.bfloat16:
-            lr_prec = lr_prec_bf16() if not R or layer.lora_down.dtype == torch.bfloat16 else "bf16x2"
-    inv = (LR_SPLIT_X if inv is None else inv) and lr_prec != "bf16x2"
+            lr_prec = lr_prec_bf16(BM) if not R or layer.lora_down.dtype == torch.bfloat16 else "bf16x2"
+    inv = (split_x(BM) if inv is None else inv) and lr_prec != "bf16x2"
     smooth = inv_smooth(layer) if inv else layer.smooth
     S = splits or _splits(M, G, BM)
     gps = triton.cdiv(G, S)
@@ -1042,8 +1051,8 @@ def default_path(x: torch.Tensor) -> str:
 # meets at its 144-token scale (288 rows with CFG); at 128 rows they are about equal
 I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
 # The in-register i8 GEMM (up to I8W_MIN_M rows) with each group's weight scales loaded one group ahead
-# (`PREFETCH_SCALES` in `_w4a4_i8_kernel`); VAR_GEN_W4A4_PREFETCH_SCALES=1 turns it on. Off until measured on a
-# GPU (fifteenth session: built and checked in the interpreter, its PTX read, no device time left)
+# (`PREFETCH_SCALES` in `_w4a4_i8_kernel`); VAR_GEN_W4A4_PREFETCH_SCALES=1 turns it on. Off: measured slower on the
+# H100 in 13 of 16 cases, by up to 12 % (eighteenth session, docs/BENCHMARKS.md)
 PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # Kernel 1 (and its row pass) without divisions: the low-rank dot on x̂ split into two bf16 parts against
@@ -1051,14 +1060,25 @@ I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # precision (~2^-17); and 1/λ read from `inv_smooth` instead of made per program and group. In the sm_90 PTX
 # of the BLOCK_M 16 launch: 2 IEEE divisions per thread and group instead of 26 (either change alone leaves
 # most of them: the compiler remakes x̂, reciprocal included, in the dot's operand layout), at 128 registers
-# instead of 96; the 64- and 128-row launches 165-191 instead of 77-108 (sixteenth session,
-# docs/BENCHMARKS.md). VAR_GEN_W4A4_LR_SPLIT_X=1 turns it on; off until measured on a GPU.
-LR_SPLIT_X = os.environ.get("VAR_GEN_W4A4_LR_SPLIT_X", "0") == "1"
+# instead of 96; the 64- and 128-row launches 165-191 instead of 77-108 (sixteenth session). Measured on the
+# H100 (eighteenth session, docs/BENCHMARKS.md): kernel 1 10-17 % faster at 2-128 rows, where its grid is
+# smaller than one wave, but 21 % slower at 512 rows in 64-row blocks, where those registers cost occupancy.
+# So "auto" (the default) takes it for the 16-row launches only; VAR_GEN_W4A4_LR_SPLIT_X=1 / 0 forces it on /
+# off for every launch.
+LR_SPLIT_X = os.environ.get("VAR_GEN_W4A4_LR_SPLIT_X", "auto")
 
 
-def lr_prec_bf16() -> str:
-    """Kernel 1's low-rank dot for bf16 activations and a bf16 L_down, as `quantize_activations` picks it."""
-    return "bf16x2s" if LR_SPLIT_X else "bf16x2"
+def split_x(block_m: int) -> bool:
+    """Whether kernel 1 in blocks of `block_m` rows runs without divisions (LR_SPLIT_X)."""
+    if LR_SPLIT_X in ("0", "1"):
+        return LR_SPLIT_X == "1"
+    return block_m <= 16
+
+
+def lr_prec_bf16(block_m: int) -> str:
+    """Kernel 1's low-rank dot for bf16 activations and a bf16 L_down in blocks of `block_m` rows, as
+    `quantize_activations` picks it."""
+    return "bf16x2s" if split_x(block_m) else "bf16x2"
 
 
 def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:

@@ -182,8 +182,9 @@ def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
     """Kernel 1's low-rank dot for bf16 x: "bf16x2" (x against L_down / λ in two bf16 parts) and "bf16x2s"
     (x̂ in two bf16 parts against L_down as stored), the latter also with 1/λ read from `inv_smooth`
     instead of divided in the kernels: all within 2e-5 of x̂ · L_down in float64, with the same codes and
-    scales bit for bit, over uneven K splits and every activation layout. LR_SPLIT_X selects "bf16x2s" with
-    the reciprocals for bf16 x and a bf16 L_down; the reciprocals follow an in-place change of λ."""
+    scales bit for bit, over uneven K splits and every activation layout. By default ("auto") the 16-row
+    launches take "bf16x2s" with the reciprocals for bf16 x and a bf16 L_down and the larger ones "bf16x2";
+    LR_SPLIT_X "1" / "0" forces either; the reciprocals follow an in-place change of λ."""
     layer = _w4a4_layer(448, 64, False, 32, seed=9)
     assert layer.lora_down.dtype == torch.bfloat16
     g = torch.Generator().manual_seed(9)
@@ -199,10 +200,17 @@ def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
             assert err <= 2e-5, (kw, prec, inv, err)
     old = gemm.LR_SPLIT_X
     try:
-        gemm.LR_SPLIT_X = True
-        q1, _, lr_default = gemm.quantize_activations(x, layer, i8=True, reduce_lr=False)
-        _, _, lr_split = gemm.quantize_activations(x, layer, i8=True, lr_prec="bf16x2s", inv=True, reduce_lr=False)
-        assert torch.equal(lr_default, lr_split)
+        for setting, bm, split in (("auto", None, True), ("auto", 64, False), ("0", None, False), ("1", 64, True)):
+            gemm.LR_SPLIT_X = "0"
+            _, _, lr_split = gemm.quantize_activations(x, layer, i8=True, lr_prec="bf16x2s", inv=True,
+                                                       reduce_lr=False, block_m=bm)
+            _, _, lr_div = gemm.quantize_activations(x, layer, i8=True, lr_prec="bf16x2", reduce_lr=False, block_m=bm)
+            assert not torch.equal(lr_split, lr_div)
+            gemm.LR_SPLIT_X = setting
+            _, _, lr_default = gemm.quantize_activations(x, layer, i8=True, reduce_lr=False, block_m=bm)
+            assert torch.equal(lr_default, lr_split if split else lr_div), (setting, bm)
+        gemm.LR_SPLIT_X = "1"
+        q1, _, _ = gemm.quantize_activations(x, layer, i8=True, reduce_lr=False)
         # the reciprocals are remade when λ changes in place (per channel, so the codes change): the same
         # codes as the path that divides in the kernel
         with torch.no_grad():

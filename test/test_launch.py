@@ -72,7 +72,7 @@ def test_edge_preset_is_what_the_edge_proof_measured():
     for name, allowed in choices.items():
         if name in params:
             assert params[name] in allowed, (name, params[name])
-    run = json.load(open(os.path.join(ROOT, "docs", "results", "edge_te_int4_c1024_seventeenth_h200.json")))["w4a4_kv8"]
+    run = json.load(open(os.path.join(ROOT, "docs", "results", "edge_launch_eighteenth_h200.json")))["w4a4_kv8"]
     assert (params["quantization"], params["kv_cache"]) == ("w4a4", "int8")
     assert params["text_encoder"] == run["text_encoder"] == "int4"
     bench_src = open(os.path.join(ROOT, "bench", "edge_proof.py")).read()      # and what it measures by default
