@@ -312,3 +312,35 @@ def test_device_rates_are_measured_and_leave_nothing_allocated():
     r = edge_proof.measure_device_rates("cuda", n=4096, copy_bytes=1 << 27, repeats=3)
     assert 1e12 < r["bf16_matmul_flops"] < 1e16 and 1e10 < r["memory_bytes_per_s"] < 1e14, r
     assert torch.cuda.memory_allocated() == before
+
+
+def test_tegra_board_is_told_from_its_files(tmp_path):
+    from var_gen_ros.memory import tegra_board
+    assert not tegra_board(str(tmp_path))
+    dt = tmp_path / "proc" / "device-tree"
+    dt.mkdir(parents=True)
+    (dt / "compatible").write_bytes(b"raspberrypi,5-model-b\x00brcm,bcm2712\x00")
+    assert not tegra_board(str(tmp_path))
+    (dt / "compatible").write_bytes(b"nvidia,p3737-0000+p3701-0005\x00nvidia,p3701-0005\x00nvidia,tegra234\x00")
+    assert tegra_board(str(tmp_path))
+    other = tmp_path / "l4t"
+    (other / "etc").mkdir(parents=True)
+    (other / "etc" / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.0\n")
+    assert tegra_board(str(other))
+
+
+def test_expandable_segments_are_turned_off_on_tegra_only():
+    """A Jetson's CUDA cannot map expandable segments: the guard rewrites the allocator settings there (keeping
+    the others) and says why; elsewhere, or without the setting, it changes nothing."""
+    from var_gen_ros.memory import guard_tegra_allocator
+    conf = "max_split_size_mb:128, expandable_segments:True"
+    env = {"PYTORCH_CUDA_ALLOC_CONF": conf, "PATH": "/usr/bin"}
+    assert guard_tegra_allocator(env, tegra=False) == "" and env["PYTORCH_CUDA_ALLOC_CONF"] == conf
+    note = guard_tegra_allocator(env, tegra=True)
+    assert "PYTORCH_CUDA_ALLOC_CONF" in note and "Tegra" in note
+    assert env == {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128,expandable_segments:False", "PATH": "/usr/bin"}
+    assert guard_tegra_allocator(env, tegra=True) == ""                       # now off: nothing left to do
+    env = {"PYTORCH_ALLOC_CONF": "expandable_segments:true"}
+    assert "PYTORCH_ALLOC_CONF" in guard_tegra_allocator(env, tegra=True)
+    assert env["PYTORCH_ALLOC_CONF"] == "expandable_segments:False"
+    assert guard_tegra_allocator({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}, tegra=True) == ""

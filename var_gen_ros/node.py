@@ -169,8 +169,13 @@ class GenNode(Node):
         from .cli import DTYPES, default_bundle_path, resolve_device
         from .infinity import Generator
         from .quant.runtime import apply_precision, apply_text_encoder
+        from .memory import guard_tegra_allocator
         path = self.p("bundle_path") or default_bundle_path()
         device = resolve_device(self.p("device"))
+        # before the first CUDA allocation: a Jetson cannot map expandable segments
+        self.allocator_note = guard_tegra_allocator() if device.startswith("cuda") else ""
+        if self.allocator_note:
+            self.get_logger().warning(self.allocator_note)
         gen = Generator.from_bundle(path, device=device, dtype=DTYPES[self.p("dtype")])
         self.precision = apply_precision(gen, self.p("quantization"), self.p("kv_cache"), path,
                                          log=self.get_logger().info)
@@ -311,6 +316,7 @@ class GenNode(Node):
             "model": g.name, "device": str(g.device), "dtype": str(g.dtype).replace("torch.", ""),
             "quantization": self.p("quantization"), "kv_cache": self.p("kv_cache"),
             "precision": getattr(self, "precision", ""), "kernels": _kernel_status(g),
+            "allocator": getattr(self, "allocator_note", "") or "as configured",
             "queue_depth": self.engine.queue_depth, "running": self.engine.current is not None,
             "completed": s.completed, "error_count": s.errors, "cancelled": s.cancelled, "rejected": s.rejected,
             "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,
