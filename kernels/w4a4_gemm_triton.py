@@ -919,10 +919,17 @@ def _split_k_buffers(M: int, N: int, device, split_k: int = None):
     return torch.empty(most, M, N, dtype=torch.float32, device=device), _counters(device, tiles, "split_k")
 
 
+# At most this many K splits of one row block in kernel 1: on 14336 -> 3584 at 2 and 32 rows (one row block) 56
+# splits of 4 groups took 15.4 and 15.8 µs where 112 of 2 took 17.6 and 19.3 (H100, eighteenth session,
+# bench/w4a4_stages.py --splits, without divisions); the other block shapes (3584 K) stop at 28 splits anyway.
+MAX_SPLITS = 56
+
+
 def _splits(M: int, G: int, block_m: int) -> int:
-    """K splits of kernel 1: enough programs to fill ~2 waves of a large GPU, each ≥ 2 groups."""
+    """K splits of kernel 1: enough programs to fill ~2 waves of a large GPU (264 programs: twice the H100's
+    132 SMs), each ≥ 2 groups, at most MAX_SPLITS."""
     blocks = triton.cdiv(M, block_m)
-    return max(1, min(triton.cdiv(264, blocks), G // 2))
+    return max(1, min(triton.cdiv(264, blocks), G // 2, MAX_SPLITS))
 
 
 # Up to this many rows the q·m layouts (the i8 / i8w paths) run kernel 1 in 16-row blocks of 4 warps (without
