@@ -983,8 +983,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     order) and the rows' units u (M,) f32 in place of codes and scales. With `reduce_lr` (the default)
     the K splits' low-rank partials come back summed (1, M, r) by the split that finishes a row block
     last. The low-rank dot is "bf16x2" (tensor cores: x against L_down / λ in two bf16 parts) for bf16 x,
-    with LR_SPLIT_X "bf16x2s" (x̂ in two bf16 parts against L_down as stored, which must then be bf16),
-    else "ieee" (float32 FMA). `inv` (default LR_SPLIT_X; not with "bf16x2", which needs λ itself): the
+    where `split_x(BLOCK_M)` "bf16x2s" (x̂ in two bf16 parts against L_down as stored, which must then be bf16),
+    else "ieee" (float32 FMA). `inv` (default `split_x(BLOCK_M)`; not with "bf16x2", which needs λ itself): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
     override the defaults (tests, benchmarks)."""
     M, K = x2.shape
@@ -1068,7 +1068,7 @@ I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # of the BLOCK_M 16 launch: 2 IEEE divisions per thread and group instead of 26 (either change alone leaves
 # most of them: the compiler remakes x̂, reciprocal included, in the dot's operand layout), at 128 registers
 # instead of 96; the 64- and 128-row launches 165-191 instead of 77-108 (sixteenth session). Measured on the
-# H100 (eighteenth session, docs/BENCHMARKS.md): kernel 1 10-17 % faster at 2-128 rows, where its grid is
+# H100 (eighteenth session, docs/BENCHMARKS.md): kernel 1 6-17 % faster at 2-128 rows, where its grid is
 # smaller than one wave, but 21 % slower at 512 rows in 64-row blocks, where those registers cost occupancy.
 # So "auto" (the default) takes it for the 16-row launches only; VAR_GEN_W4A4_LR_SPLIT_X=1 / 0 forces it on /
 # off for every launch.
