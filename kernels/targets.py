@@ -167,8 +167,9 @@ def _gemm_variants(arch: int, K: int = _C) -> List[Variant]:
 def _quantizer_variants() -> List[Variant]:
     out = []
     for M in (2, 256, 2048, 8192):
-        # i8 (q·m, the product's), and the int8 path's codes; the row pass shares kernel 1's launch
-        for mq, reduce in ((True, True), (True, False), (False, False)):
+        # i8 (q·m, the product's; the low-rank partials summed by the kernel or not), and the int8 path's codes;
+        # the row pass shares kernel 1's launch
+        for mq, reduces in ((True, (True, False)), (False, (False,))):
             bm, warps = gemm._quantize_launch(M, "mq" if mq else "int8")
             inv = gemm.split_x(bm)                  # LR_SPLIT_X: the kernels read 1/λ (float32)
             smooth = "fp32" if inv else "bf16"
@@ -177,10 +178,11 @@ def _quantizer_variants() -> List[Variant]:
                                dict(BLOCK_M=bm, GROUP=gemm.GROUP, INV_SMOOTH=inv), warps, div16=("K",)))
             q_ptrs = dict(x_ptr="bf16", smooth_ptr=smooth, down_ptr="bf16", q_ptr="i8", s_ptr="fp32", lr_ptr="fp32",
                           part_ptr="fp32", lrsum_ptr="fp32", cnt_ptr="i32")
-            out.append(Variant(f"quantize_act[MQ={mq},REDUCE={reduce},BLOCK_M={bm},w{warps}]", gemm._quantize_act,
-                               q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP,
-                                            LR_PREC=gemm.lr_prec_bf16(bm), FP8=False, REDUCE=reduce,
-                                            INV_SMOOTH=inv), warps, floats=("INV7",), div16=("K", "LDQ")))
+            for reduce in reduces:
+                out.append(Variant(f"quantize_act[MQ={mq},REDUCE={reduce},BLOCK_M={bm},w{warps}]", gemm._quantize_act,
+                                   q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP,
+                                                LR_PREC=gemm.lr_prec_bf16(bm), FP8=False, REDUCE=reduce,
+                                                INV_SMOOTH=inv), warps, floats=("INV7",), div16=("K", "LDQ")))
     out.append(Variant("unpack_weight_i8", gemm._unpack_weight_i8,
                        dict(w_ptr="u8", sw_ptr="bf16", wu_ptr="fp32", out_ptr="i8"),
                        dict(BLOCK_N=64, GROUP=gemm.GROUP), div16=("N", "K")))

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
@@ -169,7 +170,6 @@ ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 def tegra_board(root: str = "/") -> bool:
     """Whether this machine is an NVIDIA Tegra board (a Jetson), from files only, so without a CUDA context:
     L4T's release file, or "nvidia,tegra" among the device tree's compatible strings."""
-    import os
     if os.path.isfile(os.path.join(root, "etc", "nv_tegra_release")):
         return True
     try:
@@ -179,9 +179,13 @@ def tegra_board(root: str = "/") -> bool:
         return False
 
 
+def _alloc_options(conf: str) -> list:
+    """An allocator setting string ("key:value,key:value") as its options, spaces dropped."""
+    return [o for o in conf.replace(" ", "").split(",") if o]
+
+
 def _expandable_on(conf: str) -> bool:
-    opts = dict(o.split(":", 1) for o in conf.replace(" ", "").split(",") if ":" in o)
-    return opts.get("expandable_segments", "").lower() == "true"
+    return "expandable_segments:true" in (o.lower() for o in _alloc_options(conf))
 
 
 def guard_tegra_allocator(environ=None, tegra: bool = None) -> str:
@@ -192,13 +196,12 @@ def guard_tegra_allocator(environ=None, tegra: bool = None) -> str:
     memory at the 8B edge proof (docs/BENCHMARKS.md, eighteenth session) and are left as set. The variable is
     rewritten (for child processes and an allocator not yet started) and, where CUDA is built in, the
     running allocator's setting too."""
-    import os
     env = os.environ if environ is None else environ
     named = [v for v in ALLOC_CONF_VARS if _expandable_on(env.get(v, ""))]
     if not named or not (tegra_board() if tegra is None else tegra):
         return ""
     for v in named:
-        opts = [o for o in env[v].replace(" ", "").split(",") if o and not o.startswith("expandable_segments:")]
+        opts = [o for o in _alloc_options(env[v]) if not o.startswith("expandable_segments:")]
         env[v] = ",".join(opts + ["expandable_segments:False"])
     if environ is None and torch.cuda.is_available():
         # the running allocator's setting (the name moved to torch._C's accelerator API in newer PyTorch)
