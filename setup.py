@@ -10,7 +10,8 @@ setup(
     version="0.1.0",
     packages=find_packages(include=["var_gen_ros", "var_gen_ros.*"]) + ["var_gen_ros_kernels"],
     package_dir={"var_gen_ros_kernels": "kernels"},
-    package_data={"var_gen_ros": ["data/*", "data/**/*"]},
+    # the CUDA C++ sources travel with the kernels: torch.utils.cpp_extension builds them on first use
+    package_data={"var_gen_ros": ["data/*", "data/**/*"], "var_gen_ros_kernels": ["*.cu", "*.cpp"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

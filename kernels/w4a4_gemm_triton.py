@@ -45,6 +45,7 @@ import triton.testing
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from . import w4a4_small_m_cuda as small_m
 from .launch import Launcher
 
 GROUP = 64
@@ -1062,6 +1063,10 @@ I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
 # H100 in 13 of 16 cases, by up to 12 % (eighteenth session, docs/BENCHMARKS.md)
 PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
+# Up to this many rows (at most small_m.MAX_M = 32) the i8 layout's GEMM is the CUDA C++ kernel
+# (kernels/w4a4_small_m.cu, path "i8s": mma.sync fragments loaded straight from the packed weights, no unpack
+# shuffle); where it does not build, the Triton i8 kernel. VAR_GEN_W4A4_SMALL_M_MAX=0 turns it off.
+SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "32"))
 # Kernel 1 (and its row pass) without divisions: the low-rank dot on x̂ split into two bf16 parts against
 # L_down as stored ("bf16x2s"), instead of x against L_down / λ divided in the kernel ("bf16x2"), the same
 # precision (~2^-17); and 1/λ read from `inv_smooth` instead of made per program and group. In the sm_90 PTX
@@ -1093,6 +1098,9 @@ def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:
     `layer`) its weight scales."""
     M = x2.shape[0] if rows is None else rows
     if I8 and _capability(x2) >= (8, 0) and (layer is None or layer.weight_units() is not None):
+        if (M <= SMALL_M_MAX and layer is not None and small_m.supports(M, layer, x2.dtype)
+                and small_m.extension() is not None):
+            return "i8s"
         return "i8w" if 0 < I8W_MIN_M <= M else "i8"
     path = default_path(x2)
     if _capability(x2)[0] == 9 and 0 < F16_MIN_M <= M:
@@ -1165,7 +1173,8 @@ def _i8_workspace(layer, wu: torch.Tensor) -> torch.Tensor:
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None,
                 act: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
-    `path` overrides the choice by GPU and M (`path_for`): "i8" / "i8w" (INT8 MMA over all of K on
+    `path` overrides the choice by GPU and M (`path_for`): "i8s" (the CUDA C++ kernel for M <= 32,
+    kernels/w4a4_small_m.cu; `config` {"mt", "splits"}), "i8" / "i8w" (INT8 MMA over all of K on
     q·m of two-level scales, the weights' made in registers / in a workspace first), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
     packed weights), "fp8w" (FP8 MMA on weights unpacked first), "f16" (fp16 MMA on activations and
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
@@ -1180,11 +1189,18 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     M = x2.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
     path = path or path_for(x2, layer)
-    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w")
+    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w", "i8s")
     wu = layer.weight_units() if i8 else None
     if i8 and wu is None:
         raise ValueError("the i8 path needs two-level weight scales (quant.int4.weight_scales); this layer's are free")
+    if path == "i8s" and not small_m.supports(M, layer, x.dtype):
+        raise ValueError(f"the i8s path takes 1-{small_m.MAX_M} rows, K % 64 == 0, N % 32 == 0 and one 16-bit dtype "
+                         f"for x, scales, L_up and bias (M {M}, {K} -> {N}, x {x.dtype}, scales {layer.wscales.dtype})")
     q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8)
+    if path == "i8s":   # CUDA C++ (kernels/w4a4_small_m.cu); `config` may fix {"mt", "splits"}
+        config = config or {}
+        small_m.w4a4_small_m(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("mt"), config.get("splits"))
+        return y.reshape(*shape[:-1], N)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
         wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)

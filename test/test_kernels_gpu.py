@@ -54,6 +54,75 @@ def test_w4a4_kernel_matches_reference(K, N, bias):
         assert rel <= 1e-3, (M, K, N, rel)
 
 
+def _small_m_module():
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    assert mod.small_m.extension() is not None, mod.small_m.build_status()   # a GPU machine has nvcc: must build
+    return mod
+
+
+@pytest.mark.parametrize("K,N,bias", SHAPES_8B)
+def test_small_m_cuda_kernel_matches_reference(K, N, bias):
+    """The CUDA C++ GEMM for M <= 32 (path "i8s", kernels/w4a4_small_m.cu) on every 8B shape, M from 1 to 32
+    (one, two and four token tiles, partial ones), both column-block widths, K in one block and split over
+    blocks (the int32 workspace and counters left zeroed after each call): within 1e-3 of the reference on
+    fresh inputs with a few outlier channels, outputs poisoned before each call."""
+    mod = _small_m_module()
+    layer = _layer(K, N, bias, seed=K + N + 1)
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    G = K // 64
+    for M in (1, 2, 3, 8, 9, 16, 17, 31, 32):
+        x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+        x[:, torch.randint(K, (4,))] *= 30
+        ref = layer.reference_forward(x).float()
+        for mt in (2, 4):
+            for splits in sorted({1, 2, G // 4}):
+                y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
+                mod.w4a4_linear(x, layer, out=y, path="i8s", config=dict(mt=mt, splits=splits))
+                assert torch.isfinite(y).all(), (M, mt, splits)
+                rel = ((y.float() - ref).norm() / ref.norm()).item()
+                assert rel <= 1e-3, (M, K, N, mt, splits, rel)
+        for ws, cnt in mod.small_m._BUFFERS[("cuda", x.device.index)]:
+            assert not ws.any() and not cnt.any()
+
+
+def test_small_m_cuda_kernel_gelu_and_graph_replay():
+    """fc1's GELU epilogue on the i8s path against the reference, and a K split over blocks replayed from a
+    CUDA graph: the same bits as the eager call every replay (integer partials: no order dependence)."""
+    mod = _small_m_module()
+    layer = _layer(3584, 14336, True, seed=11)
+    for M in (2, 32):
+        x = (torch.randn(M, 3584, device="cuda") * 2).bfloat16()
+        ref = layer.reference_forward(x, "gelu_tanh").float()
+        y = torch.full((M, 14336), float("nan"), device="cuda", dtype=x.dtype)
+        mod.w4a4_linear(x, layer, out=y, act="gelu_tanh", path="i8s", config=dict(mt=2, splits=4))
+        assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, M
+        eager = y.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            mod.w4a4_linear(x, layer, out=y, act="gelu_tanh", path="i8s", config=dict(mt=2, splits=4))
+        for _ in range(3):
+            y.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(y, eager), M
+
+
+def test_small_m_cuda_kernel_rejects_bad_calls_clearly():
+    """Shapes and dtypes the kernel does not take fail with a message, not a wrong result."""
+    mod = _small_m_module()
+    layer = _layer(3584, 3584, True, seed=5)
+    with pytest.raises(ValueError, match="i8s path takes"):
+        mod.w4a4_linear(torch.randn(33, 3584, device="cuda").bfloat16(), layer, path="i8s")
+    with pytest.raises(ValueError, match="i8s path takes"):
+        mod.w4a4_linear(torch.randn(4, 3584, device="cuda").half(), layer, path="i8s")
+    x = torch.randn(4, 3584, device="cuda").bfloat16()
+    q, ux, lr = mod.quantize_activations(x, layer, i8=True)
+    with pytest.raises(RuntimeError, match="splits"):
+        mod.small_m.w4a4_small_m(q, ux, layer, layer.weight_units(), lr, torch.empty(4, 3584, device="cuda",
+                                 dtype=torch.bfloat16), splits=15)
+
+
 def test_gelu_epilogue_matches_reference_on_the_ffn_shape():
     """fc1 of the FFN (3584 -> 14336) with act="gelu_tanh" through the default dispatch at every M:
     the epilogue's GELU of the float32 result vs the reference's (fresh inputs, poisoned outputs)."""
@@ -406,7 +475,8 @@ def test_default_path_is_i8_for_two_level_scales_and_fp8_for_free_ones():
     mod = gemm_module()
     layer = _layer(3584, 3584, True, seed=17)
     x = (torch.randn(32, 3584, device="cuda") * 2).bfloat16()
-    assert mod.path_for(x, layer) == "i8"
+    assert mod.path_for(x, layer) == ("i8s" if mod.small_m.extension() is not None else "i8")
+    assert mod.path_for(torch.empty(33, 3584, device="cuda"), layer) == "i8"
     R = layer.dequantized_weight()
     free = group_scales(R, 64).bfloat16()
     with torch.no_grad():

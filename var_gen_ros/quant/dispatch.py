@@ -213,7 +213,13 @@ def kernel_status() -> str:
     eager = (f", eagerly from {max(KV_SDPA_MIN_LQ, KV_SDPA_EAGER_MIN_LQ)}" if KV_SDPA_EAGER_MIN_LQ > 0 else "")
     sdpa = (f"; in CUDA graphs from {KV_SDPA_MIN_LQ} queries{eager} its K/V dequantized per head group by "
             "triton, then SDPA" if KV_SDPA_MIN_LQ > 0 else "")
-    return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}), int8-kv attention: triton "
+    gemm = _STATE.get("w4a4_module")
+    small = ""
+    if gemm is not None and getattr(gemm, "SMALL_M_MAX", 0) > 0:
+        # the CUDA C++ small-M kernel is built on the first call that wants it: report its state as of now
+        small = (f"; up to {min(gemm.SMALL_M_MAX, gemm.small_m.MAX_M)} rows cuda c++ "
+                 f"(kernels/w4a4_small_m.cu: {gemm.small_m.build_status()})")
+    return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}){small}, int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
             "qkv epilogue, modulated LayerNorm and the INT4 text encoder's dequantization: triton"
             + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else ""))

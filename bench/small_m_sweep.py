@@ -1,0 +1,120 @@
+"""The CUDA C++ small-M W4A4 GEMM (path "i8s", kernels/w4a4_small_m.cu) against the Triton i8 path and bf16
+cuBLAS, side by side in one process, every Infinity-8B Linear shape, M <= 32 (CUDA-graph replay, median):
+
+* the whole W4A4 product (kernel 1 + GEMM) on the i8s path with its default launch and with each (mt, splits)
+  of the sweep, on the Triton i8 path (autotuned), and torch.matmul in bf16;
+* the GEMM alone: the i8s kernel on kernel 1's precomputed outputs, and kernel 1 alone;
+* the default launches again with the weights cold in the L2 (copies of the layer, as in a generation);
+* each launch's relative error against the reference (`W4A4Linear.reference_forward`), so a wrong launch
+  shows in the same table.
+
+    python3 bench/small_m_sweep.py --ms 1,2,8,16,32 --json out.json
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "test"))
+
+from test_kernels_gpu import SHAPES_8B, _layer   # noqa: E402
+
+
+def _ms(fn):
+    import triton.testing as tt
+    return tt.do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
+def _rel(y, ref):
+    return ((y.float() - ref).norm() / ref.norm()).item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ms", default="1,2,8,16,32")
+    ap.add_argument("--shapes", default=None, help="KxN,... (default: every 8B shape)")
+    ap.add_argument("--splits", default="1,2,4,8", help="K slices across blocks to sweep (besides the default)")
+    ap.add_argument("--mts", default="2,4")
+    ap.add_argument("--cold", type=int, default=1, help="also time the defaults with the weights cold in the L2")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    sm = mod.small_m
+    if sm.extension() is None:
+        raise SystemExit(f"the small-M kernel did not build: {sm.build_status()}")
+    ms = [int(m) for m in args.ms.split(",")]
+    rows = []
+    print(f"{'K':>6} {'N':>6} {'M':>3} | {'bf16':>7} {'i8':>7} {'i8s':>7} {'x bf16':>6} {'x i8':>5} | {'k1':>6} "
+          f"{'gemm':>6} | default mt,splits | sweep (mt,splits: ms) | max rel err")
+    for K, N, bias in SHAPES_8B:
+        if args.shapes and f"{K}x{N}" not in args.shapes.split(","):
+            continue
+        layer = _layer(K, N, bias, 0)
+        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+        wu = layer.weight_units()
+        G = K // 64
+        for M in ms:
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16) * 2
+            ref = layer.reference_forward(x).float()
+            y_b = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+            y = torch.empty_like(y_b)
+            r = {"K": K, "N": N, "M": M, "default_path": mod.path_for(x, layer),
+                 "default_launch": sm.default_launch(M, N, K, sm._sms(x.device))}
+            r["bf16_ms"] = _ms(lambda: torch.matmul(x, w.t(), out=y_b))
+            mod.w4a4_linear(x, layer, out=y, path="i8")            # autotune outside the timed region
+            r["i8_rel"] = _rel(y, ref)
+            r["i8_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8"))
+            y.fill_(float("nan"))
+            mod.w4a4_linear(x, layer, out=y, path="i8s")
+            r["i8s_rel"] = _rel(y, ref)
+            r["i8s_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
+            q, ux, lr = mod.quantize_activations(x, layer, i8=True)
+            r["kernel1_ms"] = _ms(lambda: mod.quantize_activations(x, layer, i8=True))
+            r["i8s_gemm_ms"] = _ms(lambda: sm.w4a4_small_m(q, ux, layer, wu, lr, y))
+            sweep = {}
+            for mt in (int(v) for v in args.mts.split(",")):
+                for s in (int(v) for v in args.splits.split(",")):
+                    if s * 4 > G or N % (16 * mt):
+                        continue
+                    cfg = dict(mt=mt, splits=s)
+                    y.fill_(float("nan"))
+                    mod.w4a4_linear(x, layer, out=y, path="i8s", config=cfg)
+                    err = _rel(y, ref)
+                    t = _ms(lambda: sm.w4a4_small_m(q, ux, layer, wu, lr, y, mt=mt, splits=s))
+                    sweep[f"{mt},{s}"] = {"gemm_ms": t, "rel": err}
+            r["sweep"] = sweep
+            if args.cold:
+                n = max(2, -(-(160 << 20) // layer.nbytes))
+                layers = [copy.deepcopy(layer) for _ in range(n)]
+                ws = [torch.randn_like(w) for _ in range(n)]
+                for lay in layers:
+                    mod.w4a4_linear(x, lay, out=y, path="i8")
+                    mod.w4a4_linear(x, lay, out=y, path="i8s")
+                r["cold_copies"] = n
+                r["cold_bf16_ms"] = _ms(lambda: [torch.matmul(x, wi.t(), out=y_b) for wi in ws]) / n
+                r["cold_i8_ms"] = _ms(lambda: [mod.w4a4_linear(x, lay, out=y, path="i8") for lay in layers]) / n
+                r["cold_i8s_ms"] = _ms(lambda: [mod.w4a4_linear(x, lay, out=y, path="i8s") for lay in layers]) / n
+                del layers, ws
+            rows.append(r)
+            worst = max([r["i8s_rel"]] + [v["rel"] for v in sweep.values()])
+            print(f"{K:6d} {N:6d} {M:3d} | {r['bf16_ms']*1e3:7.1f} {r['i8_ms']*1e3:7.1f} {r['i8s_ms']*1e3:7.1f} "
+                  f"{r['bf16_ms']/r['i8s_ms']:6.2f} {r['i8_ms']/r['i8s_ms']:5.2f} | {r['kernel1_ms']*1e3:6.1f} "
+                  f"{r['i8s_gemm_ms']*1e3:6.1f} | {r['default_launch']} | "
+                  + " ".join(f"{k}: {v['gemm_ms']*1e3:.1f}" for k, v in sweep.items())
+                  + (f" | cold: bf16 {r['cold_bf16_ms']*1e3:.1f} i8 {r['cold_i8_ms']*1e3:.1f} i8s {r['cold_i8s_ms']*1e3:.1f}"
+                     if "cold_copies" in r else "")
+                  + f" | {worst:.1e}", flush=True)
+    print("(µs; x bf16 = bf16 / i8s, x i8 = i8 / i8s; k1 = kernel 1 alone, gemm = the i8s kernel alone)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

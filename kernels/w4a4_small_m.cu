@@ -1,0 +1,230 @@
+// The W4A4 GEMM for few rows (M <= 32: the first scales of a generation, CFG batch x tokens), in CUDA C++.
+//
+// Why not the Triton i8 kernel there: at M <= 32 the product is bound by streaming the packed weights (N·K/2
+// bytes), and Triton's loop spends ~8 instructions per weight unpacking nibbles into the dot's operand
+// layout (a round trip through shared memory every group) and rescaling (docs/BENCHMARKS.md, Kernels v4).
+// Here each thread loads exactly the bytes its mma.sync fragment needs, with no shuffle:
+//
+// * K order inside a 64-wide group is free (both operands only need the same order), so thread t of a
+//   quad takes the group's packed bytes [8t, 8t + 8) of a weight row (natural k in [16t, 16t + 16)) as its
+//   A fragments of two m16n8k32 steps, and the activations' bytes [16t, 16t + 16) of a token as its B
+//   fragments: one 8-byte load per weight row, one 16-byte load per token, per group.
+// * The weights enter the MMA as their raw INT4 codes (sign-extended bytes, 3 integer ops per 4 codes);
+//   the per-group weight multiplier m (two-level scales s = u·m, quant/int4.py) is applied to the group's
+//   int32 partial: acc += m · Σ_group q_w·(q·m)_x, exact in int32 (|Σ| <= 8·128·64·16·G < 2^31).
+// * The activations arrive as kernel 1's int8 q·m with one unit u_x per row, so the epilogue is
+//   acc · u_x · u_w + the low-rank up-projection (kernel 1's float32 partials · L_up) + bias, then GELU.
+//
+// Layout: a block of WARPS warps owns ROWS = 16·MT output columns (weight rows) and every token; its warps
+// take contiguous slices of K and sum their int32 tiles in shared memory. With SPLITS > 1 blocks along
+// grid.y take further slices of K and add their tiles into an int32 workspace (integer atomics: the sum is
+// the same whatever the order); the last block of a column tile (an atomic counter) reads and re-zeroes the
+// workspace, runs the epilogue and re-arms the counter, so one zeroed workspace and counter buffer serve
+// every call, eager or replayed in a CUDA graph.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_float(uint16_t bits);
+template <> __device__ __forceinline__ float to_float<__half>(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(uint16_t bits) {
+  return __bfloat162float(__ushort_as_bfloat16(bits));
+}
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Four bytes each holding a code 0..15 (two's complement nibble) -> four signed int8: the bytes with bit 3 set
+// get 0xF0 or'ed in (0x08 · 0x1E = 0xF0, no carry between bytes).
+__device__ __forceinline__ uint32_t sign_extend_nibbles(uint32_t x) { return x | ((x & 0x08080808u) * 0x1Eu); }
+
+// D += A·B, m16n8k32, int8 x int8 -> int32 (sm_80+: Ampere, the Orin's sm_87, Hopper).
+__device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One packed word (4 bytes: 8 codes, natural k = 2j, 2j+1 in byte j) -> the A registers of one k32 step:
+// lo4 holds k 0..3 (mma k 4t..4t+3), hi4 k 4..7 (mma k 16+4t..).
+__device__ __forceinline__ void unpack_word(uint32_t w, uint32_t& lo4, uint32_t& hi4) {
+  const uint32_t lo = sign_extend_nibbles(w & 0x0F0F0F0Fu);         // codes of k = 0, 2, 4, 6
+  const uint32_t hi = sign_extend_nibbles((w >> 4) & 0x0F0F0F0Fu);  // codes of k = 1, 3, 5, 7
+  lo4 = __byte_perm(lo, hi, 0x5140);                                // k 0, 1, 2, 3
+  hi4 = __byte_perm(lo, hi, 0x7362);                                // k 4, 5, 6, 7
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  // 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), as the Triton epilogue computes it
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return x / (1.0f + expf(-2.0f * u));
+}
+
+template <int MT, int NT, int WARPS, typename T>
+__global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
+    const int8_t* __restrict__ a, const float* __restrict__ ux, const uint8_t* __restrict__ w,
+    const uint16_t* __restrict__ sw, const float* __restrict__ wu, const float* __restrict__ lr,
+    const uint16_t* __restrict__ up, const uint16_t* __restrict__ bias, T* __restrict__ y, int32_t* __restrict__ ws,
+    int32_t* __restrict__ cnt, int M, int N, int K, int R, int S, int act) {
+  constexpr int ROWS = 16 * MT, TOKS = 8 * NT;
+  __shared__ int32_t tile[ROWS * TOKS];
+  __shared__ int is_last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int gid = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * ROWS;
+  const int G = K / 64;
+  const int splits = gridDim.y * WARPS, split = blockIdx.y * WARPS + warp;
+  const int g_begin = (int)((long long)G * split / splits), g_end = (int)((long long)G * (split + 1) / splits);
+  for (int i = threadIdx.x; i < ROWS * TOKS; i += WARPS * 32) tile[i] = 0;
+
+  const uint8_t* wrow[MT][2];
+  const uint16_t* srow[MT][2];
+  float inv_u[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = n0 + 16 * mt + gid + 8 * h;
+      wrow[mt][h] = w + (size_t)row * (K / 2) + 8 * t;
+      srow[mt][h] = sw + (size_t)row * G;
+      inv_u[mt][h] = __frcp_rn(wu[row]);   // m = rint(s · (1/u)), as the Triton kernels make it
+    }
+  const int8_t* arow[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) arow[nt] = a + (size_t)min(8 * nt + gid, M - 1) * K + 16 * t;  // past M: ignored
+
+  int32_t acc[MT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0;
+
+#pragma unroll 2
+  for (int g = g_begin; g < g_end; ++g) {
+    uint2 wv[MT][2];
+    int mult[MT][2];
+    uint4 av[NT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        wv[mt][h] = __ldg(reinterpret_cast<const uint2*>(wrow[mt][h] + g * 32));
+        mult[mt][h] = __float2int_rn(to_float<T>(__ldg(srow[mt][h] + g)) * inv_u[mt][h]);
+      }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) av[nt] = __ldg(reinterpret_cast<const uint4*>(arow[nt] + g * 64));
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      uint32_t a_lo[2][2], a_hi[2][2];   // [k32 step][row gid / gid + 8]
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        unpack_word(wv[mt][h].x, a_lo[0][h], a_hi[0][h]);   // natural k 16t + 0..7
+        unpack_word(wv[mt][h].y, a_lo[1][h], a_hi[1][h]);   // natural k 16t + 8..15
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        int32_t part[4] = {0, 0, 0, 0};
+        mma_s8(part, a_lo[0][0], a_lo[0][1], a_hi[0][0], a_hi[0][1], av[nt].x, av[nt].y);
+        mma_s8(part, a_lo[1][0], a_lo[1][1], a_hi[1][0], a_hi[1][1], av[nt].z, av[nt].w);
+        acc[mt][nt][0] += mult[mt][0] * part[0];
+        acc[mt][nt][1] += mult[mt][0] * part[1];
+        acc[mt][nt][2] += mult[mt][1] * part[2];
+        acc[mt][nt][3] += mult[mt][1] * part[3];
+      }
+    }
+  }
+  __syncthreads();   // the tile is zeroed
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = 16 * mt + gid + 8 * (i >> 1), c = 8 * nt + 2 * t + (i & 1);
+        atomicAdd(&tile[r * TOKS + c], acc[mt][nt][i]);
+      }
+  __syncthreads();
+
+  if (gridDim.y > 1) {   // further K slices in other blocks: add into the workspace, the last block finishes
+    for (int i = threadIdx.x; i < ROWS * TOKS; i += WARPS * 32) {
+      const int tok = i / ROWS, r = i % ROWS;
+      if (tok < M) atomicAdd(&ws[(size_t)tok * N + n0 + r], tile[r * TOKS + tok]);
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&cnt[blockIdx.x], 1) == (int)gridDim.y - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+  }
+  for (int i = threadIdx.x; i < ROWS * TOKS; i += WARPS * 32) {
+    const int tok = i / ROWS, r = i % ROWS, n = n0 + r;   // consecutive threads: consecutive columns of y
+    if (tok >= M) continue;
+    const int32_t total = gridDim.y > 1 ? atomicExch(&ws[(size_t)tok * N + n], 0) : tile[r * TOKS + tok];
+    float v = (float)total * (ux[tok] * wu[n]);
+    if (R > 0) {
+      float l = 0.0f;
+      for (int k = 0; k < R; ++k) {
+        float part = 0.0f;
+        for (int s = 0; s < S; ++s) part += lr[((size_t)s * M + tok) * R + k];
+        l = fmaf(part, to_float<T>(up[(size_t)n * R + k]), l);
+      }
+      v += l;
+    }
+    if (bias != nullptr) v += to_float<T>(bias[n]);
+    if (act == 1) v = gelu_tanh(v);
+    y[(size_t)tok * N + n] = from_float<T>(v);
+  }
+  if (gridDim.y > 1 && threadIdx.x == 0) cnt[blockIdx.x] = 0;   // re-armed for the next call
+}
+
+template <int MT, int NT, typename T>
+cudaError_t launch(const void* a, const float* ux, const void* w, const void* sw, const float* wu, const float* lr,
+                   const void* up, const void* bias, void* y, int32_t* ws, int32_t* cnt, int M, int N, int K, int R,
+                   int S, int splits, int act, cudaStream_t stream) {
+  constexpr int WARPS = 4;
+  const dim3 grid(N / (16 * MT), splits);
+  w4a4_small_m_kernel<MT, NT, WARPS, T><<<grid, WARPS * 32, 0, stream>>>(
+      static_cast<const int8_t*>(a), ux, static_cast<const uint8_t*>(w), static_cast<const uint16_t*>(sw), wu, lr,
+      static_cast<const uint16_t*>(up), static_cast<const uint16_t*>(bias), static_cast<T*>(y), ws, cnt, M, N, K, R, S,
+      act);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_nt(int mt, const void* a, const float* ux, const void* w, const void* sw, const float* wu,
+                      const float* lr, const void* up, const void* bias, void* y, int32_t* ws, int32_t* cnt, int M,
+                      int N, int K, int R, int S, int splits, int act, cudaStream_t stream) {
+#define VAR_GEN_SMALL_M_CASE(MT_, NT_)                                                                      \
+  if (mt == MT_ && M <= 8 * NT_)                                                                             \
+    return launch<MT_, NT_, T>(a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
+  VAR_GEN_SMALL_M_CASE(2, 1)
+  VAR_GEN_SMALL_M_CASE(2, 2)
+  VAR_GEN_SMALL_M_CASE(2, 4)
+  VAR_GEN_SMALL_M_CASE(4, 1)
+  VAR_GEN_SMALL_M_CASE(4, 2)
+  VAR_GEN_SMALL_M_CASE(4, 4)
+#undef VAR_GEN_SMALL_M_CASE
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+// dtype 0: fp16 (activations' dtype = y, weight scales, L_up and bias), 1: bf16. Returns cudaErrorInvalidValue
+// for shapes the kernel does not take (the caller checks them first: M <= 32, N % (16·mt) == 0, K % 64 == 0).
+cudaError_t var_gen_w4a4_small_m(int dtype, int mt, const void* a, const float* ux, const void* w, const void* sw,
+                                 const float* wu, const float* lr, const void* up, const void* bias, void* y,
+                                 int32_t* ws, int32_t* cnt, int M, int N, int K, int R, int S, int splits, int act,
+                                 cudaStream_t stream) {
+  if (M < 1 || M > 32 || K % 64 || N % (16 * mt) || splits < 1 || splits * 4 > K / 64) return cudaErrorInvalidValue;
+  if (dtype == 1)
+    return launch_nt<__nv_bfloat16>(mt, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
+  return launch_nt<__half>(mt, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
+}

@@ -1,0 +1,103 @@
+"""The W4A4 GEMM for few rows (M <= 32), in CUDA C++ (kernels/w4a4_small_m.cu), called after kernel 1
+(`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on the i8 layout: int8 q·m activations with one unit
+per row, packed INT4 weights with two-level scales. Its reference is the same as every W4A4 path's
+(`W4A4Linear.reference_forward`, quant/w4a4.py); test/test_kernels_gpu.py compares them.
+
+Built on first use by torch.utils.cpp_extension (nvcc and a host compiler; cached under
+TORCH_EXTENSIONS_DIR, so a later process loads it in a second). Where the build fails (no nvcc, no compiler,
+a bad toolchain) the caller gets None, one warning says why, and the W4A4 GEMM keeps its Triton i8 path.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+import torch
+
+SOURCES = ("w4a4_small_m.cu", "w4a4_small_m_binding.cpp")
+MAX_M = 32          # the kernel's n8 token tiles: 1, 2 or 4 of them
+_LOCK = threading.Lock()
+_STATE = {}
+_BUFFERS = {}
+_SMS = {}
+
+
+def extension():
+    """The compiled extension, or None (one warning, `build_status()` says why)."""
+    if "module" not in _STATE:
+        with _LOCK:
+            if "module" not in _STATE:
+                try:
+                    from torch.utils.cpp_extension import load
+                    here = os.path.dirname(os.path.abspath(__file__))
+                    _STATE["module"] = load(name="var_gen_w4a4_small_m", sources=[os.path.join(here, s) for s in SOURCES],
+                                            extra_cuda_cflags=["-O3", "-lineinfo"], verbose=False)
+                    _STATE["reason"] = "built"
+                except Exception as e:   # no nvcc / compiler, or a failed build: the Triton path still works
+                    _STATE["module"] = None
+                    _STATE["reason"] = f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})"
+                    warnings.warn(f"var_gen_ros: the small-M W4A4 CUDA kernel is unavailable, the Triton i8 path "
+                                  f"serves M <= {MAX_M}: {_STATE['reason']}")
+    return _STATE["module"]
+
+
+def build_status() -> str:
+    """'built', 'not built yet' or 'build failed (...)'."""
+    return _STATE.get("reason", "not built yet")
+
+
+def supports(M: int, layer, dtype: torch.dtype) -> bool:
+    """Whether the kernel takes this call's shapes and dtypes (the extension itself is not built here)."""
+    K, N = layer.in_features, layer.out_features
+    same = layer.wscales.dtype == dtype and (not layer.rank or layer.lora_up.dtype == dtype) and (
+        layer.bias is None or layer.bias.dtype == dtype)
+    return (1 <= M <= MAX_M and dtype in (torch.bfloat16, torch.float16) and same and K % 64 == 0
+            and N % 32 == 0 and K // 64 >= 4)
+
+
+def _sms(device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
+
+
+def default_launch(M: int, N: int, K: int, sms: int) -> tuple:
+    """(mt, splits): 32-column blocks of 4 warps, K split over enough blocks for ~4 per multiprocessor, each
+    warp keeping at least 2 of the 64-wide groups."""
+    mt = 2
+    blocks = N // (16 * mt)
+    G = K // 64
+    splits = max(1, min(G // 8, -(-4 * sms // blocks)))
+    return mt, splits
+
+
+def _buffers(device, words: int, tiles: int):
+    """A persistent zeroed int32 workspace of >= `words` and counters of >= `tiles` per device: every call
+    leaves them zeroed (old ones stay alive: a captured CUDA graph may still point at them)."""
+    key = (device.type, device.index)
+    kept = _BUFFERS.get(key)
+    if kept is None or kept[-1][0].numel() < words or kept[-1][1].numel() < tiles:
+        pair = (torch.zeros(max(words, 1 << 16), dtype=torch.int32, device=device),
+                torch.zeros(max(tiles, 1 << 12), dtype=torch.int32, device=device))
+        _BUFFERS.setdefault(key, []).append(pair)
+    return _BUFFERS[key][-1]
+
+
+def w4a4_small_m(q: torch.Tensor, ux: torch.Tensor, layer, wu: torch.Tensor, lr, y: torch.Tensor, act: int = 0,
+                 mt: int = None, splits: int = None) -> torch.Tensor:
+    """y (M, N) = the layer's W4A4 product from kernel 1's q·m `q` (M, K) int8, units `ux` (M,) and low-rank
+    partials `lr` (S, M, R) float32 (None without a low-rank branch); `act` 1 = GELU-tanh. `mt` (2 or 4: 16·mt
+    columns per block) and `splits` (K slices across blocks) override `default_launch`."""
+    ext = extension()
+    if ext is None:
+        raise RuntimeError(f"the small-M W4A4 kernel is unavailable: {build_status()}")
+    M, K = q.shape
+    N = layer.out_features
+    dmt, dsplits = default_launch(M, N, K, _sms(q.device))
+    mt, splits = mt or dmt, splits or dsplits
+    ws, cnt = _buffers(q.device, M * N, N // (16 * mt))
+    ext.w4a4_small_m(q, ux, layer.qweight, layer.wscales, wu, lr if layer.rank else None,
+                     layer.lora_up if layer.rank else None, layer.bias, y, ws, cnt, mt, splits, act)
+    return y
