@@ -1,8 +1,8 @@
 """The CUDA C++ small-M W4A4 GEMM (path "i8s", kernels/w4a4_small_m.cu) against the Triton i8 path and bf16
 cuBLAS, side by side in one process, every Infinity-8B Linear shape, M <= 32 (CUDA-graph replay, median):
 
-* the whole W4A4 product (kernel 1 + GEMM) on the i8s path with its default launch and with each (mt, splits)
-  of the sweep, on the Triton i8 path (autotuned), and torch.matmul in bf16;
+* the whole W4A4 product (kernel 1 + GEMM) on the i8s path with its tuned launch, the kernel alone with each
+  (warps, splits) of the sweep, on the Triton i8 path (autotuned), and torch.matmul in bf16;
 * the GEMM alone: the i8s kernel on kernel 1's precomputed outputs, and kernel 1 alone;
 * the default launches again with the weights cold in the L2 (copies of the layer, as in a generation);
 * each launch's relative error against the reference (`W4A4Linear.reference_forward`), so a wrong launch
@@ -39,7 +39,7 @@ def main():
     ap.add_argument("--ms", default="1,2,8,16,32")
     ap.add_argument("--shapes", default=None, help="KxN,... (default: every 8B shape)")
     ap.add_argument("--splits", default="1,2,4,8", help="K slices across blocks to sweep (besides the default)")
-    ap.add_argument("--mts", default="2,4")
+    ap.add_argument("--warps", default="4,8")
     ap.add_argument("--cold", type=int, default=1, help="also time the defaults with the weights cold in the L2")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -51,7 +51,7 @@ def main():
     ms = [int(m) for m in args.ms.split(",")]
     rows = []
     print(f"{'K':>6} {'N':>6} {'M':>3} | {'bf16':>7} {'i8':>7} {'i8s':>7} {'x bf16':>6} {'x i8':>5} | {'k1':>6} "
-          f"{'gemm':>6} | default mt,splits | sweep (mt,splits: ms) | max rel err")
+          f"{'gemm':>6} | tuned warps,splits | sweep (warps,splits: µs) | max rel err")
     for K, N, bias in SHAPES_8B:
         if args.shapes and f"{K}x{N}" not in args.shapes.split(","):
             continue
@@ -64,8 +64,7 @@ def main():
             ref = layer.reference_forward(x).float()
             y_b = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
             y = torch.empty_like(y_b)
-            r = {"K": K, "N": N, "M": M, "default_path": mod.path_for(x, layer),
-                 "default_launch": sm.default_launch(M, N, K, sm._sms(x.device))}
+            r = {"K": K, "N": N, "M": M, "default_path": mod.path_for(x, layer)}
             r["bf16_ms"] = _ms(lambda: torch.matmul(x, w.t(), out=y_b))
             mod.w4a4_linear(x, layer, out=y, path="i8")            # autotune outside the timed region
             r["i8_rel"] = _rel(y, ref)
@@ -74,20 +73,21 @@ def main():
             mod.w4a4_linear(x, layer, out=y, path="i8s")
             r["i8s_rel"] = _rel(y, ref)
             r["i8s_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
+            r["tuned_launch"] = sm._PICKS.get((sm._bucket(M), N, K, x.device.index))
             q, ux, lr = mod.quantize_activations(x, layer, i8=True)
             r["kernel1_ms"] = _ms(lambda: mod.quantize_activations(x, layer, i8=True))
             r["i8s_gemm_ms"] = _ms(lambda: sm.w4a4_small_m(q, ux, layer, wu, lr, y))
             sweep = {}
-            for mt in (int(v) for v in args.mts.split(",")):
+            for wp in (int(v) for v in args.warps.split(",")):
                 for s in (int(v) for v in args.splits.split(",")):
-                    if s * 4 > G or N % (16 * mt):
+                    if s * wp > G:
                         continue
-                    cfg = dict(mt=mt, splits=s)
+                    cfg = dict(warps=wp, splits=s)
                     y.fill_(float("nan"))
                     mod.w4a4_linear(x, layer, out=y, path="i8s", config=cfg)
                     err = _rel(y, ref)
-                    t = _ms(lambda: sm.w4a4_small_m(q, ux, layer, wu, lr, y, mt=mt, splits=s))
-                    sweep[f"{mt},{s}"] = {"gemm_ms": t, "rel": err}
+                    t = _ms(lambda: sm.w4a4_small_m(q, ux, layer, wu, lr, y, warps=wp, splits=s))
+                    sweep[f"{wp},{s}"] = {"gemm_ms": t, "rel": err}
             r["sweep"] = sweep
             if args.cold:
                 n = max(2, -(-(160 << 20) // layer.nbytes))
@@ -105,7 +105,7 @@ def main():
             worst = max([r["i8s_rel"]] + [v["rel"] for v in sweep.values()])
             print(f"{K:6d} {N:6d} {M:3d} | {r['bf16_ms']*1e3:7.1f} {r['i8_ms']*1e3:7.1f} {r['i8s_ms']*1e3:7.1f} "
                   f"{r['bf16_ms']/r['i8s_ms']:6.2f} {r['i8_ms']/r['i8s_ms']:5.2f} | {r['kernel1_ms']*1e3:6.1f} "
-                  f"{r['i8s_gemm_ms']*1e3:6.1f} | {r['default_launch']} | "
+                  f"{r['i8s_gemm_ms']*1e3:6.1f} | {r['tuned_launch']} | "
                   + " ".join(f"{k}: {v['gemm_ms']*1e3:.1f}" for k, v in sweep.items())
                   + (f" | cold: bf16 {r['cold_bf16_ms']*1e3:.1f} i8 {r['cold_i8_ms']*1e3:.1f} i8s {r['cold_i8s_ms']*1e3:.1f}"
                      if "cold_copies" in r else "")

@@ -1174,7 +1174,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
                 act: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M (`path_for`): "i8s" (the CUDA C++ kernel for M <= 32,
-    kernels/w4a4_small_m.cu; `config` {"mt", "splits"}), "i8" / "i8w" (INT8 MMA over all of K on
+    kernels/w4a4_small_m.cu; `config` {"warps", "splits"}), "i8" / "i8w" (INT8 MMA over all of K on
     q·m of two-level scales, the weights' made in registers / in a workspace first), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
     packed weights), "fp8w" (FP8 MMA on weights unpacked first), "f16" (fp16 MMA on activations and
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
@@ -1197,9 +1197,9 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         raise ValueError(f"the i8s path takes 1-{small_m.MAX_M} rows, K % 64 == 0, N % 32 == 0 and one 16-bit dtype "
                          f"for x, scales, L_up and bias (M {M}, {K} -> {N}, x {x.dtype}, scales {layer.wscales.dtype})")
     q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8)
-    if path == "i8s":   # CUDA C++ (kernels/w4a4_small_m.cu); `config` may fix {"mt", "splits"}
+    if path == "i8s":   # CUDA C++ (kernels/w4a4_small_m.cu); `config` may fix {"warps", "splits"}
         config = config or {}
-        small_m.w4a4_small_m(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("mt"), config.get("splits"))
+        small_m.w4a4_small_m(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("warps"), config.get("splits"))
         return y.reshape(*shape[:-1], N)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM

@@ -15,8 +15,8 @@
 // * The activations arrive as kernel 1's int8 q·m with one unit u_x per row, so the epilogue is
 //   acc · u_x · u_w + the low-rank up-projection (kernel 1's float32 partials · L_up) + bias, then GELU.
 //
-// Layout: a block of WARPS warps owns ROWS = 16·MT output columns (weight rows) and every token; its warps
-// take contiguous slices of K and sum their int32 tiles in shared memory. With SPLITS > 1 blocks along
+// Layout: a block of WARPS (4 or 8) warps owns ROWS = 32 output columns (weight rows) and every token; its
+// warps take contiguous slices of K and sum their int32 tiles in shared memory. With SPLITS > 1 blocks along
 // grid.y take further slices of K and add their tiles into an int32 workspace (integer atomics: the sum is
 // the same whatever the order); the last block of a column tile (an atomic counter) reads and re-zeroes the
 // workspace, runs the epilogue and re-arms the counter, so one zeroed workspace and counter buffer serve
@@ -59,6 +59,8 @@ __device__ __forceinline__ void unpack_word(uint32_t w, uint32_t& lo4, uint32_t&
   hi4 = __byte_perm(lo, hi, 0x7362);                                // k 4, 5, 6, 7
 }
 
+constexpr int MAX_RANK = 64;   // the low-rank branch's rank the epilogue stages in shared memory
+
 __device__ __forceinline__ float gelu_tanh(float x) {
   // 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), as the Triton epilogue computes it
   const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
@@ -73,6 +75,10 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
     int32_t* __restrict__ cnt, int M, int N, int K, int R, int S, int act) {
   constexpr int ROWS = 16 * MT, TOKS = 8 * NT;
   __shared__ int32_t tile[ROWS * TOKS];
+  // the epilogue's low-rank operands, staged once per block: the tokens' summed partials and the block's rows
+  // of L_up (one row per thread in the dot below: a stride of R + 1 words keeps the 32 rows in distinct banks)
+  __shared__ float lr_s[TOKS * MAX_RANK];
+  __shared__ float up_s[ROWS * (MAX_RANK + 1)];
   __shared__ int is_last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int gid = lane >> 2, t = lane & 3;
@@ -164,6 +170,17 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
     if (!is_last) return;
     __threadfence();
   }
+  if (R > 0) {
+    for (int i = threadIdx.x; i < TOKS * R; i += WARPS * 32) {
+      const int tok = i / R, k = i % R;
+      float part = 0.0f;
+      for (int s = 0; s < S && tok < M; ++s) part += lr[((size_t)s * M + tok) * R + k];
+      lr_s[tok * MAX_RANK + k] = part;
+    }
+    for (int i = threadIdx.x; i < ROWS * R; i += WARPS * 32)
+      up_s[(i / R) * (MAX_RANK + 1) + i % R] = to_float<T>(up[(size_t)n0 * R + i]);   // rows n0.. are contiguous
+    __syncthreads();
+  }
   for (int i = threadIdx.x; i < ROWS * TOKS; i += WARPS * 32) {
     const int tok = i / ROWS, r = i % ROWS, n = n0 + r;   // consecutive threads: consecutive columns of y
     if (tok >= M) continue;
@@ -171,11 +188,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
     float v = (float)total * (ux[tok] * wu[n]);
     if (R > 0) {
       float l = 0.0f;
-      for (int k = 0; k < R; ++k) {
-        float part = 0.0f;
-        for (int s = 0; s < S; ++s) part += lr[((size_t)s * M + tok) * R + k];
-        l = fmaf(part, to_float<T>(up[(size_t)n * R + k]), l);
-      }
+      for (int k = 0; k < R; ++k) l = fmaf(lr_s[tok * MAX_RANK + k], up_s[r * (MAX_RANK + 1) + k], l);
       v += l;
     }
     if (bias != nullptr) v += to_float<T>(bias[n]);
@@ -185,11 +198,11 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
   if (gridDim.y > 1 && threadIdx.x == 0) cnt[blockIdx.x] = 0;   // re-armed for the next call
 }
 
-template <int MT, int NT, typename T>
+template <int WARPS, int NT, typename T>
 cudaError_t launch(const void* a, const float* ux, const void* w, const void* sw, const float* wu, const float* lr,
                    const void* up, const void* bias, void* y, int32_t* ws, int32_t* cnt, int M, int N, int K, int R,
                    int S, int splits, int act, cudaStream_t stream) {
-  constexpr int WARPS = 4;
+  constexpr int MT = 2;   // 32 columns per block (64 measured slower at every shape and M, H100)
   const dim3 grid(N / (16 * MT), splits);
   w4a4_small_m_kernel<MT, NT, WARPS, T><<<grid, WARPS * 32, 0, stream>>>(
       static_cast<const int8_t*>(a), ux, static_cast<const uint8_t*>(w), static_cast<const uint16_t*>(sw), wu, lr,
@@ -199,18 +212,18 @@ cudaError_t launch(const void* a, const float* ux, const void* w, const void* sw
 }
 
 template <typename T>
-cudaError_t launch_nt(int mt, const void* a, const float* ux, const void* w, const void* sw, const float* wu,
+cudaError_t launch_nt(int warps, const void* a, const float* ux, const void* w, const void* sw, const float* wu,
                       const float* lr, const void* up, const void* bias, void* y, int32_t* ws, int32_t* cnt, int M,
                       int N, int K, int R, int S, int splits, int act, cudaStream_t stream) {
-#define VAR_GEN_SMALL_M_CASE(MT_, NT_)                                                                      \
-  if (mt == MT_ && M <= 8 * NT_)                                                                             \
-    return launch<MT_, NT_, T>(a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
-  VAR_GEN_SMALL_M_CASE(2, 1)
-  VAR_GEN_SMALL_M_CASE(2, 2)
-  VAR_GEN_SMALL_M_CASE(2, 4)
+#define VAR_GEN_SMALL_M_CASE(W_, NT_)                                                                       \
+  if (warps == W_ && M <= 8 * NT_)                                                                           \
+    return launch<W_, NT_, T>(a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
   VAR_GEN_SMALL_M_CASE(4, 1)
   VAR_GEN_SMALL_M_CASE(4, 2)
   VAR_GEN_SMALL_M_CASE(4, 4)
+  VAR_GEN_SMALL_M_CASE(8, 1)
+  VAR_GEN_SMALL_M_CASE(8, 2)
+  VAR_GEN_SMALL_M_CASE(8, 4)
 #undef VAR_GEN_SMALL_M_CASE
   return cudaErrorInvalidValue;
 }
@@ -218,13 +231,17 @@ cudaError_t launch_nt(int mt, const void* a, const float* ux, const void* w, con
 }  // namespace
 
 // dtype 0: fp16 (activations' dtype = y, weight scales, L_up and bias), 1: bf16. Returns cudaErrorInvalidValue
-// for shapes the kernel does not take (the caller checks them first: M <= 32, N % (16·mt) == 0, K % 64 == 0).
-cudaError_t var_gen_w4a4_small_m(int dtype, int mt, const void* a, const float* ux, const void* w, const void* sw,
+// for shapes the kernel does not take (the caller checks them first: M <= 32, N % 32 == 0, K % 64 == 0,
+// R <= 64, 4 or 8 warps, each warp at least one group).
+cudaError_t var_gen_w4a4_small_m(int dtype, int warps, const void* a, const float* ux, const void* w, const void* sw,
                                  const float* wu, const float* lr, const void* up, const void* bias, void* y,
                                  int32_t* ws, int32_t* cnt, int M, int N, int K, int R, int S, int splits, int act,
                                  cudaStream_t stream) {
-  if (M < 1 || M > 32 || K % 64 || N % (16 * mt) || splits < 1 || splits * 4 > K / 64) return cudaErrorInvalidValue;
+  if (M < 1 || M > 32 || K % 64 || N % 32 || R < 0 || R > MAX_RANK || (warps != 4 && warps != 8) || splits < 1 ||
+      splits * warps > K / 64)
+    return cudaErrorInvalidValue;
   if (dtype == 1)
-    return launch_nt<__nv_bfloat16>(mt, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
-  return launch_nt<__half>(mt, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
+    return launch_nt<__nv_bfloat16>(warps, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act,
+                                    stream);
+  return launch_nt<__half>(warps, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
 }

@@ -64,8 +64,8 @@ def _small_m_module():
 @pytest.mark.parametrize("K,N,bias", SHAPES_8B)
 def test_small_m_cuda_kernel_matches_reference(K, N, bias):
     """The CUDA C++ GEMM for M <= 32 (path "i8s", kernels/w4a4_small_m.cu) on every 8B shape, M from 1 to 32
-    (one, two and four token tiles, partial ones), both column-block widths, K in one block and split over
-    blocks (the int32 workspace and counters left zeroed after each call): within 1e-3 of the reference on
+    (one, two and four token tiles, partial ones), blocks of 4 and 8 warps, K in one block and split over
+    up to 14 blocks (the int32 workspace and counters left zeroed after each call): within 1e-3 of the reference on
     fresh inputs with a few outlier channels, outputs poisoned before each call."""
     mod = _small_m_module()
     layer = _layer(K, N, bias, seed=K + N + 1)
@@ -75,13 +75,15 @@ def test_small_m_cuda_kernel_matches_reference(K, N, bias):
         x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
         x[:, torch.randint(K, (4,))] *= 30
         ref = layer.reference_forward(x).float()
-        for mt in (2, 4):
-            for splits in sorted({1, 2, G // 4}):
-                y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
-                mod.w4a4_linear(x, layer, out=y, path="i8s", config=dict(mt=mt, splits=splits))
-                assert torch.isfinite(y).all(), (M, mt, splits)
-                rel = ((y.float() - ref).norm() / ref.norm()).item()
-                assert rel <= 1e-3, (M, K, N, mt, splits, rel)
+        for warps, splits in mod.small_m.candidates(K) + [(4, G // 4)]:
+            y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
+            mod.w4a4_linear(x, layer, out=y, path="i8s", config=dict(warps=warps, splits=splits))
+            assert torch.isfinite(y).all(), (M, warps, splits)
+            rel = ((y.float() - ref).norm() / ref.norm()).item()
+            assert rel <= 1e-3, (M, K, N, warps, splits, rel)
+        y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
+        mod.w4a4_linear(x, layer, out=y)                                  # the default dispatch (tuned launch)
+        assert mod.path_for(x, layer) == "i8s" and ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, M
         for ws, cnt in mod.small_m._BUFFERS[("cuda", x.device.index)]:
             assert not ws.any() and not cnt.any()
 
@@ -95,12 +97,12 @@ def test_small_m_cuda_kernel_gelu_and_graph_replay():
         x = (torch.randn(M, 3584, device="cuda") * 2).bfloat16()
         ref = layer.reference_forward(x, "gelu_tanh").float()
         y = torch.full((M, 14336), float("nan"), device="cuda", dtype=x.dtype)
-        mod.w4a4_linear(x, layer, out=y, act="gelu_tanh", path="i8s", config=dict(mt=2, splits=4))
+        mod.w4a4_linear(x, layer, out=y, act="gelu_tanh", path="i8s", config=dict(warps=4, splits=4))
         assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, M
         eager = y.clone()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            mod.w4a4_linear(x, layer, out=y, act="gelu_tanh", path="i8s", config=dict(mt=2, splits=4))
+            mod.w4a4_linear(x, layer, out=y, act="gelu_tanh", path="i8s", config=dict(warps=4, splits=4))
         for _ in range(3):
             y.fill_(float("nan"))
             graph.replay()
@@ -118,9 +120,14 @@ def test_small_m_cuda_kernel_rejects_bad_calls_clearly():
         mod.w4a4_linear(torch.randn(4, 3584, device="cuda").half(), layer, path="i8s")
     x = torch.randn(4, 3584, device="cuda").bfloat16()
     q, ux, lr = mod.quantize_activations(x, layer, i8=True)
-    with pytest.raises(RuntimeError, match="splits"):
-        mod.small_m.w4a4_small_m(q, ux, layer, layer.weight_units(), lr, torch.empty(4, 3584, device="cuda",
-                                 dtype=torch.bfloat16), splits=15)
+    y = torch.empty(4, 3584, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="splits do not fit"):
+        mod.small_m.w4a4_small_m(q, ux, layer, layer.weight_units(), lr, y, warps=4, splits=15)
+    # the binding's own checks come back as a message (no C++ exception through the binding)
+    why = mod.small_m.extension().w4a4_small_m(q.float(), ux, layer.qweight, layer.wscales, layer.weight_units(), lr,
+                                               layer.lora_up, layer.bias, y, *mod.small_m._buffers(y.device, 4 * 3584, 112),
+                                               4, 1, 0)
+    assert why.startswith("w4a4_small_m: a is Float"), why
 
 
 def test_gelu_epilogue_matches_reference_on_the_ffn_shape():
