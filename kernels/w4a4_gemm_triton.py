@@ -1065,8 +1065,11 @@ PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # Up to this many rows (at most small_m.MAX_M = 32) the i8 layout's GEMM is the CUDA C++ kernel
 # (kernels/w4a4_small_m.cu, path "i8s": mma.sync fragments loaded straight from the packed weights, no unpack
-# shuffle); where it does not build, the Triton i8 kernel. VAR_GEN_W4A4_SMALL_M_MAX=0 turns it off.
-SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "32"))
+# shuffle); where it does not build, the Triton i8 kernel. Measured on the H100 (nineteenth session,
+# bench/small_m_sweep.py, whole product in a CUDA graph): at 2 and 8 rows 1.24-1.80x faster than the Triton i8
+# path on the four block shapes; at 32 rows 1.26x on 3584 -> 10752, equal on 3584², 0.88x on 3584 -> 14336, so
+# the default stops at 8 (a 1024² generation with CFG meets 2 and 8 rows). VAR_GEN_W4A4_SMALL_M_MAX=0 turns it off.
+SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "8"))
 # Kernel 1 (and its row pass) without divisions: the low-rank dot on x̂ split into two bf16 parts against
 # L_down as stored ("bf16x2s"), instead of x against L_down / λ divided in the kernel ("bf16x2"), the same
 # precision (~2^-17); and 1/λ read from `inv_smooth` instead of made per program and group. In the sm_90 PTX

@@ -1,5 +1,5 @@
 #!/bin/bash
-# After small_m_first.sh (nineteenth session), .tcache/torch_ext carried: the GEMM table at M = 2 and 32 with the
+# For the next session (not run in the nineteenth: no device time left): after small_m_second.sh, .tcache/torch_ext carried: the GEMM table at M = 2 and 32 with the
 # i8s path as the default (bench/kernel_bench.py), then the edge proof at 1024² with CFG, W4A4 + INT8 KV with
 # the i8s path up to 32 rows and with it off (VAR_GEN_W4A4_SMALL_M_MAX=0), and bf16, on the same machine.
 source bench/device/autotune_carry.sh

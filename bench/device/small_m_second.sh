@@ -8,27 +8,7 @@ source bench/device/autotune_carry.sh
 export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext
 mkdir -p "$TORCH_EXTENSIONS_DIR"
 t0=$(date +%s)
-python3 - <<'PY' 2>&1 | grep -v -i warn | tail -6
-import sys, torch
-sys.path.insert(0, "test")
-from kernels_under_test import gemm_module
-from test_kernels_gpu import _layer
-from var_gen_ros.quant.int4 import unpack_int4
-mod = gemm_module(); sm = mod.small_m
-print("built:", sm.extension() is not None, sm.build_status())
-for K, N, M, w, s in [(256, 64, 8, 4, 1), (3584, 3584, 32, 8, 3), (14336, 3584, 17, 4, 8)]:
-    layer = _layer(K, N, False, seed=1)
-    x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
-    q, ux, lr = mod.quantize_activations(x, layer, i8=True)
-    wu = layer.weight_units()
-    m = torch.round(layer.wscales.float() / wu[:, None])
-    qw = unpack_int4(layer.qweight).double() * m.double().repeat_interleave(64, 1)
-    exact = (q.double() @ qw.t()) * ux.double()[:, None] * wu.double()[None, :] + lr.sum(0).double() @ layer.lora_up.double().t()
-    y = torch.full((M, N), float("nan"), device="cuda", dtype=torch.bfloat16)
-    sm.w4a4_small_m(q, ux, layer, wu, lr, y, warps=w, splits=s)
-    err = (y.double() - exact).abs() / exact.abs().max()
-    print(K, N, M, w, s, "max err", f"{err.max().item():.2e}", "bad", int((err > 1e-2).sum()))
-PY
+python3 bench/small_m_exact_check.py 256,64,8,4,1 3584,3584,32,8,3 14336,3584,17,4,8 2>&1 | grep -v -i warn | tail -6
 echo "build + check s $(( $(date +%s) - t0 ))"
 timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q test/test_kernels_gpu.py -k "small_m or default_path_is_i8" \
   > "$OUT/test_small_m.txt" 2>&1
