@@ -1,7 +1,7 @@
 #!/bin/bash
 # For the next session (not run in the nineteenth: no device time left): after small_m_second.sh, .tcache/torch_ext carried: the GEMM table at M = 2 and 32 with the
 # i8s path as the default (bench/kernel_bench.py), then the edge proof at 1024² with CFG, W4A4 + INT8 KV with
-# the i8s path up to 32 rows and with it off (VAR_GEN_W4A4_SMALL_M_MAX=0), and bf16, on the same machine.
+# the i8s path at its default (up to 8 rows) and with it off (VAR_GEN_W4A4_SMALL_M_MAX=0), and bf16, on the same machine.
 source bench/device/autotune_carry.sh
 export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext
 mkdir -p "$TORCH_EXTENSIONS_DIR"
