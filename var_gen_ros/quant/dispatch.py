@@ -209,11 +209,11 @@ def kernel_status() -> str:
     _load()
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
-    gemm_qkv = getattr(_STATE.get("w4a4_module"), "QKV_EPILOGUE", False)
+    gemm = _STATE.get("w4a4_module")
+    gemm_qkv = getattr(gemm, "QKV_EPILOGUE", False)
     eager = (f", eagerly from {max(KV_SDPA_MIN_LQ, KV_SDPA_EAGER_MIN_LQ)}" if KV_SDPA_EAGER_MIN_LQ > 0 else "")
     sdpa = (f"; in CUDA graphs from {KV_SDPA_MIN_LQ} queries{eager} its K/V dequantized per head group by "
             "triton, then SDPA" if KV_SDPA_MIN_LQ > 0 else "")
-    gemm = _STATE.get("w4a4_module")
     small = ""
     if gemm is not None and getattr(gemm, "SMALL_M_MAX", 0) > 0:
         # the CUDA C++ small-M kernel is built on the first call that wants it: report its state as of now
