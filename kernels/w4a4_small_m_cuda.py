@@ -1,4 +1,5 @@
-"""The W4A4 GEMM for few rows (M <= 32), in CUDA C++ (kernels/w4a4_small_m.cu), called after kernel 1
+"""The W4A4 GEMMs in CUDA C++ for few rows (M <= 32, kernels/w4a4_small_m.cu) and for tens to hundreds of rows
+(shared-memory tiles, kernels/w4a4_tiled.cu), one extension, called after kernel 1
 (`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on the i8 layout: int8 q·m activations with one unit
 per row, packed INT4 weights with two-level scales. Its reference is the same as every W4A4 path's
 (`W4A4Linear.reference_forward`, quant/w4a4.py); test/test_kernels_gpu.py compares them.
@@ -15,7 +16,7 @@ import warnings
 
 import torch
 
-SOURCES = ("w4a4_small_m.cu", "w4a4_small_m_binding.cpp")
+SOURCES = ("w4a4_small_m.cu", "w4a4_tiled.cu", "w4a4_small_m_binding.cpp")
 MAX_M = 32          # the kernel's n8 token tiles: 1, 2 or 4 of them
 MAX_RANK = 64       # the epilogue stages the low-rank operands in shared memory
 _LOCK = threading.Lock()
@@ -38,8 +39,8 @@ def extension():
                 except Exception as e:   # no nvcc / compiler, or a failed build: the Triton path still works
                     _STATE["module"] = None
                     _STATE["reason"] = f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})"
-                    warnings.warn(f"var_gen_ros: the small-M W4A4 CUDA kernel is unavailable, the Triton i8 path "
-                                  f"serves M <= {MAX_M}: {_STATE['reason']}")
+                    warnings.warn(f"var_gen_ros: the W4A4 CUDA kernels (small-M, tiled) are unavailable, the Triton "
+                                  f"i8 path serves their rows: {_STATE['reason']}")
     return _STATE["module"]
 
 
@@ -150,4 +151,76 @@ def w4a4_small_m(q: torch.Tensor, ux: torch.Tensor, layer, wu: torch.Tensor, lr,
                 pick = _PICKS[key] = min(times, key=times.get)
         warps, splits = warps or pick[0], splits or pick[1]
     _launch(ext, q, ux, layer, wu, lr, y, act, warps, splits)
+    return y
+
+
+# --- kernels/w4a4_tiled.cu: output tiles of TILES[t] = (columns, tokens), operands staged in shared memory ---
+
+TILES = {0: (128, 32), 1: (128, 64), 2: (256, 32)}   # 4, 8 and 8 warps, each a 32 x 32 sub-tile
+_TILED_PICKS = {}
+
+
+def tiled_supports(M: int, layer, dtype: torch.dtype) -> bool:
+    """Whether the tiled kernel takes this call's shapes and dtypes (the extension itself is not built here)."""
+    K, N = layer.in_features, layer.out_features
+    same = layer.wscales.dtype == dtype and (not layer.rank or layer.lora_up.dtype == dtype) and (
+        layer.bias is None or layer.bias.dtype == dtype)
+    return (M >= 1 and dtype in (torch.bfloat16, torch.float16) and same and K % 128 == 0 and N % 128 == 0
+            and layer.rank <= MAX_RANK)
+
+
+def tiled_candidates(N: int, K: int) -> list:
+    """(tile, splits) launches: every tile whose columns divide N, K split over 1-8 blocks of at least two
+    128-wide stages each."""
+    return [(t, s) for t, (cols, _) in TILES.items() if N % cols == 0 for s in (1, 2, 4, 8) if 2 * s <= K // 128]
+
+
+def tiled_default_launch(M: int, N: int, K: int, sms: int) -> tuple:
+    """(tile, splits) without timing (inside a CUDA graph capture): 64-token tiles above 32 rows, and K split
+    until the grid covers the GPU's SMs once (a rule, not a measurement)."""
+    tile = 1 if M > 32 else 0
+    cols, toks = TILES[tile]
+    blocks = (N // cols) * -(-M // toks)
+    splits = 1
+    while blocks * splits < sms and 2 * (2 * splits) <= K // 128 and splits < 8:
+        splits *= 2
+    return tile, splits
+
+
+def _launch_tiled(ext, q, ux, layer, wu, lr, y, act, tile, splits):
+    M, K = q.shape
+    N = layer.out_features
+    if tile not in TILES or splits < 1 or splits > K // 128 or N % TILES[tile][0]:
+        raise ValueError(f"w4a4_tiled: tile {tile} x {splits} splits does not fit {K} -> {N} (tiles {sorted(TILES)}, "
+                         f"columns dividing N, at most K / 128 = {K // 128} splits)")
+    cols, toks = TILES[tile]
+    ws, cnt = _buffers(q.device, M * N, (N // cols) * -(-M // toks))
+    why = ext.w4a4_tiled(q, ux, layer.qweight, layer.wscales, wu, lr if layer.rank else None,
+                         layer.lora_up if layer.rank else None, layer.bias, y, ws, cnt, tile, splits, act)
+    if why:
+        raise ValueError(why)
+
+
+def w4a4_tiled(q: torch.Tensor, ux: torch.Tensor, layer, wu: torch.Tensor, lr, y: torch.Tensor, act: int = 0,
+               tile: int = None, splits: int = None) -> torch.Tensor:
+    """As `w4a4_small_m`, through the tiled kernel (any M): the launch (tile, splits) is timed once per
+    (row bucket, N, K, device) among `tiled_candidates` at the first call outside a CUDA graph capture,
+    `tiled_default_launch` inside one; `tile` / `splits` fix it."""
+    ext = extension()
+    if ext is None:
+        raise RuntimeError(f"the W4A4 CUDA kernels are unavailable: {build_status()}")
+    M, K = q.shape
+    N = layer.out_features
+    if tile is None or splits is None:
+        key = (_bucket(M), N, K, q.device.index)
+        pick = _TILED_PICKS.get(key)
+        if pick is None:
+            if torch.cuda.is_current_stream_capturing():
+                pick = tiled_default_launch(M, N, K, _sms(q.device))
+            else:
+                times = {c: _graph_us(lambda c=c: _launch_tiled(ext, q, ux, layer, wu, lr, y, act, *c))
+                         for c in tiled_candidates(N, K)}
+                pick = _TILED_PICKS[key] = min(times, key=times.get)
+        tile, splits = pick[0] if tile is None else tile, pick[1] if splits is None else splits
+    _launch_tiled(ext, q, ux, layer, wu, lr, y, act, tile, splits)
     return y
