@@ -98,8 +98,8 @@ struct Tile {
   static constexpr int W_BYTES = KG * BN * 32, A_BYTES = KG * BT * 64, S_BYTES = BN * KG * 2;
   static constexpr int STAGE_BYTES = W_BYTES + A_BYTES + S_BYTES;
   static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
-  // the epilogue's float32 L_up rows and low-rank partials, rank padded to 8 plus 4 words (bank spread)
-  static constexpr int EPI_BYTES = (BN + BT) * (MAX_RANK + 4) * 4;
+  // the epilogue's 16-bit L_up rows (padded to R + 8 halves) and float32 low-rank partials (R + 4 words)
+  static constexpr int EPI_BYTES = BN * (MAX_RANK + 8) * 2 + BT * (MAX_RANK + 4) * 4;
   static constexpr int SMEM = PIPE_BYTES > EPI_BYTES ? PIPE_BYTES : EPI_BYTES;
 };
 
@@ -204,6 +204,28 @@ __global__ void __launch_bounds__(32 * WN * WT, 16 / (WN * WT)) w4a4_tiled_kerne
   cp_async_wait<0>();
   __syncthreads();   // the pipeline's shared memory is free for the epilogue
 
+  // The epilogue's low-rank operands, copied now so the copies overlap the split-K exchange: L_up's rows as
+  // stored (16-bit, rows padded to R + 8 halves) and the tokens' float32 partials (rows padded to R + 4 words);
+  // with those strides a warp's fragment loads fall in distinct banks. cp.async where R % 8 == 0 and kernel 1
+  // summed its partials (S == 1, the product's case), else a plain loop (each iteration waits on its loads).
+  const int R8 = (R + 7) & ~7, UP = R8 + 8, LP = R8 + 4;
+  uint16_t* up_s = reinterpret_cast<uint16_t*>(smem);
+  float* lr_s = reinterpret_cast<float*>(smem + P::BN * UP * 2);
+  const bool async_epi = R > 0 && R % 8 == 0 && S == 1;
+  if (async_epi) {
+    #pragma unroll 1
+    for (int c = tid; c < P::BN * (R / 8); c += P::THREADS) {
+      const int row = c / (R / 8), q = c % (R / 8);
+      cp_async16(up_s + row * UP + 8 * q, up + (size_t)(n0 + row) * R + 8 * q);
+    }
+    #pragma unroll 1
+    for (int c = tid; c < P::BT * (R / 4); c += P::THREADS) {
+      const int tok = c / (R / 4), q = c % (R / 4);
+      cp_async16(lr_s + tok * LP + 4 * q, lr + (size_t)min(t0 + tok, M - 1) * R + 4 * q);   // past M: never stored
+    }
+    cp_async_commit();
+  }
+
   // accumulator (mt, nt, i): weight row 32·wn + 16·mt + gid + 8·(i >> 1), token 32·wt + 8·nt + 2·t + (i & 1)
   if (gridDim.y > 1) {
 #pragma unroll
@@ -220,7 +242,10 @@ __global__ void __launch_bounds__(32 * WN * WT, 16 / (WN * WT)) w4a4_tiled_kerne
     const int tile = blockIdx.z * gridDim.x + blockIdx.x;
     if (tid == 0) is_last = atomicAdd(&cnt[tile], 1) == (int)gridDim.y - 1;
     __syncthreads();
-    if (!is_last) return;
+    if (!is_last) {
+      cp_async_wait<0>();
+      return;
+    }
     __threadfence();
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -234,20 +259,23 @@ __global__ void __launch_bounds__(32 * WN * WT, 16 / (WN * WT)) w4a4_tiled_kerne
     if (tid == 0) cnt[tile] = 0;   // re-armed for the next call
   }
 
-  const int R8 = (R + 7) & ~7, RP = R8 + 4;   // RP = 4 mod 8 words: the fragment loads hit 32 distinct banks
-  float* up_s = reinterpret_cast<float*>(smem);
-  float* lr_s = up_s + P::BN * RP;
   if (R > 0) {
-    for (int i = tid; i < P::BN * R8; i += P::THREADS) {
-      const int row = i / R8, k = i % R8;
-      up_s[row * RP + k] = k < R ? to_float<T>(up[(size_t)(n0 + row) * R + k]) : 0.0f;
-    }
-    for (int i = tid; i < P::BT * R8; i += P::THREADS) {
-      const int tok = i / R8, k = i % R8;
-      float part = 0.0f;
-      if (k < R && t0 + tok < M)
-        for (int s = 0; s < S; ++s) part += lr[((size_t)s * M + t0 + tok) * R + k];
-      lr_s[tok * RP + k] = part;
+    if (async_epi) {
+      cp_async_wait<0>();
+    } else {
+      #pragma unroll 1
+      for (int i = tid; i < P::BN * R8; i += P::THREADS) {
+        const int row = i / R8, k = i % R8;
+        up_s[row * UP + k] = k < R ? up[(size_t)(n0 + row) * R + k] : (uint16_t)0;
+      }
+      #pragma unroll 1
+      for (int i = tid; i < P::BT * R8; i += P::THREADS) {
+        const int tok = i / R8, k = i % R8;
+        float part = 0.0f;
+        if (k < R && t0 + tok < M)
+          for (int s = 0; s < S; ++s) part += lr[((size_t)s * M + t0 + tok) * R + k];
+        lr_s[tok * LP + k] = part;
+      }
     }
     __syncthreads();
   }
@@ -263,13 +291,13 @@ __global__ void __launch_bounds__(32 * WN * WT, 16 / (WN * WT)) w4a4_tiled_kerne
       const int c0 = 32 * wt + 8 * nt;
       float lowrank[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       for (int k0 = 0; k0 < R8; k0 += 8) {
-        const float* u0 = up_s + r0 * RP + k0 + t;   // 16-bit values: exact in tf32
-        const float* l0 = lr_s + (c0 + gid) * RP + k0 + t;
+        const uint16_t* u0 = up_s + r0 * UP + k0 + t;   // 16-bit values: exact in tf32
+        const float* l0 = lr_s + (c0 + gid) * LP + k0 + t;
         const float x0 = l0[0], x1 = l0[4];
         const uint32_t h0 = to_tf32(x0), h1 = to_tf32(x1);
         const uint32_t e0 = to_tf32(x0 - __uint_as_float(h0)), e1 = to_tf32(x1 - __uint_as_float(h1));
-        const uint32_t a0 = __float_as_uint(u0[0]), a1 = __float_as_uint(u0[8 * RP]);
-        const uint32_t a2 = __float_as_uint(u0[4]), a3 = __float_as_uint(u0[8 * RP + 4]);
+        const uint32_t a0 = __float_as_uint(to_float<T>(u0[0])), a1 = __float_as_uint(to_float<T>(u0[8 * UP]));
+        const uint32_t a2 = __float_as_uint(to_float<T>(u0[4])), a3 = __float_as_uint(to_float<T>(u0[8 * UP + 4]));
         mma_tf32(lowrank, a0, a1, a2, a3, e0, e1);   // the small part first
         mma_tf32(lowrank, a0, a1, a2, a3, h0, h1);
       }

@@ -202,7 +202,7 @@ def test_tiled_cuda_kernel_rejects_bad_calls_clearly():
     layer = _layer(3584, 3584, True, seed=6)
     with pytest.raises(ValueError, match="i8t path takes"):
         mod.w4a4_linear(torch.randn(4, 3584, device="cuda").half(), layer, path="i8t")
-    narrow = _layer(256, 384, False, seed=7)
+    narrow = _layer(256, 320, False, seed=7)      # 320 columns: no whole 128-column tile
     with pytest.raises(ValueError, match="i8t path takes"):
         mod.w4a4_linear(torch.randn(4, 256, device="cuda").bfloat16(), narrow, path="i8t")
     x = torch.randn(40, 3584, device="cuda").bfloat16()

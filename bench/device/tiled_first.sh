@@ -7,7 +7,7 @@ export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext
 mkdir -p "$TORCH_EXTENSIONS_DIR"
 t0=$(date +%s)
 VAR_GEN_W4A4_TILED_MAX_M=288 timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -x test/test_kernels_gpu.py \
-  -k "tiled or small_m or default_path_is_i8" > "$OUT/test_tiled.txt" 2>&1
+  -k "${TESTS:-tiled or small_m or default_path_is_i8}" > "$OUT/test_tiled.txt" 2>&1
 echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert|rel" "$OUT/test_tiled.txt" | head -20
 timeout ${SWEEP_TIMEOUT:-240} python3 bench/tiled_sweep.py --ms ${MS:-2,8,32,72,128,288,512} --cold ${COLD:-1} \
   --shapes ${SHAPES:-3584x10752,3584x3584,3584x14336,14336x3584} --json "$OUT/tiled_sweep.json" > "$OUT/tiled_sweep.txt" 2>&1
