@@ -1,9 +1,12 @@
-"""The CUDA C++ small-M W4A4 GEMM (path "i8s", kernels/w4a4_small_m.cu) against the Triton i8 path and bf16
-cuBLAS, side by side in one process, every Infinity-8B Linear shape, M <= 32 (CUDA-graph replay, median):
+"""The CUDA C++ small-M W4A4 kernels (GEMM: path "i8s", kernels/w4a4_small_m.cu; kernel 1:
+kernels/w4a4_quantize_small_m.cu) against the Triton i8 path and bf16 cuBLAS, side by side in one process, every
+Infinity-8B Linear shape, M <= 32 (CUDA-graph replay, median):
 
 * the whole W4A4 product (kernel 1 + GEMM) on the i8s path with its tuned launch, the kernel alone with each
-  (warps, splits) of the sweep, on the Triton i8 path (autotuned), and torch.matmul in bf16;
-* the GEMM alone: the i8s kernel on kernel 1's precomputed outputs, and kernel 1 alone;
+  (warps, splits) of the sweep, on the Triton i8 path (autotuned), and torch.matmul in bf16; both W4A4 paths
+  with the CUDA kernel 1 (the default up to QUANT_CUDA_MAX_M rows) and with the Triton one;
+* the GEMM alone: the i8s kernel on kernel 1's precomputed outputs, and kernel 1 alone, Triton and CUDA (whose
+  codes and units must equal the Triton kernel's bit for bit: `k1_equal`);
 * the default launches again with the weights cold in the L2 (copies of the layer, as in a generation);
 * each launch's relative error against the reference (`W4A4Linear.reference_forward`), so a wrong launch
   shows in the same table.
@@ -50,8 +53,9 @@ def main():
         raise SystemExit(f"the small-M kernel did not build: {sm.build_status()}")
     ms = [int(m) for m in args.ms.split(",")]
     rows = []
-    print(f"{'K':>6} {'N':>6} {'M':>3} | {'bf16':>7} {'i8':>7} {'i8s':>7} {'x bf16':>6} {'x i8':>5} | {'k1':>6} "
-          f"{'gemm':>6} | tuned warps,splits | sweep (warps,splits: µs) | max rel err")
+    print(f"{'K':>6} {'N':>6} {'M':>3} | {'bf16':>7} {'i8':>7} {'i8s':>7} {'x bf16':>6} {'x i8':>5} | "
+          f"{'i8 tk1':>7} {'i8s tk1':>7} | {'k1':>6} {'k1 cu':>6} {'k1 =':>5} {'gemm':>6} | tuned warps,splits | "
+          f"sweep (warps,splits: µs) | max rel err")
     for K, N, bias in SHAPES_8B:
         if args.shapes and f"{K}x{N}" not in args.shapes.split(","):
             continue
@@ -66,20 +70,31 @@ def main():
             y = torch.empty_like(y_b)
             r = {"K": K, "N": N, "M": M, "default_path": mod.path_for(x, layer)}
             r["bf16_ms"] = _ms(lambda: torch.matmul(x, w.t(), out=y_b))
-            mod.w4a4_linear(x, layer, out=y, path="i8")            # autotune outside the timed region
-            r["i8_rel"] = _rel(y, ref)
-            r["i8_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8"))
-            y.fill_(float("nan"))
-            mod.w4a4_linear(x, layer, out=y, path="i8s")
-            r["i8s_rel"] = _rel(y, ref)
-            r["i8s_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
+            cuda_k1 = mod.QUANT_CUDA_MAX_M
+            for tag, limit in (("", cuda_k1), ("_triton_k1", 0)):   # kernel 1: the default, then Triton's
+                mod.QUANT_CUDA_MAX_M = limit
+                y.fill_(float("nan"))
+                mod.w4a4_linear(x, layer, out=y, path="i8")        # autotune outside the timed region
+                r[f"i8{tag}_rel"] = _rel(y, ref)
+                r[f"i8{tag}_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8"))
+                y.fill_(float("nan"))
+                mod.w4a4_linear(x, layer, out=y, path="i8s")
+                r[f"i8s{tag}_rel"] = _rel(y, ref)
+                r[f"i8s{tag}_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
+            mod.QUANT_CUDA_MAX_M = cuda_k1
             r["tuned_launch"] = sm._PICKS.get((sm._bucket(M), N, K, x.device.index))
             q, ux, lr = mod.quantize_activations(x, layer, i8=True)
             r["kernel1_ms"] = _ms(lambda: mod.quantize_activations(x, layer, i8=True))
+            if sm.quantize_supports(x, layer):
+                inv = mod.inv_smooth(layer)
+                qc, uc, lc = sm.quantize(x, layer, inv, mod.INV_QMAX)
+                r["k1_equal"] = bool(torch.equal(qc, q) and torch.equal(uc, ux))
+                r["k1_lr_rel"] = ((lc[0].double() - lr.sum(0).double()).norm() / lr.sum(0).double().norm()).item()
+                r["kernel1_cuda_ms"] = _ms(lambda: sm.quantize(x, layer, inv, mod.INV_QMAX))
             r["i8s_gemm_ms"] = _ms(lambda: sm.w4a4_small_m(q, ux, layer, wu, lr, y))
             sweep = {}
-            for wp in (int(v) for v in args.warps.split(",")):
-                for s in (int(v) for v in args.splits.split(",")):
+            for wp in (int(v) for v in args.warps.split(",") if v):
+                for s in (int(v) for v in args.splits.split(",") if v):
                     if s * wp > G:
                         continue
                     cfg = dict(warps=wp, splits=s)
@@ -102,15 +117,19 @@ def main():
                 r["cold_i8s_ms"] = _ms(lambda: [mod.w4a4_linear(x, lay, out=y, path="i8s") for lay in layers]) / n
                 del layers, ws
             rows.append(r)
-            worst = max([r["i8s_rel"]] + [v["rel"] for v in sweep.values()])
+            worst = max([r["i8s_rel"], r["i8s_triton_k1_rel"], r["i8_rel"]] + [v["rel"] for v in sweep.values()])
             print(f"{K:6d} {N:6d} {M:3d} | {r['bf16_ms']*1e3:7.1f} {r['i8_ms']*1e3:7.1f} {r['i8s_ms']*1e3:7.1f} "
-                  f"{r['bf16_ms']/r['i8s_ms']:6.2f} {r['i8_ms']/r['i8s_ms']:5.2f} | {r['kernel1_ms']*1e3:6.1f} "
+                  f"{r['bf16_ms']/r['i8s_ms']:6.2f} {r['i8_ms']/r['i8s_ms']:5.2f} | "
+                  f"{r['i8_triton_k1_ms']*1e3:7.1f} {r['i8s_triton_k1_ms']*1e3:7.1f} | {r['kernel1_ms']*1e3:6.1f} "
+                  f"{r.get('kernel1_cuda_ms', float('nan'))*1e3:6.1f} {str(r.get('k1_equal', '-')):>5} "
                   f"{r['i8s_gemm_ms']*1e3:6.1f} | {r['tuned_launch']} | "
                   + " ".join(f"{k}: {v['gemm_ms']*1e3:.1f}" for k, v in sweep.items())
                   + (f" | cold: bf16 {r['cold_bf16_ms']*1e3:.1f} i8 {r['cold_i8_ms']*1e3:.1f} i8s {r['cold_i8s_ms']*1e3:.1f}"
                      if "cold_copies" in r else "")
                   + f" | {worst:.1e}", flush=True)
-    print("(µs; x bf16 = bf16 / i8s, x i8 = i8 / i8s; k1 = kernel 1 alone, gemm = the i8s kernel alone)")
+    print("(µs; i8 / i8s with the default kernel 1 (CUDA up to QUANT_CUDA_MAX_M rows), tk1 = with Triton's kernel 1;"
+          " x bf16 = bf16 / i8s, x i8 = i8 / i8s; k1 = Triton kernel 1 alone, k1 cu = the CUDA one, k1 = its codes and"
+          " units equal Triton's; gemm = the i8s kernel alone)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)

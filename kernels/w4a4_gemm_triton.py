@@ -1070,10 +1070,11 @@ I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # path on the four block shapes; at 32 rows 1.26x on 3584 -> 10752, equal on 3584², 0.88x on 3584 -> 14336, so
 # the default stops at 8 (a 1024² generation with CFG meets 2 and 8 rows). VAR_GEN_W4A4_SMALL_M_MAX=0 turns it off.
 SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "8"))
-# Above SMALL_M_MAX and up to this many rows, the i8 layout's GEMM is the tiled CUDA C++ kernel
-# (kernels/w4a4_tiled.cu, path "i8t": the operands staged in shared memory by cp.async, 128- or 256-column
-# output tiles). 0 (off) until it is measured against the Triton i8 path on a GPU (twentieth session).
-TILED_MAX_M = int(os.environ.get("VAR_GEN_W4A4_TILED_MAX_M", "0"))
+# Up to this many rows (at most small_m.MAX_M = 32) the i8 layout's kernel 1 is the CUDA C++ one
+# (kernels/w4a4_quantize_small_m.cu: one launch with a grid barrier for the rows' units, instead of the Triton row
+# pass and quantizer over up to 56 K splits); the same codes and units bit for bit. Where it does not build or
+# take the call, the Triton kernel 1. VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0 turns it off.
+QUANT_CUDA_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_CUDA_MAX_M", "32"))
 # Kernel 1 (and its row pass) without divisions: the low-rank dot on x̂ split into two bf16 parts against
 # L_down as stored ("bf16x2s"), instead of x against L_down / λ divided in the kernel ("bf16x2"), the same
 # precision (~2^-17); and 1/λ read from `inv_smooth` instead of made per program and group. In the sm_90 PTX
@@ -1108,9 +1109,6 @@ def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:
         if (M <= SMALL_M_MAX and layer is not None and small_m.supports(M, layer, x2.dtype)
                 and small_m.extension() is not None):
             return "i8s"
-        if (M <= TILED_MAX_M and layer is not None and small_m.tiled_supports(M, layer, x2.dtype)
-                and small_m.extension() is not None):
-            return "i8t"
         return "i8w" if 0 < I8W_MIN_M <= M else "i8"
     path = default_path(x2)
     if _capability(x2)[0] == 9 and 0 < F16_MIN_M <= M:
@@ -1184,8 +1182,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
                 act: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M (`path_for`): "i8s" (the CUDA C++ kernel for M <= 32,
-    kernels/w4a4_small_m.cu; `config` {"warps", "splits"}), "i8t" (the tiled CUDA C++ kernel,
-    kernels/w4a4_tiled.cu; `config` {"tile", "splits"}), "i8" / "i8w" (INT8 MMA over all of K on
+    kernels/w4a4_small_m.cu; `config` {"warps", "splits"}), "i8" / "i8w" (INT8 MMA over all of K on
     q·m of two-level scales, the weights' made in registers / in a workspace first), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
     packed weights), "fp8w" (FP8 MMA on weights unpacked first), "f16" (fp16 MMA on activations and
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
@@ -1200,21 +1197,18 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     M = x2.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
     path = path or path_for(x2, layer)
-    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w", "i8s", "i8t")
+    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w", "i8s")
     wu = layer.weight_units() if i8 else None
     if i8 and wu is None:
         raise ValueError("the i8 path needs two-level weight scales (quant.int4.weight_scales); this layer's are free")
     if path == "i8s" and not small_m.supports(M, layer, x.dtype):
         raise ValueError(f"the i8s path takes 1-{small_m.MAX_M} rows, K % 64 == 0, N % 32 == 0 and one 16-bit dtype "
                          f"for x, scales, L_up and bias (M {M}, {K} -> {N}, x {x.dtype}, scales {layer.wscales.dtype})")
-    if path == "i8t" and not small_m.tiled_supports(M, layer, x.dtype):
-        raise ValueError(f"the i8t path takes K % 128 == 0, N % 128 == 0, rank <= {small_m.MAX_RANK} and one 16-bit "
-                         f"dtype for x, scales, L_up and bias (M {M}, {K} -> {N}, x {x.dtype}, scales {layer.wscales.dtype})")
-    q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8)
-    if path == "i8t":   # CUDA C++ (kernels/w4a4_tiled.cu); `config` may fix {"tile", "splits"}
-        config = config or {}
-        small_m.w4a4_tiled(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("tile"), config.get("splits"))
-        return y.reshape(*shape[:-1], N)
+    if i8 and path != "i8w" and M <= QUANT_CUDA_MAX_M and small_m.quantize_supports(x2, layer) \
+            and small_m.extension() is not None:
+        q, sx, lr = small_m.quantize(x2, layer, inv_smooth(layer), INV_QMAX)
+    else:
+        q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8)
     if path == "i8s":   # CUDA C++ (kernels/w4a4_small_m.cu); `config` may fix {"warps", "splits"}
         config = config or {}
         small_m.w4a4_small_m(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("warps"), config.get("splits"))

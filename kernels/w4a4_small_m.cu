@@ -26,16 +26,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "w4a4_common.cuh"
+
 namespace {
 
-template <typename T> __device__ __forceinline__ float to_float(uint16_t bits);
-template <> __device__ __forceinline__ float to_float<__half>(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(uint16_t bits) {
-  return __bfloat162float(__ushort_as_bfloat16(bits));
-}
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using var_gen::from_float;
+using var_gen::to_float;
 
 // Four bytes each holding a code 0..15 (two's complement nibble) -> four signed int8: the bytes with bit 3 set
 // get 0xF0 or'ed in (0x08 · 0x1E = 0xF0, no carry between bytes).

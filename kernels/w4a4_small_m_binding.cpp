@@ -1,4 +1,4 @@
-// PyTorch binding of kernels/w4a4_small_m.cu and kernels/w4a4_tiled.cu (one extension, built by
+// PyTorch binding of kernels/w4a4_small_m.cu and kernels/w4a4_quantize_small_m.cu (one extension, built by
 // torch.utils.cpp_extension, kernels/w4a4_small_m_cuda.py):
 // checks every tensor's device, dtype, shape, layout and alignment, then launches on the current stream.
 // Errors come back as a message (empty on success) that the Python side raises: a C++ exception thrown
@@ -16,12 +16,9 @@ cudaError_t var_gen_w4a4_small_m(int dtype, int warps, const void* a, const floa
                                  const float* wu, const float* lr, const void* up, const void* bias, void* y,
                                  int32_t* ws, int32_t* cnt, int M, int N, int K, int R, int S, int splits, int act,
                                  cudaStream_t stream);
-cudaError_t var_gen_w4a4_tiled(int dtype, int tile, const void* a, const float* ux, const void* w, const void* sw,
-                               const float* wu, const float* lr, const void* up, const void* bias, void* y,
-                               int32_t* ws, int32_t* cnt, int M, int N, int K, int R, int S, int splits, int act,
-                               cudaStream_t stream);
-int var_gen_w4a4_tiled_columns(int tile);
-int var_gen_w4a4_tiled_tokens(int tile);
+cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv, const void* down, int8_t* q,
+                                     float* ux, float* part, float* lrp, float* lr, int* cnt, int M, int K, int R,
+                                     int gps, float inv7, cudaStream_t stream);
 
 namespace {
 
@@ -40,7 +37,7 @@ std::string check(const char* kernel, const torch::Tensor& t, const char* name, 
   return why.str().empty() ? std::string() : std::string(kernel) + ": " + why.str();
 }
 
-// The operands both kernels take, checked: y (M, N) = the W4A4 product of kernel 1's q·m activations a (M, K)
+// The GEMM's operands, checked: y (M, N) = the W4A4 product of kernel 1's q·m activations a (M, K)
 // int8 with units ux (M,) float32 and the packed weights w (N, K/2) uint8 with two-level scales sw (N, K/64) and
 // units wu (N,) float32, plus the low-rank branch (lr (S, M, R) float32 partials of x̂·L_down, up (N, R)) and
 // bias (N,), then GELU-tanh if act == 1. ws / cnt: zeroed int32 buffers the call leaves zeroed. Returns "" or
@@ -116,36 +113,52 @@ std::string w4a4_small_m(const torch::Tensor& a, const torch::Tensor& ux, const 
   return std::string();
 }
 
-// kernels/w4a4_tiled.cu: any M, output tiles `tile` (0: 128 x 32, 1: 128 x 64, 2: 256 x 32 columns x tokens),
-// K split over `splits` blocks (each at least one 128-wide stage).
-std::string w4a4_tiled(const torch::Tensor& a, const torch::Tensor& ux, const torch::Tensor& w,
-                       const torch::Tensor& sw, const torch::Tensor& wu, const c10::optional<torch::Tensor>& lr,
-                       const c10::optional<torch::Tensor>& up, const c10::optional<torch::Tensor>& bias,
-                       torch::Tensor& y, torch::Tensor& ws, torch::Tensor& cnt, int64_t tile, int64_t splits,
-                       int64_t act) {
-  const char* NAME = "w4a4_tiled";
-  int64_t R = 0, S = 0;
-  const auto why = check_operands(NAME, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, R, S);
-  if (!why.empty()) return why;
-  const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
-  const int columns = (tile >= 0 && tile <= 2) ? var_gen_w4a4_tiled_columns((int)tile) : 0;
-  VAR_GEN_REQUIRE(columns > 0, "tile must be 0, 1 or 2, got " + std::to_string(tile));
-  const int tokens = var_gen_w4a4_tiled_tokens((int)tile);
-  VAR_GEN_REQUIRE(K % 128 == 0 && N % columns == 0, "K % 128 and N % " + std::to_string(columns) +
-                                                        " must be 0 (K " + std::to_string(K) + ", N " +
-                                                        std::to_string(N) + ")");
-  VAR_GEN_REQUIRE(splits >= 1 && splits <= K / 128,
-                  "splits " + std::to_string(splits) + " exceed the " + std::to_string(K / 128) + " stages of K");
-  const int64_t tiles = (N / columns) * ((M + tokens - 1) / tokens);
-  VAR_GEN_REQUIRE(splits == 1 || (ws.numel() >= M * N && cnt.numel() >= tiles), "workspace or counters too small");
-  const c10::cuda::CUDAGuard guard(y.device());
-  const cudaError_t err = var_gen_w4a4_tiled(
-      y.scalar_type() == torch::kBFloat16 ? 1 : 0, (int)tile, a.data_ptr(), static_cast<const float*>(ux.data_ptr()),
-      w.data_ptr(), sw.data_ptr(), static_cast<const float*>(wu.data_ptr()),
-      R ? static_cast<const float*>(lr->data_ptr()) : nullptr, R ? up->data_ptr() : nullptr,
-      bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(), static_cast<int32_t*>(ws.data_ptr()),
-      static_cast<int32_t*>(cnt.data_ptr()), (int)M, (int)N, (int)K, (int)R, (int)S, (int)splits, (int)act,
-      c10::cuda::getCurrentCUDAStream().stream());
+// kernels/w4a4_quantize_small_m.cu: kernel 1 for M <= 32 in one launch. x (M, K) bf16 / fp16, inv (K,) float32
+// (1/λ), down (K, R) in x's dtype or None; fills q (M, K) int8 q·m, ux (M,) float32 units and lr (M, R) float32
+// (x̂·L_down); part (S·M) and lrp (S·M·R) float32 scratch, cnt two zeroed int32 counters (left zeroed), where
+// S = K / 64 / gps blocks.
+std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, const c10::optional<torch::Tensor>& down,
+                             torch::Tensor& q, torch::Tensor& ux, torch::Tensor& part, torch::Tensor& lrp,
+                             torch::Tensor& lr, torch::Tensor& cnt, int64_t gps, double inv7) {
+  const char* NAME = "quantize_small_m";
+  VAR_GEN_REQUIRE(x.is_cuda(), "tensors must be on a CUDA device");
+  const auto device = x.device();
+  const auto dtype = x.scalar_type();
+  VAR_GEN_REQUIRE(dtype == torch::kBFloat16 || dtype == torch::kHalf, "x must be bf16 or fp16");
+  VAR_GEN_REQUIRE(x.dim() == 2 && q.dim() == 2, "x and q must be 2-D");
+  const int64_t M = x.size(0), K = x.size(1);
+  VAR_GEN_REQUIRE(M >= 1 && M <= 32, "takes 1 to 32 rows, got " + std::to_string(M));
+  VAR_GEN_REQUIRE(K % 64 == 0, "K % 64 must be 0 (K " + std::to_string(K) + ")");
+  VAR_GEN_REQUIRE(gps >= 1 && gps <= K / 64 && M * gps * 64 * 4 <= 48 * 1024,
+                  "gps " + std::to_string(gps) + " groups per block do not fit (K / 64 = " + std::to_string(K / 64) +
+                      ", M x gps x 64 floats within 48 KB)");
+  const int64_t S = (K / 64 + gps - 1) / gps;
+  const int64_t R = down.has_value() ? down->size(1) : 0;
+  VAR_GEN_REQUIRE(q.size(0) == M && q.size(1) == K && inv.numel() == K && ux.numel() == M && part.numel() >= S * M &&
+                      cnt.numel() >= 2,
+                  "shapes do not agree");
+  for (const auto& why : {check(NAME, x, "x", dtype, device, 16), check(NAME, inv, "inv", torch::kFloat, device, 16),
+                          check(NAME, q, "q", torch::kInt8, device, 1), check(NAME, ux, "ux", torch::kFloat, device, 4),
+                          check(NAME, part, "part", torch::kFloat, device, 4),
+                          check(NAME, cnt, "cnt", torch::kInt, device, 4)})
+    if (!why.empty()) return why;
+  if (R > 0) {
+    for (const auto& why : {check(NAME, *down, "down", dtype, device, 2), check(NAME, lrp, "lrp", torch::kFloat, device, 4),
+                            check(NAME, lr, "lr", torch::kFloat, device, 4)})
+      if (!why.empty()) return why;
+    VAR_GEN_REQUIRE(down->dim() == 2 && down->size(0) == K && R <= 64 && lrp.numel() >= S * M * R &&
+                        lr.numel() == M * R,
+                    "low-rank shapes do not agree (or rank > 64)");
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaError_t err = var_gen_quantize_small_m(
+      dtype == torch::kBFloat16 ? 1 : 0, x.data_ptr(), static_cast<const float*>(inv.data_ptr()),
+      R ? down->data_ptr() : nullptr, static_cast<int8_t*>(q.data_ptr()), static_cast<float*>(ux.data_ptr()),
+      static_cast<float*>(part.data_ptr()), R ? static_cast<float*>(lrp.data_ptr()) : nullptr,
+      R ? static_cast<float*>(lr.data_ptr()) : nullptr, static_cast<int*>(cnt.data_ptr()), (int)M, (int)K, (int)R,
+      (int)gps, (float)inv7, c10::cuda::getCurrentCUDAStream().stream());
+  VAR_GEN_REQUIRE(err != cudaErrorCooperativeLaunchTooLarge,
+                  std::to_string(S) + " blocks exceed the GPU's SMs (the grid barrier needs every block resident)");
   VAR_GEN_REQUIRE(err == cudaSuccess, std::string("launch failed: ") + cudaGetErrorString(err));
   return std::string();
 }
@@ -154,5 +167,5 @@ std::string w4a4_tiled(const torch::Tensor& a, const torch::Tensor& ux, const to
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a4_small_m", &w4a4_small_m, "W4A4 GEMM for M <= 32 (kernels/w4a4_small_m.cu)");
-  m.def("w4a4_tiled", &w4a4_tiled, "W4A4 GEMM in shared-memory tiles for tens to hundreds of rows (kernels/w4a4_tiled.cu)");
+  m.def("quantize_small_m", &quantize_small_m, "kernel 1 (two-level INT4 q·m and x̂·L_down) for M <= 32 (kernels/w4a4_quantize_small_m.cu)");
 }

@@ -1,5 +1,6 @@
-"""The W4A4 GEMMs in CUDA C++ for few rows (M <= 32, kernels/w4a4_small_m.cu) and for tens to hundreds of rows
-(shared-memory tiles, kernels/w4a4_tiled.cu), one extension, called after kernel 1
+"""The W4A4 product's two kernels in CUDA C++ for few rows (M <= 32): kernel 1, the activations' two-level INT4
+quantization and low-rank down-projection (kernels/w4a4_quantize_small_m.cu, `quantize`), and the GEMM
+(kernels/w4a4_small_m.cu, `w4a4_small_m`), called after kernel 1
 (`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on the i8 layout: int8 q·m activations with one unit
 per row, packed INT4 weights with two-level scales. Its reference is the same as every W4A4 path's
 (`W4A4Linear.reference_forward`, quant/w4a4.py); test/test_kernels_gpu.py compares them.
@@ -16,7 +17,7 @@ import warnings
 
 import torch
 
-SOURCES = ("w4a4_small_m.cu", "w4a4_tiled.cu", "w4a4_small_m_binding.cpp")
+SOURCES = ("w4a4_small_m.cu", "w4a4_quantize_small_m.cu", "w4a4_small_m_binding.cpp")
 MAX_M = 32          # the kernel's n8 token tiles: 1, 2 or 4 of them
 MAX_RANK = 64       # the epilogue stages the low-rank operands in shared memory
 _LOCK = threading.Lock()
@@ -39,7 +40,7 @@ def extension():
                 except Exception as e:   # no nvcc / compiler, or a failed build: the Triton path still works
                     _STATE["module"] = None
                     _STATE["reason"] = f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''})"
-                    warnings.warn(f"var_gen_ros: the W4A4 CUDA kernels (small-M, tiled) are unavailable, the Triton "
+                    warnings.warn(f"var_gen_ros: the W4A4 CUDA kernels (small-M) are unavailable, the Triton "
                                   f"i8 path serves their rows: {_STATE['reason']}")
     return _STATE["module"]
 
@@ -154,73 +155,58 @@ def w4a4_small_m(q: torch.Tensor, ux: torch.Tensor, layer, wu: torch.Tensor, lr,
     return y
 
 
-# --- kernels/w4a4_tiled.cu: output tiles of TILES[t] = (columns, tokens), operands staged in shared memory ---
+# --- kernel 1 for M <= 32 (kernels/w4a4_quantize_small_m.cu) ---
 
-TILES = {0: (128, 32), 1: (128, 64), 2: (256, 32)}   # 4, 8 and 8 warps, each a 32 x 32 sub-tile
-_TILED_PICKS = {}
-
-
-def tiled_supports(M: int, layer, dtype: torch.dtype) -> bool:
-    """Whether the tiled kernel takes this call's shapes and dtypes (the extension itself is not built here)."""
-    K, N = layer.in_features, layer.out_features
-    same = layer.wscales.dtype == dtype and (not layer.rank or layer.lora_up.dtype == dtype) and (
-        layer.bias is None or layer.bias.dtype == dtype)
-    return (M >= 1 and dtype in (torch.bfloat16, torch.float16) and same and K % 128 == 0 and N % 128 == 0
-            and layer.rank <= MAX_RANK)
+QUANT_BLOCKS = 28        # blocks (slices of K) the quantizer aims for: 2 groups each at K = 3584, 8 at 14336
+_QUANT_COUNTERS = {}
 
 
-def tiled_candidates(N: int, K: int) -> list:
-    """(tile, splits) launches: every tile whose columns divide N, K split over 1-8 blocks of at least two
-    128-wide stages each."""
-    return [(t, s) for t, (cols, _) in TILES.items() if N % cols == 0 for s in (1, 2, 4, 8) if 2 * s <= K // 128]
+def quantize_supports(x2: torch.Tensor, layer) -> bool:
+    """Whether the CUDA kernel 1 takes x2 (M, K) for this layer (the extension itself is not built here)."""
+    M, K = x2.shape
+    return (1 <= M <= MAX_M and x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16) and x2.is_contiguous()
+            and x2.data_ptr() % 16 == 0 and K % 64 == 0 and layer.rank <= MAX_RANK
+            and (not layer.rank or layer.lora_down.dtype == x2.dtype)
+            and quantize_groups_per_block(M, K, _sms(x2.device)) is not None)
 
 
-def tiled_default_launch(M: int, N: int, K: int, sms: int) -> tuple:
-    """(tile, splits) without timing (inside a CUDA graph capture): 64-token tiles above 32 rows, and K split
-    until the grid covers the GPU's SMs once (a rule, not a measurement)."""
-    tile = 1 if M > 32 else 0
-    cols, toks = TILES[tile]
-    blocks = (N // cols) * -(-M // toks)
-    splits = 1
-    while blocks * splits < sms and 2 * (2 * splits) <= K // 128 and splits < 8:
-        splits *= 2
-    return tile, splits
+def quantize_groups_per_block(M: int, K: int, sms: int):
+    """64-wide groups of K per block: QUANT_BLOCKS blocks (at most one per SM, for the grid barrier), or None
+    where a block's slice of x̂ (M x groups x 64 floats) would not fit 48 KB of shared memory."""
+    gps = -(-(K // 64) // min(QUANT_BLOCKS, sms))
+    return gps if M * gps * 64 * 4 <= 48 * 1024 else None
 
 
-def _launch_tiled(ext, q, ux, layer, wu, lr, y, act, tile, splits):
-    M, K = q.shape
-    N = layer.out_features
-    if tile not in TILES or splits < 1 or splits > K // 128 or N % TILES[tile][0]:
-        raise ValueError(f"w4a4_tiled: tile {tile} x {splits} splits does not fit {K} -> {N} (tiles {sorted(TILES)}, "
-                         f"columns dividing N, at most K / 128 = {K // 128} splits)")
-    cols, toks = TILES[tile]
-    ws, cnt = _buffers(q.device, M * N, (N // cols) * -(-M // toks))
-    why = ext.w4a4_tiled(q, ux, layer.qweight, layer.wscales, wu, lr if layer.rank else None,
-                         layer.lora_up if layer.rank else None, layer.bias, y, ws, cnt, tile, splits, act)
-    if why:
-        raise ValueError(why)
+def _quant_counters(device) -> torch.Tensor:
+    key = (device.type, device.index)
+    if key not in _QUANT_COUNTERS:      # kept for good: a captured CUDA graph points at it
+        _QUANT_COUNTERS[key] = torch.zeros(2, dtype=torch.int32, device=device)
+    return _QUANT_COUNTERS[key]
 
 
-def w4a4_tiled(q: torch.Tensor, ux: torch.Tensor, layer, wu: torch.Tensor, lr, y: torch.Tensor, act: int = 0,
-               tile: int = None, splits: int = None) -> torch.Tensor:
-    """As `w4a4_small_m`, through the tiled kernel (any M): the launch (tile, splits) is timed once per
-    (row bucket, N, K, device) among `tiled_candidates` at the first call outside a CUDA graph capture,
-    `tiled_default_launch` inside one; `tile` / `splits` fix it."""
+def quantize(x2: torch.Tensor, layer, inv: torch.Tensor, inv7: float, gps: int = None):
+    """Kernel 1 of the i8 layout for M <= 32 in one launch: (q (M, K) int8 q·m, units (M,) float32, low-rank input
+    (1, M, R) float32 or None), the same codes and units as `w4a4_gemm_triton.quantize_activations(..., i8=True)`
+    bit for bit, the low-rank input in float32 FMAs summed in a fixed order. `inv` = 1/λ (float32, K), `inv7` the
+    reference's float32 1/7; `gps` (groups of K per block) fixes the launch (tests)."""
     ext = extension()
     if ext is None:
-        raise RuntimeError(f"the W4A4 CUDA kernels are unavailable: {build_status()}")
-    M, K = q.shape
-    N = layer.out_features
-    if tile is None or splits is None:
-        key = (_bucket(M), N, K, q.device.index)
-        pick = _TILED_PICKS.get(key)
-        if pick is None:
-            if torch.cuda.is_current_stream_capturing():
-                pick = tiled_default_launch(M, N, K, _sms(q.device))
-            else:
-                times = {c: _graph_us(lambda c=c: _launch_tiled(ext, q, ux, layer, wu, lr, y, act, *c))
-                         for c in tiled_candidates(N, K)}
-                pick = _TILED_PICKS[key] = min(times, key=times.get)
-        tile, splits = pick[0] if tile is None else tile, pick[1] if splits is None else splits
-    _launch_tiled(ext, q, ux, layer, wu, lr, y, act, tile, splits)
-    return y
+        raise RuntimeError(f"the small-M W4A4 kernels are unavailable: {build_status()}")
+    M, K = x2.shape
+    R = layer.rank
+    if gps is None:
+        gps = quantize_groups_per_block(M, K, _sms(x2.device))
+        if gps is None:
+            raise ValueError(f"quantize_small_m: {M} rows of K = {K} do not fit a block's shared memory")
+    S = -(-(K // 64) // max(gps, 1))
+    dev = x2.device
+    q = torch.empty(M, K, dtype=torch.int8, device=dev)
+    ux = torch.empty(M, dtype=torch.float32, device=dev)
+    part = torch.empty(S * M, dtype=torch.float32, device=dev)
+    lrp = torch.empty(S * M * R, dtype=torch.float32, device=dev) if R else part
+    lr = torch.empty(1, M, R, dtype=torch.float32, device=dev) if R else part
+    why = ext.quantize_small_m(x2, inv, layer.lora_down if R else None, q, ux, part, lrp, lr, _quant_counters(dev),
+                               gps, inv7)
+    if why:
+        raise ValueError(why)
+    return q, ux, (lr if R else None)

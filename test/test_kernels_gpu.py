@@ -13,7 +13,7 @@ SHAPES_8B = [(3584, 10752, False), (3584, 3584, True), (2048, 7168, False), (358
 MS = [2, 32, 128, 512, 2048, 8192]
 
 
-def _layer(K, N, bias, seed):
+def _layer(K, N, bias, seed, dtype=torch.bfloat16):
     from var_gen_ros.quant import W4A4Linear
     g = torch.Generator(device="cuda").manual_seed(seed)
     lin = torch.nn.Linear(K, N, bias=bias, device="cuda", dtype=torch.float32)
@@ -22,7 +22,7 @@ def _layer(K, N, bias, seed):
         if bias:
             lin.bias.normal_(0, 0.1, generator=g)
     act = torch.rand(K, device="cuda", generator=g) * 4 + 0.5     # some smoothing to exercise λ
-    return W4A4Linear.from_linear(lin, act, None, rank=32, group=64, param_dtype=torch.bfloat16)
+    return W4A4Linear.from_linear(lin, act, None, rank=32, group=64, param_dtype=dtype)
 
 
 def _extra_bytes(fn) -> int:
@@ -83,7 +83,7 @@ def test_small_m_cuda_kernel_matches_reference(K, N, bias):
             assert rel <= 1e-3, (M, K, N, warps, splits, rel)
         y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
         mod.w4a4_linear(x, layer, out=y)                                  # the default dispatch (tuned launch)
-        assert mod.path_for(x, layer) == ("i8s" if M <= mod.SMALL_M_MAX else "i8t" if M <= mod.TILED_MAX_M else "i8"), M
+        assert mod.path_for(x, layer) == ("i8s" if M <= mod.SMALL_M_MAX else "i8"), M
         assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, M
         for ws, cnt in mod.small_m._BUFFERS[("cuda", x.device.index)]:
             assert not ws.any() and not cnt.any()
@@ -111,6 +111,81 @@ def test_small_m_cuda_kernel_gelu_and_graph_replay():
             assert torch.equal(y, eager), M
 
 
+@pytest.mark.parametrize("K", [3584, 14336, 2048])
+def test_small_m_quantizer_matches_triton_kernel1_and_reference(K):
+    """The CUDA kernel 1 for M <= 32 (kernels/w4a4_quantize_small_m.cu), bf16 and fp16, M from 1 to 32, every
+    block size that fits: the same q·m codes and units as the Triton kernel 1 and the reference
+    (quant.int4.two_level / quantize_groups) bit for bit, the low-rank input within 2e-5 of float64, the counters
+    left zeroed, and a CUDA-graph replay giving the eager call's bits (fresh inputs each run)."""
+    from var_gen_ros.quant.int4 import quantize_groups, two_level
+    mod = _small_m_module()
+    sm = mod.small_m
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    G = K // 64
+    for dtype in (torch.bfloat16, torch.float16):
+        layer = _layer(K, 3584, True, seed=K + 1, dtype=dtype)
+        inv = mod.inv_smooth(layer)
+        for M in (1, 2, 3, 8, 9, 17, 32):
+            x = (torch.randn(M, K, device="cuda") * 2).to(dtype)
+            x[:, torch.randint(K, (4,))] *= 30
+            assert sm.quantize_supports(x, layer), (M, K)
+            q0, u0, lr0 = mod.quantize_activations(x, layer, i8=True)
+            xs = smooth_input(x, layer.smooth)
+            u, m = two_level(xs, 64)
+            qm = (quantize_groups(xs, u * m, 64).float().view(M, G, 64) * m.unsqueeze(-1)).view(M, K)
+            lr_ref = xs.double() @ layer.lora_down.double()
+            fits = [g for g in range(1, G + 1) if M * g * 256 <= 48 * 1024 and -(-G // g) <= sms]
+            for gps in sorted({fits[0], fits[-1], fits[len(fits) // 2], sm.quantize_groups_per_block(M, K, sms)}):
+                q = ux = lr = None
+                q, ux, lr = sm.quantize(x, layer, inv, mod.INV_QMAX, gps=gps)
+                assert torch.equal(q, q0) and torch.equal(ux, u0), (dtype, M, gps)
+                assert torch.equal(q.float(), qm) and torch.equal(ux, u.squeeze(-1)), (dtype, M, gps)
+                err = ((lr[0].double() - lr_ref).norm() / lr_ref.norm()).item()
+                assert err <= 2e-5, (dtype, M, gps, err)
+                assert not sm._quant_counters(x.device).any()
+        x = (torch.randn(8, K, device="cuda") * 2).to(dtype)
+        q, ux, lr = sm.quantize(x, layer, inv, mod.INV_QMAX)
+        eager = (q.clone(), ux.clone(), lr.clone())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = sm.quantize(x, layer, inv, mod.INV_QMAX)
+        for _ in range(3):
+            for t in out:
+                t.zero_()
+            graph.replay()
+            torch.cuda.synchronize()
+            assert all(torch.equal(a, b) for a, b in zip(out, eager))
+
+
+def test_small_m_quantizer_rejects_bad_calls_clearly():
+    """Rows, block sizes, dtypes and grids the CUDA kernel 1 does not take fail with a message."""
+    mod = _small_m_module()
+    sm = mod.small_m
+    layer = _layer(14336, 3584, True, seed=9)
+    inv = mod.inv_smooth(layer)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    x = torch.randn(33, 14336, device="cuda").bfloat16()
+    assert not sm.quantize_supports(x, layer)
+    with pytest.raises(ValueError, match="quantize_small_m: takes 1 to 32 rows"):
+        sm.quantize(x, layer, inv, mod.INV_QMAX, gps=8)
+    x = torch.randn(32, 14336, device="cuda").bfloat16()
+    with pytest.raises(ValueError, match="groups per block do not fit"):
+        sm.quantize(x, layer, inv, mod.INV_QMAX, gps=7)        # 32 x 7 x 64 floats: 56 KB
+    if 14336 // 64 > sms:
+        with pytest.raises(ValueError, match="exceed the GPU's SMs"):
+            sm.quantize(x, layer, inv, mod.INV_QMAX, gps=1)
+    with pytest.raises(ValueError, match="quantize_small_m: x must be bf16 or fp16"):
+        sm.quantize(x.float(), layer, inv, mod.INV_QMAX, gps=2)
+    assert not sm._quant_counters(x.device).any()
+    # the W4A4 product still serves these rows (the Triton kernel 1 where the CUDA one does not fit)
+    half = _layer(14336, 3584, True, seed=9, dtype=torch.float16)
+    for lay, xx in ((layer, x), (half, x.half())):
+        ref = lay.reference_forward(xx).float()
+        y = mod.w4a4_linear(xx, lay)
+        assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3
+
+
 def test_small_m_cuda_kernel_rejects_bad_calls_clearly():
     """Shapes and dtypes the kernel does not take fail with a message, not a wrong result."""
     mod = _small_m_module()
@@ -129,96 +204,6 @@ def test_small_m_cuda_kernel_rejects_bad_calls_clearly():
                                                layer.lora_up, layer.bias, y, *mod.small_m._buffers(y.device, 4 * 3584, 112),
                                                4, 1, 0)
     assert why.startswith("w4a4_small_m: a is Float"), why
-
-
-@pytest.mark.parametrize("K,N,bias", SHAPES_8B)
-def test_tiled_cuda_kernel_matches_reference(K, N, bias):
-    """The tiled CUDA C++ GEMM (path "i8t", kernels/w4a4_tiled.cu) on every 8B shape, M from 1 to 300 (one to
-    ten token tiles, partial ones), every tile, K in one block and split up to K / 128 blocks (the workspace and
-    counters left zeroed after each call): within 1e-3 of the reference on fresh inputs with a few outlier
-    channels, outputs poisoned before each call; the default dispatch's path as TILED_MAX_M says."""
-    mod = _small_m_module()
-    layer = _layer(K, N, bias, seed=K + N + 2)
-    torch.manual_seed(torch.seed() % 2 ** 31)
-    for M in (1, 9, 31, 32, 33, 72, 128, 200, 288, 300):
-        x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
-        x[:, torch.randint(K, (4,))] *= 30
-        ref = layer.reference_forward(x).float()
-        for tile, splits in mod.small_m.tiled_candidates(N, K) + [(0, K // 128)]:
-            y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
-            mod.w4a4_linear(x, layer, out=y, path="i8t", config=dict(tile=tile, splits=splits))
-            assert torch.isfinite(y).all(), (M, tile, splits)
-            rel = ((y.float() - ref).norm() / ref.norm()).item()
-            assert rel <= 1e-3, (M, K, N, tile, splits, rel)
-        y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
-        mod.w4a4_linear(x, layer, out=y, path="i8t")                      # the tuned launch
-        assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, M
-        if mod.SMALL_M_MAX < M <= mod.TILED_MAX_M:
-            assert mod.path_for(x, layer) == "i8t", M
-        for ws, cnt in mod.small_m._BUFFERS[("cuda", x.device.index)]:
-            assert not ws.any() and not cnt.any()
-
-
-def test_tiled_cuda_kernel_fp16_gelu_and_graph_replay():
-    """An fp16 layer and fc1's GELU on the i8t path against the reference; a K split over blocks replayed from a
-    CUDA graph gives the eager call's bits every replay; the low-rank branch's tf32 split (hi + lo) keeps the
-    product within 1e-3 even where the low-rank part is large."""
-    mod = _small_m_module()
-    from var_gen_ros.quant import W4A4Linear
-    g = torch.Generator(device="cuda").manual_seed(3)
-    lin = torch.nn.Linear(3584, 3584, bias=True, device="cuda")
-    with torch.no_grad():
-        lin.weight.normal_(0, 3584 ** -0.5, generator=g)
-    half = W4A4Linear.from_linear(lin, torch.rand(3584, device="cuda", generator=g) + 0.5, None, rank=32, group=64,
-                                  param_dtype=torch.float16)
-    x = torch.randn(72, 3584, device="cuda").half()
-    ref = half.reference_forward(x).float()
-    y = torch.full((72, 3584), float("nan"), device="cuda", dtype=x.dtype)
-    mod.w4a4_linear(x, half, out=y, path="i8t", config=dict(tile=1, splits=2))
-    assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3
-    layer = _layer(3584, 14336, True, seed=12)
-    with torch.no_grad():
-        layer.lora_up.mul_(50)                     # the low-rank branch dominant: its precision shows
-    for M in (9, 128):
-        x = (torch.randn(M, 3584, device="cuda") * 2).bfloat16()
-        ref = layer.reference_forward(x, "gelu_tanh").float()
-        y = torch.full((M, 14336), float("nan"), device="cuda", dtype=x.dtype)
-        mod.w4a4_linear(x, layer, out=y, act="gelu_tanh", path="i8t", config=dict(tile=1, splits=4))
-        assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, M
-        eager = y.clone()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            mod.w4a4_linear(x, layer, out=y, act="gelu_tanh", path="i8t", config=dict(tile=1, splits=4))
-        for _ in range(3):
-            y.fill_(float("nan"))
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(y, eager), M
-
-
-def test_tiled_cuda_kernel_rejects_bad_calls_clearly():
-    """Shapes, tiles and splits the tiled kernel does not take fail with a message, not a wrong result."""
-    mod = _small_m_module()
-    layer = _layer(3584, 3584, True, seed=6)
-    with pytest.raises(ValueError, match="i8t path takes"):
-        mod.w4a4_linear(torch.randn(4, 3584, device="cuda").half(), layer, path="i8t")
-    narrow = _layer(256, 320, False, seed=7)      # 320 columns: no whole 128-column tile
-    with pytest.raises(ValueError, match="i8t path takes"):
-        mod.w4a4_linear(torch.randn(4, 256, device="cuda").bfloat16(), narrow, path="i8t")
-    x = torch.randn(40, 3584, device="cuda").bfloat16()
-    q, ux, lr = mod.quantize_activations(x, layer, i8=True)
-    y = torch.empty(40, 3584, device="cuda", dtype=torch.bfloat16)
-    for tile, splits in ((3, 1), (0, 29), (0, 0)):
-        with pytest.raises(ValueError, match="w4a4_tiled: tile"):
-            mod.small_m.w4a4_tiled(q, ux, layer, layer.weight_units(), lr, y, tile=tile, splits=splits)
-    why = mod.small_m.extension().w4a4_tiled(q.float(), ux, layer.qweight, layer.wscales, layer.weight_units(), lr,
-                                             layer.lora_up, layer.bias, y, *mod.small_m._buffers(y.device, 40 * 3584, 64),
-                                             0, 1, 0)
-    assert why.startswith("w4a4_tiled: a is Float"), why
-    why = mod.small_m.extension().w4a4_tiled(q, ux, layer.qweight, layer.wscales, layer.weight_units(), lr,
-                                             layer.lora_up, layer.bias, y, *mod.small_m._buffers(y.device, 40 * 3584, 64),
-                                             5, 1, 0)
-    assert why.startswith("w4a4_tiled: tile must be"), why
 
 
 def test_gelu_epilogue_matches_reference_on_the_ffn_shape():
@@ -573,7 +558,7 @@ def test_default_path_is_i8_for_two_level_scales_and_fp8_for_free_ones():
     mod = gemm_module()
     layer = _layer(3584, 3584, True, seed=17)
     x = (torch.randn(32, 3584, device="cuda") * 2).bfloat16()
-    assert mod.path_for(x, layer) == ("i8t" if 32 <= mod.TILED_MAX_M and mod.small_m.extension() is not None else "i8")
+    assert mod.path_for(x, layer) == ("i8s" if 32 <= mod.SMALL_M_MAX and mod.small_m.extension() is not None else "i8")
     small = x[:mod.SMALL_M_MAX]
     assert mod.path_for(small, layer) == ("i8s" if mod.small_m.extension() is not None else "i8")
     R = layer.dequantized_weight()

@@ -219,9 +219,9 @@ def kernel_status() -> str:
         # the CUDA C++ small-M kernel is built on the first call that wants it: report its state as of now
         small = (f"; up to {min(gemm.SMALL_M_MAX, gemm.small_m.MAX_M)} rows cuda c++ "
                  f"(kernels/w4a4_small_m.cu: {gemm.small_m.build_status()})")
-    if gemm is not None and getattr(gemm, "TILED_MAX_M", 0) > getattr(gemm, "SMALL_M_MAX", 0):
-        small += (f"; up to {gemm.TILED_MAX_M} rows cuda c++ tiles "
-                  f"(kernels/w4a4_tiled.cu: {gemm.small_m.build_status()})")
+    if gemm is not None and getattr(gemm, "QUANT_CUDA_MAX_M", 0) > 0:
+        small += (f"; its activations' quantizer up to {min(gemm.QUANT_CUDA_MAX_M, gemm.small_m.MAX_M)} rows cuda c++ "
+                  f"(kernels/w4a4_quantize_small_m.cu: {gemm.small_m.build_status()})")
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}){small}, int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
             "qkv epilogue, modulated LayerNorm and the INT4 text encoder's dequantization: triton"

@@ -1,0 +1,193 @@
+// Kernel 1 of the W4A4 product for few rows (M <= 32), in CUDA C++: the activations' two-level INT4
+// quantization (quant/int4.py `two_level`, `quantize_groups`) into the i8 layout's q·m, and the low-rank
+// branch's down-projection x̂·L_down, in one launch.
+//
+// Why: at 2-32 rows the Triton kernel 1 is two launches (a row pass for the rows' units, then the codes and
+// the low-rank partials over up to 56 K splits, the last split summing the partials through an atomic counter)
+// and takes 9-18 µs (H100, eighteenth session), as long as the small-M GEMM after it, for a few kilobytes of
+// activations. Here one grid of S blocks, each a slice of whole 64-wide groups of K and every row:
+//   1. loads its slice of x, makes x̂ = x · (1/λ) (the IEEE reciprocal the reference uses, precomputed) into
+//      shared memory and publishes its rows' max |x̂|;
+//   2. waits at a grid barrier (an atomic counter; the launch asks for at most one block per SM, so every block
+//      is resident and the spin cannot starve) and takes each row's unit u from all slices;
+//   3. quantizes its groups (one warp per row and group): m = clamp(ceil((amax · 1/7) / u), 1, 16),
+//      q = clamp(rint(x̂ · (1/(u·m))), -8, 7), stores q·m as int8, the same IEEE operations in the same order
+//      as the reference and the Triton kernel, so the same bits;
+//   4. computes its slice's low-rank partial x̂·L_down in float32 FMAs and stores it; the last block to finish
+//      (a second counter) sums the S partials in slice order (the same float32 bits on every call) into (M, R)
+//      and re-arms both counters, so one zeroed counter pair serves every call, eager or in a CUDA graph.
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "w4a4_common.cuh"
+
+namespace {
+
+using var_gen::to_float;
+
+constexpr int THREADS = 256;
+constexpr int MAX_M = 32;
+constexpr int MAX_RANK = 64;
+constexpr int GROUP = 64;
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// x (M, K) and L_down (K, R) in T; inv (K,) float32 = 1/λ; q (M, K) int8 q·m; ux (M,) units; part (S, M) and
+// lrp (S, M, R) float32 scratch; lr (M, R) the summed low-rank input; cnt two zeroed int32 counters.
+template <typename T>
+__global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
+    const uint16_t* __restrict__ x, const float* __restrict__ inv, const uint16_t* __restrict__ down,
+    int8_t* __restrict__ q, float* __restrict__ ux, float* part, float* lrp, float* __restrict__ lr, int* cnt, int M,
+    int K, int R, int gps, float inv7) {
+  extern __shared__ float xs[];        // (M, L): this slice's x̂
+  __shared__ float runs[THREADS];      // the low-rank dot's partial sums
+  __shared__ int row_max[MAX_M];       // max |x̂| per row (non-negative floats order as their int bits)
+  __shared__ float unit[MAX_M];
+  __shared__ int is_last;
+  const int G = K / GROUP;
+  const int g0 = blockIdx.x * gps, ng = min(gps, G - g0), L = ng * GROUP, c0 = g0 * GROUP;
+  const int S = gridDim.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (threadIdx.x < MAX_M) row_max[threadIdx.x] = 0;
+  __syncthreads();
+
+  // 1. x̂ of the slice, 8 elements (16 bytes) per load
+  const int chunks = L / 8;
+  for (int i = threadIdx.x; i < M * chunks; i += THREADS) {
+    const int row = i / chunks, c = (i % chunks) * 8;
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(x + (size_t)row * K + c0 + c));
+    const float4 i0 = __ldg(reinterpret_cast<const float4*>(inv + c0 + c));
+    const float4 i1 = __ldg(reinterpret_cast<const float4*>(inv + c0 + c + 4));
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    const float invs[8] = {i0.x, i0.y, i0.z, i0.w, i1.x, i1.y, i1.z, i1.w};
+    float big = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float xv = to_float<T>((uint16_t)(words[j / 2] >> (16 * (j % 2))));
+      const float s = __fmul_rn(xv, invs[j]);
+      xs[row * L + c + j] = s;
+      big = fmaxf(big, fabsf(s));
+    }
+    atomicMax(&row_max[row], __float_as_int(big));
+  }
+  __syncthreads();
+  if (threadIdx.x < M) part[blockIdx.x * M + threadIdx.x] = __int_as_float(row_max[threadIdx.x]);
+
+  // 2. grid barrier: every slice's row maxima published
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    atomicAdd(&cnt[0], 1);
+    while (atomicAdd(&cnt[0], 0) < S) __nanosleep(32);
+  }
+  __syncthreads();
+  __threadfence();
+  if (threadIdx.x < M) {
+    float top = 0.0f;
+    for (int s = 0; s < S; ++s) top = fmaxf(top, __ldcg(part + s * M + threadIdx.x));
+    top = __fmul_rn(top, inv7);                                 // max_g(amax_g) · 1/7 = max_g(amax_g · 1/7)
+    const float u = top > 0.0f ? __fmul_rn(top, 0.0625f) : 0.0625f;
+    unit[threadIdx.x] = u;
+    if (blockIdx.x == 0) ux[threadIdx.x] = u;
+  }
+  __syncthreads();
+
+  // 3. codes: one warp per (row, group), two elements per lane
+  for (int p = warp; p < M * ng; p += THREADS / 32) {
+    const int row = p / ng, g = p % ng;
+    const float* v = xs + row * L + g * GROUP;
+    const float a = v[lane], b = v[lane + 32];
+    const float amax = warp_max(fmaxf(fabsf(a), fabsf(b)));
+    const float u = unit[row];
+    const float m = fminf(fmaxf(ceilf(__fdiv_rn(__fmul_rn(amax, inv7), u)), 1.0f), 16.0f);
+    const float r = __fdiv_rn(1.0f, __fmul_rn(u, m));
+    const float qa = fminf(fmaxf(rintf(__fmul_rn(a, r)), -8.0f), 7.0f);
+    const float qb = fminf(fmaxf(rintf(__fmul_rn(b, r)), -8.0f), 7.0f);
+    int8_t* out = q + (size_t)row * K + c0 + g * GROUP;
+    out[lane] = (int8_t)__float2int_rn(qa * m);                // |q·m| <= 128: exact
+    out[lane + 32] = (int8_t)__float2int_rn(qb * m);
+  }
+
+  // 4. the slice's low-rank partial: with few outputs (row, r), each split over `parts` runs of the slice's
+  //    columns whose sums are then added in run order
+  if (R > 0) {
+    const int outs = M * R, parts = THREADS / outs;
+    if (parts <= 1) {
+      for (int o = threadIdx.x; o < outs; o += THREADS) {
+        const int row = o / R, r = o % R;
+        float sum = 0.0f;
+        for (int k = 0; k < L; ++k) sum = fmaf(xs[row * L + k], to_float<T>(__ldg(down + (size_t)(c0 + k) * R + r)), sum);
+        lrp[(size_t)blockIdx.x * outs + o] = sum;
+      }
+    } else {
+      const int o = threadIdx.x % outs, run = threadIdx.x / outs, row = o / R, r = o % R;
+      if (run < parts) {
+        const int k0 = L * run / parts, k1 = L * (run + 1) / parts;
+        float sum = 0.0f;
+        for (int k = k0; k < k1; ++k) sum = fmaf(xs[row * L + k], to_float<T>(__ldg(down + (size_t)(c0 + k) * R + r)), sum);
+        runs[threadIdx.x] = sum;
+      }
+      __syncthreads();
+      if (threadIdx.x < outs) {
+        float sum = 0.0f;
+        for (int i = 0; i < parts; ++i) sum += runs[i * outs + threadIdx.x];
+        lrp[(size_t)blockIdx.x * outs + threadIdx.x] = sum;
+      }
+    }
+  }
+
+  // the last block sums the slices' partials in order and re-arms the counters
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(&cnt[1], 1) == S - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  for (int o = threadIdx.x; o < M * R; o += THREADS) {
+    float sum = 0.0f;
+    for (int s = 0; s < S; ++s) sum += __ldcg(lrp + (size_t)s * M * R + o);
+    lr[o] = sum;
+  }
+  if (threadIdx.x == 0) {
+    cnt[0] = 0;                        // every block is past the barrier: each has counted itself in cnt[1]
+    cnt[1] = 0;
+  }
+}
+
+template <typename T>
+cudaError_t launch(const void* x, const float* inv, const void* down, int8_t* q, float* ux, float* part, float* lrp,
+                   float* lr, int* cnt, int M, int K, int R, int gps, float inv7, cudaStream_t stream) {
+  const int G = K / GROUP, S = (G + gps - 1) / gps;
+  // the grid barrier needs every block resident at once: at most one block per SM is asked for (one always
+  // fits: 256 threads and at most 48 KB of shared memory)
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  if (S > sms) return cudaErrorCooperativeLaunchTooLarge;
+  quantize_small_m_kernel<T><<<S, THREADS, sizeof(float) * (size_t)M * gps * GROUP, stream>>>(
+      static_cast<const uint16_t*>(x), inv, static_cast<const uint16_t*>(down), q, ux, part, lrp, lr, cnt, M, K, R,
+      gps, inv7);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+// dtype 0: fp16 (x and L_down), 1: bf16. The caller checks the shapes first (1 <= M <= 32, K % 64 == 0,
+// 0 <= R <= 64, gps groups of 64 per block, M · gps · 64 floats of shared memory within 48 KB); returns
+// cudaErrorInvalidValue otherwise, cudaErrorCooperativeLaunchTooLarge when the grid (K / 64 / gps blocks) has more
+// blocks than the GPU has SMs.
+cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv, const void* down, int8_t* q,
+                                     float* ux, float* part, float* lrp, float* lr, int* cnt, int M, int K, int R,
+                                     int gps, float inv7, cudaStream_t stream) {
+  if (M < 1 || M > MAX_M || K % GROUP || R < 0 || R > MAX_RANK || gps < 1 || gps > K / GROUP ||
+      sizeof(float) * (size_t)M * gps * GROUP > 48 * 1024)
+    return cudaErrorInvalidValue;
+  if (dtype == 1)
+    return launch<__nv_bfloat16>(x, inv, down, q, ux, part, lrp, lr, cnt, M, K, R, gps, inv7, stream);
+  return launch<__half>(x, inv, down, q, ux, part, lrp, lr, cnt, M, K, R, gps, inv7, stream);
+}
