@@ -13,7 +13,8 @@
 //   3. quantizes its groups (one warp per row and group): m = clamp(ceil((amax · 1/7) / u), 1, 16),
 //      q = clamp(rint(x̂ · (1/(u·m))), -8, 7), stores q·m as int8, the same IEEE operations in the same order
 //      as the reference and the Triton kernel, so the same bits;
-//   4. computes its slice's low-rank partial x̂·L_down in float32 FMAs and stores it; the last block to finish
+//   4. computes its slice's low-rank partial x̂·L_down in float32 FMAs (warps over runs of columns, lanes over
+//      ranks, every row's sum in registers) and stores it; the last block to finish
 //      (a second counter) sums the S partials in slice order (the same float32 bits on every call) into (M, R)
 //      and re-arms both counters, so one zeroed counter pair serves every call, eager or in a CUDA graph.
 #include <cuda_runtime.h>
@@ -29,6 +30,12 @@ constexpr int THREADS = 256;
 constexpr int MAX_M = 32;
 constexpr int MAX_RANK = 64;
 constexpr int GROUP = 64;
+// dynamic shared memory per block: x̂ of the slice, M x max(L, 256) floats (256: the low-rank runs' sums), within
+// the 48 KB a block gets without opting in, less the static arrays
+constexpr int MAX_DYNAMIC_SMEM = 46 * 1024;
+__host__ __device__ constexpr size_t smem_bytes(int M, int gps) {
+  return sizeof(float) * (size_t)M * (gps * GROUP > 256 ? gps * GROUP : 256);
+}
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -43,8 +50,7 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
     const uint16_t* __restrict__ x, const float* __restrict__ inv, const uint16_t* __restrict__ down,
     int8_t* __restrict__ q, float* __restrict__ ux, float* part, float* lrp, float* __restrict__ lr, int* cnt, int M,
     int K, int R, int gps, float inv7) {
-  extern __shared__ float xs[];        // (M, L): this slice's x̂
-  __shared__ float runs[THREADS];      // the low-rank dot's partial sums
+  extern __shared__ float xs[];        // (M, L): this slice's x̂; then the low-rank runs' sums (8, M, 32)
   __shared__ int row_max[MAX_M];       // max |x̂| per row (non-negative floats order as their int bits)
   __shared__ float unit[MAX_M];
   __shared__ int is_last;
@@ -112,30 +118,45 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
     out[lane + 32] = (int8_t)__float2int_rn(qb * m);
   }
 
-  // 4. the slice's low-rank partial: with few outputs (row, r), each split over `parts` runs of the slice's
-  //    columns whose sums are then added in run order
+  // 4. the slice's low-rank partial x̂·L_down: warp w takes the w-th run of the slice's columns, lane l the ranks
+  //    r = r0 + l, and each thread keeps all M rows' sums (independent FMAs; x̂ read as a broadcast, each L_down row
+  //    once, coalesced); the runs' sums then meet in shared memory (over x̂, no longer needed) in run order
   if (R > 0) {
-    const int outs = M * R, parts = THREADS / outs;
-    if (parts <= 1) {
-      for (int o = threadIdx.x; o < outs; o += THREADS) {
-        const int row = o / R, r = o % R;
-        float sum = 0.0f;
-        for (int k = 0; k < L; ++k) sum = fmaf(xs[row * L + k], to_float<T>(__ldg(down + (size_t)(c0 + k) * R + r)), sum);
-        lrp[(size_t)blockIdx.x * outs + o] = sum;
+    constexpr int WARPS = THREADS / 32;
+    const int k0 = L * warp / WARPS, k1 = L * (warp + 1) / WARPS;
+    for (int r0 = 0; r0 < R; r0 += 32) {
+      const int r = r0 + lane;
+      float acc[MAX_M];
+#pragma unroll
+      for (int m = 0; m < MAX_M; ++m) acc[m] = 0.0f;
+      if (r < R) {
+#pragma unroll 2
+        for (int k = k0; k < k1; ++k) {
+          const float d = to_float<T>(__ldg(down + (size_t)(c0 + k) * R + r));
+#pragma unroll
+          for (int m = 0; m < MAX_M; ++m)
+            if (m < M) acc[m] = fmaf(xs[m * L + k], d, acc[m]);
+        }
       }
-    } else {
-      const int o = threadIdx.x % outs, run = threadIdx.x / outs, row = o / R, r = o % R;
-      if (run < parts) {
-        const int k0 = L * run / parts, k1 = L * (run + 1) / parts;
-        float sum = 0.0f;
-        for (int k = k0; k < k1; ++k) sum = fmaf(xs[row * L + k], to_float<T>(__ldg(down + (size_t)(c0 + k) * R + r)), sum);
-        runs[threadIdx.x] = sum;
-      }
+      __syncthreads();                 // every read of x̂ (codes, dots) done before it is overwritten
+#pragma unroll
+      for (int m = 0; m < MAX_M; ++m)
+        if (m < M) xs[(warp * M + m) * 32 + lane] = acc[m];
       __syncthreads();
-      if (threadIdx.x < outs) {
+      for (int i = threadIdx.x; i < M * 32; i += THREADS) {
+        const int m = i / 32, rr = r0 + i % 32;
+        if (rr >= R) continue;
         float sum = 0.0f;
-        for (int i = 0; i < parts; ++i) sum += runs[i * outs + threadIdx.x];
-        lrp[(size_t)blockIdx.x * outs + threadIdx.x] = sum;
+        for (int w = 0; w < WARPS; ++w) sum += xs[(w * M + m) * 32 + i % 32];
+        lrp[(size_t)blockIdx.x * M * R + m * R + rr] = sum;
+      }
+      if (r0 + 32 < R) {               // a second pass (R > 32) needs x̂ again: reload it (same bits)
+        __syncthreads();
+        for (int i = threadIdx.x; i < M * L; i += THREADS) {
+          const int row = i / L, c = i % L;
+          xs[i] = __fmul_rn(to_float<T>(x[(size_t)row * K + c0 + c]), inv[c0 + c]);
+        }
+        __syncthreads();
       }
     }
   }
@@ -149,6 +170,7 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
   __threadfence();
   for (int o = threadIdx.x; o < M * R; o += THREADS) {
     float sum = 0.0f;
+#pragma unroll 4
     for (int s = 0; s < S; ++s) sum += __ldcg(lrp + (size_t)s * M * R + o);
     lr[o] = sum;
   }
@@ -169,7 +191,7 @@ cudaError_t launch(const void* x, const float* inv, const void* down, int8_t* q,
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   if (S > sms) return cudaErrorCooperativeLaunchTooLarge;
-  quantize_small_m_kernel<T><<<S, THREADS, sizeof(float) * (size_t)M * gps * GROUP, stream>>>(
+  quantize_small_m_kernel<T><<<S, THREADS, smem_bytes(M, gps), stream>>>(
       static_cast<const uint16_t*>(x), inv, static_cast<const uint16_t*>(down), q, ux, part, lrp, lr, cnt, M, K, R,
       gps, inv7);
   return cudaGetLastError();
@@ -178,14 +200,14 @@ cudaError_t launch(const void* x, const float* inv, const void* down, int8_t* q,
 }  // namespace
 
 // dtype 0: fp16 (x and L_down), 1: bf16. The caller checks the shapes first (1 <= M <= 32, K % 64 == 0,
-// 0 <= R <= 64, gps groups of 64 per block, M · gps · 64 floats of shared memory within 48 KB); returns
+// 0 <= R <= 64, gps groups of 64 per block, M · max(gps · 64, 256) floats of shared memory within 46 KB); returns
 // cudaErrorInvalidValue otherwise, cudaErrorCooperativeLaunchTooLarge when the grid (K / 64 / gps blocks) has more
 // blocks than the GPU has SMs.
 cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv, const void* down, int8_t* q,
                                      float* ux, float* part, float* lrp, float* lr, int* cnt, int M, int K, int R,
                                      int gps, float inv7, cudaStream_t stream) {
   if (M < 1 || M > MAX_M || K % GROUP || R < 0 || R > MAX_RANK || gps < 1 || gps > K / GROUP ||
-      sizeof(float) * (size_t)M * gps * GROUP > 48 * 1024)
+      smem_bytes(M, gps) > MAX_DYNAMIC_SMEM)
     return cudaErrorInvalidValue;
   if (dtype == 1)
     return launch<__nv_bfloat16>(x, inv, down, q, ux, part, lrp, lr, cnt, M, K, R, gps, inv7, stream);

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <sstream>
 #include <string>
 
@@ -129,9 +130,9 @@ std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, c
   const int64_t M = x.size(0), K = x.size(1);
   VAR_GEN_REQUIRE(M >= 1 && M <= 32, "takes 1 to 32 rows, got " + std::to_string(M));
   VAR_GEN_REQUIRE(K % 64 == 0, "K % 64 must be 0 (K " + std::to_string(K) + ")");
-  VAR_GEN_REQUIRE(gps >= 1 && gps <= K / 64 && M * gps * 64 * 4 <= 48 * 1024,
+  VAR_GEN_REQUIRE(gps >= 1 && gps <= K / 64 && M * std::max<int64_t>(gps * 64, 256) * 4 <= 46 * 1024,
                   "gps " + std::to_string(gps) + " groups per block do not fit (K / 64 = " + std::to_string(K / 64) +
-                      ", M x gps x 64 floats within 48 KB)");
+                      ", M x max(gps x 64, 256) floats within 46 KB of shared memory)");
   const int64_t S = (K / 64 + gps - 1) / gps;
   const int64_t R = down.has_value() ? down->size(1) : 0;
   VAR_GEN_REQUIRE(q.size(0) == M && q.size(1) == K && inv.numel() == K && ux.numel() == M && part.numel() >= S * M &&

@@ -172,9 +172,15 @@ def quantize_supports(x2: torch.Tensor, layer) -> bool:
 
 def quantize_groups_per_block(M: int, K: int, sms: int):
     """64-wide groups of K per block: QUANT_BLOCKS blocks (at most one per SM, for the grid barrier), or None
-    where a block's slice of x̂ (M x groups x 64 floats) would not fit 48 KB of shared memory."""
+    where a block's shared memory (M x max(groups x 64, 256) floats: x̂ of its slice, then the low-rank runs'
+    sums) would exceed 46 KB."""
     gps = -(-(K // 64) // min(QUANT_BLOCKS, sms))
-    return gps if M * gps * 64 * 4 <= 48 * 1024 else None
+    return gps if quantize_smem_fits(M, gps) else None
+
+
+def quantize_smem_fits(M: int, gps: int) -> bool:
+    """Whether a block of the CUDA kernel 1 with M rows and `gps` groups fits its 46 KB of shared memory."""
+    return M * max(gps * 64, 256) * 4 <= 46 * 1024
 
 
 def _quant_counters(device) -> torch.Tensor:

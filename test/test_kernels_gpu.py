@@ -113,8 +113,8 @@ def test_small_m_cuda_kernel_gelu_and_graph_replay():
 
 @pytest.mark.parametrize("K", [3584, 14336, 2048])
 def test_small_m_quantizer_matches_triton_kernel1_and_reference(K):
-    """The CUDA kernel 1 for M <= 32 (kernels/w4a4_quantize_small_m.cu), bf16 and fp16, M from 1 to 32, every
-    block size that fits: the same q·m codes and units as the Triton kernel 1 and the reference
+    """The CUDA kernel 1 for M <= 32 (kernels/w4a4_quantize_small_m.cu), bf16 and fp16, M from 1 to 32, the
+    smallest, largest, a middle and the default block size among those that fit: the same q·m codes and units as the Triton kernel 1 and the reference
     (quant.int4.two_level / quantize_groups) bit for bit, the low-rank input within 2e-5 of float64, the counters
     left zeroed, and a CUDA-graph replay giving the eager call's bits (fresh inputs each run)."""
     from var_gen_ros.quant.int4 import quantize_groups, two_level
@@ -129,14 +129,15 @@ def test_small_m_quantizer_matches_triton_kernel1_and_reference(K):
         for M in (1, 2, 3, 8, 9, 17, 32):
             x = (torch.randn(M, K, device="cuda") * 2).to(dtype)
             x[:, torch.randint(K, (4,))] *= 30
-            assert sm.quantize_supports(x, layer), (M, K)
+            default = sm.quantize_groups_per_block(M, K, sms)    # None: the slices do not fit (Triton's kernel 1)
+            assert sm.quantize_supports(x, layer) == (default is not None), (M, K)
             q0, u0, lr0 = mod.quantize_activations(x, layer, i8=True)
             xs = smooth_input(x, layer.smooth)
             u, m = two_level(xs, 64)
             qm = (quantize_groups(xs, u * m, 64).float().view(M, G, 64) * m.unsqueeze(-1)).view(M, K)
             lr_ref = xs.double() @ layer.lora_down.double()
-            fits = [g for g in range(1, G + 1) if M * g * 256 <= 48 * 1024 and -(-G // g) <= sms]
-            for gps in sorted({fits[0], fits[-1], fits[len(fits) // 2], sm.quantize_groups_per_block(M, K, sms)}):
+            fits = [g for g in range(1, G + 1) if sm.quantize_smem_fits(M, g) and -(-G // g) <= sms]
+            for gps in sorted({fits[0], fits[-1], fits[len(fits) // 2]} | ({default} if default else set())):
                 q = ux = lr = None
                 q, ux, lr = sm.quantize(x, layer, inv, mod.INV_QMAX, gps=gps)
                 assert torch.equal(q, q0) and torch.equal(ux, u0), (dtype, M, gps)
@@ -171,7 +172,7 @@ def test_small_m_quantizer_rejects_bad_calls_clearly():
         sm.quantize(x, layer, inv, mod.INV_QMAX, gps=8)
     x = torch.randn(32, 14336, device="cuda").bfloat16()
     with pytest.raises(ValueError, match="groups per block do not fit"):
-        sm.quantize(x, layer, inv, mod.INV_QMAX, gps=7)        # 32 x 7 x 64 floats: 56 KB
+        sm.quantize(x, layer, inv, mod.INV_QMAX, gps=6)        # 32 x 6 x 64 floats: 48 KB
     if 14336 // 64 > sms:
         with pytest.raises(ValueError, match="exceed the GPU's SMs"):
             sm.quantize(x, layer, inv, mod.INV_QMAX, gps=1)
