@@ -89,7 +89,7 @@ def main():
                 inv = mod.inv_smooth(layer)
                 qc, uc, lc = sm.quantize(x, layer, inv, mod.INV_QMAX)
                 r["k1_equal"] = bool(torch.equal(qc, q) and torch.equal(uc, ux))
-                r["k1_lr_rel"] = ((lc[0].double() - lr.sum(0).double()).norm() / lr.sum(0).double().norm()).item()
+                r["k1_lr_rel"] = ((lc.sum(0).double() - lr.sum(0).double()).norm() / lr.sum(0).double().norm()).item()
                 r["kernel1_cuda_ms"] = _ms(lambda: sm.quantize(x, layer, inv, mod.INV_QMAX))
             r["i8s_gemm_ms"] = _ms(lambda: sm.w4a4_small_m(q, ux, layer, wu, lr, y))
             sweep = {}

@@ -14,9 +14,10 @@
 //      q = clamp(rint(x̂ · (1/(u·m))), -8, 7), stores q·m as int8, the same IEEE operations in the same order
 //      as the reference and the Triton kernel, so the same bits;
 //   4. computes its slice's low-rank partial x̂·L_down in float32 FMAs (warps over runs of columns, lanes over
-//      ranks, every row's sum in registers) and stores it; the last block to finish
-//      (a second counter) sums the S partials in slice order (the same float32 bits on every call) into (M, R)
-//      and re-arms both counters, so one zeroed counter pair serves every call, eager or in a CUDA graph.
+//      ranks, every row's sum in registers; the slice's L_down rows copied into shared memory by cp.async at the
+//      start, behind the loads and the barrier) and stores it; the GEMM's epilogue sums the S partials in slice
+//      order. The last block to finish re-arms both counters, so one zeroed pair serves every call, eager or in a
+//      CUDA graph.
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -30,11 +31,11 @@ constexpr int THREADS = 256;
 constexpr int MAX_M = 32;
 constexpr int MAX_RANK = 64;
 constexpr int GROUP = 64;
-// dynamic shared memory per block: x̂ of the slice, M x max(L, 256) floats (256: the low-rank runs' sums), within
-// the 48 KB a block gets without opting in, less the static arrays
+// dynamic shared memory per block: x̂ of the slice, M x max(L, 256) floats (256: the low-rank runs' sums), and
+// the slice's L_down rows (L x R 16-bit), within the 48 KB a block gets without opting in, less the static arrays
 constexpr int MAX_DYNAMIC_SMEM = 46 * 1024;
-__host__ __device__ constexpr size_t smem_bytes(int M, int gps) {
-  return sizeof(float) * (size_t)M * (gps * GROUP > 256 ? gps * GROUP : 256);
+__host__ __device__ constexpr size_t smem_bytes(int M, int gps, int R) {
+  return sizeof(float) * (size_t)M * (gps * GROUP > 256 ? gps * GROUP : 256) + 2 * (size_t)gps * GROUP * R;
 }
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -43,14 +44,21 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// x (M, K) and L_down (K, R) in T; inv (K,) float32 = 1/λ; q (M, K) int8 q·m; ux (M,) units; part (S, M) and
-// lrp (S, M, R) float32 scratch; lr (M, R) the summed low-rank input; cnt two zeroed int32 counters.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
+}
+
+// x (M, K) and L_down (K, R) in T; inv (K,) float32 = 1/λ; q (M, K) int8 q·m; ux (M,) units; part (S, M) float32
+// scratch; lrp (S, M, R) float32: each slice's low-rank partial (the GEMM's epilogue sums them in slice order);
+// cnt two zeroed int32 counters.
 template <typename T>
 __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
     const uint16_t* __restrict__ x, const float* __restrict__ inv, const uint16_t* __restrict__ down,
-    int8_t* __restrict__ q, float* __restrict__ ux, float* part, float* lrp, float* __restrict__ lr, int* cnt, int M,
-    int K, int R, int gps, float inv7) {
-  extern __shared__ float xs[];        // (M, L): this slice's x̂; then the low-rank runs' sums (8, M, 32)
+    int8_t* __restrict__ q, float* __restrict__ ux, float* part, float* __restrict__ lrp, int* cnt, int M, int K,
+    int R, int gps, float inv7) {
+  // dynamic shared memory: x̂ of the slice (M, L) floats (later the low-rank runs' sums, (8, M, 32)), then the
+  // slice's rows of L_down (L, R) as stored
+  extern __shared__ float xs[];
   __shared__ int row_max[MAX_M];       // max |x̂| per row (non-negative floats order as their int bits)
   __shared__ float unit[MAX_M];
   __shared__ int is_last;
@@ -58,6 +66,13 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
   const int g0 = blockIdx.x * gps, ng = min(gps, G - g0), L = ng * GROUP, c0 = g0 * GROUP;
   const int S = gridDim.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint16_t* down_s = reinterpret_cast<uint16_t*>(xs + (size_t)M * max(gps * GROUP, 256));
+  // the slice's L_down rows start on their way first (contiguous: L·R 16-bit values, 16 bytes per copy)
+  if (R > 0) {
+    const char* src = reinterpret_cast<const char*>(down + (size_t)c0 * R);
+    for (int i = threadIdx.x; i < L * R / 8; i += THREADS) cp_async16(down_s + 8 * i, src + 16 * i);
+    asm volatile("cp.async.commit_group;\n" ::);
+  }
   if (threadIdx.x < MAX_M) row_max[threadIdx.x] = 0;
   __syncthreads();
 
@@ -81,21 +96,25 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
     atomicMax(&row_max[row], __float_as_int(big));
   }
   __syncthreads();
-  if (threadIdx.x < M) part[blockIdx.x * M + threadIdx.x] = __int_as_float(row_max[threadIdx.x]);
+  if (threadIdx.x < M) {
+    part[blockIdx.x * M + threadIdx.x] = __int_as_float(row_max[threadIdx.x]);
+    row_max[threadIdx.x] = 0;          // reused below for the maxima over every slice
+  }
 
-  // 2. grid barrier: every slice's row maxima published
+  // 2. grid barrier: every slice's row maxima published; then each row's maximum over the slices, one load per
+  //    thread and (slice, row)
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
     atomicAdd(&cnt[0], 1);
-    while (atomicAdd(&cnt[0], 0) < S) __nanosleep(32);
+    while (atomicAdd(&cnt[0], 0) < S) __nanosleep(20);
   }
   __syncthreads();
   __threadfence();
+  for (int i = threadIdx.x; i < S * M; i += THREADS) atomicMax(&row_max[i % M], __float_as_int(__ldcg(part + i)));
+  __syncthreads();
   if (threadIdx.x < M) {
-    float top = 0.0f;
-    for (int s = 0; s < S; ++s) top = fmaxf(top, __ldcg(part + s * M + threadIdx.x));
-    top = __fmul_rn(top, inv7);                                 // max_g(amax_g) · 1/7 = max_g(amax_g · 1/7)
+    const float top = __fmul_rn(__int_as_float(row_max[threadIdx.x]), inv7);   // max_g(amax_g) · 1/7 = max_g(amax_g · 1/7)
     const float u = top > 0.0f ? __fmul_rn(top, 0.0625f) : 0.0625f;
     unit[threadIdx.x] = u;
     if (blockIdx.x == 0) ux[threadIdx.x] = u;
@@ -119,20 +138,22 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
   }
 
   // 4. the slice's low-rank partial x̂·L_down: warp w takes the w-th run of the slice's columns, lane l the ranks
-  //    r = r0 + l, and each thread keeps all M rows' sums (independent FMAs; x̂ read as a broadcast, each L_down row
-  //    once, coalesced); the runs' sums then meet in shared memory (over x̂, no longer needed) in run order
+  //    r = r0 + l, and each thread keeps all M rows' sums (independent FMAs; x̂ read as a broadcast, L_down from
+  //    shared memory); the runs' sums then meet in shared memory (over x̂, no longer needed) in run order
   if (R > 0) {
     constexpr int WARPS = THREADS / 32;
     const int k0 = L * warp / WARPS, k1 = L * (warp + 1) / WARPS;
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncthreads();                   // every thread's copies of L_down landed
     for (int r0 = 0; r0 < R; r0 += 32) {
       const int r = r0 + lane;
       float acc[MAX_M];
 #pragma unroll
       for (int m = 0; m < MAX_M; ++m) acc[m] = 0.0f;
       if (r < R) {
-#pragma unroll 2
+#pragma unroll 4
         for (int k = k0; k < k1; ++k) {
-          const float d = to_float<T>(__ldg(down + (size_t)(c0 + k) * R + r));
+          const float d = to_float<T>(down_s[k * R + r]);
 #pragma unroll
           for (int m = 0; m < MAX_M; ++m)
             if (m < M) acc[m] = fmaf(xs[m * L + k], d, acc[m]);
@@ -147,6 +168,7 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
         const int m = i / 32, rr = r0 + i % 32;
         if (rr >= R) continue;
         float sum = 0.0f;
+#pragma unroll
         for (int w = 0; w < WARPS; ++w) sum += xs[(w * M + m) * 32 + i % 32];
         lrp[(size_t)blockIdx.x * M * R + m * R + rr] = sum;
       }
@@ -161,28 +183,17 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
     }
   }
 
-  // the last block sums the slices' partials in order and re-arms the counters
-  __threadfence();
+  // the last block to finish re-arms the counters (every block is past the barrier once it has counted itself)
   __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(&cnt[1], 1) == S - 1;
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  for (int o = threadIdx.x; o < M * R; o += THREADS) {
-    float sum = 0.0f;
-#pragma unroll 4
-    for (int s = 0; s < S; ++s) sum += __ldcg(lrp + (size_t)s * M * R + o);
-    lr[o] = sum;
-  }
-  if (threadIdx.x == 0) {
-    cnt[0] = 0;                        // every block is past the barrier: each has counted itself in cnt[1]
+  if (threadIdx.x == 0 && atomicAdd(&cnt[1], 1) == S - 1) {
+    cnt[0] = 0;
     cnt[1] = 0;
   }
 }
 
 template <typename T>
 cudaError_t launch(const void* x, const float* inv, const void* down, int8_t* q, float* ux, float* part, float* lrp,
-                   float* lr, int* cnt, int M, int K, int R, int gps, float inv7, cudaStream_t stream) {
+                   int* cnt, int M, int K, int R, int gps, float inv7, cudaStream_t stream) {
   const int G = K / GROUP, S = (G + gps - 1) / gps;
   // the grid barrier needs every block resident at once: at most one block per SM is asked for (one always
   // fits: 256 threads and at most 48 KB of shared memory)
@@ -191,25 +202,25 @@ cudaError_t launch(const void* x, const float* inv, const void* down, int8_t* q,
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   if (S > sms) return cudaErrorCooperativeLaunchTooLarge;
-  quantize_small_m_kernel<T><<<S, THREADS, smem_bytes(M, gps), stream>>>(
-      static_cast<const uint16_t*>(x), inv, static_cast<const uint16_t*>(down), q, ux, part, lrp, lr, cnt, M, K, R,
-      gps, inv7);
+  quantize_small_m_kernel<T><<<S, THREADS, smem_bytes(M, gps, R), stream>>>(
+      static_cast<const uint16_t*>(x), inv, static_cast<const uint16_t*>(down), q, ux, part, lrp, cnt, M, K, R, gps,
+      inv7);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 // dtype 0: fp16 (x and L_down), 1: bf16. The caller checks the shapes first (1 <= M <= 32, K % 64 == 0,
-// 0 <= R <= 64, gps groups of 64 per block, M · max(gps · 64, 256) floats of shared memory within 46 KB); returns
-// cudaErrorInvalidValue otherwise, cudaErrorCooperativeLaunchTooLarge when the grid (K / 64 / gps blocks) has more
-// blocks than the GPU has SMs.
+// 0 <= R <= 64, gps groups of 64 per block, M · max(gps · 64, 256) floats + gps · 64 · R halves of shared memory
+// within 46 KB); returns cudaErrorInvalidValue otherwise, cudaErrorCooperativeLaunchTooLarge when the grid
+// (K / 64 / gps blocks) has more blocks than the GPU has SMs.
 cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv, const void* down, int8_t* q,
-                                     float* ux, float* part, float* lrp, float* lr, int* cnt, int M, int K, int R,
-                                     int gps, float inv7, cudaStream_t stream) {
+                                     float* ux, float* part, float* lrp, int* cnt, int M, int K, int R, int gps,
+                                     float inv7, cudaStream_t stream) {
   if (M < 1 || M > MAX_M || K % GROUP || R < 0 || R > MAX_RANK || gps < 1 || gps > K / GROUP ||
-      smem_bytes(M, gps) > MAX_DYNAMIC_SMEM)
+      smem_bytes(M, gps, R) > MAX_DYNAMIC_SMEM)
     return cudaErrorInvalidValue;
   if (dtype == 1)
-    return launch<__nv_bfloat16>(x, inv, down, q, ux, part, lrp, lr, cnt, M, K, R, gps, inv7, stream);
-  return launch<__half>(x, inv, down, q, ux, part, lrp, lr, cnt, M, K, R, gps, inv7, stream);
+    return launch<__nv_bfloat16>(x, inv, down, q, ux, part, lrp, cnt, M, K, R, gps, inv7, stream);
+  return launch<__half>(x, inv, down, q, ux, part, lrp, cnt, M, K, R, gps, inv7, stream);
 }

@@ -18,8 +18,8 @@ cudaError_t var_gen_w4a4_small_m(int dtype, int warps, const void* a, const floa
                                  int32_t* ws, int32_t* cnt, int M, int N, int K, int R, int S, int splits, int act,
                                  cudaStream_t stream);
 cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv, const void* down, int8_t* q,
-                                     float* ux, float* part, float* lrp, float* lr, int* cnt, int M, int K, int R,
-                                     int gps, float inv7, cudaStream_t stream);
+                                     float* ux, float* part, float* lrp, int* cnt, int M, int K, int R, int gps,
+                                     float inv7, cudaStream_t stream);
 
 namespace {
 
@@ -115,12 +115,12 @@ std::string w4a4_small_m(const torch::Tensor& a, const torch::Tensor& ux, const 
 }
 
 // kernels/w4a4_quantize_small_m.cu: kernel 1 for M <= 32 in one launch. x (M, K) bf16 / fp16, inv (K,) float32
-// (1/λ), down (K, R) in x's dtype or None; fills q (M, K) int8 q·m, ux (M,) float32 units and lr (M, R) float32
-// (x̂·L_down); part (S·M) and lrp (S·M·R) float32 scratch, cnt two zeroed int32 counters (left zeroed), where
+// (1/λ), down (K, R) in x's dtype or None; fills q (M, K) int8 q·m, ux (M,) float32 units and lrp (S, M, R) float32
+// (each slice's part of x̂·L_down); part (S·M) float32 scratch, cnt two zeroed int32 counters (left zeroed), where
 // S = K / 64 / gps blocks.
 std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, const c10::optional<torch::Tensor>& down,
                              torch::Tensor& q, torch::Tensor& ux, torch::Tensor& part, torch::Tensor& lrp,
-                             torch::Tensor& lr, torch::Tensor& cnt, int64_t gps, double inv7) {
+                             torch::Tensor& cnt, int64_t gps, double inv7) {
   const char* NAME = "quantize_small_m";
   VAR_GEN_REQUIRE(x.is_cuda(), "tensors must be on a CUDA device");
   const auto device = x.device();
@@ -130,11 +130,12 @@ std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, c
   const int64_t M = x.size(0), K = x.size(1);
   VAR_GEN_REQUIRE(M >= 1 && M <= 32, "takes 1 to 32 rows, got " + std::to_string(M));
   VAR_GEN_REQUIRE(K % 64 == 0, "K % 64 must be 0 (K " + std::to_string(K) + ")");
-  VAR_GEN_REQUIRE(gps >= 1 && gps <= K / 64 && M * std::max<int64_t>(gps * 64, 256) * 4 <= 46 * 1024,
-                  "gps " + std::to_string(gps) + " groups per block do not fit (K / 64 = " + std::to_string(K / 64) +
-                      ", M x max(gps x 64, 256) floats within 46 KB of shared memory)");
-  const int64_t S = (K / 64 + gps - 1) / gps;
   const int64_t R = down.has_value() ? down->size(1) : 0;
+  VAR_GEN_REQUIRE(R >= 0 && R <= 64, "rank " + std::to_string(R) + " > 64");
+  VAR_GEN_REQUIRE(gps >= 1 && gps <= K / 64 && M * std::max<int64_t>(gps * 64, 256) * 4 + gps * 64 * R * 2 <= 46 * 1024,
+                  "gps " + std::to_string(gps) + " groups per block do not fit (K / 64 = " + std::to_string(K / 64) +
+                      ", M x max(gps x 64, 256) floats and gps x 64 x R halves within 46 KB of shared memory)");
+  const int64_t S = (K / 64 + gps - 1) / gps;
   VAR_GEN_REQUIRE(q.size(0) == M && q.size(1) == K && inv.numel() == K && ux.numel() == M && part.numel() >= S * M &&
                       cnt.numel() >= 2,
                   "shapes do not agree");
@@ -144,20 +145,17 @@ std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, c
                           check(NAME, cnt, "cnt", torch::kInt, device, 4)})
     if (!why.empty()) return why;
   if (R > 0) {
-    for (const auto& why : {check(NAME, *down, "down", dtype, device, 2), check(NAME, lrp, "lrp", torch::kFloat, device, 4),
-                            check(NAME, lr, "lr", torch::kFloat, device, 4)})
+    for (const auto& why : {check(NAME, *down, "down", dtype, device, 16), check(NAME, lrp, "lrp", torch::kFloat, device, 4)})
       if (!why.empty()) return why;
-    VAR_GEN_REQUIRE(down->dim() == 2 && down->size(0) == K && R <= 64 && lrp.numel() >= S * M * R &&
-                        lr.numel() == M * R,
-                    "low-rank shapes do not agree (or rank > 64)");
+    VAR_GEN_REQUIRE(down->dim() == 2 && down->size(0) == K && lrp.numel() >= S * M * R, "low-rank shapes do not agree");
   }
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaError_t err = var_gen_quantize_small_m(
       dtype == torch::kBFloat16 ? 1 : 0, x.data_ptr(), static_cast<const float*>(inv.data_ptr()),
       R ? down->data_ptr() : nullptr, static_cast<int8_t*>(q.data_ptr()), static_cast<float*>(ux.data_ptr()),
       static_cast<float*>(part.data_ptr()), R ? static_cast<float*>(lrp.data_ptr()) : nullptr,
-      R ? static_cast<float*>(lr.data_ptr()) : nullptr, static_cast<int*>(cnt.data_ptr()), (int)M, (int)K, (int)R,
-      (int)gps, (float)inv7, c10::cuda::getCurrentCUDAStream().stream());
+      static_cast<int*>(cnt.data_ptr()), (int)M, (int)K, (int)R, (int)gps, (float)inv7,
+      c10::cuda::getCurrentCUDAStream().stream());
   VAR_GEN_REQUIRE(err != cudaErrorCooperativeLaunchTooLarge,
                   std::to_string(S) + " blocks exceed the GPU's SMs (the grid barrier needs every block resident)");
   VAR_GEN_REQUIRE(err == cudaSuccess, std::string("launch failed: ") + cudaGetErrorString(err));

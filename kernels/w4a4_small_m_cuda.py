@@ -166,21 +166,26 @@ def quantize_supports(x2: torch.Tensor, layer) -> bool:
     M, K = x2.shape
     return (1 <= M <= MAX_M and x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16) and x2.is_contiguous()
             and x2.data_ptr() % 16 == 0 and K % 64 == 0 and layer.rank <= MAX_RANK
-            and (not layer.rank or layer.lora_down.dtype == x2.dtype)
-            and quantize_groups_per_block(M, K, _sms(x2.device)) is not None)
+            and (not layer.rank or (layer.lora_down.dtype == x2.dtype and layer.lora_down.data_ptr() % 16 == 0))
+            and quantize_groups_per_block(M, K, _sms(x2.device), layer.rank) is not None)
 
 
-def quantize_groups_per_block(M: int, K: int, sms: int):
-    """64-wide groups of K per block: QUANT_BLOCKS blocks (at most one per SM, for the grid barrier), or None
-    where a block's shared memory (M x max(groups x 64, 256) floats: x̂ of its slice, then the low-rank runs'
-    sums) would exceed 46 KB."""
-    gps = -(-(K // 64) // min(QUANT_BLOCKS, sms))
-    return gps if quantize_smem_fits(M, gps) else None
+def quantize_groups_per_block(M: int, K: int, sms: int, R: int = 32):
+    """64-wide groups of K per block: about QUANT_BLOCKS blocks, fewer groups (more blocks, at most one per SM for
+    the grid barrier) where a block's shared memory would not fit; None where no count fits."""
+    G = K // 64
+    gps = -(-G // min(QUANT_BLOCKS, sms))
+    while gps >= 1 and -(-G // gps) <= sms:
+        if quantize_smem_fits(M, gps, R):
+            return gps
+        gps -= 1
+    return None
 
 
-def quantize_smem_fits(M: int, gps: int) -> bool:
-    """Whether a block of the CUDA kernel 1 with M rows and `gps` groups fits its 46 KB of shared memory."""
-    return M * max(gps * 64, 256) * 4 <= 46 * 1024
+def quantize_smem_fits(M: int, gps: int, R: int = 32) -> bool:
+    """Whether a block of the CUDA kernel 1 (M rows, `gps` groups, rank R) fits its 46 KB of shared memory: x̂ of
+    its slice (M x max(gps x 64, 256) floats, later the low-rank runs' sums) and its rows of L_down (16-bit)."""
+    return M * max(gps * 64, 256) * 4 + gps * 64 * R * 2 <= 46 * 1024
 
 
 def _quant_counters(device) -> torch.Tensor:
@@ -191,17 +196,18 @@ def _quant_counters(device) -> torch.Tensor:
 
 
 def quantize(x2: torch.Tensor, layer, inv: torch.Tensor, inv7: float, gps: int = None):
-    """Kernel 1 of the i8 layout for M <= 32 in one launch: (q (M, K) int8 q·m, units (M,) float32, low-rank input
-    (1, M, R) float32 or None), the same codes and units as `w4a4_gemm_triton.quantize_activations(..., i8=True)`
-    bit for bit, the low-rank input in float32 FMAs summed in a fixed order. `inv` = 1/λ (float32, K), `inv7` the
-    reference's float32 1/7; `gps` (groups of K per block) fixes the launch (tests)."""
+    """Kernel 1 of the i8 layout for M <= 32 in one launch: (q (M, K) int8 q·m, units (M,) float32, low-rank partials
+    (S, M, R) float32 per slice of K, or None), the same codes and units as
+    `w4a4_gemm_triton.quantize_activations(..., i8=True)` bit for bit, the low-rank input in float32 FMAs (the GEMMs'
+    epilogues sum the S partials in order). `inv` = 1/λ (float32, K), `inv7` the reference's float32 1/7; `gps`
+    (groups of K per block) fixes the launch (tests)."""
     ext = extension()
     if ext is None:
         raise RuntimeError(f"the small-M W4A4 kernels are unavailable: {build_status()}")
     M, K = x2.shape
     R = layer.rank
     if gps is None:
-        gps = quantize_groups_per_block(M, K, _sms(x2.device))
+        gps = quantize_groups_per_block(M, K, _sms(x2.device), R)
         if gps is None:
             raise ValueError(f"quantize_small_m: {M} rows of K = {K} do not fit a block's shared memory")
     S = -(-(K // 64) // max(gps, 1))
@@ -209,10 +215,8 @@ def quantize(x2: torch.Tensor, layer, inv: torch.Tensor, inv7: float, gps: int =
     q = torch.empty(M, K, dtype=torch.int8, device=dev)
     ux = torch.empty(M, dtype=torch.float32, device=dev)
     part = torch.empty(S * M, dtype=torch.float32, device=dev)
-    lrp = torch.empty(S * M * R, dtype=torch.float32, device=dev) if R else part
-    lr = torch.empty(1, M, R, dtype=torch.float32, device=dev) if R else part
-    why = ext.quantize_small_m(x2, inv, layer.lora_down if R else None, q, ux, part, lrp, lr, _quant_counters(dev),
-                               gps, inv7)
+    lrp = torch.empty(S, M, R, dtype=torch.float32, device=dev) if R else part
+    why = ext.quantize_small_m(x2, inv, layer.lora_down if R else None, q, ux, part, lrp, _quant_counters(dev), gps, inv7)
     if why:
         raise ValueError(why)
-    return q, ux, (lr if R else None)
+    return q, ux, (lrp if R else None)
