@@ -4,7 +4,7 @@ Infinity-8B Linear shape, M <= 32 (CUDA-graph replay, median):
 
 * the whole W4A4 product (kernel 1 + GEMM) on the i8s path with its tuned launch, the kernel alone with each
   (warps, splits) of the sweep, on the Triton i8 path (autotuned), and torch.matmul in bf16; both W4A4 paths
-  with the CUDA kernel 1 (the default up to QUANT_CUDA_MAX_M rows) and with the Triton one;
+  with the CUDA kernel 1 (where it takes the call) and with the Triton one;
 * the GEMM alone: the i8s kernel on kernel 1's precomputed outputs, and kernel 1 alone, Triton and CUDA (whose
   codes and units must equal the Triton kernel's bit for bit: `k1_equal`);
 * the default launches again with the weights cold in the L2 (copies of the layer, as in a generation);
@@ -70,8 +70,8 @@ def main():
             y = torch.empty_like(y_b)
             r = {"K": K, "N": N, "M": M, "default_path": mod.path_for(x, layer)}
             r["bf16_ms"] = _ms(lambda: torch.matmul(x, w.t(), out=y_b))
-            cuda_k1 = mod.QUANT_CUDA_MAX_M
-            for tag, limit in (("", cuda_k1), ("_triton_k1", 0)):   # kernel 1: the default, then Triton's
+            default_k1 = mod.QUANT_CUDA_MAX_M
+            for tag, limit in (("", sm.MAX_M), ("_triton_k1", 0)):   # kernel 1: the CUDA one, then Triton's
                 mod.QUANT_CUDA_MAX_M = limit
                 y.fill_(float("nan"))
                 mod.w4a4_linear(x, layer, out=y, path="i8")        # autotune outside the timed region
@@ -81,7 +81,7 @@ def main():
                 mod.w4a4_linear(x, layer, out=y, path="i8s")
                 r[f"i8s{tag}_rel"] = _rel(y, ref)
                 r[f"i8s{tag}_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
-            mod.QUANT_CUDA_MAX_M = cuda_k1
+            mod.QUANT_CUDA_MAX_M = default_k1
             r["tuned_launch"] = sm._PICKS.get((sm._bucket(M), N, K, x.device.index))
             q, ux, lr = mod.quantize_activations(x, layer, i8=True)
             r["kernel1_ms"] = _ms(lambda: mod.quantize_activations(x, layer, i8=True))
@@ -127,7 +127,7 @@ def main():
                   + (f" | cold: bf16 {r['cold_bf16_ms']*1e3:.1f} i8 {r['cold_i8_ms']*1e3:.1f} i8s {r['cold_i8s_ms']*1e3:.1f}"
                      if "cold_copies" in r else "")
                   + f" | {worst:.1e}", flush=True)
-    print("(µs; i8 / i8s with the default kernel 1 (CUDA up to QUANT_CUDA_MAX_M rows), tk1 = with Triton's kernel 1;"
+    print("(µs; i8 / i8s with the CUDA kernel 1 where it takes the call, tk1 = with Triton's kernel 1;"
           " x bf16 = bf16 / i8s, x i8 = i8 / i8s; k1 = Triton kernel 1 alone, k1 cu = the CUDA one, k1 = its codes and"
           " units equal Triton's; gemm = the i8s kernel alone)")
     if args.json:
