@@ -1073,9 +1073,12 @@ SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "8"))
 # Up to this many rows (at most small_m.MAX_M = 32) the i8 layout's kernel 1 is the CUDA C++ one
 # (kernels/w4a4_quantize_small_m.cu: one launch with a grid barrier for the rows' units, instead of the Triton row
 # pass and quantizer over up to 56 K splits); the same codes and units bit for bit. Where it does not build or
-# take the call, the Triton kernel 1. 0 (off) until it is measured faster than the Triton kernel 1 (its first two
-# versions were slower, twenty-first session); VAR_GEN_W4A4_QUANT_CUDA_MAX_M=32 turns it on.
-QUANT_CUDA_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_CUDA_MAX_M", "0"))
+# take the call, the Triton kernel 1. Measured on the H100 (twenty-first session, bench/small_m_sweep.py, whole
+# product in a CUDA graph): on the i8s path at 2 and 8 rows faster on all four block shapes (3584 -> 10752: 17.4
+# against 19.8 µs at 2 rows, 18.6 against 20.5 at 8); at 16 and 32 rows slower (its per-slice low-rank partials,
+# which the small-M GEMM's epilogue sums one by one), so the default stops at 8, the small-M GEMM's rows.
+# VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0 turns it off.
+QUANT_CUDA_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_CUDA_MAX_M", "8"))
 # Kernel 1 (and its row pass) without divisions: the low-rank dot on x̂ split into two bf16 parts against
 # L_down as stored ("bf16x2s"), instead of x against L_down / λ divided in the kernel ("bf16x2"), the same
 # precision (~2^-17); and 1/λ read from `inv_smooth` instead of made per program and group. In the sm_90 PTX
