@@ -9,7 +9,10 @@
 //   1. loads its slice of x, makes x̂ = x · (1/λ) (the IEEE reciprocal the reference uses, precomputed) into
 //      shared memory and publishes its rows' max |x̂|;
 //   2. waits at a grid barrier (an atomic counter; the launch asks for at most one block per SM, so every block
-//      is resident and the spin cannot starve) and takes each row's unit u from all slices;
+//      is resident and the spin cannot starve) and takes each row's unit u from all slices. (Under MPS with an
+//      active-thread percentage that leaves fewer SMs than the blocks, two blocks per SM still fit by registers
+//      and shared memory; below half the SMs the barrier could wait for ever: VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0
+//      then keeps kernel 1 in Triton. A cooperative launch would check it, but was not tried in a CUDA graph.)
 //   3. quantizes its groups (one warp per row and group): m = clamp(ceil((amax · 1/7) / u), 1, 16),
 //      q = clamp(rint(x̂ · (1/(u·m))), -8, 7), stores q·m as int8, the same IEEE operations in the same order
 //      as the reference and the Triton kernel, so the same bits;
@@ -61,7 +64,6 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
   extern __shared__ float xs[];
   __shared__ int row_max[MAX_M];       // max |x̂| per row (non-negative floats order as their int bits)
   __shared__ float unit[MAX_M];
-  __shared__ int is_last;
   const int G = K / GROUP;
   const int g0 = blockIdx.x * gps, ng = min(gps, G - g0), L = ng * GROUP, c0 = g0 * GROUP;
   const int S = gridDim.x;
