@@ -212,6 +212,9 @@ cudaError_t launch(const void* x, const float* inv, const void* down, int8_t* q,
 
 }  // namespace
 
+// Whether a block with M rows, gps groups and rank R fits its dynamic shared memory (the binding's check).
+bool var_gen_quantize_small_m_fits(int M, int gps, int R) { return smem_bytes(M, gps, R) <= MAX_DYNAMIC_SMEM; }
+
 // dtype 0: fp16 (x and L_down), 1: bf16. The caller checks the shapes first (1 <= M <= 32, K % 64 == 0,
 // 0 <= R <= 64, gps groups of 64 per block, M · max(gps · 64, 256) floats + gps · 64 · R halves of shared memory
 // within 46 KB); returns cudaErrorInvalidValue otherwise, cudaErrorCooperativeLaunchTooLarge when the grid

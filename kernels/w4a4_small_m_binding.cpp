@@ -9,7 +9,6 @@
 #include <cuda_runtime.h>
 #include <torch/extension.h>
 
-#include <algorithm>
 #include <sstream>
 #include <string>
 
@@ -20,6 +19,7 @@ cudaError_t var_gen_w4a4_small_m(int dtype, int warps, const void* a, const floa
 cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv, const void* down, int8_t* q,
                                      float* ux, float* part, float* lrp, int* cnt, int M, int K, int R, int gps,
                                      float inv7, cudaStream_t stream);
+bool var_gen_quantize_small_m_fits(int M, int gps, int R);
 
 namespace {
 
@@ -132,7 +132,7 @@ std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, c
   VAR_GEN_REQUIRE(K % 64 == 0, "K % 64 must be 0 (K " + std::to_string(K) + ")");
   const int64_t R = down.has_value() ? down->size(1) : 0;
   VAR_GEN_REQUIRE(R >= 0 && R <= 64, "rank " + std::to_string(R) + " > 64");
-  VAR_GEN_REQUIRE(gps >= 1 && gps <= K / 64 && M * std::max<int64_t>(gps * 64, 256) * 4 + gps * 64 * R * 2 <= 46 * 1024,
+  VAR_GEN_REQUIRE(gps >= 1 && gps <= K / 64 && var_gen_quantize_small_m_fits((int)M, (int)gps, (int)R),
                   "gps " + std::to_string(gps) + " groups per block do not fit (K / 64 = " + std::to_string(K / 64) +
                       ", M x max(gps x 64, 256) floats and gps x 64 x R halves within 46 KB of shared memory)");
   const int64_t S = (K / 64 + gps - 1) / gps;
