@@ -1076,9 +1076,12 @@ SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "8"))
 # take the call, the Triton kernel 1. Measured on the H100 (twenty-first session, bench/small_m_sweep.py, whole
 # product in a CUDA graph): on the i8s path at 2 and 8 rows faster on all four block shapes (3584 -> 10752: 17.4
 # against 19.8 µs at 2 rows, 18.6 against 20.5 at 8); at 16 and 32 rows slower (its per-slice low-rank partials,
-# which the small-M GEMM's epilogue sums one by one), so the default stops at 8, the small-M GEMM's rows.
-# VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0 turns it off.
-QUANT_CUDA_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_CUDA_MAX_M", "8"))
+# which the small-M GEMM's epilogue sums one by one). OFF BY DEFAULT since the twenty-second session: the first two
+# edge proofs run with it on (up to 8 rows, two H100s) stalled in their first generation, the host waiting in the
+# allocator for a GPU that never finished (docs/results/edge_w4a4_kv8_twentysecond_h100.txt); its grid barrier is
+# the only spinning wait among the product's kernels, so it is the suspect until a run with it on completes. What it
+# saves is ~2 µs per small-row product (< 0.1 % of a 1024² generation). VAR_GEN_W4A4_QUANT_CUDA_MAX_M=8 turns it on.
+QUANT_CUDA_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_CUDA_MAX_M", "0"))
 # Kernel 1 (and its row pass) without divisions: the low-rank dot on x̂ split into two bf16 parts against
 # L_down as stored ("bf16x2s"), instead of x against L_down / λ divided in the kernel ("bf16x2"), the same
 # precision (~2^-17); and 1/λ read from `inv_smooth` instead of made per program and group. In the sm_90 PTX

@@ -9,10 +9,12 @@
 //   1. loads its slice of x, makes x̂ = x · (1/λ) (the IEEE reciprocal the reference uses, precomputed) into
 //      shared memory and publishes its rows' max |x̂|;
 //   2. waits at a grid barrier (an atomic counter; the launch asks for at most one block per SM, so every block
-//      is resident and the spin cannot starve) and takes each row's unit u from all slices. (Under MPS with an
+//      is resident and the spin cannot starve; a wait over 2 s traps, failing the launch with an error rather than
+//      spinning for ever) and takes each row's unit u from all slices. (Under MPS with an
 //      active-thread percentage that leaves fewer SMs than the blocks, two blocks per SM still fit by registers
-//      and shared memory; below half the SMs the barrier could wait for ever: VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0
-//      then keeps kernel 1 in Triton. A cooperative launch would check it, but was not tried in a CUDA graph.)
+//      and shared memory; below half the SMs the barrier could wait for ever. A cooperative launch would check
+//      it, but was not tried in a CUDA graph. The product leaves this kernel off by default
+//      (VAR_GEN_W4A4_QUANT_CUDA_MAX_M, kernels/w4a4_gemm_triton.py): edge proofs with it on stalled.)
 //   3. quantizes its groups (one warp per row and group): m = clamp(ceil((amax · 1/7) / u), 1, 16),
 //      q = clamp(rint(x̂ · (1/(u·m))), -8, 7), stores q·m as int8, the same IEEE operations in the same order
 //      as the reference and the Triton kernel, so the same bits;
@@ -39,6 +41,14 @@ constexpr int GROUP = 64;
 constexpr int MAX_DYNAMIC_SMEM = 46 * 1024;
 __host__ __device__ constexpr size_t smem_bytes(int M, int gps, int R) {
   return sizeof(float) * (size_t)M * (gps * GROUP > 256 ? gps * GROUP : 256) + 2 * (size_t)gps * GROUP * R;
+}
+
+constexpr unsigned long long BARRIER_TIMEOUT_NS = 2000000000ull;   // 2 s: the barrier's wait is ~1 µs
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
 }
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -109,7 +119,13 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
   __syncthreads();
   if (threadIdx.x == 0) {
     atomicAdd(&cnt[0], 1);
-    while (atomicAdd(&cnt[0], 0) < S) __nanosleep(20);
+    // a barrier still waiting after BARRIER_TIMEOUT_NS traps: the launch then fails with an error the host sees,
+    // instead of the GPU spinning for ever (blocks not all resident, or counters not zeroed)
+    const unsigned long long t0 = global_ns();
+    while (atomicAdd(&cnt[0], 0) < S) {
+      __nanosleep(20);
+      if (global_ns() - t0 > BARRIER_TIMEOUT_NS) __trap();
+    }
   }
   __syncthreads();
   __threadfence();

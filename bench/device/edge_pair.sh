@@ -1,6 +1,6 @@
 #!/bin/bash
 # The edge proof at 1024² with CFG on one machine: W4A4 + INT8 KV with the product's defaults (the small-M CUDA
-# GEMM and the CUDA kernel 1 up to 8 rows), then bf16 (uncapped, to report its real peak).
+# GEMM up to 8 rows; the CUDA kernel 1 off since the twenty-second session), then bf16 (uncapped, to report its real peak).
 source bench/device/autotune_carry.sh
 export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext
 mkdir -p "$TORCH_EXTENSIONS_DIR"

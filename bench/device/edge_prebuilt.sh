@@ -1,0 +1,22 @@
+#!/bin/bash
+# The edge proof at 1024² with CFG, W4A4 + INT8 KV with the product's defaults, then bf16, with the small-M CUDA
+# extension built first in its own step. Why: a fresh machine builds the extension inside the first edge run, and
+# a run killed by its timeout mid-build leaves torch's build lock behind, on which every later process would wait.
+# A run past its limit gets SIGABRT first, so that Python's faulthandler writes where it was (the twenty-second
+# session's W4A4 run: its first generation waiting on the GPU).
+source bench/device/autotune_carry.sh
+export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext PYTHONFAULTHANDLER=1
+mkdir -p "$TORCH_EXTENSIONS_DIR"
+t0=$(date +%s)
+timeout ${BUILD_TIMEOUT:-200} python3 -c "from var_gen_ros.quant.dispatch import kernel_module as k; m = k('w4a4_small_m_cuda'); m.extension(); print(m.build_status())"
+echo "build rc $? s $(( $(date +%s) - t0 ))"
+for mode in ${MODES:-w4a4_kv8 bf16}; do
+  timeout -s ABRT -k 10 ${EDGE_TIMEOUT:-240} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
+    --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 --json "$OUT/edge_${mode}.json" \
+    > "$OUT/edge_${mode}.txt" 2>&1
+  echo "edge $mode rc $? s $(( $(date +%s) - t0 ))"
+  pkill -ABRT -f "[e]dge_proof.py --child"; sleep 3; pkill -9 -f "[e]dge_proof.py --child"
+  grep -E "^(w4a4|bf16)|rror" "$OUT/edge_${mode}.txt" | head -5
+done
+echo "total s $(( $(date +%s) - t0 ))"
+true
