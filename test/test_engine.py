@@ -86,3 +86,34 @@ def test_failure_in_generation_fails_only_that_request(gen, monkeypatch):
         assert r2.state == DONE and eng.stats.errors == 1
     finally:
         eng.close()
+
+
+def test_stalled_for_counts_from_the_last_finished_scale(gen):
+    """A generation held after its first scale (a listener that blocks, as a GPU that never finishes would) shows
+    a growing `stalled_for`; once it completes, nothing runs and it is 0."""
+    import time
+    at_scale, release = threading.Event(), threading.Event()
+
+    class Hold(Listener):
+        def on_scale(self, req, ev):
+            if ev.index == 0:
+                at_scale.set()
+                release.wait(10)
+
+    eng = Engine(gen)
+    try:
+        assert eng.stalled_for() == 0.0
+        r = eng.submit(Request(prompt="a red circle", seed=1, listener=Hold()))
+        assert at_scale.wait(30)
+        time.sleep(0.5)
+        held = eng.stalled_for()
+        assert 0.5 <= held < 10, held
+        release.set()
+        assert r.done_event.wait(60) and r.state == DONE
+        end = time.monotonic() + 10      # the worker clears `current` just after it signals the request done
+        while eng.current is not None and time.monotonic() < end:
+            time.sleep(0.01)
+        assert eng.current is None and eng.stalled_for() == 0.0
+    finally:
+        release.set()
+        eng.close()

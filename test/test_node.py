@@ -323,3 +323,50 @@ def test_repeated_prompt_hits_the_prompt_cache_and_gives_the_same_image(running_
     assert _wait(lambda: len(diags) > n + 1 and cache_status() == "off"), cache_status()
     fut = client.set_parameters([Parameter("prompt_cache_size", value=16)])
     assert _wait(fut.done, 30) and fut.result().results[0].successful
+
+
+def test_stall_timeout_turns_diagnostics_to_error_while_a_generation_makes_no_progress(running_node):
+    """stall_timeout_s is a run-time parameter: set below the time a scale takes, every /diagnostics message sent
+    while a generation runs reports ERROR ("generation stalled", the request's id, seconds_since_progress past the
+    limit); set back, the node reports no ERROR once idle and keeps serving. A negative value is refused."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+    ns, node, _ = running_node
+    client = AsyncParameterClient(node, f"{ns}/var_gen")
+    assert client.wait_for_services(timeout_sec=30)
+
+    def set_(value):
+        fut = client.set_parameters([Parameter("stall_timeout_s", value=value)])
+        assert _wait(fut.done, 30)
+        return fut.result().results[0]
+
+    assert not set_(-1.0).successful
+    diags, statuses = [], []
+    node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, QOS)
+    node.create_subscription(msg_pkg.GenerationStatus, f"{ns}/var_gen/status", statuses.append, QOS)
+    pub = node.create_publisher(msg_pkg.GenerateCommand, f"{ns}/var_gen/command", QOS)
+    _wait_for_subscribers(pub)
+    time.sleep(0.5)
+    assert set_(0.001).successful
+    ids = [f"stall{i}" for i in range(4)]
+    for rid in ids:
+        pub.publish(msg_pkg.GenerateCommand(request_id=rid, prompt="a red circle", seed=7))
+
+    def ours():
+        return [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")]
+
+    def stalled():
+        return [st for st in ours() if st.level == DiagnosticStatus.ERROR]
+
+    assert _wait(lambda: stalled(), 60), "no ERROR while generations ran under a 1 ms stall timeout"
+    st = stalled()[0]
+    kv = {v.key: v.value for v in st.values}
+    assert "generation stalled" in st.message and any(rid in st.message for rid in ids), st.message
+    assert kv["running"] == "True" and float(kv["seconds_since_progress"]) > 0.001, kv
+    assert _wait(lambda: {s.request_id for s in statuses if s.state_name == "DONE"} >= set(ids), 120)
+    assert set_(300.0).successful
+    time.sleep(0.5)                    # a message computed before the parameter changed may still arrive
+    n = len(ours())
+    assert _wait(lambda: len(ours()) >= n + 3, 30)
+    assert all(st.level != DiagnosticStatus.ERROR for st in ours()[n:])

@@ -78,6 +78,7 @@ class Engine:
         self._queue: Deque[Request] = collections.deque()
         self._cv = threading.Condition()
         self._current: Optional[Request] = None
+        self._progress_at = 0.0     # monotonic time the running request started or last finished a scale
         self._stop = False
         self._worker = threading.Thread(target=self._run, name="var_gen_worker", daemon=True)
         self._worker.start()
@@ -137,6 +138,13 @@ class Engine:
     @property
     def current(self) -> Optional[Request]:
         return self._current
+
+    def stalled_for(self) -> float:
+        """Seconds the running request has gone without finishing a scale (counted from its start, then from its
+        last scale); 0.0 when nothing runs. Why: a generation waiting on a GPU that never finishes (a hung
+        kernel) raises nothing; this is what the node's diagnostics compare with `stall_timeout_s`."""
+        with self._cv:
+            return time.monotonic() - self._progress_at if self._current is not None else 0.0
 
     def close(self, timeout: float = 10.0) -> None:
         self.clear_queue()
@@ -200,6 +208,7 @@ class Engine:
                     return
                 req = self._queue.popleft()
                 self._current = req
+                self._progress_at = time.monotonic()
             req.state = RUNNING
             self._notify(req)
             try:
@@ -226,6 +235,8 @@ class Engine:
 
     def _generate(self, req: Request) -> GenerationResult:
         def on_scale(ev: ScaleEvent):
+            with self._cv:
+                self._progress_at = time.monotonic()
             for lst in (self.listener, req.listener):
                 if lst is not None:
                     try:

@@ -101,6 +101,10 @@ class GenNode(Node):
         P("publish_previews", True, _desc("publish ~/preview after every scale for every request"))
         P("compressed_format", "png", _desc("~/image/compressed encoding: png | jpeg"))
         P("diagnostics_period", 1.0, _desc("seconds between /diagnostics messages", float_range=(0.1, 60.0)))
+        P("stall_timeout_s", 300.0, _desc("seconds a running generation may go without finishing a scale before "
+                                          "/diagnostics reports ERROR (a GPU that never finishes a kernel raises "
+                                          "nothing); 0 = never. A first generation that compiles the GPU kernels "
+                                          "can take minutes on a Jetson", float_range=(0.0, 86400.0)))
         self._validate_all()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -118,6 +122,7 @@ class GenNode(Node):
         self._action = ActionServer(self, Generate, "~/generate", execute_callback=self._execute,
                                     goal_callback=lambda g: GoalResponse.ACCEPT,
                                     cancel_callback=lambda h: CancelResponse.ACCEPT, callback_group=cb)
+        self._stall_logged = ""
         self._diag_timer = self.create_timer(self.p("diagnostics_period"), self._publish_diagnostics)
         self.get_logger().info(f"ready: model {gen.name} on {gen.device} ({gen.dtype}), "
                                f"{gen.cfg.num_params() / 1e6:.1f}M transformer parameters")
@@ -312,24 +317,38 @@ class GenNode(Node):
         import torch
         g, s = self.engine.generator, self.engine.stats
         level = DiagnosticStatus.OK if not s.errors else DiagnosticStatus.WARN
+        message = "errors seen" if s.errors else "ok"
+        cur, since = self.engine.current, self.engine.stalled_for()
+        limit = self.p("stall_timeout_s")
+        stalled = cur is not None and limit > 0 and since > limit
+        if stalled:
+            level = DiagnosticStatus.ERROR
+            message = (f"generation stalled: request {cur.request_id} has finished no scale for {since:.0f} s "
+                       f"(stall_timeout_s {limit:g}); the GPU may be hung. A cancel takes effect only between "
+                       "scales; restarting the node frees the GPU")
+            if self._stall_logged != cur.request_id:
+                self._stall_logged = cur.request_id
+                self.get_logger().error(message)
         values = {
             "model": g.name, "device": str(g.device), "dtype": str(g.dtype).replace("torch.", ""),
             "quantization": self.p("quantization"), "kv_cache": self.p("kv_cache"),
             "precision": getattr(self, "precision", ""), "kernels": _kernel_status(g),
             "allocator": getattr(self, "allocator_note", "") or "as configured",
-            "queue_depth": self.engine.queue_depth, "running": self.engine.current is not None,
+            "queue_depth": self.engine.queue_depth, "running": cur is not None,
+            "seconds_since_progress": f"{since:.3f}",
             "completed": s.completed, "error_count": s.errors, "cancelled": s.cancelled, "rejected": s.rejected,
             "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,
             "kv_cache_bytes": s.last_kv_cache_bytes, "peak_gpu_memory_bytes": s.last_peak_memory,
             "weights_bytes": sum(g.weight_bytes().values()),
             "cuda_graphs": g.graph_status(), "prompt_cache": g.prompt_cache.status(), "warmup_s": ", ".join(f"{t:.2f}" for t in self.warmup_s),
         }
-        if g.device.type == "cuda":
+        if g.device.type == "cuda" and not stalled:
+            # not while stalled: a worker waiting on the GPU inside the caching allocator holds the lock this takes
             values["current_gpu_memory_bytes"] = torch.cuda.memory_allocated(g.device)
         # the process's host memory: on a Jetson it comes out of the same DRAM as the GPU's
         values.update({f"host_{k}_bytes": v for k, v in process_memory().items()})
         st = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: generator",
-                              message="errors seen" if s.errors else "ok", hardware_id=str(g.device),
+                              message=message, hardware_id=str(g.device),
                               values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         self.pub_diag.publish(DiagnosticArray(header=self._header(), status=[st]))
 
