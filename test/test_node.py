@@ -78,6 +78,21 @@ def _wait(pred, timeout=60.0):
     return False
 
 
+def _parameter_client(node, ns):
+    from rclpy.parameter_client import AsyncParameterClient
+    client = AsyncParameterClient(node, f"{ns}/var_gen")
+    assert client.wait_for_services(timeout_sec=30)
+    return client
+
+
+def _set_parameter(client, name, value):
+    """The gen_node's SetParametersResult for one parameter."""
+    from rclpy.parameter import Parameter
+    fut = client.set_parameters([Parameter(name, value=value)])
+    assert _wait(fut.done, 30)
+    return fut.result().results[0]
+
+
 def _wait_for_subscribers(pub, timeout=60.0):
     assert _wait(lambda: pub.get_subscription_count() > 0, timeout), "gen_node did not come up"
 
@@ -241,15 +256,11 @@ def test_activation_chunk_parameter_set_at_run_time(running_node):
     """activation_chunk is a run-time parameter with a range: a valid value is taken, a negative one is
     refused by its descriptor, and the node keeps serving afterwards."""
     from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
     ns, node, _ = running_node
-    client = AsyncParameterClient(node, f"{ns}/var_gen")
-    assert client.wait_for_services(timeout_sec=30)
+    client = _parameter_client(node, ns)
 
     def set_(value):
-        fut = client.set_parameters([Parameter("activation_chunk", value=value)])
-        assert _wait(fut.done, 30)
-        return fut.result().results[0]
+        return _set_parameter(client, "activation_chunk", value)
 
     assert set_(16).successful
     bad = set_(-5)
@@ -330,16 +341,11 @@ def test_stall_timeout_turns_diagnostics_to_error_while_a_generation_makes_no_pr
     while a generation runs reports ERROR ("generation stalled", the request's id, seconds_since_progress past the
     limit); set back, the node reports no ERROR once idle and keeps serving. A negative value is refused."""
     from diagnostic_msgs.msg import DiagnosticStatus
-    from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
     ns, node, _ = running_node
-    client = AsyncParameterClient(node, f"{ns}/var_gen")
-    assert client.wait_for_services(timeout_sec=30)
+    client = _parameter_client(node, ns)
 
     def set_(value):
-        fut = client.set_parameters([Parameter("stall_timeout_s", value=value)])
-        assert _wait(fut.done, 30)
-        return fut.result().results[0]
+        return _set_parameter(client, "stall_timeout_s", value)
 
     assert not set_(-1.0).successful
     diags, statuses = [], []
