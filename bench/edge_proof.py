@@ -37,6 +37,13 @@ from var_gen_ros.memory import (AllocationMeter, device_memory_used, process_mem
                                 reserved_by_pool, resident_check, trim_host_memory)
 
 GIB = 2 ** 30
+_T0 = time.perf_counter()
+
+
+def progress(msg: str) -> None:
+    """A timestamped line on stderr as each phase starts or ends: a run killed at its time limit (the JSON is written
+    only at the end) still shows how far it got, down to the calibration generation's last finished scale."""
+    print(f"[edge +{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 PROMPT = "a photo of a red robot in a green field under a blue sky"
 # H100 rates measured in earlier sessions (docs/BENCHMARKS.md): cuBLAS bf16 ≈ 770 TFLOP/s, device memory
 # ≈ 3.0 TB/s. The floors use the rates each run measures on its own GPU (`measure_device_rates`; an H200 or an
@@ -146,7 +153,8 @@ def calibrate_static_kv(gen: Generator, height: int, width: int) -> list:
     old = gen.kv_cache_factory
     gen.kv_cache_factory = lambda *a, layer=0, **k: KVStatsRecorder(*a, stats=stats[layer])
     try:
-        gen.generate(PROMPT, seed=123, height=height, width=width)
+        gen.generate(PROMPT, seed=123, height=height, width=width,
+                     callback=lambda ev: progress(f"calibration {height}x{width}: scale {ev.index + 1}/{ev.total} done"))
     finally:
         gen.kv_cache_factory = old
     return static_kv_scales(stats)
@@ -285,7 +293,9 @@ def child(a) -> dict:
     # this GPU's own rates for the floors, before anything else is on it
     out["device_rates"] = measure_device_rates(dev)
     t = time.perf_counter()
+    progress(f"{mode}: building")
     gen = build(mode, a.text_encoder, dev)
+    progress(f"{mode}: built")
     out["host_memory"]["after_build"] = process_memory()
     if a.chunk_tokens >= 0:
         gen.chunk_tokens = a.chunk_tokens
@@ -309,7 +319,9 @@ def child(a) -> dict:
     res = [tuple(int(v) for v in r.split("x")) for r in a.resolutions.split(",")]
     torch.cuda.empty_cache()
     if mode == "bf16":   # its real peak first, uncapped: it cannot run under the cap
+        progress(f"{mode}: warm-up {res[0][0]}x{res[0][1]} (uncapped)")
         gen.warmup(warm, PROMPT, cfg=a.cfg, height=res[0][0], width=res[0][1])
+        progress(f"{mode}: measuring {res[0][0]}x{res[0][1]} (uncapped)")
         out["uncapped"] = measure(gen, meter, res[0][0], res[0][1], a.cfg, a.repeats, out["device_rates"])
         out["uncapped"]["cuda_graphs"] = gen.graph_status()
         gen.release_graphs()
@@ -321,7 +333,9 @@ def child(a) -> dict:
     out["runs"] = []
     for h, w in res:
         try:
+            progress(f"{mode}: warm-up {h}x{w}")
             gen.warmup(warm, PROMPT, cfg=a.cfg, height=h, width=w)    # autotuning, cuBLAS, graph capture
+            progress(f"{mode}: measuring {h}x{w}")
             out["host_memory"][f"after_warmup_{h}x{w}"] = process_memory()
             # the allocated peak over the warm-up, graph captures included: a replayed graph's temporaries sit in
             # its pool unseen by the allocated counter, but while captured they count (so with every scale
