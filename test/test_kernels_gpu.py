@@ -188,6 +188,43 @@ def test_small_m_quantizer_rejects_bad_calls_clearly():
         assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3
 
 
+_BARRIER_NEVER_MET = """
+import sys, time
+sys.path.insert(0, "test")
+import torch
+from test_kernels_gpu import _layer, _small_m_module
+mod = _small_m_module()
+layer = _layer(3584, 3584, True, seed=3)
+x = torch.randn(2, 3584, device="cuda").bfloat16()
+cnt = mod.small_m._quant_counters(x.device)
+cnt[0] = -(1 << 30)          # the blocks' arrivals can never reach S: the barrier is never met
+t = time.monotonic()
+try:
+    mod.small_m.quantize(x, layer, mod.inv_smooth(layer), mod.INV_QMAX)
+    torch.cuda.synchronize()
+except Exception as e:       # the context is unusable after a trap: report and leave
+    print(f"FAILED AFTER {time.monotonic() - t:.1f} s: {type(e).__name__}: {e}".splitlines()[0], flush=True)
+else:
+    print("COMPLETED", flush=True)
+"""
+
+
+def test_small_m_quantizer_barrier_that_is_never_met_fails_instead_of_hanging():
+    """Kernel 1's grid barrier gives up after 2 s (`__trap`), so a launch whose blocks cannot all arrive fails
+    with a CUDA error the host sees instead of holding the GPU for ever. A trap leaves the CUDA context unusable,
+    so this runs in its own process; the timeout is the hang check."""
+    import os
+    import subprocess
+    import sys
+    _small_m_module()                  # built (and cached) here first: the child only loads it
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _BARRIER_NEVER_MET], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    text = out.stdout + out.stderr
+    assert "FAILED AFTER" in text and "COMPLETED" not in text, text[-2000:]
+    assert "launch failure" in text.lower() or "illegal instruction" in text.lower(), text[-2000:]
+
+
 def test_small_m_cuda_kernel_rejects_bad_calls_clearly():
     """Shapes and dtypes the kernel does not take fail with a message, not a wrong result."""
     mod = _small_m_module()
