@@ -3,20 +3,32 @@
 # extension built first in its own step. Why: a fresh machine builds the extension inside the first edge run, and
 # a run killed by its timeout mid-build leaves torch's build lock behind, on which every later process would wait.
 # A run past its limit gets SIGABRT first, so that Python's faulthandler writes where it was (the twenty-second
-# session's W4A4 run: its first generation waiting on the GPU).
+# session's W4A4 run: its first generation waiting on the GPU); edge_proof.py's progress lines say which phase.
+#   TESTS="pytest -k expression": GPU tests first (e.g. "small_m_quantizer"), into $OUT/tests.txt
+#   K1_ON=1: after the default W4A4 run, one with the CUDA kernel 1 on up to 8 rows (off by default since the
+#            twenty-second session, when two edge runs with it on stalled)
+#   MODES (default "w4a4_kv8 bf16"), BUILD_TIMEOUT, TEST_TIMEOUT, EDGE_TIMEOUT
 source bench/device/autotune_carry.sh
 export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext PYTHONFAULTHANDLER=1
 mkdir -p "$TORCH_EXTENSIONS_DIR"
 t0=$(date +%s)
 timeout ${BUILD_TIMEOUT:-200} python3 -c "from var_gen_ros.quant.dispatch import kernel_module as k; m = k('w4a4_small_m_cuda'); m.extension(); print(m.build_status())"
 echo "build rc $? s $(( $(date +%s) - t0 ))"
-for mode in ${MODES:-w4a4_kv8 bf16}; do
-  timeout -s ABRT -k 10 ${EDGE_TIMEOUT:-240} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
-    --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 --json "$OUT/edge_${mode}.json" \
-    > "$OUT/edge_${mode}.txt" 2>&1
-  echo "edge $mode rc $? s $(( $(date +%s) - t0 ))"
+if [ -n "${TESTS:-}" ]; then
+  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q test/test_kernels_gpu.py -k "$TESTS" > "$OUT/tests.txt" 2>&1
+  echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|^E " "$OUT/tests.txt" | head -20
+fi
+edge() {   # edge TAG MODE: one 1024² edge run under the 14 GiB cap
+  timeout -s ABRT -k 10 ${EDGE_TIMEOUT:-240} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $2 \
+    --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 --json "$OUT/edge_$1.json" \
+    > "$OUT/edge_$1.txt" 2>&1
+  echo "edge $1 rc $? s $(( $(date +%s) - t0 ))"
   pkill -ABRT -f "[e]dge_proof.py --child"; sleep 3; pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|rror" "$OUT/edge_${mode}.txt" | head -5
+  grep -E "^(w4a4|bf16)|rror|^\[edge" "$OUT/edge_$1.txt" | tail -4
+}
+for mode in ${MODES:-w4a4_kv8 bf16}; do
+  edge $mode $mode
+  [ "$mode" = w4a4_kv8 ] && [ "${K1_ON:-0}" = 1 ] && VAR_GEN_W4A4_QUANT_CUDA_MAX_M=8 edge w4a4_kv8_k1cuda w4a4_kv8
 done
 echo "total s $(( $(date +%s) - t0 ))"
 true
