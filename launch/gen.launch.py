@@ -1,4 +1,8 @@
-"""ros2 launch var_gen_ros gen.launch.py [config:=...] [bundle:=...] [device:=...] [namespace:=...] [rviz:=true]"""
+"""ros2 launch var_gen_ros gen.launch.py [config:=...] [bundle:=...] [device:=...] [namespace:=...] [rviz:=true]
+[respawn:=false]
+
+respawn (default true): the node exits with status 3 after a GPU fault (a sticky CUDA error; see its
+exit_on_gpu_fault parameter), and launch starts it again after respawn_delay."""
 import os
 
 from ament_index_python.packages import get_package_share_directory
@@ -19,8 +23,10 @@ def generate_launch_description():
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda[:N]"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/gen.rviz"),
+        DeclareLaunchArgument("respawn", default_value="true",
+                              description="restart the node when it exits (it does after a GPU fault)"),
         Node(package="var_gen_ros", executable="gen_node", name="var_gen", namespace=LaunchConfiguration("namespace"),
-             output="screen",
+             output="screen", respawn=LaunchConfiguration("respawn"), respawn_delay=2.0,
              parameters=[config, {"bundle_path": LaunchConfiguration("bundle"),
                                   "device": LaunchConfiguration("device")}]),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",

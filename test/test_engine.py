@@ -117,3 +117,42 @@ def test_stalled_for_counts_from_the_last_finished_scale(gen):
     finally:
         release.set()
         eng.close()
+
+
+def test_gpu_fault_fails_the_queue_rejects_new_requests_and_tells_the_listener(gen, monkeypatch):
+    """A sticky CUDA error (here CUDA's own wording of an illegal memory access, raised by the generator) loses the
+    process's CUDA context: the request fails with the reason, the queued one is not run, new requests are refused,
+    and the listener hears it once. An out-of-memory is not such a fault."""
+    from var_gen_ros.engine import is_gpu_fault
+    assert is_gpu_fault(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert is_gpu_fault(RuntimeError("launch failed: unspecified launch failure"))
+    assert not is_gpu_fault(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_gpu_fault(ValueError("model tiny generates 16x16 only"))
+    started, release = threading.Event(), threading.Event()
+    faults = []
+
+    class Hear(Listener):
+        def on_gpu_fault(self, message):
+            faults.append(message)
+
+    def faulty(*a, **k):
+        started.set()
+        release.wait(10)                # the second request is queued meanwhile
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(gen, "generate", faulty)
+    eng = Engine(gen, listener=Hear())
+    try:
+        r1 = eng.submit(Request(prompt="a red circle"))
+        assert started.wait(30)
+        r2 = eng.submit(Request(prompt="a red circle", seed=2))
+        release.set()
+        assert r1.done_event.wait(30) and r2.done_event.wait(30)
+        assert r1.state == FAILED and r1.error.startswith("GPU fault") and "illegal memory access" in r1.error
+        assert r2.state == FAILED and r2.error.startswith("not run: GPU fault")
+        assert len(faults) == 1 and faults[0] == eng.gpu_fault == r1.error
+        with pytest.raises(RequestRejected, match="not served: GPU fault"):
+            eng.submit(Request(prompt="a red circle"))
+    finally:
+        release.set()
+        eng.close()

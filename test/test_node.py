@@ -376,3 +376,50 @@ def test_stall_timeout_turns_diagnostics_to_error_while_a_generation_makes_no_pr
     n = len(ours())
     assert _wait(lambda: len(ours()) >= n + 3, 30)
     assert all(st.level != DiagnosticStatus.ERROR for st in ours()[n:])
+
+
+def test_gpu_fault_is_reported_then_the_node_exits_for_respawn(node_bundle, monkeypatch):
+    """gen_node in this process, on its own rclpy context: its generator raises CUDA's wording of an illegal memory
+    access (a sticky error: the CUDA context is lost). The request's status is FAILED with the reason,
+    /diagnostics says GPU fault at ERROR, and with exit_on_gpu_fault (the default) the node stops its context a
+    second later with exit code 3, which the launch file's respawn turns into a restart."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from var_gen_ros.engine import FAILED, Request
+    from var_gen_ros.node import GenNode
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    ns = "/f" + uuid.uuid4().hex[:8]
+    gen_node = GenNode(context=ctx, namespace=ns, parameter_overrides=[
+        Parameter("bundle_path", value=node_bundle), Parameter("device", value="cpu"),
+        Parameter("diagnostics_period", value=5.0)])
+    listener = rclpy.create_node("fault_listener", context=ctx)
+    diags, statuses = [], []
+    listener.create_subscription(DiagnosticArray, "/diagnostics", diags.append, QOS)
+    listener.create_subscription(msg_pkg.GenerationStatus, f"{ns}/var_gen/status", statuses.append, QOS)
+    ex = MultiThreadedExecutor(context=ctx)
+    ex.add_node(gen_node)
+    ex.add_node(listener)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        def faulty(*a, **k):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        monkeypatch.setattr(gen_node.engine.generator, "generate", faulty)
+        assert _wait(lambda: listener.count_publishers(f"{ns}/var_gen/status") > 0, 30)
+        time.sleep(0.5)
+        r = gen_node.engine.submit(Request(prompt="a red circle", request_id="doomed"))
+        assert r.done_event.wait(30) and r.state == FAILED and r.error.startswith("GPU fault")
+        assert _wait(lambda: not ctx.ok(), 30), "the node did not stop after the GPU fault"
+        spin.join(10)
+        assert gen_node.exit_code == 3
+        failed = [s for s in statuses if s.request_id == "doomed" and s.state_name == "FAILED"]
+        assert failed and "illegal memory access" in failed[-1].error
+        errors = [st for d in diags for st in d.status
+                  if st.name.startswith(f"{ns}/var_gen") and st.level == DiagnosticStatus.ERROR]
+        assert errors and errors[0].message.startswith("GPU fault"), [st.message for d in diags for st in d.status]
+    finally:
+        ex.shutdown()
+        gen_node.engine.close()
+        rclpy.try_shutdown(context=ctx)

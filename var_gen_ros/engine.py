@@ -2,7 +2,11 @@
 
 The node (and anything else) submits `Request`s and listens to `Listener` callbacks. Bad input is
 rejected with a reason before it is queued; a failure inside generation (including a CUDA
-out-of-memory) fails that request only, and the worker keeps serving.
+out-of-memory) fails that request only, and the worker keeps serving. The exception is a GPU fault
+(an illegal memory access, a trapped kernel, a device-side assert): CUDA's errors of that kind are
+sticky, every later call in the process fails, so the engine fails the request and everything queued
+with the reason, rejects new requests, and tells its listener (`on_gpu_fault`) so that the process
+can restart.
 """
 from __future__ import annotations
 
@@ -54,6 +58,8 @@ class Listener:
 
     def on_scale(self, req: Request, ev: ScaleEvent) -> None: ...
 
+    def on_gpu_fault(self, message: str) -> None: ...
+
 
 @dataclass
 class EngineStats:
@@ -79,6 +85,7 @@ class Engine:
         self._cv = threading.Condition()
         self._current: Optional[Request] = None
         self._progress_at = 0.0     # monotonic time the running request started or last finished a scale
+        self.gpu_fault = ""         # set once by a sticky CUDA error: nothing more can run in this process
         self._stop = False
         self._worker = threading.Thread(target=self._run, name="var_gen_worker", daemon=True)
         self._worker.start()
@@ -88,6 +95,8 @@ class Engine:
         if not req.request_id:
             req.request_id = uuid.uuid4().hex[:12]
         try:
+            if self.gpu_fault:
+                raise RequestRejected(f"not served: {self.gpu_fault}")
             self._validate(req)
         except RequestRejected as e:
             req.state, req.error = REJECTED, str(e)
@@ -123,12 +132,16 @@ class Engine:
                     return True
         return False
 
-    def clear_queue(self) -> int:
+    def clear_queue(self, reason: str = "") -> int:
+        """Drops every queued request: CANCELLED ("queue cleared"), or FAILED with `reason`."""
         with self._cv:
             dropped = list(self._queue)
             self._queue.clear()
         for r in dropped:
-            self._finish(r, CANCELLED, "queue cleared")
+            if reason:
+                self._finish(r, FAILED, reason)
+            else:
+                self._finish(r, CANCELLED, "queue cleared")
         return len(dropped)
 
     @property
@@ -207,6 +220,9 @@ class Engine:
                 if self._stop:
                     return
                 req = self._queue.popleft()
+                if self.gpu_fault:           # queued just before the fault: it cannot run either
+                    self._finish(req, FAILED, f"not run: {self.gpu_fault}")
+                    continue
                 self._current = req
                 self._progress_at = time.monotonic()
             req.state = RUNNING
@@ -217,6 +233,9 @@ class Engine:
                 self._finish(req, CANCELLED, str(e))
             except Exception as e:   # OOM, bad weights, ...: fail this request, keep serving
                 msg = f"{type(e).__name__}: {e}"
+                if is_gpu_fault(e):
+                    self._on_gpu_fault(req, msg)
+                    continue
                 if _is_oom(e):
                     msg = f"out of GPU memory: {e}"
                     self.generator.release_graphs()     # their buffers too: start the next request lean
@@ -249,6 +268,36 @@ class Engine:
             req.prompt, seed=req.seed, cfg=req.cfg, negative_prompt=req.negative_prompt or None,
             height=req.height, width=req.width, h_div_w=req.aspect_ratio, top_k=req.top_k, top_p=req.top_p,
             preview=req.preview, callback=on_scale, should_stop=req.cancel_event.is_set)
+
+
+    def _on_gpu_fault(self, req: Request, msg: str) -> None:
+        self.gpu_fault = ("GPU fault: the process's CUDA context is lost and every later GPU call would fail; "
+                          f"restart the process ({msg[:1500]})")
+        self._finish(req, FAILED, self.gpu_fault)
+        with self._cv:
+            self._current = None
+        self.clear_queue(f"not run: {self.gpu_fault}")
+        for lst in (self.listener, req.listener):
+            if lst is not None:
+                try:
+                    lst.on_gpu_fault(self.gpu_fault)
+                except Exception:
+                    pass
+
+
+# CUDA errors after which the context is unusable (cudaErrorIllegalAddress, LaunchFailure, IllegalInstruction,
+# Assert, MisalignedAddress, ECCUncorrectable, HardwareStackError, LaunchTimeout), as torch, Triton and this
+# package's CUDA bindings word them
+_STICKY_CUDA_ERRORS = ("illegal memory access", "unspecified launch failure", "illegal instruction",
+                       "device-side assert", "misaligned address", "uncorrectable ecc", "hardware stack error",
+                       "launch timed out")
+
+
+def is_gpu_fault(e: BaseException) -> bool:
+    """Whether e is a sticky CUDA error (the process's CUDA context is lost), not a recoverable one such as an
+    out-of-memory."""
+    text = str(e).lower()
+    return not _is_oom(e) and any(s in text for s in _STICKY_CUDA_ERRORS)
 
 
 def _is_oom(e: Exception) -> bool:

@@ -52,8 +52,9 @@ def _desc(text, read_only=False, int_range=None, float_range=None):
 
 
 class GenNode(Node):
-    def __init__(self):
-        super().__init__("var_gen")
+    def __init__(self, **node_kwargs):
+        """node_kwargs go to rclpy's Node (context, parameter_overrides: tests that run it in their process)."""
+        super().__init__("var_gen", **node_kwargs)
         P = self.declare_parameter
         P("bundle_path", "", _desc("model bundle directory; empty = the embedded default model", True))
         P("device", "auto", _desc("auto | cpu | cuda | cuda:N", True))
@@ -105,6 +106,10 @@ class GenNode(Node):
                                           "/diagnostics reports ERROR (a GPU that never finishes a kernel raises "
                                           "nothing); 0 = never. A first generation that compiles the GPU kernels "
                                           "can take minutes on a Jetson", float_range=(0.0, 86400.0)))
+        P("exit_on_gpu_fault", True, _desc("after a GPU fault (a sticky CUDA error: an illegal memory access, a "
+                                           "trapped kernel; the process's CUDA context is lost) report it, then exit "
+                                           "with status 3 so that the launch file's respawn restarts the node; false: "
+                                           "stay up, report it and reject every request"))
         self._validate_all()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -123,6 +128,7 @@ class GenNode(Node):
                                     goal_callback=lambda g: GoalResponse.ACCEPT,
                                     cancel_callback=lambda h: CancelResponse.ACCEPT, callback_group=cb)
         self._stall_logged = ""
+        self.exit_code = 0
         self._diag_timer = self.create_timer(self.p("diagnostics_period"), self._publish_diagnostics)
         self.get_logger().info(f"ready: model {gen.name} on {gen.device} ({gen.dtype}), "
                                f"{gen.cfg.num_params() / 1e6:.1f}M transformer parameters")
@@ -321,7 +327,9 @@ class GenNode(Node):
         cur, since = self.engine.current, self.engine.stalled_for()
         limit = self.p("stall_timeout_s")
         stalled = cur is not None and limit > 0 and since > limit
-        if stalled:
+        if self.engine.gpu_fault:
+            level, message = DiagnosticStatus.ERROR, self.engine.gpu_fault
+        elif stalled:
             level = DiagnosticStatus.ERROR
             message = (f"generation stalled: request {cur.request_id} has finished no scale for {since:.0f} s "
                        f"(stall_timeout_s {limit:g}); the GPU may be hung. A cancel takes effect only between "
@@ -342,7 +350,7 @@ class GenNode(Node):
             "weights_bytes": sum(g.weight_bytes().values()),
             "cuda_graphs": g.graph_status(), "prompt_cache": g.prompt_cache.status(), "warmup_s": ", ".join(f"{t:.2f}" for t in self.warmup_s),
         }
-        if g.device.type == "cuda" and not stalled:
+        if g.device.type == "cuda" and not stalled and not self.engine.gpu_fault:
             # not while stalled: a worker waiting on the GPU inside the caching allocator holds the lock this takes
             values["current_gpu_memory_bytes"] = torch.cuda.memory_allocated(g.device)
         # the process's host memory: on a Jetson it comes out of the same DRAM as the GPU's
@@ -353,6 +361,18 @@ class GenNode(Node):
         self.pub_diag.publish(DiagnosticArray(header=self._header(), status=[st]))
 
 
+    def on_gpu_fault(self, message: str) -> None:
+        """From the engine's worker, once: the failed requests' statuses are out; say it on /diagnostics now, and
+        with exit_on_gpu_fault stop the node (main returns 3, and a launch file with respawn restarts it)."""
+        self.get_logger().fatal(message)
+        self._publish_diagnostics()
+        if self.p("exit_on_gpu_fault"):
+            self.exit_code = 3
+            self.get_logger().fatal("exiting in 1 s (exit_on_gpu_fault): the launch file's respawn restarts the node")
+            # the second lets the failed requests' statuses and action results leave before the executor stops
+            threading.Timer(1.0, rclpy.try_shutdown, kwargs={"context": self.context}).start()
+
+
 class _NodeListener(Listener):
     def __init__(self, node: GenNode):
         self.node = node
@@ -361,6 +381,9 @@ class _NodeListener(Listener):
         if req.state == DONE:
             self.node.publish_result(req)
         self.node.publish_status(req)
+
+    def on_gpu_fault(self, message):
+        self.node.on_gpu_fault(message)
 
     def on_scale(self, req, ev):
         if ev.preview is not None:
@@ -412,7 +435,7 @@ def main(args=None):
         node.engine.close()
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return node.exit_code
 
 
 if __name__ == "__main__":
