@@ -949,7 +949,9 @@ QUANT_16ROW_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_16ROW_MAX_M", "288"))
 # Up to this many rows kernel 1 makes the rows' units itself (`INLINE_UNITS`): each of its K-split programs reads
 # the whole rows (M x K activations, from the L2) instead of a row-pass launch before it, one launch instead of two
 # and no grid barrier (what the CUDA kernel 1 used, off since the twenty-second session). Not yet timed on a GPU,
-# so 0 (off) until measured: VAR_GEN_W4A4_INLINE_UNITS_MAX_M=8 turns it on for the small-M GEMM's rows.
+# so 0 (off) until measured: VAR_GEN_W4A4_INLINE_UNITS_MAX_M=8 turns it on for the small-M GEMM's rows. Compiled
+# for the Orin (kernels/targets.py): 128-135 registers, 12 bytes of spills with the low-rank sum (REDUCE), none on
+# sm_90.
 INLINE_UNITS_MAX_M = int(os.environ.get("VAR_GEN_W4A4_INLINE_UNITS_MAX_M", "0"))
 
 
