@@ -195,10 +195,14 @@ class Engine:
             raise RequestRejected(str(e)) from None
 
     def _notify(self, req: Request) -> None:
+        self._tell(req, "on_state", req)
+
+    def _tell(self, req: Request, event: str, *args) -> None:
+        """Calls `event` on the engine's listener and the request's own."""
         for lst in (self.listener, req.listener):
             if lst is not None:
                 try:
-                    lst.on_state(req)
+                    getattr(lst, event)(*args)
                 except Exception:   # a broken listener must not stop the worker
                     pass
 
@@ -256,12 +260,7 @@ class Engine:
         def on_scale(ev: ScaleEvent):
             with self._cv:
                 self._progress_at = time.monotonic()
-            for lst in (self.listener, req.listener):
-                if lst is not None:
-                    try:
-                        lst.on_scale(req, ev)
-                    except Exception:
-                        pass
+            self._tell(req, "on_scale", req, ev)
         if req.cancel_event.is_set():
             raise GenerationCancelled("cancelled before start")
         return self.generator.generate(
@@ -274,15 +273,8 @@ class Engine:
         self.gpu_fault = ("GPU fault: the process's CUDA context is lost and every later GPU call would fail; "
                           f"restart the process ({msg[:1500]})")
         self._finish(req, FAILED, self.gpu_fault)
-        with self._cv:
-            self._current = None
         self.clear_queue(f"not run: {self.gpu_fault}")
-        for lst in (self.listener, req.listener):
-            if lst is not None:
-                try:
-                    lst.on_gpu_fault(self.gpu_fault)
-                except Exception:
-                    pass
+        self._tell(req, "on_gpu_fault", self.gpu_fault)
 
 
 # CUDA errors after which the context is unusable (cudaErrorIllegalAddress, LaunchFailure, IllegalInstruction,
