@@ -7,8 +7,6 @@ Infinity-8B Linear shape, M <= 32 (CUDA-graph replay, median):
   with the CUDA kernel 1 (where it takes the call) and with the Triton one;
 * the GEMM alone: the i8s kernel on kernel 1's precomputed outputs, and kernel 1 alone, Triton and CUDA (whose
   codes and units must equal the Triton kernel's bit for bit: `k1_equal`);
-* the Triton kernel 1 making the rows' units itself (`inline_units`: no row-pass launch), alone (its outputs must
-  equal the row pass's bit for bit: `k1_inline_equal`) and in the i8s product;
 * the default launches again with the weights cold in the L2 (copies of the layer, as in a generation);
 * each launch's relative error against the reference (`W4A4Linear.reference_forward`), so a wrong launch
   shows in the same table.
@@ -83,20 +81,10 @@ def main():
                 mod.w4a4_linear(x, layer, out=y, path="i8s")
                 r[f"i8s{tag}_rel"] = _rel(y, ref)
                 r[f"i8s{tag}_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
-            # the Triton kernel 1 making the rows' units itself (INLINE_UNITS: one launch, no row pass, no barrier)
-            default_inline = mod.INLINE_UNITS_MAX_M
-            mod.QUANT_CUDA_MAX_M, mod.INLINE_UNITS_MAX_M = 0, sm.MAX_M
-            y.fill_(float("nan"))
-            mod.w4a4_linear(x, layer, out=y, path="i8s")
-            r["i8s_inline_rel"] = _rel(y, ref)
-            r["i8s_inline_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
-            mod.QUANT_CUDA_MAX_M, mod.INLINE_UNITS_MAX_M = default_k1, default_inline
+            mod.QUANT_CUDA_MAX_M = default_k1
             r["tuned_launch"] = sm._PICKS.get((sm._bucket(M), N, K, x.device.index))
-            q, ux, lr = mod.quantize_activations(x, layer, i8=True, inline_units=False)
-            r["kernel1_ms"] = _ms(lambda: mod.quantize_activations(x, layer, i8=True, inline_units=False))
-            qi, ui, li = mod.quantize_activations(x, layer, i8=True, inline_units=True)
-            r["k1_inline_equal"] = bool(torch.equal(qi, q) and torch.equal(ui, ux) and torch.equal(li, lr))
-            r["kernel1_inline_ms"] = _ms(lambda: mod.quantize_activations(x, layer, i8=True, inline_units=True))
+            q, ux, lr = mod.quantize_activations(x, layer, i8=True)
+            r["kernel1_ms"] = _ms(lambda: mod.quantize_activations(x, layer, i8=True))
             if sm.quantize_supports(x, layer):
                 inv = mod.inv_smooth(layer)
                 qc, uc, lc = sm.quantize(x, layer, inv, mod.INV_QMAX)
@@ -129,8 +117,7 @@ def main():
                 r["cold_i8s_ms"] = _ms(lambda: [mod.w4a4_linear(x, lay, out=y, path="i8s") for lay in layers]) / n
                 del layers, ws
             rows.append(r)
-            worst = max([r["i8s_rel"], r["i8s_triton_k1_rel"], r["i8s_inline_rel"], r["i8_rel"]]
-                        + [v["rel"] for v in sweep.values()])
+            worst = max([r["i8s_rel"], r["i8s_triton_k1_rel"], r["i8_rel"]] + [v["rel"] for v in sweep.values()])
             print(f"{K:6d} {N:6d} {M:3d} | {r['bf16_ms']*1e3:7.1f} {r['i8_ms']*1e3:7.1f} {r['i8s_ms']*1e3:7.1f} "
                   f"{r['bf16_ms']/r['i8s_ms']:6.2f} {r['i8_ms']/r['i8s_ms']:5.2f} | "
                   f"{r['i8_triton_k1_ms']*1e3:7.1f} {r['i8s_triton_k1_ms']*1e3:7.1f} | {r['kernel1_ms']*1e3:6.1f} "
@@ -139,12 +126,10 @@ def main():
                   + " ".join(f"{k}: {v['gemm_ms']*1e3:.1f}" for k, v in sweep.items())
                   + (f" | cold: bf16 {r['cold_bf16_ms']*1e3:.1f} i8 {r['cold_i8_ms']*1e3:.1f} i8s {r['cold_i8s_ms']*1e3:.1f}"
                      if "cold_copies" in r else "")
-                  + f" | inline k1 {r['kernel1_inline_ms']*1e3:.1f} (= {r['k1_inline_equal']}) i8s {r['i8s_inline_ms']*1e3:.1f}"
                   + f" | {worst:.1e}", flush=True)
     print("(µs; i8 / i8s with the CUDA kernel 1 where it takes the call, tk1 = with Triton's kernel 1;"
           " x bf16 = bf16 / i8s, x i8 = i8 / i8s; k1 = Triton kernel 1 alone, k1 cu = the CUDA one, k1 = its codes and"
-          " units equal Triton's; gemm = the i8s kernel alone; inline = the Triton kernel 1 making the rows' units"
-          " itself, alone and in the i8s product)")
+          " units equal Triton's; gemm = the i8s kernel alone)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)

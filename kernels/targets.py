@@ -178,16 +178,11 @@ def _quantizer_variants() -> List[Variant]:
                                dict(BLOCK_M=bm, GROUP=gemm.GROUP, INV_SMOOTH=inv), warps, div16=("K",)))
             q_ptrs = dict(x_ptr="bf16", smooth_ptr=smooth, down_ptr="bf16", q_ptr="i8", s_ptr="fp32", lr_ptr="fp32",
                           part_ptr="fp32", lrsum_ptr="fp32", cnt_ptr="i32")
-            # few rows: also the variant that makes the rows' units itself (INLINE_UNITS, opt-in)
-            inlines = (False, True) if mq and M <= 32 else (False,)
             for reduce in reduces:
-                for inline in inlines:
-                    out.append(Variant(f"quantize_act[MQ={mq},REDUCE={reduce},INLINE_UNITS={inline},BLOCK_M={bm},"
-                                       f"w{warps}]", gemm._quantize_act,
-                                       q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP,
-                                                    LR_PREC=gemm.lr_prec_bf16(bm), FP8=False, REDUCE=reduce,
-                                                    INV_SMOOTH=inv, INLINE_UNITS=inline), warps, floats=("INV7",),
-                                       div16=("K", "LDQ")))
+                out.append(Variant(f"quantize_act[MQ={mq},REDUCE={reduce},BLOCK_M={bm},w{warps}]", gemm._quantize_act,
+                                   q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP,
+                                                LR_PREC=gemm.lr_prec_bf16(bm), FP8=False, REDUCE=reduce,
+                                                INV_SMOOTH=inv), warps, floats=("INV7",), div16=("K", "LDQ")))
     out.append(Variant("unpack_weight_i8", gemm._unpack_weight_i8,
                        dict(w_ptr="u8", sw_ptr="bf16", wu_ptr="fp32", out_ptr="i8"),
                        dict(BLOCK_N=64, GROUP=gemm.GROUP), div16=("N", "K")))

@@ -121,8 +121,7 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
                   LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
-                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False,
-                  INLINE_UNITS: tl.constexpr = False):
+                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -136,17 +135,10 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
         dst_c = c
     r = tl.arange(0, R)
     lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-    # the row's unit u = max_g(amax_g · 1/7) / 16 (quant.int4.two_level) from _row_amax's split maxima, or with
-    # INLINE_UNITS from this program's own pass over the whole rows (few rows: every K split re-reads x from the
-    # L2 instead of waiting for a row-pass launch; a maximum, so the same bits either way)
+    # the row's unit u = max_g(amax_g · 1/7) / 16 (quant.int4.two_level) from _row_amax's split maxima
     top = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if INLINE_UNITS:
-        for g in range(0, G):
-            _, _, xs_all = _load_smoothed(x_ptr, smooth_ptr, rows, mask, g * GROUP + c, K, INV_SMOOTH)
-            top = tl.maximum(top, tl.max(tl.abs(xs_all), axis=1))
-    else:
-        for t in range(0, S):
-            top = tl.maximum(top, tl.load(part_ptr + t * M + rows, mask=rows < M, other=0.0))
+    for t in range(0, S):
+        top = tl.maximum(top, tl.load(part_ptr + t * M + rows, mask=rows < M, other=0.0))
     top = top * INV7
     u = tl.where(top > 0, top * 0.0625, 0.0625)
     if MQ:
@@ -946,13 +938,6 @@ def _splits(M: int, G: int, block_m: int) -> int:
 # the four block shapes, 2-28 % at 288, on the H200 (eighteenth session, bench/w4a4_stages.py); on the H100 35 %
 # slower at 512. At the edge proof (1024² with CFG) 5 ms of 1.019 s.
 QUANT_16ROW_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_16ROW_MAX_M", "288"))
-# Up to this many rows kernel 1 makes the rows' units itself (`INLINE_UNITS`): each of its K-split programs reads
-# the whole rows (M x K activations, from the L2) instead of a row-pass launch before it, one launch instead of two
-# and no grid barrier (what the CUDA kernel 1 used, off since the twenty-second session). Not yet timed on a GPU,
-# so 0 (off) until measured: VAR_GEN_W4A4_INLINE_UNITS_MAX_M=8 turns it on for the small-M GEMM's rows. Compiled
-# for the Orin (kernels/targets.py): 128-135 registers, 12 bytes of spills with the low-rank sum (REDUCE), none on
-# sm_90.
-INLINE_UNITS_MAX_M = int(os.environ.get("VAR_GEN_W4A4_INLINE_UNITS_MAX_M", "0"))
 
 
 def _quantize_launch(M: int, layout: str):
@@ -992,7 +977,7 @@ def inv_smooth(layer) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None, inline_units: bool = None):
+                         reduce_lr: bool = True, inv: bool = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -1001,9 +986,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     last. The low-rank dot is "bf16x2" (tensor cores: x against L_down / λ in two bf16 parts) for bf16 x,
     where `split_x(BLOCK_M)` "bf16x2s" (x̂ in two bf16 parts against L_down as stored, which must then be bf16),
     else "ieee" (float32 FMA). `inv` (default `split_x(BLOCK_M)`; not with "bf16x2", which needs λ itself): the
-    kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `inline_units` (default: up to INLINE_UNITS_MAX_M
-    rows): no row pass, each program takes the rows' units from its own pass over the whole rows. `splits`,
-    `lr_prec`, `block_m`, `num_warps` override the defaults (tests, benchmarks)."""
+    kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
+    override the defaults (tests, benchmarks)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
@@ -1022,20 +1006,17 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     q = torch.empty(M, K, dtype=torch.float16 if f16 else torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
     sx = torch.empty((M,) if mq else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
     lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
-    # the rows' max |x̂| first (the two-level scales' units), each K split's in one pass over x; or, inline, by
-    # every program of kernel 1 itself
-    inline = M <= INLINE_UNITS_MAX_M if inline_units is None else inline_units
+    # the rows' max |x̂| first (the two-level scales' units), each K split's in one pass over x
     part = torch.empty(S, M, dtype=torch.float32, device=x2.device)
     grid = (triton.cdiv(M, BM), S)
-    if not inline:
-        _ROW_AMAX(grid, (x2, smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
+    _ROW_AMAX(grid, (x2, smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
     reduce = bool(R) and reduce_lr and S > 1
     lrsum = torch.empty(1, M, R, dtype=torch.float32, device=x2.device) if reduce else None
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
     _QUANTIZE(grid, (x2, smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
                      lrsum if reduce else part, cnt, M, K, gps, S, INV_QMAX, K),
               dict(R=R if R else 16, HAS_LR=bool(R), MQ=mq, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
-                   REDUCE=reduce, INV_SMOOTH=inv, INLINE_UNITS=inline, num_warps=warps))
+                   REDUCE=reduce, INV_SMOOTH=inv, num_warps=warps))
     return q, sx, (lrsum if reduce else lr)
 
 
@@ -1095,12 +1076,14 @@ SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "8"))
 # take the call, the Triton kernel 1. Measured on the H100 (twenty-first session, bench/small_m_sweep.py, whole
 # product in a CUDA graph): on the i8s path at 2 and 8 rows faster on all four block shapes (3584 -> 10752: 17.4
 # against 19.8 µs at 2 rows, 18.6 against 20.5 at 8); at 16 and 32 rows slower (its per-slice low-rank partials,
-# which the small-M GEMM's epilogue sums one by one). OFF BY DEFAULT since the twenty-second session: the first two
-# edge proofs run with it on (up to 8 rows, two H100s) stalled in their first generation, the host waiting in the
-# allocator for a GPU that never finished (docs/results/edge_w4a4_kv8_twentysecond_h100.txt); its grid barrier is
-# the only spinning wait among the product's kernels, so it is the suspect until a run with it on completes. What it
-# saves is ~2 µs per small-row product (< 0.1 % of a 1024² generation). VAR_GEN_W4A4_QUANT_CUDA_MAX_M=8 turns it on.
-QUANT_CUDA_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_CUDA_MAX_M", "0"))
+# which the small-M GEMM's epilogue sums one by one). So the default is 8 rows. It was off in the twenty-second
+# session, when two edge proofs with it on "stalled" in their first generation; the twenty-third showed that phase
+# to be Triton's autotuner on a fresh machine whose carried picks predated a kernel change (up to 91 s per scale,
+# 310 s for the first generation, progress lines in docs/results/edge_w4a4_tuning_*_twentythird_h100.txt), and a
+# 1024² edge proof with it on completed on the same machine as one without (1.142 s against 1.131, within the
+# runs' spread). Its grid barrier gives up after 2 s (`__trap()`), so a barrier never met fails the launch with a
+# CUDA error instead of holding the GPU (GPU test). VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0 turns it off.
+QUANT_CUDA_MAX_M = int(os.environ.get("VAR_GEN_W4A4_QUANT_CUDA_MAX_M", "8"))
 # Kernel 1 (and its row pass) without divisions: the low-rank dot on x̂ split into two bf16 parts against
 # L_down as stored ("bf16x2s"), instead of x against L_down / λ divided in the kernel ("bf16x2"), the same
 # precision (~2^-17); and 1/λ read from `inv_smooth` instead of made per program and group. In the sm_90 PTX

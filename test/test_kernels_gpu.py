@@ -188,30 +188,6 @@ def test_small_m_quantizer_rejects_bad_calls_clearly():
         assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3
 
 
-@pytest.mark.parametrize("K", [3584, 14336, 2048])
-def test_kernel1_units_made_inline_equal_the_row_pass(K):
-    """The Triton kernel 1 with `inline_units` (each K-split program reads the whole rows for their units, no
-    row-pass launch) gives the row pass's codes, units and low-rank input bit for bit, at the rows it is meant for
-    and through the i8s product; fresh random inputs with outlier channels."""
-    mod = _small_m_module()
-    layer = _layer(K, 3584, True, seed=K + 7)
-    for M in (1, 2, 5, 8, 16, 32):
-        x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
-        x[:, torch.randint(K, (4,))] *= 30
-        a = mod.quantize_activations(x, layer, i8=True, inline_units=False)
-        b = mod.quantize_activations(x, layer, i8=True, inline_units=True)
-        assert all(torch.equal(u, v) for u, v in zip(a, b)), (K, M)
-        ref = layer.reference_forward(x).float()
-        y = torch.full((M, 3584), float("nan"), device="cuda", dtype=torch.bfloat16)
-        keep = mod.INLINE_UNITS_MAX_M, mod.QUANT_CUDA_MAX_M
-        mod.INLINE_UNITS_MAX_M, mod.QUANT_CUDA_MAX_M = 32, 0
-        try:
-            mod.w4a4_linear(x, layer, out=y, path="i8s")
-        finally:
-            mod.INLINE_UNITS_MAX_M, mod.QUANT_CUDA_MAX_M = keep
-        assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, (K, M)
-
-
 _BARRIER_NEVER_MET = """
 import sys, time
 sys.path.insert(0, "test")

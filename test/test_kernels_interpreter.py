@@ -178,22 +178,6 @@ def test_activation_codes_bit_identical_to_reference(gemm):
 
 
 @interpreted
-def test_units_made_inline_give_the_row_pass_bits(gemm):
-    """With `inline_units` every K-split program of kernel 1 takes the rows' units from its own pass over the whole
-    rows, with no row-pass launch: codes, scales / units and low-rank partials are the same bits as with the row
-    pass, in every output layout, with several K splits and a partial row block."""
-    layer = _w4a4_layer(448, 64, False, 32, seed=5)          # 7 groups
-    x = torch.randn(3, 448) * 3
-    x[:, 5] *= 40                                            # one outlier channel sets the rows' units
-    for kw in (dict(), dict(fp8=True), dict(i8=True), dict(f16=True)):
-        for splits in (1, 3, 7):
-            a = gemm.quantize_activations(x, layer, splits=splits, reduce_lr=False, inline_units=False, **kw)
-            b = gemm.quantize_activations(x, layer, splits=splits, reduce_lr=False, inline_units=True, **kw)
-            assert all(torch.equal(u, v) for u, v in zip(a, b)), (kw, splits)
-            assert b[2].shape[0] == splits
-
-
-@interpreted
 def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
     """Kernel 1's low-rank dot for bf16 x: "bf16x2" (x against L_down / λ in two bf16 parts) and "bf16x2s"
     (x̂ in two bf16 parts against L_down as stored), the latter also with 1/λ read from `inv_smooth`

@@ -8,7 +8,7 @@ export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext
 mkdir -p "$TORCH_EXTENSIONS_DIR"
 t0=$(date +%s)
 VAR_GEN_W4A4_QUANT_CUDA_MAX_M=${K1:-32} timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q test/test_kernels_gpu.py \
-  -k "${TESTS:-small_m or default_path_is_i8 or units_made_inline}" > "$OUT/test_quant_small_m.txt" 2>&1
+  -k "${TESTS:-small_m or default_path_is_i8}" > "$OUT/test_quant_small_m.txt" 2>&1
 echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert|rel" "$OUT/test_quant_small_m.txt" | head -30
 timeout ${SWEEP_TIMEOUT:-200} python3 bench/small_m_sweep.py --ms ${MS:-2,8,16,32} --cold ${COLD:-0} --splits "" --warps "" \
   --shapes ${SHAPES:-3584x10752,3584x3584,3584x14336,14336x3584} --json "$OUT/small_m_sweep.json" > "$OUT/small_m_sweep.txt" 2>&1

@@ -5,7 +5,7 @@
 # PART=A: the kernel tests of this session (the INT4 dequantization, kernel 1 without divisions), the text
 #   encoder's encode time per mode side by side (bf16, INT8, INT4 with the dequantization kernel, INT4 through
 #   PyTorch's ops), then the edge proof, W4A4 + INT8 KV with the INT4 encoder (the first edge run on a bare
-#   machine compiles: ~6 min without picks; bench/device/autotune_h200.tgz carries the last H200 picks in).
+#   machine compiles: ~6 min without picks; bench/device/autotune_h200.tgz, since replaced by autotune_h100.tgz, carried the last H200 picks in).
 # PART=B: bf16 at 1024² on the same machine (its real peak uncapped, the latency ratio against A's run on this
 #   GPU: every earlier ratio is the H100's), then kernel 1 without divisions, A/B (kernel1_nodiv.sh) at the small
 #   rows, with kernel 1's K splits swept up to one group per program (w4a4_stages.py --splits).
