@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 
-from var_gen_ros.engine import CANCELLED, DONE, FAILED, REJECTED, Engine, Listener, Request, RequestRejected
+from var_gen_ros.engine import CANCELLED, DONE, FAILED, REJECTED, RUNNING, Engine, Listener, Request, RequestRejected
 from var_gen_ros.infinity import Generator
 
 
@@ -155,4 +155,73 @@ def test_gpu_fault_fails_the_queue_rejects_new_requests_and_tells_the_listener(g
             eng.submit(Request(prompt="a red circle"))
     finally:
         release.set()
+        eng.close()
+
+
+def test_warm_up_runs_ahead_of_requests_and_is_not_counted(gen):
+    """Warm-up generations run in the worker ahead of a request submitted while the first one runs; they take no
+    queue slot, are not cancelled by a cancel of "the running request", are not in the stats, and their wall
+    seconds are kept. The request's image is the Generator's own."""
+    at_scale, release = threading.Event(), threading.Event()
+    order = []
+
+    class Watch(Listener):
+        def on_state(self, req):
+            if req.state == RUNNING:
+                order.append(req.request_id)
+
+        def on_scale(self, req, ev):
+            if req.request_id == "warmup-1" and ev.index == 0:
+                at_scale.set()
+                release.wait(10)
+
+    eng = Engine(gen, queue_size=1, listener=Watch())
+    try:
+        with pytest.raises(RequestRejected, match="32x32|16x16"):
+            eng.warm_up(1, width=64, height=64)          # a size the model cannot make: nothing queued
+        ws = eng.warm_up(2)
+        assert at_scale.wait(30)
+        assert eng.warming_up and eng.queue_depth == 0
+        assert not eng.cancel("")
+        r = eng.submit(Request(prompt="a red circle", seed=3))
+        assert eng.queue_depth == 1                      # warmup-2 is queued too, but takes no slot
+        with pytest.raises(RequestRejected, match="queue full"):
+            eng.submit(Request(prompt="a blue square"))
+        release.set()
+        assert r.done_event.wait(60) and r.state == DONE
+        assert order == ["warmup-1", "warmup-2", r.request_id]
+        assert [w.state for w in ws] == [DONE, DONE] and len(eng.warmup_s) == 2 and min(eng.warmup_s) > 0
+        assert ws[0].run_s == eng.warmup_s[0] and ws[0].run_s >= ws[0].result.timings["total_s"]
+        assert eng.stats.completed == 1 and eng.stats.rejected == 1 and eng.warmup_error == ""
+        assert not eng.warming_up
+        assert np.array_equal(r.result.image, gen.generate("a red circle", seed=3).image)
+    finally:
+        release.set()
+        eng.close()
+
+
+def test_a_failed_warm_up_is_reported_and_the_engine_serves_without_the_rest(gen, monkeypatch):
+    """The first of three warm-ups runs out of memory: the other two are dropped, `warmup_error` says why, the
+    request stats stay clean and the request queued behind them is served."""
+    real, prompts = gen.generate, []
+
+    def flaky(prompt, **k):
+        prompts.append(prompt)
+        if len(prompts) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(prompt, **k)
+
+    monkeypatch.setattr(gen, "generate", flaky)
+    eng = Engine(gen)
+    try:
+        ws = eng.warm_up(3)
+        r = eng.submit(Request(prompt="a red circle"))
+        assert r.done_event.wait(60) and r.state == DONE
+        assert all(w.done_event.is_set() for w in ws)
+        assert [w.state for w in ws] == [FAILED, CANCELLED, CANCELLED]
+        assert eng.warmup_error.startswith("warmup-1: out of GPU memory"), eng.warmup_error
+        assert ws[1].error == "not run: warmup-1 failed"
+        assert (eng.stats.errors, eng.stats.cancelled, eng.stats.completed) == (0, 0, 1)
+        assert prompts == ["warm-up", "a red circle"] and eng.warmup_s == [] and not eng.warming_up
+    finally:
         eng.close()

@@ -423,3 +423,80 @@ def test_gpu_fault_is_reported_then_the_node_exits_for_respawn(node_bundle, monk
         ex.shutdown()
         gen_node.engine.close()
         rclpy.try_shutdown(context=ctx)
+
+
+def test_warm_up_runs_in_the_background_while_the_node_is_up(node_bundle, monkeypatch):
+    """gen_node in this process with warmup_runs 2, its warm-up generations held (Generator.generate waits while
+    the prompt is the warm-up's, as a first generation autotuning the GPU kernels for minutes would): the node is
+    up meanwhile, /diagnostics says not ready and how far the warm-up is, and a prompt sent then is QUEUED.
+    A warm-up past stall_timeout_s is a WARN (autotuning), never the hung-GPU ERROR. Released, the warm-up ends,
+    diagnostics say ready with both warm-up times, and the prompt's image is published and equals the Generator's;
+    the warm-ups publish no image and no status."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.node import GenNode
+    release, real = threading.Event(), Generator.generate
+
+    def held(self, prompt, *a, **k):
+        if prompt == "warm-up":
+            release.wait(60)
+        return real(self, prompt, *a, **k)
+
+    monkeypatch.setattr(Generator, "generate", held)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    ns = "/w" + uuid.uuid4().hex[:8]
+    gen_node = GenNode(context=ctx, namespace=ns, parameter_overrides=[
+        Parameter("bundle_path", value=node_bundle), Parameter("device", value="cpu"), Parameter("seed", value=11),
+        Parameter("warmup_runs", value=2), Parameter("diagnostics_period", value=0.1),
+        Parameter("stall_timeout_s", value=0.5)])
+    listener = rclpy.create_node("warm_listener", context=ctx)
+    diags, statuses, images = [], [], []
+    listener.create_subscription(DiagnosticArray, "/diagnostics", diags.append, QOS)
+    listener.create_subscription(msg_pkg.GenerationStatus, f"{ns}/var_gen/status", statuses.append, QOS)
+    listener.create_subscription(Image, f"{ns}/var_gen/image", images.append, QOS)
+    pub = listener.create_publisher(String, f"{ns}/var_gen/prompt", QOS)
+    ex = MultiThreadedExecutor(context=ctx)
+    ex.add_node(gen_node)
+    ex.add_node(listener)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+
+    def last():
+        mine = [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")]
+        return (mine[-1], {v.key: v.value for v in mine[-1].values}) if mine else (None, {})
+
+    try:
+        assert _wait(lambda: last()[1].get("warm_up", "").startswith("running: warmup-1 of 2"), 30), last()
+        st, kv = last()
+        assert kv["ready"] == "False" and st.message.startswith("warming up, running: warmup-1 of 2"), st.message
+        _wait_for_subscribers(pub)
+        time.sleep(0.3)
+        prompt = "a green triangle"
+        pub.publish(String(data=prompt))
+        assert _wait(lambda: any(s.state_name == "QUEUED" for s in statuses), 30)
+        time.sleep(0.3)
+        assert not images and gen_node.engine.queue_depth == 1 and gen_node.engine.warming_up
+        assert _wait(lambda: "no scale finished" in (last()[0].message if last()[0] else ""), 30)
+        st, kv = last()
+        assert st.level == DiagnosticStatus.WARN and st.message.startswith("warming up, running: warmup-1"), st.message
+        assert float(kv["seconds_since_progress"]) > 0.5
+        assert all(s.level != DiagnosticStatus.ERROR for d in diags for s in d.status if s.name.startswith(ns))
+        assert gen_node.set_parameters([Parameter("stall_timeout_s", value=300.0)])[0].successful
+        release.set()
+        assert _wait(lambda: images, 60), "no image after the warm-up"
+        assert _wait(lambda: last()[1].get("ready") == "True", 30)
+        st, kv = last()
+        assert kv["warm_up"] == "done" and len(kv["warmup_s"].split(", ")) == 2, kv
+        assert all(float(t) > 0 for t in kv["warmup_s"].split(", "))
+        assert len(images) == 1 and {s.request_id for s in statuses} == {statuses[0].request_id}
+        assert not statuses[0].request_id.startswith("warmup")
+        ref = Generator.from_bundle(node_bundle).generate(prompt, seed=11)
+        assert np.array_equal(from_image_msg(images[0]), ref.image)
+    finally:
+        release.set()
+        ex.shutdown()
+        gen_node.engine.close()
+        rclpy.try_shutdown(context=ctx)

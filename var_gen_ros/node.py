@@ -90,8 +90,10 @@ class GenNode(Node):
                                          "negative prompt and CFG): a prompt seen again skips the encoder, same image "
                                          "for the same seed; 0 = off. About 0.5 MB per 30-token prompt with CFG at Infinity's "
                                          "widths", int_range=(0, 4096)))
-        P("warmup_runs", 0, _desc("generations run at start-up, before serving: the first autotunes the GPU "
-                                  "kernels, the second captures the CUDA graphs (with cuda_graphs)", True, int_range=(0, 10)))
+        P("warmup_runs", 0, _desc("throw-away generations run at start-up, in the background ahead of every request "
+                                  "(requests queue behind them; /diagnostics says how far they are): the first "
+                                  "autotunes the GPU kernels (minutes on a fresh machine), the second captures the CUDA "
+                                  "graphs (with cuda_graphs)", True, int_range=(0, 10)))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("cfg", 0.0, _desc("classifier-free guidance scale; 0 = the model's own default", float_range=(0.0, 30.0)))
@@ -129,6 +131,9 @@ class GenNode(Node):
                                     cancel_callback=lambda h: CancelResponse.ACCEPT, callback_group=cb)
         self._stall_logged = ""
         self.exit_code = 0
+        self._warmup_n, self._warm_scale = 0, ("", 0, 0)
+        if self.p("warmup_runs"):
+            self._start_warmup()
         self._diag_timer = self.create_timer(self.p("diagnostics_period"), self._publish_diagnostics)
         self.get_logger().info(f"ready: model {gen.name} on {gen.device} ({gen.dtype}), "
                                f"{gen.cfg.num_params() / 1e6:.1f}M transformer parameters")
@@ -196,18 +201,42 @@ class GenNode(Node):
         gen.graph_max_tokens = self.p("graph_max_tokens")
         gen.graph_pool = self.p("graph_pool")
         gen.prompt_cache.max_entries = self.p("prompt_cache_size")
-        self.warmup_s = []
-        if self.p("warmup_runs"):
-            w, h = self.p("width") or None, self.p("height") or None
-            self.get_logger().info(f"warming up: {self.p('warmup_runs')} generation(s)")
-            try:
-                self.warmup_s = gen.warmup(self.p("warmup_runs"), width=w, height=h,
-                                           cfg=self.p("cfg") if self.p("cfg") > 0 else None)
-                self.get_logger().info("warm-up took " + ", ".join(f"{t:.2f} s" for t in self.warmup_s))
-            except Exception as e:   # e.g. out of memory: serve anyway, each request reports its own error
-                self.get_logger().error(f"warm-up failed, serving without it: {type(e).__name__}: {e}")
-                gen.release_graphs()
         return gen
+
+    def _start_warmup(self):
+        """The warm-up generations, in the engine's worker ahead of every request: the node is already up
+        (diagnostics, topics, action server) while the first one autotunes the GPU kernels, minutes on a fresh
+        machine; requests queue behind them."""
+        n = self._warmup_n = self.p("warmup_runs")
+        w, h = self.p("width") or None, self.p("height") or None
+        try:
+            self.engine.warm_up(n, width=w, height=h, cfg=self.p("cfg") if self.p("cfg") > 0 else None)
+        except RequestRejected as e:
+            self.engine.warmup_error = f"not run: {e}"
+            self.get_logger().error(f"warm-up not run, serving without it: {e}")
+            return
+        self.get_logger().info(f"warming up in the background: {n} generation(s) (the first autotunes and compiles "
+                               "the GPU kernels, minutes on a fresh machine); requests queue until it ends")
+
+    def on_warmup_state(self, req):
+        if req.state == DONE:
+            last = req.request_id == f"warmup-{self._warmup_n}"
+            self.get_logger().info(f"{req.request_id} took {req.run_s:.2f} s" + ("; warm-up done, serving" if last else ""))
+        elif req.state == FAILED:
+            self.get_logger().error(f"warm-up failed, serving without it: {req.request_id}: {req.error}")
+
+    def _warmup_state(self) -> str:
+        """For diagnostics: what the warm-up is doing or did."""
+        eng = self.engine
+        if eng.warming_up:
+            cur, (rid, i, total) = eng.current, self._warm_scale
+            if cur is None or not cur.warmup:
+                return f"queued ({self._warmup_n} generation(s))"
+            at = f", scale {i}/{total} done" if rid == cur.request_id else ""
+            return f"running: {cur.request_id} of {self._warmup_n}{at}"
+        if eng.warmup_error:
+            return f"failed, serving without it: {eng.warmup_error}"
+        return "done" if eng.warmup_s else "off"
 
     # ---------------------------------------------------------------- inputs
     def _defaults(self, req: Request) -> Request:
@@ -327,8 +356,24 @@ class GenNode(Node):
         cur, since = self.engine.current, self.engine.stalled_for()
         limit = self.p("stall_timeout_s")
         stalled = cur is not None and limit > 0 and since > limit
+        warming, warm_state = self.engine.warming_up, self._warmup_state()
+        if warming:
+            message = ("warming up, " + warm_state + "; the first generation autotunes the GPU kernels (minutes on a "
+                       "fresh machine), requests queue until it ends")
+        elif self.engine.warmup_error:
+            level, message = max(level, DiagnosticStatus.WARN), "warm-up " + warm_state
         if self.engine.gpu_fault:
             level, message = DiagnosticStatus.ERROR, self.engine.gpu_fault
+        elif stalled and cur.warmup:
+            # Triton's autotuner, trying every candidate of a kernel at a new shape, spent up to 91 s on one scale
+            # of an H100's first generation: on a smaller GPU longer. So a warning, not the hung-GPU error.
+            level = max(level, DiagnosticStatus.WARN)
+            message = (f"warming up, {warm_state}: no scale finished for {since:.0f} s (stall_timeout_s {limit:g}); "
+                       "autotuning the GPU kernels can take this long on a fresh machine; if it goes on, the GPU may "
+                       "be hung")
+            if self._stall_logged != cur.request_id:
+                self._stall_logged = cur.request_id
+                self.get_logger().warning(message)
         elif stalled:
             level = DiagnosticStatus.ERROR
             message = (f"generation stalled: request {cur.request_id} has finished no scale for {since:.0f} s "
@@ -342,13 +387,14 @@ class GenNode(Node):
             "quantization": self.p("quantization"), "kv_cache": self.p("kv_cache"),
             "precision": getattr(self, "precision", ""), "kernels": _kernel_status(g),
             "allocator": getattr(self, "allocator_note", "") or "as configured",
+            "ready": not warming, "warm_up": warm_state,
             "queue_depth": self.engine.queue_depth, "running": cur is not None,
             "seconds_since_progress": f"{since:.3f}",
             "completed": s.completed, "error_count": s.errors, "cancelled": s.cancelled, "rejected": s.rejected,
             "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,
             "kv_cache_bytes": s.last_kv_cache_bytes, "peak_gpu_memory_bytes": s.last_peak_memory,
             "weights_bytes": sum(g.weight_bytes().values()),
-            "cuda_graphs": g.graph_status(), "prompt_cache": g.prompt_cache.status(), "warmup_s": ", ".join(f"{t:.2f}" for t in self.warmup_s),
+            "cuda_graphs": g.graph_status(), "prompt_cache": g.prompt_cache.status(), "warmup_s": ", ".join(f"{t:.2f}" for t in self.engine.warmup_s),
         }
         if g.device.type == "cuda" and not stalled and not self.engine.gpu_fault:
             # not while stalled: a worker waiting on the GPU inside the caching allocator holds the lock this takes
@@ -378,6 +424,9 @@ class _NodeListener(Listener):
         self.node = node
 
     def on_state(self, req):
+        if req.warmup:           # the node's own throw-away generations: logged and in diagnostics, not published
+            self.node.on_warmup_state(req)
+            return
         if req.state == DONE:
             self.node.publish_result(req)
         self.node.publish_status(req)
@@ -386,6 +435,9 @@ class _NodeListener(Listener):
         self.node.on_gpu_fault(message)
 
     def on_scale(self, req, ev):
+        if req.warmup:
+            self.node._warm_scale = (req.request_id, ev.index + 1, ev.total)
+            return
         if ev.preview is not None:
             self.node.pub_preview.publish(to_image_msg(ev.preview, self.node._header()))
         self.node.publish_status(req, ev)
