@@ -44,13 +44,19 @@ def node_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def running_node(node_bundle):
+def kernel_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("kernel_cache"))
+
+
+@pytest.fixture(scope="module")
+def running_node(node_bundle, kernel_cache):
     ns = "/t" + uuid.uuid4().hex[:8]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "var_gen_ros.node", "--ros-args", "--params-file", os.path.join(ROOT, "config", "gen.yaml"),
          "-p", f"bundle_path:={node_bundle}", "-p", "device:=cpu", "-p", "seed:=1234", "-p", "cfg:=3.0",
-         "-p", "frame_id:=gen_cam", "-p", "diagnostics_period:=0.2", "-r", f"__ns:={ns}"],
+         "-p", "frame_id:=gen_cam", "-p", "diagnostics_period:=0.2", "-p", f"kernel_cache_dir:={kernel_cache}",
+         "-r", f"__ns:={ns}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     rclpy.init()
     node = rclpy.create_node("tester_" + uuid.uuid4().hex[:6])
@@ -192,17 +198,23 @@ def test_action_cancel_mid_generation(running_node):
     assert len(feedback) < 6
 
 
-def test_diagnostics(running_node):
+def test_diagnostics(running_node, kernel_cache):
     ns, node, proc = running_node
     diags = []
     node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, QOS)
-    assert _wait(lambda: any(st.name.startswith(f"{ns}/var_gen") for d in diags for st in d.status))
-    st = [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")][-1]
-    kv = {v.key: v.value for v in st.values}
+    def ours():
+        return [{v.key: v.value for v in st.values} for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")]
+
+    assert _wait(lambda: ours() and ours()[-1]["ready"] == "True")     # after the two background warm-ups
+    kv = ours()[-1]
     for key in ("model", "quantization", "device", "last_latency_s", "peak_gpu_memory_bytes", "kv_cache_bytes",
                 "queue_depth", "error_count"):
         assert key in kv
     assert kv["device"] == "cpu"
+    # kernel_cache_dir: Triton's cache and the extension builds go there (made at start), and it says what it found
+    assert kv["kernel_cache"].startswith(os.path.join(kernel_cache, "triton") + ": "), kv["kernel_cache"]
+    assert os.path.isdir(os.path.join(kernel_cache, "triton")) and os.path.isdir(os.path.join(kernel_cache, "torch_extensions"))
+    assert kv["warm_up"] == "done" and len(kv["warmup_s"].split(", ")) == 2, kv
     # the node process's host memory (a Jetson's GPU shares that DRAM): at least the interpreter + torch + model
     assert 50 << 20 < int(kv["host_rss_bytes"]) <= int(kv["host_peak_rss_bytes"]) + (16 << 20), kv
 

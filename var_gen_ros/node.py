@@ -35,7 +35,8 @@ Generate = action_pkg.Generate
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
-READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "warmup_runs"}
+READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "warmup_runs",
+             "kernel_cache_dir"}
 CHOICES = {"dtype": ("fp32", "bf16", "fp16"), "quantization": ("bf16", "w4a4"), "kv_cache": ("bf16", "int8"),
            "text_encoder": ("bf16", "int8", "int4", "cpu"),
            "compressed_format": ("png", "jpeg"), "graph_pool": ("per_graph", "shared")}
@@ -94,6 +95,11 @@ class GenNode(Node):
                                   "(requests queue behind them; /diagnostics says how far they are): the first "
                                   "autotunes the GPU kernels (minutes on a fresh machine), the second captures the CUDA "
                                   "graphs (with cuda_graphs)", True, int_range=(0, 10)))
+        P("kernel_cache_dir", "", _desc("directory kept between starts for the GPU kernels compiled and autotuned at "
+                                        "run time (Triton's cache, the CUDA extension's build); '' = "
+                                        "TRITON_CACHE_DIR / TORCH_EXTENSIONS_DIR as set, else their defaults "
+                                        "(~/.triton/cache). With nothing cached the first generation compiles and "
+                                        "autotunes for minutes", True))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("cfg", 0.0, _desc("classifier-free guidance scale; 0 = the model's own default", float_range=(0.0, 30.0)))
@@ -186,8 +192,17 @@ class GenNode(Node):
         from .infinity import Generator
         from .quant.runtime import apply_precision, apply_text_encoder
         from .memory import guard_tegra_allocator
+        from .kernel_cache import describe, kernel_cache_status, use_kernel_cache
         path = self.p("bundle_path") or default_bundle_path()
         device = resolve_device(self.p("device"))
+        if self.p("kernel_cache_dir"):    # before anything compiles: Triton and torch read these when they do
+            use_kernel_cache(self.p("kernel_cache_dir"))
+        cache = kernel_cache_status()
+        self.kernel_cache_note = describe(cache)
+        if device.startswith("cuda") and not cache["autotune_picks"]:
+            self.get_logger().warning(f"no autotuning picks in {cache['triton_cache']}: the first generation compiles "
+                                      "and autotunes the GPU kernels (minutes); keep that directory between starts "
+                                      "(parameter kernel_cache_dir)")
         # before the first CUDA allocation: a Jetson cannot map expandable segments
         self.allocator_note = guard_tegra_allocator() if device.startswith("cuda") else ""
         if self.allocator_note:
@@ -387,6 +402,7 @@ class GenNode(Node):
             "quantization": self.p("quantization"), "kv_cache": self.p("kv_cache"),
             "precision": getattr(self, "precision", ""), "kernels": _kernel_status(g),
             "allocator": getattr(self, "allocator_note", "") or "as configured",
+            "kernel_cache": getattr(self, "kernel_cache_note", ""),
             "ready": not warming, "warm_up": warm_state,
             "queue_depth": self.engine.queue_depth, "running": cur is not None,
             "seconds_since_progress": f"{since:.3f}",
