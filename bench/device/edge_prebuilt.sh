@@ -5,8 +5,9 @@
 # A run past its limit gets SIGABRT first, so that Python's faulthandler writes where it was (the twenty-second
 # session's W4A4 run: its first generation waiting on the GPU); edge_proof.py's progress lines say which phase.
 #   TESTS="pytest -k expression": GPU tests first (e.g. "small_m_quantizer"), into $OUT/tests.txt
-#   K1_ON=1: after the default W4A4 run, one with the CUDA kernel 1 on up to 8 rows (off by default since the
-#            twenty-second session, when two edge runs with it on stalled)
+#   K1_OFF=1: after the default W4A4 run, one with the CUDA kernel 1 off (VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0; on up to
+#            8 rows by default: off in the twenty-second session after two edge runs "stalled", on again since the
+#            twenty-third showed them to be a fresh machine's autotuning, docs/BENCHMARKS.md)
 #   MODES (default "w4a4_kv8 bf16"), BUILD_TIMEOUT, TEST_TIMEOUT, EDGE_TIMEOUT
 source bench/device/autotune_carry.sh
 export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext PYTHONFAULTHANDLER=1
@@ -28,7 +29,7 @@ edge() {   # edge TAG MODE: one 1024² edge run under the 14 GiB cap
 }
 for mode in ${MODES:-w4a4_kv8 bf16}; do
   edge $mode $mode
-  [ "$mode" = w4a4_kv8 ] && [ "${K1_ON:-0}" = 1 ] && VAR_GEN_W4A4_QUANT_CUDA_MAX_M=8 edge w4a4_kv8_k1cuda w4a4_kv8
+  [ "$mode" = w4a4_kv8 ] && [ "${K1_OFF:-0}" = 1 ] && VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0 edge w4a4_kv8_k1triton w4a4_kv8
 done
 echo "total s $(( $(date +%s) - t0 ))"
 true

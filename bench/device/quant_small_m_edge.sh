@@ -1,6 +1,6 @@
 #!/bin/bash
 # Twenty-first session: the edge proof at 1024² with CFG on one machine, W4A4 + INT8 KV with the CUDA kernel 1
-# up to 8 rows (VAR_GEN_W4A4_QUANT_CUDA_MAX_M=8; off by default since the twenty-second session), the same with the
+# up to 8 rows (VAR_GEN_W4A4_QUANT_CUDA_MAX_M=8, the default again since the twenty-third session), the same with the
 # Triton kernel 1 (VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0), then bf16 (uncapped, to report its real peak). WARM=1 runs a 512² W4A4 edge
 # first, so that Triton kernels missing from the carried cache compile outside the timed runs' limits.
 source bench/device/autotune_carry.sh
