@@ -9,6 +9,8 @@
     var-gen diagnose --bundle DIR [--json out.json]
     var-gen eval-default [--prompts 50] [--quantization w4a4 --kv-cache int8] [--text-encoder int4]   (checker accuracy)
     var-gen train-default --out DIR --workdir DIR      (trains the embedded default model; GPU)
+    var-gen warm-cache --params-file config/gen.yaml --params-file config/edge_8b.yaml -p bundle_path:=B \
+        -p kernel_cache_dir:=D [--sizes 1024x1024,768x1344] [--runs 2]   (fill the kernel cache before a first start)
 """
 from __future__ import annotations
 
@@ -183,6 +185,39 @@ def _add_quant_args(q):
     q.add_argument("--prompts", default=None, help="calibration prompts, one per line (default: built-in list)")
 
 
+def cmd_warm_cache(a) -> int:
+    """gen_node's generator, built from its parameter files as the node builds it, run `runs` times at each size so
+    that Triton's kernels are compiled and autotuned (and the CUDA extension built) into the kernel cache before
+    the node's first start; prints the cache's contents before and after and the seconds of each run."""
+    from .kernel_cache import kernel_cache_status
+    from .product import DEFAULTS, build_generator, parse_overrides, read_params_files
+    try:
+        settings = {**DEFAULTS, **read_params_files(a.params_file), **parse_overrides(a.param)}
+        sizes = ([tuple(int(v) for v in wh.lower().split("x")) for wh in a.sizes.split(",")] if a.sizes else
+                 [(settings["width"] or None, settings["height"] or None)])
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .infinity.config import schedule_for
+    built = build_generator(settings, log=lambda m: print(m, file=sys.stderr),
+                            warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    try:
+        for w, h in sizes:               # every size first: a size the model cannot make runs nothing
+            schedule_for(built.generator.cfg, h, w, None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runs = a.runs if a.runs is not None else max(int(settings["warmup_runs"]), 1)
+    out = []
+    for w, h in sizes:
+        times = built.generator.warmup(runs, width=w, height=h, cfg=settings["cfg"] or None)
+        out.append({"width": w, "height": h, "seconds": [round(t, 3) for t in times]})
+    print(json.dumps({"device": built.device, "precision": built.precision, "runs": out,
+                      "kernel_cache_before": built.kernel_cache, "kernel_cache_after": kernel_cache_status()},
+                     indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     from .quant.runtime import TEXT_ENCODER_MODES
     p = argparse.ArgumentParser(prog="var-gen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -238,6 +273,12 @@ def main(argv=None) -> int:
     e.add_argument("--text-encoder", default="bf16", choices=TEXT_ENCODER_MODES)
     e.add_argument("--json", default=None)
     e.set_defaults(fn=cmd_eval_default)
+    w = sub.add_parser("warm-cache", help="compile and autotune the GPU kernels gen_node will run, into its kernel cache")
+    w.add_argument("--params-file", action="append", default=[], help="gen_node parameter YAML (repeatable, in order)")
+    w.add_argument("-p", "--param", action="append", default=[], help="name:=value over the files (repeatable)")
+    w.add_argument("--sizes", default=None, help="WxH[,WxH...] (default: the width/height parameters)")
+    w.add_argument("--runs", type=int, default=None, help="generations per size (default: warmup_runs, at least 1)")
+    w.set_defaults(fn=cmd_warm_cache)
     t = sub.add_parser("train-default", help="train the embedded default model (see var_gen_ros/train_default.py)",
                        add_help=False)
     t.set_defaults(fn=None)

@@ -187,36 +187,13 @@ class GenNode(Node):
         return SetParametersResult(successful=True)
 
     def _load_generator(self):
-        import torch
-        from .cli import DTYPES, default_bundle_path, resolve_device
-        from .infinity import Generator
-        from .quant.runtime import apply_precision, apply_text_encoder
-        from .memory import guard_tegra_allocator
-        from .kernel_cache import describe, kernel_cache_status, use_kernel_cache
-        path = self.p("bundle_path") or default_bundle_path()
-        device = resolve_device(self.p("device"))
-        if self.p("kernel_cache_dir"):    # before anything compiles: Triton and torch read these when they do
-            use_kernel_cache(self.p("kernel_cache_dir"))
-        cache = kernel_cache_status()
-        self.kernel_cache_note = describe(cache)
-        if device.startswith("cuda") and not cache["autotune_picks"]:
-            self.get_logger().warning(f"no autotuning picks in {cache['triton_cache']}: the first generation compiles "
-                                      "and autotunes the GPU kernels (minutes); keep that directory between starts "
-                                      "(parameter kernel_cache_dir)")
-        # before the first CUDA allocation: a Jetson cannot map expandable segments
-        self.allocator_note = guard_tegra_allocator() if device.startswith("cuda") else ""
-        if self.allocator_note:
-            self.get_logger().warning(self.allocator_note)
-        gen = Generator.from_bundle(path, device=device, dtype=DTYPES[self.p("dtype")])
-        self.precision = apply_precision(gen, self.p("quantization"), self.p("kv_cache"), path,
-                                         log=self.get_logger().info)
-        self.precision += ", " + apply_text_encoder(gen, self.p("text_encoder"))
-        gen.chunk_tokens = self.p("activation_chunk")
-        gen.cuda_graphs = self.p("cuda_graphs")
-        gen.graph_max_tokens = self.p("graph_max_tokens")
-        gen.graph_pool = self.p("graph_pool")
-        gen.prompt_cache.max_entries = self.p("prompt_cache_size")
-        return gen
+        from .kernel_cache import describe
+        from .product import SETTINGS, build_generator
+        built = build_generator({name: self.p(name) for name in SETTINGS},
+                                log=self.get_logger().info, warn=self.get_logger().warning)
+        self.kernel_cache_note, self.allocator_note = describe(built.kernel_cache), built.allocator_note
+        self.precision = built.precision
+        return built.generator
 
     def _start_warmup(self):
         """The warm-up generations, in the engine's worker ahead of every request: the node is already up

@@ -1,0 +1,86 @@
+"""The product's generator built from gen_node's settings, without ROS: the node builds it this way, and so does
+`var-gen warm-cache`, which fills the kernel cache before a robot's first start with exactly what the node will
+run (a fresh cache cost 310 s of the first 8B generation on an H100: docs/BENCHMARKS.md, twenty-third session).
+
+Settings are the node's parameter names. `DEFAULTS` are its declared defaults (a test checks them against
+node.py); `read_params_files` reads the node's YAML parameter files as `--params-file` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List
+
+# the settings that build the generator (the rest of DEFAULTS: what warm-cache's generations use)
+SETTINGS = ("bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "activation_chunk",
+            "cuda_graphs", "graph_max_tokens", "graph_pool", "prompt_cache_size", "kernel_cache_dir")
+DEFAULTS = {"bundle_path": "", "device": "auto", "dtype": "fp32", "quantization": "bf16", "kv_cache": "bf16",
+            "text_encoder": "bf16", "activation_chunk": 1024, "cuda_graphs": True, "graph_max_tokens": 4096,
+            "graph_pool": "shared", "prompt_cache_size": 16, "kernel_cache_dir": "", "warmup_runs": 0,
+            "width": 0, "height": 0, "cfg": 0.0}
+
+
+def read_params_files(paths: List[str], node_name: str = "var_gen") -> dict:
+    """The parameters these ROS 2 parameter files give gen_node, later files over earlier ones (the `/**` section,
+    then the node's own name, as `--params-file` applies them)."""
+    import yaml
+    out: dict = {}
+    for path in paths:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+        for key in ("/**", node_name, "/" + node_name):
+            out.update((doc.get(key) or {}).get("ros__parameters") or {})
+    return out
+
+
+def parse_overrides(items: List[str]) -> dict:
+    """`name:=value` pairs (the `-p` of --ros-args), values read as YAML (true, 4096, 3.0, "")."""
+    import yaml
+    out = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise ValueError(f"expected name:=value, got {item!r}")
+        out[name] = yaml.safe_load(value) if value else ""
+    return out
+
+
+@dataclass
+class BuiltGenerator:
+    generator: object
+    device: str
+    precision: str          # what apply_precision / apply_text_encoder did
+    kernel_cache: dict      # kernel_cache_status() at start
+    allocator_note: str     # the Tegra allocator guard's note ("" if nothing to do)
+
+
+def build_generator(settings: Dict, log: Callable[[str], None] = print,
+                    warn: Callable[[str], None] = print) -> BuiltGenerator:
+    """The generator gen_node serves, from its settings (DEFAULTS for those not given)."""
+    from .cli import DTYPES, default_bundle_path, resolve_device
+    from .infinity import Generator
+    from .kernel_cache import kernel_cache_status, use_kernel_cache
+    from .memory import guard_tegra_allocator
+    from .quant.runtime import apply_precision, apply_text_encoder
+    s = {**DEFAULTS, **settings}
+    path = s["bundle_path"] or default_bundle_path()
+    device = resolve_device(s["device"])
+    if s["kernel_cache_dir"]:    # before anything compiles: Triton and torch read these when they do
+        use_kernel_cache(s["kernel_cache_dir"])
+    cache = kernel_cache_status()
+    if device.startswith("cuda") and not cache["autotune_picks"]:
+        warn(f"no autotuning picks in {cache['triton_cache']}: the first generation compiles and autotunes the GPU "
+             "kernels (minutes); keep that directory between starts (parameter kernel_cache_dir), or fill it "
+             "first with var-gen warm-cache")
+    # before the first CUDA allocation: a Jetson cannot map expandable segments
+    allocator_note = guard_tegra_allocator() if device.startswith("cuda") else ""
+    if allocator_note:
+        warn(allocator_note)
+    gen = Generator.from_bundle(path, device=device, dtype=DTYPES[s["dtype"]])
+    precision = apply_precision(gen, s["quantization"], s["kv_cache"], path, log=log)
+    precision += ", " + apply_text_encoder(gen, s["text_encoder"])
+    gen.chunk_tokens = s["activation_chunk"]
+    gen.cuda_graphs = s["cuda_graphs"]
+    gen.graph_max_tokens = s["graph_max_tokens"]
+    gen.graph_pool = s["graph_pool"]
+    gen.prompt_cache.max_entries = s["prompt_cache_size"]
+    return BuiltGenerator(gen, device, precision, cache, allocator_note)
