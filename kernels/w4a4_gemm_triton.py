@@ -1067,9 +1067,22 @@ I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # (kernels/w4a4_small_m.cu, path "i8s": mma.sync fragments loaded straight from the packed weights, no unpack
 # shuffle); where it does not build, the Triton i8 kernel. Measured on the H100 (nineteenth session,
 # bench/small_m_sweep.py, whole product in a CUDA graph): at 2 and 8 rows 1.24-1.80x faster than the Triton i8
-# path on the four block shapes; at 32 rows 1.26x on 3584 -> 10752, equal on 3584², 0.88x on 3584 -> 14336, so
-# the default stops at 8 (a 1024² generation with CFG meets 2 and 8 rows). VAR_GEN_W4A4_SMALL_M_MAX=0 turns it off.
-SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "8"))
+# path on the four block shapes; at 32 rows 1.26x on 3584 -> 10752, equal on 3584², 0.88x on 3584 -> 14336.
+# The twenty-third session's sweep (docs/results/small_m_sweep_inline_twentythird_h100.txt; whole product, the
+# Triton kernel 1 before either GEMM, as the product runs from 9 rows) put i8s ahead of the Triton i8 path at
+# 16 rows on all four shapes (1.19-1.50x) and at 32 rows where the layer is at most 3x wider than deep (3584 ->
+# 10752 1.25x, 3584² 1.06x, 14336 -> 3584 1.30x), behind on 3584 -> 14336 (0.89x). So: up to SMALL_M_MAX rows
+# (16) on every layer, up to SMALL_M_MAX_NARROW (32) where N <= 3 K (`small_m_limit`); a 1024² generation with
+# CFG meets 2, 8 and 32 rows. VAR_GEN_W4A4_SMALL_M_MAX=0 turns it off.
+SMALL_M_MAX = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX", "16"))
+SMALL_M_MAX_NARROW = int(os.environ.get("VAR_GEN_W4A4_SMALL_M_MAX_NARROW", "32"))
+
+
+def small_m_limit(N: int, K: int) -> int:
+    """The most rows a K -> N layer sends to the i8s kernel (0: none)."""
+    if SMALL_M_MAX <= 0:
+        return 0
+    return max(SMALL_M_MAX, SMALL_M_MAX_NARROW) if N <= 3 * K else SMALL_M_MAX
 # Up to this many rows (at most small_m.MAX_M = 32) the i8 layout's kernel 1 is the CUDA C++ one
 # (kernels/w4a4_quantize_small_m.cu: one launch with a grid barrier for the rows' units, instead of the Triton row
 # pass and quantizer over up to 56 K splits); the same codes and units bit for bit. Where it does not build or
@@ -1115,7 +1128,8 @@ def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:
     `layer`) its weight scales."""
     M = x2.shape[0] if rows is None else rows
     if I8 and _capability(x2) >= (8, 0) and (layer is None or layer.weight_units() is not None):
-        if (M <= SMALL_M_MAX and layer is not None and small_m.supports(M, layer, x2.dtype)
+        if (layer is not None and M <= small_m_limit(layer.out_features, layer.in_features)
+                and small_m.supports(M, layer, x2.dtype)
                 and small_m.extension() is not None):
             return "i8s"
         return "i8w" if 0 < I8W_MIN_M <= M else "i8"

@@ -83,7 +83,7 @@ def test_small_m_cuda_kernel_matches_reference(K, N, bias):
             assert rel <= 1e-3, (M, K, N, warps, splits, rel)
         y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
         mod.w4a4_linear(x, layer, out=y)                                  # the default dispatch (tuned launch)
-        assert mod.path_for(x, layer) == ("i8s" if M <= mod.SMALL_M_MAX else "i8"), M
+        assert mod.path_for(x, layer) == ("i8s" if M <= mod.small_m_limit(N, K) else "i8"), M
         assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3, M
         for ws, cnt in mod.small_m._BUFFERS[("cuda", x.device.index)]:
             assert not ws.any() and not cnt.any()
@@ -597,7 +597,7 @@ def test_default_path_is_i8_for_two_level_scales_and_fp8_for_free_ones():
     mod = gemm_module()
     layer = _layer(3584, 3584, True, seed=17)
     x = (torch.randn(32, 3584, device="cuda") * 2).bfloat16()
-    assert mod.path_for(x, layer) == ("i8s" if 32 <= mod.SMALL_M_MAX and mod.small_m.extension() is not None else "i8")
+    assert mod.path_for(x, layer) == ("i8s" if 32 <= mod.small_m_limit(3584, 3584) and mod.small_m.extension() is not None else "i8")
     small = x[:mod.SMALL_M_MAX]
     assert mod.path_for(small, layer) == ("i8s" if mod.small_m.extension() is not None else "i8")
     R = layer.dequantized_weight()

@@ -217,7 +217,8 @@ def kernel_status() -> str:
     small = ""
     if gemm is not None and getattr(gemm, "SMALL_M_MAX", 0) > 0:
         # the CUDA C++ small-M kernel is built on the first call that wants it: report its state as of now
-        small = (f"; up to {min(gemm.SMALL_M_MAX, gemm.small_m.MAX_M)} rows cuda c++ "
+        narrow = min(max(gemm.SMALL_M_MAX, getattr(gemm, "SMALL_M_MAX_NARROW", 0)), gemm.small_m.MAX_M)
+        small = (f"; up to {min(gemm.SMALL_M_MAX, gemm.small_m.MAX_M)} rows ({narrow} where N <= 3K) cuda c++ "
                  f"(kernels/w4a4_small_m.cu: {gemm.small_m.build_status()})")
     if gemm is not None and getattr(gemm, "QUANT_CUDA_MAX_M", 0) > 0:
         small += (f"; its activations' quantizer up to {min(gemm.QUANT_CUDA_MAX_M, gemm.small_m.MAX_M)} rows cuda c++ "
