@@ -167,8 +167,9 @@ class Engine:
         """Drops every queued request: CANCELLED ("queue cleared"), or FAILED with `reason`; queued warm-ups
         too, but only with a reason (a GPU fault, an engine closing)."""
         with self._cv:
-            kept = [r for r in self._queue if r.warmup and not reason]
-            dropped = [r for r in self._queue if not (r.warmup and not reason)]
+            goes = [bool(reason) or not r.warmup for r in self._queue]
+            dropped = [r for r, g in zip(self._queue, goes) if g]
+            kept = [r for r, g in zip(self._queue, goes) if not g]
             self._queue.clear()
             self._queue.extend(kept)
         for r in dropped:
