@@ -2,7 +2,8 @@
 [respawn:=false]
 
 respawn (default true): the node exits with status 3 after a GPU fault (a sticky CUDA error; see its
-exit_on_gpu_fault parameter), and launch starts it again after respawn_delay."""
+exit_on_gpu_fault parameter), and launch starts it again after respawn_delay, at most RESPAWN_MAX_RETRIES times, so
+that a fault that recurs at every start (its warm-up hitting a broken kernel, say) does not loop for ever."""
 import os
 
 from ament_index_python.packages import get_package_share_directory
@@ -11,6 +12,9 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+
+RESPAWN_MAX_RETRIES = 5
 
 
 def generate_launch_description():
@@ -27,6 +31,7 @@ def generate_launch_description():
                               description="restart the node when it exits (it does after a GPU fault)"),
         Node(package="var_gen_ros", executable="gen_node", name="var_gen", namespace=LaunchConfiguration("namespace"),
              output="screen", respawn=LaunchConfiguration("respawn"), respawn_delay=2.0,
+             respawn_max_retries=RESPAWN_MAX_RETRIES,
              parameters=[config, {"bundle_path": LaunchConfiguration("bundle"),
                                   "device": LaunchConfiguration("device")}]),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
