@@ -1,0 +1,52 @@
+"""The W4A4 i8 GEMM's own times, as Triton's autotuner measured them (CUDA-graph replay, median of its `rep`),
+read from an archive of its picks (`bench/device/autotune_h100.tgz`, or a device run's `$OUT/autotune.tgz`):
+for each row bucket and layer shape, the winning config, its time, the runner-up's, and the rate at which it reads
+its weight operand. The tuner tunes a bucket at the first row count that meets it (a 1024² generation meets the
+2048-row bucket at 1152 rows, its ninth scale), which the archive does not record, so no FLOP rate is given.
+The tuner times the kernel by itself with its operands warm in the L2, so these are the GEMM's best case; kernel 1
+(the activations' quantizer) and the int8 workspace's unpack are not in them.
+
+    python3 bench/autotune_table.py [--archive bench/device/autotune_h100.tgz] [--kernel _w4a4_i8_kernel]
+"""
+import argparse
+import io
+import json
+import os
+import tarfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_tunings(archive: str, kernel: str) -> list:
+    """[(key, [(config dict, median ms), ...] sorted fastest first)] of one kernel's tunings."""
+    out = []
+    with tarfile.open(archive) as tar:
+        for m in tar.getmembers():
+            if m.isfile() and os.path.basename(m.name) == f"{kernel}.autotune.json":
+                d = json.load(io.TextIOWrapper(tar.extractfile(m)))
+                timed = sorted(((c, t[0] if isinstance(t, list) else t) for c, t in d["configs_timings"]),
+                               key=lambda ct: ct[1])
+                out.append((d["key"], timed))
+    return sorted(out, key=lambda kt: (kt[0][0], kt[0][1], kt[0][2], str(kt[0][3:])))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archive", default=os.path.join(HERE, "device", "autotune_h100.tgz"))
+    p.add_argument("--kernel", default="_w4a4_i8_kernel")
+    a = p.parse_args(argv)
+    print("rows bucket | N | K | int8 workspace | candidates | best µs | runner-up µs | best config | "
+          "weights TB/s")
+    for key, timed in read_tunings(a.archive, a.kernel):
+        bucket, n, k, w8 = key[:4]
+        (cfg, best), second = timed[0], (timed[1][1] if len(timed) > 1 else float("nan"))
+        kw = cfg["kwargs"]
+        tile = f"{kw.get('BLOCK_M')}x{kw.get('BLOCK_N')} swap={kw.get('SWAP')} split={kw.get('SPLIT_K')} " \
+               f"w={cfg['num_warps']} s={cfg['num_stages']}"
+        weight_bytes = n * k * (1 if w8 else 0.5)               # the int8 workspace, or the packed INT4 codes
+        print(f"{bucket:5d} | {n:5d} | {k:5d} | {str(w8):5s} | {len(timed):2d} | {best * 1e3:7.1f} | "
+              f"{second * 1e3:7.1f} | {tile} | {weight_bytes / (best * 1e-3) / 1e12:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
