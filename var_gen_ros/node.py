@@ -141,8 +141,9 @@ class GenNode(Node):
         if self.p("warmup_runs"):
             self._start_warmup()
         self._diag_timer = self.create_timer(self.p("diagnostics_period"), self._publish_diagnostics)
-        self.get_logger().info(f"ready: model {gen.name} on {gen.device} ({gen.dtype}), "
-                               f"{gen.cfg.num_params() / 1e6:.1f}M transformer parameters")
+        self.get_logger().info(("up" if self.engine.warming_up else "ready") + f": model {gen.name} on {gen.device} "
+                               f"({gen.dtype}), {gen.cfg.num_params() / 1e6:.1f}M transformer parameters"
+                               + ("; serving once the warm-up ends" if self.engine.warming_up else ""))
 
     # ---------------------------------------------------------------- parameters
     def p(self, name):
