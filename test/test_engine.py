@@ -161,7 +161,8 @@ def test_gpu_fault_fails_the_queue_rejects_new_requests_and_tells_the_listener(g
 def test_warm_up_runs_ahead_of_requests_and_is_not_counted(gen):
     """Warm-up generations run in the worker ahead of a request submitted while the first one runs; they take no
     queue slot, are not cancelled by a cancel of "the running request", are not in the stats, and their wall
-    seconds are kept. The request's image is the Generator's own."""
+    seconds are kept; clearing the queue drops the user's requests only. The request's image is the Generator's
+    own."""
     at_scale, release = threading.Event(), threading.Event()
     order = []
 
@@ -183,6 +184,9 @@ def test_warm_up_runs_ahead_of_requests_and_is_not_counted(gen):
         assert at_scale.wait(30)
         assert eng.warming_up and eng.queue_depth == 0
         assert not eng.cancel("")
+        dropped = eng.submit(Request(prompt="a green square"))
+        assert eng.clear_queue() == 1 and dropped.state == CANCELLED     # the user's request, not warmup-2
+        assert eng.warming_up and eng.queue_depth == 0
         r = eng.submit(Request(prompt="a red circle", seed=3))
         assert eng.queue_depth == 1                      # warmup-2 is queued too, but takes no slot
         with pytest.raises(RequestRejected, match="queue full"):
@@ -192,7 +196,7 @@ def test_warm_up_runs_ahead_of_requests_and_is_not_counted(gen):
         assert order == ["warmup-1", "warmup-2", r.request_id]
         assert [w.state for w in ws] == [DONE, DONE] and len(eng.warmup_s) == 2 and min(eng.warmup_s) > 0
         assert ws[0].run_s == eng.warmup_s[0] and ws[0].run_s >= ws[0].result.timings["total_s"]
-        assert eng.stats.completed == 1 and eng.stats.rejected == 1 and eng.warmup_error == ""
+        assert (eng.stats.completed, eng.stats.rejected, eng.stats.cancelled) == (1, 1, 1) and eng.warmup_error == ""
         assert not eng.warming_up
         assert np.array_equal(r.result.image, gen.generate("a red circle", seed=3).image)
     finally:
