@@ -37,3 +37,13 @@ edge_round() {
     grep -E "^(w4a4|bf16)|rror" "$OUT/edge_${tag}_c$C.txt" | head -5
   done
 }
+# build_extension: the small-M CUDA extension built in its own step (into .tcache/torch_ext), before any timed run:
+# a run killed by its timeout mid-build would leave torch's build lock behind, on which every later process waits.
+# Sets t0 (the script's clock) and PYTHONFAULTHANDLER (stacks on SIGABRT).
+build_extension() {
+  export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext PYTHONFAULTHANDLER=1
+  mkdir -p "$TORCH_EXTENSIONS_DIR"
+  t0=$(date +%s)
+  timeout ${BUILD_TIMEOUT:-200} python3 -c "from var_gen_ros.quant.dispatch import kernel_module as k; m = k('w4a4_small_m_cuda'); m.extension(); print(m.build_status())"
+  echo "build rc $? s $(( $(date +%s) - t0 ))"
+}

@@ -10,11 +10,7 @@
 #            twenty-third showed them to be a fresh machine's autotuning, docs/BENCHMARKS.md)
 #   MODES (default "w4a4_kv8 bf16"), BUILD_TIMEOUT, TEST_TIMEOUT, EDGE_TIMEOUT
 source bench/device/autotune_carry.sh
-export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext PYTHONFAULTHANDLER=1
-mkdir -p "$TORCH_EXTENSIONS_DIR"
-t0=$(date +%s)
-timeout ${BUILD_TIMEOUT:-200} python3 -c "from var_gen_ros.quant.dispatch import kernel_module as k; m = k('w4a4_small_m_cuda'); m.extension(); print(m.build_status())"
-echo "build rc $? s $(( $(date +%s) - t0 ))"
+build_extension
 if [ -n "${TESTS:-}" ]; then
   timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q test/test_kernels_gpu.py -k "$TESTS" > "$OUT/tests.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|^E " "$OUT/tests.txt" | head -20

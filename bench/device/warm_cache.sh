@@ -6,11 +6,7 @@
 # session's "stalled" runs had the same stacks' phase. Picks are written to the cache as each tuning finishes, so a
 # run killed at its limit still saves what it tuned.
 source bench/device/autotune_carry.sh
-export TORCH_EXTENSIONS_DIR=$PWD/.tcache/torch_ext PYTHONFAULTHANDLER=1
-mkdir -p "$TORCH_EXTENSIONS_DIR"
-t0=$(date +%s)
-timeout ${BUILD_TIMEOUT:-200} python3 -c "from var_gen_ros.quant.dispatch import kernel_module as k; m = k('w4a4_small_m_cuda'); m.extension(); print(m.build_status())"
-echo "build rc $? s $(( $(date +%s) - t0 ))"
+build_extension
 timeout -s ABRT -k 10 ${EDGE_TIMEOUT:-480} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes w4a4_kv8 \
   --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 --json "$OUT/edge_warm.json" > "$OUT/edge_warm.txt" 2>&1
 echo "edge rc $? s $(( $(date +%s) - t0 ))"
