@@ -10,8 +10,9 @@ setup(
     version="0.1.0",
     packages=find_packages(include=["var_gen_ros", "var_gen_ros.*"]) + ["var_gen_ros_kernels"],
     package_dir={"var_gen_ros_kernels": "kernels"},
-    # the CUDA C++ sources travel with the kernels: torch.utils.cpp_extension builds them on first use
-    package_data={"var_gen_ros": ["data/*", "data/**/*"], "var_gen_ros_kernels": ["*.cu", "*.cpp"]},
+    # the CUDA C++ sources travel with the kernels: torch.utils.cpp_extension builds them on first use; so do the
+    # autotuning picks shipped per GPU model (kernels/tuned_picks.py)
+    package_data={"var_gen_ros": ["data/*", "data/**/*"], "var_gen_ros_kernels": ["*.cu", "*.cuh", "*.cpp", "tuned/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

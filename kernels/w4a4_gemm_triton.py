@@ -811,7 +811,8 @@ def _autotuned(kernel, small, large, key, extra_prune=None):
         kept = [c for c in configs if id(c) in keep]
         return extra_prune(kept, named_args, **kwargs) if extra_prune is not None else kept
     # cache_results: the picks persist in Triton's cache directory, so only the first start on a
-    # machine spends the minutes of tuning (about 8 s per (M bucket, N, K) on the H100)
+    # machine spends the minutes of tuning (about 8 s per (M bucket, N, K) on the H100); a GPU model with a
+    # shipped table (kernels/tuned_picks.py, seeded by the dispatcher) skips them on its first start too
     return triton.autotune(configs=small + large, key=key, prune_configs_by={"early_config_prune": prune},
                            do_bench=_graph_bench, cache_results=True)(kernel)
 
@@ -853,7 +854,10 @@ I8_LARGE_M_CONFIGS = FP8_LARGE_M_CONFIGS + \
 
 
 def _arch(named_args) -> int:
-    """The compute capability (e.g. 87, 90) of the GPU a tuned call runs on, from its first tensor."""
+    """The compute capability (e.g. 87, 90) of the GPU a tuned call runs on, from its first tensor, or `_ARCH`
+    where a shipped pick is checked against the candidates without a call (kernels/tuned_picks.py)."""
+    if "_ARCH" in named_args:
+        return named_args["_ARCH"]
     return _arch_of(next(a for a in named_args.values() if isinstance(a, torch.Tensor)))
 
 

@@ -882,3 +882,31 @@ def test_int4_text_encoder_dequant_kernel_gives_the_reference_bits(n_in, n_out):
     finally:
         int4_weight.DEQUANT_KERNEL = True
     assert torch.equal(y, y_ref)
+
+
+def test_the_products_calls_meet_the_shipped_picks():
+    """On a GPU model with a shipped table (kernels/tuned_picks.py) the dispatcher seeds the tuners, and a product
+    call's tuning key is one of the table's: the call adds no key to the tuner (no trial) and launches the pick."""
+    import os
+    from var_gen_ros.quant import dispatch
+    from var_gen_ros.quant.dispatch import kernel_module
+    from kernels_under_test import gemm_module
+    tp = kernel_module("tuned_picks")
+    status = dispatch.kernel_status()
+    table, where = tp.load_table(torch.cuda.get_device_name())
+    if table is None:
+        assert f"shipped launch configurations: {where}" in status, status
+        pytest.skip(where)
+    assert f"from {os.path.basename(where)}" in status, status
+    mod = gemm_module()
+    tuner = tp.autotuners(mod)["_w4a4_i8_kernel"]
+    key = next(tuple(e["key"]) for e in table["picks"]["_w4a4_i8_kernel"] if e["key"][:4] == [2048, 3584, 3584, True])
+    assert key in tuner.cache
+    keys = set(tuner.cache)
+    layer = _layer(3584, 3584, True, seed=23)
+    x = torch.randn(1999, 3584, device="cuda").bfloat16()      # a row count no other test launches: the tuner is asked
+    y = torch.full((1999, 3584), float("nan"), device="cuda", dtype=x.dtype)   # poisoned
+    mod.w4a4_linear(x, layer, out=y, path="i8w")
+    assert set(tuner.cache) == keys and tuner.best_config is tuner.cache[key]
+    ref = layer.reference_forward(x).float()
+    assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3

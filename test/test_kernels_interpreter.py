@@ -574,3 +574,36 @@ def test_int4_dequant_kernel_matches_the_reference(n_in, n_out, out_dt):
     assert err < 0.12, err
     with pytest.raises(ValueError, match="scale and offset"):
         deq.int4_dequant(q.weight_packed, q.weight_scale[:, 1:], q.weight_offset, q.group, out_dt)
+
+
+@interpreted
+def test_a_shipped_pick_launches_the_tuned_gemm_without_a_trial(gemm, tmp_path):
+    """With a pick for its key seeded from a table (kernels/tuned_picks.py), the autotuned i8 GEMM launches that
+    config with no trial at all: the tuner's trials time CUDA graphs, which the CPU has not, so a key in another
+    form than the one the tuner looks up fails here. The result still matches float64."""
+    import json
+    tp = _load_interpreted("tuned_picks")
+    tuner = tp.autotuners(gemm)["_w4a4_i8_kernel"]
+    K, N, M = 256, 192, 3
+    layer = _w4a4_layer(K, N, True, 32, seed=11)
+    x = torch.randn(M, K) * 2
+    # the tuning key as Triton forms it: the key arguments, then every tensor argument's dtype in order (the
+    # activations' codes, their scales, the packed weights, the weight scales and units, the low-rank partials,
+    # L_up, the bias, the output, the split-K workspace and the tile counters)
+    key = [gemm._bucket(M), N, K, False, "torch.int8", "torch.float32", "torch.uint8", str(layer.wscales.dtype),
+           str(layer.weight_units().dtype), "torch.float32", str(layer.lora_up.dtype), str(layer.bias.dtype),
+           str(x.dtype), "torch.float32", "torch.int32"]
+    pick = next(c for c in gemm.I8_SMALL_M_CONFIGS if c.kwargs["BLOCK_M"] == 16 and c.kwargs["BLOCK_N"] == 64
+                and c.kwargs["SPLIT_K"] == 4)
+    table = {"format": 1, "device": "CPU interpreter", "capability": [8, 7], "note": "", "picks": {
+        "_w4a4_i8_kernel": [{"key": key, "config": {"kwargs": pick.kwargs, "num_warps": pick.num_warps,
+                                                    "num_stages": pick.num_stages, "num_ctas": 1, "maxnreg": None}}]}}
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    try:
+        assert tp.seed_modules([gemm], "any", setting=str(tmp_path / "t.json")).startswith("1 of 1 from t.json")
+        y = gemm.w4a4_linear(x, layer, path="i8")
+        assert tuner.best_config is pick
+        ref = _float64_w4a4(x, layer)
+        assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5
+    finally:
+        tuner.cache.clear()

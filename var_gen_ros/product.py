@@ -7,6 +7,7 @@ node.py); `read_params_files` reads the node's YAML parameter files as `--params
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List
 
@@ -53,6 +54,17 @@ class BuiltGenerator:
     allocator_note: str     # the Tegra allocator guard's note ("" if nothing to do)
 
 
+def shipped_picks(device: str) -> str:
+    """The table of autotuning picks shipped for this GPU model (kernels/tuned_picks.py), or "" if none is."""
+    try:
+        import torch
+        from .quant.dispatch import kernel_module
+        table, where = kernel_module("tuned_picks").load_table(torch.cuda.get_device_name(torch.device(device)))
+    except Exception:      # no Triton, a bad VAR_GEN_TUNED_PICKS: the dispatcher reports it when it loads
+        return ""
+    return os.path.basename(where) if table is not None else ""
+
+
 def build_generator(settings: Dict, log: Callable[[str], None] = print,
                     warn: Callable[[str], None] = print) -> BuiltGenerator:
     """The generator gen_node serves, from its settings (DEFAULTS for those not given)."""
@@ -68,9 +80,12 @@ def build_generator(settings: Dict, log: Callable[[str], None] = print,
         use_kernel_cache(s["kernel_cache_dir"])
     cache = kernel_cache_status()
     if device.startswith("cuda") and not cache["autotune_picks"]:
-        warn(f"no autotuning picks in {cache['triton_cache']}: the first generation compiles and autotunes the GPU "
-             "kernels (minutes); keep that directory between starts (parameter kernel_cache_dir), or fill it "
-             "first with var-gen warm-cache")
+        shipped = shipped_picks(device)
+        warn(f"no autotuning picks in {cache['triton_cache']}: the first generation compiles "
+             + (f"the GPU kernels (their launch configurations ship for this GPU: {shipped}); "
+                if shipped else "and autotunes the GPU kernels (minutes); ")
+             + "keep that directory between starts (parameter kernel_cache_dir), or fill it first with var-gen "
+             "warm-cache")
     # before the first CUDA allocation: a Jetson cannot map expandable segments
     allocator_note = guard_tegra_allocator() if device.startswith("cuda") else ""
     if allocator_note:

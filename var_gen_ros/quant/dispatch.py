@@ -92,9 +92,21 @@ def _load():
         _STATE["adaln"] = kernel_module("adaln_triton").adaln
         _STATE["int4_dequant"] = kernel_module("int4_dequant_triton").int4_dequant
         _STATE["reason"] = "triton"
+        _seed_tuned_picks([gemm, attn])
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
         _STATE["reason"] = f"unavailable ({type(e).__name__}: {e})"
         warnings.warn(f"var_gen_ros: W4A4 kernels unavailable, using the PyTorch reference: {e}")
+
+
+def _seed_tuned_picks(modules):
+    """The autotuned kernels' launch configurations shipped for this GPU model (kernels/tuned_picks.py): a fresh
+    install then compiles its kernels but does not autotune them. A bad table or VAR_GEN_TUNED_PICKS path is
+    reported once and the kernels tune as without one."""
+    try:
+        _STATE["tuned_picks"] = kernel_module("tuned_picks").seed_modules(modules, torch.cuda.get_device_name())
+    except Exception as e:
+        _STATE["tuned_picks"] = f"not used ({type(e).__name__}: {e}); the first calls autotune"
+        warnings.warn(f"var_gen_ros: shipped autotuning picks not used: {e}")
 
 
 def w4a4_kernel(x):
@@ -226,4 +238,5 @@ def kernel_status() -> str:
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}){small}, int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
             "qkv epilogue, modulated LayerNorm and the INT4 text encoder's dequantization: triton"
-            + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else ""))
+            + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else "")
+            + f"; shipped launch configurations: {_STATE.get('tuned_picks', 'not loaded')}")
