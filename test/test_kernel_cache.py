@@ -100,3 +100,7 @@ def test_warm_cache_refuses_bad_input_before_running(tmp_path, monkeypatch, caps
     assert "expected name:=value" in capsys.readouterr().err
     assert main(["warm-cache", "--params-file", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+    out = tmp_path / "picks.json"
+    assert main(["warm-cache", "-p", "device:=cpu", "--export-picks", str(out)]) == 2
+    assert "--export-picks writes the picks Triton made on a GPU; this run has none (device 'cpu')" in \
+        capsys.readouterr().err and not out.exists()

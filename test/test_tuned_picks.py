@@ -102,6 +102,11 @@ def test_table_from_archive_takes_the_least_time_and_the_latest_record(tp, gemm,
     # the later record wins; within it the least time, ties broken on the next quantile as Triton compares lists
     assert picks[tuple(I8_KEY_2048)]["config"]["kwargs"] == c.kwargs and picks[tuple(I8_KEY_2048)]["ms"] == 0.12
     assert picks[tuple(small_key)]["config"]["kwargs"] == b.kwargs
+    # the same from a Triton cache directory (what `var-gen warm-cache --export-picks` reads)
+    cache = tmp_path / "triton_cache"
+    with tarfile.open(archive) as tar:
+        tar.extractall(cache)
+    assert tp.table_from_archive(str(cache), "Test GPU 1", (9, 0)) == {**table, "note": ""}
     status = tp.seed_modules([gemm], "whatever", setting=str(out))
     assert status.startswith("1 of 3 from t.json (tuned on Test GPU 1)"), status
     assert "1 no longer candidates, 1 of kernels not here" in status, status

@@ -10,7 +10,8 @@
     var-gen eval-default [--prompts 50] [--quantization w4a4 --kv-cache int8] [--text-encoder int4]   (checker accuracy)
     var-gen train-default --out DIR --workdir DIR      (trains the embedded default model; GPU)
     var-gen warm-cache --params-file config/gen.yaml --params-file config/edge_8b.yaml -p bundle_path:=B \
-        -p kernel_cache_dir:=D [--sizes 1024x1024,768x1344] [--runs 2]   (fill the kernel cache before a first start)
+        -p kernel_cache_dir:=D [--sizes 1024x1024,768x1344] [--runs 2] [--export-picks orin.json]
+        (fill the kernel cache before a first start; --export-picks: the GPU's autotuning picks as a kernels/tuned/ table)
 """
 from __future__ import annotations
 
@@ -198,6 +199,10 @@ def cmd_warm_cache(a) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.export_picks and not resolve_device(settings["device"]).startswith("cuda"):
+        print("error: --export-picks writes the picks Triton made on a GPU; this run has none "
+              f"(device {settings['device']!r})", file=sys.stderr)
+        return 2
     from .infinity.config import schedule_for
     built = build_generator(settings, log=lambda m: print(m, file=sys.stderr),
                             warn=lambda m: print(f"warning: {m}", file=sys.stderr))
@@ -212,9 +217,22 @@ def cmd_warm_cache(a) -> int:
     for w, h in sizes:
         times = built.generator.warmup(runs, width=w, height=h, cfg=settings["cfg"] or None)
         out.append({"width": w, "height": h, "seconds": [round(t, 3) for t in times]})
-    print(json.dumps({"device": built.device, "precision": built.precision, "runs": out,
-                      "kernel_cache_before": built.kernel_cache, "kernel_cache_after": kernel_cache_status()},
-                     indent=1))
+    after = kernel_cache_status()
+    report = {"device": built.device, "precision": built.precision, "runs": out,
+              "kernel_cache_before": built.kernel_cache, "kernel_cache_after": after}
+    if a.export_picks:   # this GPU's picks as a table to ship in kernels/tuned/ (kernels/tuned_picks.py)
+        from .quant.dispatch import kernel_module
+        tp = kernel_module("tuned_picks")
+        dev = torch.device(built.device)
+        table = tp.table_from_archive(after["triton_cache"], torch.cuda.get_device_name(dev),
+                                      torch.cuda.get_device_capability(dev), note="var-gen warm-cache --sizes "
+                                      + ",".join(f"{w}x{h}" for w, h in sizes))
+        with open(a.export_picks, "w") as f:
+            json.dump(table, f, indent=1, sort_keys=True)
+            f.write("\n")
+        report["exported_picks"] = {"path": a.export_picks, "ship_as": f"kernels/tuned/{tp.table_name(table['device'])}",
+                                    "keys": {k: len(v) for k, v in table["picks"].items()}}
+    print(json.dumps(report, indent=1))
     return 0
 
 
@@ -278,6 +296,8 @@ def main(argv=None) -> int:
     w.add_argument("-p", "--param", action="append", default=[], help="name:=value over the files (repeatable)")
     w.add_argument("--sizes", default=None, help="WxH[,WxH...] (default: the width/height parameters)")
     w.add_argument("--runs", type=int, default=None, help="generations per size (default: warmup_runs, at least 1)")
+    w.add_argument("--export-picks", default=None, metavar="FILE",
+                   help="then write this GPU's autotuning picks as a table for kernels/tuned/ (GPU only)")
     w.set_defaults(fn=cmd_warm_cache)
     t = sub.add_parser("train-default", help="train the embedded default model (see var_gen_ros/train_default.py)",
                        add_help=False)
