@@ -8,9 +8,10 @@ source and the candidate list: a Triton upgrade, a kernel edit or another machin
 how the committed Triton-cache picks missed 17 tunings in the twenty-fourth session.
 
 What: `kernels/tuned/<gpu>.json` holds, per autotuned kernel (by its function name), the tuning keys a generation
-meets and the configuration the tuner picked for each on that GPU model. `seed_module` puts them into the kernels'
+meets and the configuration the tuner picked for each on that GPU model. `seed_modules` puts them into the kernels'
 `Autotuner.cache` (the tuner's in-memory table, consulted before its disk cache and before any trial), each after
-checking that the pick is one the kernel's current candidate list, pruned for that key, still holds; a pick that is
+checking that the pick is one the kernel's current candidate list, pruned for that key and the running GPU's
+architecture, still holds; a pick that is
 not is skipped and the tuner tunes that key as before. The picks choose between launch configurations that all
 compute the same result (every candidate is checked against the reference on the GPU), so a stale table can cost
 speed, never correctness. Refresh a table from a run's Triton cache with
@@ -115,11 +116,13 @@ def candidates(tuner, key: list, capability) -> list:
     return tuner.early_config_prune(tuner.configs, named)
 
 
-def seed(tuners: dict, table: dict) -> dict:
+def seed(tuners: dict, table: dict, capability=None) -> dict:
     """Puts the table's picks into the tuners' in-memory caches. Returns counts: seeded, and skipped because the
-    kernel is not here or the pick is not among its current candidates for that key."""
+    kernel is not here or the pick is not among its current candidates for that key on a GPU of `capability`
+    (default the table's; a table used on another architecture, e.g. an H100's TMA tiles on an sm_87, keeps only
+    what the tuner could pick there)."""
     counts = {"seeded": 0, "no_kernel": 0, "not_a_candidate": 0}
-    cap = table["capability"]
+    cap = table["capability"] if capability is None else capability
     for kernel, entries in table["picks"].items():
         tuner = tuners.get(kernel)
         if tuner is None:
@@ -135,15 +138,16 @@ def seed(tuners: dict, table: dict) -> dict:
     return counts
 
 
-def seed_modules(modules, device_name: str, setting: str = None) -> str:
-    """Seeds every autotuned kernel of `modules` from this GPU's table; returns what happened, for diagnostics."""
+def seed_modules(modules, device_name: str, setting: str = None, capability=None) -> str:
+    """Seeds every autotuned kernel of `modules` from this GPU's table (checked for `capability`, the running GPU's;
+    default the table's); returns what happened, for diagnostics."""
     table, where = load_table(device_name, setting)
     if table is None:
         return where
     tuners = {}
     for m in modules:
         tuners.update(autotuners(m))
-    c = seed(tuners, table)
+    c = seed(tuners, table, capability)
     total = sum(len(v) for v in table["picks"].values())
     skipped = total - c["seeded"]
     return (f"{c['seeded']} of {total} from {os.path.basename(where)} (tuned on {table['device']})"

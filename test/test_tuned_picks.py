@@ -123,6 +123,13 @@ def test_candidates_follow_the_architecture_of_the_table(tp, gemm):
     on_orin = tp.candidates(tuner, I8_KEY_2048, (8, 7))
     assert any(c.kwargs.get("TMA") for c in on_h100) and not any(c.kwargs.get("TMA") for c in on_orin)
     assert set(map(id, on_orin)) < set(map(id, on_h100))
+    # the shipped H100 table used on an sm_87 (VAR_GEN_TUNED_PICKS=FILE): its TMA picks are not seeded there
+    table, _ = tp.load_table("NVIDIA H100 80GB HBM3", setting="auto")
+    tma = sum(e["config"]["kwargs"].get("TMA", False) for v in table["picks"].values() for e in v)
+    counts = tp.seed(tp.autotuners(gemm), {**table, "picks": {k: v for k, v in table["picks"].items()
+                                                             if k.startswith("_w4a4")}}, capability=(8, 7))
+    assert tma > 0 and counts["not_a_candidate"] == tma, (tma, counts)
+    assert not any(c.kwargs.get("TMA") for c in tuner.cache.values())
 
 
 def test_load_table_says_clearly_what_it_uses(tp, tmp_path):

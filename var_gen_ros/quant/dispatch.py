@@ -103,7 +103,8 @@ def _seed_tuned_picks(modules):
     install then compiles its kernels but does not autotune them. A bad table or VAR_GEN_TUNED_PICKS path is
     reported once and the kernels tune as without one."""
     try:
-        _STATE["tuned_picks"] = kernel_module("tuned_picks").seed_modules(modules, torch.cuda.get_device_name())
+        _STATE["tuned_picks"] = kernel_module("tuned_picks").seed_modules(
+            modules, torch.cuda.get_device_name(), capability=torch.cuda.get_device_capability())
     except Exception as e:
         _STATE["tuned_picks"] = f"not used ({type(e).__name__}: {e}); the first calls autotune"
         warnings.warn(f"var_gen_ros: shipped autotuning picks not used: {e}")
