@@ -203,6 +203,8 @@ def cmd_warm_cache(a) -> int:
         print("error: --export-picks writes the picks Triton made on a GPU; this run has none "
               f"(device {settings['device']!r})", file=sys.stderr)
         return 2
+    if a.export_picks:   # tune every key here: a key seeded from a shipped table is never tuned nor cached
+        os.environ["VAR_GEN_TUNED_PICKS"] = "0"
     from .infinity.config import schedule_for
     built = build_generator(settings, log=lambda m: print(m, file=sys.stderr),
                             warn=lambda m: print(f"warning: {m}", file=sys.stderr))
@@ -297,7 +299,8 @@ def main(argv=None) -> int:
     w.add_argument("--sizes", default=None, help="WxH[,WxH...] (default: the width/height parameters)")
     w.add_argument("--runs", type=int, default=None, help="generations per size (default: warmup_runs, at least 1)")
     w.add_argument("--export-picks", default=None, metavar="FILE",
-                   help="then write this GPU's autotuning picks as a table for kernels/tuned/ (GPU only)")
+                   help="then write this GPU's autotuning picks as a table for kernels/tuned/ (GPU only; the "
+                        "shipped tables are not used in this run, so that every kernel is tuned here)")
     w.set_defaults(fn=cmd_warm_cache)
     t = sub.add_parser("train-default", help="train the embedded default model (see var_gen_ros/train_default.py)",
                        add_help=False)
