@@ -144,6 +144,9 @@ def test_load_table_says_clearly_what_it_uses(tp, tmp_path):
     bad.write_text(json.dumps({"format": 99, "picks": {}}))
     with pytest.raises(ValueError, match="not a tuned-picks table of format 1"):
         tp.load_table("x", setting=str(bad))
+    bad.write_text('{"format": 1, "picks": {')                 # cut short
+    with pytest.raises(ValueError):                            # json's decode error is a ValueError
+        tp.load_table("x", setting=str(bad))
     assert tp.table_name("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3.json"
 
 
