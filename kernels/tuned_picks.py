@@ -117,11 +117,11 @@ def candidates(tuner, key: list, capability) -> list:
 
 
 def seed(tuners: dict, table: dict, capability=None) -> dict:
-    """Puts the table's picks into the tuners' in-memory caches. Returns counts: seeded, and skipped because the
-    kernel is not here or the pick is not among its current candidates for that key on a GPU of `capability`
+    """Puts the table's picks into the tuners' in-memory caches. Returns counts: seeded (and their (kernel, key)s in
+    "keys"), and skipped because the kernel is not here or the pick is not among its current candidates for that key on a GPU of `capability`
     (default the table's; a table used on another architecture, e.g. an H100's TMA tiles on an sm_87, keeps only
     what the tuner could pick there)."""
-    counts = {"seeded": 0, "no_kernel": 0, "not_a_candidate": 0}
+    counts = {"seeded": 0, "no_kernel": 0, "not_a_candidate": 0, "keys": set()}
     cap = table["capability"] if capability is None else capability
     for kernel, entries in table["picks"].items():
         tuner = tuners.get(kernel)
@@ -135,24 +135,40 @@ def seed(tuners: dict, table: dict, capability=None) -> dict:
                 continue
             tuner.cache[tuple(e["key"])] = match[0]
             counts["seeded"] += 1
+            counts["keys"].add((kernel, tuple(e["key"])))
     return counts
 
 
-def seed_modules(modules, device_name: str, setting: str = None, capability=None) -> str:
+class Seeding:
+    """What `seed_modules` did, and since then how many keys the tuners have tuned (or read from Triton's disk
+    cache) beyond the table: a resolution or GPU the table does not cover, or keys the table no longer matches."""
+
+    def __init__(self, tuners: dict, status: str, seeded: set):
+        self.tuners, self.status, self.seeded = tuners, status, seeded
+
+    def tuned_here(self) -> int:
+        return sum(1 for name, t in self.tuners.items() for k in list(t.cache) if (name, k) not in self.seeded)
+
+    def describe(self) -> str:
+        n = self.tuned_here()
+        return self.status + (f"; {n} key{'s' if n != 1 else ''} tuned in this process" if n else "")
+
+
+def seed_modules(modules, device_name: str, setting: str = None, capability=None) -> Seeding:
     """Seeds every autotuned kernel of `modules` from this GPU's table (checked for `capability`, the running GPU's;
     default the table's); returns what happened, for diagnostics."""
-    table, where = load_table(device_name, setting)
-    if table is None:
-        return where
     tuners = {}
     for m in modules:
         tuners.update(autotuners(m))
+    table, where = load_table(device_name, setting)
+    if table is None:
+        return Seeding(tuners, where, set())
     c = seed(tuners, table, capability)
     total = sum(len(v) for v in table["picks"].values())
     skipped = total - c["seeded"]
-    return (f"{c['seeded']} of {total} from {os.path.basename(where)} (tuned on {table['device']})"
-            + (f"; {skipped} skipped ({c['not_a_candidate']} no longer candidates, {c['no_kernel']} of kernels "
-               "not here), tuned on first use" if skipped else ""))
+    return Seeding(tuners, f"{c['seeded']} of {total} from {os.path.basename(where)} (tuned on {table['device']})"
+                   + (f"; {skipped} skipped ({c['not_a_candidate']} no longer candidates, {c['no_kernel']} of kernels "
+                      "not here), tuned on first use" if skipped else ""), c["keys"])
 
 
 def main(argv=None):

@@ -903,10 +903,12 @@ def test_the_products_calls_meet_the_shipped_picks():
     seeded = [tuple(e["key"]) for e in table["picks"]["_w4a4_i8_kernel"] if e["key"][:4] == [2048, 3584, 3584, True]]
     assert seeded and all(k in tuner.cache for k in seeded)
     keys = set(tuner.cache)
+    tuned_before = dispatch._STATE["tuned_picks"].tuned_here()
     layer = _layer(3584, 3584, True, seed=23)
     x = torch.randn(1999, 3584, device="cuda").bfloat16()      # a row count no other test launches: the tuner is asked
     y = torch.full((1999, 3584), float("nan"), device="cuda", dtype=x.dtype)   # poisoned
     mod.w4a4_linear(x, layer, out=y, path="i8w")
     assert set(tuner.cache) == keys and any(tuner.best_config is tuner.cache[k] for k in seeded)
+    assert dispatch._STATE["tuned_picks"].tuned_here() == tuned_before      # what diagnostics count
     ref = layer.reference_forward(x).float()
     assert ((y.float() - ref).norm() / ref.norm()).item() <= 1e-3

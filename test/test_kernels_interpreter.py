@@ -600,9 +600,10 @@ def test_a_shipped_pick_launches_the_tuned_gemm_without_a_trial(gemm, tmp_path):
                                                     "num_stages": pick.num_stages, "num_ctas": 1, "maxnreg": None}}]}}
     (tmp_path / "t.json").write_text(json.dumps(table))
     try:
-        assert tp.seed_modules([gemm], "any", setting=str(tmp_path / "t.json")).startswith("1 of 1 from t.json")
+        seeding = tp.seed_modules([gemm], "any", setting=str(tmp_path / "t.json"))
+        assert seeding.describe().startswith("1 of 1 from t.json"), seeding.describe()
         y = gemm.w4a4_linear(x, layer, path="i8")
-        assert tuner.best_config is pick
+        assert tuner.best_config is pick and seeding.tuned_here() == 0
         ref = _float64_w4a4(x, layer)
         assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5
     finally:

@@ -110,6 +110,11 @@ def _seed_tuned_picks(modules):
         warnings.warn(f"var_gen_ros: shipped autotuning picks not used: {e}")
 
 
+def _tuned_picks_status() -> str:
+    s = _STATE.get("tuned_picks", "not loaded")
+    return s if isinstance(s, str) else s.describe()
+
+
 def w4a4_kernel(x):
     """The kernel function for a W4A4 forward on x's device, or None for the reference."""
     if not x.is_cuda:
@@ -240,4 +245,4 @@ def kernel_status() -> str:
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
             "qkv epilogue, modulated LayerNorm and the INT4 text encoder's dequantization: triton"
             + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else "")
-            + f"; shipped launch configurations: {_STATE.get('tuned_picks', 'not loaded')}")
+            + f"; shipped launch configurations: {_tuned_picks_status()}")
