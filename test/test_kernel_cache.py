@@ -89,6 +89,7 @@ def test_warm_cache_runs_the_edge_preset_as_the_node_builds_it(tmp_path, monkeyp
     for key in ("kernel_cache_before", "kernel_cache_after"):
         assert out[key]["triton_cache"] == str(cache / "triton") and out[key]["autotune_picks"] == 0
     assert os.path.isdir(cache / "torch_extensions")
+    assert out["kernels"].startswith("pytorch reference (no CUDA device)"), out["kernels"]
 
 
 def test_warm_cache_refuses_bad_input_before_running(tmp_path, monkeypatch, capsys):

@@ -220,7 +220,10 @@ def cmd_warm_cache(a) -> int:
         times = built.generator.warmup(runs, width=w, height=h, cfg=settings["cfg"] or None)
         out.append({"width": w, "height": h, "seconds": [round(t, 3) for t in times]})
     after = kernel_cache_status()
-    report = {"device": built.device, "precision": built.precision, "runs": out,
+    from .quant.dispatch import kernel_status
+    # the kernels' state after the runs: on a GPU, how many launch configurations came from a shipped table and how
+    # many keys were tuned here
+    report = {"device": built.device, "precision": built.precision, "runs": out, "kernels": kernel_status(),
               "kernel_cache_before": built.kernel_cache, "kernel_cache_after": after}
     if a.export_picks:   # this GPU's picks as a table to ship in kernels/tuned/ (kernels/tuned_picks.py)
         from .quant.dispatch import kernel_module
