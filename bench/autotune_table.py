@@ -9,24 +9,24 @@ The tuner times the kernel by itself with its operands warm in the L2, so these 
     python3 bench/autotune_table.py [--archive bench/device/autotune_h100.tgz] [--kernel _w4a4_i8_kernel]
 """
 import argparse
-import io
-import json
 import os
-import tarfile
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from var_gen_ros.quant.dispatch import kernel_module  # noqa: E402
+
+archived_picks = kernel_module("tuned_picks").archived_picks
 
 
 def read_tunings(archive: str, kernel: str) -> list:
     """[(key, [(config dict, median ms), ...] sorted fastest first)] of one kernel's tunings."""
     out = []
-    with tarfile.open(archive) as tar:
-        for m in tar.getmembers():
-            if m.isfile() and os.path.basename(m.name) == f"{kernel}.autotune.json":
-                d = json.load(io.TextIOWrapper(tar.extractfile(m)))
-                timed = sorted(((c, t[0] if isinstance(t, list) else t) for c, t in d["configs_timings"]),
-                               key=lambda ct: ct[1])
-                out.append((d["key"], timed))
+    for _, name, d in archived_picks(archive):      # the archive's records, as kernels/tuned_picks.py reads them
+        if name == kernel:
+            timed = sorted(((c, t[0] if isinstance(t, list) else t) for c, t in d["configs_timings"]),
+                           key=lambda ct: ct[1])
+            out.append((d["key"], timed))
     return sorted(out, key=lambda kt: (kt[0][0], kt[0][1], kt[0][2], str(kt[0][3:])))
 
 

@@ -47,7 +47,7 @@ def _config_dict(cfg: dict) -> dict:
             "num_ctas": cfg.get("num_ctas", 1), "maxnreg": cfg.get("maxnreg")}
 
 
-def _archived_picks(source: str):
+def archived_picks(source: str):
     """(mtime, kernel name, Triton's record) of every *.autotune.json in a Triton cache directory or a .tgz of one."""
     if os.path.isdir(source):
         for path in glob.glob(os.path.join(source, "**", "*.autotune.json"), recursive=True):
@@ -66,7 +66,7 @@ def table_from_archive(source: str, device: str, capability, note: str = "") -> 
     (Triton's own rule: the smallest timing list), the most recent record winning where a key was tuned more than
     once (an older one was made for an earlier kernel source)."""
     best = {}
-    for mtime, kernel, record in sorted(_archived_picks(source), key=lambda r: r[0]):
+    for mtime, kernel, record in sorted(archived_picks(source), key=lambda r: r[0]):
         timings = record["configs_timings"]
         cfg, t = min(timings, key=lambda ct: ct[1])
         best[(kernel, json.dumps(record["key"]))] = {"key": record["key"], "config": _config_dict(cfg),
