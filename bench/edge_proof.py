@@ -315,6 +315,7 @@ def child(a) -> dict:
     out["text_encoder_mode"] = gen.text_encoder_mode
     from var_gen_ros.quant.dispatch import kernel_status
     out["kernels"] = kernel_status()
+    progress(f"{mode}: kernels: {out['kernels']}")
     meter = AllocationMeter(dev)
     res = [tuple(int(v) for v in r.split("x")) for r in a.resolutions.split(",")]
     torch.cuda.empty_cache()
@@ -351,6 +352,8 @@ def child(a) -> dict:
                  "peak_allocated_before_oom": torch.cuda.max_memory_allocated(), **oom_report(e)}
             gen.release_graphs()
             torch.cuda.empty_cache()
+        r["kernels"] = kernel_status()     # after the resolution's generations: the keys tuned beyond a shipped table
+        progress(f"{mode}: kernels: {r['kernels']}")
         r["memory_trace"] = list(gen.memory_trace)      # (VAR_GEN_MEMORY_TRACE=1) warm-up generations included
         gen.memory_trace.clear()
         out["runs"].append(r)

@@ -19,8 +19,9 @@ speed, never correctness. Refresh a table from a run's Triton cache with
     python3 kernels/tuned_picks.py --from autotune.tgz --device "NVIDIA H100 80GB HBM3" --capability 9.0 \
         --out kernels/tuned/nvidia_h100_80gb_hbm3.json
 
-VAR_GEN_TUNED_PICKS: "auto" (default: the table named after this GPU, if shipped), "0" (none: autotune), or the path
-of a table to use whatever the GPU.
+VAR_GEN_TUNED_PICKS: "auto" (default: the table named after this GPU if shipped, else one made on another GPU model of
+the same compute capability, e.g. the H100's on an H200), "0" (none: autotune), or the path of a table to use whatever
+the GPU.
 """
 from __future__ import annotations
 
@@ -77,21 +78,46 @@ def table_from_archive(source: str, device: str, capability, note: str = "") -> 
     return {"format": FORMAT, "device": device, "capability": list(capability), "note": note, "picks": picks}
 
 
-def load_table(device_name: str, setting: str = None):
-    """(table, path) for this GPU under VAR_GEN_TUNED_PICKS (or `setting`), or (None, why not)."""
+def _read_table(path: str) -> dict:
+    with open(path) as f:
+        table = json.load(f)
+    if table.get("format") != FORMAT or not isinstance(table.get("picks"), dict):
+        raise ValueError(f"{path}: not a tuned-picks table of format {FORMAT}")
+    return table
+
+
+def same_architecture_table(capability):
+    """The path of a shipped table made on another GPU model of this compute capability, or None (the first by file
+    name where several are).
+
+    Why: an H200, an H100 PCIe or a GH200 (all sm_90) has no table of its own until someone exports one, and without
+    one its first generation spends minutes in the tuner's trials. The H100's picks are valid there (the same
+    candidates, every one checked against the reference), if not necessarily the fastest on that model."""
+    want = [int(v) for v in capability]
+    for path in sorted(glob.glob(os.path.join(TUNED_DIR, "*.json"))):
+        try:
+            if [int(v) for v in _read_table(path).get("capability", [])] == want:
+                return path
+        except (OSError, ValueError, TypeError):    # a broken table is reported when it is the one named
+            continue
+    return None
+
+
+def load_table(device_name: str, setting: str = None, capability=None):
+    """(table, path) for this GPU under VAR_GEN_TUNED_PICKS (or `setting`), or (None, why not). With "auto", the
+    table named after this GPU model, else (given the GPU's `capability`) one made on another model of the same
+    architecture (`same_architecture_table`; the table's "device" says which)."""
     setting = os.environ.get("VAR_GEN_TUNED_PICKS", "auto") if setting is None else setting
     if setting == "0":
         return None, "off (VAR_GEN_TUNED_PICKS=0)"
     path = os.path.join(TUNED_DIR, table_name(device_name)) if setting == "auto" else setting
     if not os.path.isfile(path):
-        if setting == "auto":
+        if setting != "auto":
+            raise FileNotFoundError(f"VAR_GEN_TUNED_PICKS names {path!r}, which does not exist")
+        path = same_architecture_table(capability) if capability is not None else None
+        if path is None:
             return None, f"none shipped for {device_name}: the first calls autotune"
-        raise FileNotFoundError(f"VAR_GEN_TUNED_PICKS names {path!r}, which does not exist")
-    with open(path) as f:
-        table = json.load(f)
-    if table.get("format") != FORMAT or not isinstance(table.get("picks"), dict):
-        raise ValueError(f"{path}: not a tuned-picks table of format {FORMAT}")
-    return table, path
+    return _read_table(path), path
 
 
 def _same_launch(cfg, entry: dict) -> bool:
@@ -160,13 +186,14 @@ def seed_modules(modules, device_name: str, setting: str = None, capability=None
     tuners = {}
     for m in modules:
         tuners.update(autotuners(m))
-    table, where = load_table(device_name, setting)
+    table, where = load_table(device_name, setting, capability)
     if table is None:
         return Seeding(tuners, where, set())
     c = seed(tuners, table, capability)
     total = sum(len(v) for v in table["picks"].values())
     skipped = total - c["seeded"]
-    return Seeding(tuners, f"{c['seeded']} of {total} from {os.path.basename(where)} (tuned on {table['device']})"
+    other = "" if table["device"] == device_name else f", not on this {device_name}"
+    return Seeding(tuners, f"{c['seeded']} of {total} from {os.path.basename(where)} (tuned on {table['device']}{other})"
                    + (f"; {skipped} skipped ({c['not_a_candidate']} no longer candidates, {c['no_kernel']} of kernels "
                       "not here), tuned on first use" if skipped else ""), c["keys"])
 

@@ -893,7 +893,7 @@ def test_the_products_calls_meet_the_shipped_picks():
     from kernels_under_test import gemm_module
     tp = kernel_module("tuned_picks")
     status = dispatch.kernel_status()
-    table, where = tp.load_table(torch.cuda.get_device_name())
+    table, where = tp.load_table(torch.cuda.get_device_name(), capability=torch.cuda.get_device_capability())
     if table is None:
         assert f"shipped launch configurations: {where}" in status, status
         pytest.skip(where)

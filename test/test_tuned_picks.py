@@ -111,7 +111,7 @@ def test_table_from_archive_takes_the_least_time_and_the_latest_record(tp, gemm,
     assert tp.table_from_archive(str(cache), "Test GPU 1", (9, 0)) == {**table, "note": ""}
     seeding = tp.seed_modules([gemm], "whatever", setting=str(out))
     status = seeding.describe()
-    assert status.startswith("1 of 3 from t.json (tuned on Test GPU 1)"), status
+    assert status.startswith("1 of 3 from t.json (tuned on Test GPU 1, not on this whatever)"), status
     assert status.endswith("1 no longer candidates, 1 of kernels not here), tuned on first use"), status
     tuner = tp.autotuners(gemm)["_w4a4_i8_kernel"]
     assert tuner.cache[tuple(I8_KEY_2048)] in gemm.I8_LARGE_M_CONFIGS
@@ -154,6 +154,31 @@ def test_load_table_says_clearly_what_it_uses(tp, tmp_path):
     with pytest.raises(ValueError):                            # json's decode error is a ValueError
         tp.load_table("x", setting=str(bad))
     assert tp.table_name("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3.json"
+
+
+def test_another_model_of_the_architecture_takes_its_table(tp, tmp_path, monkeypatch):
+    """An H200 (sm_90, no table of its own) gets the H100's table, and says so; an sm_87 or an unknown capability
+    gets none; a table named after the GPU wins over one of its architecture."""
+    table, where = tp.load_table("NVIDIA H200", setting="auto", capability=(9, 0))
+    assert os.path.basename(where) == "nvidia_h100_80gb_hbm3.json" and table["device"] == "NVIDIA H100 80GB HBM3"
+    assert tp.load_table("NVIDIA H200", setting="auto")[0] is None          # the capability not given
+    assert tp.load_table("Orin (nvgpu)", setting="auto", capability=(8, 7))[0] is None
+    from var_gen_ros.quant.dispatch import kernel_module
+    gemm = kernel_module("w4a4_gemm_triton")
+    seeding = tp.seed_modules([gemm], "NVIDIA H200", setting="auto", capability=(9, 0))
+    n = sum(len(v) for k, v in table["picks"].items() if k.startswith("_w4a4"))
+    assert seeding.describe().startswith(f"{n} of {sum(len(v) for v in table['picks'].values())} from "
+                                         "nvidia_h100_80gb_hbm3.json (tuned on NVIDIA H100 80GB HBM3, not on this "
+                                         "NVIDIA H200)"), seeding.describe()
+    # a table of the GPU's own name first (a directory holding both)
+    own = {**table, "device": "NVIDIA H200", "picks": {}}
+    (tmp_path / "nvidia_h200.json").write_text(json.dumps(own))
+    (tmp_path / "nvidia_h100_80gb_hbm3.json").write_text(json.dumps(table))
+    monkeypatch.setattr(tp, "TUNED_DIR", str(tmp_path))
+    assert tp.load_table("NVIDIA H200", setting="auto", capability=(9, 0))[0]["device"] == "NVIDIA H200"
+    (tmp_path / "nvidia_h200.json").unlink()
+    (tmp_path / "a_broken.json").write_text("{")         # skipped while looking for one of the architecture
+    assert tp.load_table("NVIDIA H200", setting="auto", capability=(9, 0))[0]["device"] == "NVIDIA H100 80GB HBM3"
 
 
 def test_the_installed_package_carries_the_tables_and_every_kernel_source(tmp_path):

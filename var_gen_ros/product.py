@@ -55,11 +55,14 @@ class BuiltGenerator:
 
 
 def shipped_picks(device: str) -> str:
-    """The table of autotuning picks shipped for this GPU model (kernels/tuned_picks.py), or "" if none is."""
+    """The table of autotuning picks shipped for this GPU model, or for another of its architecture
+    (kernels/tuned_picks.py), or "" if none is."""
     try:
         import torch
         from .quant.dispatch import kernel_module
-        table, where = kernel_module("tuned_picks").load_table(torch.cuda.get_device_name(torch.device(device)))
+        dev = torch.device(device)
+        table, where = kernel_module("tuned_picks").load_table(torch.cuda.get_device_name(dev),
+                                                               capability=torch.cuda.get_device_capability(dev))
     except Exception:      # no Triton, a bad VAR_GEN_TUNED_PICKS: the dispatcher reports it when it loads
         return ""
     return os.path.basename(where) if table is not None else ""
@@ -85,7 +88,7 @@ def build_generator(settings: Dict, log: Callable[[str], None] = print,
     if device.startswith("cuda") and not cache["compiled_kernels" if shipped else "autotune_picks"]:
         warn(f"no {'compiled kernels' if shipped else 'autotuning picks'} in {cache['triton_cache']}: the first "
              "generation compiles "
-             + (f"the GPU kernels (their launch configurations ship for this GPU: {shipped}); "
+             + (f"the GPU kernels (their launch configurations ship with the package: {shipped}); "
                 if shipped else "and autotunes the GPU kernels (minutes); ")
              + "keep that directory between starts (parameter kernel_cache_dir), or fill it first with var-gen "
              "warm-cache")

@@ -16,7 +16,8 @@ ls .tcache/triton_cache.tgz* > /dev/null 2>&1 && cat .tcache/triton_cache.tgz* |
 # both), and that kernel is tuned again: 17 tunings in the twenty-fourth session's first edge run. The product itself
 # no longer depends on this file on the H100: the dispatcher seeds the tuners from kernels/tuned/ (the same picks as
 # a table keyed by kernel name and tuning key, not by source hash; kernels/tuned_picks.py makes it from this file).
-[ ! -f .tcache/autotune.tgz ] && [ -f bench/device/autotune_h100.tgz ] && tar xzf bench/device/autotune_h100.tgz -C ~/.triton/cache \
+# COMMITTED_PICKS=0 leaves them out: a robot's fresh start, with only the tables shipped in kernels/tuned/.
+[ "${COMMITTED_PICKS:-1}" = 1 ] && [ ! -f .tcache/autotune.tgz ] && [ -f bench/device/autotune_h100.tgz ] && tar xzf bench/device/autotune_h100.tgz -C ~/.triton/cache \
   && echo "committed autotune picks unpacked"
 autotune_save() {
   (cd ~/.triton/cache && find . -name "*.autotune.json" | tar czf "$OUT/autotune.tgz" -T -)
