@@ -8,6 +8,7 @@ Infinity-8B Linear shape, M <= 32 (CUDA-graph replay, median):
 * the GEMM alone: the i8s kernel on kernel 1's precomputed outputs, and kernel 1 alone, Triton and CUDA (whose
   codes and units must equal the Triton kernel's bit for bit: `k1_equal`);
 * the default launches again with the weights cold in the L2 (copies of the layer, as in a generation);
+* on sm_90, the same product with the GEMM as a programmatic dependent launch (VAR_GEN_W4A4_PDL; warm and cold);
 * each launch's relative error against the reference (`W4A4Linear.reference_forward`), so a wrong launch
   shows in the same table.
 
@@ -81,6 +82,18 @@ def main():
                 mod.w4a4_linear(x, layer, out=y, path="i8s")
                 r[f"i8s{tag}_rel"] = _rel(y, ref)
                 r[f"i8s{tag}_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
+            # the GEMM as a programmatic dependent launch (VAR_GEN_W4A4_PDL=1, sm_90): its blocks start during
+            # kernel 1 and fetch the weights into the L2 (kernels/w4a4_small_m.cu)
+            pdl_default = sm.PDL
+            if torch.cuda.get_device_capability()[0] >= 9:
+                sm.PDL = True
+                for tag, limit in (("", sm.MAX_M), ("_triton_k1", 0)):
+                    mod.QUANT_CUDA_MAX_M = limit
+                    y.fill_(float("nan"))
+                    mod.w4a4_linear(x, layer, out=y, path="i8s")
+                    r[f"i8s_pdl{tag}_rel"] = _rel(y, ref)
+                    r[f"i8s_pdl{tag}_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
+                sm.PDL = pdl_default
             mod.QUANT_CUDA_MAX_M = default_k1
             r["tuned_launch"] = sm._PICKS.get((sm._bucket(M), N, K, x.device.index))
             q, ux, lr = mod.quantize_activations(x, layer, i8=True)
@@ -115,21 +128,29 @@ def main():
                 r["cold_bf16_ms"] = _ms(lambda: [torch.matmul(x, wi.t(), out=y_b) for wi in ws]) / n
                 r["cold_i8_ms"] = _ms(lambda: [mod.w4a4_linear(x, lay, out=y, path="i8") for lay in layers]) / n
                 r["cold_i8s_ms"] = _ms(lambda: [mod.w4a4_linear(x, lay, out=y, path="i8s") for lay in layers]) / n
+                if "i8s_pdl_ms" in r:
+                    sm.PDL = True
+                    r["cold_i8s_pdl_ms"] = _ms(lambda: [mod.w4a4_linear(x, lay, out=y, path="i8s") for lay in layers]) / n
+                    sm.PDL = pdl_default
                 del layers, ws
             rows.append(r)
-            worst = max([r["i8s_rel"], r["i8s_triton_k1_rel"], r["i8_rel"]] + [v["rel"] for v in sweep.values()])
+            worst = max([r["i8s_rel"], r["i8s_triton_k1_rel"], r["i8_rel"]] + [v["rel"] for v in sweep.values()]
+                        + [r[k] for k in ("i8s_pdl_rel", "i8s_pdl_triton_k1_rel") if k in r])
             print(f"{K:6d} {N:6d} {M:3d} | {r['bf16_ms']*1e3:7.1f} {r['i8_ms']*1e3:7.1f} {r['i8s_ms']*1e3:7.1f} "
                   f"{r['bf16_ms']/r['i8s_ms']:6.2f} {r['i8_ms']/r['i8s_ms']:5.2f} | "
                   f"{r['i8_triton_k1_ms']*1e3:7.1f} {r['i8s_triton_k1_ms']*1e3:7.1f} | {r['kernel1_ms']*1e3:6.1f} "
                   f"{r.get('kernel1_cuda_ms', float('nan'))*1e3:6.1f} {str(r.get('k1_equal', '-')):>5} "
                   f"{r['i8s_gemm_ms']*1e3:6.1f} | {r['tuned_launch']} | "
                   + " ".join(f"{k}: {v['gemm_ms']*1e3:.1f}" for k, v in sweep.items())
+                  + (f" | pdl: i8s {r['i8s_pdl_ms']*1e3:.1f} tk1 {r['i8s_pdl_triton_k1_ms']*1e3:.1f}" if "i8s_pdl_ms" in r else "")
                   + (f" | cold: bf16 {r['cold_bf16_ms']*1e3:.1f} i8 {r['cold_i8_ms']*1e3:.1f} i8s {r['cold_i8s_ms']*1e3:.1f}"
+                     + (f" i8s pdl {r['cold_i8s_pdl_ms']*1e3:.1f}" if "cold_i8s_pdl_ms" in r else "")
                      if "cold_copies" in r else "")
                   + f" | {worst:.1e}", flush=True)
     print("(µs; i8 / i8s with the CUDA kernel 1 where it takes the call, tk1 = with Triton's kernel 1;"
           " x bf16 = bf16 / i8s, x i8 = i8 / i8s; k1 = Triton kernel 1 alone, k1 cu = the CUDA one, k1 = its codes and"
-          " units equal Triton's; gemm = the i8s kernel alone)")
+          " units equal Triton's; gemm = the i8s kernel alone; pdl = i8s with the GEMM as a programmatic dependent"
+          " launch, after the CUDA / Triton kernel 1)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)

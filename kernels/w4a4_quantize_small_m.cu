@@ -13,8 +13,8 @@
 //      spinning for ever) and takes each row's unit u from all slices. (Under MPS with an
 //      active-thread percentage that leaves fewer SMs than the blocks, two blocks per SM still fit by registers
 //      and shared memory; below half the SMs the barrier could wait for ever. A cooperative launch would check
-//      it, but was not tried in a CUDA graph. The product leaves this kernel off by default
-//      (VAR_GEN_W4A4_QUANT_CUDA_MAX_M, kernels/w4a4_gemm_triton.py): edge proofs with it on stalled.)
+//      it, but was not tried in a CUDA graph. The product runs this kernel up to 8 rows
+//      (VAR_GEN_W4A4_QUANT_CUDA_MAX_M, kernels/w4a4_gemm_triton.py; 0 turns it off).)
 //   3. quantizes its groups (one warp per row and group): m = clamp(ceil((amax · 1/7) / u), 1, 16),
 //      q = clamp(rint(x̂ · (1/(u·m))), -8, 7), stores q·m as int8, the same IEEE operations in the same order
 //      as the reference and the Triton kernel, so the same bits;
@@ -79,6 +79,13 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
   const int S = gridDim.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   uint16_t* down_s = reinterpret_cast<uint16_t*>(xs + (size_t)M * max(gps * GROUP, 256));
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // a GEMM launched after this kernel as a programmatic dependent (kernels/w4a4_small_m.cu, VAR_GEN_W4A4_PDL=1) may
+  // start now: it fetches its weights into the L2 while this runs and waits for this grid's end before reading
+  // anything written here. (Once every block has passed this point they are all resident, so the dependent's
+  // blocks cannot keep one from the grid barrier below.) Without such a dependent it does nothing.
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
   // the slice's L_down rows start on their way first (contiguous: L·R 16-bit values, 16 bytes per copy)
   if (R > 0) {
     const char* src = reinterpret_cast<const char*>(down + (size_t)c0 * R);

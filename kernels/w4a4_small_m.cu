@@ -21,6 +21,15 @@
 // the same whatever the order); the last block of a column tile (an atomic counter) reads and re-zeroes the
 // workspace, runs the epilogue and re-arms the counter, so one zeroed workspace and counter buffer serve
 // every call, eager or replayed in a CUDA graph.
+//
+// Programmatic dependent launch (sm_90, `pdl`; off unless VAR_GEN_W4A4_PDL=1, kernels/w4a4_small_m_cuda.py): the
+// launch lets the blocks start while the kernel before it (kernel 1, which signals its dependents as it starts)
+// still runs. Until `griddepcontrol.wait` a block touches only the layer's own tensors, which nothing in the stream
+// writes: it zeroes its tile, reads its weight units and asks the L2 for its slice of the packed weights and their
+// scales, so that the loop reads them from the L2 rather than from HBM (at 2-8 rows the weights are ~all the
+// bytes). The wait returns once the kernel before has finished and its writes are visible; every read of the
+// activations, units and low-rank partials and every write (y, the workspace, the counters) comes after it, so the
+// results are the same bits as without it. Without the launch attribute, or before sm_90, the wait is a no-op.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -57,6 +66,20 @@ __device__ __forceinline__ void unpack_word(uint32_t w, uint32_t& lo4, uint32_t&
 
 constexpr int MAX_RANK = 64;   // the low-rank branch's rank the epilogue stages in shared memory
 
+// The L2 prefetch of `bytes` (a multiple of 16) from a 16-byte aligned global address, and the wait for the
+// kernel this one depends on programmatically: both sm_90 (Hopper's bulk copy engine and grid dependency control).
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float gelu_tanh(float x) {
   // 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), as the Triton epilogue computes it
   const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
@@ -70,6 +93,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
     const uint16_t* __restrict__ up, const uint16_t* __restrict__ bias, T* __restrict__ y, int32_t* __restrict__ ws,
     int32_t* __restrict__ cnt, int M, int N, int K, int R, int S, int act) {
   constexpr int ROWS = 16 * MT, TOKS = 8 * NT;
+  static_assert(ROWS == 32, "the weight prefetch gives each lane of a warp one row of the block");
   __shared__ int32_t tile[ROWS * TOKS];
   // the epilogue's low-rank operands, staged once per block: the tokens' summed partials and the block's rows
   // of L_up (one row per thread in the dot below: a stride of R + 1 words keeps the 32 rows in distinct banks)
@@ -83,6 +107,15 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
   const int splits = gridDim.y * WARPS, split = blockIdx.y * WARPS + warp;
   const int g_begin = (int)((long long)G * split / splits), g_end = (int)((long long)G * (split + 1) / splits);
   for (int i = threadIdx.x; i < ROWS * TOKS; i += WARPS * 32) tile[i] = 0;
+  if (g_end > g_begin) {   // lane l: this warp's slice of K in the block's weight row l, and its scales
+    const int row = n0 + lane;
+    prefetch_l2(w + (size_t)row * (K / 2) + g_begin * 32, (uint32_t)(g_end - g_begin) * 32);
+    // the scales' 16-byte units inside the slice (the bulk prefetch's granule; a few bytes at its ends are not
+    // asked for rather than any outside the tensor)
+    const uintptr_t s0 = ((uintptr_t)(sw + (size_t)row * G + g_begin) + 15) & ~(uintptr_t)15;
+    const uintptr_t s1 = (uintptr_t)(sw + (size_t)row * G + g_end) & ~(uintptr_t)15;
+    if (s1 > s0) prefetch_l2(reinterpret_cast<const void*>(s0), (uint32_t)(s1 - s0));
+  }
 
   const uint8_t* wrow[MT][2];
   const uint16_t* srow[MT][2];
@@ -99,6 +132,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
   const int8_t* arow[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) arow[nt] = a + (size_t)min(8 * nt + gid, M - 1) * K + 16 * t;  // past M: ignored
+  wait_for_prior_grid();   // kernel 1's a, ux and lr are written and visible from here (PDL; see the head)
 
   int32_t acc[MT][NT][4];
 #pragma unroll
@@ -197,23 +231,32 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
 template <int WARPS, int NT, typename T>
 cudaError_t launch(const void* a, const float* ux, const void* w, const void* sw, const float* wu, const float* lr,
                    const void* up, const void* bias, void* y, int32_t* ws, int32_t* cnt, int M, int N, int K, int R,
-                   int S, int splits, int act, cudaStream_t stream) {
+                   int S, int splits, int act, bool pdl, cudaStream_t stream) {
   constexpr int MT = 2;   // 32 columns per block (64 measured slower at every shape and M, H100)
-  const dim3 grid(N / (16 * MT), splits);
-  w4a4_small_m_kernel<MT, NT, WARPS, T><<<grid, WARPS * 32, 0, stream>>>(
-      static_cast<const int8_t*>(a), ux, static_cast<const uint8_t*>(w), static_cast<const uint16_t*>(sw), wu, lr,
-      static_cast<const uint16_t*>(up), static_cast<const uint16_t*>(bias), static_cast<T*>(y), ws, cnt, M, N, K, R, S,
-      act);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(N / (16 * MT), splits);
+  config.blockDim = dim3(WARPS * 32);
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  if (pdl) {   // may start before the kernel ahead of it in the stream ends (see the head)
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&config, w4a4_small_m_kernel<MT, NT, WARPS, T>, static_cast<const int8_t*>(a), ux,
+                            static_cast<const uint8_t*>(w), static_cast<const uint16_t*>(sw), wu, lr,
+                            static_cast<const uint16_t*>(up), static_cast<const uint16_t*>(bias), static_cast<T*>(y),
+                            ws, cnt, M, N, K, R, S, act);
 }
 
 template <typename T>
 cudaError_t launch_nt(int warps, const void* a, const float* ux, const void* w, const void* sw, const float* wu,
                       const float* lr, const void* up, const void* bias, void* y, int32_t* ws, int32_t* cnt, int M,
-                      int N, int K, int R, int S, int splits, int act, cudaStream_t stream) {
+                      int N, int K, int R, int S, int splits, int act, bool pdl, cudaStream_t stream) {
 #define VAR_GEN_SMALL_M_CASE(W_, NT_)                                                                       \
   if (warps == W_ && M <= 8 * NT_)                                                                           \
-    return launch<W_, NT_, T>(a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
+    return launch<W_, NT_, T>(a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, pdl, stream);
   VAR_GEN_SMALL_M_CASE(4, 1)
   VAR_GEN_SMALL_M_CASE(4, 2)
   VAR_GEN_SMALL_M_CASE(4, 4)
@@ -228,16 +271,18 @@ cudaError_t launch_nt(int warps, const void* a, const float* ux, const void* w, 
 
 // dtype 0: fp16 (activations' dtype = y, weight scales, L_up and bias), 1: bf16. Returns cudaErrorInvalidValue
 // for shapes the kernel does not take (the caller checks them first: M <= 32, N % 32 == 0, K % 64 == 0,
-// R <= 64, 4 or 8 warps, each warp at least one group).
+// R <= 64, 4 or 8 warps, each warp at least one group). pdl: a programmatic dependent launch (sm_90; the caller
+// asks only there).
 cudaError_t var_gen_w4a4_small_m(int dtype, int warps, const void* a, const float* ux, const void* w, const void* sw,
                                  const float* wu, const float* lr, const void* up, const void* bias, void* y,
                                  int32_t* ws, int32_t* cnt, int M, int N, int K, int R, int S, int splits, int act,
-                                 cudaStream_t stream) {
+                                 bool pdl, cudaStream_t stream) {
   if (M < 1 || M > 32 || K % 64 || N % 32 || R < 0 || R > MAX_RANK || (warps != 4 && warps != 8) || splits < 1 ||
       splits * warps > K / 64)
     return cudaErrorInvalidValue;
   if (dtype == 1)
     return launch_nt<__nv_bfloat16>(warps, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act,
-                                    stream);
-  return launch_nt<__half>(warps, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, stream);
+                                    pdl, stream);
+  return launch_nt<__half>(warps, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, M, N, K, R, S, splits, act, pdl,
+                           stream);
 }

@@ -15,7 +15,7 @@
 cudaError_t var_gen_w4a4_small_m(int dtype, int warps, const void* a, const float* ux, const void* w, const void* sw,
                                  const float* wu, const float* lr, const void* up, const void* bias, void* y,
                                  int32_t* ws, int32_t* cnt, int M, int N, int K, int R, int S, int splits, int act,
-                                 cudaStream_t stream);
+                                 bool pdl, cudaStream_t stream);
 cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv, const void* down, int8_t* q,
                                      float* ux, float* part, float* lrp, int* cnt, int M, int K, int R, int gps,
                                      float inv7, cudaStream_t stream);
@@ -85,12 +85,13 @@ std::string check_operands(const char* NAME, const torch::Tensor& a, const torch
   return std::string();
 }
 
-// kernels/w4a4_small_m.cu: M <= 32, blocks of `warps` (4 or 8) warps, K split over `splits` blocks.
+// kernels/w4a4_small_m.cu: M <= 32, blocks of `warps` (4 or 8) warps, K split over `splits` blocks; pdl: a
+// programmatic dependent launch (sm_90 only).
 std::string w4a4_small_m(const torch::Tensor& a, const torch::Tensor& ux, const torch::Tensor& w,
                          const torch::Tensor& sw, const torch::Tensor& wu, const c10::optional<torch::Tensor>& lr,
                          const c10::optional<torch::Tensor>& up, const c10::optional<torch::Tensor>& bias,
                          torch::Tensor& y, torch::Tensor& ws, torch::Tensor& cnt, int64_t warps, int64_t splits,
-                         int64_t act) {
+                         int64_t act, bool pdl) {
   const char* NAME = "w4a4_small_m";
   int64_t R = 0, S = 0;
   const auto why = check_operands(NAME, a, ux, w, sw, wu, lr, up, bias, y, ws, cnt, R, S);
@@ -103,12 +104,17 @@ std::string w4a4_small_m(const torch::Tensor& a, const torch::Tensor& ux, const 
                       std::to_string(K / 64) + " groups of K");
   VAR_GEN_REQUIRE(splits == 1 || (ws.numel() >= M * N && cnt.numel() >= N / 32), "workspace or counters too small");
   const c10::cuda::CUDAGuard guard(y.device());
+  if (pdl) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, y.device().index());
+    VAR_GEN_REQUIRE(major >= 9, "a programmatic dependent launch needs sm_90 or later");
+  }
   const cudaError_t err = var_gen_w4a4_small_m(
       y.scalar_type() == torch::kBFloat16 ? 1 : 0, (int)warps, a.data_ptr(), static_cast<const float*>(ux.data_ptr()),
       w.data_ptr(), sw.data_ptr(), static_cast<const float*>(wu.data_ptr()),
       R ? static_cast<const float*>(lr->data_ptr()) : nullptr, R ? up->data_ptr() : nullptr,
       bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(), static_cast<int32_t*>(ws.data_ptr()),
-      static_cast<int32_t*>(cnt.data_ptr()), (int)M, (int)N, (int)K, (int)R, (int)S, (int)splits, (int)act,
+      static_cast<int32_t*>(cnt.data_ptr()), (int)M, (int)N, (int)K, (int)R, (int)S, (int)splits, (int)act, pdl,
       c10::cuda::getCurrentCUDAStream().stream());
   VAR_GEN_REQUIRE(err == cudaSuccess, std::string("launch failed: ") + cudaGetErrorString(err));
   return std::string();

@@ -20,6 +20,11 @@ import torch
 SOURCES = ("w4a4_small_m.cu", "w4a4_quantize_small_m.cu", "w4a4_small_m_binding.cpp")
 MAX_M = 32          # the kernel's n8 token tiles: 1, 2 or 4 of them
 MAX_RANK = 64       # the epilogue stages the low-rank operands in shared memory
+# VAR_GEN_W4A4_PDL=1: the GEMM as a programmatic dependent launch on sm_90+ (kernels/w4a4_small_m.cu's head: its
+# blocks start while kernel 1 runs and fetch the weights into the L2, then wait for kernel 1's end). Off by default
+# until measured on the GPU; the results are the same bits either way.
+PDL = os.environ.get("VAR_GEN_W4A4_PDL", "0") == "1"
+_CAPABILITY = {}
 _LOCK = threading.Lock()
 _STATE = {}
 _BUFFERS = {}
@@ -65,6 +70,16 @@ def _sms(device) -> int:
     if index not in _SMS:
         _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SMS[index]
+
+
+def pdl_for(device) -> bool:
+    """Whether the GEMM's launches on `device` are programmatic dependent launches: PDL on and an sm_90+ GPU."""
+    if not PDL:
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    return _CAPABILITY[index][0] >= 9
 
 
 def candidates(K: int) -> list:
@@ -125,7 +140,8 @@ def _launch(ext, q, ux, layer, wu, lr, y, act, warps, splits):
                          f"(4 or 8 warps, each at least one group)")
     ws, cnt = _buffers(q.device, M * N, N // 32)
     why = ext.w4a4_small_m(q, ux, layer.qweight, layer.wscales, wu, lr if layer.rank else None,
-                           layer.lora_up if layer.rank else None, layer.bias, y, ws, cnt, warps, splits, act)
+                           layer.lora_up if layer.rank else None, layer.bias, y, ws, cnt, warps, splits, act,
+                           pdl_for(q.device))
     if why:
         raise ValueError(why)
 

@@ -59,3 +59,24 @@ def test_small_m_quantizer_compiles_without_spills(arch, tmp_path):
     spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", log)]
     stack = [int(v) for v in re.findall(r"(\d+) bytes stack frame", log)]
     assert len(spills) == 2 and not any(spills) and not any(stack), log[-2000:]
+
+
+@pytest.mark.parametrize("arch", ["87", "90"])
+def test_programmatic_dependent_launch_is_compiled_for_hopper_only(arch, tmp_path):
+    """The GEMM's L2 prefetch and grid-dependency wait, and kernel 1's signal to its dependents (VAR_GEN_W4A4_PDL,
+    kernels/w4a4_small_m.cu), are in the sm_90 code of every instantiation and absent from the Orin's sm_87 code,
+    which has neither instruction."""
+    def ptx(source):
+        out = subprocess.run([NVCC, "-O3", "-ptx", f"-arch=sm_{arch}", source, "-o", str(tmp_path / "k.ptx")],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return (tmp_path / "k.ptx").read_text()
+    gemm, quantizer = ptx(SOURCE), ptx(QUANTIZER)
+    entries = len(re.findall(r"\.entry ", gemm))
+    waits, prefetches = gemm.count("griddepcontrol.wait"), gemm.count("cp.async.bulk.prefetch.L2")
+    signals = quantizer.count("griddepcontrol.launch_dependents")
+    if arch == "90":
+        assert entries == 12 and waits == 12 and prefetches >= 12, (entries, waits, prefetches)
+        assert signals == 2, signals          # bf16 and fp16
+    else:
+        assert waits == prefetches == signals == 0, (waits, prefetches, signals)

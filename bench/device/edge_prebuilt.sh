@@ -8,12 +8,20 @@
 #   K1_OFF=1: after the default W4A4 run, one with the CUDA kernel 1 off (VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0; on up to
 #            8 rows by default: off in the twenty-second session after two edge runs "stalled", on again since the
 #            twenty-third showed them to be a fresh machine's autotuning, docs/BENCHMARKS.md)
-#   MODES (default "w4a4_kv8 bf16"), BUILD_TIMEOUT, TEST_TIMEOUT, EDGE_TIMEOUT
+#   PDL_AB=1: after the default W4A4 run, one with the small-M GEMM as a programmatic dependent launch
+#            (VAR_GEN_W4A4_PDL=1, sm_90; kernels/w4a4_small_m.cu)
+#   SWEEP=1: before the edge runs, bench/small_m_sweep.py at 2, 8, 16 and 32 rows (with its PDL columns on sm_90)
+#   MODES (default "w4a4_kv8 bf16"), BUILD_TIMEOUT, TEST_TIMEOUT, EDGE_TIMEOUT, SWEEP_TIMEOUT
 source bench/device/autotune_carry.sh
 build_extension
 if [ -n "${TESTS:-}" ]; then
   timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q test/test_kernels_gpu.py -k "$TESTS" > "$OUT/tests.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|^E " "$OUT/tests.txt" | head -20
+fi
+if [ "${SWEEP:-0}" = 1 ]; then
+  timeout ${SWEEP_TIMEOUT:-240} python3 bench/small_m_sweep.py --ms 2,8,16,32 --splits "" --warps "" \
+    --json "$OUT/small_m_sweep.json" > "$OUT/small_m_sweep.txt" 2>&1
+  echo "sweep rc $? s $(( $(date +%s) - t0 ))"
 fi
 edge() {   # edge TAG MODE: one 1024² edge run under the 14 GiB cap
   timeout -s ABRT -k 10 ${EDGE_TIMEOUT:-240} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $2 \
@@ -26,6 +34,7 @@ edge() {   # edge TAG MODE: one 1024² edge run under the 14 GiB cap
 for mode in ${MODES:-w4a4_kv8 bf16}; do
   edge $mode $mode
   [ "$mode" = w4a4_kv8 ] && [ "${K1_OFF:-0}" = 1 ] && VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0 edge w4a4_kv8_k1triton w4a4_kv8
+  [ "$mode" = w4a4_kv8 ] && [ "${PDL_AB:-0}" = 1 ] && VAR_GEN_W4A4_PDL=1 edge w4a4_kv8_pdl w4a4_kv8
 done
 echo "total s $(( $(date +%s) - t0 ))"
 true
