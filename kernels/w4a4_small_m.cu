@@ -86,7 +86,7 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return x / (1.0f + expf(-2.0f * u));
 }
 
-template <int MT, int NT, int WARPS, typename T>
+template <int MT, int NT, int WARPS, bool PDL, typename T>
 __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
     const int8_t* __restrict__ a, const float* __restrict__ ux, const uint8_t* __restrict__ w,
     const uint16_t* __restrict__ sw, const float* __restrict__ wu, const float* __restrict__ lr,
@@ -107,7 +107,9 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
   const int splits = gridDim.y * WARPS, split = blockIdx.y * WARPS + warp;
   const int g_begin = (int)((long long)G * split / splits), g_end = (int)((long long)G * (split + 1) / splits);
   for (int i = threadIdx.x; i < ROWS * TOKS; i += WARPS * 32) tile[i] = 0;
-  if (g_end > g_begin) {   // lane l: this warp's slice of K in the block's weight row l, and its scales
+  if (PDL && g_end > g_begin) {   // lane l: this warp's slice of K in the block's weight row l, and its scales
+    // (only in the dependent launch's own instantiation: the default one compiles to the code measured since the
+    // nineteenth session, registers included)
     const int row = n0 + lane;
     prefetch_l2(w + (size_t)row * (K / 2) + g_begin * 32, (uint32_t)(g_end - g_begin) * 32);
     // the scales' 16-byte units inside the slice (the bulk prefetch's granule; a few bytes at its ends are not
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a4_small_m_kernel(
   const int8_t* arow[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) arow[nt] = a + (size_t)min(8 * nt + gid, M - 1) * K + 16 * t;  // past M: ignored
-  wait_for_prior_grid();   // kernel 1's a, ux and lr are written and visible from here (PDL; see the head)
+  if (PDL) wait_for_prior_grid();   // kernel 1's a, ux and lr are written and visible from here (see the head)
 
   int32_t acc[MT][NT][4];
 #pragma unroll
@@ -233,18 +235,25 @@ cudaError_t launch(const void* a, const float* ux, const void* w, const void* sw
                    const void* up, const void* bias, void* y, int32_t* ws, int32_t* cnt, int M, int N, int K, int R,
                    int S, int splits, int act, bool pdl, cudaStream_t stream) {
   constexpr int MT = 2;   // 32 columns per block (64 measured slower at every shape and M, H100)
+  const dim3 grid(N / (16 * MT), splits);
+  if (!pdl) {
+    w4a4_small_m_kernel<MT, NT, WARPS, false, T><<<grid, WARPS * 32, 0, stream>>>(
+        static_cast<const int8_t*>(a), ux, static_cast<const uint8_t*>(w), static_cast<const uint16_t*>(sw), wu, lr,
+        static_cast<const uint16_t*>(up), static_cast<const uint16_t*>(bias), static_cast<T*>(y), ws, cnt, M, N, K, R,
+        S, act);
+    return cudaGetLastError();
+  }
+  // may start before the kernel ahead of it in the stream ends (see the head)
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(N / (16 * MT), splits);
+  config.gridDim = grid;
   config.blockDim = dim3(WARPS * 32);
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
-  if (pdl) {   // may start before the kernel ahead of it in the stream ends (see the head)
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-  }
-  return cudaLaunchKernelEx(&config, w4a4_small_m_kernel<MT, NT, WARPS, T>, static_cast<const int8_t*>(a), ux,
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, w4a4_small_m_kernel<MT, NT, WARPS, true, T>, static_cast<const int8_t*>(a), ux,
                             static_cast<const uint8_t*>(w), static_cast<const uint16_t*>(sw), wu, lr,
                             static_cast<const uint16_t*>(up), static_cast<const uint16_t*>(bias), static_cast<T*>(y),
                             ws, cnt, M, N, K, R, S, act);

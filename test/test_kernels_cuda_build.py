@@ -1,7 +1,7 @@
 """The CUDA C++ kernels (kernels/w4a4_small_m.cu, kernels/w4a4_quantize_small_m.cu) compiled on this machine with nvcc and
 ptxas (no GPU) for the Jetson Orin (sm_87), Ampere (sm_80) and Hopper (sm_90): every instantiation assembles
-within the register file, and without spills on the Orin and Hopper (on sm_80 ptxas spills 16 bytes in one of
-the small-M kernel's twelve). tools/setup.sh installs CUDA's compiler from PyPI (nvidia-cuda-nvcc); its numerical
+within the register file, and without spills on the Orin and Hopper (sm_80 is allowed a few: an earlier ptxas
+spilled 16 bytes in one of the small-M kernel's instantiations; nvcc 13.0 spills none). tools/setup.sh installs CUDA's compiler from PyPI (nvidia-cuda-nvcc); its numerical
 checks are in test_kernels_gpu.py (GPU only)."""
 from __future__ import annotations
 
@@ -43,11 +43,12 @@ def _ptxas_log(source, arch, tmp_path) -> str:
 def test_small_m_kernel_compiles_without_spills(arch, tmp_path):
     log = _ptxas_log(SOURCE, arch, tmp_path)
     entries = re.findall(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", log)
-    assert len(entries) == 12 and {a for _, a in entries} == {arch}, entries    # 4 or 8 warps x 3 token tiles x 2 dtypes
+    # 4 or 8 warps x 3 token tiles x 2 dtypes x (plain or programmatic dependent launch)
+    assert len(entries) == 24 and {a for _, a in entries} == {arch}, entries
     spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", log)]
     regs = [int(v) for v in re.findall(r"Used (\d+) registers", log)]
-    assert len(spills) == 12 and (arch == "80" or not any(spills)), log[-2000:]
-    assert len(regs) == 12 and max(regs) <= 255, regs
+    assert len(spills) == 24 and (arch == "80" or not any(spills)), log[-2000:]
+    assert len(regs) == 24 and max(regs) <= 255, regs
 
 
 @pytest.mark.parametrize("arch", ["87", "80", "90"])
@@ -63,9 +64,9 @@ def test_small_m_quantizer_compiles_without_spills(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ["87", "90"])
 def test_programmatic_dependent_launch_is_compiled_for_hopper_only(arch, tmp_path):
-    """The GEMM's L2 prefetch and grid-dependency wait, and kernel 1's signal to its dependents (VAR_GEN_W4A4_PDL,
-    kernels/w4a4_small_m.cu), are in the sm_90 code of every instantiation and absent from the Orin's sm_87 code,
-    which has neither instruction."""
+    """The GEMM's L2 prefetch and grid-dependency wait (VAR_GEN_W4A4_PDL, kernels/w4a4_small_m.cu) are in the sm_90
+    code of each of its dependent-launch instantiations and of no other (the default launch's code stays as
+    measured), kernel 1 signals its dependents there, and the Orin's sm_87 code has neither instruction."""
     def ptx(source):
         out = subprocess.run([NVCC, "-O3", "-ptx", f"-arch=sm_{arch}", source, "-o", str(tmp_path / "k.ptx")],
                              capture_output=True, text=True, timeout=600)
@@ -75,8 +76,9 @@ def test_programmatic_dependent_launch_is_compiled_for_hopper_only(arch, tmp_pat
     entries = len(re.findall(r"\.entry ", gemm))
     waits, prefetches = gemm.count("griddepcontrol.wait"), gemm.count("cp.async.bulk.prefetch.L2")
     signals = quantizer.count("griddepcontrol.launch_dependents")
+    assert entries == 24, entries
     if arch == "90":
-        assert entries == 12 and waits == 12 and prefetches >= 12, (entries, waits, prefetches)
+        assert waits == 12 and prefetches >= 12, (waits, prefetches)
         assert signals == 2, signals          # bf16 and fp16
     else:
         assert waits == prefetches == signals == 0, (waits, prefetches, signals)
