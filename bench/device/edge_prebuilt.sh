@@ -31,7 +31,8 @@ edge() {   # edge TAG MODE: one 1024² edge run under the 14 GiB cap
   pkill -ABRT -f "[e]dge_proof.py --child"; sleep 3; pkill -9 -f "[e]dge_proof.py --child"
   grep -E "^(w4a4|bf16)|rror|^\[edge" "$OUT/edge_$1.txt" | tail -4
 }
-for mode in ${MODES:-w4a4_kv8 bf16}; do
+for mode in ${MODES:-w4a4_kv8 bf16}; do   # MODES=none: no edge run
+  [ "$mode" = none ] && continue
   edge $mode $mode
   [ "$mode" = w4a4_kv8 ] && [ "${K1_OFF:-0}" = 1 ] && VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0 edge w4a4_kv8_k1triton w4a4_kv8
   [ "$mode" = w4a4_kv8 ] && [ "${PDL_AB:-0}" = 1 ] && VAR_GEN_W4A4_PDL=1 edge w4a4_kv8_pdl w4a4_kv8
