@@ -121,7 +121,10 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
                   LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
-                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False):
+                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False):
+    if SIGNAL:   # the i8s GEMM after it is a programmatic dependent launch (sm_90, kernels/w4a4_small_m.cu): it may
+        # start now, fetch its weights into the L2 and wait for this grid's end before reading what it writes
+        tl.extra.cuda.gdc_launch_dependents()
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -981,7 +984,7 @@ def inv_smooth(layer) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None):
+                         reduce_lr: bool = True, inv: bool = None, signal: bool = False):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -991,7 +994,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     where `split_x(BLOCK_M)` "bf16x2s" (x̂ in two bf16 parts against L_down as stored, which must then be bf16),
     else "ieee" (float32 FMA). `inv` (default `split_x(BLOCK_M)`; not with "bf16x2", which needs λ itself): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
-    override the defaults (tests, benchmarks)."""
+    override the defaults (tests, benchmarks). `signal` (sm_90 only): the kernel lets a programmatic dependent launch
+    after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
@@ -1020,7 +1024,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     _QUANTIZE(grid, (x2, smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
                      lrsum if reduce else part, cnt, M, K, gps, S, INV_QMAX, K),
               dict(R=R if R else 16, HAS_LR=bool(R), MQ=mq, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
-                   REDUCE=reduce, INV_SMOOTH=inv, num_warps=warps))
+                   REDUCE=reduce, INV_SMOOTH=inv, num_warps=warps, **({"SIGNAL": True} if signal else {})))
     return q, sx, (lrsum if reduce else lr)
 
 
@@ -1235,7 +1239,9 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
             and small_m.extension() is not None:
         q, sx, lr = small_m.quantize(x2, layer, inv_smooth(layer), INV_QMAX)
     else:
-        q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8)
+        # (the default call's launch key and compiled kernel are those without `signal`)
+        q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8,
+                                         signal=path == "i8s" and small_m.pdl_for(x2.device))
     if path == "i8s":   # CUDA C++ (kernels/w4a4_small_m.cu); `config` may fix {"warps", "splits"}
         config = config or {}
         small_m.w4a4_small_m(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("warps"), config.get("splits"))

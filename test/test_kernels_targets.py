@@ -129,3 +129,21 @@ def test_tile_candidates_fit_the_split_workspace(monkeypatch, small_tiles_max_m)
         assert bool(joined) == (bucket <= max(64, small_tiles_max_m)), bucket
         if 64 < bucket:
             assert all(c.kwargs["SPLIT_K"] <= 4 for c in joined)
+
+
+def test_kernel_1_signals_a_dependent_gemm_only_when_asked():
+    """The Triton kernel 1 with SIGNAL (the i8s GEMM after it a programmatic dependent launch, VAR_GEN_W4A4_PDL=1)
+    compiles for sm_90 with `griddepcontrol.launch_dependents`; the default variant, which every other call
+    launches, has none."""
+    import triton as _triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    v = next(x for x in targets.variants(90) if x.name.startswith("quantize_act[MQ=True,REDUCE=True"))
+    found = {}
+    for signal in (False, True):
+        src = ASTSource(fn=v.kernel, signature=v.signature(), constexprs=dict(v.constexprs, SIGNAL=signal),
+                        attrs=v.attrs())
+        k = _triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": v.num_warps,
+                                                                           "num_stages": v.num_stages})
+        found[signal] = k.asm["ptx"].count("griddepcontrol.launch_dependents")
+    assert found == {False: 0, True: 1}, found
