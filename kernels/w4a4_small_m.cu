@@ -22,14 +22,14 @@
 // workspace, runs the epilogue and re-arms the counter, so one zeroed workspace and counter buffer serve
 // every call, eager or replayed in a CUDA graph.
 //
-// Programmatic dependent launch (sm_90, `pdl`; off unless VAR_GEN_W4A4_PDL=1, kernels/w4a4_small_m_cuda.py): the
-// launch lets the blocks start while the kernel before it (kernel 1, which signals its dependents as it starts)
-// still runs. Until `griddepcontrol.wait` a block touches only the layer's own tensors, which nothing in the stream
+// Programmatic dependent launch (sm_90, the PDL instantiations; off unless VAR_GEN_W4A4_PDL=1,
+// kernels/w4a4_small_m_cuda.py): the launch lets the blocks start while the kernel before it (kernel 1, which
+// signals its dependents as it starts) still runs. Until `griddepcontrol.wait` a block touches only the layer's own tensors, which nothing in the stream
 // writes: it zeroes its tile, reads its weight units and asks the L2 for its slice of the packed weights and their
 // scales, so that the loop reads them from the L2 rather than from HBM (at 2-8 rows the weights are ~all the
 // bytes). The wait returns once the kernel before has finished and its writes are visible; every read of the
 // activations, units and low-rank partials and every write (y, the workspace, the counters) comes after it, so the
-// results are the same bits as without it. Without the launch attribute, or before sm_90, the wait is a no-op.
+// results are the same bits as without it. The default launch runs the instantiations without any of this.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
