@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(THREADS) quantize_small_m_kernel(
   const int S = gridDim.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   uint16_t* down_s = reinterpret_cast<uint16_t*>(xs + (size_t)M * max(gps * GROUP, 256));
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // a GEMM launched after this kernel as a programmatic dependent (kernels/w4a4_small_m.cu, VAR_GEN_W4A4_PDL=1) may
   // start now: it fetches its weights into the L2 while this runs and waits for this grid's end before reading
   // anything written here. (Once every block has passed this point they are all resident, so the dependent's

@@ -66,16 +66,24 @@ __device__ __forceinline__ void unpack_word(uint32_t w, uint32_t& lo4, uint32_t&
 
 constexpr int MAX_RANK = 64;   // the low-rank branch's rank the epilogue stages in shared memory
 
+// Programmatic dependent launch needs CUDA 12 (PTX ISA 8.0 for the bulk prefetch, cudaLaunchKernelEx's attribute);
+// an older toolkit builds the extension without it, and asking for it then fails the call with a message.
+#if defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
+#define VAR_GEN_HAS_PDL 1
+#else
+#define VAR_GEN_HAS_PDL 0
+#endif
+
 // The L2 prefetch of `bytes` (a multiple of 16) from a 16-byte aligned global address, and the wait for the
 // kernel this one depends on programmatically: both sm_90 (Hopper's bulk copy engine and grid dependency control).
 __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if VAR_GEN_HAS_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 
 __device__ __forceinline__ void wait_for_prior_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if VAR_GEN_HAS_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
@@ -243,6 +251,9 @@ cudaError_t launch(const void* a, const float* ux, const void* w, const void* sw
         S, act);
     return cudaGetLastError();
   }
+#if !VAR_GEN_HAS_PDL
+  return cudaErrorNotSupported;
+#else
   // may start before the kernel ahead of it in the stream ends (see the head)
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
@@ -257,6 +268,7 @@ cudaError_t launch(const void* a, const float* ux, const void* w, const void* sw
                             static_cast<const uint8_t*>(w), static_cast<const uint16_t*>(sw), wu, lr,
                             static_cast<const uint16_t*>(up), static_cast<const uint16_t*>(bias), static_cast<T*>(y),
                             ws, cnt, M, N, K, R, S, act);
+#endif
 }
 
 template <typename T>

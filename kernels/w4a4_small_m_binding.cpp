@@ -116,6 +116,9 @@ std::string w4a4_small_m(const torch::Tensor& a, const torch::Tensor& ux, const 
       bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(), static_cast<int32_t*>(ws.data_ptr()),
       static_cast<int32_t*>(cnt.data_ptr()), (int)M, (int)N, (int)K, (int)R, (int)S, (int)splits, (int)act, pdl,
       c10::cuda::getCurrentCUDAStream().stream());
+  VAR_GEN_REQUIRE(!(pdl && err == cudaErrorNotSupported),
+                  "programmatic dependent launch not supported here (it needs an extension built with CUDA 12 and a "
+                  "driver that has it): unset VAR_GEN_W4A4_PDL");
   VAR_GEN_REQUIRE(err == cudaSuccess, std::string("launch failed: ") + cudaGetErrorString(err));
   return std::string();
 }
