@@ -24,7 +24,6 @@ MAX_RANK = 64       # the epilogue stages the low-rank operands in shared memory
 # blocks start while kernel 1 runs and fetch the weights into the L2, then wait for kernel 1's end). Off by default
 # until measured on the GPU; the results are the same bits either way.
 PDL = os.environ.get("VAR_GEN_W4A4_PDL", "0") == "1"
-_CAPABILITY = {}
 _LOCK = threading.Lock()
 _STATE = {}
 _BUFFERS = {}
@@ -74,12 +73,7 @@ def _sms(device) -> int:
 
 def pdl_for(device) -> bool:
     """Whether the GEMM's launches on `device` are programmatic dependent launches: PDL on and an sm_90+ GPU."""
-    if not PDL:
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CAPABILITY:
-        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
-    return _CAPABILITY[index][0] >= 9
+    return PDL and torch.cuda.get_device_capability(device)[0] >= 9   # (torch keeps the device's properties)
 
 
 def candidates(K: int) -> list:
