@@ -99,6 +99,21 @@ def _set_parameter(client, name, value):
     return fut.result().results[0]
 
 
+def _listen(listener, ns):
+    """/diagnostics, the node's ~/status and ~/image, collected by `listener`; and a publisher to its ~/prompt."""
+    diags, statuses, images = [], [], []
+    listener.create_subscription(DiagnosticArray, "/diagnostics", diags.append, QOS)
+    listener.create_subscription(msg_pkg.GenerationStatus, f"{ns}/var_gen/status", statuses.append, QOS)
+    listener.create_subscription(Image, f"{ns}/var_gen/image", images.append, QOS)
+    return diags, statuses, images, listener.create_publisher(String, f"{ns}/var_gen/prompt", QOS)
+
+
+def _last_diagnostics(diags, ns):
+    """The node's latest generator status and its values as a dict ((None, {}) before the first)."""
+    mine = [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")]
+    return (mine[-1], {v.key: v.value for v in mine[-1].values}) if mine else (None, {})
+
+
 def _wait_for_subscribers(pub, timeout=60.0):
     assert _wait(lambda: pub.get_subscription_count() > 0, timeout), "gen_node did not come up"
 
@@ -465,11 +480,7 @@ def test_warm_up_runs_in_the_background_while_the_node_is_up(node_bundle, monkey
         Parameter("warmup_runs", value=2), Parameter("diagnostics_period", value=0.1),
         Parameter("stall_timeout_s", value=0.5)])
     listener = rclpy.create_node("warm_listener", context=ctx)
-    diags, statuses, images = [], [], []
-    listener.create_subscription(DiagnosticArray, "/diagnostics", diags.append, QOS)
-    listener.create_subscription(msg_pkg.GenerationStatus, f"{ns}/var_gen/status", statuses.append, QOS)
-    listener.create_subscription(Image, f"{ns}/var_gen/image", images.append, QOS)
-    pub = listener.create_publisher(String, f"{ns}/var_gen/prompt", QOS)
+    diags, statuses, images, pub = _listen(listener, ns)
     ex = MultiThreadedExecutor(context=ctx)
     ex.add_node(gen_node)
     ex.add_node(listener)
@@ -477,8 +488,7 @@ def test_warm_up_runs_in_the_background_while_the_node_is_up(node_bundle, monkey
     spin.start()
 
     def last():
-        mine = [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")]
-        return (mine[-1], {v.key: v.value for v in mine[-1].values}) if mine else (None, {})
+        return _last_diagnostics(diags, ns)
 
     try:
         assert _wait(lambda: last()[1].get("warm_up", "").startswith("running: warmup-1 of 2"), 30), last()
@@ -511,4 +521,127 @@ def test_warm_up_runs_in_the_background_while_the_node_is_up(node_bundle, monkey
         release.set()
         ex.shutdown()
         gen_node.engine.close()
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_managed_node_loads_serves_pauses_and_unloads_its_model(node_bundle, tmp_path):
+    """gen_node with managed:=true in this process, driven through its lifecycle services (lifecycle_msgs
+    ChangeState / GetState, as `ros2 lifecycle set` and nav2's lifecycle manager call them). Unconfigured it has no
+    model: a prompt is REJECTED on ~/status and an action goal aborted, each with the reason; /diagnostics says so.
+    A configure with a missing bundle fails, says why at ERROR, and leaves the node unconfigured and answering;
+    bundle_path can then be changed (only while unconfigured), and configure loads the model. Inactive, requests
+    are still rejected; active, the prompt's image equals the Generator's. Deactivate rejects again; cleanup lets
+    go of the generator (collected), and configure + activate give the same image for the same seed."""
+    import gc
+    import weakref
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.node import GenNode
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    ns = "/m" + uuid.uuid4().hex[:8]
+    missing = str(tmp_path / "no_such_bundle")
+    gen_node = GenNode(context=ctx, namespace=ns, parameter_overrides=[
+        Parameter("managed", value=True), Parameter("bundle_path", value=missing), Parameter("device", value="cpu"),
+        Parameter("seed", value=21), Parameter("diagnostics_period", value=0.1)])
+    assert gen_node.engine is None
+    tester = rclpy.create_node("lifecycle_tester", context=ctx)
+    diags, statuses, images, pub = _listen(tester, ns)
+    change = tester.create_client(ChangeState, f"{ns}/var_gen/change_state")
+    get = tester.create_client(GetState, f"{ns}/var_gen/get_state")
+    goals = ActionClient(tester, action_pkg.Generate, f"{ns}/var_gen/generate")
+    ex = MultiThreadedExecutor(context=ctx)
+    ex.add_node(gen_node)
+    ex.add_node(tester)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+
+    def call(client, req):
+        assert client.wait_for_service(timeout_sec=30)
+        fut = client.call_async(req)
+        assert _wait(fut.done, 120)
+        return fut.result()
+
+    def transition(tid):
+        return call(change, ChangeState.Request(transition=Transition(id=tid))).success
+
+    def state():
+        return call(get, GetState.Request()).current_state.label
+
+    def last():
+        return _last_diagnostics(diags, ns)
+
+    def rejected_prompt(text):
+        n = len(statuses)
+        pub.publish(String(data=text))
+        assert _wait(lambda: len(statuses) > n, 30)
+        return statuses[n]
+
+    def aborted_goal():
+        assert goals.wait_for_server(timeout_sec=30)
+        fut = goals.send_goal_async(action_pkg.Generate.Goal(prompt="a blue square", seed=-1, cfg=-1.0, top_k=-1,
+                                                             top_p=-1.0))
+        assert _wait(fut.done, 30) and fut.result().accepted
+        res = fut.result().get_result_async()
+        assert _wait(res.done, 30)
+        return res.result().result
+
+    try:
+        assert state() == "unconfigured"
+        assert _wait(lambda: last()[1].get("lifecycle_state") == "unconfigured", 30)
+        st, kv = last()
+        assert st.level == DiagnosticStatus.OK and kv["model"] == "(not loaded)" and kv["ready"] == "False"
+        _wait_for_subscribers(pub)
+        time.sleep(0.3)
+        s = rejected_prompt("a red circle")
+        assert s.state_name == "REJECTED" and "unconfigured" in s.error and "configure" in s.error, s.error
+        r = aborted_goal()
+        assert not r.success and "unconfigured" in r.error
+
+        assert not transition(Transition.TRANSITION_CONFIGURE)          # the bundle is missing
+        assert state() == "unconfigured" and gen_node.engine is None
+        assert _wait(lambda: last()[0] is not None and last()[0].level == DiagnosticStatus.ERROR, 30)
+        assert "no_such_bundle" in last()[0].message, last()[0].message
+        assert gen_node.set_parameters([Parameter("bundle_path", value=node_bundle)])[0].successful
+        assert transition(Transition.TRANSITION_CONFIGURE) and state() == "inactive"
+        refused = gen_node.set_parameters([Parameter("bundle_path", value=missing)])[0]
+        assert not refused.successful and "unconfigured" in refused.reason
+        assert not gen_node.set_parameters([Parameter("managed", value=False)])[0].successful
+        assert _wait(lambda: last()[1].get("lifecycle_state") == "inactive", 30)
+        assert last()[0].level == DiagnosticStatus.OK and last()[1]["model"] != "(not loaded)"
+        s = rejected_prompt("a red circle")
+        assert s.state_name == "REJECTED" and "inactive" in s.error and "activate" in s.error
+
+        assert transition(Transition.TRANSITION_ACTIVATE) and state() == "active"
+        prompt = "three large green squares on a white background"
+        pub.publish(String(data=prompt))
+        assert _wait(lambda: images, 60), "no image while active"
+        ref = Generator.from_bundle(node_bundle).generate(prompt, seed=21)
+        assert np.array_equal(from_image_msg(images[0]), ref.image)
+        assert _wait(lambda: last()[1].get("ready") == "True", 30)
+
+        assert transition(Transition.TRANSITION_DEACTIVATE) and state() == "inactive"
+        assert "inactive" in aborted_goal().error
+        held = weakref.ref(gen_node.engine.generator)
+        assert transition(Transition.TRANSITION_CLEANUP) and state() == "unconfigured"
+        assert gen_node.engine is None
+        gc.collect()
+        assert held() is None, "the generator is still referenced after cleanup"
+        assert _wait(lambda: last()[1].get("model") == "(not loaded)", 30)
+        assert last()[1]["last_release"].startswith("model unloaded (cleanup)")
+        assert int(last()[1]["rejected_not_active"]) == 4
+
+        assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
+        pub.publish(String(data=prompt))
+        assert _wait(lambda: len(images) == 2, 60), "no image after the model was loaded again"
+        assert np.array_equal(from_image_msg(images[1]), ref.image)
+        assert _wait(lambda: sum(s.state_name == "DONE" for s in statuses) == 2, 30)
+    finally:
+        ex.shutdown()
+        if gen_node.engine is not None:
+            gen_node.engine.close()
         rclpy.try_shutdown(context=ctx)

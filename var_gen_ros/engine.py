@@ -106,6 +106,8 @@ class Engine:
         try:
             if self.gpu_fault:
                 raise RequestRejected(f"not served: {self.gpu_fault}")
+            if self._stop:
+                raise RequestRejected("not served: the engine is closed (the model was unloaded)")
             self._validate(req)
         except RequestRejected as e:
             req.state, req.error = REJECTED, str(e)
@@ -163,8 +165,8 @@ class Engine:
                     return True
         return False
 
-    def clear_queue(self, reason: str = "") -> int:
-        """Drops every queued request: CANCELLED ("queue cleared"), or FAILED with `reason`; queued warm-ups
+    def clear_queue(self, reason: str = "", note: str = "queue cleared") -> int:
+        """Drops every queued request: CANCELLED (`note`), or FAILED with `reason`; queued warm-ups
         too, but only with a reason (a GPU fault, an engine closing)."""
         with self._cv:
             goes = [bool(reason) or not r.warmup for r in self._queue]
@@ -176,7 +178,7 @@ class Engine:
             if reason:
                 self._finish(r, FAILED, reason)
             else:
-                self._finish(r, CANCELLED, "queue cleared")
+                self._finish(r, CANCELLED, note)
         return len(dropped)
 
     @property
@@ -207,6 +209,35 @@ class Engine:
                 self._current.cancel_event.set()
             self._cv.notify_all()
         self._worker.join(timeout)
+
+    def release(self, timeout: float = 60.0) -> dict:
+        """Closes the engine and lets go of its generator (weights, KV caches kept for the CUDA graphs, the graphs and
+        their pool, the prompt cache), then returns the freed memory to the GPU driver: what a node does when it is
+        told to unload its model (lifecycle cleanup) so that a robot's other nodes can use that memory; on a Jetson
+        the GPU's memory is the robot's DRAM. Returns the memory before and after, in bytes (`gpu_allocated`,
+        `gpu_reserved` on a CUDA device, whatever else still holds memory in the process included; `host_rss_anon`
+        where /proc exists). Raises RuntimeError, releasing nothing, if the running generation has not stopped
+        within `timeout` s (a cancel takes effect between scales; a hung GPU never gets there)."""
+        before = _memory_now(self.generator)
+        self.close(timeout)
+        if self._worker.is_alive():
+            raise RuntimeError(f"the running generation did not stop within {timeout:g} s (a cancel takes effect "
+                               "between scales; the GPU may be hung): nothing released")
+        gen, self.generator = self.generator, None
+        if gen is not None:
+            device = getattr(gen, "device", None)
+            gen.release_graphs()
+            gen.prompt_cache.max_entries = 0
+            del gen
+            import gc
+            gc.collect()
+            _free_cuda_cache()
+            after = _memory_now(None, device)
+        else:
+            after = dict(before)
+        out = {f"{k}_before": v for k, v in before.items()}
+        out.update({f"{k}_after": v for k, v in after.items()})
+        return out
 
     # ---------------------------------------------------------------- internals
     def _validate(self, req: Request) -> None:
@@ -362,6 +393,21 @@ def _is_oom(e: Exception) -> bool:
     except Exception:
         pass
     return "out of memory" in str(e).lower()
+
+
+def _memory_now(generator, device=None) -> dict:
+    """The allocator's bytes on the generator's CUDA device (or `device`) and the process's anonymous host bytes."""
+    from .memory import process_memory
+    out = {}
+    device = device if device is not None else getattr(generator, "device", None)
+    if device is not None and getattr(device, "type", "") == "cuda":
+        import torch
+        out["gpu_allocated"] = torch.cuda.memory_allocated(device)
+        out["gpu_reserved"] = torch.cuda.memory_reserved(device)
+    host = process_memory()
+    if "rss_anon" in host:
+        out["host_rss_anon"] = host["rss_anon"]
+    return out
 
 
 def _free_cuda_cache() -> None:

@@ -2,12 +2,21 @@
 
 Started by `ros2 launch var_gen_ros gen.launch.py`, or directly:
     gen_node --ros-args --params-file config/gen.yaml -p bundle_path:=<dir>
+
+A managed (lifecycle) node. By default (`managed` false) it configures and activates itself at start-up, so it comes
+up serving. With `managed:=true` it comes up unconfigured and a lifecycle manager (or `ros2 lifecycle set`) drives
+it: configure loads the model (and starts the warm-up), activate serves, deactivate stops serving (the running
+request is cancelled, the queue cleared) but keeps the model, cleanup unloads it and gives its memory back to the
+GPU driver, which on a Jetson is the robot's shared DRAM. While unconfigured, the parameters that build the model
+(bundle_path, quantization, ...) can be changed. Requests that arrive while the node is not active are rejected
+with the reason.
 """
 from __future__ import annotations
 
 import sys
 import threading
 import time
+import uuid
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -16,7 +25,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
@@ -35,8 +44,11 @@ Generate = action_pkg.Generate
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
-READ_ONLY = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "warmup_runs",
-             "kernel_cache_dir"}
+# what builds the model: settable only while the node is unconfigured (nothing loaded)
+BUILD = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "warmup_runs",
+         "kernel_cache_dir"}
+UNCONFIGURED_ONLY = " Settable only while the node is unconfigured (lifecycle cleanup first)."
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 CHOICES = {"dtype": ("fp32", "bf16", "fp16"), "quantization": ("bf16", "w4a4"), "kv_cache": ("bf16", "int8"),
            "text_encoder": ("bf16", "int8", "int4", "cpu"),
            "compressed_format": ("png", "jpeg"), "graph_pool": ("per_graph", "shared")}
@@ -52,19 +64,23 @@ def _desc(text, read_only=False, int_range=None, float_range=None):
     return d
 
 
-class GenNode(Node):
+class GenNode(LifecycleNode):
     def __init__(self, **node_kwargs):
-        """node_kwargs go to rclpy's Node (context, parameter_overrides: tests that run it in their process)."""
+        """node_kwargs go to rclpy's Node (context, parameter_overrides: tests that run it in their process).
+        Unless `managed`, configures and activates itself, raising RuntimeError if the model does not load."""
         super().__init__("var_gen", **node_kwargs)
         P = self.declare_parameter
-        P("bundle_path", "", _desc("model bundle directory; empty = the embedded default model", True))
-        P("device", "auto", _desc("auto | cpu | cuda | cuda:N", True))
-        P("dtype", "fp32", _desc("weights/compute dtype: fp32 | bf16 | fp16", True))
-        P("quantization", "bf16", _desc("bf16 (unquantized) | w4a4 (SVDQuant)", True))
-        P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8", True))
+        P("managed", False, _desc("false: configure and activate at start-up (serve at once); true: come up "
+                                  "unconfigured and let a lifecycle manager (or ros2 lifecycle set) load the model "
+                                  "(configure), serve (activate), pause (deactivate) and unload it (cleanup)", True))
+        P("bundle_path", "", _desc("model bundle directory; empty = the embedded default model." + UNCONFIGURED_ONLY))
+        P("device", "auto", _desc("auto | cpu | cuda | cuda:N." + UNCONFIGURED_ONLY))
+        P("dtype", "fp32", _desc("weights/compute dtype: fp32 | bf16 | fp16." + UNCONFIGURED_ONLY))
+        P("quantization", "bf16", _desc("bf16 (unquantized) | w4a4 (SVDQuant)." + UNCONFIGURED_ONLY))
+        P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8." + UNCONFIGURED_ONLY))
         P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | int4 (weight-only, 64-wide "
                                         "groups; INT8 token table; 8B W4A4+KV8 at 1024²: 10.00 GiB reserved, 10.60 "
-                                        "with int8) | cpu", True))
+                                        "with int8) | cpu." + UNCONFIGURED_ONLY))
         P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
                                           "8B W4A4+KV8 at 1024² on the H100 (graphs up to 2304 tokens): 1024 -> "
@@ -94,12 +110,12 @@ class GenNode(Node):
         P("warmup_runs", 0, _desc("throw-away generations run at start-up, in the background ahead of every request "
                                   "(requests queue behind them; /diagnostics says how far they are): the first "
                                   "autotunes the GPU kernels (minutes on a fresh machine), the second captures the CUDA "
-                                  "graphs (with cuda_graphs)", True, int_range=(0, 10)))
+                                  "graphs (with cuda_graphs)." + UNCONFIGURED_ONLY, int_range=(0, 10)))
         P("kernel_cache_dir", "", _desc("directory kept between starts for the GPU kernels compiled and autotuned at "
                                         "run time (Triton's cache, the CUDA extension's build); '' = "
                                         "TRITON_CACHE_DIR / TORCH_EXTENSIONS_DIR as set, else their defaults "
                                         "(~/.triton/cache). With nothing cached the first generation compiles and "
-                                        "autotunes for minutes", True))
+                                        "autotunes for minutes." + UNCONFIGURED_ONLY))
         P("width", 0, _desc("default width in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("height", 0, _desc("default height in pixels (0 = the model's default)", int_range=(0, 4096)))
         P("cfg", 0.0, _desc("classifier-free guidance scale; 0 = the model's own default", float_range=(0.0, 30.0)))
@@ -121,9 +137,11 @@ class GenNode(Node):
         self._validate_all()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        gen = self._load_generator()
-        self.engine = Engine(gen, queue_size=self.p("queue_size"), max_prompt_chars=self.p("max_prompt_chars"),
-                             listener=_NodeListener(self))
+        self.engine = None            # made by configure, released by cleanup
+        self._serving = False         # active
+        self.configure_error = ""     # why the last configure failed ("" if it did not)
+        self.release_note = ""        # what the last cleanup gave back
+        self.refused = 0              # requests rejected because the node was not active
         cb = ReentrantCallbackGroup()
         self.pub_image = self.create_publisher(Image, "~/image", IMAGE_QOS)
         self.pub_compressed = self.create_publisher(CompressedImage, "~/image/compressed", IMAGE_QOS)
@@ -138,12 +156,101 @@ class GenNode(Node):
         self._stall_logged = ""
         self.exit_code = 0
         self._warmup_n, self._warm_scale = 0, ("", 0, 0)
+        self._diag_timer = self.create_timer(self.p("diagnostics_period"), self._publish_diagnostics)
+        if not self.p("managed"):
+            if self.trigger_configure() != SUCCESS:
+                raise RuntimeError(self.configure_error or "configure failed")
+            self.trigger_activate()
+        else:
+            self.get_logger().info("up, unconfigured (managed): configure loads the model, activate serves")
+
+    # ---------------------------------------------------------------- lifecycle
+    def lifecycle_state(self) -> str:
+        """unconfigured | inactive | active | finalized, or a transition's label while one runs."""
+        return self._state_machine.current_state[1]
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            gen = self._load_generator()
+        except Exception as e:       # a missing or corrupt bundle, out of memory, ...: say why, stay unconfigured
+            self.configure_error = f"cannot load the model: {type(e).__name__}: {e}"[:2000]
+            self.get_logger().error(self.configure_error)
+            return FAILURE
+        self.configure_error = ""
+        self.engine = Engine(gen, queue_size=self.p("queue_size"), max_prompt_chars=self.p("max_prompt_chars"),
+                             listener=_NodeListener(self))
+        self._warmup_n, self._warm_scale = 0, ("", 0, 0)
         if self.p("warmup_runs"):
             self._start_warmup()
-        self._diag_timer = self.create_timer(self.p("diagnostics_period"), self._publish_diagnostics)
-        self.get_logger().info(("up" if self.engine.warming_up else "ready") + f": model {gen.name} on {gen.device} "
-                               f"({gen.dtype}), {gen.cfg.num_params() / 1e6:.1f}M transformer parameters"
-                               + ("; serving once the warm-up ends" if self.engine.warming_up else ""))
+        self.get_logger().info(f"configured: model {gen.name} on {gen.device} ({gen.dtype}), "
+                               f"{gen.cfg.num_params() / 1e6:.1f}M transformer parameters")
+        return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._serving = True
+        warming = self.engine.warming_up
+        self.get_logger().info(("active, warming up: serving once the warm-up ends" if warming else "active: serving"))
+        return SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stops serving and keeps the model: the running request stops at its next scale (CANCELLED), the queued
+        ones are dropped (CANCELLED, "node deactivated"); a warm-up goes on."""
+        self._serving = False
+        running = self.engine.cancel("")
+        dropped = self.engine.clear_queue(note="node deactivated")
+        self.get_logger().info(f"inactive: {int(running)} running and {dropped} queued request(s) cancelled; "
+                               "the model stays loaded")
+        return SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._release("cleanup")
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._serving = False
+        if self.engine is not None:
+            self._release("shutdown")
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._serving = False
+        if self.engine is not None:
+            self._release("error")
+        return SUCCESS
+
+    def _release(self, why: str) -> TransitionCallbackReturn:
+        """Unloads the model: the engine stops (the running request stops at its next scale, the queue and a
+        warm-up are dropped) and lets go of the generator, and the freed GPU memory goes back to the driver."""
+        self._serving = False
+        try:
+            mem = self.engine.release(timeout=max(10.0, min(self.p("stall_timeout_s") or 60.0, 120.0)))
+        except RuntimeError as e:
+            self.release_note = f"{why} failed: {e}"
+            self.get_logger().error(self.release_note)
+            return FAILURE
+        self.engine = None
+        self.release_note = _release_note(why, mem)
+        self.get_logger().info(self.release_note)
+        return SUCCESS
+
+    def _not_serving(self) -> str:
+        """Why a request cannot be served now ("" when active)."""
+        if self._serving and self.engine is not None:
+            return ""
+        me = self.get_fully_qualified_name()
+        if self.engine is None:
+            why = f"; the last configure failed: {self.configure_error}" if self.configure_error else ""
+            return (f"not serving: the node is {self.lifecycle_state()}, no model loaded{why} (ros2 lifecycle set "
+                    f"{me} configure, then activate)")
+        return f"not serving: the node is {self.lifecycle_state()} (ros2 lifecycle set {me} activate)"
+
+    def _refuse(self, request_id: str, prompt: str) -> bool:
+        """Rejects a request with the reason if the node is not active (REJECTED on ~/status); True if it did."""
+        why = self._not_serving()
+        if why:
+            self.refused += 1
+            self._publish_status_raw(request_id or uuid.uuid4().hex[:12], 5, why, prompt)
+            self.get_logger().warning(f"request rejected: {why}")
+        return bool(why)
 
     # ---------------------------------------------------------------- parameters
     def p(self, name):
@@ -164,11 +271,17 @@ class GenNode(Node):
 
     def _on_set_parameters(self, params):
         for prm in params:
-            if prm.name in READ_ONLY:
-                return SetParametersResult(successful=False, reason=f"{prm.name} is fixed at start-up")
+            if prm.name == "managed":
+                return SetParametersResult(successful=False, reason="managed is fixed at start-up")
+            if prm.name in BUILD and self.engine is not None:
+                return SetParametersResult(successful=False, reason=(
+                    f"{prm.name} builds the model, which is loaded: set it while the node is unconfigured (ros2 "
+                    f"lifecycle set {self.get_fully_qualified_name()} deactivate, then cleanup)"))
             err = self._check(prm.name, prm.value)
             if err:
                 return SetParametersResult(successful=False, reason=err)
+            if self.engine is None:          # read from the parameters at the next configure
+                continue
             if prm.name == "queue_size":
                 self.engine.queue_size = int(prm.value)
             if prm.name == "max_prompt_chars":
@@ -243,13 +356,19 @@ class GenNode(Node):
         return req
 
     def _on_prompt(self, msg: String):
+        eng = self.engine            # (a cleanup in another thread may drop it: the engine then rejects)
+        if self._refuse("", msg.data):
+            return
         try:
-            self.engine.submit(self._defaults(Request(prompt=msg.data)))
+            eng.submit(self._defaults(Request(prompt=msg.data)))
         except RequestRejected as e:
             self.get_logger().warning(f"prompt rejected: {e}")
 
     def _on_command(self, msg: GenerateCommand):
         verb = (msg.verb or "generate").strip().lower()
+        if verb in ("cancel", "clear_queue") and self.engine is None:
+            self.get_logger().info(f"{verb}: nothing to do, no model loaded")
+            return
         if verb == "cancel":
             ok = self.engine.cancel(msg.request_id)
             self.get_logger().info(f"cancel {msg.request_id or '(running)'}: {'done' if ok else 'nothing to cancel'}")
@@ -261,8 +380,11 @@ class GenNode(Node):
             self._publish_status_raw(msg.request_id, 5, f"unknown verb {msg.verb!r} (generate | cancel | clear_queue)",
                                      msg.prompt)
             return
+        eng = self.engine
+        if self._refuse(msg.request_id, msg.prompt):
+            return
         try:
-            self.engine.submit(self._defaults(request_from_fields(msg)))
+            eng.submit(self._defaults(request_from_fields(msg)))
         except RequestRejected as e:
             self.get_logger().warning(f"command rejected: {e}")
 
@@ -280,12 +402,18 @@ class GenNode(Node):
                 goal_handle.publish_feedback(fb)
 
         req = request_from_fields(goal_handle.request)
+        result = Generate.Result(request_id=req.request_id)
+        eng, why = self.engine, self._not_serving()
+        if why:
+            self.refused += 1
+            result.success, result.error = False, why
+            goal_handle.abort()
+            return result
         req.listener = ActionListener()
         req = self._defaults(req)
         req.preview = bool(goal_handle.request.preview)
-        result = Generate.Result(request_id=req.request_id)
         try:
-            self.engine.submit(req)
+            eng.submit(req)
         except RequestRejected as e:
             result.success, result.error, result.request_id = False, str(e), req.request_id
             goal_handle.abort()
@@ -293,7 +421,7 @@ class GenNode(Node):
         result.request_id = req.request_id
         while not req.done_event.wait(0.05):
             if goal_handle.is_cancel_requested:
-                self.engine.cancel(req.request_id)
+                eng.cancel(req.request_id)
         result.success = req.state == DONE
         result.error = req.error
         if req.state == DONE:
@@ -339,9 +467,12 @@ class GenNode(Node):
     def _publish_status_raw(self, request_id, state, error, prompt=""):
         self.pub_status.publish(GenerationStatus(header=self._header(), request_id=request_id, state=state,
                                                  state_name=STATE_NAMES[state], error=error, prompt=prompt[:500],
-                                                 queue_depth=self.engine.queue_depth))
+                                                 queue_depth=self.engine.queue_depth if self.engine else 0))
 
     def _publish_diagnostics(self):
+        if self.engine is None:
+            self._publish_unloaded_diagnostics()
+            return
         import torch
         g, s = self.engine.generator, self.engine.stats
         level = DiagnosticStatus.OK if not s.errors else DiagnosticStatus.WARN
@@ -355,6 +486,9 @@ class GenNode(Node):
                        "fresh machine), requests queue until it ends")
         elif self.engine.warmup_error:
             level, message = max(level, DiagnosticStatus.WARN), "warm-up " + warm_state
+        if not self._serving:
+            message = (f"{self.lifecycle_state()}: the model is loaded, requests are rejected until the node is "
+                       "activated" + (f"; {message}" if message != "ok" else ""))
         if self.engine.gpu_fault:
             level, message = DiagnosticStatus.ERROR, self.engine.gpu_fault
         elif stalled and cur.warmup:
@@ -381,10 +515,11 @@ class GenNode(Node):
             "precision": getattr(self, "precision", ""), "kernels": _kernel_status(g),
             "allocator": getattr(self, "allocator_note", "") or "as configured",
             "kernel_cache": getattr(self, "kernel_cache_note", ""),
-            "ready": not warming, "warm_up": warm_state,
+            "lifecycle_state": self.lifecycle_state(), "ready": self._serving and not warming, "warm_up": warm_state,
             "queue_depth": self.engine.queue_depth, "running": cur is not None,
             "seconds_since_progress": f"{since:.3f}",
             "completed": s.completed, "error_count": s.errors, "cancelled": s.cancelled, "rejected": s.rejected,
+            "rejected_not_active": self.refused,
             "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,
             "kv_cache_bytes": s.last_kv_cache_bytes, "peak_gpu_memory_bytes": s.last_peak_memory,
             "weights_bytes": sum(g.weight_bytes().values()),
@@ -397,6 +532,26 @@ class GenNode(Node):
         values.update({f"host_{k}_bytes": v for k, v in process_memory().items()})
         st = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: generator",
                               message=message, hardware_id=str(g.device),
+                              values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        self.pub_diag.publish(DiagnosticArray(header=self._header(), status=[st]))
+
+    def _publish_unloaded_diagnostics(self):
+        """No model loaded (unconfigured, or a configure that failed: ERROR with its reason)."""
+        level, message = DiagnosticStatus.OK, (f"{self.lifecycle_state()}: no model loaded; configure, then "
+                                               "activate, to serve")
+        if self.configure_error:
+            level, message = DiagnosticStatus.ERROR, self.configure_error
+        values = {"lifecycle_state": self.lifecycle_state(), "ready": False, "model": "(not loaded)",
+                  "bundle_path": self.p("bundle_path") or "(embedded default)", "quantization": self.p("quantization"),
+                  "kv_cache": self.p("kv_cache"), "last_release": self.release_note,
+                  "rejected_not_active": self.refused}
+        if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
+            torch = sys.modules["torch"]
+            values["current_gpu_memory_bytes"] = torch.cuda.memory_allocated()
+            values["reserved_gpu_memory_bytes"] = torch.cuda.memory_reserved()
+        values.update({f"host_{k}_bytes": v for k, v in process_memory().items()})
+        st = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: generator", message=message,
+                              hardware_id=self.p("device"),
                               values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         self.pub_diag.publish(DiagnosticArray(header=self._header(), status=[st]))
 
@@ -435,6 +590,21 @@ class _NodeListener(Listener):
         if ev.preview is not None:
             self.node.pub_preview.publish(to_image_msg(ev.preview, self.node._header()))
         self.node.publish_status(req, ev)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _release_note(why: str, mem: dict) -> str:
+    """What an unload gave back, for the log and /diagnostics."""
+    parts = []
+    for key, name in (("gpu_allocated", "GPU allocated"), ("gpu_reserved", "GPU reserved"),
+                      ("host_rss_anon", "host anonymous")):
+        if f"{key}_before" in mem:
+            b, a = mem[f"{key}_before"], mem[f"{key}_after"]
+            parts.append(f"{name} {_size(b)} -> {_size(a)}")
+    return f"model unloaded ({why}): " + (", ".join(parts) or "memory not measured here")
 
 
 def _kernel_status(g) -> str:
@@ -478,7 +648,8 @@ def main(args=None):
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.engine.close()
+        if node.engine is not None:
+            node.engine.close()
         node.destroy_node()
         rclpy.try_shutdown()
     return node.exit_code
