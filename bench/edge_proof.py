@@ -363,6 +363,15 @@ def child(a) -> dict:
         print(json.dumps({"mode": mode, "res": [h, w], "fits": r["fits"],
                           "peak_gib": r.get("memory_bytes", {}).get("peak_allocated", r.get("peak_allocated_before_oom", 0)) / GIB,
                           "total_s": r.get("latency_s", {}).get("total")}), flush=True)
+    # what a managed gen_node's lifecycle cleanup gives back (Engine.release, the node's code), and what the process
+    # keeps with no model loaded (its CUDA context, library workspaces, compiled kernels: non_pytorch)
+    from var_gen_ros.engine import Engine
+    engine = Engine(gen)
+    del gen
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    out["unload"] = engine.release()
+    out["unload"].update({f"device_{k}_after": v for k, v in device_memory_used(dev).items()})
+    progress(f"{mode}: unloaded: " + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in out["unload"].items()))
     return out
 
 
