@@ -4,7 +4,8 @@
 # a run killed by its timeout mid-build leaves torch's build lock behind, on which every later process would wait.
 # A run past its limit gets SIGABRT first, so that Python's faulthandler writes where it was (the twenty-second
 # session's W4A4 run: its first generation waiting on the GPU); edge_proof.py's progress lines say which phase.
-#   TESTS="pytest -k expression": GPU tests first (e.g. "small_m_quantizer"), into $OUT/tests.txt
+#   TESTS="pytest -k expression": GPU tests of test_kernels_gpu.py and test_graphs.py first (e.g. "small_m_quantizer"),
+#            into $OUT/tests.txt
 #   K1_OFF=1: after the default W4A4 run, one with the CUDA kernel 1 off (VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0; on up to
 #            8 rows by default: off in the twenty-second session after two edge runs "stalled", on again since the
 #            twenty-third showed them to be a fresh machine's autotuning, docs/BENCHMARKS.md)
@@ -15,7 +16,7 @@
 source bench/device/autotune_carry.sh
 build_extension
 if [ -n "${TESTS:-}" ]; then
-  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q test/test_kernels_gpu.py -k "$TESTS" > "$OUT/tests.txt" 2>&1
+  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q test/test_kernels_gpu.py test/test_graphs.py -k "$TESTS" > "$OUT/tests.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|^E " "$OUT/tests.txt" | head -20
 fi
 if [ "${SWEEP:-0}" = 1 ]; then
