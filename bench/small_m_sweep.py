@@ -72,6 +72,8 @@ def main():
             r = {"K": K, "N": N, "M": M, "default_path": mod.path_for(x, layer)}
             r["bf16_ms"] = _ms(lambda: torch.matmul(x, w.t(), out=y_b))
             default_k1 = mod.QUANT_CUDA_MAX_M
+            pdl_default = sm.PDL
+            sm.PDL = False               # the i8s columns without the programmatic dependent launch, its own below
             for tag, limit in (("", sm.MAX_M), ("_triton_k1", 0)):   # kernel 1: the CUDA one, then Triton's
                 mod.QUANT_CUDA_MAX_M = limit
                 y.fill_(float("nan"))
@@ -84,7 +86,6 @@ def main():
                 r[f"i8s{tag}_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
             # the GEMM as a programmatic dependent launch (VAR_GEN_W4A4_PDL=1, sm_90): its blocks start during
             # kernel 1 and fetch the weights into the L2 (kernels/w4a4_small_m.cu)
-            pdl_default = sm.PDL
             if torch.cuda.get_device_capability()[0] >= 9:
                 sm.PDL = True
                 for tag, limit in (("", sm.MAX_M), ("_triton_k1", 0)):
@@ -93,7 +94,7 @@ def main():
                     mod.w4a4_linear(x, layer, out=y, path="i8s")
                     r[f"i8s_pdl{tag}_rel"] = _rel(y, ref)
                     r[f"i8s_pdl{tag}_ms"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8s"))
-                sm.PDL = pdl_default
+                sm.PDL = False
             mod.QUANT_CUDA_MAX_M = default_k1
             r["tuned_launch"] = sm._PICKS.get((sm._bucket(M), N, K, x.device.index))
             q, ux, lr = mod.quantize_activations(x, layer, i8=True)
@@ -131,8 +132,9 @@ def main():
                 if "i8s_pdl_ms" in r:
                     sm.PDL = True
                     r["cold_i8s_pdl_ms"] = _ms(lambda: [mod.w4a4_linear(x, lay, out=y, path="i8s") for lay in layers]) / n
-                    sm.PDL = pdl_default
+                    sm.PDL = False
                 del layers, ws
+            sm.PDL = pdl_default
             rows.append(r)
             worst = max([r["i8s_rel"], r["i8s_triton_k1_rel"], r["i8_rel"]] + [v["rel"] for v in sweep.values()]
                         + [r[k] for k in ("i8s_pdl_rel", "i8s_pdl_triton_k1_rel") if k in r])

@@ -9,8 +9,8 @@
 #   K1_OFF=1: after the default W4A4 run, one with the CUDA kernel 1 off (VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0; on up to
 #            8 rows by default: off in the twenty-second session after two edge runs "stalled", on again since the
 #            twenty-third showed them to be a fresh machine's autotuning, docs/BENCHMARKS.md)
-#   PDL_AB=1: after the default W4A4 run, one with the small-M GEMM as a programmatic dependent launch
-#            (VAR_GEN_W4A4_PDL=1, sm_90; kernels/w4a4_small_m.cu)
+#   PDL_AB=1: after the default W4A4 run, one without the small-M GEMM as a programmatic dependent launch
+#            (VAR_GEN_W4A4_PDL=0; on by default on sm_90 since the twenty-sixth session; kernels/w4a4_small_m.cu)
 #   SWEEP=1: before the edge runs, bench/small_m_sweep.py at 2, 8, 16 and 32 rows (with its PDL columns on sm_90)
 #   MODES (default "w4a4_kv8 bf16"), BUILD_TIMEOUT, TEST_TIMEOUT, EDGE_TIMEOUT, SWEEP_TIMEOUT
 source bench/device/autotune_carry.sh
@@ -36,7 +36,7 @@ for mode in ${MODES:-w4a4_kv8 bf16}; do   # MODES=none: no edge run
   [ "$mode" = none ] && continue
   edge $mode $mode
   [ "$mode" = w4a4_kv8 ] && [ "${K1_OFF:-0}" = 1 ] && VAR_GEN_W4A4_QUANT_CUDA_MAX_M=0 edge w4a4_kv8_k1triton w4a4_kv8
-  [ "$mode" = w4a4_kv8 ] && [ "${PDL_AB:-0}" = 1 ] && VAR_GEN_W4A4_PDL=1 edge w4a4_kv8_pdl w4a4_kv8
+  [ "$mode" = w4a4_kv8 ] && [ "${PDL_AB:-0}" = 1 ] && VAR_GEN_W4A4_PDL=0 edge w4a4_kv8_nopdl w4a4_kv8
 done
 echo "total s $(( $(date +%s) - t0 ))"
 true
