@@ -366,21 +366,21 @@ class GenNode(LifecycleNode):
 
     def _on_command(self, msg: GenerateCommand):
         verb = (msg.verb or "generate").strip().lower()
-        if verb in ("cancel", "clear_queue") and self.engine is None:
+        eng = self.engine            # (a cleanup in another thread may drop it: the engine then rejects)
+        if verb in ("cancel", "clear_queue") and eng is None:
             self.get_logger().info(f"{verb}: nothing to do, no model loaded")
             return
         if verb == "cancel":
-            ok = self.engine.cancel(msg.request_id)
+            ok = eng.cancel(msg.request_id)
             self.get_logger().info(f"cancel {msg.request_id or '(running)'}: {'done' if ok else 'nothing to cancel'}")
             return
         if verb == "clear_queue":
-            self.get_logger().info(f"cleared {self.engine.clear_queue()} queued request(s)")
+            self.get_logger().info(f"cleared {eng.clear_queue()} queued request(s)")
             return
         if verb != "generate":
             self._publish_status_raw(msg.request_id, 5, f"unknown verb {msg.verb!r} (generate | cancel | clear_queue)",
                                      msg.prompt)
             return
-        eng = self.engine
         if self._refuse(msg.request_id, msg.prompt):
             return
         try:
