@@ -145,6 +145,12 @@ def test_prompt_topic_publishes_exact_image(running_node, node_bundle):
     done = [s for s in statuses if s.state_name == "DONE"][0]
     assert done.seed == 1234 and done.total_s > 0 and done.total_scales == 6
     assert [s.state_name for s in statuses][0] == "QUEUED"
+    # a subscriber that joins now, asking for transient local durability, still gets the last image
+    late = []
+    kept = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    node.create_subscription(Image, f"{ns}/var_gen/image", late.append, kept)
+    assert _wait(lambda: late, 30), "the last image was not kept for a late subscriber"
+    assert np.array_equal(from_image_msg(late[0]), ref.image) and late[0].header.stamp == img.header.stamp
 
 
 def test_bad_input_reported_and_node_keeps_serving(running_node):

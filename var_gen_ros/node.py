@@ -42,6 +42,10 @@ Generate = action_pkg.Generate
 # rviz2's Image display subscribes reliable + volatile; a small depth keeps late, large images from
 # piling up in the middleware when a subscriber is slow (each 1024² frame is 3 MB).
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# The results also keep the last image for subscribers that join later (a planner started after the image was made,
+# an rviz opened late asking transient local), as map servers keep /map; volatile subscribers, rviz's default among
+# them, match it as before and get only new images.
+RESULT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 # what builds the model: settable only while the node is unconfigured (nothing loaded)
@@ -143,8 +147,8 @@ class GenNode(LifecycleNode):
         self.release_note = ""        # what the last cleanup gave back
         self.refused = 0              # requests rejected because the node was not active
         cb = ReentrantCallbackGroup()
-        self.pub_image = self.create_publisher(Image, "~/image", IMAGE_QOS)
-        self.pub_compressed = self.create_publisher(CompressedImage, "~/image/compressed", IMAGE_QOS)
+        self.pub_image = self.create_publisher(Image, "~/image", RESULT_QOS)
+        self.pub_compressed = self.create_publisher(CompressedImage, "~/image/compressed", RESULT_QOS)
         self.pub_preview = self.create_publisher(Image, "~/preview", IMAGE_QOS)
         self.pub_status = self.create_publisher(GenerationStatus, "~/status", STATUS_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
