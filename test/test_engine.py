@@ -229,3 +229,38 @@ def test_a_failed_warm_up_is_reported_and_the_engine_serves_without_the_rest(gen
         assert prompts == ["warm-up", "a red circle"] and eng.warmup_s == [] and not eng.warming_up
     finally:
         eng.close()
+
+
+def test_release_lets_go_of_the_generator_or_says_why_it_cannot(tiny_bundle, monkeypatch):
+    """`Engine.release` (a node's lifecycle cleanup): while a generation that never reaches its next scale holds the
+    worker (a hung GPU kernel, here a held call), it raises after its timeout, naming why, and releases nothing: the
+    generator is still there. Once the worker is free it lets go of the generator (collected), reports the memory
+    before and after, and the closed engine rejects new requests with the reason."""
+    import gc
+    import weakref
+    held, running, real = threading.Event(), threading.Event(), Generator.generate
+
+    def stuck(self, prompt, *a, **k):
+        running.set()
+        held.wait(60)                      # ignores the cancel, as a kernel that never returns would
+        return real(self, prompt, *a, **k)
+
+    monkeypatch.setattr(Generator, "generate", stuck)
+    g = Generator.from_bundle(tiny_bundle)
+    alive = weakref.ref(g)
+    eng = Engine(g)
+    del g
+    r = eng.submit(Request(prompt="a red circle", seed=1))
+    assert running.wait(30)
+    with pytest.raises(RuntimeError, match="did not stop within 0.3 s"):
+        eng.release(timeout=0.3)
+    assert eng.generator is not None and alive() is not None
+    held.set()
+    assert r.done_event.wait(60) and r.state == CANCELLED       # the cancel took effect at its next scale
+    mem = eng.release(timeout=10)
+    assert eng.generator is None
+    gc.collect()
+    assert alive() is None, "the generator is still referenced after release"
+    assert "host_rss_anon_before" in mem and "host_rss_anon_after" in mem
+    with pytest.raises(RequestRejected, match="unloaded"):
+        eng.submit(Request(prompt="a red circle"))
