@@ -617,6 +617,9 @@ def test_managed_node_loads_serves_pauses_and_unloads_its_model(node_bundle, tmp
         refused = gen_node.set_parameters([Parameter("bundle_path", value=missing)])[0]
         assert not refused.successful and "unconfigured" in refused.reason
         assert not gen_node.set_parameters([Parameter("managed", value=False)])[0].successful
+        assert gen_node.set_parameters([Parameter("diagnostics_period", value=0.25)])[0].successful
+        assert gen_node._diag_timer.timer_period_ns == 250_000_000          # the timer follows, not just the value
+        assert gen_node.set_parameters([Parameter("diagnostics_period", value=0.1)])[0].successful
         assert _wait(lambda: last()[1].get("lifecycle_state") == "inactive", 30)
         assert last()[0].level == DiagnosticStatus.OK and last()[1]["model"] != "(not loaded)"
         s = rejected_prompt("a red circle")

@@ -284,6 +284,8 @@ class GenNode(LifecycleNode):
             err = self._check(prm.name, prm.value)
             if err:
                 return SetParametersResult(successful=False, reason=err)
+            if prm.name == "diagnostics_period":
+                self._diag_timer.timer_period_ns = int(float(prm.value) * 1e9)
             if self.engine is None:          # read from the parameters at the next configure
                 continue
             if prm.name == "queue_size":
