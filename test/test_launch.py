@@ -80,3 +80,18 @@ def test_edge_preset_is_what_the_edge_proof_measured():
     assert params["activation_chunk"] == run["chunk_tokens"]
     assert params["cuda_graphs"] and "4096 tokens" in run["runs"][0]["cuda_graphs"] and params["graph_max_tokens"] == 4096
     assert "shared memory pool" in run["runs"][0]["cuda_graphs"] and params["graph_pool"] == "shared"
+
+
+def test_readme_documents_every_parameter_of_the_node():
+    """The README's parameter table (rows: names | gen.yaml value | when settable | what) names every parameter
+    node.py declares, and only those, each with when the node lets it be set: never (`managed`), while unconfigured
+    (what builds the model, node.BUILD) or at run time."""
+    node_src = open(os.path.join(ROOT, "var_gen_ros", "node.py")).read()
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    declared = set(re.findall(r'P\("([a-z_]+)"', node_src))
+    build = set(re.findall(r'"([a-z_]+)"', re.search(r"^BUILD = \{(.*?)\}", node_src, re.S | re.M).group(1)))
+    rows = re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \| [^|]* \| (no|yes|unconfigured) \|", readme, re.M)
+    table = {name: when for names, when in rows for name in re.findall(r"`([a-z_]+)`", names)}
+    assert set(table) == declared, (sorted(declared - set(table)), sorted(set(table) - declared))
+    for name, when in table.items():
+        assert when == ("no" if name == "managed" else "unconfigured" if name in build else "yes"), (name, when)
