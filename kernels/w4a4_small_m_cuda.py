@@ -23,9 +23,9 @@ MAX_RANK = 64       # the epilogue stages the low-rank operands in shared memory
 # The GEMM as a programmatic dependent launch on sm_90+ (kernels/w4a4_small_m.cu's head: its blocks start while
 # kernel 1 runs and fetch the weights into the L2, then wait for kernel 1's end); the same bits either way. On by
 # default since the twenty-sixth session: on the H100 with the weights cold in the L2, as a generation's 40 blocks
-# leave them, 2-18 % faster per layer at 2-16 rows on every 8B shape; with them warm, faster on three shapes and up
-# to 10 % slower on the three with the most weight bytes; a whole 1024² generation the same (1.058 against 1.059 s;
-# docs/BENCHMARKS.md). VAR_GEN_W4A4_PDL=0 turns it off.
+# leave them, 6-19 % faster per layer at 2 and 8 rows and 2-13 % at 16 on every 8B shape; with them warm, 5-12 %
+# faster on three shapes and 1-10 % slower on the three with the most weight bytes; a whole 1024² generation the same
+# (1.058 against 1.059 s; docs/BENCHMARKS.md). VAR_GEN_W4A4_PDL=0 turns it off.
 PDL = os.environ.get("VAR_GEN_W4A4_PDL", "1") == "1"
 _LOCK = threading.Lock()
 _STATE = {}
