@@ -530,14 +530,15 @@ def test_warm_up_runs_in_the_background_while_the_node_is_up(node_bundle, monkey
         rclpy.try_shutdown(context=ctx)
 
 
-def test_managed_node_loads_serves_pauses_and_unloads_its_model(node_bundle, tmp_path):
+def test_managed_node_loads_serves_pauses_and_unloads_its_model(node_bundle, tmp_path, monkeypatch):
     """gen_node with managed:=true in this process, driven through its lifecycle services (lifecycle_msgs
     ChangeState / GetState, as `ros2 lifecycle set` and nav2's lifecycle manager call them). Unconfigured it has no
     model: a prompt is REJECTED on ~/status and an action goal aborted, each with the reason; /diagnostics says so.
     A configure with a missing bundle fails, says why at ERROR, and leaves the node unconfigured and answering;
     bundle_path can then be changed (only while unconfigured), and configure loads the model. Inactive, requests
-    are still rejected; active, the prompt's image equals the Generator's. Deactivate rejects again; cleanup lets
-    go of the generator (collected), and configure + activate give the same image for the same seed."""
+    are still rejected; active, the prompt's image equals the Generator's. Deactivate cancels the running request
+    and the queued one (CANCELLED, the queued one "node deactivated") and rejects again; cleanup lets go of the
+    generator (collected), and configure + activate give the same image for the same seed."""
     import gc
     import weakref
     from diagnostic_msgs.msg import DiagnosticStatus
@@ -633,7 +634,28 @@ def test_managed_node_loads_serves_pauses_and_unloads_its_model(node_bundle, tmp
         assert np.array_equal(from_image_msg(images[0]), ref.image)
         assert _wait(lambda: last()[1].get("ready") == "True", 30)
 
+        # two more prompts, the first held inside its generation (as a long one would be): deactivating cancels both
+        running, release, real = threading.Event(), threading.Event(), Generator.generate
+
+        def held(self, text, *a, **k):
+            running.set()
+            release.wait(30)
+            return real(self, text, *a, **k)
+
+        monkeypatch.setattr(Generator, "generate", held)
+        n = len(statuses)
+        pub.publish(String(data="a red circle"))
+        assert running.wait(30)
+        pub.publish(String(data="a blue square"))
+        assert _wait(lambda: [s.state_name for s in statuses[n:]].count("QUEUED") == 2, 30)
+        ids = list(dict.fromkeys(s.request_id for s in statuses[n:]))
+        threading.Timer(0.5, release.set).start()     # the cancel takes effect at the held one's next scale
         assert transition(Transition.TRANSITION_DEACTIVATE) and state() == "inactive"
+        assert _wait(lambda: sum(s.state_name == "CANCELLED" for s in statuses[n:]) == 2, 30)
+        ends = {s.request_id: s for s in statuses[n:] if s.state_name == "CANCELLED"}
+        assert ends[ids[1]].error == "node deactivated" and set(ends) == set(ids)
+        monkeypatch.setattr(Generator, "generate", real)
+        assert len(images) == 1
         assert "inactive" in aborted_goal().error
         held = weakref.ref(gen_node.engine.generator)
         assert transition(Transition.TRANSITION_CLEANUP) and state() == "unconfigured"
