@@ -290,6 +290,9 @@ cudaError_t launch_nt(int warps, const void* a, const float* ux, const void* w, 
 
 }  // namespace
 
+// Whether this build can launch the GEMM as a programmatic dependent launch (CUDA 12 at build time).
+bool var_gen_w4a4_small_m_has_pdl() { return VAR_GEN_HAS_PDL; }
+
 // dtype 0: fp16 (activations' dtype = y, weight scales, L_up and bias), 1: bf16. Returns cudaErrorInvalidValue
 // for shapes the kernel does not take (the caller checks them first: M <= 32, N % 32 == 0, K % 64 == 0,
 // R <= 64, 4 or 8 warps, each warp at least one group). pdl: a programmatic dependent launch (sm_90; the caller

@@ -20,8 +20,12 @@ cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv,
                                      float* ux, float* part, float* lrp, int* cnt, int M, int K, int R, int gps,
                                      float inv7, cudaStream_t stream);
 bool var_gen_quantize_small_m_fits(int M, int gps, int R);
+bool var_gen_w4a4_small_m_has_pdl();
 
 namespace {
+
+// the start of the message a refused programmatic dependent launch returns (kernels/w4a4_small_m_cuda.py reads it)
+constexpr const char* PDL_UNAVAILABLE = "programmatic dependent launch unavailable";
 
 #define VAR_GEN_REQUIRE(cond, msg)               \
   do {                                           \
@@ -116,9 +120,12 @@ std::string w4a4_small_m(const torch::Tensor& a, const torch::Tensor& ux, const 
       bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(), static_cast<int32_t*>(ws.data_ptr()),
       static_cast<int32_t*>(cnt.data_ptr()), (int)M, (int)N, (int)K, (int)R, (int)S, (int)splits, (int)act, pdl,
       c10::cuda::getCurrentCUDAStream().stream());
-  VAR_GEN_REQUIRE(!(pdl && err == cudaErrorNotSupported),
-                  "programmatic dependent launch not supported here (it needs an extension built with CUDA 12 and a "
-                  "driver that has it): unset VAR_GEN_W4A4_PDL");
+  if (pdl && err != cudaSuccess) {
+    // not launched: a build without it, or a driver that refuses the launch attribute. The caller launches again
+    // without it (kernels/w4a4_small_m_cuda.py); the failed launch's error must not reach that launch's check
+    (void)cudaGetLastError();
+    return std::string(NAME) + ": " + PDL_UNAVAILABLE + " (" + cudaGetErrorString(err) + ")";
+  }
   VAR_GEN_REQUIRE(err == cudaSuccess, std::string("launch failed: ") + cudaGetErrorString(err));
   return std::string();
 }
@@ -175,5 +182,6 @@ std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, c
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a4_small_m", &w4a4_small_m, "W4A4 GEMM for M <= 32 (kernels/w4a4_small_m.cu)");
+  m.def("has_pdl", &var_gen_w4a4_small_m_has_pdl, "whether this build can launch the GEMM as a programmatic dependent launch");
   m.def("quantize_small_m", &quantize_small_m, "kernel 1 (two-level INT4 q·m and x̂·L_down) for M <= 32 (kernels/w4a4_quantize_small_m.cu)");
 }

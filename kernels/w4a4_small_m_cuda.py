@@ -27,6 +27,9 @@ MAX_RANK = 64       # the epilogue stages the low-rank operands in shared memory
 # faster on three shapes and 1-10 % slower on the three with the most weight bytes; a whole 1024² generation the same
 # (1.058 against 1.059 s; docs/BENCHMARKS.md). VAR_GEN_W4A4_PDL=0 turns it off.
 PDL = os.environ.get("VAR_GEN_W4A4_PDL", "1") == "1"
+# Why programmatic dependent launches stopped in this process ("" while they have not): a build without them (CUDA
+# < 12 at build time) never asks; a launch the driver refuses is launched again without, once, with one warning.
+PDL_REFUSED = ""
 _LOCK = threading.Lock()
 _STATE = {}
 _BUFFERS = {}
@@ -75,8 +78,24 @@ def _sms(device) -> int:
 
 
 def pdl_for(device) -> bool:
-    """Whether the GEMM's launches on `device` are programmatic dependent launches: PDL on and an sm_90+ GPU."""
-    return PDL and torch.cuda.get_device_capability(device)[0] >= 9   # (torch keeps the device's properties)
+    """Whether the GEMM's launches on `device` are programmatic dependent launches: PDL on, an sm_90+ GPU (torch
+    keeps the device's properties), an extension built with them, and no launch refused in this process."""
+    if not PDL or PDL_REFUSED or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    ext = extension()
+    return ext is not None and bool(getattr(ext, "has_pdl", lambda: False)())
+
+
+def pdl_status() -> str:
+    """For diagnostics: whether the GEMM is a programmatic dependent launch where the GPU has them (sm_90+)."""
+    if not PDL:
+        return "VAR_GEN_W4A4_PDL=0: no programmatic dependent launch"
+    if PDL_REFUSED:
+        return f"no programmatic dependent launch: {PDL_REFUSED}"
+    ext = _STATE.get("module")
+    if ext is not None and not getattr(ext, "has_pdl", lambda: False)():
+        return "no programmatic dependent launch: the extension was built without it (CUDA < 12)"
+    return "a programmatic dependent launch of kernel 1 on sm_90+"
 
 
 def candidates(K: int) -> list:
@@ -136,9 +155,15 @@ def _launch(ext, q, ux, layer, wu, lr, y, act, warps, splits):
         raise ValueError(f"w4a4_small_m: {warps} warps x {splits} splits do not fit the {K // 64} groups of K "
                          f"(4 or 8 warps, each at least one group)")
     ws, cnt = _buffers(q.device, M * N, N // 32)
-    why = ext.w4a4_small_m(q, ux, layer.qweight, layer.wscales, wu, lr if layer.rank else None,
-                           layer.lora_up if layer.rank else None, layer.bias, y, ws, cnt, warps, splits, act,
-                           pdl_for(q.device))
+    args = (q, ux, layer.qweight, layer.wscales, wu, lr if layer.rank else None, layer.lora_up if layer.rank else None,
+            layer.bias, y, ws, cnt, warps, splits, act)
+    pdl = pdl_for(q.device)
+    why = ext.w4a4_small_m(*args, pdl)
+    if why and pdl and "programmatic dependent launch unavailable" in why:
+        global PDL_REFUSED               # not launched: again without it, and no more asking in this process
+        PDL_REFUSED = why.split(": ", 1)[-1]
+        warnings.warn(f"var_gen_ros: the small-M W4A4 GEMM runs without programmatic dependent launches: {why}")
+        why = ext.w4a4_small_m(*args, False)
     if why:
         raise ValueError(why)
 

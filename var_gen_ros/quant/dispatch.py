@@ -236,8 +236,7 @@ def kernel_status() -> str:
     if gemm is not None and getattr(gemm, "SMALL_M_MAX", 0) > 0:
         # the CUDA C++ small-M kernel is built on the first call that wants it: report its state as of now
         narrow = min(max(gemm.SMALL_M_MAX, getattr(gemm, "SMALL_M_MAX_NARROW", 0)), gemm.small_m.MAX_M)
-        pdl = (", a programmatic dependent launch of kernel 1 on sm_90+" if getattr(gemm.small_m, "PDL", False)
-               else ", VAR_GEN_W4A4_PDL=0: no programmatic dependent launch")
+        pdl = ", " + gemm.small_m.pdl_status()
         small = (f"; up to {min(gemm.SMALL_M_MAX, gemm.small_m.MAX_M)} rows ({narrow} where N <= 3K) cuda c++ "
                  f"(kernels/w4a4_small_m.cu: {gemm.small_m.build_status()}{pdl})")
     if gemm is not None and getattr(gemm, "QUANT_CUDA_MAX_M", 0) > 0:
