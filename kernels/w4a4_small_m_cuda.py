@@ -82,8 +82,10 @@ def pdl_for(device) -> bool:
     keeps the device's properties), an extension built with them, and no launch refused in this process."""
     if not PDL or PDL_REFUSED or torch.cuda.get_device_capability(device)[0] < 9:
         return False
-    ext = extension()
-    return ext is not None and bool(getattr(ext, "has_pdl", lambda: False)())
+    if "has_pdl" not in _STATE:          # (asked once: this is on every small-M call's path)
+        ext = extension()
+        _STATE["has_pdl"] = ext is not None and bool(getattr(ext, "has_pdl", lambda: False)())
+    return _STATE["has_pdl"]
 
 
 def pdl_status() -> str:
