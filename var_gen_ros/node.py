@@ -178,7 +178,10 @@ class GenNode(LifecycleNode):
             gen = self._load_generator()
         except Exception as e:       # a missing or corrupt bundle, out of memory, ...: say why, stay unconfigured
             self.configure_error = f"cannot load the model: {type(e).__name__}: {e}"[:2000]
+            gen = None
+        if gen is None:
             self.get_logger().error(self.configure_error)
+            _free_memory()           # what a load that failed half-way had put on the GPU (its frames are gone now)
             return FAILURE
         self.configure_error = ""
         self.engine = Engine(gen, queue_size=self.p("queue_size"), max_prompt_chars=self.p("max_prompt_chars"),
@@ -596,6 +599,15 @@ class _NodeListener(Listener):
         if ev.preview is not None:
             self.node.pub_preview.publish(to_image_msg(ev.preview, self.node._header()))
         self.node.publish_status(req, ev)
+
+
+def _free_memory() -> None:
+    """Collects what nothing holds any more and gives the allocator's free GPU memory back to the driver."""
+    import gc
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _size(n: int) -> str:
