@@ -229,9 +229,9 @@ class Engine:
             gen.release_graphs()
             gen.prompt_cache.max_entries = 0
             del gen
-            import gc
-            gc.collect()
-            _free_cuda_cache()
+            from .memory import trim_host_memory
+            trim_host_memory()       # collects, then gives the C heap's free pages back: on the CPU the weights
+            _free_cuda_cache()       # stayed resident without it (821 -> 821 MB, with it 259, a 556 MB model)
             after = _memory_now(None, device)
         else:
             after = dict(before)
