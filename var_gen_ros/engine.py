@@ -212,7 +212,8 @@ class Engine:
 
     def release(self, timeout: float = 60.0) -> dict:
         """Closes the engine and lets go of its generator (weights, KV caches kept for the CUDA graphs, the graphs and
-        their pool, the prompt cache), then returns the freed memory to the GPU driver: what a node does when it is
+        their pool, the prompt cache), then returns the freed memory to the GPU driver and the C heap's free pages to
+        the system: what a node does when it is
         told to unload its model (lifecycle cleanup) so that a robot's other nodes can use that memory; on a Jetson
         the GPU's memory is the robot's DRAM. Returns the memory before and after, in bytes (`gpu_allocated`,
         `gpu_reserved` on a CUDA device, whatever else still holds memory in the process included; `host_rss_anon`
