@@ -602,9 +602,10 @@ class _NodeListener(Listener):
 
 
 def _free_memory() -> None:
-    """Collects what nothing holds any more and gives the allocator's free GPU memory back to the driver."""
-    import gc
-    gc.collect()
+    """Collects what nothing holds any more, gives the C heap's free pages back to the system and the allocator's
+    free GPU memory back to the driver (as `Engine.release`)."""
+    from .memory import trim_host_memory
+    trim_host_memory()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
