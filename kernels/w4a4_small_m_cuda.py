@@ -82,7 +82,13 @@ def pdl_for(device) -> bool:
     keeps the device's properties), an extension built with them, and no launch refused in this process."""
     if not PDL or PDL_REFUSED or torch.cuda.get_device_capability(device)[0] < 9:
         return False
-    if "has_pdl" not in _STATE:          # (asked once: this is on every small-M call's path)
+    return _built_with_pdl()
+
+
+def _built_with_pdl() -> bool:
+    """Whether the extension (built now if it is not yet) can launch the GEMM as a programmatic dependent launch;
+    asked once, as this is on every small-M call's path."""
+    if "has_pdl" not in _STATE:
         ext = extension()
         _STATE["has_pdl"] = ext is not None and bool(getattr(ext, "has_pdl", lambda: False)())
     return _STATE["has_pdl"]
@@ -94,8 +100,7 @@ def pdl_status() -> str:
         return "VAR_GEN_W4A4_PDL=0: no programmatic dependent launch"
     if PDL_REFUSED:
         return f"no programmatic dependent launch: {PDL_REFUSED}"
-    ext = _STATE.get("module")
-    if ext is not None and not getattr(ext, "has_pdl", lambda: False)():
+    if _STATE.get("module") is not None and not _built_with_pdl():
         return "no programmatic dependent launch: the extension was built without it (CUDA < 12)"
     return "a programmatic dependent launch of kernel 1 on sm_90+"
 

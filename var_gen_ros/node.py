@@ -31,7 +31,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from . import interfaces
-from .engine import CANCELLED, DONE, FAILED, STATE_NAMES, Engine, Listener, Request, RequestRejected
+from .engine import (CANCELLED, DONE, FAILED, STATE_NAMES, Engine, Listener, Request, RequestRejected,
+                     free_unused_memory)
 from .memory import process_memory
 from .ros_conversions import to_compressed_msg, to_image_msg
 
@@ -181,7 +182,7 @@ class GenNode(LifecycleNode):
             gen = None
         if gen is None:
             self.get_logger().error(self.configure_error)
-            _free_memory()           # what a load that failed half-way had put on the GPU (its frames are gone now)
+            free_unused_memory()     # what a load that failed half-way had put on the GPU (its frames are gone now)
             return FAILURE
         self.configure_error = ""
         self.engine = Engine(gen, queue_size=self.p("queue_size"), max_prompt_chars=self.p("max_prompt_chars"),
@@ -599,16 +600,6 @@ class _NodeListener(Listener):
         if ev.preview is not None:
             self.node.pub_preview.publish(to_image_msg(ev.preview, self.node._header()))
         self.node.publish_status(req, ev)
-
-
-def _free_memory() -> None:
-    """Collects what nothing holds any more, gives the C heap's free pages back to the system and the allocator's
-    free GPU memory back to the driver (as `Engine.release`)."""
-    from .memory import trim_host_memory
-    trim_host_memory()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 def _size(n: int) -> str:
