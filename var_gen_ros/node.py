@@ -84,24 +84,24 @@ class GenNode(LifecycleNode):
         P("quantization", "bf16", _desc("bf16 (unquantized) | w4a4 (SVDQuant)." + UNCONFIGURED_ONLY))
         P("kv_cache", "bf16", _desc("KV cache precision: bf16 (the model dtype) | int8." + UNCONFIGURED_ONLY))
         P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | int4 (weight-only, 64-wide "
-                                        "groups; INT8 token table; 8B W4A4+KV8 at 1024²: 10.00 GiB reserved, 10.60 "
-                                        "with int8) | cpu." + UNCONFIGURED_ONLY))
+                                        "groups; INT8 token table; 8B W4A4+KV8 at 1024² on the H100: 0.60 GiB less reserved "
+                                        "than int8, seventeenth session) | cpu." + UNCONFIGURED_ONLY))
         P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
-                                          "8B W4A4+KV8 at 1024² on the H100 (graphs up to 2304 tokens): 1024 -> "
-                                          "1.26 s at 9.96 GiB peak, 2048 -> 1.17 s at 10.09 GiB (with every "
-                                          "scale graphed, 1024: 1.10-1.12 s at 10.60-10.65 GiB reserved)",
+                                          "8B W4A4+KV8 at 1024² on the H100 with the other defaults: 1024 -> "
+                                          "1.075 s at 9.13 GiB allocated, 9.97 reserved (twenty-sixth session); "
+                                          "2048 was 5 % faster at 0.12 GiB more (eleventh session)",
                                          int_range=(0, 1 << 20)))
         P("cuda_graphs", True, _desc("replay each scale of at most graph_max_tokens tokens as a CUDA graph (GPU): 8B "
-                                     "W4A4+KV8 at 1024² on the H100 2.43 s instead of 2.96 s eager, same peak (9.96 vs "
-                                     "9.91 GiB); the KV caches stay allocated between requests (3.4 GiB there; the VAE "
+                                     "W4A4+KV8 at 1024² on the H100 1.20 s instead of 2.52 s eager (fifteenth session); "
+                                     "the KV caches stay allocated between requests (3.4 GiB there; the VAE "
                                      "decode borrows their memory); false frees both (docs/BENCHMARKS.md)"))
         P("graph_max_tokens", 4096, _desc("with cuda_graphs, the largest scale (in token positions) that is graph-replayed; "
                                           "larger ones run eagerly. 8B W4A4+KV8 at 1024² on the H100, shared pool: "
                                           "4096 (every scale; the last one's attention then takes cuDNN inside its "
-                                          "graph) -> 1.10-1.12 s, 10.60-10.65 GiB reserved; 2304 -> 1.17 s, 10.74 GiB; "
-                                          "1024 -> 1.34-1.62 s (eager 1600- and 2304-token scales are bound by the "
-                                          "host's launch speed)",
+                                          "graph) -> 1.075 s, 9.97 GiB reserved (twenty-sixth session); in the "
+                                          "fifteenth 2304 took 1.17 s and 1024 1.34-1.62 s (eager 1600- and "
+                                          "2304-token scales are bound by the host's launch speed)",
                                           int_range=(1, 1 << 20)))
         P("graph_pool", "shared", _desc("with cuda_graphs, the graphs' memory: shared (one pool for all: about the "
                                         "largest scale's working set) | per_graph (one pool each: the sum). 8B "
