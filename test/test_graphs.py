@@ -299,6 +299,86 @@ def test_graphs_in_one_shared_pool_equal_eager_generation_on_gpu(tiny_bundle, qu
     assert reserved["shared"] < reserved["per_graph"], reserved
 
 
+def _cap_gpu_memory(extra_bytes: int) -> None:
+    """Caps this process's GPU memory at what is allocated now plus `extra_bytes` (the allocator then raises its
+    real out-of-memory error, as on a robot whose other processes took the rest); 1.0 lifts the cap."""
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + extra_bytes) / total)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
+@pytest.mark.parametrize("pool", graphs_mod.GRAPH_POOLS)
+def test_a_capture_that_runs_out_of_memory_pauses_for_its_generation_only_on_gpu(pool):
+    """A real out-of-memory inside a capture (a scale's forward needs 1 GiB under a cap 256 MiB above what is
+    allocated) pauses capturing for the rest of that generation, whose scales run eagerly (here the eager run
+    runs out of memory too, and raises); capturing is not given up: with the memory back, the next generation
+    captures the scale and replays it. (Before, one out-of-memory turned the graphs off for good, and the node
+    ran eagerly, about twice as slow, until a restart.)"""
+    scales = ((1, 1), (2, 2))
+    sg = graphs_mod.ScaleGraphs((scales, 2), torch.zeros(2, 4, 2, device="cuda"), max_tokens=16, pool=pool)
+    sg.adopt([])
+    x = torch.arange(8.0, device="cuda").view(2, 4, 1)
+
+    def small(t):
+        return t * 2 + 1
+
+    def big(t):
+        ballast = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+        return t * 2 + 1 + 0 * ballast.numel()
+    assert torch.equal(sg.run(7, 1, x, small), x * 2 + 1)          # the scale's first run: eager
+    _cap_gpu_memory(256 << 20)
+    try:
+        with pytest.warns(UserWarning, match="ran out of memory"), pytest.raises(torch.cuda.OutOfMemoryError):
+            sg.run(7, 1, x, big)
+        assert sg.paused and sg.capture and sg.capture_ooms == 1 and not sg.graphs
+        assert torch.equal(sg.run(7, 1, x, small), x * 2 + 1)      # the rest of the generation: eager
+        assert not sg.graphs
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    sg.adopt([])                                                    # the next generation
+    assert not sg.paused
+    assert torch.equal(sg.run(7, 1, x, small), x * 2 + 1) and (7, 1) in sg.graphs
+    y = x + 10
+    assert torch.equal(sg.run(7, 1, y, small), y * 2 + 1)          # replayed on a new input
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
+def test_an_out_of_memory_fails_at_most_its_request_and_the_graphs_come_back_on_gpu(tiny_bundle):
+    """The node's engine with CUDA graphs, the request after the eager warm-up (the one that captures) run with no
+    GPU memory to spare: it either runs (eagerly where a capture ran out of memory) or fails with the out-of-memory
+    error; the engine keeps serving, and once the memory is back every scale is captured and the images are the
+    warm-up's."""
+    import gc
+    from var_gen_ros.engine import DONE, FAILED, Engine, Request
+    g = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
+    g.cuda_graphs = True
+    engine = Engine(g)
+
+    def run():
+        r = engine.submit(Request(prompt=PROMPT, seed=3, cfg=3.0))
+        assert r.done_event.wait(300)
+        return r
+    first = run()
+    assert first.state == DONE, first.error
+    gc.collect()
+    _cap_gpu_memory(0)
+    try:
+        second = run()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert second.state in (DONE, FAILED)
+    if second.state == FAILED:
+        assert "out of memory" in second.error.lower(), second.error
+    else:
+        _same(first.result, second.result)
+    for r in (run(), run()):                  # captured, then replayed
+        assert r.state == DONE, r.error
+        _same(first.result, r.result)
+    gr = g._graphs
+    assert gr.capture and len(gr.graphs) == len(first.result.bits), g.graph_status()
+    engine.close()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
 def test_engine_release_gives_the_models_gpu_memory_back(tmp_path):
     """What gen_node's lifecycle cleanup does (`Engine.release`): after generations with CUDA graphs, whose KV

@@ -46,6 +46,10 @@ GRAPH_POOL = os.environ.get("VAR_GEN_GRAPH_POOL", "shared")
 GRAPH_POOLS = ("per_graph", "shared")
 
 
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
 class ScaleGraphs:
     """The graphs of one (schedule, batch, cache type) and the buffers they read: the RoPE table, each
     scale's input, the prompt condition per text length (the KV caches come with each generation, see
@@ -69,6 +73,11 @@ class ScaleGraphs:
         self.graphs: Dict[Tuple[int, int], tuple] = {}           # (T, scale) -> (graph, output)
         self.warm: set = set()
         self.error = ""                                          # why capturing stopped, if it did
+        # A capture that ran out of memory pauses capturing for the rest of that generation only (`adopt` resumes it
+        # at the next): memory is a passing condition on a robot whose other processes share the GPU, and one
+        # out-of-memory must not leave the node running eagerly, about twice as slow, for good
+        self.paused = False
+        self.capture_ooms = 0                                    # captures that ran out of memory
         self.kept_caches: list = None        # the generator's KV caches, when it keeps them (graph_keep_kv)
         self.kv_pool = None                  # the private memory pool they live in (CUDA), lent to the VAE decode
         self._pool = None                    # the graphs' shared memory pool handle (GRAPH_POOL "shared")
@@ -76,6 +85,7 @@ class ScaleGraphs:
     def adopt(self, caches: list) -> None:
         """This generation's KV caches: the graphs stay if every cache tensor is where they were captured
         with, else they are dropped (captured again on this run; tuning is not redone)."""
+        self.paused = False                  # a new generation: captures that ran out of memory are tried again
         ptrs = tuple(t.data_ptr() for c in caches for t in c.tensors())
         if ptrs != self.cache_ptrs:
             if self.graphs:
@@ -118,7 +128,7 @@ class ScaleGraphs:
             self.inputs[si].copy_(x)
             graph.replay()
             return out
-        if si not in self.warm or not self.capture:
+        if si not in self.warm or not self.capture or self.paused:
             self.warm.add(si)
             return forward(x)
         if si not in self.inputs:
@@ -134,9 +144,15 @@ class ScaleGraphs:
             with torch.cuda.graph(graph, pool=self._pool if self.pool == "shared" else None,
                                   capture_error_mode="thread_local"):
                 out = forward(buf)
-        except Exception as e:     # e.g. out of memory while capturing: carry on without graphs
-            self.capture, self.error = False, f"{type(e).__name__}: {e}"[:500]
-            warnings.warn(f"var_gen_ros: CUDA graph capture of scale {si} failed, running eagerly: {self.error}")
+        except Exception as e:     # the scale runs eagerly instead (its cache stores are by position: no double count)
+            self.error = f"{type(e).__name__}: {e}"[:500]
+            if _is_oom(e):         # paused for this generation; the next one captures again
+                self.paused, self.capture_ooms = True, self.capture_ooms + 1
+                warnings.warn(f"var_gen_ros: CUDA graph capture of scale {si} ran out of memory; this generation runs "
+                              f"its remaining scales eagerly, the next one captures again: {self.error}")
+            else:                  # something the graph cannot hold: never again for these graphs
+                self.capture = False
+                warnings.warn(f"var_gen_ros: CUDA graph capture of scale {si} failed, running eagerly: {self.error}")
             del graph
             return forward(x)
         self.graphs[(T, si)] = (graph, out)

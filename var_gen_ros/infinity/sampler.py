@@ -284,7 +284,11 @@ class Generator:
                f"(scales {gr.key[0][0]}..{gr.key[0][-1]} up to {self.graph_max_tokens} tokens, batch {gr.key[1]}, "
                f"{self.graph_pool} memory pool), recaptured {gr.recaptures}x"
                + (", KV caches kept" if gr.kept_caches is not None else ""))
-        return msg + (f"; capture stopped: {gr.error}" if gr.error else "")
+        if gr.capture_ooms:
+            msg += f"; {gr.capture_ooms} capture(s) ran out of memory (each retried at the next generation)"
+        if not gr.capture and gr.error:
+            msg += f"; capture stopped: {gr.error}"
+        return msg
 
     def memory_pools(self) -> dict:
         """The CUDA memory pools this generator made, by id: the kept KV caches' ("kv") and the CUDA graphs'
