@@ -1,0 +1,24 @@
+#!/bin/bash
+# test/test_graphs.py's GPU tests first (whole tiny generations captured and replayed against eager, the real
+# out-of-memory tests, the engine's release), then the 1024² edge proof in MODES (default "w4a4_kv8 bf16") with what
+# time the call has left. Written for the twenty-seventh session, whose device time went mostly to machines that did
+# not start: the tests were what the new defaults (the small-M GEMM as a programmatic dependent launch, twenty-sixth
+# session) and the out-of-memory pause of the graphs still lacked.
+#   CALL_S (default 560): the call's own budget in seconds; TEST_TIMEOUT (default 300); COMMITTED_PICKS=0 as in
+#   autotune_carry.sh (only the tables shipped in kernels/tuned/, as on a robot's first start)
+source bench/device/autotune_carry.sh
+build_extension
+timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q test/test_graphs.py -k "gpu or held_kv or grown_kv or release" \
+  --durations=8 > "$OUT/test_graphs_gpu.txt" 2>&1
+echo "graph tests rc $? s $(( $(date +%s) - t0 ))"; tail -4 "$OUT/test_graphs_gpu.txt"
+for mode in ${MODES:-w4a4_kv8 bf16}; do
+  left=$(( ${CALL_S:-560} - $(date +%s) + t0 ))
+  [ "$left" -lt 70 ] && echo "edge $mode not run: ${left} s left" && continue
+  timeout -s ABRT -k 10 $left python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
+    --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 --json "$OUT/edge_$mode.json" \
+    > "$OUT/edge_$mode.txt" 2>&1
+  echo "edge $mode rc $? s $(( $(date +%s) - t0 ))"
+  pkill -9 -f "[e]dge_proof.py --child"
+  grep -E "^(w4a4|bf16)|rror|unloaded" "$OUT/edge_$mode.txt" | tail -4
+done
+true
