@@ -299,6 +299,62 @@ def test_graphs_in_one_shared_pool_equal_eager_generation_on_gpu(tiny_bundle, qu
     assert reserved["shared"] < reserved["per_graph"], reserved
 
 
+class _ReplayOnTheCpu(graphs_mod.ScaleGraphs):
+    """ScaleGraphs whose capture runs forward once and whose replay runs it again on the input buffer (the CPU has
+    no CUDA graphs), so that the bookkeeping around the captures (when to capture, pause or give up) runs as on a GPU.
+    `fail[n]`: the n-th capture (from 0) raises that exception instead."""
+
+    def __init__(self, *a, fail=None, **k):
+        super().__init__(*a, **k)
+        self.capture, self.fail, self.captures = True, dict(fail or {}), 0
+
+    def _capture(self, buf, forward):
+        n, self.captures = self.captures, self.captures + 1
+        if n in self.fail:
+            raise self.fail[n]
+        out = forward(buf)
+
+        class Replay:
+            def replay(self):
+                out.copy_(forward(buf))
+        return Replay(), out
+
+
+def _generations(sg, n):
+    """n generations of three scales through sg (forward: t * 2 + 1); each scale's output must be right."""
+    scales = sg.key[0]
+    for _ in range(n):
+        sg.adopt([])
+        x = torch.randn(2, 16, 3)
+        for si, (h, w) in enumerate(scales):
+            xs = x[:, :h * w]
+            assert torch.equal(sg.run(7, si, xs, lambda t: t * 2 + 1), xs * 2 + 1)
+
+
+def test_a_capture_that_runs_out_of_memory_pauses_for_its_generation_only():
+    """The capture bookkeeping (the CPU stand-in above; the GPU test below runs real captures out of memory): an
+    out-of-memory while capturing scale 1 leaves that generation's remaining scales eager and the next generation
+    captures them; any other capture error stops capturing for these graphs (an op a graph cannot hold fails every
+    time). Every output is the eager one throughout."""
+    scales = ((1, 1), (2, 2), (4, 4))
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (test)")
+    sg = _ReplayOnTheCpu((scales, 2), torch.zeros(2, 21, 2), max_tokens=64, fail={1: oom})
+    _generations(sg, 1)                                    # eager: every scale warmed
+    assert not sg.graphs and sg.captures == 0
+    with pytest.warns(UserWarning, match="ran out of memory"):
+        _generations(sg, 1)                                # scale 0 captured, scale 1's capture fails, scale 2 eager
+    assert set(sg.graphs) == {(7, 0)} and sg.captures == 2 and sg.paused and sg.capture and sg.capture_ooms == 1
+    _generations(sg, 2)                                    # captures scales 1 and 2, then replays all three
+    assert set(sg.graphs) == {(7, 0), (7, 1), (7, 2)} and sg.captures == 4 and not sg.paused
+    other = _ReplayOnTheCpu((scales, 2), torch.zeros(2, 21, 2), max_tokens=64,
+                            fail={0: RuntimeError("operation not permitted when stream is capturing")})
+    _generations(other, 1)
+    with pytest.warns(UserWarning, match="failed, running eagerly"):
+        _generations(other, 1)
+    _generations(other, 2)
+    assert not other.graphs and other.captures == 1 and not other.capture and other.capture_ooms == 0
+
+
 def _cap_gpu_memory(extra_bytes: int) -> None:
     """Caps this process's GPU memory at what is allocated now plus `extra_bytes` (the allocator then raises its
     real out-of-memory error, as on a robot whose other processes took the rest); 1.0 lifts the cap."""

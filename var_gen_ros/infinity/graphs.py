@@ -134,17 +134,9 @@ class ScaleGraphs:
         if si not in self.inputs:
             self.inputs[si] = self._input_buffer(x)
         buf = self.inputs[si]
-        graph = torch.cuda.CUDAGraph()
         try:
-            # thread_local: the node's other threads (diagnostics, ROS callbacks) may touch CUDA meanwhile.
-            # The memory pool: see GRAPH_POOL (per graph, the sum of the graphed scales' working sets; shared,
-            # about the largest one's)
-            if self.pool == "shared" and self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self._pool if self.pool == "shared" else None,
-                                  capture_error_mode="thread_local"):
-                out = forward(buf)
-        except Exception as e:     # the scale runs eagerly instead (its cache stores are by position: no double count)
+            graph, out = self._capture(buf, forward)
+        except Exception as e:
             self.error = f"{type(e).__name__}: {e}"[:500]
             if _is_oom(e):         # paused for this generation; the next one captures again
                 self.paused, self.capture_ooms = True, self.capture_ooms + 1
@@ -153,12 +145,27 @@ class ScaleGraphs:
             else:                  # something the graph cannot hold: never again for these graphs
                 self.capture = False
                 warnings.warn(f"var_gen_ros: CUDA graph capture of scale {si} failed, running eagerly: {self.error}")
-            del graph
+            graph = None
+        if graph is None:
+            # the scale runs eagerly (its cache stores are by position: no double count), outside the except clause,
+            # so that the failed capture's graph and tensors, which the exception's frames hold, are freed first
             return forward(x)
         self.graphs[(T, si)] = (graph, out)
         buf.copy_(x)               # capturing ran nothing: the input goes in now
         graph.replay()
         return out
+
+    def _capture(self, buf: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]):
+        """(graph, its output buffer): forward(buf) captured. thread_local: the node's other threads (diagnostics,
+        ROS callbacks) may touch CUDA meanwhile. The memory pool: see GRAPH_POOL (per graph, the sum of the graphed
+        scales' working sets; shared, about the largest one's)."""
+        graph = torch.cuda.CUDAGraph()
+        if self.pool == "shared" and self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool if self.pool == "shared" else None,
+                              capture_error_mode="thread_local"):
+            out = forward(buf)
+        return graph, out
 
     def _input_buffer(self, x: torch.Tensor) -> torch.Tensor:
         """x-shaped view of one storage that every graphed scale's input shares, sized for the largest
