@@ -146,6 +146,8 @@ class ScaleGraphs:
                 self.capture = False
                 warnings.warn(f"var_gen_ros: CUDA graph capture of scale {si} failed, running eagerly: {self.error}")
             graph = None
+            if not self.graphs:    # the failed graph was the shared pool's only user: a fresh handle, as in `adopt`
+                self._pool = None
         if graph is None:
             # the scale runs eagerly (its cache stores are by position: no double count), outside the except clause,
             # so that the failed capture's graph and tensors, which the exception's frames hold, are freed first
