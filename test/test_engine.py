@@ -290,3 +290,55 @@ def test_release_gives_the_weights_host_memory_back_on_the_cpu(tmp_path):
     mem = eng.release()
     assert weights > 200 * 2 ** 20
     assert mem["host_rss_anon_before"] - mem["host_rss_anon_after"] > 0.5 * weights, (mem, weights)
+
+
+def _until(cond, timeout=10.0):
+    import time
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_idle_release_gives_back_the_kept_caches_once_per_idle_period_and_the_next_image_is_the_same(tiny_bundle):
+    """With CUDA graphs the generator keeps its KV caches (on a GPU also the graphs and their memory pool) between
+    requests. `idle_release_s` after the last request the worker drops them and returns the free memory, once per
+    idle period (0: never), keeping the model and which scales have run, so that on a GPU the next generation of the
+    same schedule captures at once: at its first scale every scale already counts as run. The next request makes the
+    caches again and gives the same image."""
+    import time
+
+    class FirstScale(Listener):
+        warm = None
+
+        def on_scale(self, req, ev):
+            if ev.index == 0:
+                FirstScale.warm = set(g._graphs.warm)
+    g = Generator.from_bundle(tiny_bundle)
+    g.cuda_graphs = True
+    eng = Engine(g)                                     # idle_release_s 0: never
+    try:
+        first = eng.submit(Request(prompt="a red circle", seed=3, listener=FirstScale()))
+        assert first.done_event.wait(60) and first.state == DONE, first.error
+        scales = set(range(len(first.result.bits)))
+        assert FirstScale.warm == {0}                   # a new schedule: each scale runs eagerly first
+        kept = g.kept_kv_bytes()
+        assert kept > 0
+        time.sleep(0.4)
+        assert eng.idle_releases == 0 and g.kept_kv_bytes() == kept
+        eng.set_idle_release(0.3)                       # the waiting worker follows the new value
+        assert _until(lambda: eng.idle_releases == 1)
+        assert g._graphs is None and g.kept_kv_bytes() == 0
+        assert "error" not in eng.last_idle_release and "host_rss_anon_after" in eng.last_idle_release, \
+            eng.last_idle_release
+        time.sleep(0.6)
+        assert eng.idle_releases == 1                   # once per idle period
+        second = eng.submit(Request(prompt="a red circle", seed=3, listener=FirstScale()))
+        assert second.done_event.wait(60) and second.state == DONE, second.error
+        assert FirstScale.warm == scales                # the scales that had run were kept
+        assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(first.result.bits, second.result.bits))
+        assert np.array_equal(first.result.image, second.result.image)
+        assert g.kept_kv_bytes() == kept
+        assert _until(lambda: eng.idle_releases == 2)
+    finally:
+        eng.close()

@@ -2,6 +2,8 @@
 from fixed buffers per text length and checks where its new KV caches landed; on the CPU nothing is captured but the same
 buffers and order are used, so the results must equal the plain path's exactly. On a GPU, replayed
 graphs must give the eager generation's bits."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -432,6 +434,40 @@ def test_an_out_of_memory_fails_at_most_its_request_and_the_graphs_come_back_on_
         _same(first.result, r.result)
     gr = g._graphs
     assert gr.capture and len(gr.graphs) == len(first.result.bits), g.graph_status()
+    engine.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
+def test_idle_release_gives_the_graphs_memory_back_and_the_next_request_captures_at_once_on_gpu(tiny_bundle):
+    """The engine's idle release (gen_node's `idle_release_s`) with real graphs: the allocator's reserved bytes drop
+    by at least the kept KV caches' bytes, and the first request after it captures every scale at once (no eager
+    run first: the kernels are compiled and tuned) and gives the same bits and image."""
+    from var_gen_ros.engine import DONE, Engine, Request
+    g = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
+    g.cuda_graphs = True
+    engine = Engine(g)
+
+    def run():
+        r = engine.submit(Request(prompt=PROMPT, seed=3, cfg=3.0))
+        assert r.done_event.wait(300) and r.state == DONE, r.error
+        return r
+    first = run()
+    _same(first.result, run().result)           # captured
+    n = len(first.result.bits)
+    kept = g.kept_kv_bytes()
+    assert len(g._graphs.graphs) == n and kept > 0
+    engine.set_idle_release(0.2)
+    end = time.monotonic() + 30
+    while engine.idle_releases == 0 and time.monotonic() < end:
+        time.sleep(0.02)
+    last = engine.last_idle_release
+    assert engine.idle_releases == 1 and g._graphs is None, last
+    assert last["gpu_reserved_before"] - last["gpu_reserved_after"] >= kept, (last, kept)
+    engine.set_idle_release(0)
+    third = run()
+    assert len(g._graphs.graphs) == n, g.graph_status()
+    _same(first.result, third.result)
+    _same(first.result, run().result)           # replayed
     engine.close()
 
 

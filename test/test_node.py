@@ -231,7 +231,7 @@ def test_diagnostics(running_node, kernel_cache):
     for key in ("model", "quantization", "device", "last_latency_s", "peak_gpu_memory_bytes", "kv_cache_bytes",
                 "queue_depth", "error_count"):
         assert key in kv
-    assert kv["device"] == "cpu"
+    assert kv["device"] == "cpu" and kv["idle_release"] == "off"
     # kernel_cache_dir: Triton's cache and the extension builds go there (made at start), and it says what it found
     assert kv["kernel_cache"].startswith(os.path.join(kernel_cache, "triton") + ": "), kv["kernel_cache"]
     assert os.path.isdir(os.path.join(kernel_cache, "triton")) and os.path.isdir(os.path.join(kernel_cache, "torch_extensions"))

@@ -82,7 +82,7 @@ class EngineStats:
 
 class Engine:
     def __init__(self, generator: Generator, queue_size: int = 4, max_prompt_chars: int = 2000,
-                 listener: Optional[Listener] = None):
+                 listener: Optional[Listener] = None, idle_release_s: float = 0.0):
         self.generator = generator
         self.queue_size = queue_size
         self.max_prompt_chars = max_prompt_chars
@@ -95,6 +95,16 @@ class Engine:
         self.gpu_fault = ""         # set once by a sticky CUDA error: nothing more can run in this process
         self.warmup_s: list = []    # seconds of each finished warm-up generation
         self.warmup_error = ""      # why warm-up stopped early ("" if it did not)
+        # After this many seconds with nothing to run, the worker gives back what only a running generation needs:
+        # the CUDA graphs with their pool and the KV caches kept for them (3.4 GiB + ~0.5 GiB for 8B at 1024²), and
+        # the allocator's free memory; the model stays. On a Jetson that memory is the robot's DRAM. The next
+        # request captures its graphs anew (about an eager generation's time), then replays. 0: never
+        # (`set_idle_release`)
+        self.idle_release_s = float(idle_release_s)
+        self.idle_releases = 0      # how many times it did
+        self.last_idle_release: dict = {}   # memory before and after the last one (`_memory_now`'s keys)
+        self._idle_since = time.monotonic()
+        self._idle_due = False      # a request ran since the last idle release
         self._stop = False
         self._worker = threading.Thread(target=self._run, name="var_gen_worker", daemon=True)
         self._worker.start()
@@ -289,19 +299,66 @@ class Engine:
         self._notify(req)
         req.done_event.set()
 
+    def set_idle_release(self, seconds: float) -> None:
+        """Changes `idle_release_s` (0: never); a wait already under way follows the new value."""
+        with self._cv:
+            self.idle_release_s = float(seconds)
+            self._cv.notify_all()
+
+    def idle_release_status(self) -> str:
+        """What the node reports in diagnostics."""
+        if self.idle_release_s <= 0:
+            return "off"
+        out = f"after {self.idle_release_s:g} s idle; {self.idle_releases} so far"
+        last = self.last_idle_release
+        if "error" in last:
+            return out + f"; the last failed: {last['error']}"
+        parts = [f"{k} {last[k + '_before'] / 2 ** 30:.2f} -> {last[k + '_after'] / 2 ** 30:.2f} GiB"
+                 for k in ("gpu_reserved", "host_rss_anon") if k + "_before" in last]
+        return out + (f"; the last: {', '.join(parts)}" if parts else "")
+
+    def _idle_release_in(self) -> Optional[float]:
+        """Seconds until the idle release is due (<= 0: now), or None when none is (off, or nothing ran since the
+        last). Called with the lock held."""
+        if self.idle_release_s <= 0 or not self._idle_due or self.generator is None or self.gpu_fault:
+            return None
+        return self._idle_since + self.idle_release_s - time.monotonic()
+
+    def _release_idle(self) -> None:
+        """The idle release (`idle_release_s`), in the worker: no generation runs meanwhile."""
+        before = _memory_now(self.generator)
+        self.generator.release_graphs(keep_warm=True)
+        free_unused_memory()
+        after = _memory_now(self.generator)
+        self.idle_releases += 1
+        self.last_idle_release = {**{f"{k}_before": v for k, v in before.items()},
+                                  **{f"{k}_after": v for k, v in after.items()}}
+
     def _run(self) -> None:
         while True:
             with self._cv:
+                idle_release = False
                 while not self._queue and not self._stop:
-                    self._cv.wait()
+                    wait = self._idle_release_in()
+                    if wait is not None and wait <= 0:
+                        idle_release, self._idle_due = True, False
+                        break
+                    self._cv.wait(wait)
                 if self._stop:
                     return
-                req = self._queue.popleft()
-                if self.gpu_fault:           # queued just before the fault: it cannot run either
-                    self._finish(req, FAILED, f"not run: {self.gpu_fault}")
-                    continue
-                self._current = req
-                self._progress_at = time.monotonic()
+                if not idle_release:
+                    req = self._queue.popleft()
+                    if self.gpu_fault:           # queued just before the fault: it cannot run either
+                        self._finish(req, FAILED, f"not run: {self.gpu_fault}")
+                        continue
+                    self._current = req
+                    self._progress_at = time.monotonic()
+            if idle_release:
+                try:
+                    self._release_idle()
+                except Exception as e:   # never let it stop the worker; the next request makes what it needs
+                    self.last_idle_release = {"error": f"{type(e).__name__}: {e}"[:500]}
+                continue
             req.state = RUNNING
             self._notify(req)
             t0 = time.monotonic()
@@ -339,6 +396,7 @@ class Engine:
             finally:
                 with self._cv:
                     self._current = None
+                    self._idle_since, self._idle_due = time.monotonic(), True
 
     def _drop_warmups(self, why: str) -> None:
         with self._cv:

@@ -130,6 +130,11 @@ class GenNode(LifecycleNode):
         P("frame_id", "var_gen", _desc("header.frame_id of published images"))
         P("publish_previews", True, _desc("publish ~/preview after every scale for every request"))
         P("compressed_format", "png", _desc("~/image/compressed encoding: png | jpeg"))
+        P("idle_release_s", 0.0, _desc("seconds with nothing to run after which the CUDA graphs, their memory pool, "
+                                       "the KV caches kept for them (3.4 GiB for 8B at 1024²) and the allocator's free "
+                                       "memory go back to the system (on a Jetson, the robot's DRAM); the model stays, "
+                                       "and the next request captures its graphs anew (about an eager generation's "
+                                       "time). 0 = never", float_range=(0.0, 86400.0)))
         P("diagnostics_period", 1.0, _desc("seconds between /diagnostics messages", float_range=(0.1, 60.0)))
         P("stall_timeout_s", 300.0, _desc("seconds a running generation may go without finishing a scale before "
                                           "/diagnostics reports ERROR (a GPU that never finishes a kernel raises "
@@ -186,7 +191,7 @@ class GenNode(LifecycleNode):
             return FAILURE
         self.configure_error = ""
         self.engine = Engine(gen, queue_size=self.p("queue_size"), max_prompt_chars=self.p("max_prompt_chars"),
-                             listener=_NodeListener(self))
+                             listener=_NodeListener(self), idle_release_s=self.p("idle_release_s"))
         self._warmup_n, self._warm_scale = 0, ("", 0, 0)
         if self.p("warmup_runs"):
             self._start_warmup()
@@ -296,6 +301,8 @@ class GenNode(LifecycleNode):
                 self.engine.queue_size = int(prm.value)
             if prm.name == "max_prompt_chars":
                 self.engine.max_prompt_chars = int(prm.value)
+            if prm.name == "idle_release_s":
+                self.engine.set_idle_release(float(prm.value))
             if prm.name == "activation_chunk":     # read by the next generation
                 self.engine.generator.chunk_tokens = int(prm.value)
             if prm.name == "graph_max_tokens":     # the next generation captures anew (the graphs' key changes)
@@ -533,7 +540,8 @@ class GenNode(LifecycleNode):
             "last_latency_s": f"{s.last_latency_s:.3f}", "last_error": s.last_error,
             "kv_cache_bytes": s.last_kv_cache_bytes, "peak_gpu_memory_bytes": s.last_peak_memory,
             "weights_bytes": sum(g.weight_bytes().values()),
-            "cuda_graphs": g.graph_status(), "prompt_cache": g.prompt_cache.status(), "warmup_s": ", ".join(f"{t:.2f}" for t in self.engine.warmup_s),
+            "cuda_graphs": g.graph_status(), "idle_release": self.engine.idle_release_status(),
+            "prompt_cache": g.prompt_cache.status(), "warmup_s": ", ".join(f"{t:.2f}" for t in self.engine.warmup_s),
         }
         if g.device.type == "cuda" and not stalled and not self.engine.gpu_fault:
             # not while stalled: a worker waiting on the GPU inside the caching allocator holds the lock this takes

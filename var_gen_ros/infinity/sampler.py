@@ -236,6 +236,9 @@ class Generator:
         # caches are then made again in the same block, at the same addresses (see _new_caches)
         self.decode_in_kv_memory = True
         self._graphs: Optional[ScaleGraphs] = None
+        # (graphs key, scales run once) kept by `release_graphs(keep_warm=True)`: the kernels those scales compiled and
+        # tuned are still there, so new graphs of the same key capture them without another eager run first
+        self._warm_after_release: Optional[tuple] = None
         # the text encoder's outputs for recent prompts (prompt_cache.py); max_entries 0 turns it off
         self.prompt_cache = PromptFeatureCache(16)
         if text_encoder is not None:
@@ -307,8 +310,12 @@ class Generator:
         kept = self._graphs.kept_caches if self._graphs is not None else None
         return sum(c.nbytes for c in kept) if kept else 0
 
-    def release_graphs(self) -> None:
-        """Drop the CUDA graphs and their buffers (freed at the next empty_cache)."""
+    def release_graphs(self, keep_warm: bool = False) -> None:
+        """Drop the CUDA graphs and their buffers, the kept KV caches among them (freed at the next empty_cache).
+        keep_warm: the next generation of the same schedule captures at once instead of running eagerly first (its
+        kernels are compiled and tuned): what an idle release (`Engine`'s `idle_release_s`) wants."""
+        gr = self._graphs
+        self._warm_after_release = (gr.key, frozenset(gr.warm)) if keep_warm and gr is not None else None
         self._graphs = None
 
     def _caches(self, schedule: ScaleSchedule, B: int):
@@ -336,6 +343,9 @@ class Generator:
         if self._graphs is None:
             self._graphs = ScaleGraphs(key, rope_tables(schedule, c.head_dim, self.device), self.graph_max_tokens,
                                        capture=self.device.type == "cuda", pool=self.graph_pool)
+            warm, self._warm_after_release = self._warm_after_release, None
+            if warm is not None and warm[0] == key:
+                self._graphs.warm = set(warm[1])
         gr = self._graphs
         if self.graph_keep_kv and self.decode_in_kv_memory and self.device.type == "cuda" and _HAS_MEM_POOL:
             gr.kv_pool = torch.cuda.MemPool()
