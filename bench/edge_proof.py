@@ -368,10 +368,43 @@ def child(a) -> dict:
     from var_gen_ros.engine import Engine
     engine = Engine(gen)
     del gen
+    if a.cuda_graphs and out["runs"] and out["runs"][-1]["fits"]:
+        out["idle_release"] = idle_release_run(engine, res[-1], a.cfg)
+        progress(f"{mode}: idle release: {out['idle_release']['status']}; the next request "
+                 f"{out['idle_release']['first_after_s']:.3f} s (captures), then {out['idle_release']['replayed_after_s']:.3f} s, "
+                 f"against {out['idle_release']['replayed_before_s']:.3f} s before")
     torch.cuda.set_per_process_memory_fraction(1.0)
     out["unload"] = engine.release()
     out["unload"].update({f"device_{k}_after": v for k, v in device_memory_used(dev).items()})
     progress(f"{mode}: unloaded: " + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in out["unload"].items()))
+    return out
+
+
+def idle_release_run(engine, hw, cfg: float) -> dict:
+    """What gen_node's `idle_release_s` gives back between requests (the engine's own code, under the run's cap) and
+    what the request after it costs: one request through the engine (its graphs replay), the idle release, then two
+    more (the first captures every scale at once, the second replays). Wall seconds in the engine's worker."""
+    from var_gen_ros.engine import DONE, Request
+    h, w = hw
+
+    def run(seed: int) -> float:
+        r = engine.submit(Request(prompt=PROMPT, seed=seed, cfg=cfg, height=h, width=w))
+        r.done_event.wait(600)
+        if r.state != DONE:
+            raise RuntimeError(f"request {r.request_id}: {r.error}")
+        return r.run_s
+    out = {"replayed_before_s": run(0)}
+    engine.set_idle_release(0.2)
+    end = time.monotonic() + 60
+    while engine.idle_releases == 0 and time.monotonic() < end:
+        time.sleep(0.01)
+    out["status"] = engine.idle_release_status()
+    engine.set_idle_release(0)
+    out["released"] = dict(engine.last_idle_release)
+    out["released"].update({f"device_{k}_after": v for k, v in device_memory_used(torch.cuda.current_device()).items()})
+    out["first_after_s"] = run(1)
+    out["replayed_after_s"] = run(2)
+    out["cuda_graphs"] = engine.generator.graph_status()
     return out
 
 
