@@ -56,7 +56,16 @@ def _descriptor_scratch(size: int, alignment: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-triton.set_allocator(_descriptor_scratch)
+def _ensure_allocator() -> None:
+    """Triton keeps its allocator in a context variable, and every thread starts with none: set at import only, it
+    reached the importing thread alone. gen_node's generations run in its engine's worker thread, where every kernel
+    building TMA descriptors (the workspace paths' TMA tiles from 257 rows, the f16w ones) then failed with "no
+    allocator was set": found on the H100 in the twenty-seventh session, through the engine in bench/edge_proof.py.
+    So every public entry sets it for its caller (a context-variable set, ~0.1 µs)."""
+    triton.set_allocator(_descriptor_scratch)
+
+
+_ensure_allocator()
 INV_QMAX = torch.tensor(1.0 / 7, dtype=torch.float32).item()   # the reference's float32 1/7
 # Triton's CPU interpreter (TRITON_INTERPRET=1, used by the CPU tests) has no libdevice; there numpy's
 # float32 `/` is already IEEE-exact and rounding half to even uses the 1.5·2^23 trick (exact for |x| < 2^22)
@@ -1222,6 +1231,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     and time every variant). `act` ("gelu_tanh") is applied in the epilogue, to the float32 result."""
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; the epilogue has {sorted(k for k in ACTIVATIONS if k)}")
+    _ensure_allocator()
     K, N, R = layer.in_features, layer.out_features, layer.rank
     shape = x.shape
     x2 = x.reshape(-1, K).contiguous()
@@ -1306,6 +1316,7 @@ def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.T
     kernels/qkv_rope_triton.py writes them from the projection's output, which is never stored: its
     float32 tile is normalized and rotated in the epilogue (one rounding, to q/k/v's dtypes, instead of two).
     `path` "i8" / "i8w" and `config` as in `w4a4_linear`."""
+    _ensure_allocator()
     B, n, K = x.shape
     N, R = layer.out_features, layer.rank
     C = N // 3

@@ -353,6 +353,38 @@ def test_quantizer_launches_agree(K):
         assert torch.equal(rs, u.squeeze(-1)) and torch.equal(rs8, rs), M
 
 
+def test_tma_tiles_launch_from_a_thread_that_did_not_import_the_kernels():
+    """Triton's allocator (global memory for the TMA descriptors a kernel builds on the device) is a context variable,
+    and a new thread starts without it. gen_node generates in its engine's worker thread: before `_ensure_allocator`
+    every TMA tile failed there with "no allocator was set" (found on the H100 through the engine, twenty-seventh
+    session). A TMA tile of the int8-workspace GEMM, 512 rows of 3584 -> 10752, from a new thread gives the main
+    thread's bits."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("TMA tiles are sm_90+")
+    import threading
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    layer = _layer(3584, 10752, True, seed=11)
+    x = (torch.randn(512, 3584, device="cuda") * 2).bfloat16()
+    cfg = dict(BLOCK_M=128, BLOCK_N=256, SWAP=False, SPLIT_K=1, num_warps=8, num_stages=3, TMA=True, KSTEP=128)
+    want = mod.w4a4_linear(x, layer, path="i8w", config=cfg)
+    got = {}
+
+    def in_thread():
+        try:
+            got["y"] = mod.w4a4_linear(x, layer, path="i8w", config=cfg)
+            torch.cuda.synchronize()
+        except Exception as e:      # reported by the assert below, not lost in the thread
+            got["error"] = f"{type(e).__name__}: {e}"
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join(300)
+    assert "error" not in got, got["error"]
+    assert torch.equal(got["y"], want)
+    ref = layer.reference_forward(x).float()
+    assert ((want.float() - ref).norm() / ref.norm()).item() <= 1e-3
+
+
 @pytest.mark.parametrize("small", [True, False])
 def test_every_gemm_variant_matches_reference(small):
     """Each autotuner candidate (SWAP on and off, every tile), not only the ones the tuner picks."""
