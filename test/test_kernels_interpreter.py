@@ -245,6 +245,32 @@ def test_rows_far_beyond_fp16_range_stay_exact(gemm):
 
 
 @interpreted
+def test_a_w4a4_call_gives_its_own_thread_the_kernels_allocator(gemm):
+    """Triton keeps its allocator (global memory for the TMA descriptors a kernel builds on the device) in a context
+    variable, and a thread starts without it. gen_node generates in its engine's worker thread: on Hopper every TMA
+    tile failed there with "no allocator was set" until the W4A4 entries set it for their caller (found on the H100,
+    twenty-seventh session; `test_tma_tiles_launch_from_a_thread_that_did_not_import_the_kernels` is the GPU check).
+    A TMA-tile call from a new thread leaves that thread with the kernels' allocator, and its result is right."""
+    import threading
+    from triton.runtime import _allocation
+    layer = _w4a4_layer(256, 64, True, 32, seed=5)
+    x = torch.randn(4, 256)
+    seen = {}
+
+    def in_thread():
+        seen["before"] = _allocation._allocator.get()
+        seen["y"] = gemm.w4a4_linear(x, layer, path="i8w", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True))
+        seen["after"] = _allocation._allocator.get()
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join(300)
+    assert seen["before"] is not gemm._descriptor_scratch           # a new thread starts without it
+    assert seen["after"] is gemm._descriptor_scratch
+    ref = _float64_w4a4(x, layer)
+    assert ((seen["y"].double() - ref).norm() / ref.norm()).item() <= 1e-5
+
+
+@interpreted
 @pytest.mark.parametrize("n_cached,n_tail,lq", [(70, 0, 20), (37, 13, 13), (0, 9, 9), (130, 0, 1)])
 def test_int8_kv_attention_kernel_matches_float64(attn, n_cached, n_tail, lq):
     from var_gen_ros.quant.kv_int8 import asym_params, dequantize_asym, quantize_asym
