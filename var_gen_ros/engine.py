@@ -24,6 +24,7 @@ from typing import Callable, Deque, Optional
 
 import numpy as np
 
+from .infinity.graphs import is_oom as _is_oom
 from .infinity.sampler import GenerationCancelled, GenerationResult, Generator, ScaleEvent
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, REJECTED = range(6)
@@ -440,16 +441,6 @@ def is_gpu_fault(e: BaseException) -> bool:
     out-of-memory."""
     text = str(e).lower()
     return not _is_oom(e) and any(s in text for s in _STICKY_CUDA_ERRORS)
-
-
-def _is_oom(e: Exception) -> bool:
-    try:
-        import torch
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            return True
-    except Exception:
-        pass
-    return "out of memory" in str(e).lower()
 
 
 def _memory_now(generator, device=None) -> dict:

@@ -46,7 +46,8 @@ GRAPH_POOL = os.environ.get("VAR_GEN_GRAPH_POOL", "shared")
 GRAPH_POOLS = ("per_graph", "shared")
 
 
-def _is_oom(e: BaseException) -> bool:
+def is_oom(e: BaseException) -> bool:
+    """Whether e is an out-of-memory error (the allocator's, or a CUDA call's worded so); also the engine's test."""
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
@@ -138,7 +139,7 @@ class ScaleGraphs:
             graph, out = self._capture(buf, forward)
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"[:500]
-            if _is_oom(e):         # paused for this generation; the next one captures again
+            if is_oom(e):          # paused for this generation; the next one captures again
                 self.paused, self.capture_ooms = True, self.capture_ooms + 1
                 warnings.warn(f"var_gen_ros: CUDA graph capture of scale {si} ran out of memory; this generation runs "
                               f"its remaining scales eagerly, the next one captures again: {self.error}")
