@@ -11,6 +11,9 @@ build_extension
 timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q test/test_graphs.py -k "gpu or held_kv or grown_kv or release" \
   --durations=8 > "$OUT/test_graphs_gpu.txt" 2>&1
 echo "graph tests rc $? s $(( $(date +%s) - t0 ))"; tail -4 "$OUT/test_graphs_gpu.txt"
+# the TMA tiles launched from a thread that did not import the kernels (the twenty-seventh session's fix)
+timeout 120 python3 -m pytest -q test/test_kernels_gpu.py -k tma_tiles_launch > "$OUT/test_tma_thread.txt" 2>&1
+echo "tma thread test rc $? s $(( $(date +%s) - t0 ))"; tail -2 "$OUT/test_tma_thread.txt"
 for mode in ${MODES:-w4a4_kv8 bf16}; do
   left=$(( ${CALL_S:-560} - $(date +%s) + t0 ))
   [ "$left" -lt 70 ] && echo "edge $mode not run: ${left} s left" && continue
