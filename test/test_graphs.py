@@ -400,6 +400,69 @@ def test_a_capture_that_runs_out_of_memory_pauses_for_its_generation_only_on_gpu
     assert torch.equal(sg.run(7, 1, y, small), y * 2 + 1)          # replayed on a new input
 
 
+# A process's first capture with no memory to spare, in its own process (an abort would end the test session). The
+# graph's first registration with the default CUDA generator allocates; when that ran out of memory, PyTorch 2.11
+# aborted the process (std::terminate from the half-made graph's destructor; H100, twenty-eighth session).
+# `hold_rng_registration` makes that allocation a Python out-of-memory error before any graph exists
+_FIRST_CAPTURE_SCRIPT = r"""
+import sys, warnings
+import torch
+from var_gen_ros.infinity import graphs
+# 4 MiB each, in one 20 MiB segment of the allocator's large pool: the scale's input buffer (4 MiB more) fits in that
+# segment under the cap, but nothing is left for a small block (the generator's 8-byte tensors need a new 2 MiB one)
+x = torch.arange(1 << 20, dtype=torch.float32, device="cuda").view(2, -1, 1)
+out = torch.empty_like(x)
+rope = torch.zeros(1 << 20, device="cuda")
+
+def forward(t):            # allocates nothing: runs under the cap
+    return out.copy_(t).mul_(2).add_(1)
+
+torch.cuda.synchronize()
+torch.cuda.empty_cache()
+total = torch.cuda.get_device_properties(0).total_memory
+torch.cuda.set_per_process_memory_fraction(torch.cuda.memory_allocated() / total)   # nothing more may be allocated
+sg = graphs.ScaleGraphs(((((1, 1), (2, 2)), 2)), rope, max_tokens=1 << 20, pool=sys.argv[1])
+sg.adopt([])
+want = (x.cpu() * 2 + 1)
+assert torch.equal(sg.run(7, 1, x, forward).cpu(), want)          # the scale's first run: eager
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    got = sg.run(7, 1, x, forward).cpu()                            # its capture: out of memory, so eager
+assert torch.equal(got, want)
+assert sg.paused and sg.capture and sg.capture_ooms == 1 and not sg.graphs, (sg.paused, sg.capture_ooms, sg.error)
+assert any("ran out of memory" in str(m.message) for m in w), [str(m.message) for m in w]
+torch.cuda.set_per_process_memory_fraction(1.0)
+sg.adopt([])                                                        # the next generation, memory back
+got = sg.run(7, 1, x, forward).cpu()
+assert torch.equal(got, want) and (7, 1) in sg.graphs
+assert torch.equal(sg.run(7, 1, x + 10, forward).cpu(), (x.cpu() + 10) * 2 + 1)     # replayed on a new input
+print("OK", sg.error[:200])
+"""
+
+
+def _run_script(script: str, *args: str):
+    """script run as `python -c` from the repository root with args: (returncode, stdout, stderr without faulthandler's
+    list of extension modules, which would crowd the stacks out of an assert message)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", script, *args], cwd=root, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": root, "PYTHONFAULTHANDLER": "1"})
+    err = "\n".join(line for line in p.stderr.splitlines() if not line.startswith("Extension modules"))
+    return p.returncode, p.stdout, err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
+@pytest.mark.parametrize("pool", graphs_mod.GRAPH_POOLS)
+def test_a_first_capture_with_no_memory_to_spare_pauses_instead_of_aborting_the_process_on_gpu(pool):
+    """A fresh process capped at what it has allocated: the scale's capture runs out of memory as a Python error
+    (the capture pauses, the scale runs eagerly and gives the right values), not as an abort, and with the memory
+    back the next generation captures and replays. Without `hold_rng_registration` this process aborts."""
+    rc, out, err = _run_script(_FIRST_CAPTURE_SCRIPT, pool)
+    assert rc == 0 and "OK" in out, (rc, out[-2000:], err[-6000:])
+
+
 # The engine under a memory cap, in its own process: on the H100 (twenty-seventh session) this scenario, with the
 # shared pool, aborted the whole process (SIGABRT in ScaleGraphs.run's C++ calls, no message), which would also end
 # a test session; in a subprocess an abort is this test's failure, with its output
@@ -449,14 +512,8 @@ def test_an_out_of_memory_fails_at_most_its_request_and_the_graphs_come_back_on_
     GPU memory to spare: it either runs (eagerly where a capture ran out of memory) or fails with the out-of-memory
     error; the engine keeps serving, and once the memory is back every scale is captured and the images are the
     warm-up's. In a subprocess (`_OOM_ENGINE_SCRIPT`)."""
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "-c", _OOM_ENGINE_SCRIPT, tiny_bundle, pool, PROMPT], cwd=root,
-                       capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": root, "PYTHONFAULTHANDLER": "1"})
-    assert p.returncode == 0 and "OK" in p.stdout, (p.returncode, p.stdout[-2000:], p.stderr[-4000:])
+    rc, out, err = _run_script(_OOM_ENGINE_SCRIPT, tiny_bundle, pool, PROMPT)
+    assert rc == 0 and "OK" in out, (rc, out[-2000:], err[-6000:])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")

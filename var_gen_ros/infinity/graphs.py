@@ -51,6 +51,30 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
+# One never-captured CUDAGraph per device, registered with the device's default CUDA generator for the life of the
+# process. Why: the first graph registered with a generator makes it allocate two 8-byte tensors
+# (CUDAGeneratorState::register_graph, PyTorch 2.11), after the graph has already recorded the generator; when that
+# allocation runs out of memory, the half-made graph's destructor finds itself unregistered, throws, and the process
+# aborts (std::terminate, no Python error; found on the H100, twenty-eighth session: the engine capturing under a
+# memory cap). With this one always registered, the generator never allocates when a graph is made
+_RNG_ANCHORS: Dict[int, "torch.cuda.CUDAGraph"] = {}
+
+
+def hold_rng_registration(device: torch.device) -> None:
+    """Register `device`'s default CUDA generator with a lasting graph, once, while that can fail as a Python
+    out-of-memory error: the generator's two tensors are allocated and freed here first (the caching allocator keeps
+    the block, so the registration's own allocation reuses it); if they do not fit, OutOfMemoryError is raised here,
+    before any graph exists."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index in _RNG_ANCHORS:
+        return
+    probe = [torch.empty(1, dtype=torch.long, device=torch.device("cuda", index)) for _ in range(2)]
+    del probe
+    anchor = torch.cuda.CUDAGraph()
+    anchor.register_generator_state(torch.cuda.default_generators[index])
+    _RNG_ANCHORS[index] = anchor
+
+
 class ScaleGraphs:
     """The graphs of one (schedule, batch, cache type) and the buffers they read: the RoPE table, each
     scale's input, the prompt condition per text length (the KV caches come with each generation, see
@@ -68,6 +92,11 @@ class ScaleGraphs:
         self.max_tokens = int(max_tokens)
         # capture False: the same buffers and call order, never captured (the CPU, and tests)
         self.capture = capture and rope.is_cuda
+        if self.capture:           # now, before the first (eager) run's kernel tuning times its own small graphs
+            try:
+                hold_rng_registration(rope.device)
+            except torch.cuda.OutOfMemoryError:
+                pass               # tried again before the first capture
         self.inputs: Dict[int, torch.Tensor] = {}                 # scale -> input buffer (views of one store)
         self._input_store: torch.Tensor = None
         self.condition: "collections.OrderedDict[int, dict]" = collections.OrderedDict()   # T -> buffers
@@ -132,10 +161,10 @@ class ScaleGraphs:
         if si not in self.warm or not self.capture or self.paused:
             self.warm.add(si)
             return forward(x)
-        if si not in self.inputs:
-            self.inputs[si] = self._input_buffer(x)
-        buf = self.inputs[si]
-        try:
+        try:                       # the input buffer too: its out-of-memory pauses the capture like the graph's
+            if si not in self.inputs:
+                self.inputs[si] = self._input_buffer(x)
+            buf = self.inputs[si]
             graph, out = self._capture(buf, forward)
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"[:500]
@@ -162,6 +191,7 @@ class ScaleGraphs:
         """(graph, its output buffer): forward(buf) captured. thread_local: the node's other threads (diagnostics,
         ROS callbacks) may touch CUDA meanwhile. The memory pool: see GRAPH_POOL (per graph, the sum of the graphed
         scales' working sets; shared, about the largest one's)."""
+        hold_rng_registration(buf.device)      # else an out-of-memory while making the graph aborts the process
         graph = torch.cuda.CUDAGraph()
         if self.pool == "shared" and self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
