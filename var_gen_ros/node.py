@@ -134,7 +134,8 @@ class GenNode(LifecycleNode):
                                        "the KV caches kept for them (3.4 GiB for 8B at 1024²) and the allocator's free "
                                        "memory go back to the system (on a Jetson, the robot's DRAM); the model stays, "
                                        "and the next request captures its graphs anew (about an eager generation's "
-                                       "time). 0 = never", float_range=(0.0, 86400.0)))
+                                       "time; 8B at 1024² on the H100: 9.97 -> 5.70 GiB reserved, the next request "
+                                       "4.2 s). 0 = never", float_range=(0.0, 86400.0)))
         P("diagnostics_period", 1.0, _desc("seconds between /diagnostics messages", float_range=(0.1, 60.0)))
         P("stall_timeout_s", 300.0, _desc("seconds a running generation may go without finishing a scale before "
                                           "/diagnostics reports ERROR (a GPU that never finishes a kernel raises "
