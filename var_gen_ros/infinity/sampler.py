@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..memory import reserved_by_pool
 from .config import InfinityConfig, ScaleSchedule, schedule_for
-from .graphs import GRAPH_POOL, ScaleGraphs
+from .graphs import GRAPH_POOL, ScaleGraphs, hold_rng_registration
 from .kv_cache import KVCache
 from .model import Infinity, block_causal_mask, rope_tables
 from .prompt_cache import PromptFeatureCache
@@ -241,6 +241,13 @@ class Generator:
         self._warm_after_release: Optional[tuple] = None
         # the text encoder's outputs for recent prompts (prompt_cache.py); max_entries 0 turns it off
         self.prompt_cache = PromptFeatureCache(16)
+        if self.device.type == "cuda":
+            # with graphs off too: Triton's autotuner and the small-M GEMM's tuner time candidates in CUDA graphs of
+            # their own, and a process's first graph that runs out of memory while being made aborts it (graphs.py)
+            try:
+                hold_rng_registration(self.device)
+            except torch.cuda.OutOfMemoryError:
+                pass               # ScaleGraphs tries again before its first capture
         if text_encoder is not None:
             width = text_encoder.model.config.d_model
             if width != self.cfg.text_channels:
