@@ -381,9 +381,20 @@ def test_a_capture_that_runs_out_of_memory_pauses_for_its_generation_only_on_gpu
         return t * 2 + 1
 
     def big(t):
+        head = t * 2 + 1          # in a capture: the first block of the capture's memory pool
         ballast = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-        return t * 2 + 1 + 0 * ballast.numel()
+        return head + 0 * ballast.numel()
+
+    def private_pools():
+        """The memory pools other than the default one that still hold segments once the cache is emptied."""
+        import gc
+        from var_gen_ros.memory import reserved_by_pool
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        return {k for k in reserved_by_pool() if k != "default"}
     assert torch.equal(sg.run(7, 1, x, small), x * 2 + 1)          # the scale's first run: eager
+    pools_before = private_pools()
     _cap_gpu_memory(256 << 20)
     try:
         with pytest.warns(UserWarning, match="ran out of memory"), pytest.raises(torch.cuda.OutOfMemoryError):
@@ -393,6 +404,10 @@ def test_a_capture_that_runs_out_of_memory_pauses_for_its_generation_only_on_gpu
         assert not sg.graphs
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
+    # the failed capture's pool is given back, not kept for the life of the process (PyTorch pull request 190308
+    # reports pools kept after captures that an error interrupted): a robot under memory pressure would otherwise
+    # lose memory with every paused capture
+    assert private_pools() <= pools_before, (private_pools(), pools_before)
     sg.adopt([])                                                    # the next generation
     assert not sg.paused
     assert torch.equal(sg.run(7, 1, x, small), x * 2 + 1) and (7, 1) in sg.graphs
