@@ -413,6 +413,7 @@ def test_a_capture_that_runs_out_of_memory_pauses_for_its_generation_only_on_gpu
     assert torch.equal(sg.run(7, 1, x, small), x * 2 + 1) and (7, 1) in sg.graphs
     y = x + 10
     assert torch.equal(sg.run(7, 1, y, small), y * 2 + 1)          # replayed on a new input
+    assert private_pools() - pools_before          # the check sees a pool when a graph holds one
 
 
 # A process's first capture with no memory to spare, in its own process (an abort would end the test session). The
