@@ -71,7 +71,9 @@ def hold_rng_registration(device: torch.device) -> None:
     probe = [torch.empty(1, dtype=torch.long, device=torch.device("cuda", index)) for _ in range(2)]
     del probe
     anchor = torch.cuda.CUDAGraph()
-    anchor.register_generator_state(torch.cuda.default_generators[index])
+    register = getattr(anchor, "register_generator_state", None)   # PyTorch 2.4+; a later one may register lazily
+    if register is not None:
+        register(torch.cuda.default_generators[index])
     _RNG_ANCHORS[index] = anchor
 
 
