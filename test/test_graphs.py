@@ -120,6 +120,30 @@ def test_replayed_graphs_equal_eager_generation_on_gpu(tiny_bundle, quantized):
     assert len(blocks) == 1
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see test/gpu/run.sh)")
+def test_w4a4_through_the_engines_worker_thread_equals_the_main_threads_generation_on_gpu(tiny_bundle):
+    """gen_node loads its model in one thread and generates in its engine's worker thread, where per-thread state
+    (Triton's allocator for TMA descriptors, cuBLAS handles, a thread-local capture) starts empty: W4A4 + static INT8
+    KV through the Triton kernels, graphs on, requested through the engine (eager, captured, replayed) gives the
+    bits and image of the same generation run eagerly in the main thread. (The twenty-seventh session's TMA failure
+    showed only through the engine: every earlier GPU test generated in its main thread.)"""
+    from var_gen_ros.engine import DONE, Engine, Request
+    from var_gen_ros.quant import QuantConfig, quantize_
+    g = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
+    quantize_(g, QuantConfig())
+    ref = g.generate(PROMPT, seed=4, cfg=3.0)           # main thread, no graphs
+    g.cuda_graphs = True
+    engine = Engine(g)
+    try:
+        for _ in range(3):                               # eager, captured, replayed
+            r = engine.submit(Request(prompt=PROMPT, seed=4, cfg=3.0))
+            assert r.done_event.wait(300) and r.state == DONE, r.error
+            _same(ref, r.result)
+        assert len(g._graphs.graphs) == len(ref.bits), g.graph_status()
+    finally:
+        engine.close()
+
+
 def test_graphed_scales_share_one_input_buffer():
     """Every graphed scale's input is a view of one storage sized for the largest graphed scale (scales
     beyond max_tokens run eagerly and need none)."""
