@@ -147,3 +147,24 @@ def test_kernel_1_signals_a_dependent_gemm_only_when_asked():
                                                                            "num_stages": v.num_stages})
         found[signal] = k.asm["ptx"].count("griddepcontrol.launch_dependents")
     assert found == {False: 0, True: 1}, found
+
+
+def test_the_i8_gemm_unpacks_its_weights_in_registers_on_hopper():
+    """The in-register i8 GEMM (up to 256 rows) at the H100 table's pick for 128 rows of 3584² (128 × 128 tile, K in
+    four splits, swapped): its K loop turns each 64-wide group's packed weight codes into wgmma's A operand in
+    registers, so it stores nothing to shared memory and runs two wgmma (K = 32 each) per group. The loop's ALU work
+    is that unpack (bench/ptx_loop.py; docs/BENCHMARKS.md, twenty-eighth session). A variant splitting the activations
+    into even and odd k in registers, tried then, stored them back to shared memory for wgmma's B operand."""
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import ptx_loop
+    name = "w4a4_i8[BLOCK_M=128,BLOCK_N=128,SPLIT_K=4,SWAP=True,w8,s3]"
+    v = next(v for v in targets.variants(90) if v.name.startswith(name))
+    src = targets.ASTSource(fn=v.kernel, signature=v.signature(), constexprs=v.constexprs, attrs=v.attrs())
+    k = triton.compile(src, target=targets.GPUTarget("cuda", 90, 32),
+                       options={"num_warps": v.num_warps, "num_stages": v.num_stages})
+    counts = ptx_loop.opcode_counts(ptx_loop.largest_loop(k.asm["ptx"]))
+    assert counts["wgmma.mma_async"] == 2, counts
+    assert counts["st.shared"] == 0 and counts["cp.async"] > 0, counts
