@@ -6,10 +6,11 @@
 # session) and the out-of-memory pause of the graphs still lacked.
 #   CALL_S (default 560): the call's own budget in seconds; TEST_TIMEOUT (default 400: the graph tests took more
 #   than 280 s on a fresh H100, twenty-eighth session); COMMITTED_PICKS=0 as in
-#   autotune_carry.sh (only the tables shipped in kernels/tuned/, as on a robot's first start)
+#   autotune_carry.sh (only the tables shipped in kernels/tuned/, as on a robot's first start); GRAPH_K: the tests'
+#   -k expression (default all the GPU ones), e.g. "worker_thread or out_of_memory or idle_release"
 source bench/device/autotune_carry.sh
 build_extension
-timeout ${TEST_TIMEOUT:-400} python3 -m pytest -v test/test_graphs.py -k "gpu or held_kv or grown_kv or release" \
+timeout ${TEST_TIMEOUT:-400} python3 -m pytest -v test/test_graphs.py -k "${GRAPH_K:-gpu or held_kv or grown_kv or release}" \
   --durations=8 > "$OUT/test_graphs_gpu.txt" 2>&1
 echo "graph tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "PASSED|FAILED|ERROR| passed| failed" "$OUT/test_graphs_gpu.txt" | cut -c1-160 | tail -30
 # the TMA tiles launched from a thread that did not import the kernels (the twenty-seventh session's fix)
