@@ -551,6 +551,36 @@ def _codes_i8(packed, mult, ROWS: tl.constexpr, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _swar_add(a, c7, c8):
+    """Bytewise a + c mod 256 in uint32 words, no carries between bytes (c7 = c & 0x7F7F7F7F, c8 = c & 0x80808080)."""
+    return ((a & 0x7F7F7F7F) + c7) ^ ((a & 0x80808080) ^ c8)
+
+
+@triton.jit
+def _byte(w, i: tl.constexpr):
+    """Byte i of uint32 words as int8 (two's complement)."""
+    return ((w >> (8 * i)) & 0xFF).to(tl.int8)
+
+
+@triton.jit
+def _codes_i8_swar(packed32, mult, ROWS: tl.constexpr, GROUP: tl.constexpr):
+    """_codes_i8 on uint32 words (8 codes each), four bytes per operation: a nibble x holds q = x - 16·[x >= 8], so
+    x ^ 8 = q + 8 in [0, 15], and (q + 8)·m <= 240 (m in [1, 16]) multiplies all four bytes of a word at once with no
+    carry; adding 256 - 8m bytewise (carries dropped) gives q·m mod 256, the int8 code. Then the bytes in k order."""
+    m = mult.to(tl.uint32)[:, None]
+    c = ((256 - 8 * m) & 0xFF) * 0x01010101
+    c7 = c & 0x7F7F7F7F
+    c8 = c & 0x80808080
+    lo = _swar_add(((packed32 & 0x0F0F0F0F) ^ 0x08080808) * m, c7, c8)          # k = 8i + 0, 2, 4, 6
+    hi = _swar_add((((packed32 >> 4) & 0x0F0F0F0F) ^ 0x08080808) * m, c7, c8)   # k = 8i + 1, 3, 5, 7
+    # join appends its new axis last, so the innermost pair (low, high nibble) is the outermost join:
+    # [..., a, b, c] = (c ? hi : lo) byte 2a + b, i.e. k = 8i + 4a + 2b + c
+    lo4 = tl.join(tl.join(_byte(lo, 0), _byte(lo, 2)), tl.join(_byte(lo, 1), _byte(lo, 3)))
+    hi4 = tl.join(tl.join(_byte(hi, 0), _byte(hi, 2)), tl.join(_byte(hi, 1), _byte(hi, 3)))
+    return tl.join(lo4, hi4).reshape(ROWS, GROUP)
+
+
+@triton.jit
 def _weight_mult(sw_ptrs, inv_u):
     """A group's weight multipliers m = s / u (exact integers: s = u·m; rint absorbs 1/u's rounding)."""
     return _rint(tl.load(sw_ptrs).to(tl.float32) * inv_u)
@@ -576,7 +606,8 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
                     M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
                     W8: tl.constexpr = False, TMA: tl.constexpr = False, KSTEP: tl.constexpr = 64,
-                    ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False, PREFETCH_SCALES: tl.constexpr = False):
+                    ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False, PREFETCH_SCALES: tl.constexpr = False,
+                    SWAR: tl.constexpr = False):
     """The i8 variant (two-level scales on both sides, quant.int4.two_level): the activations arrive as
     int8 q·m with a unit u_x per row, the weights as packed codes whose q·m is made in registers (or,
     with W8, read from an int8 workspace), so the whole K loop is one INT8 MMA accumulation in int32
@@ -619,6 +650,10 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
         a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + c)[None, :]
         w_ptrs = w_ptr + (rn % N)[:, None] * (K // 2) + (g0 * (GROUP // 2) + j)[None, :]
         s_ptrs = sw_ptr + (rn % N) * G + g0
+        if SWAR:     # the packed codes as uint32 words (K / 2 bytes a row: a multiple of 4)
+            j4 = tl.arange(0, GROUP // 8)
+            w_ptrs = (w_ptr.to(tl.pointer_type(tl.uint32)) + (rn % N)[:, None] * (K // 8)
+                      + (g0 * (GROUP // 8) + j4)[None, :])
         if PREFETCH_SCALES:
             # each group's weight scales loaded one group ahead: 2-byte loads cannot go through cp.async, so
             # the pipeliner leaves them in the loop, where each one waits a global round trip before its
@@ -631,8 +666,12 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
                 mult = _rint(s_cur.to(tl.float32) * inv_uw)
             else:
                 mult = _weight_mult(s_ptrs, inv_uw)
-            w = _codes_i8(tl.load(w_ptrs), mult, BLOCK_N, GROUP)
-            w_ptrs += GROUP // 2
+            if SWAR:
+                w = _codes_i8_swar(tl.load(w_ptrs), mult, BLOCK_N, GROUP)
+                w_ptrs += GROUP // 8
+            else:
+                w = _codes_i8(tl.load(w_ptrs), mult, BLOCK_N, GROUP)
+                w_ptrs += GROUP // 2
             s_ptrs += 1
             if SWAP:
                 acc = tl.dot(w, tl.trans(tl.load(a_ptrs)), acc, out_dtype=tl.int32)
@@ -1079,6 +1118,12 @@ I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
 # (`PREFETCH_SCALES` in `_w4a4_i8_kernel`); VAR_GEN_W4A4_PREFETCH_SCALES=1 turns it on. Off: measured slower on the
 # H100 in 13 of 16 cases, by up to 12 % (eighteenth session, docs/BENCHMARKS.md)
 PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
+# The in-register i8 GEMM making its codes four bytes at a time in uint32 words (`SWAR` in `_w4a4_i8_kernel`,
+# `_codes_i8_swar`); VAR_GEN_W4A4_SWAR=1 turns it on. Off until timed (twenty-eighth session: checked in Triton's
+# interpreter; its K loop compiled here, bench/ptx_loop.py, per 64-wide group: sm_87 280 -> 184 instructions with the
+# same shared-memory traffic; sm_90 253 -> 207, but a shared-memory round trip of the codes added, since a thread's
+# word is not the 4-code slice wgmma's A operand wants in that thread)
+SWAR = os.environ.get("VAR_GEN_W4A4_SWAR", "0") == "1"
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # Up to this many rows (at most small_m.MAX_M = 32) the i8 layout's GEMM is the CUDA C++ kernel
 # (kernels/w4a4_small_m.cu, path "i8s": mma.sync fragments loaded straight from the packed weights, no unpack
@@ -1283,6 +1328,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         meta["W8"] = path == "i8w"
         if path == "i8" and PREFETCH_SCALES:
             meta["PREFETCH_SCALES"] = True
+        if path == "i8" and SWAR:
+            meta["SWAR"] = True
     tuned, fixed = ((_GEMM_I8, _w4a4_i8_kernel) if i8 else (_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
                     else (_GEMM_INT8, _w4a4_gemm_kernel))
     if config is None:

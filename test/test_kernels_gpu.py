@@ -412,6 +412,28 @@ def test_every_gemm_variant_matches_reference(small):
         assert rel <= 1e-3, (path, cfg, rel)
 
 
+@pytest.mark.parametrize("M", [32, 128, 256])
+def test_the_swar_code_unpack_gives_the_default_bits_on_every_8b_shape(M):
+    """The i8 GEMM with its weight codes made four bytes at a time in uint32 words (SWAR, off by default, twenty-eighth
+    session) sums the same integers as the default unpack: the same output bits, on every 8B shape, at the tiles of
+    the small and large candidate lists (swapped and not, split K), and within 1e-3 of the reference."""
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    tile = lambda c: dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+    cfgs = [tile(c) for c in mod.I8_SMALL_M_CONFIGS + mod.I8_LARGE_M_CONFIGS
+            if not (c.kwargs.get("TMA") or c.kwargs.get("KSTEP", 64) != 64)][::3]
+    for K, N, bias in SHAPES_8B:
+        layer = _layer(K, N, bias, seed=K + N + M)
+        x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+        ref = layer.reference_forward(x).float()
+        for cfg in cfgs:
+            want = mod.w4a4_linear(x, layer, path="i8", config=cfg)
+            got = torch.full_like(want, float("nan"))
+            mod.w4a4_linear(x, layer, out=got, path="i8", config=dict(cfg, SWAR=True))
+            assert torch.equal(got, want), (K, N, M, cfg)
+        assert ((want.float() - ref).norm() / ref.norm()).item() <= 1e-3
+
+
 def test_the_sm80_low_rank_epilogue_matches_reference_on_every_8b_shape():
     """The low-rank up-projection as two bf16 dots (LR_BF16: what sm_80-sm_89, the Orin, run; forced here
     on whatever GPU this is) in the i8 GEMM (small and large tiles, split-K) and the INT8-rescale GEMM,
