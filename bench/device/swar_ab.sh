@@ -1,0 +1,24 @@
+#!/bin/bash
+# The i8 GEMM's SWAR code unpack (VAR_GEN_W4A4_SWAR, twenty-eighth session: checked in Triton's interpreter, its
+# K loop 0.62-0.82x the default's instructions in the PTX, not yet run on a GPU) on the device: first its GPU test
+# (the default path's bits on every 8B shape), then the W4A4 GEMM with and without it in two processes on one
+# machine (the first compiles) at the rows the in-register i8 path serves (33-256; up to 32 the CUDA small-M kernel
+# runs, from 257 the int8 workspace), then with EDGE=1 the 1024² edge proof with it on (the default's figure:
+# graphs_then_edge.sh on the same machine). Both runs take the tiles the shipped table picks for the default.
+source bench/device/autotune_carry.sh
+build_extension
+timeout ${TEST_TIMEOUT:-200} python3 -m pytest -v test/test_kernels_gpu.py -k swar > "$OUT/test_swar.txt" 2>&1
+echo "swar test rc $?"; grep -E "PASSED|FAILED| passed| failed" "$OUT/test_swar.txt" | cut -c1-160
+for sw in 0 1; do
+  VAR_GEN_W4A4_SWAR=$sw timeout ${GEMM_TIMEOUT:-200} python3 bench/kernel_bench.py --only gemm \
+    --shapes 3584x10752,3584x3584,3584x14336,14336x3584 --ms 72,128,200,256 --no-paths \
+    --json "$OUT/gemm_swar$sw.json" > "$OUT/gemm_swar$sw.txt" 2>&1
+  echo "swar=$sw rc $?"; grep -vi warn "$OUT/gemm_swar$sw.txt" | tail -20 | cut -c1-160
+done
+if [ "${EDGE:-0}" = 1 ]; then
+  VAR_GEN_W4A4_SWAR=1 timeout ${EDGE_TIMEOUT:-200} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 \
+    --modes w4a4_kv8 --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 \
+    --json "$OUT/edge_swar.json" > "$OUT/edge_swar.txt" 2>&1
+  echo "edge swar rc $?"; pkill -9 -f "[e]dge_proof.py --child"; grep -E "^w4a4|rror" "$OUT/edge_swar.txt" | tail -3
+fi
+true
