@@ -395,3 +395,18 @@ def test_dispatch_falls_back_to_the_reference_without_cuda():
         assert status.startswith("pytorch reference") and "CUDA" in status
     q = W4A4Linear.from_linear(torch.nn.Linear(128, 64), rank=4, param_dtype=torch.float16)
     assert torch.equal(q(x), q.reference_forward(x))
+
+
+def test_kernel_status_names_the_var_gen_settings_in_the_environment(monkeypatch):
+    """The kernels' switches and limits are read from VAR_GEN_* variables at import; the diagnostics that name the
+    kernels (gen_node's `kernels`, `var-gen bench`) name the ones set, so an experimental flag (VAR_GEN_W4A4_SWAR)
+    or a moved threshold shows, and only those."""
+    from var_gen_ros.quant import dispatch
+    assert dispatch.env_overrides({"PATH": "/bin", "VAR_GEN_W4A4_SWAR": "1", "VAR_GEN_GRAPH_POOL": "per_graph"}) == \
+        "VAR_GEN_GRAPH_POOL=per_graph, VAR_GEN_W4A4_SWAR=1"
+    assert dispatch.env_overrides({"HOME": "x"}) == ""
+    for k in [k for k in __import__("os").environ if k.startswith("VAR_GEN_")]:
+        monkeypatch.delenv(k)
+    assert "environment:" not in dispatch.kernel_status()
+    monkeypatch.setenv("VAR_GEN_W4A4_SWAR", "1")
+    assert dispatch.kernel_status().endswith("; environment: VAR_GEN_W4A4_SWAR=1")

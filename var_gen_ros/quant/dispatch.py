@@ -223,8 +223,23 @@ def int4_dequant_kernel(packed):
     return _STATE.get("int4_dequant")
 
 
+def env_overrides(environ=None) -> str:
+    """The VAR_GEN_* settings in the environment (the kernels' switches and limits, read at import), as
+    "NAME=value, ...", or "": a flag that is off by default and unmeasured (VAR_GEN_W4A4_SWAR) or a moved threshold
+    changes what runs, so the diagnostics that name the kernels name these too."""
+    env = os.environ if environ is None else environ
+    return ", ".join(f"{k}={env[k]}" for k in sorted(env) if k.startswith("VAR_GEN_"))
+
+
 def kernel_status() -> str:
     _load()
+    overrides = env_overrides()
+    if overrides:
+        return _kernel_status() + f"; environment: {overrides}"
+    return _kernel_status()
+
+
+def _kernel_status() -> str:
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
     gemm = _STATE.get("w4a4_module")
