@@ -39,6 +39,15 @@ edge_round() {
     grep -E "^(w4a4|bf16)|rror" "$OUT/edge_${tag}_c$C.txt" | head -5
   done
 }
+# gemm_run TAG MS [ENV=VALUE ...]: the block shapes' W4A4 GEMM (the product's path) at rows MS under the given
+# environment, written to $OUT/gemm_TAG.{json,txt} (the A/B scripts run it once per side, in separate processes)
+gemm_run() {
+  local tag=$1 ms=$2; shift 2
+  env "$@" timeout ${GEMM_TIMEOUT:-200} python3 bench/kernel_bench.py --only gemm \
+    --shapes 3584x10752,3584x3584,3584x14336,14336x3584 --ms $ms --no-paths \
+    --json "$OUT/gemm_$tag.json" > "$OUT/gemm_$tag.txt" 2>&1
+  echo "gemm $tag ($*) rc $?"; grep -vi warn "$OUT/gemm_$tag.txt" | tail -20 | cut -c1-160
+}
 # build_extension: the small-M CUDA extension built in its own step (into .tcache/torch_ext), before any timed run:
 # a run killed by its timeout mid-build would leave torch's build lock behind, on which every later process waits.
 # Sets t0 (the script's clock) and PYTHONFAULTHANDLER (stacks on SIGABRT).

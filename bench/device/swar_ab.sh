@@ -10,21 +10,13 @@ source bench/device/autotune_carry.sh
 build_extension
 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -v test/test_kernels_gpu.py -k swar > "$OUT/test_swar.txt" 2>&1
 echo "swar test rc $?"; grep -E "PASSED|FAILED| passed| failed" "$OUT/test_swar.txt" | cut -c1-160
-for sw in 0 1; do
-  VAR_GEN_W4A4_SWAR=$sw timeout ${GEMM_TIMEOUT:-200} python3 bench/kernel_bench.py --only gemm \
-    --shapes 3584x10752,3584x3584,3584x14336,14336x3584 --ms 72,128,200,256 --no-paths \
-    --json "$OUT/gemm_swar$sw.json" > "$OUT/gemm_swar$sw.txt" 2>&1
-  echo "swar=$sw rc $?"; grep -vi warn "$OUT/gemm_swar$sw.txt" | tail -20 | cut -c1-160
-done
+gemm_run swar0 72,128,200,256 VAR_GEN_W4A4_SWAR=0
+gemm_run swar1 72,128,200,256 VAR_GEN_W4A4_SWAR=1
 # MID=1: at 288-800 rows the product reads an int8 workspace (i8w, from I8W_MIN_M = 257 rows: more bytes than bf16
 # moves, unpack included); whether the in-register path with the SWAR unpack beats it there (its tiles tuned anew)
 if [ "${MID:-0}" = 1 ]; then
-  for sw in 0 1; do
-    VAR_GEN_W4A4_SWAR=$sw VAR_GEN_W4A4_I8W_MIN_M=$([ $sw = 1 ] && echo 1025 || echo 257) timeout ${GEMM_TIMEOUT:-200} \
-      python3 bench/kernel_bench.py --only gemm --shapes 3584x10752,3584x3584,3584x14336,14336x3584 --ms 288,512,800 \
-      --no-paths --json "$OUT/gemm_mid_swar$sw.json" > "$OUT/gemm_mid_swar$sw.txt" 2>&1
-    echo "mid swar=$sw rc $?"; grep -vi warn "$OUT/gemm_mid_swar$sw.txt" | tail -16 | cut -c1-160
-  done
+  gemm_run mid_swar0 288,512,800 VAR_GEN_W4A4_SWAR=0 VAR_GEN_W4A4_I8W_MIN_M=257
+  gemm_run mid_swar1 288,512,800 VAR_GEN_W4A4_SWAR=1 VAR_GEN_W4A4_I8W_MIN_M=1025
 fi
 if [ "${EDGE:-0}" = 1 ]; then
   VAR_GEN_W4A4_SWAR=1 timeout ${EDGE_TIMEOUT:-200} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 \
