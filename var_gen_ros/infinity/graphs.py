@@ -94,11 +94,6 @@ class ScaleGraphs:
         self.max_tokens = int(max_tokens)
         # capture False: the same buffers and call order, never captured (the CPU, and tests)
         self.capture = capture and rope.is_cuda
-        if self.capture:           # now, before the first (eager) run's kernel tuning times its own small graphs
-            try:
-                hold_rng_registration(rope.device)
-            except torch.cuda.OutOfMemoryError:
-                pass               # tried again before the first capture
         self.inputs: Dict[int, torch.Tensor] = {}                 # scale -> input buffer (views of one store)
         self._input_store: torch.Tensor = None
         self.condition: "collections.OrderedDict[int, dict]" = collections.OrderedDict()   # T -> buffers
