@@ -146,7 +146,7 @@ def _gemm_variants(arch: int, K: int = _C) -> List[Variant]:
             cands = gemm.tile_candidates(gemm.I8_SMALL_M_CONFIGS, gemm.I8_LARGE_M_CONFIGS, bucket)
             for c in gemm.i8_candidates(cands, w8, K, arch):
                 out.append(_config_variant(f"w4a4_i8{'w' if w8 else ''}", gemm._w4a4_i8_kernel, ptrs,
-                                           dict(base, W8=w8), c, ("N", "K", "M_BUCKET")))
+                                           dict(base, W8=w8, SWAR=gemm.SWAR and not w8), c, ("N", "K", "M_BUCKET")))
     if arch < 89:      # free-scale checkpoints (default_path "int8")
         ptrs = dict(_GEMM_PTRS, q_ptr="i8", sx_ptr="fp32", w_ptr="u8")
         ptrs.pop("ux_ptr"), ptrs.pop("wu_ptr")

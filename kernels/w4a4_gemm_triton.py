@@ -1119,11 +1119,12 @@ I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
 # H100 in 13 of 16 cases, by up to 12 % (eighteenth session, docs/BENCHMARKS.md)
 PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
 # The in-register i8 GEMM making its codes four bytes at a time in uint32 words (`SWAR` in `_w4a4_i8_kernel`,
-# `_codes_i8_swar`); VAR_GEN_W4A4_SWAR=1 turns it on. Off until timed (twenty-eighth session: checked in Triton's
-# interpreter; its K loop compiled here, bench/ptx_loop.py, per 64-wide group: sm_87 280 -> 184 instructions with the
-# same shared-memory traffic; sm_90 253 -> 207, but a shared-memory round trip of the codes added, since a thread's
-# word is not the 4-code slice wgmma's A operand wants in that thread)
-SWAR = os.environ.get("VAR_GEN_W4A4_SWAR", "0") == "1"
+# `_codes_i8_swar`); VAR_GEN_W4A4_SWAR=0 turns it off. On since the twenty-ninth session: on the H100 the same bits as
+# the byte unpack on every 8B shape, and 0.84-0.94x its time at 72-256 rows (CUDA-graph replay, both in one machine,
+# docs/BENCHMARKS.md). Its K loop compiled here (bench/ptx_loop.py), per 64-wide group: sm_87 280 -> 184
+# instructions with the same shared-memory traffic; sm_90 253 -> 207, with a shared-memory round trip of the codes
+# added (a thread's word is not the 4-code slice wgmma's A operand wants in that thread)
+SWAR = os.environ.get("VAR_GEN_W4A4_SWAR", "1") == "1"
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # Up to this many rows (at most small_m.MAX_M = 32) the i8 layout's GEMM is the CUDA C++ kernel
 # (kernels/w4a4_small_m.cu, path "i8s": mma.sync fragments loaded straight from the packed weights, no unpack

@@ -414,9 +414,10 @@ def test_every_gemm_variant_matches_reference(small):
 
 @pytest.mark.parametrize("M", [32, 128, 256])
 def test_the_swar_code_unpack_gives_the_default_bits_on_every_8b_shape(M):
-    """The i8 GEMM with its weight codes made four bytes at a time in uint32 words (SWAR, off by default, twenty-eighth
-    session) sums the same integers as the default unpack: the same output bits, on every 8B shape, at the tiles of
-    the small and large candidate lists (swapped and not, split K), and within 1e-3 of the reference."""
+    """The i8 GEMM with its weight codes made four bytes at a time in uint32 words (SWAR, twenty-eighth session; the
+    default since the twenty-ninth) sums the same integers as the byte-at-a-time unpack: the same output bits, on every
+    8B shape, at the tiles of the small and large candidate lists (swapped and not, split K), and within 1e-3 of the
+    reference."""
     from kernels_under_test import gemm_module
     mod = gemm_module()
     tile = lambda c: dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
@@ -427,7 +428,7 @@ def test_the_swar_code_unpack_gives_the_default_bits_on_every_8b_shape(M):
         x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
         ref = layer.reference_forward(x).float()
         for cfg in cfgs:
-            want = mod.w4a4_linear(x, layer, path="i8", config=cfg)
+            want = mod.w4a4_linear(x, layer, path="i8", config=dict(cfg, SWAR=False))
             got = torch.full_like(want, float("nan"))
             mod.w4a4_linear(x, layer, out=got, path="i8", config=dict(cfg, SWAR=True))
             assert torch.equal(got, want), (K, N, M, cfg)

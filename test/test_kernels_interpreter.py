@@ -101,16 +101,17 @@ def _gemm_cases(K, rank):
              ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
              ("f16w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
              ("f16w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, TMA=True, SPLIT_K=2), 1e-5),
-             # i8: q·m of both sides (two-level scales), one int32 accumulation over all of K
-             ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True), 1e-5),
-             ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4), 1e-5),
+             # i8: q·m of both sides (two-level scales), one int32 accumulation over all of K; the codes made a byte
+             # at a time (SWAR=False; the default makes them four bytes at a time, below)
+             ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SWAR=False), 1e-5),
+             ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, SWAR=False), 1e-5),
              ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False), 1e-5),
              ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, TMA=True), 1e-5),
              ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=2), 1e-5),
              # the weight scales loaded one group ahead (the last group of an uneven split masks its load)
              ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, PREFETCH_SCALES=True), 1e-5),
              ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, PREFETCH_SCALES=True), 1e-5),
-             # the codes made four bytes at a time in uint32 words
+             # the codes made four bytes at a time in uint32 words (the default)
              ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SWAR=True), 1e-5),
              ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, SWAR=True), 1e-5))
     # the sm_80-sm_89 epilogue: the low-rank up-projection as two bf16 dots. The pair holds the float32

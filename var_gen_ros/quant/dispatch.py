@@ -225,7 +225,7 @@ def int4_dequant_kernel(packed):
 
 def env_overrides(environ=None) -> str:
     """The VAR_GEN_* settings in the environment (the kernels' switches and limits, read at import), as
-    "NAME=value, ...", or "": a flag that is off by default and unmeasured (VAR_GEN_W4A4_SWAR) or a moved threshold
+    "NAME=value, ...", or "": an experimental flag or a default turned off (VAR_GEN_W4A4_SWAR=0) or a moved threshold
     changes what runs, so the diagnostics that name the kernels name these too."""
     env = os.environ if environ is None else environ
     return ", ".join(f"{k}={env[k]}" for k in sorted(env) if k.startswith("VAR_GEN_"))
