@@ -113,7 +113,9 @@ def _gemm_cases(K, rank):
              ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, PREFETCH_SCALES=True), 1e-5),
              # the codes made four bytes at a time in uint32 words (the default)
              ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SWAR=True), 1e-5),
-             ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, SWAR=True), 1e-5))
+             ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, SWAR=True), 1e-5),
+             # one 256-row swapped tile (the tuner's two-warpgroup candidate; rows past M wrap around, never stored)
+             ("i8", dict(BLOCK_M=256, BLOCK_N=64, SWAP=True), 1e-5))
     # the sm_80-sm_89 epilogue: the low-rank up-projection as two bf16 dots. The pair holds the float32
     # partials to ~2^-17 each (up to 1.2e-5 of the output over 48 random draws of 1-3 rows, median 6.5e-6);
     # one bf16 dot alone is ~1.6e-3 off
