@@ -906,8 +906,9 @@ I8_LARGE_M_CONFIGS = FP8_LARGE_M_CONFIGS + \
      # 128-row tiles make it twice (on the H100, 200-256 rows took 1.6-1.7x the time of 128, twenty-ninth session).
      # Its K loop compiled for sm_90 issues 142 instructions a thread per group (8 warps) against 213 (4 warps) at
      # 128 x 64, i.e. 0.67x the warp instructions for the same rows; 224 bytes spilled (epilogue), none on sm_87.
-     # Added to the tuner's candidates, not yet timed: the H100 table ships the earlier picks
-     _cfg(256, 64, True, 8, 4)]
+     # Added to the tuner's candidates, not yet timed: the H100 table ships the earlier picks. K split 2 and 4 ways
+     # too: on N = 3584 it is 56 tiles for 132 SMs
+     _cfg(256, 64, True, 8, 4)] + _split([(256, 64, True, 8, 4)], (2, 4))
 
 
 def _arch(named_args) -> int:
