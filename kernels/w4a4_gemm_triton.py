@@ -1127,7 +1127,7 @@ I8 = os.environ.get("VAR_GEN_W4A4_I8", "1") == "1"
 PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
 # The in-register i8 GEMM making its codes four bytes at a time in uint32 words (`SWAR` in `_w4a4_i8_kernel`,
 # `_codes_i8_swar`); VAR_GEN_W4A4_SWAR=0 turns it off. On since the twenty-ninth session: on the H100 the same bits as
-# the byte unpack on every 8B shape, and 0.84-0.94x its time at 72-256 rows (CUDA-graph replay, both in one machine,
+# the byte unpack on every 8B shape, and 0.88-0.94x its time at 72-256 rows (CUDA-graph replay, both in one machine,
 # docs/BENCHMARKS.md). Its K loop compiled here (bench/ptx_loop.py), per 64-wide group: sm_87 280 -> 184
 # instructions with the same shared-memory traffic; sm_90 253 -> 207, with a shared-memory round trip of the codes
 # added (a thread's word is not the 4-code slice wgmma's A operand wants in that thread)

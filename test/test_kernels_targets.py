@@ -155,7 +155,7 @@ def test_the_i8_gemm_unpacks_its_weights_in_registers_on_hopper():
     wgmma's A operand in registers: nothing stored to shared memory, two wgmma (K = 32 each) per group; the loop's ALU
     work is that unpack (bench/ptx_loop.py; docs/BENCHMARKS.md, twenty-eighth session). The product's default, four
     bytes at a time (SWAR), issues at most 0.85x those instructions around the same two wgmma (253 -> 207), at the
-    price of a few shared-memory stores; on the H100 it took 0.84-0.94x the time (twenty-ninth session). A variant
+    price of a few shared-memory stores; on the H100 it took 0.88-0.94x the time (twenty-ninth session). A variant
     splitting the activations into even and odd k in registers, tried in the twenty-eighth session, stored them back
     to shared memory for wgmma's B operand."""
     name = "w4a4_i8[BLOCK_M=128,BLOCK_N=128,SPLIT_K=4,SWAP=True,w8,s3]"
