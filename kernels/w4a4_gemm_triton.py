@@ -1132,6 +1132,13 @@ PREFETCH_SCALES = os.environ.get("VAR_GEN_W4A4_PREFETCH_SCALES", "0") == "1"
 # instructions with the same shared-memory traffic; sm_90 253 -> 207, with a shared-memory round trip of the codes
 # added (a thread's word is not the 4-code slice wgmma's A operand wants in that thread)
 SWAR = os.environ.get("VAR_GEN_W4A4_SWAR", "1") == "1"
+
+
+def swar_applies(qweight: torch.Tensor) -> bool:
+    """Whether the in-register i8 path may read these packed codes as uint32 words: SWAR on and the rows 4-byte
+    aligned (a row is K/2 bytes with K % 64 == 0, so the base address decides; a view at an odd byte offset, as a
+    slice of a larger buffer could be, takes the byte unpack instead of a misaligned load)."""
+    return SWAR and qweight.data_ptr() % 4 == 0
 I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8W_MIN_M", "257"))
 # Up to this many rows (at most small_m.MAX_M = 32) the i8 layout's GEMM is the CUDA C++ kernel
 # (kernels/w4a4_small_m.cu, path "i8s": mma.sync fragments loaded straight from the packed weights, no unpack
@@ -1336,7 +1343,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         meta["W8"] = path == "i8w"
         if path == "i8" and PREFETCH_SCALES:
             meta["PREFETCH_SCALES"] = True
-        if path == "i8" and SWAR:
+        if path == "i8" and swar_applies(layer.qweight):
             meta["SWAR"] = True
     tuned, fixed = ((_GEMM_I8, _w4a4_i8_kernel) if i8 else (_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
                     else (_GEMM_INT8, _w4a4_gemm_kernel))

@@ -149,6 +149,19 @@ def test_kernel_1_signals_a_dependent_gemm_only_when_asked():
     assert found == {False: 0, True: 1}, found
 
 
+def test_the_swar_unpack_takes_only_packed_codes_it_can_read_as_aligned_words(monkeypatch):
+    """The SWAR unpack reads the packed codes as uint32 words, so a weight whose rows do not start 4-byte aligned (a
+    view at an odd byte offset) takes the byte unpack; VAR_GEN_W4A4_SWAR=0 (read at import) turns it off for all."""
+    buf = torch.zeros(4 * 1792 + 4, dtype=torch.uint8)
+    aligned = buf[:4 * 1792].view(4, 1792)
+    assert aligned.data_ptr() % 4 == 0
+    assert gemm.swar_applies(aligned) is gemm.SWAR is True
+    for offset in (1, 2, 3):
+        assert not gemm.swar_applies(buf[offset:offset + 4 * 1792].view(4, 1792))
+    monkeypatch.setattr(gemm, "SWAR", False)
+    assert not gemm.swar_applies(aligned)
+
+
 def test_the_i8_gemm_unpacks_its_weights_in_registers_on_hopper():
     """The in-register i8 GEMM (up to 256 rows) at the H100 table's pick for 128 rows of 3584² (128 × 128 tile, K in
     four splits, swapped). A byte at a time (SWAR=False), its K loop turns each 64-wide group's packed weight codes into
