@@ -58,3 +58,19 @@ build_extension() {
   timeout ${BUILD_TIMEOUT:-200} python3 -c "from var_gen_ros.quant.dispatch import kernel_module as k; m = k('w4a4_small_m_cuda'); m.extension(); print(m.build_status())"
   echo "build rc $? s $(( $(date +%s) - t0 ))"
 }
+# edge_until CALL_S "MODES": the 1024² edge proof (the product's defaults: graphs up to 4096 tokens, the INT4 text
+# encoder, 14 GiB cap) once per mode, each with what is left of the call's CALL_S seconds since t0 (a mode with under
+# 70 s left is not started), written to $OUT/edge_MODE.{json,txt}
+edge_until() {
+  local call_s=$1 mode left
+  for mode in $2; do
+    left=$(( call_s - $(date +%s) + t0 ))
+    [ "$left" -lt 70 ] && echo "edge $mode not run: ${left} s left" && continue
+    timeout -s ABRT -k 10 $left python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
+      --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 --json "$OUT/edge_$mode.json" \
+      > "$OUT/edge_$mode.txt" 2>&1
+    echo "edge $mode rc $? s $(( $(date +%s) - t0 ))"
+    pkill -9 -f "[e]dge_proof.py --child"
+    grep -E "^(w4a4|bf16)|rror|unloaded" "$OUT/edge_$mode.txt" | tail -4
+  done
+}

@@ -16,14 +16,5 @@ echo "graph tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "PASSED|FAILED|ERROR
 # the TMA tiles launched from a thread that did not import the kernels (the twenty-seventh session's fix)
 timeout 120 python3 -m pytest -q test/test_kernels_gpu.py -k tma_tiles_launch > "$OUT/test_tma_thread.txt" 2>&1
 echo "tma thread test rc $? s $(( $(date +%s) - t0 ))"; tail -2 "$OUT/test_tma_thread.txt"
-for mode in ${MODES:-w4a4_kv8 bf16}; do
-  left=$(( ${CALL_S:-560} - $(date +%s) + t0 ))
-  [ "$left" -lt 70 ] && echo "edge $mode not run: ${left} s left" && continue
-  timeout -s ABRT -k 10 $left python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
-    --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 --json "$OUT/edge_$mode.json" \
-    > "$OUT/edge_$mode.txt" 2>&1
-  echo "edge $mode rc $? s $(( $(date +%s) - t0 ))"
-  pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|rror|unloaded" "$OUT/edge_$mode.txt" | tail -4
-done
+edge_until ${CALL_S:-560} "${MODES:-w4a4_kv8 bf16}"
 true

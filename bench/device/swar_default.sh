@@ -9,14 +9,5 @@ timeout ${TEST_TIMEOUT:-280} python3 -m pytest -v test/test_kernels_gpu.py --dur
 w4a4_kernel_matches_reference or every_gemm_variant or split_k_is_deterministic or products_calls_meet" \
   > "$OUT/test_swar_default.txt" 2>&1
 echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "FAILED|ERROR| passed| failed" "$OUT/test_swar_default.txt" | cut -c1-160 | tail -12
-for mode in w4a4_kv8 bf16; do
-  left=$(( ${CALL_S:-520} - $(date +%s) + t0 ))
-  [ "$left" -lt 70 ] && echo "edge $mode not run: ${left} s left" && continue
-  timeout -s ABRT -k 10 $left python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
-    --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 --json "$OUT/edge_$mode.json" \
-    > "$OUT/edge_$mode.txt" 2>&1
-  echo "edge $mode rc $? s $(( $(date +%s) - t0 ))"
-  pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|rror" "$OUT/edge_$mode.txt" | tail -3
-done
+edge_until ${CALL_S:-520} "w4a4_kv8 bf16"
 true
