@@ -6,7 +6,10 @@ its weight operand. The tuner tunes a bucket at the first row count that meets i
 The tuner times the kernel by itself with its operands warm in the L2, so these are the GEMM's best case; kernel 1
 (the activations' quantizer) and the int8 workspace's unpack are not in them.
 
-    python3 bench/autotune_table.py [--archive bench/device/autotune_h100.tgz] [--kernel _w4a4_i8_kernel]
+    python3 bench/autotune_table.py [--archive bench/device/autotune_h100.tgz] [--kernel _w4a4_i8_kernel] [--tile 256x64]
+
+--tile BLOCK_MxBLOCK_N adds a column: that tile's fastest trial (any K split) and its time over the best's, how a
+tuner candidate that never wins is judged from a run's archive.
 """
 import argparse
 import os
@@ -34,9 +37,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archive", default=os.path.join(HERE, "device", "autotune_h100.tgz"))
     p.add_argument("--kernel", default="_w4a4_i8_kernel")
+    p.add_argument("--tile", default=None, help="BLOCK_MxBLOCK_N: that tile's fastest trial against the best")
     a = p.parse_args(argv)
     print("rows bucket | N | K | int8 workspace | candidates | best µs | runner-up µs | best config | "
-          "weights TB/s")
+          "weights TB/s" + (f" | {a.tile} µs (x best)" if a.tile else ""))
     for key, timed in read_tunings(a.archive, a.kernel):
         bucket, n, k, w8 = key[:4]
         (cfg, best), second = timed[0], (timed[1][1] if len(timed) > 1 else float("nan"))
@@ -45,7 +49,14 @@ def main(argv=None):
                f"w={cfg['num_warps']} s={cfg['num_stages']}"
         weight_bytes = n * k * (1 if w8 else 0.5)               # the int8 workspace, or the packed INT4 codes
         print(f"{bucket:5d} | {n:5d} | {k:5d} | {str(w8):5s} | {len(timed):2d} | {best * 1e3:7.1f} | "
-              f"{second * 1e3:7.1f} | {tile} | {weight_bytes / (best * 1e-3) / 1e12:5.2f}")
+              f"{second * 1e3:7.1f} | {tile} | {weight_bytes / (best * 1e-3) / 1e12:5.2f}" + _tile_column(a.tile, timed, best))
+
+
+def _tile_column(tile, timed, best) -> str:
+    if not tile:
+        return ""
+    t = [ms for c, ms in timed if f"{c['kwargs'].get('BLOCK_M')}x{c['kwargs'].get('BLOCK_N')}" == tile]
+    return f" | {min(t) * 1e3:7.1f} ({min(t) / best:.2f})" if t else " | not a candidate"
 
 
 if __name__ == "__main__":

@@ -901,14 +901,11 @@ I8_LARGE_M_CONFIGS = FP8_LARGE_M_CONFIGS + \
      _cfg(128, 256, True, 8, 3, TMA=True, KSTEP=128),
      # 4 stages (192 KB of shared memory): 3-7 % faster than any tile above at M = 2048 and 8192 on the
      # four block shapes (H100, bench/int8_gemm_probe.py, eleventh session)
-     _cfg(128, 256, False, 8, 4, TMA=True, KSTEP=128),     # KSTEP 128 and TMA: the workspace (W8) only
-     # 129-256 rows in one swapped tile of 64 weight rows and two warpgroups: each weight code is made once, where two
-     # 128-row tiles make it twice (on the H100, 200-256 rows took 1.6-1.7x the time of 128, twenty-ninth session).
-     # Its K loop compiled for sm_90 issues 142 instructions a thread per group (8 warps) against 213 (4 warps) at
-     # 128 x 64, i.e. 0.67x the warp instructions for the same rows; 224 bytes spilled (epilogue), none on sm_87.
-     # Added to the tuner's candidates, not yet timed: the H100 table ships the earlier picks. K split 2 and 4 ways
-     # too: on N = 3584 it is 56 tiles for 132 SMs
-     _cfg(256, 64, True, 8, 4)] + _split([(256, 64, True, 8, 4)], (2, 4))
+     _cfg(128, 256, False, 8, 4, TMA=True, KSTEP=128)]     # KSTEP 128 and TMA: the workspace (W8) only
+# Tried and taken out (twenty-ninth/thirtieth sessions): a 256 x 64 swapped in-register tile with two warpgroups, unsplit
+# and K split 2 and 4 ways, so that 129-256 rows make each weight code once instead of in two 128-row tiles. On the
+# H100 the tuner's trials put it at 1.08-2.3x the best pick's time on every key at 128-512 rows
+# (docs/results/tile256_*_thirtieth_h100.*; bench/autotune_trials.py): fewer instructions per row, more time.
 
 
 def _arch(named_args) -> int:

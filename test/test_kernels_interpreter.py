@@ -23,6 +23,12 @@ def test_kernels_in_triton_interpreter():
     pytest.importorskip("triton", reason="Triton not installed (tools/setup.sh installs it)")
     if INTERPRETED:
         pytest.skip("this is the child run")
+    import numpy
+    if tuple(int(v) for v in numpy.__version__.split(".")[:2]) >= (2, 4):
+        # Triton 3.6's interpreter hands scalar kernel arguments over as 1-element arrays and casts them with int(),
+        # which numpy 2.4 refuses (every kernel with a scalar loop bound fails); requirements.txt pins numpy<2.4.
+        # The GPU machines' images carry 2.4: there test/test_kernels_gpu.py runs the compiled kernels instead.
+        pytest.skip(f"numpy {numpy.__version__}: Triton 3.6's interpreter needs numpy<2.4 (requirements.txt)")
     env = dict(os.environ, TRITON_INTERPRET="1")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -113,9 +119,7 @@ def _gemm_cases(K, rank):
              ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, PREFETCH_SCALES=True), 1e-5),
              # the codes made four bytes at a time in uint32 words (the default)
              ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SWAR=True), 1e-5),
-             ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, SWAR=True), 1e-5),
-             # one 256-row swapped tile (the tuner's two-warpgroup candidate; rows past M wrap around, never stored)
-             ("i8", dict(BLOCK_M=256, BLOCK_N=64, SWAP=True), 1e-5))
+             ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=4, SWAR=True), 1e-5))
     # the sm_80-sm_89 epilogue: the low-rank up-projection as two bf16 dots. The pair holds the float32
     # partials to ~2^-17 each (up to 1.2e-5 of the output over 48 random draws of 1-3 rows, median 6.5e-6);
     # one bf16 dot alone is ~1.6e-3 off
