@@ -240,15 +240,17 @@ def test_diagnostics(running_node, kernel_cache):
     assert 50 << 20 < int(kv["host_rss_bytes"]) <= int(kv["host_peak_rss_bytes"]) + (16 << 20), kv
 
 
-def test_edge_preset_node_on_the_default_model(running_node):
+def test_edge_preset_node_on_the_default_model(running_node, tmp_path):
     """gen_node with the edge preset (config/edge_8b.yaml over gen.yaml: W4A4, INT8 KV, INT4 text encoder) on
-    the embedded default model (its shipped w4a4/ is loaded, no calibration), on the CPU in float32: the
-    published image equals the Generator's with the same precision, and diagnostics say what ran."""
+    the embedded default model (its shipped w4a4/ is loaded, no calibration), on the CPU in float32, its text
+    encoder parked in a file between prompts (text_encoder_park_dir): the published image equals the Generator's
+    with the same precision and a resident encoder, diagnostics say what ran, and the file goes with the node."""
     _, node, _ = running_node
     ns = "/q" + uuid.uuid4().hex[:8]
+    park = tmp_path / "parked"
     proc = subprocess.Popen(
         [sys.executable, "-m", "var_gen_ros.node", "--ros-args", "--params-file", os.path.join(ROOT, "config", "gen.yaml"),
-         "--params-file", os.path.join(ROOT, "config", "edge_8b.yaml"),
+         "--params-file", os.path.join(ROOT, "config", "edge_8b.yaml"), "-p", f"text_encoder_park_dir:={park}",
          "-p", "device:=cpu", "-p", "dtype:=fp32", "-p", "seed:=5", "-p", "diagnostics_period:=0.2", "-r", f"__ns:={ns}"],
         cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -275,6 +277,12 @@ def test_edge_preset_node_on_the_default_model(running_node):
         kv = {v.key: v.value for v in mine()[-1].values}
         assert kv["quantization"] == "w4a4" and "W4A4 loaded" in kv["precision"] and "INT8 KV" in kv["precision"]
         assert "text encoder INT4" in kv["precision"], kv["precision"]
+        assert "text encoder parked between prompts in " + str(park) in kv["precision"], kv["precision"]
+        # loaded for the warm-up's prompt (gen.yaml: two warm-up runs, one prompt) and for this one
+        residency = lambda: {v.key: v.value for v in mine()[-1].values}["text_encoder_residency"]
+        assert _wait(lambda: "loaded 2 times" in residency()), residency()
+        files = os.listdir(park)
+        assert len(files) == 1 and os.path.getsize(park / files[0]) > 0
         assert kv["kernels"].startswith("pytorch reference")
         assert kv["allocator"] == "as configured"        # the Tegra guard: nothing to do on a CPU
     finally:
@@ -283,6 +291,7 @@ def test_edge_preset_node_on_the_default_model(running_node):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+    assert proc.returncode is not None and os.listdir(park) == [], os.listdir(park)
 
 
 def test_activation_chunk_parameter_set_at_run_time(running_node):

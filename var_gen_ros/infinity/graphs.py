@@ -107,6 +107,7 @@ class ScaleGraphs:
         self.capture_ooms = 0                                    # captures that ran out of memory
         self.kept_caches: list = None        # the generator's KV caches, when it keeps them (graph_keep_kv)
         self.kv_pool = None                  # the private memory pool they live in (CUDA), lent to the VAE decode
+        self.kept_spec = None                # (schedule, batch) the kept caches were made for
         self._pool = None                    # the graphs' shared memory pool handle (GRAPH_POOL "shared")
 
     def adopt(self, caches: list) -> None:

@@ -241,6 +241,8 @@ class Generator:
         self._warm_after_release: Optional[tuple] = None
         # the text encoder's outputs for recent prompts (prompt_cache.py); max_entries 0 turns it off
         self.prompt_cache = PromptFeatureCache(16)
+        # the text encoder's weights in a file between prompts (park_text_encoder), or None: kept resident
+        self.text_encoder_parked = None
         if self.device.type == "cuda":
             # with graphs off too: Triton's autotuner and the small-M GEMM's tuner time candidates in CUDA graphs of
             # their own, and a process's first graph that runs out of memory while being made aborts it (graphs.py)
@@ -264,12 +266,28 @@ class Generator:
         return self.model.dtype
 
     def weight_bytes(self) -> dict:
+        """The models' weights where they live now (a parked text encoder's are in its file: 0 here)."""
         def nbytes(m):
-            return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+            return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers())
+                       if t.device.type != "meta")
         out = {"transformer": nbytes(self.model), "vae": nbytes(self.vae)}
         if self.text_encoder is not None:
             out["text_encoder"] = nbytes(self.text_encoder.model)
         return out
+
+    def park_text_encoder(self, path: str) -> str:
+        """The text encoder "run, then freed" (parking.py): its weights go to the file `path`, and each prompt the
+        prompt cache misses loads them for its encoding only. Returns what it did, for the precision line."""
+        from .parking import ParkedWeights, tmpfs_warning
+        if self.text_encoder is None:
+            raise ValueError("no text encoder to park")
+        if self.text_encoder_parked is not None:
+            return f"text encoder {self.text_encoder_parked.status()}"
+        self.text_encoder_parked = ParkedWeights(self.text_encoder.model, path)
+        self.prompt_cache.clear()
+        warn = tmpfs_warning(path)
+        return (f"text encoder parked between prompts in {path} ({self.text_encoder_parked.nbytes / 2**30:.2f} GiB)"
+                + (f"; WARNING: {warn}" if warn else ""))
 
     def warmup(self, runs: int = 2, prompt: str = "warm-up", **kwargs) -> List[float]:
         """`runs` generations thrown away (seconds each): the first autotunes and compiles the GPU
@@ -359,6 +377,7 @@ class Generator:
         caches = self._new_caches(schedule, B, gr.kv_pool if self.graph_keep_kv else None)
         gr.adopt(caches)
         gr.kept_caches = caches if self.graph_keep_kv else None
+        gr.kept_spec = (schedule, B) if self.graph_keep_kv else None
         return caches, gr
 
     def _remake_kept_caches(self, schedule: ScaleSchedule, B: int, pool=None) -> Optional[list]:
@@ -445,12 +464,54 @@ class Generator:
     @torch.no_grad()
     def encode_text(self, prompt: str, negative_prompt: Optional[str], use_cfg: bool):
         prompts = [prompt] + ([negative_prompt] if (use_cfg and negative_prompt) else [])
-        feats, mask = self.text_encoder.encode(prompts)
+        if self.text_encoder_parked is None:
+            feats, mask = self.text_encoder.encode(prompts)
+        else:
+            feats, mask = self._encode_parked(prompts)
         # the encoder may live elsewhere (text_encoder: cpu keeps it off the GPU): features go to the model
         feats, mask = feats.to(self.device), mask.to(self.device)
         if use_cfg and not negative_prompt:
             un = self.model.uncond_text(feats[:1], mask[:1])
             feats, mask = torch.cat([feats, un]), torch.cat([mask, mask])
+        return feats, mask
+
+    def _encode_parked(self, prompts):
+        """The parked text encoder loaded for one encoding (park_text_encoder). With KV caches kept for the graphs,
+        its weights and activations go into the caches' block while it is dead (between generations: the next
+        one overwrites it), as the VAE decode does, and the caches are made again in that block after it; so the
+        load does not add the encoder to the kept caches (on the H100 at 1024² the text stage was then the
+        peak: 8.99 GiB against 8.45 for the largest scale, thirtieth session). Elsewhere it takes new memory."""
+        parked, gr = self.text_encoder_parked, self._graphs
+        pool = gr.kv_pool if gr is not None and gr.kept_caches is not None and gr.kept_spec is not None else None
+        # the encoder with its activations must fit in the block, or the pool grows beside it
+        if pool is None or self._kv_block_at is None or self._kv_block_at[1] < 2 * parked.nbytes:
+            with parked.loaded():
+                return self.text_encoder.encode(prompts)
+        schedule, B = gr.kept_spec
+        ptr, nbytes = self._kv_block_at
+        allocated0 = torch.cuda.memory_allocated(self.device)
+        gr.kept_caches = None
+        if not free_or_collect(lambda: allocated0 - torch.cuda.memory_allocated(self.device) >= nbytes):
+            warnings.warn("var_gen_ros: the KV caches' block is held before the text encoder's load (loaded outside "
+                          "its pool, which is made anew): " + "; ".join(holders_of(ptr)))
+            self._renew_kv_pool(gr, schedule, B)
+            with parked.loaded():
+                return self.text_encoder.encode(prompts)
+        try:
+            with torch.cuda.use_mem_pool(pool, self._cuda_index()):
+                with parked.loaded(empty_cache=False):
+                    f, m = self.text_encoder.encode(prompts)
+            feats, mask = f.clone(), m.clone()      # out of the pool, whose block the caches take back now
+            del f, m
+        finally:
+            gr.kept_caches = self._remake_kept_caches(schedule, B, pool)
+            moved = self._kv_block_at[0] != ptr
+            del pool
+            if gr.kept_caches is None or kv_pool_excess(gr.kv_pool, self._kv_block_at) > KV_POOL_SLACK:
+                self._renew_kv_pool(gr, schedule, B)
+            elif moved:       # the graphs are captured again next generation (ScaleGraphs.adopt)
+                warnings.warn("var_gen_ros: the KV caches came back at another address after the text encoder's "
+                              "load; the CUDA graphs are captured again")
         return feats, mask
 
     @torch.no_grad()

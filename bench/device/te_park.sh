@@ -1,0 +1,21 @@
+#!/bin/bash
+# The text encoder "run, then freed" (text_encoder_park_dir, thirtieth session) on the GPU: its tests, then the 1024²
+# edge proof of W4A4 + INT8 KV with the INT4 encoder parked (every measured run encodes: a prompt-cache miss each
+# time, so the text stage includes the read), and bf16 with the bf16 encoder resident (the all-bf16 pipeline, its
+# real peak uncapped). One call: about 2 minutes with the committed picks.
+source bench/device/autotune_carry.sh
+build_extension
+timeout ${TEST_TIMEOUT:-60} python3 -m pytest -q test/test_parking.py test/test_edge_memory.py -k "parked or device_rates" \
+  > "$OUT/test_park.txt" 2>&1
+echo "tests rc $?"; tail -2 "$OUT/test_park.txt"
+edge() {   # TAG MODE TE [extra args]
+  local tag=$1 mode=$2 te=$3; shift 3
+  timeout -s ABRT -k 10 ${EDGE_TIMEOUT:-150} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
+    --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder $te "$@" --json "$OUT/edge_$tag.json" \
+    > "$OUT/edge_$tag.txt" 2>&1
+  echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
+  grep -E "^(w4a4|bf16)|rror|WARN" "$OUT/edge_$tag.txt" | tail -3
+}
+edge parked w4a4_kv8 int4 --text-encoder-park-dir "$PWD/.park"
+edge bf16_te_bf16 bf16 bf16
+true

@@ -1,0 +1,132 @@
+"""A module's weights kept in a file between uses instead of in memory: the text encoder "run, then freed".
+
+Why: the text encoder runs once per new prompt, for ~30 ms, then sits idle through the whole generation. On a
+Jetson its weights (0.67 GiB for T5-XL in INT4) come out of the same 16 GB as the transformer's KV cache and the
+robot's other nodes, and moving them to the CPU frees nothing there (one DRAM). Parked, they live in a
+safetensors file on disk; a prompt the prompt cache misses reads them back onto the device, encodes, and frees
+them again, so the generation's peak no longer holds them. The price is the read on each miss (reported).
+
+`ParkedWeights(module, path)` writes every parameter and buffer of `module` to `path` once and leaves meta
+tensors of the same shapes in their place; `with parked.loaded():` puts the real tensors back for the block.
+Tensors shared between modules (tied weights) are written once and shared again when loaded. The file must be
+on a disk, not a tmpfs (which is RAM): `tmpfs_warning` says so when it is.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+import torch
+from torch import nn
+
+
+def tmpfs_warning(path: str) -> str:
+    """A warning if `path`'s directory is on a RAM-backed filesystem (tmpfs, ramfs), else ""."""
+    try:
+        d = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        best, fstype = "", ""
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and (d == parts[1] or d.startswith(parts[1].rstrip("/") + "/")) \
+                        and len(parts[1]) > len(best):
+                    best, fstype = parts[1], parts[2]
+    except OSError:
+        return ""
+    if fstype in ("tmpfs", "ramfs"):
+        return (f"{path} is on {fstype} ({best}), which is memory: the parked weights free nothing there; "
+                "point it at a disk")
+    return ""
+
+
+class ParkedWeights:
+    def __init__(self, module: nn.Module, path: str):
+        from safetensors.torch import save_file
+        self.module, self.path = module, path
+        self._slots = []          # (module, "p" | "b", name, key)
+        self._meta = {}           # key -> (shape, dtype)
+        keys, tensors = {}, {}
+        self.device = None
+        for mname, m in module.named_modules():
+            for kind, table in (("p", m._parameters), ("b", m._buffers)):
+                for name, t in table.items():
+                    if t is None:
+                        continue
+                    key = keys.get(id(t))
+                    if key is None:
+                        key = keys[id(t)] = f"{mname}.{name}" if mname else name
+                        tensors[key] = t.detach().to("cpu", copy=True).contiguous()
+                        self.device = self.device or t.device
+                        self._meta[key] = (tuple(t.shape), t.dtype)
+                    self._slots.append((m, kind, name, key))
+        if not tensors:
+            raise ValueError("nothing to park: the module has no parameters or buffers")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_file(tensors, path)
+        self.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        del tensors
+        self.loads, self.load_s = 0, 0.0
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._put({k: torch.empty(shape, dtype=dt, device="meta") for k, (shape, dt) in self._meta.items()})
+        self._empty_cache()
+
+    def _put(self, tensors: dict) -> None:
+        made = {}
+        for m, kind, name, key in self._slots:
+            if kind == "p":
+                p = made.get(key)
+                if p is None:
+                    p = made[key] = nn.Parameter(tensors[key], requires_grad=False)
+                m._parameters[name] = p
+            else:
+                m._buffers[name] = tensors[key]
+
+    def _empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()        # give the freed blocks back (on a Jetson: to the other processes)
+
+    @property
+    def resident(self) -> bool:
+        return self._depth > 0
+
+    @contextlib.contextmanager
+    def loaded(self, empty_cache: bool = True):
+        """The module with its real weights on its device for the block; parked again after it (nested and
+        concurrent blocks share one load). empty_cache=False keeps the freed blocks in the allocator (a caller
+        that loads into a memory pool it reuses at once)."""
+        from safetensors.torch import load_file
+        with self._lock:
+            if self._depth == 0:
+                t = time.perf_counter()
+                tensors = load_file(self.path, device=str(self.device))
+                missing = set(self._meta) - set(tensors)
+                if missing:
+                    raise RuntimeError(f"{self.path}: parked weights missing {sorted(missing)[:3]} "
+                                       f"({len(missing)} in all): the file was changed")
+                self._put(tensors)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.loads += 1
+                self.load_s += time.perf_counter() - t
+            self._depth += 1
+        try:
+            yield self.module
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._put({k: torch.empty(shape, dtype=dt, device="meta") for k, (shape, dt) in self._meta.items()})
+                    if empty_cache:
+                        self._empty_cache()
+
+    def status(self) -> str:
+        return (f"parked in {self.path} ({self.nbytes / 2**30:.2f} GiB), loaded {self.loads} times, "
+                f"{self.load_s / max(1, self.loads):.3f} s a load")
+
+    def close(self) -> None:
+        """Removes the file (the module stays parked and cannot be loaded again)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)
