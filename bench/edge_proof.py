@@ -289,6 +289,8 @@ def child(a) -> dict:
     at_start = process_memory()                                    # python, torch and this package imported
     out = {"mode": mode, "cap_gib": a.cap_gib, "text_encoder": a.text_encoder, "device": torch.cuda.get_device_name()}
     torch.empty(1, device=dev)
+    if a.memory_sites:      # every allocation's Python stack from here on (slower: a diagnosis run's)
+        torch.cuda.memory._record_memory_history(max_entries=100000, stacks="python")
     out["host_memory"] = {"at_start": at_start, "after_cuda_init": process_memory()}
     # this GPU's own rates for the floors, before anything else is on it
     out["device_rates"] = measure_device_rates(dev)
@@ -369,6 +371,12 @@ def child(a) -> dict:
         print(json.dumps({"mode": mode, "res": [h, w], "fits": r["fits"],
                           "peak_gib": r.get("memory_bytes", {}).get("peak_allocated", r.get("peak_allocated_before_oom", 0)) / GIB,
                           "total_s": r.get("latency_s", {}).get("total")}), flush=True)
+    if a.memory_sites:      # what is live between generations, by the code that allocated it
+        from var_gen_ros.memory import live_blocks_by_site
+        out["memory_sites"] = live_blocks_by_site(torch.cuda.memory._snapshot(), top=40)
+        torch.cuda.memory._record_memory_history(enabled=None)
+        for d in out["memory_sites"][:20]:
+            progress(f"{mode}: live {d['bytes'] / 2**20:9.1f} MiB in {d['blocks']:5d} blocks ({d['pool']}) {d['site']}")
     # what a managed gen_node's lifecycle cleanup gives back (Engine.release, the node's code), and what the process
     # keeps with no model loaded (its CUDA context, library workspaces, compiled kernels: non_pytorch)
     from var_gen_ros.engine import Engine
@@ -493,6 +501,9 @@ def main():
     ap.add_argument("--decode-in-kv-memory", type=int, default=1, choices=(0, 1),
                     help="with kept KV caches: the VAE decode allocates in their memory while they are dead "
                          "(Generator.decode_in_kv_memory)")
+    ap.add_argument("--memory-sites", type=int, default=0, choices=(0, 1),
+                    help="record every allocation's stack and report what is live after the runs, by the code "
+                         "that made it (memory.live_blocks_by_site); slows the run: for diagnosis only")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -509,7 +520,7 @@ def main():
             path = f.name
         cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-out", path,
                "--cap-gib", str(a.cap_gib), "--text-encoder", a.text_encoder, "--resolutions", a.resolutions,
-               "--text-encoder-park-dir", a.text_encoder_park_dir,
+               "--text-encoder-park-dir", a.text_encoder_park_dir, "--memory-sites", str(a.memory_sites),
                "--cfg", str(a.cfg), "--repeats", str(a.repeats), "--chunk-tokens", str(a.chunk_tokens), "--graph-keep-kv", str(a.graph_keep_kv),
                "--decode-in-kv-memory", str(a.decode_in_kv_memory),
                "--cuda-graphs", str(a.cuda_graphs), "--graph-max-tokens", str(a.graph_max_tokens)]

@@ -349,3 +349,29 @@ def test_expandable_segments_are_turned_off_on_tegra_only():
     assert "PYTORCH_ALLOC_CONF" in guard_tegra_allocator(env, tegra=True)
     assert env["PYTORCH_ALLOC_CONF"] == "expandable_segments:False"
     assert guard_tegra_allocator({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}, tegra=True) == ""
+
+
+def test_live_blocks_are_summed_by_their_innermost_project_frame():
+    """The allocator-snapshot summary the edge proof's --memory-sites prints: live blocks only, by the innermost frame
+    in the project (frames are innermost first), per pool; frames outside it and missing frames fall to one site."""
+    from var_gen_ros.memory import live_blocks_by_site
+    fr = lambda path, line, name: {"filename": path, "line": line, "name": name}
+    ours = [fr("/usr/lib/python3/site-packages/torch/nn/modules/module.py", 10, "_apply"),
+            fr("/src/repo/var_gen_ros/infinity/graphs.py", 240, "_input_buffer"),
+            fr("/src/repo/bench/edge_proof.py", 300, "child")]
+    snap = {"segments": [
+        {"segment_pool_id": (0, 0), "blocks": [
+            {"size": 512 << 20, "state": "active_allocated", "frames": ours},
+            {"size": 256 << 20, "state": "inactive", "frames": ours},
+            {"size": 2 << 20, "state": "active_allocated", "frames": ours},
+            {"size": 3 << 20, "state": "active_allocated", "frames": [fr("/x/torch/cuda/graphs.py", 1, "f")]},
+            {"size": 1 << 20, "state": "active_allocated"}]},
+        {"segment_pool_id": (1, 2), "blocks": [
+            {"size": 4 << 20, "state": "active_allocated", "frames": ours}]}]}
+    got = live_blocks_by_site(snap)
+    assert got[0] == {"site": "var_gen_ros/infinity/graphs.py:240 _input_buffer", "pool": "default",
+                      "bytes": 514 << 20, "blocks": 2}
+    assert {(d["site"], d["pool"]): d["bytes"] for d in got[1:]} == {
+        ("var_gen_ros/infinity/graphs.py:240 _input_buffer", "pool1_2"): 4 << 20,
+        ("(no project frame)", "default"): 4 << 20}
+    assert live_blocks_by_site(snap, top=1) == got[:1]
