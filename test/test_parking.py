@@ -11,10 +11,15 @@ def _tensors(module):
     return list(module.parameters()) + list(module.buffers())
 
 
-@pytest.mark.parametrize("mode", ["bf16", "int4"])
-def test_a_parked_text_encoder_gives_the_resident_ones_bits_and_holds_no_memory_between_prompts(tiny_bundle, tmp_path, mode):
-    from var_gen_ros.infinity import Generator
+@pytest.mark.parametrize("mode,large", [("bf16", None), ("int4", None), ("bf16", 4096), ("int4", 512)])
+def test_a_parked_text_encoder_gives_the_resident_ones_bits_and_holds_no_memory_between_prompts(tiny_bundle, tmp_path,
+                                                                                                 monkeypatch, mode, large):
+    """`large`: the size from which tensors load into one shared block (parking.LARGE, 1 MiB: the tiny encoder has
+    none that large), lowered so that the block's views are what the encoder computes with."""
+    from var_gen_ros.infinity import Generator, parking
     from var_gen_ros.quant.runtime import apply_text_encoder
+    if large is not None:
+        monkeypatch.setattr(parking, "LARGE", large)
     ref = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
     gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
     apply_text_encoder(ref, mode)
@@ -37,10 +42,15 @@ def test_a_parked_text_encoder_gives_the_resident_ones_bits_and_holds_no_memory_
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         assert all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model))
     assert parked.loads == 2
+    if large is not None:
+        assert 0 < parked.large_bytes < parked.nbytes      # both kinds
     # the tie survives a load: one token table, shared
     with parked.loaded() as m:
         assert m.shared.weight is m.encoder.embed_tokens.weight if mode == "bf16" else m.shared is m.encoder.embed_tokens
         assert all(t.device.type == "cpu" for t in _tensors(m))
+        if large is not None:                              # the large ones are views of one block
+            big = [t for t in _tensors(m) if t.numel() * t.element_size() >= large]
+            assert len(big) > 1 and len({t.untyped_storage().data_ptr() for t in big}) == 1
     # a whole generation: the same image, and a prompt the cache has seen does not load the encoder again
     r1 = ref.generate(prompts[0], seed=3)
     r2 = gen.generate(prompts[0], seed=3)
@@ -109,11 +119,13 @@ def test_a_parked_text_encoder_gives_its_gpu_memory_back_between_prompts(tiny_bu
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
-def test_a_parked_text_encoder_borrows_the_kept_kv_block_between_generations_on_gpu(tiny_bundle, tmp_path):
-    """With CUDA graphs and kept KV caches, a parked encoder's load goes into the caches' dead block: the encoding
-    adds nothing to the allocated peak beyond its features, the caches come back at the same address (no graph is
-    captured again), and every image is a resident encoder's."""
-    from var_gen_ros.infinity import Generator
+def test_a_parked_text_encoder_borrows_the_kept_kv_block_between_generations_on_gpu(tiny_bundle, tmp_path, monkeypatch):
+    """With CUDA graphs and kept KV caches, a parked encoder's large weights load into the caches' dead block: the
+    encoding adds nothing to the allocated peak beyond its features and small tensors, the caches come back at the
+    same address in the same pool (no graph is captured again), and every image is a resident encoder's. (The tiny
+    encoder's tensors are all small: parking.LARGE is lowered so that some go into the borrowed block.)"""
+    from var_gen_ros.infinity import Generator, parking
+    monkeypatch.setattr(parking, "LARGE", 512)
     ref = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
     gen = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
     gen.park_text_encoder(str(tmp_path / "te.safetensors"))
@@ -122,23 +134,29 @@ def test_a_parked_text_encoder_borrows_the_kept_kv_block_between_generations_on_
     prompts = ["a red circle on a white background", "a green square", "two blue triangles", "a yellow star"]
     for i, p in enumerate(prompts[:2]):            # eager, then captured: the caches are kept from here on
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
-    block, loads = gen._kv_block_at, gen.text_encoder_parked.loads
-    assert block is not None and gen._graphs.kept_caches is not None
+    block, loads, pool = gen._kv_block_at, gen.text_encoder_parked.loads, gen._graphs.kv_pool
+    assert block is not None and gen._graphs.kept_caches is not None and pool is not None
+    assert 0 < gen.text_encoder_parked.large_bytes <= block[1]
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     feats = gen.encode_text(prompts[2], None, True)
     torch.cuda.synchronize()
+    parked = gen.text_encoder_parked
+    small = sum(-(-n // 512) * 512 for n in parked._sizes().values() if n < parking.LARGE)
     feature_bytes = sum(-(-t.numel() * t.element_size() // 512) * 512 for t in feats)
-    assert gen.text_encoder_parked.loads == loads + 1
-    assert torch.cuda.max_memory_allocated() <= before + feature_bytes + (1 << 20), \
-        (torch.cuda.max_memory_allocated() - before, feature_bytes)
-    assert gen._kv_block_at == block and gen._graphs.kept_caches is not None
+    assert parked.loads == loads + 1
+    # the large weights took none of the peak (the freed block held them); the rest is the small tensors, the
+    # features and the encoder's passing activations (a few tensors of a short prompt's width at a time)
+    assert torch.cuda.max_memory_allocated() <= before + small + feature_bytes + (1 << 20), \
+        (torch.cuda.max_memory_allocated() - before, small, feature_bytes)
+    assert torch.cuda.memory_allocated() == before + feature_bytes
+    assert gen._kv_block_at == block and gen._graphs.kept_caches is not None and gen._graphs.kv_pool is pool
     del feats
     recaptures = gen._graphs.recaptures
     for i, p in enumerate(prompts[2:]):
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
-    assert gen._kv_block_at == block and gen._graphs.recaptures == recaptures
+    assert gen._kv_block_at == block and gen._graphs.recaptures == recaptures and gen._graphs.kv_pool is pool
 
 
 def test_unloading_the_engine_removes_the_parked_file(tiny_bundle, tmp_path):

@@ -14,12 +14,23 @@ on a disk, not a tmpfs (which is RAM): `tmpfs_warning` says so when it is.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
 
 import torch
 from torch import nn
+
+
+# tensors of this many bytes or more are loaded into one block (the rest, biases and group scales, one by one): one
+# allocation that a borrowed memory pool's free block holds whole, where hundreds of small ones would each take the
+# allocator's small-block segments of that pool and stay there
+LARGE = 1 << 20
+
+
+def _pad(n: int) -> int:
+    return -(-n // 512) * 512
 
 
 def tmpfs_warning(path: str) -> str:
@@ -92,21 +103,50 @@ class ParkedWeights:
     def resident(self) -> bool:
         return self._depth > 0
 
+    @property
+    def large_bytes(self) -> int:
+        """Bytes of the one block the tensors of LARGE bytes or more are loaded into (each start 512-byte aligned)."""
+        return sum(_pad(n) for n in self._sizes().values() if n >= LARGE)
+
+    def _sizes(self) -> dict:
+        return {k: math.prod(shape) * dt.itemsize for k, (shape, dt) in self._meta.items()}
+
+    def _load(self, pool_context) -> dict:
+        """The tensors from the file: those of LARGE bytes or more as views of one block allocated inside
+        `pool_context()` (when given), the rest one by one outside it."""
+        from safetensors import safe_open
+        sizes = self._sizes()
+        with safe_open(self.path, framework="pt", device="cpu") as f:
+            missing = set(sizes) - set(f.keys())
+            if missing:
+                raise RuntimeError(f"{self.path}: parked weights missing {sorted(missing)[:3]} "
+                                   f"({len(missing)} in all): the file was changed")
+            with pool_context() if pool_context is not None else contextlib.nullcontext():
+                block = torch.empty(self.large_bytes, dtype=torch.uint8, device=self.device)
+            out, offset = {}, 0
+            for k, n in sizes.items():
+                src = f.get_tensor(k)
+                if tuple(src.shape) != self._meta[k][0] or src.dtype != self._meta[k][1]:
+                    raise RuntimeError(f"{self.path}: {k} is {src.dtype} {tuple(src.shape)} in the file, not "
+                                       f"{self._meta[k][1]} {self._meta[k][0]}: the file was changed")
+                if n >= LARGE:
+                    out[k] = block[offset:offset + n].view(src.dtype).view(src.shape).copy_(src)
+                    offset += _pad(n)
+                else:
+                    out[k] = src.to(self.device)
+        return out
+
     @contextlib.contextmanager
-    def loaded(self, empty_cache: bool = True):
+    def loaded(self, empty_cache: bool = True, pool_context=None):
         """The module with its real weights on its device for the block; parked again after it (nested and
-        concurrent blocks share one load). empty_cache=False keeps the freed blocks in the allocator (a caller
-        that loads into a memory pool it reuses at once)."""
-        from safetensors.torch import load_file
+        concurrent blocks share one load). `pool_context`: a context manager factory (torch.cuda.use_mem_pool of a
+        pool) around the allocation of the one block the large tensors share; the small ones, and whatever the
+        block's code allocates, stay outside it. empty_cache=False keeps the freed blocks in the allocator (a
+        caller that loads into a memory pool it reuses at once)."""
         with self._lock:
             if self._depth == 0:
                 t = time.perf_counter()
-                tensors = load_file(self.path, device=str(self.device))
-                missing = set(self._meta) - set(tensors)
-                if missing:
-                    raise RuntimeError(f"{self.path}: parked weights missing {sorted(missing)[:3]} "
-                                       f"({len(missing)} in all): the file was changed")
-                self._put(tensors)
+                self._put(self._load(pool_context))
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 self.loads += 1

@@ -477,14 +477,15 @@ class Generator:
 
     def _encode_parked(self, prompts):
         """The parked text encoder loaded for one encoding (park_text_encoder). With KV caches kept for the graphs,
-        its weights and activations go into the caches' block while it is dead (between generations: the next
+        its large weights go into the caches' block while it is dead (between generations: the next
         one overwrites it), as the VAE decode does, and the caches are made again in that block after it; so the
         load does not add the encoder to the kept caches (on the H100 at 1024² the text stage was then the
         peak: 8.99 GiB against 8.45 for the largest scale, thirtieth session). Elsewhere it takes new memory."""
         parked, gr = self.text_encoder_parked, self._graphs
         pool = gr.kv_pool if gr is not None and gr.kept_caches is not None and gr.kept_spec is not None else None
-        # the encoder with its activations must fit in the block, or the pool grows beside it
-        if pool is None or self._kv_block_at is None or self._kv_block_at[1] < 2 * parked.nbytes:
+        # only the encoder's large weights go into the pool, in one block (parking.LARGE), which must fit in the
+        # caches' block; its small tensors and its activations are allocated outside
+        if pool is None or self._kv_block_at is None or self._kv_block_at[1] < parked.large_bytes:
             with parked.loaded():
                 return self.text_encoder.encode(prompts)
         schedule, B = gr.kept_spec
@@ -497,12 +498,10 @@ class Generator:
             self._renew_kv_pool(gr, schedule, B)
             with parked.loaded():
                 return self.text_encoder.encode(prompts)
+        index = self._cuda_index()
         try:
-            with torch.cuda.use_mem_pool(pool, self._cuda_index()):
-                with parked.loaded(empty_cache=False):
-                    f, m = self.text_encoder.encode(prompts)
-            feats, mask = f.clone(), m.clone()      # out of the pool, whose block the caches take back now
-            del f, m
+            with parked.loaded(empty_cache=False, pool_context=lambda: torch.cuda.use_mem_pool(pool, index)):
+                feats, mask = self.text_encoder.encode(prompts)
         finally:
             gr.kept_caches = self._remake_kept_caches(schedule, B, pool)
             moved = self._kv_block_at[0] != ptr
