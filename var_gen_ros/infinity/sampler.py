@@ -485,7 +485,8 @@ class Generator:
         pool = gr.kv_pool if gr is not None and gr.kept_caches is not None and gr.kept_spec is not None else None
         # only the encoder's large weights go into the pool, in one block (parking.LARGE), which must fit in the
         # caches' block; its small tensors and its activations are allocated outside
-        if pool is None or self._kv_block_at is None or self._kv_block_at[1] < parked.large_bytes:
+        if pool is None or parked.device.type != "cuda" or self._kv_block_at is None \
+                or self._kv_block_at[1] < parked.large_bytes:       # (text_encoder: cpu parks on the host)
             with parked.loaded():
                 return self.text_encoder.encode(prompts)
         schedule, B = gr.kept_spec
