@@ -1,82 +1,95 @@
-"""The text encoder "run, then freed" (var_gen_ros/infinity/parking.py): its weights in a file between prompts, the
-same features and images as a resident encoder, nothing of it left in memory between prompts, and a broken file
-reported without losing the generator."""
+"""The text stage "run, then freed" (var_gen_ros/infinity/parking.py, Generator.park_text_stage): the text encoder's
+and the transformer's text-only layers' weights in files between prompts, the same features and images as resident
+weights, nothing of them left in memory between prompts, and a broken file reported without losing the generator."""
 import os
 
 import pytest
 import torch
+
+PROMPTS = ("a red circle on a white background", "three small green triangles", "a blue square")
 
 
 def _tensors(module):
     return list(module.parameters()) + list(module.buffers())
 
 
-@pytest.mark.parametrize("mode,large", [("bf16", None), ("int4", None), ("bf16", 4096), ("int4", 512)])
-def test_a_parked_text_encoder_gives_the_resident_ones_bits_and_holds_no_memory_between_prompts(tiny_bundle, tmp_path,
-                                                                                                 monkeypatch, mode, large):
-    """`large`: the size from which tensors load into one shared block (parking.LARGE, 1 MiB: the tiny encoder has
-    none that large), lowered so that the block's views are what the encoder computes with."""
-    from var_gen_ros.infinity import Generator, parking
+def _pair(tiny_bundle, device, dtype, te_mode, quantized):
+    """Two identical generators: the reference stays resident."""
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.quant import QuantConfig, quantize_
     from var_gen_ros.quant.runtime import apply_text_encoder
+    gens = [Generator.from_bundle(tiny_bundle, device=device, dtype=dtype) for _ in range(2)]
+    for g in gens:
+        if quantized:
+            quantize_(g, QuantConfig())
+        apply_text_encoder(g, te_mode)
+    return gens
+
+
+@pytest.mark.parametrize("te_mode,quantized,large", [("bf16", False, None), ("int4", True, None),
+                                                     ("bf16", False, 4096), ("int4", True, 512)])
+def test_a_parked_text_stage_gives_the_resident_ones_bits_and_holds_no_memory_between_prompts(
+        tiny_bundle, tmp_path, monkeypatch, te_mode, quantized, large):
+    """`large`: the size from which tensors load into one shared block (parking.LARGE, 1 MiB: the tiny model has none
+    that large), lowered so that the block's views are what the encoder and the layers compute with."""
+    from var_gen_ros.infinity import parking
     if large is not None:
         monkeypatch.setattr(parking, "LARGE", large)
-    ref = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
-    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
-    apply_text_encoder(ref, mode)
-    apply_text_encoder(gen, mode)
-    resident = gen.weight_bytes()["text_encoder"]
-    assert resident > 0
-    path = str(tmp_path / "te.safetensors")
-    note = gen.park_text_encoder(path)
-    assert "parked" in note and path in note
-    parked = gen.text_encoder_parked
-    # every tensor written once (the tied token table too), and none left but meta tensors of the same shapes
-    assert parked.nbytes == resident
-    assert os.path.getsize(path) >= resident
-    assert all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model))
-    assert gen.weight_bytes()["text_encoder"] == 0
-    prompts = ("a red circle on a white background", "three small green triangles")
-    for prompt in prompts:
-        a = ref.encode_text(prompt, None, True)
-        b = gen.encode_text(prompt, None, True)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-        assert all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model))
-    assert parked.loads == 2
-    if large is not None:
-        assert 0 < parked.large_bytes < parked.nbytes      # both kinds
-    # the tie survives a load: one token table, shared
-    with parked.loaded() as m:
-        assert m.shared.weight is m.encoder.embed_tokens.weight if mode == "bf16" else m.shared is m.encoder.embed_tokens
+    ref, gen = _pair(tiny_bundle, "cpu", torch.float32, te_mode, quantized)
+    before = gen.weight_bytes()
+    cond_bytes = sum(t.numel() * t.element_size() for t in _tensors(gen.condition_layers()))
+    note = gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
+    assert "text encoder" in note and "condition layers" in note and str(tmp_path) in note
+    te, cond = gen.text_encoder_parked, gen.condition_parked
+    # every tensor written once (the tied token table too), none left but meta tensors of the same shapes
+    assert te.nbytes == before["text_encoder"] and cond.nbytes == cond_bytes > 0
+    assert os.path.getsize(te.path) >= te.nbytes and os.path.getsize(cond.path) >= cond.nbytes
+    after = gen.weight_bytes()
+    assert after["text_encoder"] == 0 and after["transformer"] == before["transformer"] - cond_bytes
+    resting = lambda: all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model) + _tensors(gen.condition_layers()))
+    assert resting()
+    if quantized:      # the cross-attention K/V projections are W4A4 layers: their packed codes are parked too
+        assert gen.model.blocks[0].ca.mat_kv.qweight.device.type == "meta"
+    # features: bit-identical, encoder parked again after
+    a, b = ref.encode_text(PROMPTS[0], None, True), gen.encode_text(PROMPTS[0], None, True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and resting()
+    assert te.loads == 1 and cond.loads == 0
+    # whole generations: the same images; a repeated prompt loads nothing (the prompt cache has its features, the
+    # last condition is kept), a new one loads both
+    for i, p in enumerate(PROMPTS):
+        assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
+        assert resting() and cond.loads == i + 1 and te.loads == i + 2
+    assert (ref.generate(PROMPTS[2], seed=7).image == gen.generate(PROMPTS[2], seed=7).image).all()
+    assert cond.loads == 3 and te.loads == 4
+    assert "loaded 4 times" in gen.text_stage_status() and "loaded 3 times" in gen.text_stage_status()
+    with te.loaded() as m:
+        if te_mode == "bf16":      # the tie survives a load: one token table, shared
+            assert m.shared.weight is m.encoder.embed_tokens.weight
+        else:
+            assert m.shared is m.encoder.embed_tokens
         assert all(t.device.type == "cpu" for t in _tensors(m))
-        if large is not None:                              # the large ones are views of one block
+        if large is not None:      # the large ones are views of one block
             big = [t for t in _tensors(m) if t.numel() * t.element_size() >= large]
             assert len(big) > 1 and len({t.untyped_storage().data_ptr() for t in big}) == 1
-    # a whole generation: the same image, and a prompt the cache has seen does not load the encoder again
-    r1 = ref.generate(prompts[0], seed=3)
-    r2 = gen.generate(prompts[0], seed=3)
-    assert (r1.image == r2.image).all() and r1.image.size > 0
-    loads = parked.loads
-    gen.generate(prompts[0], seed=4)
-    assert parked.loads == loads
 
 
 def test_a_broken_parked_file_fails_its_request_only(tiny_bundle, tmp_path):
     from var_gen_ros.infinity import Generator
     gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
-    path = str(tmp_path / "te.safetensors")
-    gen.park_text_encoder(path)
-    good = open(path, "rb").read()
-    ok = gen.encode_text("a blue square", None, True)
-    with open(path, "wb") as f:
-        f.write(good[: len(good) // 2])          # truncated
-    with pytest.raises(Exception):
-        gen.encode_text("a blue square", None, True)
-    assert not gen.text_encoder_parked.resident
-    assert all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model))
-    with open(path, "wb") as f:                  # the file back: served again, the same features
-        f.write(good)
-    again = gen.encode_text("a blue square", None, True)
-    assert torch.equal(ok[0], again[0])
+    gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
+    ok = gen.generate(PROMPTS[2], seed=1).image
+    for path in (gen.text_encoder_parked.path, gen.condition_parked.path):
+        good = open(path, "rb").read()
+        with open(path, "wb") as f:
+            f.write(good[: len(good) // 2])          # truncated
+        with pytest.raises(Exception):
+            gen.generate(PROMPTS[0], seed=1)     # a new prompt: both must load
+        assert not gen.text_encoder_parked.resident and not gen.condition_parked.resident
+        assert all(t.device.type == "meta" for t in _tensors(gen.condition_layers()))
+        with open(path, "wb") as f:                  # the file back: served again, the same image
+            f.write(good)
+        gen.prompt_cache.clear()
+        assert (gen.generate(PROMPTS[2], seed=1).image == ok).all()
 
 
 def test_tmpfs_is_told_apart_from_a_disk(tmp_path):
@@ -92,60 +105,72 @@ def test_tmpfs_is_told_apart_from_a_disk(tmp_path):
         assert tmpfs_warning("/te.safetensors") == ""
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
-def test_a_parked_text_encoder_gives_its_gpu_memory_back_between_prompts(tiny_bundle, tmp_path):
-    """On the GPU: parking frees the encoder's bytes as the allocator counts them; an encoding loads them and frees
-    them again, leaving only its features; the features are the resident encoder's, bit for bit."""
+def test_unloading_the_engine_removes_the_parked_files(tiny_bundle, tmp_path):
+    """A lifecycle cleanup (Engine.release) removes the parked weights' files; the product's park_text_stage names
+    them after the process and the generator, in the directory it makes."""
+    from var_gen_ros.engine import Engine
     from var_gen_ros.infinity import Generator
-    from var_gen_ros.quant.runtime import apply_text_encoder
-    ref = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
-    gen = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
-    apply_text_encoder(ref, "int4")
-    apply_text_encoder(gen, "int4")
-    prompt = "a red circle on a white background"
-    a = ref.encode_text(prompt, None, True)      # also makes what a first encoding keeps (cuBLAS's workspace)
+    from var_gen_ros.product import park_text_stage
+    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    note = park_text_stage(gen, str(tmp_path / "made" / "here"))
+    paths = [gen.text_encoder_parked.path, gen.condition_parked.path]
+    assert all(os.path.isfile(p) and str(os.getpid()) in os.path.basename(p) for p in paths)
+    assert os.path.dirname(paths[0]) in note
+    engine = Engine(gen)
+    del gen
+    engine.release()
+    assert not any(os.path.exists(p) for p in paths)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_a_parked_text_stage_gives_its_gpu_memory_back_between_prompts(tiny_bundle, tmp_path):
+    """On the GPU, without graphs: parking frees the weights' bytes as the allocator counts them; an encoding loads the
+    encoder and frees it again, leaving only its features, the resident encoder's bit for bit."""
+    ref, gen = _pair(tiny_bundle, "cuda", torch.bfloat16, "int4", True)
+    ref.cuda_graphs = gen.cuda_graphs = False
+    a = ref.encode_text(PROMPTS[0], None, True)      # also makes what a first encoding keeps (cuBLAS's workspace)
     torch.cuda.synchronize()
-    te = gen.weight_bytes()["text_encoder"]
     before = torch.cuda.memory_allocated()
-    gen.park_text_encoder(str(tmp_path / "te.safetensors"))
+    gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
     parked = torch.cuda.memory_allocated()
-    # the allocator's count: each tensor rounded up to its 512-byte blocks (the tiny encoder's are small)
+    # the allocator's count: each tensor rounded up to its 512-byte blocks (the tiny model's are small)
     blocks = lambda ts: sum(-(-t.numel() * t.element_size() // 512) * 512 for t in ts)
-    weights = [torch.empty(shape, dtype=dt, device="meta") for shape, dt in gen.text_encoder_parked._meta.values()]
-    assert before - parked == blocks(weights) and te > 0, (before, parked, te)
-    b = gen.encode_text(prompt, None, True)
+    weights = [torch.empty(shape, dtype=dt, device="meta") for p in (gen.text_encoder_parked, gen.condition_parked)
+               for shape, dt in p._meta.values()]
+    assert before - parked == blocks(weights) > 0, (before, parked)
+    b = gen.encode_text(PROMPTS[0], None, True)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert torch.cuda.memory_allocated() - parked == blocks(b)
+    for i, p in enumerate(PROMPTS):
+        assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
-def test_a_parked_text_encoder_borrows_the_kept_kv_block_between_generations_on_gpu(tiny_bundle, tmp_path, monkeypatch):
-    """With CUDA graphs and kept KV caches, a parked encoder's large weights load into the caches' dead block: the
-    encoding adds nothing to the allocated peak beyond its features and small tensors, the caches come back at the
-    same address in the same pool (no graph is captured again), and every image is a resident encoder's. (The tiny
-    encoder's tensors are all small: parking.LARGE is lowered so that some go into the borrowed block.)"""
-    from var_gen_ros.infinity import Generator, parking
+def test_a_parked_text_stage_borrows_the_kept_kv_block_between_generations_on_gpu(tiny_bundle, tmp_path, monkeypatch):
+    """With CUDA graphs and kept KV caches, the parked weights' large tensors load into the caches' dead block: an
+    encoding adds nothing to the allocated peak beyond its features and the small tensors, the caches come back at
+    the same address in the same pool (no graph is captured again), and every image is a resident text stage's.
+    (The tiny model's tensors are all small: parking.LARGE is lowered so that some go into the borrowed block.)"""
+    from var_gen_ros.infinity import parking
     monkeypatch.setattr(parking, "LARGE", 512)
-    ref = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
-    gen = Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16)
-    gen.park_text_encoder(str(tmp_path / "te.safetensors"))
+    ref, gen = _pair(tiny_bundle, "cuda", torch.bfloat16, "int4", True)
+    gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
     for g in (ref, gen):
         g.cuda_graphs = True
-    prompts = ["a red circle on a white background", "a green square", "two blue triangles", "a yellow star"]
+    prompts = list(PROMPTS) + ["a yellow star", "two red squares"]
     for i, p in enumerate(prompts[:2]):            # eager, then captured: the caches are kept from here on
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
-    block, loads, pool = gen._kv_block_at, gen.text_encoder_parked.loads, gen._graphs.kv_pool
+    block, pool, te = gen._kv_block_at, gen._graphs.kv_pool, gen.text_encoder_parked
     assert block is not None and gen._graphs.kept_caches is not None and pool is not None
-    assert 0 < gen.text_encoder_parked.large_bytes <= block[1]
+    assert 0 < te.large_bytes <= block[1] and 0 < gen.condition_parked.large_bytes <= block[1]
     torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
+    before, loads = torch.cuda.memory_allocated(), te.loads
     torch.cuda.reset_peak_memory_stats()
     feats = gen.encode_text(prompts[2], None, True)
     torch.cuda.synchronize()
-    parked = gen.text_encoder_parked
-    small = sum(-(-n // 512) * 512 for n in parked._sizes().values() if n < parking.LARGE)
+    small = sum(-(-n // 512) * 512 for n in te._sizes().values() if n < parking.LARGE)
     feature_bytes = sum(-(-t.numel() * t.element_size() // 512) * 512 for t in feats)
-    assert parked.loads == loads + 1
+    assert te.loads == loads + 1
     # the large weights took none of the peak (the freed block held them); the rest is the small tensors, the
     # features and the encoder's passing activations (a few tensors of a short prompt's width at a time)
     assert torch.cuda.max_memory_allocated() <= before + small + feature_bytes + (1 << 20), \
@@ -154,22 +179,7 @@ def test_a_parked_text_encoder_borrows_the_kept_kv_block_between_generations_on_
     assert gen._kv_block_at == block and gen._graphs.kept_caches is not None and gen._graphs.kv_pool is pool
     del feats
     recaptures = gen._graphs.recaptures
-    for i, p in enumerate(prompts[2:]):
+    for i, p in enumerate(prompts[2:]):            # each loads the encoder and the condition layers into the block
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
+    assert gen.condition_parked.loads >= 3
     assert gen._kv_block_at == block and gen._graphs.recaptures == recaptures and gen._graphs.kv_pool is pool
-
-
-def test_unloading_the_engine_removes_the_parked_file(tiny_bundle, tmp_path):
-    """A lifecycle cleanup (Engine.release) removes the parked encoder's file; the product's park_text_encoder names
-    it after the process and the generator, in the directory it makes."""
-    from var_gen_ros.engine import Engine
-    from var_gen_ros.infinity import Generator
-    from var_gen_ros.product import park_text_encoder
-    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
-    note = park_text_encoder(gen, str(tmp_path / "made" / "here"))
-    path = gen.text_encoder_parked.path
-    assert os.path.isfile(path) and path in note and str(os.getpid()) in os.path.basename(path)
-    engine = Engine(gen)
-    del gen
-    engine.release()
-    assert not os.path.exists(path)

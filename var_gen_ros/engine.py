@@ -240,8 +240,8 @@ class Engine:
             device = getattr(gen, "device", None)
             gen.release_graphs()
             gen.prompt_cache.max_entries = 0
-            if getattr(gen, "text_encoder_parked", None) is not None:
-                gen.text_encoder_parked.close()         # its file: a configure after this parks anew
+            if hasattr(gen, "close_parked"):
+                gen.close_parked()                      # their files: a configure after this parks anew
             del gen
             free_unused_memory()
             after = _memory_now(None, device)

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -241,8 +242,12 @@ class Generator:
         self._warm_after_release: Optional[tuple] = None
         # the text encoder's outputs for recent prompts (prompt_cache.py); max_entries 0 turns it off
         self.prompt_cache = PromptFeatureCache(16)
-        # the text encoder's weights in a file between prompts (park_text_encoder), or None: kept resident
+        # the text stage's weights in files between prompts (park_text_stage), or None: kept resident. The text
+        # encoder's, and the transformer's layers that read only the text (condition_layers); the condition those
+        # computed for the last prompt is kept while they are parked: (prompt key, encode_condition's output)
         self.text_encoder_parked = None
+        self.condition_parked = None
+        self._last_condition = None
         if self.device.type == "cuda":
             # with graphs off too: Triton's autotuner and the small-M GEMM's tuner time candidates in CUDA graphs of
             # their own, and a process's first graph that runs out of memory while being made aborts it (graphs.py)
@@ -275,19 +280,50 @@ class Generator:
             out["text_encoder"] = nbytes(self.text_encoder.model)
         return out
 
-    def park_text_encoder(self, path: str) -> str:
-        """The text encoder "run, then freed" (parking.py): its weights go to the file `path`, and each prompt the
-        prompt cache misses loads them for its encoding only. Returns what it did, for the precision line."""
+    def condition_layers(self) -> torch.nn.Module:
+        """The transformer's layers that read only the text, which encode_condition runs once per prompt and the
+        scales never: the pooled-text and cross-attention input projections, the shared AdaLN projection and every
+        block's cross-attention K/V projection (0.66 GiB of Infinity-8B's W4A4 weights). A holder module; the
+        layers stay where they are in the model."""
+        m, holder = self.model, torch.nn.Module()
+        for name in ("text_proj_for_sos", "text_proj_for_ca", "shared_ada_lin"):
+            holder.add_module(name, getattr(m, name))
+        for i, b in enumerate(m.blocks):
+            holder.add_module(f"block{i}_ca_mat_kv", b.ca.mat_kv)
+        return holder
+
+    def park_text_stage(self, text_encoder_path: str, condition_path: str) -> str:
+        """The text stage "run, then freed" (parking.py): the text encoder's weights go to the file
+        `text_encoder_path` and are loaded for each prompt the prompt cache misses; the condition layers' go to
+        `condition_path` and are loaded for each prompt other than the last one. Call after the precision is
+        applied. Returns what it did, for the precision line."""
         from .parking import ParkedWeights, tmpfs_warning
-        if self.text_encoder is None:
-            raise ValueError("no text encoder to park")
-        if self.text_encoder_parked is not None:
-            return f"text encoder {self.text_encoder_parked.status()}"
-        self.text_encoder_parked = ParkedWeights(self.text_encoder.model, path)
-        self.prompt_cache.clear()
-        warn = tmpfs_warning(path)
-        return (f"text encoder parked between prompts in {path} ({self.text_encoder_parked.nbytes / 2**30:.2f} GiB)"
-                + (f"; WARNING: {warn}" if warn else ""))
+        if self.text_encoder_parked is not None or self.condition_parked is not None:
+            raise RuntimeError("the text stage is parked already")
+        notes = []
+        if self.text_encoder is not None:
+            self.text_encoder_parked = ParkedWeights(self.text_encoder.model, text_encoder_path)
+            self.prompt_cache.clear()
+            notes.append(f"the text encoder ({self.text_encoder_parked.nbytes / 2**30:.2f} GiB)")
+        self.condition_parked = ParkedWeights(self.condition_layers(), condition_path)
+        notes.append(f"the condition layers ({self.condition_parked.nbytes / 2**30:.2f} GiB)")
+        warn = tmpfs_warning(condition_path)
+        return (f"text stage parked between prompts in {os.path.dirname(os.path.abspath(condition_path))}: "
+                + " and ".join(notes) + (f"; WARNING: {warn}" if warn else ""))
+
+    def text_stage_status(self) -> str:
+        """What the node reports in diagnostics."""
+        if self.text_encoder_parked is None and self.condition_parked is None:
+            return "resident"
+        parts = [f"{name} {p.status()}" for name, p in (("text encoder", self.text_encoder_parked),
+                                                          ("condition layers", self.condition_parked)) if p is not None]
+        return "; ".join(parts)
+
+    def close_parked(self) -> None:
+        """Removes the parked weights' files (a lifecycle cleanup: the generator is dropped after)."""
+        for p in (self.text_encoder_parked, self.condition_parked):
+            if p is not None:
+                p.close()
 
     def warmup(self, runs: int = 2, prompt: str = "warm-up", **kwargs) -> List[float]:
         """`runs` generations thrown away (seconds each): the first autotunes and compiles the GPU
@@ -464,10 +500,8 @@ class Generator:
     @torch.no_grad()
     def encode_text(self, prompt: str, negative_prompt: Optional[str], use_cfg: bool):
         prompts = [prompt] + ([negative_prompt] if (use_cfg and negative_prompt) else [])
-        if self.text_encoder_parked is None:
+        with self._loaded(self.text_encoder_parked):
             feats, mask = self.text_encoder.encode(prompts)
-        else:
-            feats, mask = self._encode_parked(prompts)
         # the encoder may live elsewhere (text_encoder: cpu keeps it off the GPU): features go to the model
         feats, mask = feats.to(self.device), mask.to(self.device)
         if use_cfg and not negative_prompt:
@@ -475,34 +509,41 @@ class Generator:
             feats, mask = torch.cat([feats, un]), torch.cat([mask, mask])
         return feats, mask
 
-    def _encode_parked(self, prompts):
-        """The parked text encoder loaded for one encoding (park_text_encoder). With KV caches kept for the graphs,
-        its large weights go into the caches' block while it is dead (between generations: the next
-        one overwrites it), as the VAE decode does, and the caches are made again in that block after it; so the
-        load does not add the encoder to the kept caches (on the H100 at 1024² the text stage was then the
-        peak: 8.99 GiB against 8.45 for the largest scale, thirtieth session). Elsewhere it takes new memory."""
-        parked, gr = self.text_encoder_parked, self._graphs
+    @contextlib.contextmanager
+    def _loaded(self, parked):
+        """The parked weights (parking.ParkedWeights, or None: resident, nothing to do) loaded for the block. With KV
+        caches kept for the graphs, the weights' large tensors go into the caches' block while it is dead (between
+        generations: the next one overwrites it), as the VAE decode does, and the caches are made again in that
+        block after it; so a load does not add to the kept caches (on the H100 at 1024², the text encoder loaded
+        beside them made the text stage the peak: 8.99 GiB against 8.45 for the largest scale, thirtieth session).
+        Elsewhere the weights take new memory."""
+        if parked is None:
+            yield
+            return
+        gr = self._graphs
         pool = gr.kv_pool if gr is not None and gr.kept_caches is not None and gr.kept_spec is not None else None
-        # only the encoder's large weights go into the pool, in one block (parking.LARGE), which must fit in the
-        # caches' block; its small tensors and its activations are allocated outside
+        # only the large tensors go into the pool, in one block (parking.LARGE), which must fit in the caches' block;
+        # the small ones and what the block's code allocates (activations, outputs) stay outside
         if pool is None or parked.device.type != "cuda" or self._kv_block_at is None \
                 or self._kv_block_at[1] < parked.large_bytes:       # (text_encoder: cpu parks on the host)
             with parked.loaded():
-                return self.text_encoder.encode(prompts)
+                yield
+            return
         schedule, B = gr.kept_spec
         ptr, nbytes = self._kv_block_at
         allocated0 = torch.cuda.memory_allocated(self.device)
         gr.kept_caches = None
         if not free_or_collect(lambda: allocated0 - torch.cuda.memory_allocated(self.device) >= nbytes):
-            warnings.warn("var_gen_ros: the KV caches' block is held before the text encoder's load (loaded outside "
-                          "its pool, which is made anew): " + "; ".join(holders_of(ptr)))
+            warnings.warn("var_gen_ros: the KV caches' block is held before a parked load (loaded outside its pool, "
+                          "which is made anew): " + "; ".join(holders_of(ptr)))
             self._renew_kv_pool(gr, schedule, B)
             with parked.loaded():
-                return self.text_encoder.encode(prompts)
+                yield
+            return
         index = self._cuda_index()
         try:
             with parked.loaded(empty_cache=False, pool_context=lambda: torch.cuda.use_mem_pool(pool, index)):
-                feats, mask = self.text_encoder.encode(prompts)
+                yield
         finally:
             gr.kept_caches = self._remake_kept_caches(schedule, B, pool)
             moved = self._kv_block_at[0] != ptr
@@ -510,9 +551,23 @@ class Generator:
             if gr.kept_caches is None or kv_pool_excess(gr.kv_pool, self._kv_block_at) > KV_POOL_SLACK:
                 self._renew_kv_pool(gr, schedule, B)
             elif moved:       # the graphs are captured again next generation (ScaleGraphs.adopt)
-                warnings.warn("var_gen_ros: the KV caches came back at another address after the text encoder's "
-                              "load; the CUDA graphs are captured again")
-        return feats, mask
+                warnings.warn("var_gen_ros: the KV caches came back at another address after a parked load; the CUDA "
+                              "graphs are captured again")
+
+    def _condition(self, feats, mask, key):
+        """encode_condition's output for the text features; with the condition layers parked, the last prompt's is
+        kept (`key`: the prompt's, None for features given by the caller) and any other loads them."""
+        if self.condition_parked is None:
+            return self.model.encode_condition(feats, mask)
+        last = self._last_condition
+        if key is not None and last is not None and last[0] == key:
+            return last[1]
+        self._last_condition = None           # its memory goes before the load
+        with self._loaded(self.condition_parked):
+            cond = self.model.encode_condition(feats, mask)
+        if key is not None:
+            self._last_condition = (key, cond)
+        return cond
 
     @torch.no_grad()
     def generate(self, prompt: str, *, seed: Optional[int] = None, cfg: Union[float, Sequence[float], None] = None,
@@ -544,7 +599,7 @@ class Generator:
         t_start = time.perf_counter()
 
         # text
-        cached = None
+        cached = key = None
         if text_features is None:
             key = (prompt, negative_prompt or "", use_cfg)
             cached = self.prompt_cache.get(key)
@@ -559,7 +614,11 @@ class Generator:
         m = self.model
         B = feats.shape[0]
         feats, mask = feats.to(self.device), mask.to(self.device)
-        cond_BD, cond_gss, text_kv = m.encode_condition(feats, mask)
+        t0 = time.perf_counter()
+        cond_BD, cond_gss, text_kv = self._condition(feats, mask, key)
+        if self.condition_parked is not None:     # (a load when the prompt is not the last one)
+            self._sync()
+        timings["condition_s"] = time.perf_counter() - t0
         offsets, counts = schedule.offsets(), schedule.token_counts
         caches, graphs = self._caches(schedule, B) if use_kv_cache else (None, None)
         # with graphs, RoPE and the condition come from the buffers the graphs read
