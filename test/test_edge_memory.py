@@ -303,6 +303,14 @@ def test_scale_floors_take_the_measured_rates(tiny_bundle):
         assert y["floor_s"] == pytest.approx(max(y["flops"] / 1e12, y["bytes"] / 2e9))
         assert z["floor_s"] == pytest.approx(max(z["flops"] / edge_proof.PEAK_FLOPS, z["bytes"] / edge_proof.PEAK_BW))
         assert x["flops"] == y["flops"] > 0 and x["bytes"] == y["bytes"] > 0
+    # the bytes a scale reads: every weight but the text-only layers' (run once per prompt), and the KV cache so far
+    nb = lambda m: sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+    once = nb(gen.condition_layers())
+    assert 0 < once < nb(gen.model)
+    seen = 0
+    for x, L in zip(a, sched.token_counts):
+        seen += L
+        assert x["bytes"] == pytest.approx(nb(gen.model) - once + 100.0 * seen)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
