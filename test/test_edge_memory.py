@@ -58,6 +58,33 @@ def test_memory_components_add_up_float_and_w4a4_kv8(tiny_bundle):
     assert kv_q == kv_f // 4 + c.depth * 4 * c.num_heads * c.head_dim * 4
 
 
+def test_a_parked_text_stage_takes_its_bytes_out_of_every_scale(tiny_bundle, tmp_path):
+    """W4A4 + INT8 KV with the INT4 text encoder: with the text stage parked (the encoder and the condition layers in
+    files), the accounting still adds up, and at every scale boundary the allocator holds exactly the parked bytes
+    fewer than with them resident."""
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.quant import QuantConfig, quantize_
+    from var_gen_ros.quant.runtime import apply_text_encoder
+    held = {}
+    for parked in (False, True):
+        with AllocationMeter("cpu") as meter:
+            gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+            quantize_(gen, QuantConfig(kv="int8", kv_scales="static"), ["a red circle", "two blue squares"])
+            apply_text_encoder(gen, "int4")
+            if parked:
+                gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
+                parked_bytes = gen.text_encoder_parked.nbytes + gen.condition_parked.nbytes
+            checks = _accounting(gen, meter)
+        for c in checks:
+            assert abs(c["relative"]) <= 0.05, (parked, c)
+        held[parked] = ([c["allocated"] for c in checks], sum(gen.weight_bytes().values()))
+    assert held[False][1] - held[True][1] == parked_bytes > 0
+    for alloc_r, alloc_p in zip(held[False][0], held[True][0]):
+        # the meter sees the storages torch's ops make; the text encoder's unquantized norms and relative-position
+        # table come from its file as loaded (1,152 bytes here), so their going is not seen
+        assert 0.99 * parked_bytes <= alloc_r - alloc_p <= parked_bytes
+
+
 def test_int8_text_encoder_matches_float(tiny_bundle):
     from var_gen_ros.infinity import Generator
     from var_gen_ros.quant.int8_weight import Int8WeightLinear
