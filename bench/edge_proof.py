@@ -313,9 +313,9 @@ def child(a) -> dict:
     gen.graph_keep_kv = bool(a.graph_keep_kv)
     gen.decode_in_kv_memory = bool(a.decode_in_kv_memory)
     warm = 2 if gen.cuda_graphs else 1      # the first run autotunes, the second captures the graphs
-    if a.text_stage_park_dir:
-        from var_gen_ros.product import park_text_stage
-        gen.text_encoder_mode += ", " + park_text_stage(gen, a.text_stage_park_dir)
+    if a.offload_dir:
+        from var_gen_ros.product import offload_to_disk
+        gen.text_encoder_mode += ", " + offload_to_disk(gen, a.offload_dir)
     if a.text_encoder == "cpu":
         # Orin's 16 GB is shared: an encoder moved off the GPU still occupies the same memory there
         out["host_resident_model_bytes"] = gen.weight_bytes()["text_encoder"]
@@ -363,9 +363,9 @@ def child(a) -> dict:
                  "peak_allocated_before_oom": torch.cuda.max_memory_allocated(), **oom_report(e)}
             gen.release_graphs()
             torch.cuda.empty_cache()
-        for what, p in (("text_encoder", gen.text_encoder_parked), ("condition", gen.condition_parked)):
-            if p is not None:        # the reads of the parked weights (the warm-up's included)
-                r[f"{what}_parked"] = {"bytes": p.nbytes, "loads": p.loads, "load_s_mean": p.load_s / max(1, p.loads)}
+        # the reads of the offloaded weights (the warm-up's included)
+        r["offloaded"] = {what: {"bytes": p.nbytes, "loads": p.loads, "load_s_mean": p.load_s / max(1, p.loads)}
+                          for what, p in gen.parked_weights().items()}
         r["kernels"] = kernel_status()     # after the resolution's generations: the keys tuned beyond a shipped table
         progress(f"{mode}: kernels: {r['kernels']}")
         r["memory_trace"] = list(gen.memory_trace)      # (VAR_GEN_MEMORY_TRACE=1) warm-up generations included
@@ -488,10 +488,10 @@ def main():
     ap.add_argument("--modes", default="bf16,w4a4,w4a4_kv8")
     ap.add_argument("--cap-gib", type=float, default=14.0, help="GPU memory cap (Orin: 16 GB shared, ~14 usable)")
     ap.add_argument("--text-encoder", default="int4", choices=["bf16", "int8", "int4", "cpu"])
-    ap.add_argument("--text-stage-park-dir", default="",
-                    help="the node's text_stage_park_dir: the text encoder's and the condition layers' weights in "
-                         "files there between prompts (every measured run encodes and computes its condition anew: "
-                         "a new prompt each time)")
+    ap.add_argument("--offload-dir", default="",
+                    help="the node's offload_dir: the text encoder's, the condition layers' and the VAE's weights in "
+                         "files there, loaded when needed (every measured run encodes and computes its condition "
+                         "anew: a new prompt each time)")
     ap.add_argument("--resolutions", default="1024x1024,512x512,768x1344,1344x768")
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=2)
@@ -527,7 +527,7 @@ def main():
             path = f.name
         cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--child-out", path,
                "--cap-gib", str(a.cap_gib), "--text-encoder", a.text_encoder, "--resolutions", a.resolutions,
-               "--text-stage-park-dir", a.text_stage_park_dir, "--memory-sites", str(a.memory_sites),
+               "--offload-dir", a.offload_dir, "--memory-sites", str(a.memory_sites),
                "--cfg", str(a.cfg), "--repeats", str(a.repeats), "--chunk-tokens", str(a.chunk_tokens), "--graph-keep-kv", str(a.graph_keep_kv),
                "--decode-in-kv-memory", str(a.decode_in_kv_memory),
                "--cuda-graphs", str(a.cuda_graphs), "--graph-max-tokens", str(a.graph_max_tokens)]

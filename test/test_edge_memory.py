@@ -58,10 +58,10 @@ def test_memory_components_add_up_float_and_w4a4_kv8(tiny_bundle):
     assert kv_q == kv_f // 4 + c.depth * 4 * c.num_heads * c.head_dim * 4
 
 
-def test_a_parked_text_stage_takes_its_bytes_out_of_every_scale(tiny_bundle, tmp_path):
-    """W4A4 + INT8 KV with the INT4 text encoder: with the text stage parked (the encoder and the condition layers in
-    files), the accounting still adds up, and at every scale boundary the allocator holds exactly the parked bytes
-    fewer than with them resident."""
+def test_offloaded_weights_take_their_bytes_out_of_every_scale(tiny_bundle, tmp_path):
+    """W4A4 + INT8 KV with the INT4 text encoder: with the text encoder, the condition layers and the VAE offloaded to
+    files, the accounting still adds up, and at every scale boundary the allocator holds the offloaded bytes fewer
+    than with them resident."""
     from var_gen_ros.infinity import Generator
     from var_gen_ros.quant import QuantConfig, quantize_
     from var_gen_ros.quant.runtime import apply_text_encoder
@@ -72,8 +72,8 @@ def test_a_parked_text_stage_takes_its_bytes_out_of_every_scale(tiny_bundle, tmp
             quantize_(gen, QuantConfig(kv="int8", kv_scales="static"), ["a red circle", "two blue squares"])
             apply_text_encoder(gen, "int4")
             if parked:
-                gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
-                parked_bytes = gen.text_encoder_parked.nbytes + gen.condition_parked.nbytes
+                gen.offload_to_disk(str(tmp_path))
+                parked_bytes = sum(p.nbytes for p in gen.parked_weights().values())
             checks = _accounting(gen, meter)
         for c in checks:
             assert abs(c["relative"]) <= 0.05, (parked, c)

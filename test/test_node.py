@@ -242,15 +242,15 @@ def test_diagnostics(running_node, kernel_cache):
 
 def test_edge_preset_node_on_the_default_model(running_node, tmp_path):
     """gen_node with the edge preset (config/edge_8b.yaml over gen.yaml: W4A4, INT8 KV, INT4 text encoder) on
-    the embedded default model (its shipped w4a4/ is loaded, no calibration), on the CPU in float32, its text stage
-    parked in files between prompts (text_stage_park_dir): the published image equals the Generator's with the same
-    precision and a resident text stage, diagnostics say what ran, and the files go with the node."""
+    the embedded default model (its shipped w4a4/ is loaded, no calibration), on the CPU in float32, with the weights
+    that run once per prompt or image offloaded to disk (offload_dir): the published image equals the Generator's
+    with the same precision and resident weights, diagnostics say what ran, and the files go with the node."""
     _, node, _ = running_node
     ns = "/q" + uuid.uuid4().hex[:8]
     park = tmp_path / "parked"
     proc = subprocess.Popen(
         [sys.executable, "-m", "var_gen_ros.node", "--ros-args", "--params-file", os.path.join(ROOT, "config", "gen.yaml"),
-         "--params-file", os.path.join(ROOT, "config", "edge_8b.yaml"), "-p", f"text_stage_park_dir:={park}",
+         "--params-file", os.path.join(ROOT, "config", "edge_8b.yaml"), "-p", f"offload_dir:={park}",
          "-p", "device:=cpu", "-p", "dtype:=fp32", "-p", "seed:=5", "-p", "diagnostics_period:=0.2", "-r", f"__ns:={ns}"],
         cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -277,12 +277,16 @@ def test_edge_preset_node_on_the_default_model(running_node, tmp_path):
         kv = {v.key: v.value for v in mine()[-1].values}
         assert kv["quantization"] == "w4a4" and "W4A4 loaded" in kv["precision"] and "INT8 KV" in kv["precision"]
         assert "text encoder INT4" in kv["precision"], kv["precision"]
-        assert "text stage parked between prompts in " + str(park) in kv["precision"], kv["precision"]
-        # both loaded for the warm-up's prompt (gen.yaml: two warm-up runs, one prompt) and for this one
-        residency = lambda: {v.key: v.value for v in mine()[-1].values}["text_stage_residency"]
-        assert _wait(lambda: residency().count("loaded 2 times") == 2), residency()
+        assert "offloaded to " + str(park) in kv["precision"], kv["precision"]
+        # the text weights loaded for the warm-up's prompt (gen.yaml: two warm-up runs, one prompt) and for this one,
+        # the VAE once for each of the three images (this one's previews decoded with it)
+        import re
+        loads = lambda: dict(re.findall(r"(text encoder|condition layers|VAE) parked in .*? loaded (\d+) times",
+                                        {v.key: v.value for v in mine()[-1].values}["offloaded_weights"]))
+        assert _wait(lambda: loads().get("text encoder") == "2" and loads().get("condition layers") == "2"
+                     and loads().get("VAE") == "3"), loads()
         files = os.listdir(park)
-        assert len(files) == 2 and all(os.path.getsize(park / f) > 0 for f in files)
+        assert len(files) == 3 and all(os.path.getsize(park / f) > 0 for f in files)
         assert kv["kernels"].startswith("pytorch reference")
         assert kv["allocator"] == "as configured"        # the Tegra guard: nothing to do on a CPU
     finally:

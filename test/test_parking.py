@@ -1,6 +1,7 @@
-"""The text stage "run, then freed" (var_gen_ros/infinity/parking.py, Generator.park_text_stage): the text encoder's
-and the transformer's text-only layers' weights in files between prompts, the same features and images as resident
-weights, nothing of them left in memory between prompts, and a broken file reported without losing the generator."""
+"""The weights that run once per prompt or image offloaded to disk, "run, then freed" (var_gen_ros/infinity/parking.py,
+Generator.offload_to_disk): the text encoder's, the transformer's text-only layers' and the VAE's weights in files
+between uses, the same features and images as resident weights, nothing of them left in memory between uses, and a
+broken file reported without losing the generator."""
 import os
 
 import pytest
@@ -28,7 +29,7 @@ def _pair(tiny_bundle, device, dtype, te_mode, quantized):
 
 @pytest.mark.parametrize("te_mode,quantized,large", [("bf16", False, None), ("int4", True, None),
                                                      ("bf16", False, 4096), ("int4", True, 512)])
-def test_a_parked_text_stage_gives_the_resident_ones_bits_and_holds_no_memory_between_prompts(
+def test_offloaded_weights_give_the_resident_ones_bits_and_hold_no_memory_between_uses(
         tiny_bundle, tmp_path, monkeypatch, te_mode, quantized, large):
     """`large`: the size from which tensors load into one shared block (parking.LARGE, 1 MiB: the tiny model has none
     that large), lowered so that the block's views are what the encoder and the layers compute with."""
@@ -38,15 +39,17 @@ def test_a_parked_text_stage_gives_the_resident_ones_bits_and_holds_no_memory_be
     ref, gen = _pair(tiny_bundle, "cpu", torch.float32, te_mode, quantized)
     before = gen.weight_bytes()
     cond_bytes = sum(t.numel() * t.element_size() for t in _tensors(gen.condition_layers()))
-    note = gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
-    assert "text encoder" in note and "condition layers" in note and str(tmp_path) in note
-    te, cond = gen.text_encoder_parked, gen.condition_parked
+    note = gen.offload_to_disk(str(tmp_path), tag="_t")
+    assert all(w in note for w in ("text encoder", "condition layers", "VAE")) and str(tmp_path) in note
+    te, cond, vae = gen.text_encoder_parked, gen.condition_parked, gen.vae_parked
+    assert sorted(os.listdir(tmp_path)) == ["condition_t.safetensors", "text_encoder_t.safetensors", "vae_t.safetensors"]
     # every tensor written once (the tied token table too), none left but meta tensors of the same shapes
-    assert te.nbytes == before["text_encoder"] and cond.nbytes == cond_bytes > 0
-    assert os.path.getsize(te.path) >= te.nbytes and os.path.getsize(cond.path) >= cond.nbytes
+    assert te.nbytes == before["text_encoder"] and cond.nbytes == cond_bytes > 0 and vae.nbytes == before["vae"]
+    assert all(os.path.getsize(p.path) >= p.nbytes for p in (te, cond, vae))
     after = gen.weight_bytes()
-    assert after["text_encoder"] == 0 and after["transformer"] == before["transformer"] - cond_bytes
-    resting = lambda: all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model) + _tensors(gen.condition_layers()))
+    assert after["text_encoder"] == after["vae"] == 0 and after["transformer"] == before["transformer"] - cond_bytes
+    resting = lambda: all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model)
+                          + _tensors(gen.condition_layers()) + _tensors(gen.vae))
     assert resting()
     if quantized:      # the cross-attention K/V projections are W4A4 layers: their packed codes are parked too
         assert gen.model.blocks[0].ca.mat_kv.qweight.device.type == "meta"
@@ -54,14 +57,22 @@ def test_a_parked_text_stage_gives_the_resident_ones_bits_and_holds_no_memory_be
     a, b = ref.encode_text(PROMPTS[0], None, True), gen.encode_text(PROMPTS[0], None, True)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and resting()
     assert te.loads == 1 and cond.loads == 0
-    # whole generations: the same images; a repeated prompt loads nothing (the prompt cache has its features, the
-    # last condition is kept), a new one loads both
+    # whole generations: the same images; a repeated prompt loads no text weights (the prompt cache has its features,
+    # the last condition is kept), a new one loads both; every image loads the VAE once
     for i, p in enumerate(PROMPTS):
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
-        assert resting() and cond.loads == i + 1 and te.loads == i + 2
+        assert resting() and cond.loads == i + 1 and te.loads == i + 2 and vae.loads == i + 1
     assert (ref.generate(PROMPTS[2], seed=7).image == gen.generate(PROMPTS[2], seed=7).image).all()
-    assert cond.loads == 3 and te.loads == 4
-    assert "loaded 4 times" in gen.text_stage_status() and "loaded 3 times" in gen.text_stage_status()
+    assert cond.loads == 3 and te.loads == 4 and vae.loads == 4
+    # previews: the VAE loaded once for the whole generation, every preview and the image decoded with it
+    previews = []
+    r = gen.generate(PROMPTS[2], seed=8, preview=True, callback=lambda ev: previews.append(ev.preview))
+    assert (r.image == ref.generate(PROMPTS[2], seed=8).image).all() and resting()
+    assert len(previews) == len(r.schedule.scales) and all(p is not None for p in previews)
+    assert (previews[-1] == r.image).all()
+    assert vae.loads == 5
+    status = gen.offload_status()
+    assert "loaded 4 times" in status and "loaded 3 times" in status
     with te.loaded() as m:
         if te_mode == "bf16":      # the tie survives a load: one token table, shared
             assert m.shared.weight is m.encoder.embed_tokens.weight
@@ -76,16 +87,16 @@ def test_a_parked_text_stage_gives_the_resident_ones_bits_and_holds_no_memory_be
 def test_a_broken_parked_file_fails_its_request_only(tiny_bundle, tmp_path):
     from var_gen_ros.infinity import Generator
     gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
-    gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
+    gen.offload_to_disk(str(tmp_path))
     ok = gen.generate(PROMPTS[2], seed=1).image
-    for path in (gen.text_encoder_parked.path, gen.condition_parked.path):
+    for path in (gen.text_encoder_parked.path, gen.condition_parked.path, gen.vae_parked.path):
         good = open(path, "rb").read()
         with open(path, "wb") as f:
             f.write(good[: len(good) // 2])          # truncated
         with pytest.raises(Exception):
             gen.generate(PROMPTS[0], seed=1)     # a new prompt: both must load
-        assert not gen.text_encoder_parked.resident and not gen.condition_parked.resident
-        assert all(t.device.type == "meta" for t in _tensors(gen.condition_layers()))
+        assert not any(p.resident for p in gen.parked_weights().values())
+        assert all(t.device.type == "meta" for t in _tensors(gen.condition_layers()) + _tensors(gen.vae))
         with open(path, "wb") as f:                  # the file back: served again, the same image
             f.write(good)
         gen.prompt_cache.clear()
@@ -105,15 +116,16 @@ def test_tmpfs_is_told_apart_from_a_disk(tmp_path):
         assert tmpfs_warning("/te.safetensors") == ""
 
 
-def test_unloading_the_engine_removes_the_parked_files(tiny_bundle, tmp_path):
-    """A lifecycle cleanup (Engine.release) removes the parked weights' files; the product's park_text_stage names
+def test_unloading_the_engine_removes_the_offloaded_files(tiny_bundle, tmp_path):
+    """A lifecycle cleanup (Engine.release) removes the offloaded weights' files; the product's offload_to_disk names
     them after the process and the generator, in the directory it makes."""
     from var_gen_ros.engine import Engine
     from var_gen_ros.infinity import Generator
-    from var_gen_ros.product import park_text_stage
+    from var_gen_ros.product import offload_to_disk
     gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
-    note = park_text_stage(gen, str(tmp_path / "made" / "here"))
-    paths = [gen.text_encoder_parked.path, gen.condition_parked.path]
+    note = offload_to_disk(gen, str(tmp_path / "made" / "here"))
+    paths = [p.path for p in gen.parked_weights().values()]
+    assert len(paths) == 3
     assert all(os.path.isfile(p) and str(os.getpid()) in os.path.basename(p) for p in paths)
     assert os.path.dirname(paths[0]) in note
     engine = Engine(gen)
@@ -123,7 +135,7 @@ def test_unloading_the_engine_removes_the_parked_files(tiny_bundle, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
-def test_a_parked_text_stage_gives_its_gpu_memory_back_between_prompts(tiny_bundle, tmp_path):
+def test_offloaded_weights_give_their_gpu_memory_back_between_uses(tiny_bundle, tmp_path):
     """On the GPU, without graphs: parking frees the weights' bytes as the allocator counts them; an encoding loads the
     encoder and frees it again, leaving only its features, the resident encoder's bit for bit."""
     ref, gen = _pair(tiny_bundle, "cuda", torch.bfloat16, "int4", True)
@@ -131,11 +143,11 @@ def test_a_parked_text_stage_gives_its_gpu_memory_back_between_prompts(tiny_bund
     a = ref.encode_text(PROMPTS[0], None, True)      # also makes what a first encoding keeps (cuBLAS's workspace)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
-    gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
+    gen.offload_to_disk(str(tmp_path))
     parked = torch.cuda.memory_allocated()
     # the allocator's count: each tensor rounded up to its 512-byte blocks (the tiny model's are small)
     blocks = lambda ts: sum(-(-t.numel() * t.element_size() // 512) * 512 for t in ts)
-    weights = [torch.empty(shape, dtype=dt, device="meta") for p in (gen.text_encoder_parked, gen.condition_parked)
+    weights = [torch.empty(shape, dtype=dt, device="meta") for p in gen.parked_weights().values()
                for shape, dt in p._meta.values()]
     assert before - parked == blocks(weights) > 0, (before, parked)
     b = gen.encode_text(PROMPTS[0], None, True)
@@ -146,7 +158,7 @@ def test_a_parked_text_stage_gives_its_gpu_memory_back_between_prompts(tiny_bund
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
-def test_a_parked_text_stage_borrows_the_kept_kv_block_between_generations_on_gpu(tiny_bundle, tmp_path, monkeypatch):
+def test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu(tiny_bundle, tmp_path, monkeypatch):
     """With CUDA graphs and kept KV caches, the parked weights' large tensors load into the caches' dead block: an
     encoding adds nothing to the allocated peak beyond its features and the small tensors, the caches come back at
     the same address in the same pool (no graph is captured again), and every image is a resident text stage's.
@@ -154,7 +166,7 @@ def test_a_parked_text_stage_borrows_the_kept_kv_block_between_generations_on_gp
     from var_gen_ros.infinity import parking
     monkeypatch.setattr(parking, "LARGE", 512)
     ref, gen = _pair(tiny_bundle, "cuda", torch.bfloat16, "int4", True)
-    gen.park_text_stage(str(tmp_path / "te.safetensors"), str(tmp_path / "cond.safetensors"))
+    gen.offload_to_disk(str(tmp_path))
     for g in (ref, gen):
         g.cuda_graphs = True
     prompts = list(PROMPTS) + ["a yellow star", "two red squares"]
@@ -162,7 +174,7 @@ def test_a_parked_text_stage_borrows_the_kept_kv_block_between_generations_on_gp
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
     block, pool, te = gen._kv_block_at, gen._graphs.kv_pool, gen.text_encoder_parked
     assert block is not None and gen._graphs.kept_caches is not None and pool is not None
-    assert 0 < te.large_bytes <= block[1] and 0 < gen.condition_parked.large_bytes <= block[1]
+    assert all(0 < p.large_bytes <= block[1] for p in gen.parked_weights().values())
     torch.cuda.synchronize()
     before, loads = torch.cuda.memory_allocated(), te.loads
     torch.cuda.reset_peak_memory_stats()
@@ -179,7 +191,8 @@ def test_a_parked_text_stage_borrows_the_kept_kv_block_between_generations_on_gp
     assert gen._kv_block_at == block and gen._graphs.kept_caches is not None and gen._graphs.kv_pool is pool
     del feats
     recaptures = gen._graphs.recaptures
-    for i, p in enumerate(prompts[2:]):            # each loads the encoder and the condition layers into the block
+    vae_loads = gen.vae_parked.loads
+    for i, p in enumerate(prompts[2:]):  # each loads the encoder, the condition layers and the VAE into the block
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
-    assert gen.condition_parked.loads >= 3
+    assert gen.condition_parked.loads >= 3 and gen.vae_parked.loads == vae_loads + 3
     assert gen._kv_block_at == block and gen._graphs.recaptures == recaptures and gen._graphs.kv_pool is pool

@@ -50,7 +50,7 @@ RESULT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabil
 STATUS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 # what builds the model: settable only while the node is unconfigured (nothing loaded)
-BUILD = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "text_stage_park_dir",
+BUILD = {"bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "offload_dir",
          "warmup_runs", "kernel_cache_dir"}
 UNCONFIGURED_ONLY = " Settable only while the node is unconfigured (lifecycle cleanup first)."
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -86,14 +86,14 @@ class GenNode(LifecycleNode):
         P("text_encoder", "bf16", _desc("text encoder: bf16 (as loaded) | int8 (weight-only) | int4 (weight-only, 64-wide "
                                         "groups; INT8 token table; 8B W4A4+KV8 at 1024² on the H100: 0.60 GiB less reserved "
                                         "than int8, seventeenth session) | cpu." + UNCONFIGURED_ONLY))
-        P("text_stage_park_dir", "", _desc("a directory on a disk (not a tmpfs): the text stage's weights (the text "
-                                           "encoder, and the transformer's layers that read only the text: 0.67 + "
-                                           "0.66 GiB for 8B W4A4 with the INT4 encoder) wait in files there between "
-                                           "prompts, loaded for a prompt the prompt cache misses (the encoder) or "
-                                           "other than the last one (the layers), so the scales' peak does not hold "
-                                           "them (on a Jetson moving them to the CPU frees nothing); costs their "
-                                           "read then (docs/BENCHMARKS.md, thirtieth session). '' = resident."
-                                           + UNCONFIGURED_ONLY))
+        P("offload_dir", "", _desc("a directory on a disk (not a tmpfs): the weights that run once per prompt or "
+                                   "generation wait in files there and are loaded when needed: the text encoder for "
+                                   "a prompt the prompt cache misses, the transformer's layers that read only the "
+                                   "text for a prompt other than the last one, the VAE for each decode (0.67, 0.66 "
+                                   "and 0.15 GiB for 8B W4A4 with the INT4 encoder). The scales' peak then holds "
+                                   "none of them (on a Jetson moving them to the CPU frees nothing); each load costs "
+                                   "its read (docs/BENCHMARKS.md, thirtieth session). '' = resident."
+                                   + UNCONFIGURED_ONLY))
         P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
                                           "8B W4A4+KV8 at 1024² on the H100 with the other defaults: 1024 -> "
@@ -551,7 +551,7 @@ class GenNode(LifecycleNode):
             "weights_bytes": sum(g.weight_bytes().values()),
             "cuda_graphs": g.graph_status(), "idle_release": self.engine.idle_release_status(),
             "prompt_cache": g.prompt_cache.status(),
-            "text_stage_residency": g.text_stage_status(),
+            "offloaded_weights": g.offload_status(),
             "warmup_s": ", ".join(f"{t:.2f}" for t in self.engine.warmup_s),
         }
         if g.device.type == "cuda" and not stalled and not self.engine.gpu_fault:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List
 
 # the settings that build the generator (the rest of DEFAULTS: what warm-cache's generations use)
-SETTINGS = ("bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "text_stage_park_dir",
+SETTINGS = ("bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "offload_dir",
             "activation_chunk", "cuda_graphs", "graph_max_tokens", "graph_pool", "prompt_cache_size", "kernel_cache_dir")
 DEFAULTS = {"bundle_path": "", "device": "auto", "dtype": "fp32", "quantization": "bf16", "kv_cache": "bf16",
-            "text_encoder": "bf16", "text_stage_park_dir": "", "activation_chunk": 1024, "cuda_graphs": True, "graph_max_tokens": 4096,
+            "text_encoder": "bf16", "offload_dir": "", "activation_chunk": 1024, "cuda_graphs": True, "graph_max_tokens": 4096,
             "graph_pool": "shared", "prompt_cache_size": 16, "kernel_cache_dir": "", "warmup_runs": 0,
             "width": 0, "height": 0, "cfg": 0.0}
 
@@ -75,17 +75,15 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def park_text_stage(gen, directory: str, warn: Callable[[str], None] = print) -> str:
-    """The text stage "run, then freed" (Generator.park_text_stage): the text encoder's and the condition layers'
-    weights in files of `directory` (made if missing; removed when the process ends) between prompts."""
+def offload_to_disk(gen, directory: str, warn: Callable[[str], None] = print) -> str:
+    """The weights that run once per prompt or generation "run, then freed" (Generator.offload_to_disk), in files of
+    `directory` (made if missing) named after the process and the generator, removed when the process ends."""
     import atexit
     directory = os.path.abspath(os.path.expanduser(directory))
     os.makedirs(directory, exist_ok=True)
-    paths = [os.path.join(directory, f"{what}_{os.getpid()}_{id(gen):x}.safetensors")
-             for what in ("text_encoder", "condition")]
-    note = gen.park_text_stage(*paths)
-    for path in paths:
-        atexit.register(_remove_quietly, path)    # (the path only: the generator can go before the process)
+    note = gen.offload_to_disk(directory, tag=f"_{os.getpid()}_{id(gen):x}")
+    for p in gen.parked_weights().values():
+        atexit.register(_remove_quietly, p.path)  # (the path only: the generator can go before the process)
     if "WARNING" in note:
         warn(note)
     return note
@@ -122,8 +120,8 @@ def build_generator(settings: Dict, log: Callable[[str], None] = print,
     gen = Generator.from_bundle(path, device=device, dtype=DTYPES[s["dtype"]])
     precision = apply_precision(gen, s["quantization"], s["kv_cache"], path, log=log)
     precision += ", " + apply_text_encoder(gen, s["text_encoder"])
-    if s["text_stage_park_dir"]:     # after the precision: the files hold the weights as they will run
-        precision += ", " + park_text_stage(gen, s["text_stage_park_dir"], warn)
+    if s["offload_dir"]:     # after the precision: the files hold the weights as they will run
+        precision += ", " + offload_to_disk(gen, s["offload_dir"], warn)
     gen.chunk_tokens = s["activation_chunk"]
     gen.cuda_graphs = s["cuda_graphs"]
     gen.graph_max_tokens = s["graph_max_tokens"]

@@ -242,12 +242,17 @@ class Generator:
         self._warm_after_release: Optional[tuple] = None
         # the text encoder's outputs for recent prompts (prompt_cache.py); max_entries 0 turns it off
         self.prompt_cache = PromptFeatureCache(16)
-        # the text stage's weights in files between prompts (park_text_stage), or None: kept resident. The text
-        # encoder's, and the transformer's layers that read only the text (condition_layers); the condition those
-        # computed for the last prompt is kept while they are parked: (prompt key, encode_condition's output)
+        # weights that run once per prompt or generation, kept in files on a disk between uses (offload_to_disk), or
+        # None: resident. The text encoder's, the transformer's layers that read only the text (condition_layers),
+        # the VAE's; the condition those layers computed for the last prompt is kept while they are offloaded:
+        # (prompt key, encode_condition's output)
         self.text_encoder_parked = None
         self.condition_parked = None
+        self.vae_parked = None
         self._last_condition = None
+        # True from a generation's taking its KV caches until it lets go of them: an offloaded load must not borrow
+        # their block then (left True by a generation that failed midway, which only stops borrowing until the next)
+        self._caches_in_use = False
         if self.device.type == "cuda":
             # with graphs off too: Triton's autotuner and the small-M GEMM's tuner time candidates in CUDA graphs of
             # their own, and a process's first graph that runs out of memory while being made aborts it (graphs.py)
@@ -292,38 +297,41 @@ class Generator:
             holder.add_module(f"block{i}_ca_mat_kv", b.ca.mat_kv)
         return holder
 
-    def park_text_stage(self, text_encoder_path: str, condition_path: str) -> str:
-        """The text stage "run, then freed" (parking.py): the text encoder's weights go to the file
-        `text_encoder_path` and are loaded for each prompt the prompt cache misses; the condition layers' go to
-        `condition_path` and are loaded for each prompt other than the last one. Call after the precision is
-        applied. Returns what it did, for the precision line."""
+    def offload_to_disk(self, directory: str, tag: str = "") -> str:
+        """The weights that run once per prompt or per generation "run, then freed" (parking.py): the text encoder's
+        (loaded for a prompt the prompt cache misses), the condition layers' (for a prompt other than the last one)
+        and the VAE's (for the final decode, and for each preview) go to safetensors files in `directory`, named
+        with `tag`, and only meta tensors stay. With the CUDA graphs' kept KV caches the loads go into their block
+        while it is dead. Call after the precision is applied. Returns what it did, for the precision line."""
         from .parking import ParkedWeights, tmpfs_warning
-        if self.text_encoder_parked is not None or self.condition_parked is not None:
-            raise RuntimeError("the text stage is parked already")
-        notes = []
+        if self.parked_weights():
+            raise RuntimeError("the weights are offloaded already")
+        path = lambda what: os.path.join(directory, f"{what}{tag}.safetensors")
         if self.text_encoder is not None:
-            self.text_encoder_parked = ParkedWeights(self.text_encoder.model, text_encoder_path)
+            self.text_encoder_parked = ParkedWeights(self.text_encoder.model, path("text_encoder"))
             self.prompt_cache.clear()
-            notes.append(f"the text encoder ({self.text_encoder_parked.nbytes / 2**30:.2f} GiB)")
-        self.condition_parked = ParkedWeights(self.condition_layers(), condition_path)
-        notes.append(f"the condition layers ({self.condition_parked.nbytes / 2**30:.2f} GiB)")
-        warn = tmpfs_warning(condition_path)
-        return (f"text stage parked between prompts in {os.path.dirname(os.path.abspath(condition_path))}: "
-                + " and ".join(notes) + (f"; WARNING: {warn}" if warn else ""))
+        self.condition_parked = ParkedWeights(self.condition_layers(), path("condition"))
+        self.vae_parked = ParkedWeights(self.vae, path("vae"))
+        warn = tmpfs_warning(path("vae"))
+        return (f"offloaded to {directory}: " + ", ".join(f"{name} {p.nbytes / 2**30:.2f} GiB"
+                                                           for name, p in self.parked_weights().items())
+                + (f"; WARNING: {warn}" if warn else ""))
 
-    def text_stage_status(self) -> str:
+    def parked_weights(self) -> dict:
+        """{what: parking.ParkedWeights} of the offloaded weights."""
+        return {name: p for name, p in (("text encoder", self.text_encoder_parked),
+                                        ("condition layers", self.condition_parked), ("VAE", self.vae_parked))
+                if p is not None}
+
+    def offload_status(self) -> str:
         """What the node reports in diagnostics."""
-        if self.text_encoder_parked is None and self.condition_parked is None:
-            return "resident"
-        parts = [f"{name} {p.status()}" for name, p in (("text encoder", self.text_encoder_parked),
-                                                          ("condition layers", self.condition_parked)) if p is not None]
-        return "; ".join(parts)
+        parked = self.parked_weights()
+        return "; ".join(f"{name} {p.status()}" for name, p in parked.items()) if parked else "resident"
 
     def close_parked(self) -> None:
-        """Removes the parked weights' files (a lifecycle cleanup: the generator is dropped after)."""
-        for p in (self.text_encoder_parked, self.condition_parked):
-            if p is not None:
-                p.close()
+        """Removes the offloaded weights' files (a lifecycle cleanup: the generator is dropped after)."""
+        for p in self.parked_weights().values():
+            p.close()
 
     def warmup(self, runs: int = 2, prompt: str = "warm-up", **kwargs) -> List[float]:
         """`runs` generations thrown away (seconds each): the first autotunes and compiles the GPU
@@ -521,7 +529,8 @@ class Generator:
             yield
             return
         gr = self._graphs
-        pool = gr.kv_pool if gr is not None and gr.kept_caches is not None and gr.kept_spec is not None else None
+        pool = (gr.kv_pool if gr is not None and gr.kept_caches is not None and gr.kept_spec is not None
+                and not self._caches_in_use else None)
         # only the large tensors go into the pool, in one block (parking.LARGE), which must fit in the caches' block;
         # the small ones and what the block's code allocates (activations, outputs) stay outside
         if pool is None or parked.device.type != "cuda" or self._kv_block_at is None \
@@ -578,6 +587,17 @@ class Generator:
                  callback: Optional[Callable[[ScaleEvent], None]] = None,
                  should_stop: Optional[Callable[[], bool]] = None,
                  text_features=None) -> GenerationResult:
+        # with previews (a decode after every scale, when there is a callback) an offloaded VAE is loaded once for
+        # the whole generation, not once per scale: it is then resident through the scales, as if not offloaded
+        keep = preview and callback is not None and self.vae_parked is not None
+        with self.vae_parked.loaded() if keep else contextlib.nullcontext():
+            return self._generate(prompt, seed=seed, cfg=cfg, tau=tau, top_k=top_k, top_p=top_p,
+                                  negative_prompt=negative_prompt, height=height, width=width, h_div_w=h_div_w, pn=pn,
+                                  use_kv_cache=use_kv_cache, preview=preview, callback=callback,
+                                  should_stop=should_stop, text_features=text_features)
+
+    def _generate(self, prompt: str, *, seed, cfg, tau, top_k, top_p, negative_prompt, height, width, h_div_w, pn,
+                  use_kv_cache, preview, callback, should_stop, text_features) -> GenerationResult:
         c = self.cfg
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt is empty")
@@ -621,6 +641,7 @@ class Generator:
         timings["condition_s"] = time.perf_counter() - t0
         offsets, counts = schedule.offsets(), schedule.token_counts
         caches, graphs = self._caches(schedule, B) if use_kv_cache else (None, None)
+        self._caches_in_use = True
         # with graphs, RoPE and the condition come from the buffers the graphs read
         rope = graphs.rope if graphs is not None else rope_tables(schedule, c.head_dim, self.device)
         if graphs is not None:
@@ -693,6 +714,7 @@ class Generator:
             graphs.kept_caches = None
             allocated0 = torch.cuda.memory_allocated(self.device)      # (the block is freed by the next del)
         del caches
+        self._caches_in_use = False
         trace, held = {}, False
         if pool is not None:
             ptr, nbytes = self._kv_block_at
@@ -707,8 +729,11 @@ class Generator:
         if pool is None or held:
             image = self.decode(summed)
         else:
-            with torch.cuda.use_mem_pool(pool, self._cuda_index()):
-                image = self.decode(summed)
+            index = self._cuda_index()
+            # an offloaded VAE's large weights go into the pool's free block too, before the decoder's activations
+            with self._vae_loaded(lambda: torch.cuda.use_mem_pool(pool, index)):
+                with torch.cuda.use_mem_pool(pool, index):
+                    image = self.decode(summed)
             if MEMORY_TRACE:
                 trace["kv_pool_after_decode"] = pool_reserved(pool, self.device)
         if pool is not None:
@@ -739,4 +764,11 @@ class Generator:
 
     @torch.no_grad()
     def decode(self, summed_codes: torch.Tensor) -> np.ndarray:
-        return to_uint8(self.vae.decode(summed_codes))[0].cpu().numpy()
+        with self._vae_loaded():      # (inside the final decode's: loaded already)
+            return to_uint8(self.vae.decode(summed_codes))[0].cpu().numpy()
+
+    def _vae_loaded(self, pool_context=None):
+        """An offloaded VAE loaded for the block (its large weights inside `pool_context()` when given), or nothing."""
+        if self.vae_parked is None:
+            return contextlib.nullcontext()
+        return self.vae_parked.loaded(empty_cache=pool_context is None, pool_context=pool_context)
