@@ -1,10 +1,11 @@
-"""A module's weights kept in a file between uses instead of in memory: the text encoder "run, then freed".
+"""Weights kept in a file on a disk between uses instead of in memory: "run, then freed" (Generator.offload_to_disk).
 
-Why: the text encoder runs once per new prompt, for ~30 ms, then sits idle through the whole generation. On a
-Jetson its weights (0.67 GiB for T5-XL in INT4) come out of the same 16 GB as the transformer's KV cache and the
-robot's other nodes, and moving them to the CPU frees nothing there (one DRAM). Parked, they live in a
-safetensors file on disk; a prompt the prompt cache misses reads them back onto the device, encodes, and frees
-them again, so the generation's peak no longer holds them. The price is the read on each miss (reported).
+Why: the text encoder runs once per new prompt, for ~30 ms, the transformer's text-only layers once per prompt and
+the VAE once per image; between those uses they sit idle through the scales. On a Jetson their weights (0.67, 0.66
+and 0.15 GiB at 8B W4A4 with the INT4 encoder) come out of the same 16 GB as the KV cache and the robot's other
+nodes, and moving them to the CPU frees nothing there (one DRAM). Parked, they live in a safetensors file; a use
+reads them back onto the device and frees them after, so the scales' peak no longer holds them. The price is the
+read at each use (reported).
 
 `ParkedWeights(module, path)` writes every parameter and buffer of `module` to `path` once and leaves meta
 tensors of the same shapes in their place; `with parked.loaded():` puts the real tensors back for the block.

@@ -276,7 +276,7 @@ class Generator:
         return self.model.dtype
 
     def weight_bytes(self) -> dict:
-        """The models' weights where they live now (a parked text encoder's are in its file: 0 here)."""
+        """The models' weights where they live now (offloaded ones are in their files: 0 here)."""
         def nbytes(m):
             return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers())
                        if t.device.type != "meta")
@@ -519,7 +519,7 @@ class Generator:
 
     @contextlib.contextmanager
     def _loaded(self, parked):
-        """The parked weights (parking.ParkedWeights, or None: resident, nothing to do) loaded for the block. With KV
+        """Offloaded weights (parking.ParkedWeights, or None: resident, nothing to do) loaded for the block. With KV
         caches kept for the graphs, the weights' large tensors go into the caches' block while it is dead (between
         generations: the next one overwrites it), as the VAE decode does, and the caches are made again in that
         block after it; so a load does not add to the kept caches (on the H100 at 1024², the text encoder loaded
@@ -543,7 +543,7 @@ class Generator:
         allocated0 = torch.cuda.memory_allocated(self.device)
         gr.kept_caches = None
         if not free_or_collect(lambda: allocated0 - torch.cuda.memory_allocated(self.device) >= nbytes):
-            warnings.warn("var_gen_ros: the KV caches' block is held before a parked load (loaded outside its pool, "
+            warnings.warn("var_gen_ros: the KV caches' block is held before an offloaded load (loaded outside its pool, "
                           "which is made anew): " + "; ".join(holders_of(ptr)))
             self._renew_kv_pool(gr, schedule, B)
             with parked.loaded():
@@ -560,11 +560,11 @@ class Generator:
             if gr.kept_caches is None or kv_pool_excess(gr.kv_pool, self._kv_block_at) > KV_POOL_SLACK:
                 self._renew_kv_pool(gr, schedule, B)
             elif moved:       # the graphs are captured again next generation (ScaleGraphs.adopt)
-                warnings.warn("var_gen_ros: the KV caches came back at another address after a parked load; the CUDA "
+                warnings.warn("var_gen_ros: the KV caches came back at another address after an offloaded load; the CUDA "
                               "graphs are captured again")
 
     def _condition(self, feats, mask, key):
-        """encode_condition's output for the text features; with the condition layers parked, the last prompt's is
+        """encode_condition's output for the text features; with the condition layers offloaded, the last prompt's is
         kept (`key`: the prompt's, None for features given by the caller) and any other loads them."""
         if self.condition_parked is None:
             return self.model.encode_condition(feats, mask)
