@@ -85,6 +85,19 @@ def test_offloaded_weights_take_their_bytes_out_of_every_scale(tiny_bundle, tmp_
         assert 0.99 * parked_bytes <= alloc_r - alloc_p <= parked_bytes
 
 
+def test_the_repeated_prompt_runs_read_only_the_vae(tiny_bundle, tmp_path):
+    """bench/edge_proof.repeated_prompt_runs: the warm-up's prompt again, its features cached and its condition kept,
+    so with the weights offloaded only the VAE is read, once per image."""
+    edge_proof = _edge_proof()
+    from var_gen_ros.infinity import Generator
+    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    gen.offload_to_disk(str(tmp_path))
+    gen.warmup(1, edge_proof.PROMPT, cfg=3.0)
+    r = edge_proof.repeated_prompt_runs(gen, None, None, 3.0, 2)
+    assert r["loads"] == {"text encoder": 0, "condition layers": 0, "VAE": 2}
+    assert len(r["total_s"]) == 2 and all(t > 0 for t in r["total_s"]) and r["peak_allocated"] is None
+
+
 def test_int8_text_encoder_matches_float(tiny_bundle):
     from var_gen_ros.infinity import Generator
     from var_gen_ros.quant.int8_weight import Int8WeightLinear
