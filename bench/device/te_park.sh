@@ -1,25 +1,34 @@
 #!/bin/bash
-# The weights that run once per prompt or image offloaded to disk (offload_dir, thirtieth session) on the GPU: the
-# tests, then the 1024² edge proof of W4A4 + INT8 KV with the INT4 encoder, the condition layers and the VAE offloaded
-# (every measured run encodes and computes its condition anew, so the text stage and the condition include their reads), and bf16 with the bf16 encoder resident (the all-bf16 pipeline, its
-# real peak uncapped); BF16=0 leaves that out. One call: about 3 minutes with the committed picks.
+# The weights that run once per prompt or image offloaded to disk (offload_dir, thirtieth session) on the GPU.
+# PARTS (default "tests parked bf16"; "sites" in a second call on the same machine):
+#   tests   the offload's GPU tests (allocator counts, the KV-block borrow) and the device-rates test
+#   parked  the 1024² edge proof of W4A4 + INT8 KV with the INT4 encoder, the condition layers and the VAE offloaded
+#           (every measured run encodes and computes its condition anew, so the text stage and the condition include
+#           their reads; the repeated-prompt line reads only the VAE)
+#   bf16    bf16 with the bf16 encoder resident (the all-bf16 pipeline, its real peak uncapped)
+#   sites   the offloaded run again with every allocation's stack recorded, to name the ~0.25 GiB live between
+#           generations beside the weights and the kept KV caches ("live ... MiB" lines; its timings not comparable)
+# About 4-6 minutes for the default parts with the committed picks (the tests tune the tiny model's W4A4 shapes).
 source bench/device/autotune_carry.sh
 build_extension
-timeout ${TEST_TIMEOUT:-60} python3 -m pytest -q test/test_parking.py test/test_edge_memory.py -k "offload or parked or device_rates" \
-  > "$OUT/test_park.txt" 2>&1
-echo "tests rc $?"; tail -2 "$OUT/test_park.txt"
+PARTS=${PARTS:-tests parked bf16}
 edge() {   # TAG MODE TE [extra args]
   local tag=$1 mode=$2 te=$3; shift 3
-  timeout -s ABRT -k 10 ${EDGE_TIMEOUT:-150} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
+  timeout -s ABRT -k 10 ${EDGE_TIMEOUT:-170} python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
     --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder $te "$@" --json "$OUT/edge_$tag.json" \
     > "$OUT/edge_$tag.txt" 2>&1
   echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|rror|WARN" "$OUT/edge_$tag.txt" | tail -3
+  grep -E "^(w4a4|bf16)|rror|WARN|same prompt again" "$OUT/edge_$tag.txt" | tail -4
 }
-edge parked w4a4_kv8 int4 --offload-dir "$PWD/.park"
-[ "${BF16:-1}" = 1 ] && edge bf16_te_bf16 bf16 bf16
-# SITES=1: once more with every allocation's stack recorded, to name the ~0.25 GiB live between generations beside the
-# weights and the kept KV caches (edge_sites.txt's "live ... MiB" lines; the run's timings are not comparable)
-[ "${SITES:-1}" = 1 ] && edge sites w4a4_kv8 int4 --offload-dir "$PWD/.park" --memory-sites 1 \
-  && grep " live " "$OUT/edge_sites.txt" | cut -c1-200 | head -20
+if [[ " $PARTS " == *" tests "* ]]; then
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q test/test_parking.py test/test_edge_memory.py \
+    -k "offload or parked or device_rates" > "$OUT/test_offload.txt" 2>&1
+  echo "tests rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/test_offload.txt"
+fi
+[[ " $PARTS " == *" parked "* ]] && edge offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
+[[ " $PARTS " == *" bf16 "* ]] && edge bf16_te_bf16 bf16 bf16
+if [[ " $PARTS " == *" sites "* ]]; then
+  edge sites w4a4_kv8 int4 --offload-dir "$PWD/.park" --memory-sites 1
+  grep " live " "$OUT/edge_sites.txt" | cut -c1-200 | head -20
+fi
 true
