@@ -93,14 +93,31 @@ def test_a_broken_parked_file_fails_its_request_only(tiny_bundle, tmp_path):
         good = open(path, "rb").read()
         with open(path, "wb") as f:
             f.write(good[: len(good) // 2])          # truncated
-        with pytest.raises(Exception):
-            gen.generate(PROMPTS[0], seed=1)     # a new prompt: both must load
+        with pytest.raises(RuntimeError, match="could not be read"):
+            gen.generate(PROMPTS[0], seed=1)     # a new prompt: the text weights must load, and every image the VAE
         assert not any(p.resident for p in gen.parked_weights().values())
         assert all(t.device.type == "meta" for t in _tensors(gen.condition_layers()) + _tensors(gen.vae))
         with open(path, "wb") as f:                  # the file back: served again, the same image
             f.write(good)
         gen.prompt_cache.clear()
         assert (gen.generate(PROMPTS[2], seed=1).image == ok).all()
+
+
+def test_an_offload_that_cannot_finish_leaves_everything_resident(tiny_bundle, tmp_path):
+    """The VAE's file cannot be written (a directory stands at its path): the error is raised, the text encoder and
+    the condition layers already written go back into the model and their files go, and the generator makes the
+    same image as before."""
+    from var_gen_ros.infinity import Generator
+    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    before = gen.generate(PROMPTS[0], seed=2).image
+    weights = gen.weight_bytes()
+    (tmp_path / "vae_x.safetensors").mkdir()
+    with pytest.raises(OSError):
+        gen.offload_to_disk(str(tmp_path), tag="_x")
+    assert gen.parked_weights() == {} and gen.weight_bytes() == weights
+    assert sorted(os.listdir(tmp_path)) == ["vae_x.safetensors"]
+    assert not any(t.device.type == "meta" for t in _tensors(gen.text_encoder.model) + _tensors(gen.condition_layers()))
+    assert (gen.generate(PROMPTS[0], seed=2).image == before).all()
 
 
 def test_tmpfs_is_told_apart_from_a_disk(tmp_path):

@@ -76,7 +76,10 @@ class ParkedWeights:
         if not tensors:
             raise ValueError("nothing to park: the module has no parameters or buffers")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_file(tensors, path)
+        try:
+            save_file(tensors, path)
+        except Exception as e:     # safetensors' own error type for I/O: say which file, as an OSError
+            raise OSError(f"{path}: the offloaded weights could not be written: {e}") from e
         self.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         del tensors
         self.loads, self.load_s = 0, 0.0
@@ -117,7 +120,11 @@ class ParkedWeights:
         `pool_context()` (when given), the rest one by one outside it."""
         from safetensors import safe_open
         sizes = self._sizes()
-        with safe_open(self.path, framework="pt", device="cpu") as f:
+        try:
+            f = safe_open(self.path, framework="pt", device="cpu")
+        except Exception as e:     # missing, truncated, not safetensors: say which file
+            raise RuntimeError(f"{self.path}: the offloaded weights could not be read: {e}") from e
+        with f:
             missing = set(sizes) - set(f.keys())
             if missing:
                 raise RuntimeError(f"{self.path}: parked weights missing {sorted(missing)[:3]} "
@@ -162,6 +169,13 @@ class ParkedWeights:
                     self._put({k: torch.empty(shape, dtype=dt, device="meta") for k, (shape, dt) in self._meta.items()})
                     if empty_cache:
                         self._empty_cache()
+
+    def restore(self) -> None:
+        """The weights back in the module for good (its large tensors views of one block) and the file removed: for
+        undoing an offload that could not be finished. The object is not to be used after."""
+        with self._lock:
+            self._put(self._load(None))
+        self.close()
 
     def status(self) -> str:
         return (f"parked in {self.path} ({self.nbytes / 2**30:.2f} GiB), loaded {self.loads} times, "

@@ -307,11 +307,17 @@ class Generator:
         if self.parked_weights():
             raise RuntimeError("the weights are offloaded already")
         path = lambda what: os.path.join(directory, f"{what}{tag}.safetensors")
-        if self.text_encoder is not None:
-            self.text_encoder_parked = ParkedWeights(self.text_encoder.model, path("text_encoder"))
-            self.prompt_cache.clear()
-        self.condition_parked = ParkedWeights(self.condition_layers(), path("condition"))
-        self.vae_parked = ParkedWeights(self.vae, path("vae"))
+        try:
+            if self.text_encoder is not None:
+                self.text_encoder_parked = ParkedWeights(self.text_encoder.model, path("text_encoder"))
+                self.prompt_cache.clear()
+            self.condition_parked = ParkedWeights(self.condition_layers(), path("condition"))
+            self.vae_parked = ParkedWeights(self.vae, path("vae"))
+        except BaseException:          # (a full disk, say) the ones done go back: all resident, as before the call
+            for p in self.parked_weights().values():
+                p.restore()
+            self.text_encoder_parked = self.condition_parked = self.vae_parked = None
+            raise
         warn = tmpfs_warning(path("vae"))
         return (f"offloaded to {directory}: " + ", ".join(f"{name} {p.nbytes / 2**30:.2f} GiB"
                                                            for name, p in self.parked_weights().items())
