@@ -46,6 +46,14 @@ def test_offloaded_weights_give_the_resident_ones_bits_and_hold_no_memory_betwee
     # every tensor written once (the tied token table too), none left but meta tensors of the same shapes
     assert te.nbytes == before["text_encoder"] and cond.nbytes == cond_bytes > 0 and vae.nbytes == before["vae"]
     assert all(os.path.getsize(p.path) >= p.nbytes for p in (te, cond, vae))
+    if large is not None:          # the large tensors stored as one block in the block's layout, the rest by name
+        from safetensors import safe_open
+        for p in (te, cond, vae):
+            with safe_open(p.path, framework="pt") as f:
+                keys = set(f.keys())
+            big = {k for k, n in p._sizes().items() if n >= large}
+            assert (parking.BLOCK_KEY in keys) == bool(big) and not big & keys
+            assert keys - {parking.BLOCK_KEY} == set(p._sizes()) - big
     after = gen.weight_bytes()
     assert after["text_encoder"] == after["vae"] == 0 and after["transformer"] == before["transformer"] - cond_bytes
     resting = lambda: all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model)

@@ -30,6 +30,10 @@ from torch import nn
 LARGE = 1 << 20
 
 
+# the file's one tensor that holds the large tensors' bytes, laid out as the block they load into: one read, one copy
+BLOCK_KEY = "__large_tensors_block__"
+
+
 def _pad(n: int) -> int:
     return -(-n // 512) * 512
 
@@ -75,12 +79,20 @@ class ParkedWeights:
                     self._slots.append((m, kind, name, key))
         if not tensors:
             raise ValueError("nothing to park: the module has no parameters or buffers")
+        sizes = self._sizes()
+        self.nbytes = sum(sizes.values())
+        if self.large_bytes:       # the large ones as the block's bytes, in its layout
+            block, offset = torch.empty(self.large_bytes, dtype=torch.uint8), 0
+            for k, n in sizes.items():
+                if n >= LARGE:
+                    block[offset:offset + n].copy_(tensors.pop(k).reshape(-1).view(torch.uint8))
+                    offset += _pad(n)
+            tensors[BLOCK_KEY] = block
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             save_file(tensors, path)
         except Exception as e:     # safetensors' own error type for I/O: say which file, as an OSError
             raise OSError(f"{path}: the offloaded weights could not be written: {e}") from e
-        self.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         del tensors
         self.loads, self.load_s = 0, 0.0
         self._lock = threading.Lock()
@@ -117,31 +129,42 @@ class ParkedWeights:
 
     def _load(self, pool_context) -> dict:
         """The tensors from the file: those of LARGE bytes or more as views of one block allocated inside
-        `pool_context()` (when given), the rest one by one outside it."""
+        `pool_context()` (when given) and filled by one copy, the rest one by one outside it."""
         from safetensors import safe_open
         sizes = self._sizes()
         try:
             f = safe_open(self.path, framework="pt", device="cpu")
         except Exception as e:     # missing, truncated, not safetensors: say which file
             raise RuntimeError(f"{self.path}: the offloaded weights could not be read: {e}") from e
+        changed = f"{self.path}: the file was changed since the weights were offloaded"
         with f:
-            missing = set(sizes) - set(f.keys())
+            expected = {k for k, n in sizes.items() if n < LARGE} | ({BLOCK_KEY} if self.large_bytes else set())
+            missing = expected - set(f.keys())
             if missing:
-                raise RuntimeError(f"{self.path}: parked weights missing {sorted(missing)[:3]} "
-                                   f"({len(missing)} in all): the file was changed")
-            with pool_context() if pool_context is not None else contextlib.nullcontext():
-                block = torch.empty(self.large_bytes, dtype=torch.uint8, device=self.device)
+                raise RuntimeError(f"{changed}: {sorted(missing)[:3]} ({len(missing)} in all) missing")
             out, offset = {}, 0
-            for k, n in sizes.items():
-                src = f.get_tensor(k)
-                if tuple(src.shape) != self._meta[k][0] or src.dtype != self._meta[k][1]:
-                    raise RuntimeError(f"{self.path}: {k} is {src.dtype} {tuple(src.shape)} in the file, not "
-                                       f"{self._meta[k][1]} {self._meta[k][0]}: the file was changed")
-                if n >= LARGE:
-                    out[k] = block[offset:offset + n].view(src.dtype).view(src.shape).copy_(src)
-                    offset += _pad(n)
+            if self.large_bytes:
+                src = f.get_tensor(BLOCK_KEY)
+                if src.dtype != torch.uint8 or src.numel() != self.large_bytes:
+                    raise RuntimeError(f"{changed}: its large tensors' block is {src.dtype} x {src.numel()}, not "
+                                       f"uint8 x {self.large_bytes}")
+                if self.device.type == "cpu":
+                    block = src.clone()    # (src may map the file: a copy of our own, whatever happens to the file)
                 else:
-                    out[k] = src.to(self.device)
+                    with pool_context() if pool_context is not None else contextlib.nullcontext():
+                        block = torch.empty(self.large_bytes, dtype=torch.uint8, device=self.device)
+                    block.copy_(src)
+                del src
+            for k, n in sizes.items():
+                shape, dt = self._meta[k]
+                if n >= LARGE:
+                    out[k] = block[offset:offset + n].view(dt).view(shape)
+                    offset += _pad(n)
+                    continue
+                src = f.get_tensor(k)
+                if tuple(src.shape) != shape or src.dtype != dt:
+                    raise RuntimeError(f"{changed}: {k} is {src.dtype} {tuple(src.shape)}, not {dt} {shape}")
+                out[k] = src.clone() if self.device.type == "cpu" else src.to(self.device)
         return out
 
     @contextlib.contextmanager
