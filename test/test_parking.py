@@ -205,7 +205,7 @@ def test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu(t
     torch.cuda.reset_peak_memory_stats()
     feats = gen.encode_text(prompts[2], None, True)
     torch.cuda.synchronize()
-    small = sum(-(-n // 512) * 512 for n in te._sizes().values() if n < parking.LARGE)
+    small = sum(-(-n // 512) * 512 for n in te._sizes().values() if n < te.large)
     feature_bytes = sum(-(-t.numel() * t.element_size() // 512) * 512 for t in feats)
     assert te.loads == loads + 1
     # the large weights took none of the peak (the freed block held them); the rest is the small tensors, the

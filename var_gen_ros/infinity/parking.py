@@ -61,6 +61,7 @@ class ParkedWeights:
     def __init__(self, module: nn.Module, path: str):
         from safetensors.torch import save_file
         self.module, self.path = module, path
+        self.large = LARGE        # (read once: the file's layout follows it)
         self._slots = []          # (module, "p" | "b", name, key)
         self._meta = {}           # key -> (shape, dtype)
         keys, tensors = {}, {}
@@ -84,7 +85,7 @@ class ParkedWeights:
         if self.large_bytes:       # the large ones as the block's bytes, in its layout
             block, offset = torch.empty(self.large_bytes, dtype=torch.uint8), 0
             for k, n in sizes.items():
-                if n >= LARGE:
+                if n >= self.large:
                     block[offset:offset + n].copy_(tensors.pop(k).reshape(-1).view(torch.uint8))
                     offset += _pad(n)
             tensors[BLOCK_KEY] = block
@@ -122,7 +123,7 @@ class ParkedWeights:
     @property
     def large_bytes(self) -> int:
         """Bytes of the one block the tensors of LARGE bytes or more are loaded into (each start 512-byte aligned)."""
-        return sum(_pad(n) for n in self._sizes().values() if n >= LARGE)
+        return sum(_pad(n) for n in self._sizes().values() if n >= self.large)
 
     def _sizes(self) -> dict:
         return {k: math.prod(shape) * dt.itemsize for k, (shape, dt) in self._meta.items()}
@@ -138,7 +139,7 @@ class ParkedWeights:
             raise RuntimeError(f"{self.path}: the offloaded weights could not be read: {e}") from e
         changed = f"{self.path}: the file was changed since the weights were offloaded"
         with f:
-            expected = {k for k, n in sizes.items() if n < LARGE} | ({BLOCK_KEY} if self.large_bytes else set())
+            expected = {k for k, n in sizes.items() if n < self.large} | ({BLOCK_KEY} if self.large_bytes else set())
             missing = expected - set(f.keys())
             if missing:
                 raise RuntimeError(f"{changed}: {sorted(missing)[:3]} ({len(missing)} in all) missing")
@@ -157,7 +158,7 @@ class ParkedWeights:
                 del src
             for k, n in sizes.items():
                 shape, dt = self._meta[k]
-                if n >= LARGE:
+                if n >= self.large:
                     out[k] = block[offset:offset + n].view(dt).view(shape)
                     offset += _pad(n)
                     continue
