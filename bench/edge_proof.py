@@ -175,7 +175,8 @@ def scale_floors(gen: Generator, schedule, batch: int, kv_bytes_per_token: float
             lin_macs += m.in_features * m.out_features
     # the weights each scale reads: not the layers that read only the text (once per prompt, before the scales;
     # counted in every scale before the thirtieth session, 0.66 GiB too many at 8B W4A4), nor parked ones
-    once = {id(t) for t in list(gen.condition_layers().parameters()) + list(gen.condition_layers().buffers())}
+    text_only = gen.condition_layers()
+    once = {id(t) for t in list(text_only.parameters()) + list(text_only.buffers())}
     wbytes = sum(t.numel() * t.element_size() for t in list(gen.model.parameters()) + list(gen.model.buffers())
                  if id(t) not in once and t.device.type != "meta")
     c = gen.cfg

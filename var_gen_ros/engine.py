@@ -240,8 +240,7 @@ class Engine:
             device = getattr(gen, "device", None)
             gen.release_graphs()
             gen.prompt_cache.max_entries = 0
-            if hasattr(gen, "close_parked"):
-                gen.close_parked()                      # their files: a configure after this parks anew
+            gen.close_parked()                          # offloaded weights' files: a configure after this makes new ones
             del gen
             free_unused_memory()
             after = _memory_now(None, device)
