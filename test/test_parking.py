@@ -199,7 +199,12 @@ def test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu(t
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
     block, pool, te = gen._kv_block_at, gen._graphs.kv_pool, gen.text_encoder_parked
     assert block is not None and gen._graphs.kept_caches is not None and pool is not None
-    assert all(0 < p.large_bytes <= block[1] for p in gen.parked_weights().values())
+    # the encoder's and the condition layers' large tensors fit in the tiny caches' block; the tiny VAE's (1.4 MB) may
+    # not, and then loads outside it (Generator._loaded's fallback), with the same image
+    parked = gen.parked_weights()
+    assert all(p.large_bytes > 0 for p in parked.values())
+    assert all(parked[k].large_bytes <= block[1] for k in ("text encoder", "condition layers")), \
+        ({k: p.large_bytes for k, p in parked.items()}, block[1])
     torch.cuda.synchronize()
     before, loads = torch.cuda.memory_allocated(), te.loads
     torch.cuda.reset_peak_memory_stats()

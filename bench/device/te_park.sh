@@ -1,11 +1,13 @@
 #!/bin/bash
 # The weights that run once per prompt or image offloaded to disk (offload_dir, thirtieth session) on the GPU.
 # PARTS (default "tests parked bf16"; "sites" in a second call on the same machine):
-#   tests   the offload's GPU tests (allocator counts, the KV-block borrow) and the device-rates test
+#   tests   the offload's GPU tests (allocator counts, the KV-block borrow) and the device-rates test (TESTS_K: pytest -k)
 #   parked  the 1024² edge proof of W4A4 + INT8 KV with the INT4 encoder, the condition layers and the VAE offloaded
 #           (every measured run encodes and computes its condition anew, so the text stage and the condition include
 #           their reads; the repeated-prompt line reads only the VAE)
 #   bf16    bf16 with the bf16 encoder resident (the all-bf16 pipeline, its real peak uncapped)
+#   side    one machine, side by side, all with the INT4 encoder: the offloaded run, the resident one (the product's
+#           defaults) and bf16 (issue 7's 1/3-of-bf16 peak and the latency ratios from one run)
 #   sites   the offloaded run again with every allocation's stack recorded, to name the ~0.25 GiB live between
 #           generations beside the weights and the kept KV caches ("live ... MiB" lines; its timings not comparable)
 # About 4-6 minutes for the default parts with the committed picks (the tests tune the tiny model's W4A4 shapes).
@@ -22,11 +24,16 @@ edge() {   # TAG MODE TE [extra args]
 }
 if [[ " $PARTS " == *" tests "* ]]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q test/test_parking.py test/test_edge_memory.py \
-    -k "offload or parked or device_rates" > "$OUT/test_offload.txt" 2>&1
+    -k "${TESTS_K:-offload or parked or device_rates}" > "$OUT/test_offload.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/test_offload.txt"
 fi
 [[ " $PARTS " == *" parked "* ]] && edge offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
 [[ " $PARTS " == *" bf16 "* ]] && edge bf16_te_bf16 bf16 bf16
+if [[ " $PARTS " == *" side "* ]]; then
+  edge side_offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
+  edge side_resident w4a4_kv8 int4
+  edge side_bf16 bf16 int4
+fi
 if [[ " $PARTS " == *" sites "* ]]; then
   edge sites w4a4_kv8 int4 --offload-dir "$PWD/.park" --memory-sites 1
   grep " live " "$OUT/edge_sites.txt" | cut -c1-200 | head -20
