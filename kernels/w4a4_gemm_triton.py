@@ -1022,16 +1022,10 @@ def _counters(device, n: int, kind: str) -> torch.Tensor:
 
 
 def inv_smooth(layer) -> torch.Tensor:
-    """1/λ of the layer's smoothing factors in float32, kept on the layer and remade when λ changes: the
-    same bits as the kernels' IEEE reciprocal (`_div_rn(1.0, λ)`; PyTorch's float32 division is correctly
-    rounded on the CPU and on CUDA), computed once per layer instead of in every program and group."""
-    lam = layer.smooth
-    key = (lam.data_ptr(), lam._version, lam.device)
-    kept = getattr(layer, "_inv_smooth", None)
-    if kept is None or kept[0] != key:
-        kept = (key, torch.reciprocal(lam.float()))
-        layer._inv_smooth = kept
-    return kept[1]
+    """1/λ of the layer's smoothing factors in float32, kept on the layer (W4A4Linear.derived) and remade when λ
+    changes: the same bits as the kernels' IEEE reciprocal (`_div_rn(1.0, λ)`; PyTorch's float32 division is
+    correctly rounded on the CPU and on CUDA), computed once per layer instead of in every program and group."""
+    return layer.derived("inv_smooth", "smooth", lambda: torch.reciprocal(layer.smooth.float()))
 
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,

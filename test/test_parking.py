@@ -92,6 +92,30 @@ def test_offloaded_weights_give_the_resident_ones_bits_and_hold_no_memory_betwee
             assert len(big) > 1 and len({t.untyped_storage().data_ptr() for t in big}) == 1
 
 
+def test_values_derived_from_offloaded_weights_are_kept_across_loads(tiny_bundle, tmp_path):
+    """W4A4Linear.derived (the INT8 path's weight units, the kernels' 1/λ): a value derived from a layer's weights
+    before the offload is the layer's again at each load (the same bits come back in new tensors), not made anew; one
+    whose source changed before the offload is made anew, from the file's weights, and kept from then on."""
+    from var_gen_ros.quant.int4 import weight_units
+    _, gen = _pair(tiny_bundle, "cpu", torch.float32, "int4", True)
+    layer = gen.model.blocks[0].ca.mat_kv
+    units = layer.weight_units()
+    assert units is not None and layer.weight_units() is units
+    made = []
+    inv = lambda: layer.derived("inv_smooth", "smooth", lambda: made.append(1) or torch.reciprocal(layer.smooth.float()))
+    first = inv()
+    layer.smooth.mul_(2.0)                     # written in place: what was derived from it no longer holds
+    gen.offload_to_disk(str(tmp_path))
+    assert layer.qweight.device.type == "meta"
+    for load in range(2):
+        with gen.condition_parked.loaded():
+            assert layer.weight_units() is units and torch.equal(units, weight_units(layer.wscales))
+            now = inv()
+            assert len(made) == 2 and torch.equal(now, torch.reciprocal(layer.smooth.float()))
+            assert torch.equal(now, first / 2)
+    assert gen.condition_parked.loads == 2
+
+
 def test_a_broken_parked_file_fails_its_request_only(tiny_bundle, tmp_path):
     from var_gen_ros.infinity import Generator
     gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)

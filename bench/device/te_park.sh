@@ -8,6 +8,8 @@
 #   bf16    bf16 with the bf16 encoder resident (the all-bf16 pipeline, its real peak uncapped)
 #   side    one machine, side by side, all with the INT4 encoder: the offloaded run, the resident one (the product's
 #           defaults) and bf16 (issue 7's 1/3-of-bf16 peak and the latency ratios from one run)
+#   cond    bench/condition_reload.py: the text-only layers' read and forward, their derived values carried over a load
+#           or made again (thirty-first session)
 #   sites   the offloaded run again with every allocation's stack recorded, to name the ~0.25 GiB live between
 #           generations beside the weights and the kept KV caches ("live ... MiB" lines; its timings not comparable)
 # About 4-6 minutes for the default parts with the committed picks (the tests tune the tiny model's W4A4 shapes).
@@ -26,6 +28,11 @@ if [[ " $PARTS " == *" tests "* ]]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q test/test_parking.py test/test_edge_memory.py \
     -k "${TESTS_K:-offload or parked or device_rates}" > "$OUT/test_offload.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/test_offload.txt"
+fi
+if [[ " $PARTS " == *" cond "* ]]; then
+  timeout -k 10 ${COND_TIMEOUT:-150} python3 bench/condition_reload.py --json "$OUT/condition_reload.json" \
+    > "$OUT/condition_reload.txt" 2>&1
+  echo "cond rc $? s $(( $(date +%s) - t0 ))"; tail -5 "$OUT/condition_reload.txt"
 fi
 [[ " $PARTS " == *" parked "* ]] && edge offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
 [[ " $PARTS " == *" bf16 "* ]] && edge bf16_te_bf16 bf16 bf16

@@ -102,6 +102,13 @@ class ParkedWeights:
         self._empty_cache()
 
     def _put(self, tensors: dict) -> None:
+        # layers that keep values derived from their weights (W4A4Linear.derived: the weight units, 1/λ) keep them
+        # across the park and the load, which give back the same bits, instead of making them again at each load
+        parking = next(iter(tensors.values())).device.type == "meta"
+        keepers = [m for m in self.module.modules() if hasattr(m, "weights_loaded")]
+        if parking:
+            for m in keepers:
+                m.weights_parking()
         made = {}
         for m, kind, name, key in self._slots:
             if kind == "p":
@@ -111,6 +118,9 @@ class ParkedWeights:
                 m._parameters[name] = p
             else:
                 m._buffers[name] = tensors[key]
+        if not parking:
+            for m in keepers:
+                m.weights_loaded()
 
     def _empty_cache(self) -> None:
         if self.device.type == "cuda":

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,15 @@ import torch.nn as nn
 from .int4 import dequantize_groups, fake_quant_int4, pack_int4, quantize_groups, unpack_int4, weight_scales, weight_units
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+T = TypeVar("T")
+
+# the key of a derived value whose layer's weights are offloaded (parking.py): valid for the weights the file holds
+_PARKED = "parked"
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return (t.device, t.data_ptr(), t._version)
 
 
 class W4A4Linear(nn.Module):
@@ -51,6 +60,7 @@ class W4A4Linear(nn.Module):
             self.register_buffer("bias", torch.zeros(N, dtype=param_dtype, **f))
         else:
             self.bias = None
+        self._derived = {}        # name -> (key of its source tensor, value, source's attribute name)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -108,12 +118,30 @@ class W4A4Linear(nn.Module):
         """(N,) float32 per-channel units u of the two-level weight scales (every wscale / u an integer
         in [1, 16]: what the INT8 GEMM path needs), or None for free scales. Derived from `wscales`
         once per device and weights version."""
-        key = (self.wscales.device, self.wscales.data_ptr(), self.wscales._version)
-        cached = getattr(self, "_weight_units", None)
-        if cached is None or cached[0] != key:
-            cached = (key, weight_units(self.wscales))
-            self._weight_units = cached
-        return cached[1]
+        return self.derived("weight_units", "wscales", lambda: weight_units(self.wscales))
+
+    def derived(self, name: str, source: str, make: Callable[[], T]) -> T:
+        """`make()`, a value derived from the layer's tensor `source` (an attribute name), kept on the layer until
+        that tensor changes: another tensor (another device) or the same one written in place. The kernels' 1/λ is
+        kept here too. Weights offloaded to disk come back as new tensors with the same bits: `weights_parking`
+        and `weights_loaded` carry the values over, so a load does not make them again (the weight units alone are
+        ~200 small kernels a layer: 41 layers for each new prompt with the text-only layers offloaded)."""
+        t = getattr(self, source)
+        kept = self._derived.get(name)
+        if kept is None or kept[0] != _tensor_key(t):
+            kept = self._derived[name] = (_tensor_key(t), make(), source)
+        return kept[1]
+
+    def weights_parking(self) -> None:
+        """parking.ParkedWeights is about to put meta tensors in: the values derived from the current tensors stay,
+        as valid for the weights the file holds; any others go."""
+        self._derived = {n: (_PARKED, v, src) for n, (k, v, src) in self._derived.items()
+                         if k == _tensor_key(getattr(self, src))}
+
+    def weights_loaded(self) -> None:
+        """parking.ParkedWeights put the file's tensors back: the values kept at parking are theirs."""
+        self._derived = {n: ((_tensor_key(getattr(self, src)) if k == _PARKED else k), v, src)
+                         for n, (k, v, src) in self._derived.items()}
 
     # -- reference forward
     def dequantized_weight(self) -> torch.Tensor:
