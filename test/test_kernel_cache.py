@@ -80,11 +80,13 @@ def test_warm_cache_runs_the_edge_preset_as_the_node_builds_it(tmp_path, monkeyp
     cache = tmp_path / "kc"
     rc = main(["warm-cache", "--params-file", os.path.join(ROOT, "config", "gen.yaml"),
                "--params-file", os.path.join(ROOT, "config", "edge_8b.yaml"),
-               "-p", "device:=cpu", "-p", "dtype:=fp32", "-p", f"kernel_cache_dir:={cache}", "--runs", "1"])
+               "-p", "device:=cpu", "-p", "dtype:=fp32", "-p", f"kernel_cache_dir:={cache}",
+               "-p", f"offload_dir:={tmp_path / 'offload'}", "--runs", "1"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert "W4A4 loaded" in out["precision"] and "INT8 KV" in out["precision"], out["precision"]
     assert "text encoder INT4" in out["precision"]
+    assert f"offloaded to {tmp_path / 'offload'}" in out["precision"], out["precision"]     # the preset's offload
     assert len(out["runs"]) == 1 and len(out["runs"][0]["seconds"]) == 1 and out["runs"][0]["seconds"][0] > 0
     for key in ("kernel_cache_before", "kernel_cache_after"):
         assert out[key]["triton_cache"] == str(cache / "triton") and out[key]["autotune_picks"] == 0

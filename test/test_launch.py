@@ -62,7 +62,7 @@ def test_the_benchmark_the_generator_and_the_node_share_the_graph_defaults():
 
 def test_edge_preset_is_what_the_edge_proof_measured():
     """config/edge_8b.yaml names only declared parameters, each a value the node accepts, and is the setting of
-    the committed edge-proof measurement it cites (mode, text encoder, slices, graphs)."""
+    the committed edge-proof measurements it cites (mode, text encoder, slices, graphs, offloaded weights)."""
     import json
     params = yaml.safe_load(open(os.path.join(ROOT, "config", "edge_8b.yaml")))["/**"]["ros__parameters"]
     node_src = open(os.path.join(ROOT, "var_gen_ros", "node.py")).read()
@@ -80,6 +80,16 @@ def test_edge_preset_is_what_the_edge_proof_measured():
     assert params["activation_chunk"] == run["chunk_tokens"]
     assert params["cuda_graphs"] and "4096 tokens" in run["runs"][0]["cuda_graphs"] and params["graph_max_tokens"] == 4096
     assert "shared memory pool" in run["runs"][0]["cuda_graphs"] and params["graph_pool"] == "shared"
+    # the weights that run once offloaded (thirty-first session), to a per-user directory (no machine's path), and
+    # the run it cites: offloaded, every setting above the same, a third of bf16's peak or less
+    results = os.path.join(ROOT, "docs", "results")
+    off = json.load(open(os.path.join(results, "edge_side_offloaded_thirtyfirst_h100.json")))["w4a4_kv8"]
+    bf16 = json.load(open(os.path.join(results, "edge_side_bf16_thirtyfirst_h100.json")))["bf16"]
+    assert params["offload_dir"].startswith("~/") and "offloaded to" in off["text_encoder_mode"]
+    assert (off["text_encoder"], off["chunk_tokens"]) == (params["text_encoder"], params["activation_chunk"])
+    assert "4096 tokens" in off["runs"][0]["cuda_graphs"] and "shared memory pool" in off["runs"][0]["cuda_graphs"]
+    peak, bf16_peak = off["runs"][0]["memory_bytes"]["peak_allocated"], bf16["uncapped"]["memory_bytes"]["peak_allocated"]
+    assert peak <= bf16_peak / 3, (peak, bf16_peak)
 
 
 def test_readme_documents_every_parameter_of_the_node():
