@@ -152,6 +152,58 @@ def test_an_offload_that_cannot_finish_leaves_everything_resident(tiny_bundle, t
     assert (gen.generate(PROMPTS[0], seed=2).image == before).all()
 
 
+_OFFLOAD_OWNER = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from var_gen_ros.product import _hold_lock
+d, tag = sys.argv[2], sys.argv[3]
+_hold_lock(d, tag)
+for what in ("text_encoder", "condition", "vae"):
+    open(os.path.join(d, f"{what}{tag}.safetensors"), "wb").write(b"x" * 100)
+print("ready", flush=True)
+if sys.argv[4] == "die":
+    os._exit(0)                 # as a killed process: no atexit, the files stay
+time.sleep(120)
+"""
+
+
+def test_files_of_offloads_whose_process_ended_are_removed_and_live_ones_kept(tmp_path):
+    """remove_stale_offloads (run by the product's offload_to_disk before it writes): the files of an offload whose
+    process died without removing them (its lock file no longer held) go, with the lock file; a running process's
+    (its lock held) stay until it dies; data files without a lock file go; other files stay."""
+    import signal
+    import subprocess
+    import sys
+    from var_gen_ros.product import remove_stale_offloads
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    d = str(tmp_path)
+
+    def owner(tag, how):
+        p = subprocess.Popen([sys.executable, "-c", _OFFLOAD_OWNER, root, d, tag, how], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        return p
+    owner("_11_aa", "die").wait(30)
+    live = owner("_22_bb", "live")
+    open(os.path.join(d, "vae_33_cc.safetensors"), "wb").write(b"y")        # no lock file: its owner is gone
+    for keep in ("notes.txt", "model.safetensors", "vae_44.safetensors"):
+        open(os.path.join(d, keep), "w").write("mine")
+    dead = {f"{w}_11_aa.safetensors" for w in ("text_encoder", "condition", "vae")} | {"offload_11_aa.lock"}
+    alive = {f"{w}_22_bb.safetensors" for w in ("text_encoder", "condition", "vae")} | {"offload_22_bb.lock"}
+    others = {"notes.txt", "model.safetensors", "vae_44.safetensors"}
+    try:
+        assert dead | alive | others | {"vae_33_cc.safetensors"} == set(os.listdir(d))
+        removed = remove_stale_offloads(d)
+        assert sorted(os.path.basename(p) for p in removed) == sorted(dead | {"vae_33_cc.safetensors"})
+        assert set(os.listdir(d)) == alive | others
+        assert remove_stale_offloads(d) == []                                 # the live one's stay
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait(30)
+    assert sorted(os.path.basename(p) for p in remove_stale_offloads(d)) == sorted(alive)
+    assert set(os.listdir(d)) == others
+    assert remove_stale_offloads(str(tmp_path / "missing")) == []
+
+
 def test_tmpfs_is_told_apart_from_a_disk(tmp_path):
     from var_gen_ros.infinity.parking import tmpfs_warning
     mounts = open("/proc/mounts").read().split("\n") if os.path.exists("/proc/mounts") else []
@@ -177,6 +229,16 @@ def test_unloading_the_engine_removes_the_offloaded_files(tiny_bundle, tmp_path)
     assert len(paths) == 3
     assert all(os.path.isfile(p) and str(os.getpid()) in os.path.basename(p) for p in paths)
     assert os.path.dirname(paths[0]) in note
+    # with its lock file, held while this process runs: another scan leaves them
+    import fcntl
+    from var_gen_ros.product import remove_stale_offloads
+    locks = [f for f in os.listdir(os.path.dirname(paths[0])) if f.endswith(".lock")]
+    assert len(locks) == 1 and str(os.getpid()) in locks[0]
+    fd = os.open(os.path.join(os.path.dirname(paths[0]), locks[0]), os.O_RDWR)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+    assert remove_stale_offloads(os.path.dirname(paths[0])) == [] and all(os.path.isfile(p) for p in paths)
     engine = Engine(gen)
     del gen
     engine.release()

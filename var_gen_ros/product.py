@@ -8,6 +8,7 @@ node.py); `read_params_files` reads the node's YAML parameter files as `--params
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List
 
@@ -75,15 +76,87 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+# an offload's files: "<what>_<pid>_<generator id>.safetensors", and "offload_<pid>_<generator id>.lock", which its
+# process holds locked (flock) from before the first file is written until it ends
+_OFFLOADED = re.compile(r"^[a-z_]+(_[0-9]+_[0-9a-f]+)\.safetensors$")
+_LOCK = re.compile(r"^offload(_[0-9]+_[0-9a-f]+)\.lock$")
+_HELD_LOCKS: list = []        # the open lock files (closed, and so released, when the process ends)
+
+
+def _hold_lock(directory: str, tag: str) -> str:
+    """The lock file of the offload `tag`, locked by this process for its life. Made under a temporary name, locked,
+    then renamed: a lock file seen in the directory is always held while its owner runs."""
+    import fcntl
+    import tempfile
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".offload", suffix=".tmp")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    path = os.path.join(directory, f"offload{tag}.lock")
+    os.rename(tmp, path)
+    _HELD_LOCKS.append(fd)
+    return path
+
+
+def remove_stale_offloads(directory: str) -> List[str]:
+    """Removes the files of offloads whose process has ended without removing them (killed, crashed: a respawned
+    node would otherwise leave ~1.5 GiB at 8B for each death): those whose lock file is gone or held by no process.
+    The kernel drops a dead process's locks however it died, and a live one's, in any PID namespace sharing the
+    directory, stay held. Other files are left alone. Returns the removed paths."""
+    import fcntl
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    groups: Dict[str, List[str]] = {}
+    for n in names:
+        m = _OFFLOADED.match(n) or _LOCK.match(n)
+        if m:
+            groups.setdefault(m.group(1), []).append(n)
+    removed = []
+    for tag, files in groups.items():
+        lock = os.path.join(directory, f"offload{tag}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            fd = None
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue              # its process runs (this one's too: a second open file is a second lock)
+            # the data files first, the lock file last: a scan that fails midway leaves a lock file to find again
+            for n in sorted(files, key=lambda n: n.endswith(".lock")):
+                try:
+                    os.remove(os.path.join(directory, n))
+                    removed.append(os.path.join(directory, n))
+                except FileNotFoundError:
+                    pass                  # (another scan removed it)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+
+
 def offload_to_disk(gen, directory: str, warn: Callable[[str], None] = print) -> str:
     """The weights that run once per prompt or generation "run, then freed" (Generator.offload_to_disk), in files of
-    `directory` (made if missing) named after the process and the generator, removed when the process ends."""
+    `directory` (made if missing) named after the process and the generator, removed when the process ends. Files
+    that processes which ended without removing theirs left there are removed first (remove_stale_offloads)."""
     import atexit
     directory = os.path.abspath(os.path.expanduser(directory))
     os.makedirs(directory, exist_ok=True)
-    note = gen.offload_to_disk(directory, tag=f"_{os.getpid()}_{id(gen):x}")
+    stale = remove_stale_offloads(directory)
+    tag = f"_{os.getpid()}_{id(gen):x}"
+    lock = _hold_lock(directory, tag)
+    try:
+        note = gen.offload_to_disk(directory, tag=tag)
+    except BaseException:
+        _remove_quietly(lock)
+        raise
+    atexit.register(_remove_quietly, lock)        # registered first, run last (atexit's order): after the files
     for p in gen.parked_weights().values():
         atexit.register(_remove_quietly, p.path)  # (the path only: the generator can go before the process)
+    if stale:
+        note += f"; removed {len(stale)} files of offloads whose processes had ended without removing them"
     if "WARNING" in note:
         warn(note)
     return note
