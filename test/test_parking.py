@@ -152,6 +152,43 @@ def test_an_offload_that_cannot_finish_leaves_everything_resident(tiny_bundle, t
     assert (gen.generate(PROMPTS[0], seed=2).image == before).all()
 
 
+_FULL_DISK = """
+import os, resource, signal, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from var_gen_ros.infinity import Generator
+from var_gen_ros.product import offload_to_disk
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past the limit then fails (EFBIG), as on a full disk
+gen = Generator.from_bundle(sys.argv[2], device="cpu", dtype=torch.float32)
+before = gen.generate("a blue square", seed=3).image
+resource.setrlimit(resource.RLIMIT_FSIZE, (128 << 10, resource.RLIM_INFINITY))
+try:
+    offload_to_disk(gen, sys.argv[3])
+    print("error: none")
+except OSError as e:
+    print("error:", e)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print("same:", bool((gen.generate("a blue square", seed=3).image == before).all()), gen.parked_weights() == {})
+print("files:", sorted(os.listdir(sys.argv[3])))
+"""
+
+
+def test_a_full_disk_fails_the_offload_clearly_and_leaves_no_file(tiny_bundle, tmp_path):
+    """Files may grow to 128 KiB only (RLIMIT_FSIZE, in a child process): the encoder's file (95 KB) is written, the
+    text-only layers' (226 KB) fails midway. The error names that file; the encoder goes back into the model, the
+    generator makes the same image, and no file is left: not the partial one, not the encoder's, not the lock."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    d = tmp_path / "offload"
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK, root, tiny_bundle, str(d)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(ln.split(": ", 1) for ln in out.stdout.splitlines() if ": " in ln)
+    assert lines["error"].startswith(str(d / "condition_")) and "could not be written" in lines["error"], lines
+    assert lines["same"] == "True True" and lines["files"] == "[]", lines
+
+
 _OFFLOAD_OWNER = """
 import os, sys, time
 sys.path.insert(0, sys.argv[1])

@@ -93,6 +93,8 @@ class ParkedWeights:
         try:
             save_file(tensors, path)
         except Exception as e:     # safetensors' own error type for I/O: say which file, as an OSError
+            with contextlib.suppress(OSError):
+                os.remove(path)    # (a partial file, where the writer leaves one)
             raise OSError(f"{path}: the offloaded weights could not be written: {e}") from e
         del tensors
         self.loads, self.load_s = 0, 0.0
