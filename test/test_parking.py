@@ -222,11 +222,11 @@ def test_files_of_offloads_whose_process_ended_are_removed_and_live_ones_kept(tm
     owner("_11_aa", "die").wait(30)
     live = owner("_22_bb", "live")
     open(os.path.join(d, "vae_33_cc.safetensors"), "wb").write(b"y")        # no lock file: its owner is gone
-    for keep in ("notes.txt", "model.safetensors", "vae_44.safetensors"):
+    for keep in ("notes.txt", "model.safetensors", "vae_44.safetensors", "shard_55_dd.safetensors"):
         open(os.path.join(d, keep), "w").write("mine")
     dead = {f"{w}_11_aa.safetensors" for w in ("text_encoder", "condition", "vae")} | {"offload_11_aa.lock"}
     alive = {f"{w}_22_bb.safetensors" for w in ("text_encoder", "condition", "vae")} | {"offload_22_bb.lock"}
-    others = {"notes.txt", "model.safetensors", "vae_44.safetensors"}
+    others = {"notes.txt", "model.safetensors", "vae_44.safetensors", "shard_55_dd.safetensors"}
     try:
         assert dead | alive | others | {"vae_33_cc.safetensors"} == set(os.listdir(d))
         removed = remove_stale_offloads(d)

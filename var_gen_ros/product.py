@@ -76,9 +76,10 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-# an offload's files: "<what>_<pid>_<generator id>.safetensors", and "offload_<pid>_<generator id>.lock", which its
-# process holds locked (flock) from before the first file is written until it ends
-_OFFLOADED = re.compile(r"^[a-z_]+(_[0-9]+_[0-9a-f]+)\.safetensors$")
+# an offload's files: "<what>_<pid>_<generator id>.safetensors" (what: Generator.offload_to_disk's names), and
+# "offload_<pid>_<generator id>.lock", which its process holds locked (flock) from before the first file is written
+# until it ends; nothing else in the directory is touched
+_OFFLOADED = re.compile(r"^(?:text_encoder|condition|vae)(_[0-9]+_[0-9a-f]+)\.safetensors$")
 _LOCK = re.compile(r"^offload(_[0-9]+_[0-9a-f]+)\.lock$")
 _HELD_LOCKS: list = []        # the open lock files (closed, and so released, when the process ends)
 
