@@ -6,8 +6,8 @@
 #           (every measured run encodes and computes its condition anew, so the text stage and the condition include
 #           their reads; the repeated-prompt line reads only the VAE)
 #   bf16    bf16 with the bf16 encoder resident (the all-bf16 pipeline, its real peak uncapped)
-#   side    one machine, side by side, all with the INT4 encoder: the offloaded run, the resident one (the product's
-#           defaults) and bf16 (issue 7's 1/3-of-bf16 peak and the latency ratios from one run)
+#   side    one machine, side by side, all with the INT4 encoder: the offloaded run, bf16 and the resident one (issue
+#           7's 1/3-of-bf16 peak and the latency ratios from one run; SIDE_TAG names the files' set)
 #   cond    bench/condition_reload.py: the text-only layers' read and forward, their derived values carried over a load
 #           or made again (thirty-first session)
 #   sites   the offloaded run again with every allocation's stack recorded, to name the ~0.25 GiB live between
@@ -37,9 +37,9 @@ fi
 [[ " $PARTS " == *" parked "* ]] && edge offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
 [[ " $PARTS " == *" bf16 "* ]] && edge bf16_te_bf16 bf16 bf16
 if [[ " $PARTS " == *" side "* ]]; then
-  edge side_offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
-  edge side_resident w4a4_kv8 int4
-  edge side_bf16 bf16 int4
+  edge side${SIDE_TAG:-}_offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
+  edge side${SIDE_TAG:-}_bf16 bf16 int4
+  edge side${SIDE_TAG:-}_resident w4a4_kv8 int4
 fi
 if [[ " $PARTS " == *" sites "* ]]; then
   edge sites w4a4_kv8 int4 --offload-dir "$PWD/.park" --memory-sites 1
