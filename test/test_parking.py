@@ -135,6 +135,26 @@ def test_a_broken_parked_file_fails_its_request_only(tiny_bundle, tmp_path):
         assert (gen.generate(PROMPTS[2], seed=1).image == ok).all()
 
 
+def test_offloaded_files_removed_from_the_directory_are_still_read(tiny_bundle, tmp_path):
+    """A cache cleaner or an `rm` removes the files while the process runs: the weights are nowhere else, so each
+    ParkedWeights keeps its file open and reads it through that descriptor; the same images, the loads counted. A
+    different file moved into a name is not read either. close() lets the file go."""
+    ref, gen = _pair(tiny_bundle, "cpu", torch.float32, "int4", True)
+    gen.offload_to_disk(str(tmp_path))
+    parked = list(gen.parked_weights().values())
+    for p in parked:
+        os.remove(p.path)
+    other = tmp_path / "other"
+    other.write_bytes(b"not the weights")
+    os.rename(other, parked[0].path)            # a new file under the encoder's name
+    assert os.listdir(tmp_path) == [os.path.basename(parked[0].path)]
+    for i, p in enumerate(PROMPTS):
+        assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
+    assert [p.loads for p in parked] == [3, 3, 3]
+    gen.close_parked()
+    assert all(p._fd is None for p in parked) and os.listdir(tmp_path) == []
+
+
 def test_an_offload_that_cannot_finish_leaves_everything_resident(tiny_bundle, tmp_path):
     """The VAE's file cannot be written (a directory stands at its path): the error is raised, the text encoder and
     the condition layers already written go back into the model and their files go, and the generator makes the

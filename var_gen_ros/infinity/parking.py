@@ -97,6 +97,12 @@ class ParkedWeights:
                 os.remove(path)    # (a partial file, where the writer leaves one)
             raise OSError(f"{path}: the offloaded weights could not be written: {e}") from e
         del tensors
+        # the file kept open: a file removed from the directory while the process runs (a cache cleaner, `rm`) stays
+        # readable through this descriptor, so the weights, which are nowhere else, are not lost (its disk space
+        # comes back when the descriptor is closed)
+        self._fd = os.open(path, os.O_RDONLY)
+        st = os.fstat(self._fd)
+        self._inode = (st.st_dev, st.st_ino)
         self.loads, self.load_s = 0, 0.0
         self._lock = threading.Lock()
         self._depth = 0
@@ -146,7 +152,7 @@ class ParkedWeights:
         from safetensors import safe_open
         sizes = self._sizes()
         try:
-            f = safe_open(self.path, framework="pt", device="cpu")
+            f = safe_open(self._readable_path(), framework="pt", device="cpu")
         except Exception as e:     # missing, truncated, not safetensors: say which file
             raise RuntimeError(f"{self.path}: the offloaded weights could not be read: {e}") from e
         changed = f"{self.path}: the file was changed since the weights were offloaded"
@@ -217,7 +223,22 @@ class ParkedWeights:
         return (f"parked in {self.path} ({self.nbytes / 2**30:.2f} GiB), loaded {self.loads} times, "
                 f"{self.load_s / max(1, self.loads):.3f} s a load")
 
+    def _readable_path(self) -> str:
+        """The file's path; where that name no longer leads to the file written (removed, or another file put in its
+        place), the open descriptor's (Linux: /proc/self/fd), which still reads it."""
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                return self.path
+        except OSError:
+            pass
+        by_fd = f"/proc/self/fd/{self._fd}"
+        return by_fd if self._fd is not None and os.path.exists(by_fd) else self.path
+
     def close(self) -> None:
         """Removes the file (the module stays parked and cannot be loaded again)."""
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
