@@ -10,7 +10,8 @@ read at each use (reported).
 `ParkedWeights(module, path)` writes every parameter and buffer of `module` to `path` once and leaves meta
 tensors of the same shapes in their place; `with parked.loaded():` puts the real tensors back for the block.
 Tensors shared between modules (tied weights) are written once and shared again when loaded. The file must be
-on a disk, not a tmpfs (which is RAM): `tmpfs_warning` says so when it is.
+on a disk, not a tmpfs (which is RAM): `tmpfs_warning` says so when it is. It stays open while parked, so that a file
+removed from its directory is still read.
 """
 from __future__ import annotations
 
