@@ -285,9 +285,8 @@ def test_edge_preset_node_on_the_default_model(running_node, tmp_path):
                                         {v.key: v.value for v in mine()[-1].values}["offloaded_weights"]))
         assert _wait(lambda: loads().get("text encoder") == "2" and loads().get("condition layers") == "2"
                      and loads().get("VAE") == "3"), loads()
-        files = [f for f in os.listdir(park) if f.endswith(".safetensors")]
+        files = os.listdir(park)
         assert len(files) == 3 and all(os.path.getsize(park / f) > 0 for f in files)
-        assert len(os.listdir(park)) == 4            # and the lock file the node holds (product.remove_stale_offloads)
         assert kv["kernels"].startswith("pytorch reference")
         assert kv["allocator"] == "as configured"        # the Tegra guard: nothing to do on a CPU
     finally:

@@ -196,7 +196,7 @@ print("files:", sorted(os.listdir(sys.argv[3])))
 def test_a_full_disk_fails_the_offload_clearly_and_leaves_no_file(tiny_bundle, tmp_path):
     """Files may grow to 128 KiB only (RLIMIT_FSIZE, in a child process): the encoder's file (95 KB) is written, the
     text-only layers' (226 KB) fails midway. The error names that file; the encoder goes back into the model, the
-    generator makes the same image, and no file is left: not the partial one, not the encoder's, not the lock."""
+    generator makes the same image, and no file is left: not the partial one, not the encoder's."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,11 +212,10 @@ def test_a_full_disk_fails_the_offload_clearly_and_leaves_no_file(tiny_bundle, t
 _OFFLOAD_OWNER = """
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
-from var_gen_ros.product import _hold_lock
+from var_gen_ros.infinity.parking import write_held
 d, tag = sys.argv[2], sys.argv[3]
-_hold_lock(d, tag)
-for what in ("text_encoder", "condition", "vae"):
-    open(os.path.join(d, f"{what}{tag}.safetensors"), "wb").write(b"x" * 100)
+held = [write_held(os.path.join(d, f"{what}{tag}.safetensors"), lambda tmp: open(tmp, "wb").write(b"x" * 100))
+        for what in ("text_encoder", "condition", "vae")]
 print("ready", flush=True)
 if sys.argv[4] == "die":
     os._exit(0)                 # as a killed process: no atexit, the files stay
@@ -226,11 +225,12 @@ time.sleep(120)
 
 def test_files_of_offloads_whose_process_ended_are_removed_and_live_ones_kept(tmp_path):
     """remove_stale_offloads (run by the product's offload_to_disk before it writes): the files of an offload whose
-    process died without removing them (its lock file no longer held) go, with the lock file; a running process's
-    (its lock held) stay until it dies; data files without a lock file go; other files stay."""
+    process died without removing them (no longer held: parking.write_held's lock went with the process) go; a
+    running process's stay until it dies; a temporary file left by a write goes once an hour old; other files stay."""
     import signal
     import subprocess
     import sys
+    import time
     from var_gen_ros.product import remove_stale_offloads
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     d = str(tmp_path)
@@ -241,16 +241,20 @@ def test_files_of_offloads_whose_process_ended_are_removed_and_live_ones_kept(tm
         return p
     owner("_11_aa", "die").wait(30)
     live = owner("_22_bb", "live")
-    open(os.path.join(d, "vae_33_cc.safetensors"), "wb").write(b"y")        # no lock file: its owner is gone
-    for keep in ("notes.txt", "model.safetensors", "vae_44.safetensors", "shard_55_dd.safetensors"):
+    for name in ("vae_33_cc.safetensors.77.tmp", "condition_33_cc.safetensors.77.tmp"):   # a write cut short
+        open(os.path.join(d, name), "wb").write(b"partial")
+    hour_ago = time.time() - 3700
+    os.utime(os.path.join(d, "vae_33_cc.safetensors.77.tmp"), (hour_ago, hour_ago))
+    others = {"notes.txt", "model.safetensors", "vae_44.safetensors", "shard_55_dd.safetensors",
+              "condition_33_cc.safetensors.77.tmp"}                   # (the last: too recent, maybe being written)
+    for keep in others - {"condition_33_cc.safetensors.77.tmp"}:
         open(os.path.join(d, keep), "w").write("mine")
-    dead = {f"{w}_11_aa.safetensors" for w in ("text_encoder", "condition", "vae")} | {"offload_11_aa.lock"}
-    alive = {f"{w}_22_bb.safetensors" for w in ("text_encoder", "condition", "vae")} | {"offload_22_bb.lock"}
-    others = {"notes.txt", "model.safetensors", "vae_44.safetensors", "shard_55_dd.safetensors"}
+    dead = {f"{w}_11_aa.safetensors" for w in ("text_encoder", "condition", "vae")} | {"vae_33_cc.safetensors.77.tmp"}
+    alive = {f"{w}_22_bb.safetensors" for w in ("text_encoder", "condition", "vae")}
     try:
-        assert dead | alive | others | {"vae_33_cc.safetensors"} == set(os.listdir(d))
+        assert dead | alive | others == set(os.listdir(d))
         removed = remove_stale_offloads(d)
-        assert sorted(os.path.basename(p) for p in removed) == sorted(dead | {"vae_33_cc.safetensors"})
+        assert sorted(os.path.basename(p) for p in removed) == sorted(dead)
         assert set(os.listdir(d)) == alive | others
         assert remove_stale_offloads(d) == []                                 # the live one's stay
     finally:
@@ -286,15 +290,15 @@ def test_unloading_the_engine_removes_the_offloaded_files(tiny_bundle, tmp_path)
     assert len(paths) == 3
     assert all(os.path.isfile(p) and str(os.getpid()) in os.path.basename(p) for p in paths)
     assert os.path.dirname(paths[0]) in note
-    # with its lock file, held while this process runs: another scan leaves them
+    # each held (flock) while this process runs: another scan leaves them
     import fcntl
     from var_gen_ros.product import remove_stale_offloads
-    locks = [f for f in os.listdir(os.path.dirname(paths[0])) if f.endswith(".lock")]
-    assert len(locks) == 1 and str(os.getpid()) in locks[0]
-    fd = os.open(os.path.join(os.path.dirname(paths[0]), locks[0]), os.O_RDWR)
-    with pytest.raises(BlockingIOError):
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.close(fd)
+    assert sorted(os.listdir(os.path.dirname(paths[0]))) == sorted(os.path.basename(p) for p in paths)
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
     assert remove_stale_offloads(os.path.dirname(paths[0])) == [] and all(os.path.isfile(p) for p in paths)
     engine = Engine(gen)
     del gen

@@ -76,66 +76,18 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-# an offload's files: "<what>_<pid>_<generator id>.safetensors" (what: Generator.offload_to_disk's names), and
-# "offload_<pid>_<generator id>.lock", which its process holds locked (flock) from before the first file is written
-# until it ends; nothing else in the directory is touched
-_OFFLOADED = re.compile(r"^(?:text_encoder|condition|vae)(_[0-9]+_[0-9a-f]+)\.safetensors$")
-_LOCK = re.compile(r"^offload(_[0-9]+_[0-9a-f]+)\.lock$")
-_HELD_LOCKS: list = []        # the open lock files (closed, and so released, when the process ends)
-
-
-def _hold_lock(directory: str, tag: str) -> str:
-    """The lock file of the offload `tag`, locked by this process for its life. Made under a temporary name, locked,
-    then renamed: a lock file seen in the directory is always held while its owner runs."""
-    import fcntl
-    import tempfile
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".offload", suffix=".tmp")
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    path = os.path.join(directory, f"offload{tag}.lock")
-    os.rename(tmp, path)
-    _HELD_LOCKS.append(fd)
-    return path
+# an offload's files: "<what>_<pid>_<generator id>.safetensors" (what: Generator.offload_to_disk's names), each held
+# (flock) by its process while it runs (parking.write_held); nothing else in the directory is touched
+_OFFLOADED = re.compile(r"^(?:text_encoder|condition|vae)_[0-9]+_[0-9a-f]+\.safetensors$")
 
 
 def remove_stale_offloads(directory: str) -> List[str]:
     """Removes the files of offloads whose process has ended without removing them (killed, crashed: a respawned
-    node would otherwise leave ~1.5 GiB at 8B for each death): those whose lock file is gone or held by no process.
-    The kernel drops a dead process's locks however it died, and a live one's, in any PID namespace sharing the
-    directory, stay held. Other files are left alone. Returns the removed paths."""
-    import fcntl
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    groups: Dict[str, List[str]] = {}
-    for n in names:
-        m = _OFFLOADED.match(n) or _LOCK.match(n)
-        if m:
-            groups.setdefault(m.group(1), []).append(n)
-    removed = []
-    for tag, files in groups.items():
-        lock = os.path.join(directory, f"offload{tag}.lock")
-        try:
-            fd = os.open(lock, os.O_RDWR)
-        except FileNotFoundError:
-            fd = None
-        try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue              # its process runs (this one's too: a second open file is a second lock)
-            # the data files first, the lock file last: a scan that fails midway leaves a lock file to find again
-            for n in sorted(files, key=lambda n: n.endswith(".lock")):
-                try:
-                    os.remove(os.path.join(directory, n))
-                    removed.append(os.path.join(directory, n))
-                except FileNotFoundError:
-                    pass                  # (another scan removed it)
-        finally:
-            if fd is not None:
-                os.close(fd)
-    return removed
+    node would otherwise leave ~1.5 GiB at 8B for each death): those no process holds. The kernel drops a dead
+    process's locks however it died, and a live one's, in any PID namespace sharing the directory, stay held.
+    Returns the removed paths."""
+    from .infinity.parking import remove_unheld
+    return remove_unheld(directory, _OFFLOADED)
 
 
 def offload_to_disk(gen, directory: str, warn: Callable[[str], None] = print) -> str:
@@ -146,14 +98,7 @@ def offload_to_disk(gen, directory: str, warn: Callable[[str], None] = print) ->
     directory = os.path.abspath(os.path.expanduser(directory))
     os.makedirs(directory, exist_ok=True)
     stale = remove_stale_offloads(directory)
-    tag = f"_{os.getpid()}_{id(gen):x}"
-    lock = _hold_lock(directory, tag)
-    try:
-        note = gen.offload_to_disk(directory, tag=tag)
-    except BaseException:
-        _remove_quietly(lock)
-        raise
-    atexit.register(_remove_quietly, lock)        # registered first, run last (atexit's order): after the files
+    note = gen.offload_to_disk(directory, tag=f"_{os.getpid()}_{id(gen):x}")
     for p in gen.parked_weights().values():
         atexit.register(_remove_quietly, p.path)  # (the path only: the generator can go before the process)
     if stale:

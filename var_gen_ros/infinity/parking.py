@@ -58,6 +58,63 @@ def tmpfs_warning(path: str) -> str:
     return ""
 
 
+def write_held(path: str, write) -> int:
+    """`write(tmp)` to a temporary name beside `path`, then that file opened, share-locked (flock) and renamed to
+    `path`: returns the open descriptor, whose lock holds while this process keeps it open (and goes however the
+    process ends). So a file under its final name is held whenever its owner runs (`remove_unheld`). A write that
+    fails leaves no file."""
+    import fcntl
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = None
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.rename(tmp, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return fd
+
+
+def remove_unheld(directory: str, names, tmp_age_s: float = 3600.0) -> list:
+    """Removes the files of `directory` whose names match `names` (a compiled regex) and that no process holds
+    (write_held): those a process left when it died without removing them (killed, crashed: no cleanup ran). Their
+    temporary files too, once `tmp_age_s` old and unheld (a write in progress is not held yet). Nothing else is
+    touched. Returns the removed paths."""
+    import fcntl
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for n in entries:
+        tmp = n.endswith(".tmp") and names.match(n.rsplit(".", 2)[0]) is not None
+        if not (names.match(n) or tmp):
+            continue
+        p = os.path.join(directory, n)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue                       # (gone already, or not a file of ours to read)
+        try:
+            if tmp and time.time() - os.fstat(fd).st_mtime < tmp_age_s:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue                   # held: its process runs (this one's too: a second open is a second lock)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+                removed.append(p)
+        finally:
+            os.close(fd)
+    return removed
+
+
 class ParkedWeights:
     def __init__(self, module: nn.Module, path: str):
         from safetensors.torch import save_file
@@ -92,16 +149,13 @@ class ParkedWeights:
             tensors[BLOCK_KEY] = block
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
-            save_file(tensors, path)
+            # the file kept open and held: a file removed from the directory while the process runs (a cache cleaner,
+            # `rm`) stays readable through this descriptor, so the weights, which are nowhere else, are not lost (its
+            # disk space comes back when the descriptor is closed); and its lock tells remove_unheld that it is in use
+            self._fd = write_held(path, lambda tmp: save_file(tensors, tmp))
         except Exception as e:     # safetensors' own error type for I/O: say which file, as an OSError
-            with contextlib.suppress(OSError):
-                os.remove(path)    # (a partial file, where the writer leaves one)
             raise OSError(f"{path}: the offloaded weights could not be written: {e}") from e
         del tensors
-        # the file kept open: a file removed from the directory while the process runs (a cache cleaner, `rm`) stays
-        # readable through this descriptor, so the weights, which are nowhere else, are not lost (its disk space
-        # comes back when the descriptor is closed)
-        self._fd = os.open(path, os.O_RDONLY)
         st = os.fstat(self._fd)
         self._inode = (st.st_dev, st.st_ino)
         self.loads, self.load_s = 0, 0.0
