@@ -193,6 +193,20 @@ print("files:", sorted(os.listdir(sys.argv[3])))
 """
 
 
+def test_an_unusable_offload_dir_is_named_in_the_error(tiny_bundle, tmp_path):
+    """The product's offload_to_disk (the node's offload_dir): a directory that cannot be made, or a file in its
+    place, fails with an OSError that names the setting and the directory; the generator stays resident."""
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.product import offload_to_disk
+    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    weights = gen.weight_bytes()
+    (tmp_path / "a_file").write_text("not a directory")
+    for bad in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        with pytest.raises(OSError, match=f"^offload_dir {bad}: the weights cannot be offloaded there: "):
+            offload_to_disk(gen, str(bad))
+        assert gen.parked_weights() == {} and gen.weight_bytes() == weights
+
+
 def test_a_full_disk_fails_the_offload_clearly_and_leaves_no_file(tiny_bundle, tmp_path):
     """Files may grow to 128 KiB only (RLIMIT_FSIZE, in a child process): the encoder's file (95 KB) is written, the
     text-only layers' (226 KB) fails midway. The error names that file; the encoder goes back into the model, the
@@ -205,7 +219,8 @@ def test_a_full_disk_fails_the_offload_clearly_and_leaves_no_file(tiny_bundle, t
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = dict(ln.split(": ", 1) for ln in out.stdout.splitlines() if ": " in ln)
-    assert lines["error"].startswith(str(d / "condition_")) and "could not be written" in lines["error"], lines
+    err = lines["error"]
+    assert err.startswith(f"offload_dir {d}: ") and f": {d / 'condition_'}" in err and "could not be written" in err, err
     assert lines["same"] == "True True" and lines["files"] == "[]", lines
 
 

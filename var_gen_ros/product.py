@@ -96,9 +96,12 @@ def offload_to_disk(gen, directory: str, warn: Callable[[str], None] = print) ->
     that processes which ended without removing theirs left there are removed first (remove_stale_offloads)."""
     import atexit
     directory = os.path.abspath(os.path.expanduser(directory))
-    os.makedirs(directory, exist_ok=True)
-    stale = remove_stale_offloads(directory)
-    note = gen.offload_to_disk(directory, tag=f"_{os.getpid()}_{id(gen):x}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        stale = remove_stale_offloads(directory)
+        note = gen.offload_to_disk(directory, tag=f"_{os.getpid()}_{id(gen):x}")
+    except OSError as e:       # say which setting: the error alone names a path the user may not connect to it
+        raise OSError(f"offload_dir {directory}: the weights cannot be offloaded there: {e}") from e
     for p in gen.parked_weights().values():
         atexit.register(_remove_quietly, p.path)  # (the path only: the generator can go before the process)
     if stale:
