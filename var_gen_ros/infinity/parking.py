@@ -119,6 +119,7 @@ class ParkedWeights:
     def __init__(self, module: nn.Module, path: str):
         from safetensors.torch import save_file
         self.module, self.path = module, path
+        self._keepers = [m for m in module.modules() if hasattr(m, "weights_loaded")]   # (see _put)
         self.large = LARGE        # (read once: the file's layout follows it)
         self._slots = []          # (module, "p" | "b", name, key)
         self._meta = {}           # key -> (shape, dtype)
@@ -168,9 +169,8 @@ class ParkedWeights:
         # layers that keep values derived from their weights (W4A4Linear.derived: the weight units, 1/λ) keep them
         # across the park and the load, which give back the same bits, instead of making them again at each load
         parking = next(iter(tensors.values())).device.type == "meta"
-        keepers = [m for m in self.module.modules() if hasattr(m, "weights_loaded")]
         if parking:
-            for m in keepers:
+            for m in self._keepers:
                 m.weights_parking()
         made = {}
         for m, kind, name, key in self._slots:
@@ -182,7 +182,7 @@ class ParkedWeights:
             else:
                 m._buffers[name] = tensors[key]
         if not parking:
-            for m in keepers:
+            for m in self._keepers:
                 m.weights_loaded()
 
     def _empty_cache(self) -> None:
