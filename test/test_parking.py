@@ -46,14 +46,24 @@ def test_offloaded_weights_give_the_resident_ones_bits_and_hold_no_memory_betwee
     # every tensor written once (the tied token table too), none left but meta tensors of the same shapes
     assert te.nbytes == before["text_encoder"] and cond.nbytes == cond_bytes > 0 and vae.nbytes == before["vae"]
     assert all(os.path.getsize(p.path) >= p.nbytes for p in (te, cond, vae))
-    if large is not None:          # the large tensors stored as one block in the block's layout, the rest by name
-        from safetensors import safe_open
-        for p in (te, cond, vae):
-            with safe_open(p.path, framework="pt") as f:
-                keys = set(f.keys())
-            big = {k for k, n in p._sizes().items() if n >= large}
-            assert (parking.BLOCK_KEY in keys) == bool(big) and not big & keys
-            assert keys - {parking.BLOCK_KEY} == set(p._sizes()) - big
+    # the file: the large tensors' block and the small ones', each tensor's bytes at its 512-byte aligned place
+    from safetensors import safe_open
+    resident = {p.path: {**dict(m.named_parameters()), **dict(m.named_buffers())}
+                for p, m in ((te, ref.text_encoder.model), (cond, ref.condition_layers()), (vae, ref.vae))}
+    for p in (te, cond, vae):
+        with safe_open(p.path, framework="pt") as f:
+            blocks = {k: f.get_tensor(k) for k in f.keys()}
+        sizes = p._sizes()
+        big = {k for k, n in sizes.items() if n >= parking.LARGE}
+        assert bool(big) == (large is not None) and set(blocks) == {parking.SMALL_KEY} | ({parking.BLOCK_KEY} if big else set())
+        assert p.large_bytes == sum(-(-sizes[k] // 512) * 512 for k in big)
+        offsets = {parking.BLOCK_KEY: 0, parking.SMALL_KEY: 0}
+        for k, (shape, dt) in p._meta.items():
+            key = parking.BLOCK_KEY if k in big else parking.SMALL_KEY
+            stored = blocks[key][offsets[key]:offsets[key] + sizes[k]].view(dt).view(shape)
+            offsets[key] += -(-sizes[k] // 512) * 512
+            assert torch.equal(stored, resident[p.path][k]), k
+        assert offsets[parking.BLOCK_KEY] == p.large_bytes and offsets[parking.SMALL_KEY] == p.small_bytes
     after = gen.weight_bytes()
     assert after["text_encoder"] == after["vae"] == 0 and after["transformer"] == before["transformer"] - cond_bytes
     resting = lambda: all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model)

@@ -10,6 +10,8 @@
 #           7's 1/3-of-bf16 peak and the latency ratios from one run; SIDE_TAG names the files' set)
 #   cond    bench/condition_reload.py: the text-only layers' read and forward, their derived values carried over a load
 #           or made again (thirty-first session)
+#   reads   bench/offload_reads.py: each offloaded file's load, staged through pinned buffers (settings swept) against the
+#           pageable read the loads used before (thirty-second session)
 #   sites   the offloaded run again with every allocation's stack recorded, to name the ~0.25 GiB live between
 #           generations beside the weights and the kept KV caches ("live ... MiB" lines; its timings not comparable)
 # About 4-6 minutes for the default parts with the committed picks (the tests tune the tiny model's W4A4 shapes).
@@ -25,14 +27,19 @@ edge() {   # TAG MODE TE [extra args]
   grep -E "^(w4a4|bf16)|rror|WARN|same prompt again" "$OUT/edge_$tag.txt" | tail -4
 }
 if [[ " $PARTS " == *" tests "* ]]; then
-  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q test/test_parking.py test/test_edge_memory.py \
-    -k "${TESTS_K:-offload or parked or device_rates}" > "$OUT/test_offload.txt" 2>&1
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q test/test_parking.py test/test_edge_memory.py test/test_staged_read.py \
+    -k "${TESTS_K:-offload or parked or device_rates or read_into}" > "$OUT/test_offload.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/test_offload.txt"
 fi
 if [[ " $PARTS " == *" cond "* ]]; then
   timeout -k 10 ${COND_TIMEOUT:-150} python3 bench/condition_reload.py --json "$OUT/condition_reload.json" \
     > "$OUT/condition_reload.txt" 2>&1
   echo "cond rc $? s $(( $(date +%s) - t0 ))"; tail -5 "$OUT/condition_reload.txt"
+fi
+if [[ " $PARTS " == *" reads "* ]]; then
+  timeout -k 10 ${READS_TIMEOUT:-180} python3 bench/offload_reads.py --json "$OUT/offload_reads.json" \
+    > "$OUT/offload_reads.txt" 2>&1
+  echo "reads rc $? s $(( $(date +%s) - t0 ))"; tail -28 "$OUT/offload_reads.txt"
 fi
 [[ " $PARTS " == *" parked "* ]] && edge offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
 [[ " $PARTS " == *" bf16 "* ]] && edge bf16_te_bf16 bf16 bf16

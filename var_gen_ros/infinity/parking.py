@@ -10,12 +10,17 @@ read at each use (reported).
 `ParkedWeights(module, path)` writes every parameter and buffer of `module` to `path` once and leaves meta
 tensors of the same shapes in their place; `with parked.loaded():` puts the real tensors back for the block.
 Tensors shared between modules (tied weights) are written once and shared again when loaded. The file must be
-on a disk, not a tmpfs (which is RAM): `tmpfs_warning` says so when it is. It stays open while parked, so that a file
-removed from its directory is still read.
+on a disk, not a tmpfs (which is RAM): `tmpfs_warning` says so when it is. It stays open while parked and is read
+through that descriptor, so that a file removed from its directory, or replaced, is still the one read.
+
+The file is a safetensors file of two uint8 tensors, each the bytes of one block in the layout it loads into: the
+large tensors' block (which may go into a borrowed memory pool) and the small ones' (biases, group scales, norms).
+A load is two reads (staged_read.py), not one per tensor: the INT4 text encoder alone has hundreds of small ones.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import threading
@@ -24,6 +29,8 @@ import time
 import torch
 from torch import nn
 
+from .staged_read import read_into
+
 
 # tensors of this many bytes or more are loaded into one block (the rest, biases and group scales, one by one): one
 # allocation that a borrowed memory pool's free block holds whole, where hundreds of small ones would each take the
@@ -31,8 +38,9 @@ from torch import nn
 LARGE = 1 << 20
 
 
-# the file's one tensor that holds the large tensors' bytes, laid out as the block they load into: one read, one copy
+# the file's two tensors: the large tensors' bytes and the small ones', each laid out as the block it loads into
 BLOCK_KEY = "__large_tensors_block__"
+SMALL_KEY = "__small_tensors_block__"
 
 
 def _pad(n: int) -> int:
@@ -141,13 +149,17 @@ class ParkedWeights:
             raise ValueError("nothing to park: the module has no parameters or buffers")
         sizes = self._sizes()
         self.nbytes = sum(sizes.values())
-        if self.large_bytes:       # the large ones as the block's bytes, in its layout
-            block, offset = torch.empty(self.large_bytes, dtype=torch.uint8), 0
-            for k, n in sizes.items():
-                if n >= self.large:
-                    block[offset:offset + n].copy_(tensors.pop(k).reshape(-1).view(torch.uint8))
-                    offset += _pad(n)
-            tensors[BLOCK_KEY] = block
+        blocks = {}
+        for key, large in ((BLOCK_KEY, True), (SMALL_KEY, False)):   # each tensor's bytes at its place in its block
+            total = self.large_bytes if large else self.small_bytes
+            if total:
+                block, offset = torch.zeros(total, dtype=torch.uint8), 0
+                for k, n in sizes.items():
+                    if (n >= self.large) == large:
+                        block[offset:offset + n].copy_(tensors.pop(k).reshape(-1).view(torch.uint8))
+                        offset += _pad(n)
+                blocks[key] = block
+        tensors = blocks
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             # the file kept open and held: a file removed from the directory while the process runs (a cache cleaner,
@@ -157,8 +169,6 @@ class ParkedWeights:
         except Exception as e:     # safetensors' own error type for I/O: say which file, as an OSError
             raise OSError(f"{path}: the offloaded weights could not be written: {e}") from e
         del tensors
-        st = os.fstat(self._fd)
-        self._inode = (st.st_dev, st.st_ino)
         self.loads, self.load_s = 0, 0.0
         self._lock = threading.Lock()
         self._depth = 0
@@ -198,47 +208,66 @@ class ParkedWeights:
         """Bytes of the one block the tensors of LARGE bytes or more are loaded into (each start 512-byte aligned)."""
         return sum(_pad(n) for n in self._sizes().values() if n >= self.large)
 
+    @property
+    def small_bytes(self) -> int:
+        """Bytes of the block the other tensors are loaded into (each start 512-byte aligned, as the allocator's)."""
+        return sum(_pad(n) for n in self._sizes().values() if n < self.large)
+
     def _sizes(self) -> dict:
         return {k: math.prod(shape) * dt.itemsize for k, (shape, dt) in self._meta.items()}
 
+    def _ranges(self) -> dict:
+        """{tensor name: (file offset, bytes)} from the file's safetensors header (8 bytes of its length, then JSON)."""
+        head = bytearray(8)
+        n = os.preadv(self._fd, [head], 0)
+        size = int.from_bytes(head, "little")
+        if n < 8 or not 2 <= size <= os.fstat(self._fd).st_size - 8:
+            raise ValueError("no safetensors header")
+        text = bytearray(size)
+        if os.preadv(self._fd, [text], 8) < size:
+            raise ValueError("its header is cut short")
+        out = {}
+        for k, v in json.loads(bytes(text)).items():
+            if k != "__metadata__":
+                begin, end = v["data_offsets"]
+                out[k] = (8 + size + begin, end - begin, v["dtype"])
+        return out
+
     def _load(self, pool_context) -> dict:
-        """The tensors from the file: those of LARGE bytes or more as views of one block allocated inside
-        `pool_context()` (when given) and filled by one copy, the rest one by one outside it."""
-        from safetensors import safe_open
-        sizes = self._sizes()
+        """The tensors from the file: views of two blocks, each filled by one read: the large tensors' (parking.LARGE
+        bytes or more) allocated inside `pool_context()` (when given), the small ones' outside it."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.path}: the offloaded weights' file was closed")
         try:
-            f = safe_open(self._readable_path(), framework="pt", device="cpu")
-        except Exception as e:     # missing, truncated, not safetensors: say which file
+            ranges = self._ranges()
+        except (OSError, ValueError, KeyError, TypeError) as e:     # not safetensors, truncated: say which file
             raise RuntimeError(f"{self.path}: the offloaded weights could not be read: {e}") from e
         changed = f"{self.path}: the file was changed since the weights were offloaded"
-        with f:
-            expected = {k for k, n in sizes.items() if n < self.large} | ({BLOCK_KEY} if self.large_bytes else set())
-            missing = expected - set(f.keys())
-            if missing:
-                raise RuntimeError(f"{changed}: {sorted(missing)[:3]} ({len(missing)} in all) missing")
-            out, offset = {}, 0
-            if self.large_bytes:
-                src = f.get_tensor(BLOCK_KEY)
-                if src.dtype != torch.uint8 or src.numel() != self.large_bytes:
-                    raise RuntimeError(f"{changed}: its large tensors' block is {src.dtype} x {src.numel()}, not "
-                                       f"uint8 x {self.large_bytes}")
-                if self.device.type == "cpu":
-                    block = src.clone()    # (src may map the file: a copy of our own, whatever happens to the file)
-                else:
-                    with pool_context() if pool_context is not None else contextlib.nullcontext():
-                        block = torch.empty(self.large_bytes, dtype=torch.uint8, device=self.device)
-                    block.copy_(src)
-                del src
-            for k, n in sizes.items():
-                shape, dt = self._meta[k]
-                if n >= self.large:
-                    out[k] = block[offset:offset + n].view(dt).view(shape)
-                    offset += _pad(n)
-                    continue
-                src = f.get_tensor(k)
-                if tuple(src.shape) != shape or src.dtype != dt:
-                    raise RuntimeError(f"{changed}: {k} is {src.dtype} {tuple(src.shape)}, not {dt} {shape}")
-                out[k] = src.clone() if self.device.type == "cpu" else src.to(self.device)
+        blocks = {}
+        for key, nbytes, pool in ((BLOCK_KEY, self.large_bytes, pool_context), (SMALL_KEY, self.small_bytes, None)):
+            if not nbytes:
+                continue
+            if key not in ranges:
+                raise RuntimeError(f"{changed}: its {key} is missing")
+            offset, stored, dtype = ranges[key]
+            if dtype != "U8" or stored != nbytes:
+                raise RuntimeError(f"{changed}: its {key} is {dtype} x {stored}, not U8 x {nbytes}")
+            with pool() if pool is not None and self.device.type == "cuda" else contextlib.nullcontext():
+                blocks[key] = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            try:
+                read_into(self._fd, offset, blocks[key])
+            except (OSError, EOFError) as e:
+                raise RuntimeError(f"{self.path}: the offloaded weights could not be read: {e}") from e
+        return self.views(blocks)
+
+    def views(self, blocks: dict) -> dict:
+        """{tensor name: its view} of the two blocks ({BLOCK_KEY: ..., SMALL_KEY: ...}, uint8, as the file holds them)."""
+        out, offsets = {}, {BLOCK_KEY: 0, SMALL_KEY: 0}
+        for k, n in self._sizes().items():
+            key = BLOCK_KEY if n >= self.large else SMALL_KEY
+            shape, dt = self._meta[k]
+            out[k] = blocks[key][offsets[key]:offsets[key] + n].view(dt).view(shape)
+            offsets[key] += _pad(n)
         return out
 
     @contextlib.contextmanager
@@ -277,18 +306,6 @@ class ParkedWeights:
     def status(self) -> str:
         return (f"parked in {self.path} ({self.nbytes / 2**30:.2f} GiB), loaded {self.loads} times, "
                 f"{self.load_s / max(1, self.loads):.3f} s a load")
-
-    def _readable_path(self) -> str:
-        """The file's path; where that name no longer leads to the file written (removed, or another file put in its
-        place), the open descriptor's (Linux: /proc/self/fd), which still reads it."""
-        try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self._inode:
-                return self.path
-        except OSError:
-            pass
-        by_fd = f"/proc/self/fd/{self._fd}"
-        return by_fd if self._fd is not None and os.path.exists(by_fd) else self.path
 
     def close(self) -> None:
         """Removes the file (the module stays parked and cannot be loaded again)."""

@@ -206,6 +206,22 @@ KV_POOL_SLACK = 32 << 20
 MEMORY_TRACE = os.environ.get("VAR_GEN_MEMORY_TRACE", "0") == "1"
 
 
+class _PoolLease:
+    """`lease()`: torch.cuda.use_mem_pool of a memory pool, until `end()` (after which the lease holds no reference
+    to the pool, whoever still holds the lease)."""
+
+    def __init__(self, pool, index: int):
+        self._pool, self._index = pool, index
+
+    def __call__(self):
+        if self._pool is None:
+            raise RuntimeError("the KV caches' pool is no longer lent")
+        return torch.cuda.use_mem_pool(self._pool, self._index)
+
+    def end(self) -> None:
+        self._pool = None
+
+
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
                  kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
@@ -527,47 +543,72 @@ class Generator:
     def _loaded(self, parked):
         """Offloaded weights (parking.ParkedWeights, or None: resident, nothing to do) loaded for the block. With KV
         caches kept for the graphs, the weights' large tensors go into the caches' block while it is dead (between
-        generations: the next one overwrites it), as the VAE decode does, and the caches are made again in that
-        block after it; so a load does not add to the kept caches (on the H100 at 1024², the text encoder loaded
-        beside them made the text stage the peak: 8.99 GiB against 8.45 for the largest scale, thirtieth session).
-        Elsewhere the weights take new memory."""
+        generations: the next one overwrites it), as the VAE decode does (`_kv_block_lent`); so a load does not add to
+        the kept caches (on the H100 at 1024², the text encoder loaded beside them made the text stage the peak: 8.99
+        GiB against 8.45 for the largest scale, thirtieth session). Elsewhere the weights take new memory."""
         if parked is None:
             yield
             return
         gr = self._graphs
-        pool = (gr.kv_pool if gr is not None and gr.kept_caches is not None and gr.kept_spec is not None
-                and not self._caches_in_use else None)
         # only the large tensors go into the pool, in one block (parking.LARGE), which must fit in the caches' block;
         # the small ones and what the block's code allocates (activations, outputs) stay outside
-        if pool is None or parked.device.type != "cuda" or self._kv_block_at is None \
-                or self._kv_block_at[1] < parked.large_bytes:       # (text_encoder: cpu parks on the host)
+        lend = (gr is not None and gr.kv_pool is not None and gr.kept_caches is not None and gr.kept_spec is not None
+                and not self._caches_in_use and parked.device.type == "cuda"     # (text_encoder: cpu parks on the host)
+                and self._kv_block_at is not None and self._kv_block_at[1] >= parked.large_bytes)
+        if not lend:
             with parked.loaded():
                 yield
             return
-        schedule, B = gr.kept_spec
-        ptr, nbytes = self._kv_block_at
         allocated0 = torch.cuda.memory_allocated(self.device)
         gr.kept_caches = None
-        if not free_or_collect(lambda: allocated0 - torch.cuda.memory_allocated(self.device) >= nbytes):
-            warnings.warn("var_gen_ros: the KV caches' block is held before an offloaded load (loaded outside its pool, "
-                          "which is made anew): " + "; ".join(holders_of(ptr)))
-            self._renew_kv_pool(gr, schedule, B)
-            with parked.loaded():
+        with self._kv_block_lent(gr, allocated0, "an offloaded load") as lease:
+            with parked.loaded(empty_cache=lease is None, pool_context=lease):
                 yield
-            return
-        index = self._cuda_index()
+
+    @contextlib.contextmanager
+    def _kv_block_lent(self, gr: ScaleGraphs, allocated0: int, what: str, trace: Optional[dict] = None):
+        """For work that runs while the kept KV caches are dead (the VAE decode after the last scale, an offloaded
+        load between generations): yields a `_PoolLease` whose allocations take the caches' freed block (their memory
+        pool's best fit), or None where something still holds the block (the work then allocates outside the pool;
+        warned, with the holders). The caller has dropped gr.kept_caches, and `allocated0` is the allocator's count
+        from before the block's last reference went.
+
+        After the work the caches are made again in the pool, in that same free block: the same addresses, so the
+        graphs replay. Where the block was held, the caches could not be made, or the pool grew beside its block, the
+        pool is made anew with its caches (`_renew_kv_pool`: a live MemPool never returns its segments)."""
+        schedule, B = gr.kept_spec
+        ptr, nbytes = self._kv_block_at
+        held = not free_or_collect(lambda: allocated0 - torch.cuda.memory_allocated(self.device) >= nbytes)
+        if held:    # allocating in the pool would grow it beside the block
+            warnings.warn(f"var_gen_ros: the KV caches' block is still held before {what} (it runs outside their pool, "
+                          "which is made anew after it): " + "; ".join(holders_of(ptr)))
+        snap = MEMORY_TRACE and trace is not None      # (a memory snapshot: for diagnosis only)
+        if snap:
+            trace["kv_pool_before"] = pool_reserved(gr.kv_pool, self.device)
+        reserved0 = torch.cuda.memory_reserved(self.device)
+        lease = None if held else _PoolLease(gr.kv_pool, self._cuda_index())
         try:
-            with parked.loaded(empty_cache=False, pool_context=lambda: torch.cuda.use_mem_pool(pool, index)):
-                yield
+            yield lease
         finally:
-            gr.kept_caches = self._remake_kept_caches(schedule, B, pool)
-            moved = self._kv_block_at[0] != ptr
-            del pool
-            if gr.kept_caches is None or kv_pool_excess(gr.kv_pool, self._kv_block_at) > KV_POOL_SLACK:
-                self._renew_kv_pool(gr, schedule, B)
-            elif moved:       # the graphs are captured again next generation (ScaleGraphs.adopt)
-                warnings.warn("var_gen_ros: the KV caches came back at another address after an offloaded load; the CUDA "
-                              "graphs are captured again")
+            renew = held
+            if lease is not None:
+                lease.end()              # (a reference left to the pool would keep its segments from the driver)
+                if snap:
+                    trace["kv_pool_after_work"] = pool_reserved(gr.kv_pool, self.device)
+                # made again now, while the pool's block is free (an empty_cache between requests would otherwise
+                # return it to the driver, and new caches would land elsewhere)
+                gr.kept_caches = self._remake_kept_caches(schedule, B, gr.kv_pool)
+                grew = torch.cuda.memory_reserved(self.device) - reserved0 > KV_POOL_SLACK
+                renew = gr.kept_caches is None or grew and kv_pool_excess(gr.kv_pool, self._kv_block_at) > KV_POOL_SLACK
+            if renew:
+                freed = self._renew_kv_pool(gr, schedule, B)
+                if trace is not None:
+                    trace["kv_pool_renewed"] = freed
+            elif self._kv_block_at[0] != ptr:       # the graphs are captured again next generation (ScaleGraphs.adopt)
+                warnings.warn(f"var_gen_ros: the KV caches came back at another address after {what}; the CUDA graphs "
+                              "are captured again")
+            if snap:
+                trace["kv_pool_after_remake"] = pool_reserved(gr.kv_pool, self.device)
 
     def _condition(self, feats, mask, key):
         """encode_condition's output for the text features; with the condition layers offloaded, the last prompt's is
@@ -714,47 +755,24 @@ class Generator:
         # the KV cache is dead once the last scale is sampled: free it before the VAE decoder's
         # activations arrive (otherwise the decode stage is the generation's memory peak). Caches kept
         # for the graphs in their own pool are freed too, and the decoder allocates in that pool
-        pool = graphs.kv_pool if graphs is not None and graphs.kept_caches is not None else None
+        lend = graphs is not None and graphs.kept_caches is not None and graphs.kv_pool is not None
         del text_kv, cond_gss, x
-        if pool is not None:
+        if lend:
             graphs.kept_caches = None
             allocated0 = torch.cuda.memory_allocated(self.device)      # (the block is freed by the next del)
         del caches
         self._caches_in_use = False
-        trace, held = {}, False
-        if pool is not None:
-            ptr, nbytes = self._kv_block_at
-            held = not free_or_collect(lambda: allocated0 - torch.cuda.memory_allocated(self.device) >= nbytes)
-            if held:    # decoding in the pool would grow it beside the block, and a live pool keeps its segments
-                warnings.warn("var_gen_ros: the KV caches' block is still held before the VAE decode (decoded "
-                              "outside its pool, which is made anew): " + "; ".join(holders_of(ptr)))
-            if MEMORY_TRACE:
-                trace["kv_pool_before_decode"] = pool_reserved(pool, self.device)
-            reserved0 = torch.cuda.memory_reserved(self.device)
+        trace = {}
         t0 = time.perf_counter()
-        if pool is None or held:
+        if not lend:
             image = self.decode(summed)
         else:
-            index = self._cuda_index()
-            # an offloaded VAE's large weights go into the pool's free block too, before the decoder's activations
-            with self._vae_loaded(lambda: torch.cuda.use_mem_pool(pool, index)):
-                with torch.cuda.use_mem_pool(pool, index):
+            with self._kv_block_lent(graphs, allocated0, "the VAE decode", trace) as lease:
+                if lease is None:
                     image = self.decode(summed)
-            if MEMORY_TRACE:
-                trace["kv_pool_after_decode"] = pool_reserved(pool, self.device)
-        if pool is not None:
-            # made again now, while the pool's block is free (an empty_cache between requests would
-            # otherwise return it to the driver, and new caches would land elsewhere)
-            renew = held
-            if not held:
-                graphs.kept_caches = self._remake_kept_caches(schedule, B, pool)
-                grew = torch.cuda.memory_reserved(self.device) - reserved0 > KV_POOL_SLACK
-                renew = grew and kv_pool_excess(pool, self._kv_block_at) > KV_POOL_SLACK
-            del pool                 # (a reference here would keep the old pool's segments from the driver)
-            if renew:
-                trace["kv_pool_renewed"] = self._renew_kv_pool(graphs, schedule, B)
-            if MEMORY_TRACE:
-                trace["kv_pool_after_remake"] = pool_reserved(graphs.kv_pool, self.device)
+                else:   # an offloaded VAE's large weights go into the pool's free block too, before the activations
+                    with self._vae_loaded(lease), lease():
+                        image = self.decode(summed)
         del graphs
         self._sync()
         timings["vae_decode_s"] = time.perf_counter() - t0
