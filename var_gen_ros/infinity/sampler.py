@@ -468,8 +468,8 @@ class Generator:
 
     def _renew_kv_pool(self, graphs: ScaleGraphs, schedule: ScaleSchedule, B: int) -> int:
         """The kept caches made again in a new memory pool, the old pool dropped with its free segments
-        (a live MemPool never returns them to the driver). For a pool the decode grew beside a block
-        that was still held: on fresh H100 machines it kept ~2.9 GiB more than its 3.43 GiB block, and
+        (a live MemPool never returns them to the driver). For a pool the VAE decode or a load grew beside a
+        block that was still held: on fresh H100 machines it kept ~2.9 GiB more than its 3.43 GiB block, and
         the next generation's graph capture passed the 14 GiB cap (docs/BENCHMARKS.md, thirteenth
         session). The graphs see the caches' new addresses and are captured again next generation.
         Returns the bytes returned to the driver."""
@@ -483,7 +483,7 @@ class Generator:
         graphs.kept_caches = self._remake_kept_caches(schedule, B, graphs.kv_pool)
         freed = before - torch.cuda.memory_reserved(self.device)
         warnings.warn(f"var_gen_ros: the KV caches' memory pool held {excess / 2 ** 20:.0f} MiB beside its block "
-                      f"after the VAE decode; made anew ({freed / 2 ** 20:.0f} MiB returned; the CUDA graphs are "
+                      f"after the work it was lent to; made anew ({freed / 2 ** 20:.0f} MiB returned; the CUDA graphs are "
                       "captured again in the next generation)")
         return freed
 
