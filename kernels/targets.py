@@ -29,7 +29,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import adaln_triton, int4_dequant_triton, int8_kv_attention_triton as attn, qkv_rope_triton, w4a4_gemm_triton as gemm
+from . import adaln_triton, group_norm_triton, int4_dequant_triton, int8_kv_attention_triton as attn, qkv_rope_triton, w4a4_gemm_triton as gemm
 
 # Shared memory a block may have, in bytes, per compute capability (CUDA C++ Programming Guide, "Technical
 # Specifications per Compute Capability": 8.0 and 8.7 163 KB, 8.6 and 8.9 99 KB, 9.0 227 KB, 7.5 64 KB)
@@ -218,7 +218,15 @@ def _elementwise_variants() -> List[Variant]:
     deq = Variant("int4_dequant", int4_dequant_triton._int4_dequant_kernel, dict(P="u8", S="fp16", O="fp16", Y="bf16"),
                   dict(BLOCK_N=int4_dequant_triton.BLOCK_N, BLOCK_K=int4_dequant_triton.BLOCK_K, GROUP=64),
                   div16=("N", "K", "G"))
-    return [qkv] + ln + [deq]
+    # the VAE decoder's GroupNorm (+ SiLU): its rows' partial statistics, then the normalization (bf16 activations)
+    gn = [Variant("gn_partial", group_norm_triton._gn_partial_kernel,
+                  dict(X="bf16", PN="fp32", PM="fp32", PQ="fp32"),
+                  dict(CHUNK=group_norm_triton.CHUNK, BLOCK=group_norm_triton.BLOCK), 8, div16=("S",))]
+    gn += [Variant(f"gn_apply[SILU={silu}]", group_norm_triton._gn_apply_kernel,
+                   dict(X="bf16", Y="bf16", W="fp32", B="fp32", PN="fp32", PM="fp32", PQ="fp32"),
+                   dict(SILU=silu, CHUNK=group_norm_triton.CHUNK, BLOCK=group_norm_triton.BLOCK, BLOCK_P=128), 8,
+                   floats=("eps",), div16=("S", "HW")) for silu in (False, True)]
+    return [qkv] + ln + [deq] + gn
 
 
 def _unique(vs: List[Variant]) -> List[Variant]:

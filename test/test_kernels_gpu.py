@@ -882,6 +882,49 @@ def test_adaln_kernel_matches_float64_on_the_8b_width():
         assert y.dtype == out_dt and err <= tol, (out_dt, err)
 
 
+def test_group_norm_kernel_matches_float64_at_the_8b_vae_decoder_widths():
+    """The VAE's GroupNorm (+ SiLU) on the 8B decoder's activations of a 1024² image (bf16, as the product decodes):
+    the top level's 128 channels at 1024², 512 at 256² with an offset mean, against float64."""
+    from var_gen_ros.quant.dispatch import group_norm_kernel, kernel_status
+    for shape, offset in (((1, 128, 1024, 1024), 0.0), ((1, 512, 256, 256), 30.0)):
+        x = (torch.randn(shape, device="cuda") * 2 + offset).to(torch.bfloat16)
+        w, b = torch.randn(shape[1], device="cuda", dtype=torch.bfloat16), torch.randn(shape[1], device="cuda")
+        fn = group_norm_kernel(x)
+        assert fn is not None, kernel_status()
+        ref = torch.nn.functional.group_norm(x.double(), 32, w.double(), b.double(), 1e-6)
+        for silu in (False, True):
+            y = fn(x, 32, w, b, 1e-6, silu)
+            r = torch.nn.functional.silu(ref) if silu else ref
+            err = float((y.double() - r).abs().max() / r.abs().max())
+            assert y.dtype == torch.bfloat16 and err <= 8e-3, (shape, silu, err)
+
+
+def test_vae_decode_with_the_group_norm_kernel_matches_float64(monkeypatch):
+    """The 8B VAE decoder (float32, random weights) at 256² with the GroupNorm kernel against the same decoder in
+    float64 on PyTorch's ops (cuDNN's TF32 convolutions off: float32 throughout)."""
+    import copy
+    from var_gen_ros.infinity import BSQVAE
+    from var_gen_ros.infinity.config import INFINITY_8B
+    from var_gen_ros.infinity.tiny import random_init_
+    from var_gen_ros.quant import dispatch
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    vae = random_init_(BSQVAE(INFINITY_8B.vae), 3).eval()
+    codes = torch.randn(1, INFINITY_8B.vae.codebook_dim, 32, 32)
+    ref_vae = copy.deepcopy(vae).double()
+    vae = vae.cuda()
+    calls = []
+    kernel = dispatch.group_norm_kernel(codes.cuda())
+    assert kernel is not None, dispatch.kernel_status()
+    monkeypatch.setattr(dispatch, "group_norm_kernel", lambda x: (lambda *a: calls.append(1) or kernel(*a)))
+    with torch.no_grad():
+        y = vae.decode(codes.cuda())
+        monkeypatch.setattr(dispatch, "group_norm_kernel", lambda x: None)
+        ref = ref_vae.decode(codes.double())
+    assert len(calls) == sum(type(m).__name__ == "Normalize" for m in vae.decoder.modules())
+    err = float((y.double().cpu() - ref).abs().max() / ref.abs().max())
+    assert err <= 1e-4, err
+
+
 @pytest.mark.parametrize("store", [True, False])
 def test_block_fast_path_matches_float64_on_the_8b_width(monkeypatch, store):
     """One Infinity-8B block (float32 weights) on the GPU fast path (qkv epilogue and modulated-LayerNorm

@@ -525,6 +525,28 @@ def test_adaln_kernel_matches_float64(affine, mod, out_dt):
     assert err <= (1e-6 if out_dt == torch.float32 else 8e-3), err
 
 
+@interpreted
+@pytest.mark.parametrize("shape,groups", [((2, 96, 7, 9), 32), ((1, 48, 33, 31), 24), ((1, 64, 5), 32)])
+def test_group_norm_kernel_matches_float64(shape, groups, monkeypatch):
+    """The VAE's GroupNorm (+ SiLU) with rows split into several programs' partials (tiles and chunks made small),
+    the last tile of a row partly and some wholly past its end, an offset mean (no E[x²] - E[x]² cancellation)."""
+    gn = _load_interpreted("group_norm_triton")
+    monkeypatch.setattr(gn, "BLOCK", 64)
+    monkeypatch.setattr(gn, "CHUNK", 256)
+    g = torch.Generator().manual_seed(shape[1])
+    x = torch.randn(*shape, generator=g) * 3 + 40.0
+    w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+    for silu in (False, True):
+        y = gn.group_norm(x, groups, w, b, 1e-6, silu)
+        ref = torch.nn.functional.group_norm(x.double(), groups, w.double(), b.double(), 1e-6)
+        ref = torch.nn.functional.silu(ref) if silu else ref
+        assert y.dtype == x.dtype and y.shape == x.shape
+        err = float((y.double() - ref).abs().max() / ref.abs().max())
+        assert err <= 1e-5, (silu, err)
+    with pytest.raises(ValueError, match="groups"):
+        gn.group_norm(x, 7, w, b, 1e-6)
+
+
 def _block_run(blk, cache_kind, store, chunk, dtype, seed=0):
     """One CrossAttnBlock over a cached 8x8 scale then a 12x12 scale (stored or not), inputs drawn in
     float32 then cast, so runs in different dtypes see the same numbers."""

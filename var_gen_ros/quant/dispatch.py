@@ -5,8 +5,8 @@ loads; otherwise the reference runs, with one warning saying why. VAR_GEN_KERNEL
 reference. `kernel_status()` is what the node reports in diagnostics.
 Kernels: W4A4 GEMM (kernels/w4a4_gemm_triton.py), attention over the INT8 KV cache
 (kernels/int8_kv_attention_triton.py), and two used in every precision: the self-attention input
-epilogue (kernels/qkv_rope_triton.py: bias, normalize, scale, RoPE into the attention's buffers) and the
-modulated LayerNorm (kernels/adaln_triton.py).
+epilogue (kernels/qkv_rope_triton.py: bias, normalize, scale, RoPE into the attention's buffers), the
+modulated LayerNorm (kernels/adaln_triton.py) and the VAE decoder's GroupNorm + SiLU (kernels/group_norm_triton.py).
 """
 from __future__ import annotations
 
@@ -91,6 +91,7 @@ def _load():
         _STATE["qkv_rope"] = kernel_module("qkv_rope_triton").qkv_rope
         _STATE["adaln"] = kernel_module("adaln_triton").adaln
         _STATE["int4_dequant"] = kernel_module("int4_dequant_triton").int4_dequant
+        _STATE["group_norm"] = kernel_module("group_norm_triton").group_norm
         _STATE["reason"] = "triton"
         _seed_tuned_picks([gemm, attn])
     except Exception as e:   # no triton, no compiler, bad source: the reference still works
@@ -214,6 +215,14 @@ def adaln_kernel(x):
     return _STATE.get("adaln")
 
 
+def group_norm_kernel(x):
+    """The VAE's GroupNorm (+ SiLU) kernel for x, or None for the reference (F.group_norm, F.silu)."""
+    if not x.is_cuda or x.dtype == torch.float64:
+        return None
+    _load()
+    return _STATE.get("group_norm")
+
+
 def int4_dequant_kernel(packed):
     """The text encoder's INT4 weight dequantization kernel for `packed` (uint8 codes), or None for the
     reference (`Int4WeightLinear.dequantized`)."""
@@ -259,6 +268,7 @@ def _kernel_status() -> str:
                   f"(kernels/w4a4_quantize_small_m.cu: {gemm.small_m.build_status()})")
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}){small}, int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
-            "qkv epilogue, modulated LayerNorm and the INT4 text encoder's dequantization: triton"
+            "qkv epilogue, modulated LayerNorm, the INT4 text encoder's dequantization and the VAE's GroupNorm + "
+            "SiLU: triton"
             + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else "")
             + f"; shipped launch configurations: {_tuned_picks_status()}")
