@@ -32,9 +32,9 @@ from torch import nn
 from .staged_read import read_into
 
 
-# tensors of this many bytes or more are loaded into one block (the rest, biases and group scales, one by one): one
-# allocation that a borrowed memory pool's free block holds whole, where hundreds of small ones would each take the
-# allocator's small-block segments of that pool and stay there
+# tensors of this many bytes or more are loaded into one block (the rest, biases and group scales, into another, outside
+# a borrowed pool): one allocation that a borrowed memory pool's free block holds whole, where hundreds of small ones
+# would each take the allocator's small-block segments of that pool and stay there
 LARGE = 1 << 20
 
 

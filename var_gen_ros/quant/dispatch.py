@@ -4,7 +4,7 @@ The kernels are used when the tensor is on a CUDA device, Triton imports and the
 loads; otherwise the reference runs, with one warning saying why. VAR_GEN_KERNELS=0 forces the
 reference. `kernel_status()` is what the node reports in diagnostics.
 Kernels: W4A4 GEMM (kernels/w4a4_gemm_triton.py), attention over the INT8 KV cache
-(kernels/int8_kv_attention_triton.py), and two used in every precision: the self-attention input
+(kernels/int8_kv_attention_triton.py), and, used in every precision: the self-attention input
 epilogue (kernels/qkv_rope_triton.py: bias, normalize, scale, RoPE into the attention's buffers), the
 modulated LayerNorm (kernels/adaln_triton.py) and the VAE decoder's GroupNorm + SiLU (kernels/group_norm_triton.py).
 """
