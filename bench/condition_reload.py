@@ -9,18 +9,15 @@ session), against the same forward on weights already loaded. Side by side in on
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.edge_proof import PROMPT, build  # noqa: E402
+from bench.edge_proof import PROMPT, offloaded_w4a4_8b, write_json  # noqa: E402
 
 
 def main() -> int:
@@ -32,10 +29,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    gen = build("w4a4_kv8", "int4", "cuda")
-    d = tempfile.mkdtemp(dir=a.dir)
-    try:
-        gen.offload_to_disk(d)
+    with offloaded_w4a4_8b(a.dir) as gen:
         feats, mask = gen.encode_text(PROMPT, None, True)
         parked = gen.condition_parked
         layers = [m for m in gen.condition_layers().modules() if hasattr(m, "derived")]
@@ -71,17 +65,12 @@ def main() -> int:
                "bytes": parked.nbytes, "text_tokens": int(feats.shape[1]), "batch": int(feats.shape[0]),
                "repeats": a.repeats, "times": times,
                "median_ms": {m: {k: 1e3 * statistics.median(v) for k, v in t.items()} for m, t in times.items()}}
-    finally:
-        gen.close_parked()
-        shutil.rmtree(d, ignore_errors=True)
     print(f"{out['device']}: {out['layers_w4a4']} W4A4 text-only layers, {out['bytes'] / 2**30:.2f} GiB, "
           f"{out['batch']} x {out['text_tokens']} text tokens; medians of {a.repeats}, ms")
     for m, v in out["median_ms"].items():
         load = "" if m == "loaded" else f"  load {v['load_s']:7.1f}"
         print(f"  {m:8s} forward {v['forward_s']:7.2f}{load}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(a.json, out)
     return 0
 
 

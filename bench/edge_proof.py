@@ -18,9 +18,11 @@ stage and per scale, each scale's floor (max of FLOPs / peak rate and bytes / ba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,6 +145,28 @@ def build(mode: str, text_encoder: str, device: str, model_name: str = "infinity
     gen = Generator(model, vae, te, device=device, name=f"{model_name}-random-{mode}")
     gen.text_encoder_mode = apply_text_encoder(gen, text_encoder)
     return gen
+
+
+@contextlib.contextmanager
+def offloaded_w4a4_8b(directory: str = "."):
+    """Infinity-8B W4A4 + INT8 KV with the INT4 text encoder on the GPU (random weights), its run-once weights
+    offloaded (`offload_dir`) to a new directory under `directory` (a disk, not a tmpfs); the files removed after.
+    What bench/condition_reload.py and bench/offload_reads.py measure."""
+    gen = build("w4a4_kv8", "int4", "cuda")
+    d = tempfile.mkdtemp(dir=directory)
+    try:
+        gen.offload_to_disk(d)
+        yield gen
+    finally:
+        gen.close_parked()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def write_json(path: str, out) -> None:
+    """`out` as indented JSON at `path` ("" or None: nothing)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 def calibrate_static_kv(gen: Generator, height: int, width: int) -> list:

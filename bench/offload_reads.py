@@ -10,18 +10,15 @@ medians. The files are read from the page cache (written just before), as a node
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.edge_proof import build  # noqa: E402
+from bench.edge_proof import offloaded_w4a4_8b, write_json  # noqa: E402
 from var_gen_ros.infinity import parking, staged_read  # noqa: E402
 
 # (chunk MiB, buffers, readers); the first is the product's default
@@ -49,11 +46,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    gen = build("w4a4_kv8", "int4", "cuda")
-    d = tempfile.mkdtemp(dir=a.dir)
     out = {"device": torch.cuda.get_device_name(), "cpus": os.cpu_count(), "repeats": a.repeats, "files": {}}
-    try:
-        gen.offload_to_disk(d)
+    with offloaded_w4a4_8b(a.dir) as gen:
         for name, p in gen.parked_weights().items():
             # the same tensors both ways
             ref, got = p.views(pageable(p)), staged(p, SETTINGS[0])
@@ -79,17 +73,12 @@ def main() -> int:
                                   {m: 1e3 * v for m, v in med.items()},
                                   "gb_per_s": {m: os.path.getsize(p.path) / v / 1e9 for m, v in med.items()},
                                   "vs_pageable": {m: med["pageable"] / v for m, v in med.items()}}
-    finally:
-        gen.close_parked()
-        shutil.rmtree(d, ignore_errors=True)
     print(f"{out['device']}, {out['cpus']} CPUs; medians of {a.repeats}, interleaved")
     for name, f in out["files"].items():
         print(f"{name}: {f['bytes'] / 2**30:.3f} GiB")
         for m, v in f["median_ms"].items():
             print(f"  {m:32s} {v:8.1f} ms  {f['gb_per_s'][m]:6.2f} GB/s  {f['vs_pageable'][m]:5.2f}x pageable")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(a.json, out)
     return 0
 
 

@@ -9,7 +9,6 @@ variant's largest difference from PyTorch's NCHW output. With --profile, the GPU
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -17,6 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.edge_proof import write_json  # noqa: E402
 from var_gen_ros.infinity import BSQVAE, get_config, vae as vae_module  # noqa: E402
 from var_gen_ros.infinity.tiny import random_init_  # noqa: E402
 
@@ -102,9 +102,7 @@ def main() -> int:
         print(f"{k}: GPU ms by kernel")
         for name, n, ms in rows:
             print(f"  {ms:7.2f} ms {n:4d}x  {name}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(a.json, out)
     return 0
 
 
