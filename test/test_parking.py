@@ -325,9 +325,13 @@ def test_unloading_the_engine_removes_the_offloaded_files(tiny_bundle, tmp_path)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(fd)
     assert remove_stale_offloads(os.path.dirname(paths[0])) == [] and all(os.path.isfile(p) for p in paths)
+    from var_gen_ros.infinity import staged_read
+    with gen.vae_parked.loaded():              # a load: the reads' threads exist
+        assert staged_read._readers is not None
     engine = Engine(gen)
     del gen
     engine.release()
+    assert staged_read._readers is None and not staged_read._buffers        # and are given back
     assert not any(os.path.exists(p) for p in paths)
 
 

@@ -351,9 +351,14 @@ class Generator:
         return "; ".join(f"{name} {p.status()}" for name, p in parked.items()) if parked else "resident"
 
     def close_parked(self) -> None:
-        """Removes the offloaded weights' files (a lifecycle cleanup: the generator is dropped after)."""
-        for p in self.parked_weights().values():
+        """Removes the offloaded weights' files (a lifecycle cleanup: the generator is dropped after), and gives back
+        the reads' pinned buffers and threads (staged_read.py; the next load, of any generator, makes them again)."""
+        parked = self.parked_weights().values()
+        for p in parked:
             p.close()
+        if parked:
+            from .staged_read import release
+            release()
 
     def warmup(self, runs: int = 2, prompt: str = "warm-up", **kwargs) -> List[float]:
         """`runs` generations thrown away (seconds each): the first autotunes and compiles the GPU

@@ -12,7 +12,7 @@ On the H100 host, from the page cache (bench/offload_reads.py, thirty-second ses
 buffers of 8 MiB and 8 readers, 36-39 ms with 4 and 4, 77-80 ms with one reader, against 70 ms by the pageable path
 of the same two blocks; the loads before (one read per small tensor) took 130-140 ms on other H100 machines. The pinned buffers (BUFFERS x CHUNK bytes per device,
 64 MiB) are made at the first device read and kept: pinning them again for every load would cost more than it saves.
-`release()` gives them back.
+`release()` gives them back (Generator.close_parked: a lifecycle cleanup).
 """
 from __future__ import annotations
 
@@ -59,13 +59,19 @@ def _ring(device: torch.device) -> list:
 
 
 def release() -> None:
-    """The pinned buffers and the reader threads given back (made again by the next read)."""
+    """The pinned buffers and the reader threads given back (made again by the next read). PyTorch's pinned-memory
+    allocator keeps freed blocks for reuse; they are returned to the system where this PyTorch can
+    (`torch.accelerator.empty_host_cache`, which frees every unused cached pinned block of the process)."""
     global _readers
     with _lock:
+        pinned = bool(_buffers)
         _buffers.clear()
         if _readers is not None:
             _readers[1].shutdown()
             _readers = None
+        empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        if pinned and empty is not None:
+            empty()
 
 
 def read_into(fd: int, offset: int, dst: torch.Tensor) -> None:
