@@ -171,7 +171,7 @@ def _quantizer_variants() -> List[Variant]:
         # the row pass shares kernel 1's launch
         for mq, reduces in ((True, (True, False)), (False, (False,))):
             bm, warps = gemm._quantize_launch(M, "mq" if mq else "int8")
-            inv = gemm.split_x(bm)                  # LR_SPLIT_X: the kernels read 1/λ (float32)
+            inv = gemm.reads_inv_smooth(gemm.lr_prec_bf16(bm), bm)   # the kernels read 1/λ (float32)
             smooth = "fp32" if inv else "bf16"
             out.append(Variant(f"row_amax[BLOCK_M={bm},w{warps}]", gemm._row_amax,
                                dict(x_ptr="bf16", smooth_ptr=smooth, part_ptr="fp32"),
@@ -183,6 +183,11 @@ def _quantizer_variants() -> List[Variant]:
                                    q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP,
                                                 LR_PREC=gemm.lr_prec_bf16(bm), FP8=False, REDUCE=reduce,
                                                 INV_SMOOTH=inv), warps, floats=("INV7",), div16=("K", "LDQ")))
+    # VAR_GEN_W4A4_LR_INV's kernel 1 (not yet the default): "bf16x2i", 1/λ read, in the 128-row launch
+    out.append(Variant("quantize_act[MQ=True,REDUCE=True,BLOCK_M=128,w8,bf16x2i]", gemm._quantize_act,
+                       dict(q_ptrs, smooth_ptr="fp32"), dict(R=_R, HAS_LR=True, MQ=True, BLOCK_M=128, GROUP=gemm.GROUP,
+                                                             LR_PREC="bf16x2i", FP8=False, REDUCE=True, INV_SMOOTH=True),
+                       8, floats=("INV7",), div16=("K", "LDQ")))
     out.append(Variant("unpack_weight_i8", gemm._unpack_weight_i8,
                        dict(w_ptr="u8", sw_ptr="bf16", wu_ptr="fp32", out_ptr="i8"),
                        dict(BLOCK_N=64, GROUP=gemm.GROUP), div16=("N", "K")))

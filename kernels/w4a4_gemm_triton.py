@@ -187,6 +187,15 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
                     xb = x.to(tl.bfloat16)
                     lr = _bf16_dot(xb, dh, lr)
                     lr = _bf16_dot(xb, (dl - dh.to(tl.float32)).to(tl.bfloat16), lr)
+                elif LR_PREC == "bf16x2i":
+                    # bf16x2 without its divisions: x against L_down · (1/λ) (1/λ read from inv_smooth, which
+                    # INV_SMOOTH must be) in two bf16 parts; a multiply where bf16x2 divides, so L_down's parts may
+                    # differ from bf16x2's in their last bit (VAR_GEN_W4A4_LR_INV, thirty-second session)
+                    dl = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32) * lam[:, None]
+                    dh = dl.to(tl.bfloat16)
+                    xb = x.to(tl.bfloat16)
+                    lr = _bf16_dot(xb, dh, lr)
+                    lr = _bf16_dot(xb, (dl - dh.to(tl.float32)).to(tl.bfloat16), lr)
                 elif LR_PREC == "bf16x2s":
                     # x̂ · L_down with x̂ (made above for the codes) split into two bf16 parts (to ~2^-17)
                     # against L_down as stored (bf16, exact): the same two tensor-core dots, without
@@ -1038,7 +1047,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     the K splits' low-rank partials come back summed (1, M, r) by the split that finishes a row block
     last. The low-rank dot is "bf16x2" (tensor cores: x against L_down / λ in two bf16 parts) for bf16 x,
     where `split_x(BLOCK_M)` "bf16x2s" (x̂ in two bf16 parts against L_down as stored, which must then be bf16),
-    else "ieee" (float32 FMA). `inv` (default `split_x(BLOCK_M)`; not with "bf16x2", which needs λ itself): the
+    with LR_INV elsewhere "bf16x2i" (x against L_down · (1/λ)), else "ieee" (float32 FMA). `inv` (default
+    `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
     override the defaults (tests, benchmarks). `signal` (sm_90 only): the kernel lets a programmatic dependent launch
     after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
@@ -1052,7 +1062,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
         lr_prec = "ieee"
         if x2.dtype == torch.bfloat16:
             lr_prec = lr_prec_bf16(BM) if not R or layer.lora_down.dtype == torch.bfloat16 else "bf16x2"
-    inv = (split_x(BM) if inv is None else inv) and lr_prec != "bf16x2"
+    inv = reads_inv_smooth(lr_prec, BM) if inv is None else lr_prec == "bf16x2i" or inv and lr_prec != "bf16x2"
     smooth = inv_smooth(layer) if inv else layer.smooth
     S = splits or _splits(M, G, BM)
     gps = triton.cdiv(G, S)
@@ -1185,10 +1195,23 @@ def split_x(block_m: int) -> bool:
     return block_m <= 16
 
 
+# The launches that do not split x̂ (LR_SPLIT_X) with the low-rank dot "bf16x2i" instead of "bf16x2": L_down times
+# the kept 1/λ (`inv_smooth`) instead of divided by λ in every program and group, and x̂ from 1/λ too, so neither
+# kernel 1 nor its row pass divides per column (the 128-row launch's loop: 28 IEEE divisions per group and thread in
+# the sm_90 PTX, thirty-second session). The same codes and scales; the low-rank input within the same 2e-5 of
+# float64. Off until timed on a GPU: VAR_GEN_W4A4_LR_INV=1 turns it on.
+LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "0") == "1"
+
+
 def lr_prec_bf16(block_m: int) -> str:
     """Kernel 1's low-rank dot for bf16 activations and a bf16 L_down in blocks of `block_m` rows, as
     `quantize_activations` picks it."""
-    return "bf16x2s" if split_x(block_m) else "bf16x2"
+    return "bf16x2s" if split_x(block_m) else "bf16x2i" if LR_INV else "bf16x2"
+
+
+def reads_inv_smooth(lr_prec: str, block_m: int) -> bool:
+    """Whether kernel 1 (and its row pass) read 1/λ (`inv_smooth`) for this low-rank dot and row block."""
+    return lr_prec == "bf16x2i" or split_x(block_m) and lr_prec != "bf16x2"
 
 
 def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:

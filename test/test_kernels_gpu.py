@@ -318,7 +318,7 @@ def test_gelu_epilogue_matches_reference_on_the_ffn_shape():
 
 @pytest.mark.parametrize("K", [3584, 14336])
 def test_quantizer_launches_agree(K):
-    """Every quantizer launch (FMA, bf16x2 or bf16x2s tensor-core low-rank dot, λ or 1/λ read, row blocks,
+    """Every quantizer launch (FMA, bf16x2, bf16x2s or bf16x2i tensor-core low-rank dot, λ or 1/λ read, row blocks,
     warps) gives the same codes and scales, and the low-rank input within 2e-5 of float64 (fresh inputs
     each run)."""
     from kernels_under_test import gemm_module
@@ -333,7 +333,7 @@ def test_quantizer_launches_agree(K):
             # "bf16x2s" with 1/λ read from inv_smooth: LR_SPLIT_X's kernel 1 (no divisions; sixteenth session)
             for prec, bm, w, inv in (("ieee", None, 4, False), ("bf16x2", 16, 4, False), ("bf16x2", 64, 8, False),
                                      ("bf16x2", None, 4, False), ("bf16x2s", 16, 4, True), ("bf16x2s", 128, 8, True),
-                                     ("bf16x2s", None, 4, False)):
+                                     ("bf16x2s", None, 4, False), ("bf16x2i", 128, 8, True), ("bf16x2i", 64, 4, True)):
                 q, sx, lr = mod.quantize_activations(x, layer, fp8=fp8, f16=f16, i8=i8, lr_prec=prec, block_m=bm,
                                                      num_warps=w, inv=inv)
                 assert torch.equal(q.view(torch.int8), q0.view(torch.int8)) and torch.equal(sx, s0), (M, fp8, prec, bm)

@@ -203,7 +203,8 @@ def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
     ref = smooth_input(x, layer.smooth).double() @ layer.lora_down.double()
     for kw in (dict(), dict(i8=True), dict(f16=True), dict(fp8=True)):
         q0, s0, _ = gemm.quantize_activations(x, layer, lr_prec="ieee", reduce_lr=False, **kw)
-        for prec, inv in (("bf16x2", False), ("bf16x2s", False), ("bf16x2s", True), ("ieee", True)):
+        for prec, inv in (("bf16x2", False), ("bf16x2s", False), ("bf16x2s", True), ("ieee", True),
+                          ("bf16x2i", True)):
             q, sx, lr = gemm.quantize_activations(x, layer, lr_prec=prec, reduce_lr=False, inv=inv, **kw)
             assert lr.shape[0] > 1 and torch.equal(q.float(), q0.float()) and torch.equal(sx, s0), (kw, prec, inv)
             err = ((lr.sum(0).double() - ref).norm() / ref.norm()).item()
@@ -231,6 +232,17 @@ def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
         assert torch.equal(gemm.inv_smooth(layer), torch.reciprocal(layer.smooth.float()))
     finally:
         gemm.LR_SPLIT_X = old
+    # VAR_GEN_W4A4_LR_INV: the launches that do not split x̂ take "bf16x2i", reading 1/λ (no division per column)
+    old_inv = gemm.LR_INV
+    try:
+        gemm.LR_INV = True
+        assert gemm.lr_prec_bf16(64) == "bf16x2i" and gemm.lr_prec_bf16(16) == "bf16x2s"
+        assert gemm.reads_inv_smooth("bf16x2i", 64) and not gemm.reads_inv_smooth("bf16x2", 64)
+        _, _, lr_inv = gemm.quantize_activations(x, layer, i8=True, reduce_lr=False, block_m=64)
+        _, _, lr_i = gemm.quantize_activations(x, layer, i8=True, lr_prec="bf16x2i", reduce_lr=False, block_m=64)
+        assert torch.equal(lr_inv, lr_i)
+    finally:
+        gemm.LR_INV = old_inv
 
 
 @interpreted
