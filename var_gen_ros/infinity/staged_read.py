@@ -10,9 +10,11 @@ while the next ones are read. A CPU destination is read into directly, in parall
 
 On the H100 host, from the page cache (bench/offload_reads.py, thirty-second session): 0.67 GiB in 29-32 ms with 8
 buffers of 8 MiB and 8 readers, 36-39 ms with 4 and 4, 77-80 ms with one reader, against 70 ms by the pageable path
-of the same two blocks; the loads before (one read per small tensor) took 130-140 ms on other H100 machines. The pinned buffers (BUFFERS x CHUNK bytes per device,
-64 MiB) are made at the first device read and kept: pinning them again for every load would cost more than it saves.
-`release()` gives them back (Generator.close_parked: a lifecycle cleanup).
+of the same two blocks; the loads before (one read per small tensor) took 130-140 ms on other H100 machines.
+
+The pinned buffers (BUFFERS x CHUNK bytes per device, 64 MiB) are made at the first device read and kept: pinning
+them again for every load would cost more than it saves. `release()` gives them back (Generator.close_parked: a
+lifecycle cleanup).
 """
 from __future__ import annotations
 
