@@ -188,6 +188,26 @@ def test_activation_codes_bit_identical_to_reference(gemm):
 
 
 @interpreted
+def test_quantizer_with_x_loaded_one_group_ahead_gives_the_same_bits(gemm):
+    """QUANT_PREFETCH (kernel 1 and its row pass loading each group's x tile one group ahead): the same codes, units
+    and low-rank partials as without, with several groups per program and a last split that ends before its GPS."""
+    layer = _w4a4_layer(448, 64, False, 32, seed=4)
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(37, 448, generator=g) * 3).bfloat16()          # 7 groups: splits of 3, 3, 1
+    x[:, 130] *= 25
+    old = gemm.QUANT_PREFETCH
+    try:
+        for kw in (dict(i8=True), dict(i8=True, block_m=16), dict(i8=True, lr_prec="bf16x2i"), dict(fp8=True), dict()):
+            gemm.QUANT_PREFETCH = False
+            ref = gemm.quantize_activations(x, layer, splits=3, reduce_lr=False, **kw)
+            gemm.QUANT_PREFETCH = True
+            got = gemm.quantize_activations(x, layer, splits=3, reduce_lr=False, **kw)
+            assert all(torch.equal(a.float(), b.float()) for a, b in zip(ref, got)), kw
+    finally:
+        gemm.QUANT_PREFETCH = old
+
+
+@interpreted
 def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
     """Kernel 1's low-rank dot for bf16 x: "bf16x2" (x against L_down / λ in two bf16 parts) and "bf16x2s"
     (x̂ in two bf16 parts against L_down as stored), the latter also with 1/λ read from `inv_smooth`

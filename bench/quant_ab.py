@@ -1,0 +1,78 @@
+"""Kernel 1 (the activation quantizer, with its row pass) in the variants built in the thirty-second session and not yet
+timed, side by side in one process, against the default:
+- "lr_inv" (VAR_GEN_W4A4_LR_INV): the "bf16x2i" low-rank dot, 1/λ read instead of divided per column (the 128-row
+  launch's sm_90 PTX: 28 IEEE divisions per group and thread fall to 4, registers 108 to 96);
+- "prefetch" (VAR_GEN_W4A4_QUANT_PREFETCH): each group's x tile loaded one group ahead (registers 108 to 129, so one
+  8-warp block per SM instead of two; the row pass 75 to 98);
+- both (126 registers: two blocks per SM).
+Per Infinity-8B block shape and row count: kernel 1 alone and the whole W4A4 forward, CUDA-graph replay medians,
+interleaved, and whether the codes and units are the default's bits.
+
+    python3 bench/quant_ab.py --ms 512,1152,2048,4096 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "test"))
+
+from bench.edge_proof import write_json          # noqa: E402
+from bench.w4a4_stages import BLOCK_SHAPES, _ms  # noqa: E402
+from kernels_under_test import gemm_module      # noqa: E402
+from test_kernels_gpu import _layer             # noqa: E402
+
+
+VARIANTS = {"default": (False, False), "lr_inv": (True, False), "prefetch": (False, True), "both": (True, True)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ms", default="512,1152,2048,4096")
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    mod = gemm_module()
+    rows, old = [], (mod.LR_INV, mod.QUANT_PREFETCH)
+
+    def use(name):
+        mod.LR_INV, mod.QUANT_PREFETCH = VARIANTS[name]
+    try:
+        for K, N, bias in BLOCK_SHAPES:
+            layer = _layer(K, N, bias, 0)
+            for M in (int(m) for m in a.ms.split(",")):
+                x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+                y = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+                r = {"K": K, "N": N, "M": M, "path": mod.path_for(x, layer), "ms": {}}
+                outs = {}
+                for name in VARIANTS:            # compile and tune outside the timed region
+                    use(name)
+                    mod.w4a4_linear(x, layer, out=y)
+                    outs[name] = mod.quantize_activations(x, layer, i8=True)
+                ref = outs["default"]
+                r["same_codes_and_units"] = {n: bool(torch.equal(o[0], ref[0]) and torch.equal(o[1], ref[1]))
+                                             for n, o in outs.items()}
+                r["low_rank_rel_diff"] = {n: float((o[2] - ref[2]).norm() / ref[2].norm()) for n, o in outs.items()}
+                for _ in range(2):               # interleaved twice; the second of each kept
+                    for name in VARIANTS:
+                        use(name)
+                        r["ms"][name] = {"kernel1": _ms(lambda: mod.quantize_activations(x, layer, i8=True)),
+                                         "w4a4": _ms(lambda: mod.w4a4_linear(x, layer, out=y))}
+                rows.append(r)
+                base = r["ms"]["default"]
+                print(f"{K:6d}->{N:<6d} M={M:5d} {r['path']:>4} | kernel 1 / w4a4 us: " + "  ".join(
+                    f"{n} {v['kernel1'] * 1e3:6.1f} ({base['kernel1'] / v['kernel1']:.2f}x) / {v['w4a4'] * 1e3:6.1f}"
+                    for n, v in r["ms"].items()) + f" | same bits {all(r['same_codes_and_units'].values())}",
+                      flush=True)
+    finally:
+        mod.LR_INV, mod.QUANT_PREFETCH = old
+    write_json(a.json, {"device": torch.cuda.get_device_name(), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
