@@ -55,6 +55,19 @@ PEAK_FLOPS = 770e12
 PEAK_BW = 3.0e12
 
 
+def cuda_event_ms(fn, repeats: int) -> list:
+    """`repeats` calls of fn, each timed on the GPU by a pair of CUDA events: milliseconds each."""
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return times
+
+
 def measure_device_rates(device="cuda", n: int = 8192, copy_bytes: int = 1 << 29, repeats: int = 10) -> dict:
     """This GPU's bf16 matmul rate (an n x n x n torch.matmul: cuBLAS) and device-memory bandwidth (a copy of
     copy_bytes: read + written), the median of `repeats` timed with CUDA events after a warm-up. Its buffers
@@ -64,15 +77,7 @@ def measure_device_rates(device="cuda", n: int = 8192, copy_bytes: int = 1 << 29
     def timed(fn):
         fn()
         torch.cuda.synchronize(device)
-        times = []
-        for _ in range(repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        return st.median(times)
+        return st.median(cuda_event_ms(fn, repeats)) / 1e3
 
     x = torch.randn(n, n, dtype=torch.bfloat16, device=device)
     y = torch.randn(n, n, dtype=torch.bfloat16, device=device)

@@ -16,21 +16,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.edge_proof import write_json  # noqa: E402
+from bench.edge_proof import cuda_event_ms, write_json  # noqa: E402
 from var_gen_ros.infinity import BSQVAE, get_config, vae as vae_module  # noqa: E402
 from var_gen_ros.infinity.tiny import random_init_  # noqa: E402
-
-
-def timed(f, repeats: int):
-    out = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        f()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b))
-    return out
 
 
 def main() -> int:
@@ -80,7 +68,7 @@ def main() -> int:
             times = {k: [] for k in variants}
             for _ in range(a.repeats):
                 for k, f in variants.items():
-                    times[k] += timed(f, 1)
+                    times[k] += cuda_event_ms(f, 1)
             for k, f in variants.items():
                 name = f"{k}{', cudnn.benchmark' if bench_mode else ''}"
                 out["ms"][name] = statistics.median(times[k])

@@ -209,22 +209,18 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
                 tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.int8), mask=mask)
                 tl.store(s_ptr + rows * G + g, s, mask=rows < M)
             if HAS_LR:
-                if LR_PREC == "bf16x2":
+                if LR_PREC == "bf16x2" or LR_PREC == "bf16x2i":
                     # x̂ · L_down = x · (L_down / λ): the raw bf16 x (exact) against L_down / λ split into
                     # two bf16 parts (to ~2^-17): two tensor-core dots with float32 accumulation whose
                     # operand is the loaded x, instead of a float32 FMA dot on x̂, whose operand slices
                     # cost ~200 registers (spills, 1/8 occupancy; ncu on the H100)
                     dl = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
-                    dl = _div_rn(dl, lam[:, None])
-                    dh = dl.to(tl.bfloat16)
-                    xb = x.to(tl.bfloat16)
-                    lr = _bf16_dot(xb, dh, lr)
-                    lr = _bf16_dot(xb, (dl - dh.to(tl.float32)).to(tl.bfloat16), lr)
-                elif LR_PREC == "bf16x2i":
-                    # bf16x2 without its divisions: x against L_down · (1/λ) (1/λ read from inv_smooth, which
-                    # INV_SMOOTH must be) in two bf16 parts; a multiply where bf16x2 divides, so L_down's parts may
-                    # differ from bf16x2's in their last bit (VAR_GEN_W4A4_LR_INV, thirty-second session)
-                    dl = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32) * lam[:, None]
+                    if LR_PREC == "bf16x2i":
+                        # without the divisions: L_down · (1/λ), 1/λ read from inv_smooth (INV_SMOOTH must be); its
+                        # parts may differ from bf16x2's in their last bit (VAR_GEN_W4A4_LR_INV, thirty-second session)
+                        dl = dl * lam[:, None]
+                    else:
+                        dl = _div_rn(dl, lam[:, None])
                     dh = dl.to(tl.bfloat16)
                     xb = x.to(tl.bfloat16)
                     lr = _bf16_dot(xb, dh, lr)
