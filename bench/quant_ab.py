@@ -4,7 +4,8 @@ timed, side by side in one process, against the default:
   launch's sm_90 PTX: 28 IEEE divisions per group and thread fall to 4, registers 108 to 96);
 - "prefetch" (VAR_GEN_W4A4_QUANT_PREFETCH): each group's x tile loaded one group ahead (registers 108 to 129, so one
   8-warp block per SM instead of two; the row pass 75 to 98);
-- both (126 registers: two blocks per SM).
+- both (126 registers: two blocks per SM);
+and the default's kernel 1 without its low-rank dot (the layer seen with rank 0), for what the dot costs.
 Per Infinity-8B block shape and row count: kernel 1 alone and the whole W4A4 forward, CUDA-graph replay medians,
 interleaved, and whether the codes and units are the default's bits.
 
@@ -29,6 +30,18 @@ from test_kernels_gpu import _layer             # noqa: E402
 
 
 VARIANTS = {"default": (False, False), "lr_inv": (True, False), "prefetch": (False, True), "both": (True, True)}
+
+
+class _WithoutLowRank:
+    """The layer seen with rank 0: kernel 1 without its low-rank dot (HAS_LR off), timed beside the default to
+    show what the dot, with its barrier and wait, costs the loop."""
+    rank = 0
+
+    def __init__(self, layer):
+        self._layer = layer
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
 
 
 def main() -> int:
@@ -62,11 +75,16 @@ def main() -> int:
                         use(name)
                         r["ms"][name] = {"kernel1": _ms(lambda: mod.quantize_activations(x, layer, i8=True)),
                                          "w4a4": _ms(lambda: mod.w4a4_linear(x, layer, out=y))}
+                use("default")
+                bare = _WithoutLowRank(layer)
+                mod.quantize_activations(x, bare, i8=True)
+                r["ms"]["default"]["kernel1_without_low_rank"] = _ms(lambda: mod.quantize_activations(x, bare, i8=True))
                 rows.append(r)
                 base = r["ms"]["default"]
                 print(f"{K:6d}->{N:<6d} M={M:5d} {r['path']:>4} | kernel 1 / w4a4 us: " + "  ".join(
                     f"{n} {v['kernel1'] * 1e3:6.1f} ({base['kernel1'] / v['kernel1']:.2f}x) / {v['w4a4'] * 1e3:6.1f}"
-                    for n, v in r["ms"].items()) + f" | same bits {all(r['same_codes_and_units'].values())}",
+                    for n, v in r["ms"].items()) + f" | no low-rank {base['kernel1_without_low_rank'] * 1e3:6.1f}"
+                      + f" | same bits {all(r['same_codes_and_units'].values())}",
                       flush=True)
     finally:
         mod.LR_INV, mod.QUANT_PREFETCH = old
