@@ -1,13 +1,9 @@
-"""Kernel 1 (the activation quantizer, with its row pass) in the variants built in the thirty-second session and not yet
-timed, side by side in one process, against the default:
-- "lr_inv" (VAR_GEN_W4A4_LR_INV): the "bf16x2i" low-rank dot, 1/λ read instead of divided per column (the 128-row
-  launch's sm_90 PTX: 28 IEEE divisions per group and thread fall to 4, registers 108 to 96);
-- "prefetch" (VAR_GEN_W4A4_QUANT_PREFETCH): each group's x tile loaded one group ahead (registers 108 to 129, so one
-  8-warp block per SM instead of two; the row pass 75 to 98);
-- both (126 registers: two blocks per SM);
-and the default's kernel 1 without its low-rank dot (the layer seen with rank 0), for what the dot costs.
-Per Infinity-8B block shape and row count: kernel 1 alone and the whole W4A4 forward, CUDA-graph replay medians,
-interleaved, and whether the codes and units are the default's bits.
+"""Kernel 1 (the activation quantizer, with its row pass) with its low-rank dot "bf16x2i" (the default since the
+thirty-third session: 1/λ read and L_down multiplied by it) against "bf16x2" (L_down divided by λ per column and group,
+VAR_GEN_W4A4_LR_INV=0), side by side in one process, and the default without its low-rank dot (the layer seen with
+rank 0), for what the dot costs. Per Infinity-8B block shape and row count: kernel 1 alone and the whole W4A4 forward,
+CUDA-graph replay medians, interleaved, and whether the codes and units are the same bits. (The thirty-third
+session's run, at b54b9b7, also timed x loaded one group ahead, since removed: 0.75-0.80x from 1152 rows.)
 
     python3 bench/quant_ab.py --ms 512,1152,2048,4096 --json out.json
 """
@@ -29,7 +25,7 @@ from kernels_under_test import gemm_module      # noqa: E402
 from test_kernels_gpu import _layer             # noqa: E402
 
 
-VARIANTS = {"default": (False, False), "lr_inv": (True, False), "prefetch": (False, True), "both": (True, True)}
+VARIANTS = {"default": True, "divide": False}      # LR_INV
 
 
 class _WithoutLowRank:
@@ -50,10 +46,10 @@ def main() -> int:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     mod = gemm_module()
-    rows, old = [], (mod.LR_INV, mod.QUANT_PREFETCH)
+    rows, old = [], mod.LR_INV
 
     def use(name):
-        mod.LR_INV, mod.QUANT_PREFETCH = VARIANTS[name]
+        mod.LR_INV = VARIANTS[name]
     try:
         for K, N, bias in BLOCK_SHAPES:
             layer = _layer(K, N, bias, 0)
@@ -87,7 +83,7 @@ def main() -> int:
                       + f" | same bits {all(r['same_codes_and_units'].values())}",
                       flush=True)
     finally:
-        mod.LR_INV, mod.QUANT_PREFETCH = old
+        mod.LR_INV = old
     write_json(a.json, {"device": torch.cuda.get_device_name(), "rows": rows})
     return 0
 

@@ -183,16 +183,6 @@ def _quantizer_variants() -> List[Variant]:
                                    q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP,
                                                 LR_PREC=gemm.lr_prec_bf16(bm), FP8=False, REDUCE=reduce,
                                                 INV_SMOOTH=inv), warps, floats=("INV7",), div16=("K", "LDQ")))
-    # VAR_GEN_W4A4_LR_INV's and VAR_GEN_W4A4_QUANT_PREFETCH's kernel 1 and row pass (not yet the defaults): "bf16x2i",
-    # 1/λ read, x loaded one group ahead or not, in the 128-row launch
-    for pf in (False, True):
-        out.append(Variant(f"quantize_act[MQ=True,REDUCE=True,BLOCK_M=128,w8,bf16x2i,PREFETCH={pf}]", gemm._quantize_act,
-                           dict(q_ptrs, smooth_ptr="fp32"),
-                           dict(R=_R, HAS_LR=True, MQ=True, BLOCK_M=128, GROUP=gemm.GROUP, LR_PREC="bf16x2i", FP8=False,
-                                REDUCE=True, INV_SMOOTH=True, PREFETCH=pf), 8, floats=("INV7",), div16=("K", "LDQ")))
-    out.append(Variant("row_amax[BLOCK_M=128,w8,PREFETCH=True]", gemm._row_amax,
-                       dict(x_ptr="bf16", smooth_ptr="fp32", part_ptr="fp32"),
-                       dict(BLOCK_M=128, GROUP=gemm.GROUP, INV_SMOOTH=True, PREFETCH=True), 8, div16=("K",)))
     out.append(Variant("unpack_weight_i8", gemm._unpack_weight_i8,
                        dict(w_ptr="u8", sw_ptr="bf16", wu_ptr="fp32", out_ptr="i8"),
                        dict(BLOCK_N=64, GROUP=gemm.GROUP), div16=("N", "K")))

@@ -96,14 +96,7 @@ def _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH: tl.conste
     smooth_ptr holds the reciprocals already (`inv_smooth`, the same IEEE bits), and the second value is
     1/λ instead of λ: no division here (the compiler recomputed it wherever x̂ is needed in another
     register layout, e.g. as a dot operand)."""
-    x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
-    return _smoothed(x, smooth_ptr, cols, INV_SMOOTH)
-
-
-@triton.jit
-def _smoothed(x, smooth_ptr, cols, INV_SMOOTH: tl.constexpr = False):
-    """`_load_smoothed` on a tile loaded already."""
-    x = x.to(tl.float32)
+    x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if INV_SMOOTH:
         inv = tl.load(smooth_ptr + cols).to(tl.float32)
         return x, inv, x * inv[None, :]
@@ -113,17 +106,10 @@ def _smoothed(x, smooth_ptr, cols, INV_SMOOTH: tl.constexpr = False):
 
 
 @triton.jit
-def _next_tile(x_ptr, rows, mask, c, K, gn, g_end, GROUP: tl.constexpr):
-    """The (rows, group gn) tile of x, raw, or zeros past the program's last group (PREFETCH)."""
-    return tl.load(x_ptr + rows[:, None] * K + (gn * GROUP + c)[None, :], mask=mask & (gn < g_end), other=0.0)
-
-
-@triton.jit
 def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr,
-              INV_SMOOTH: tl.constexpr = False, PREFETCH: tl.constexpr = False):
+              INV_SMOOTH: tl.constexpr = False):
     """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
-    this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits. PREFETCH: as
-    `_quantize_act`'s."""
+    this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits."""
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -131,19 +117,11 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
     mask = rows[:, None] < M
     c = tl.arange(0, GROUP)
     big = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    g_end = tl.minimum(G, split * GPS + GPS)
-    if PREFETCH:
-        xn = _next_tile(x_ptr, rows, mask, c, K, split * GPS, g_end, GROUP)
     for i in range(0, GPS):
         g = split * GPS + i
         if g < G:
             cols = g * GROUP + c
-            if PREFETCH:
-                xr = xn
-                xn = _next_tile(x_ptr, rows, mask, c, K, g + 1, g_end, GROUP)
-                _, _, xs = _smoothed(xr, smooth_ptr, cols, INV_SMOOTH)
-            else:
-                _, _, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
+            _, _, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
             big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
 
@@ -152,8 +130,7 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
                   LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
-                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False,
-                  PREFETCH: tl.constexpr = False):
+                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False):
     if SIGNAL:   # the i8s GEMM after it is a programmatic dependent launch (sm_90, kernels/w4a4_small_m.cu): it may
         # start now, fetch its weights into the L2 and wait for this grid's end before reading what it writes
         tl.extra.cuda.gdc_launch_dependents()
@@ -179,21 +156,13 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
     if MQ:
         if split == 0:
             tl.store(s_ptr + rows, u, mask=rows < M)
-    # PREFETCH: each group's x tile is loaded one group ahead, before this group's arithmetic (the loop's loads are
-    # not pipelined: one group's latency per iteration, with two blocks per SM; QUANT_PREFETCH)
-    g_end = tl.minimum(G, split * GPS + GPS)
-    if PREFETCH:
-        xn = _next_tile(x_ptr, rows, mask, c, K, split * GPS, g_end, GROUP)
+    # (x loaded one group ahead was measured 0.75-0.80x at 1152-4096 rows on the H100: 129 registers, one block per
+    # SM; thirty-third session)
     for i in range(0, GPS):
         g = split * GPS + i
         if g < G:
             cols = g * GROUP + c
-            if PREFETCH:
-                xr = xn
-                xn = _next_tile(x_ptr, rows, mask, c, K, g + 1, g_end, GROUP)
-                x, lam, xs = _smoothed(xr, smooth_ptr, cols, INV_SMOOTH)
-            else:
-                x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)   # lam: 1/λ with INV_SMOOTH
+            x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)   # lam: 1/λ with INV_SMOOTH
             # x̂ · (1/s) with an IEEE reciprocal, as the reference (quant.int4.quantize_groups)
             mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(tl.max(tl.abs(xs), axis=1) * INV7, u)), 1.0), 16.0)
             s = u * mult
@@ -217,7 +186,7 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
                     dl = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
                     if LR_PREC == "bf16x2i":
                         # without the divisions: L_down · (1/λ), 1/λ read from inv_smooth (INV_SMOOTH must be); its
-                        # parts may differ from bf16x2's in their last bit (VAR_GEN_W4A4_LR_INV, thirty-second session)
+                        # parts may differ from bf16x2's in their last bit (LR_INV)
                         dl = dl * lam[:, None]
                     else:
                         dl = _div_rn(dl, lam[:, None])
@@ -1102,15 +1071,14 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     # the rows' max |x̂| first (the two-level scales' units), each K split's in one pass over x
     part = torch.empty(S, M, dtype=torch.float32, device=x2.device)
     grid = (triton.cdiv(M, BM), S)
-    pf = {"PREFETCH": True} if QUANT_PREFETCH else {}
-    _ROW_AMAX(grid, (x2, smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **pf))
+    _ROW_AMAX(grid, (x2, smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
     reduce = bool(R) and reduce_lr and S > 1
     lrsum = torch.empty(1, M, R, dtype=torch.float32, device=x2.device) if reduce else None
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
     _QUANTIZE(grid, (x2, smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
                      lrsum if reduce else part, cnt, M, K, gps, S, INV_QMAX, K),
               dict(R=R if R else 16, HAS_LR=bool(R), MQ=mq, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
-                   REDUCE=reduce, INV_SMOOTH=inv, num_warps=warps, **({"SIGNAL": True} if signal else {}), **pf))
+                   REDUCE=reduce, INV_SMOOTH=inv, num_warps=warps, **({"SIGNAL": True} if signal else {})))
     return q, sx, (lrsum if reduce else lr)
 
 
@@ -1229,12 +1197,10 @@ def split_x(block_m: int) -> bool:
 # the kept 1/λ (`inv_smooth`) instead of divided by λ in every program and group, and x̂ from 1/λ too, so neither
 # kernel 1 nor its row pass divides per column (the 128-row launch's loop: 28 IEEE divisions per group and thread in
 # the sm_90 PTX, thirty-second session). The same codes and scales; the low-rank input within the same 2e-5 of
-# float64. Off until timed on a GPU: VAR_GEN_W4A4_LR_INV=1 turns it on.
-LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "0") == "1"
-# Kernel 1 and its row pass with each group's x tile loaded one group ahead (PREFETCH): their loops load with plain
-# register loads, not pipelined (sm_90 PTX, thirty-second session), and run at ~0.93 TB/s of the H100's 2.93 at 2048
-# rows. The same bits. Off until timed on a GPU: VAR_GEN_W4A4_QUANT_PREFETCH=1 turns it on.
-QUANT_PREFETCH = os.environ.get("VAR_GEN_W4A4_QUANT_PREFETCH", "0") == "1"
+# float64. Kernel 1 1.11-1.25x faster on the H100 at 512-4096 rows on the four 8B block shapes (the W4A4 forward
+# 1.01-1.06x; docs/BENCHMARKS.md, thirty-third session); on the Orin's sm_87 registers 180 -> 143.
+# VAR_GEN_W4A4_LR_INV=0 goes back to dividing.
+LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "1") == "1"
 
 
 def lr_prec_bf16(block_m: int) -> str:

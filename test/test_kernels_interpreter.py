@@ -188,33 +188,13 @@ def test_activation_codes_bit_identical_to_reference(gemm):
 
 
 @interpreted
-def test_quantizer_with_x_loaded_one_group_ahead_gives_the_same_bits(gemm):
-    """QUANT_PREFETCH (kernel 1 and its row pass loading each group's x tile one group ahead): the same codes, units
-    and low-rank partials as without, with several groups per program and a last split that ends before its GPS."""
-    layer = _w4a4_layer(448, 64, False, 32, seed=4)
-    g = torch.Generator().manual_seed(4)
-    x = (torch.randn(37, 448, generator=g) * 3).bfloat16()          # 7 groups: splits of 3, 3, 1
-    x[:, 130] *= 25
-    old = gemm.QUANT_PREFETCH
-    try:
-        for kw in (dict(i8=True), dict(i8=True, block_m=16), dict(i8=True, lr_prec="bf16x2i"), dict(fp8=True), dict()):
-            gemm.QUANT_PREFETCH = False
-            ref = gemm.quantize_activations(x, layer, splits=3, reduce_lr=False, **kw)
-            gemm.QUANT_PREFETCH = True
-            got = gemm.quantize_activations(x, layer, splits=3, reduce_lr=False, **kw)
-            assert all(torch.equal(a.float(), b.float()) for a, b in zip(ref, got)), kw
-    finally:
-        gemm.QUANT_PREFETCH = old
-
-
-@interpreted
 def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
     """Kernel 1's low-rank dot for bf16 x: "bf16x2" (x against L_down / λ in two bf16 parts) and "bf16x2s"
     (x̂ in two bf16 parts against L_down as stored), the latter also with 1/λ read from `inv_smooth`
     instead of divided in the kernels: all within 2e-5 of x̂ · L_down in float64, with the same codes and
     scales bit for bit, over uneven K splits and every activation layout. By default ("auto") the 16-row
-    launches take "bf16x2s" with the reciprocals for bf16 x and a bf16 L_down and the larger ones "bf16x2";
-    LR_SPLIT_X "1" / "0" forces either; the reciprocals follow an in-place change of λ."""
+    launches take "bf16x2s" with the reciprocals for bf16 x and a bf16 L_down and the larger ones "bf16x2i" (LR_INV;
+    "bf16x2" without it); LR_SPLIT_X "1" / "0" forces either; the reciprocals follow an in-place change of λ."""
     layer = _w4a4_layer(448, 64, False, 32, seed=9)
     assert layer.lora_down.dtype == torch.bfloat16
     g = torch.Generator().manual_seed(9)
@@ -229,8 +209,9 @@ def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
             assert lr.shape[0] > 1 and torch.equal(q.float(), q0.float()) and torch.equal(sx, s0), (kw, prec, inv)
             err = ((lr.sum(0).double() - ref).norm() / ref.norm()).item()
             assert err <= 2e-5, (kw, prec, inv, err)
-    old = gemm.LR_SPLIT_X
+    old, old_inv = gemm.LR_SPLIT_X, gemm.LR_INV
     try:
+        gemm.LR_INV = False                                   # the larger launches divide ("bf16x2")
         for setting, bm, split in (("auto", None, True), ("auto", 64, False), ("0", None, False), ("1", 64, True)):
             gemm.LR_SPLIT_X = "0"
             _, _, lr_split = gemm.quantize_activations(x, layer, i8=True, lr_prec="bf16x2s", inv=True,
@@ -251,9 +232,8 @@ def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
         assert torch.equal(q2, q3) and not torch.equal(q2, q1)
         assert torch.equal(gemm.inv_smooth(layer), torch.reciprocal(layer.smooth.float()))
     finally:
-        gemm.LR_SPLIT_X = old
-    # VAR_GEN_W4A4_LR_INV: the launches that do not split x̂ take "bf16x2i", reading 1/λ (no division per column)
-    old_inv = gemm.LR_INV
+        gemm.LR_SPLIT_X, gemm.LR_INV = old, old_inv
+    # LR_INV (the default): the launches that do not split x̂ take "bf16x2i", reading 1/λ (no division per column)
     try:
         gemm.LR_INV = True
         assert gemm.lr_prec_bf16(64) == "bf16x2i" and gemm.lr_prec_bf16(16) == "bf16x2s"
