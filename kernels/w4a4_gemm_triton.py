@@ -106,10 +106,69 @@ def _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH: tl.conste
 
 
 @triton.jit
-def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GROUP: tl.constexpr,
-              INV_SMOOTH: tl.constexpr = False):
+def _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R: tl.constexpr, LR_PREC: tl.constexpr):
+    """lr + this group's x̂ · L_down (BLOCK_M, R) in float32, from the group's x, λ (1/λ with "bf16x2i") and x̂ as
+    `_load_smoothed` gives them. In kernel 1 by default, in its row pass with LR_ROW_PASS: the dot needs nothing of
+    the quantization."""
+    if LR_PREC == "bf16x2" or LR_PREC == "bf16x2i":
+        # x̂ · L_down = x · (L_down / λ): the raw bf16 x (exact) against L_down / λ split into
+        # two bf16 parts (to ~2^-17): two tensor-core dots with float32 accumulation whose
+        # operand is the loaded x, instead of a float32 FMA dot on x̂, whose operand slices
+        # cost ~200 registers (spills, 1/8 occupancy; ncu on the H100)
+        dl = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
+        if LR_PREC == "bf16x2i":
+            # without the divisions: L_down · (1/λ), 1/λ read from inv_smooth (INV_SMOOTH must be); its
+            # parts may differ from bf16x2's in their last bit (LR_INV)
+            dl = dl * lam[:, None]
+        else:
+            dl = _div_rn(dl, lam[:, None])
+        dh = dl.to(tl.bfloat16)
+        xb = x.to(tl.bfloat16)
+        lr = _bf16_dot(xb, dh, lr)
+        lr = _bf16_dot(xb, (dl - dh.to(tl.float32)).to(tl.bfloat16), lr)
+    elif LR_PREC == "bf16x2s":
+        # x̂ · L_down with x̂ (made for the codes / the row maxima) split into two bf16 parts (to ~2^-17)
+        # against L_down as stored (bf16, exact): the same two tensor-core dots, without
+        # bf16x2's division of every L_down element by λ (64 x R IEEE divisions per group and
+        # program, 16 of the 26 per thread at BLOCK_M 16 in the sm_90 PTX)
+        dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.bfloat16)
+        xh = xs.to(tl.bfloat16)
+        lr = _bf16_dot(xh, dn, lr)
+        lr = _bf16_dot((xs - xh.to(tl.float32)).to(tl.bfloat16), dn, lr)
+    else:
+        dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
+        lr += tl.dot(xs, dn, input_precision=LR_PREC)
+    return lr
+
+
+@triton.jit
+def _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R: tl.constexpr,
+                    BLOCK_M: tl.constexpr, REDUCE: tl.constexpr):
+    """This K split's low-rank partial to lr_ptr (S, M, R); with REDUCE the last split of the row block to arrive
+    sums all of them into lrsum_ptr (M, R)."""
+    tl.store(lr_ptr + split * M * R + rows[:, None] * R + r[None, :], lr, mask=mask)
+    if REDUCE:
+        # the last of the row block's K splits to arrive sums their partials in split order (the
+        # order the GEMM's epilogue used, so the same float32 sum) into lrsum (M, R): the GEMM then
+        # reads one partial per tile instead of S (at M = 2048 and S = 17 its tiles re-read ~180 MB
+        # of partials from the L2); the counter is re-armed for the next call
+        tl.debug_barrier()               # this program's partial is stored before the release
+        if tl.atomic_add(cnt_ptr + pid_m, 1, sem="acq_rel", scope="gpu") == S - 1:
+            tot = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+            for t in range(0, S):
+                tot += tl.load(lr_ptr + t * M * R + rows[:, None] * R + r[None, :], mask=mask, other=0.0,
+                               cache_modifier=".cg")
+            tl.store(lrsum_ptr + rows[:, None] * R + r[None, :], tot, mask=mask)
+            tl.atomic_xchg(cnt_ptr + pid_m, 0)
+
+
+@triton.jit
+def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, BLOCK_M: tl.constexpr,
+              GROUP: tl.constexpr, INV_SMOOTH: tl.constexpr = False, R: tl.constexpr = 16, HAS_LR: tl.constexpr = False,
+              LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False):
     """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
-    this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits."""
+    this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits. With HAS_LR
+    (LR_ROW_PASS) it also makes the low-rank partials in kernel 1's place, from the same loads."""
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -117,13 +176,19 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, M, K, GPS, BLOCK_M: tl.constexpr, GRO
     mask = rows[:, None] < M
     c = tl.arange(0, GROUP)
     big = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    r = tl.arange(0, R)
+    lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
     for i in range(0, GPS):
         g = split * GPS + i
         if g < G:
             cols = g * GROUP + c
-            _, _, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
+            x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
             big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
+            if HAS_LR:
+                lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
+    if HAS_LR:
+        _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
 
 
 @triton.jit
@@ -178,49 +243,9 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
                 tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.int8), mask=mask)
                 tl.store(s_ptr + rows * G + g, s, mask=rows < M)
             if HAS_LR:
-                if LR_PREC == "bf16x2" or LR_PREC == "bf16x2i":
-                    # x̂ · L_down = x · (L_down / λ): the raw bf16 x (exact) against L_down / λ split into
-                    # two bf16 parts (to ~2^-17): two tensor-core dots with float32 accumulation whose
-                    # operand is the loaded x, instead of a float32 FMA dot on x̂, whose operand slices
-                    # cost ~200 registers (spills, 1/8 occupancy; ncu on the H100)
-                    dl = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
-                    if LR_PREC == "bf16x2i":
-                        # without the divisions: L_down · (1/λ), 1/λ read from inv_smooth (INV_SMOOTH must be); its
-                        # parts may differ from bf16x2's in their last bit (LR_INV)
-                        dl = dl * lam[:, None]
-                    else:
-                        dl = _div_rn(dl, lam[:, None])
-                    dh = dl.to(tl.bfloat16)
-                    xb = x.to(tl.bfloat16)
-                    lr = _bf16_dot(xb, dh, lr)
-                    lr = _bf16_dot(xb, (dl - dh.to(tl.float32)).to(tl.bfloat16), lr)
-                elif LR_PREC == "bf16x2s":
-                    # x̂ · L_down with x̂ (made above for the codes) split into two bf16 parts (to ~2^-17)
-                    # against L_down as stored (bf16, exact): the same two tensor-core dots, without
-                    # bf16x2's division of every L_down element by λ (64 x R IEEE divisions per group and
-                    # program, 16 of the 26 per thread at BLOCK_M 16 in the sm_90 PTX)
-                    dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.bfloat16)
-                    xh = xs.to(tl.bfloat16)
-                    lr = _bf16_dot(xh, dn, lr)
-                    lr = _bf16_dot((xs - xh.to(tl.float32)).to(tl.bfloat16), dn, lr)
-                else:
-                    dn = tl.load(down_ptr + cols[:, None] * R + r[None, :]).to(tl.float32)
-                    lr += tl.dot(xs, dn, input_precision=LR_PREC)
+                lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
     if HAS_LR:
-        tl.store(lr_ptr + split * M * R + rows[:, None] * R + r[None, :], lr, mask=mask)
-        if REDUCE:
-            # the last of the row block's K splits to arrive sums their partials in split order (the
-            # order the GEMM's epilogue used, so the same float32 sum) into lrsum (M, R): the GEMM then
-            # reads one partial per tile instead of S (at M = 2048 and S = 17 its tiles re-read ~180 MB
-            # of partials from the L2); the counter is re-armed for the next call
-            tl.debug_barrier()               # this program's partial is stored before the release
-            if tl.atomic_add(cnt_ptr + pid_m, 1, sem="acq_rel", scope="gpu") == S - 1:
-                tot = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-                for t in range(0, S):
-                    tot += tl.load(lr_ptr + t * M * R + rows[:, None] * R + r[None, :], mask=mask, other=0.0,
-                                   cache_modifier=".cg")
-                tl.store(lrsum_ptr + rows[:, None] * R + r[None, :], tot, mask=mask)
-                tl.atomic_xchg(cnt_ptr + pid_m, 0)
+        _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
 
 
 @triton.jit
@@ -1037,7 +1062,7 @@ def inv_smooth(layer) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None, signal: bool = False):
+                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -1048,7 +1073,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     with LR_INV elsewhere "bf16x2i" (x against L_down · (1/λ)), else "ieee" (float32 FMA). `inv` (default
     `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
-    override the defaults (tests, benchmarks). `signal` (sm_90 only): the kernel lets a programmatic dependent launch
+    override the defaults (tests, benchmarks), `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets a programmatic dependent launch
     after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
     M, K = x2.shape
     R = layer.rank
@@ -1071,14 +1096,22 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     # the rows' max |x̂| first (the two-level scales' units), each K split's in one pass over x
     part = torch.empty(S, M, dtype=torch.float32, device=x2.device)
     grid = (triton.cdiv(M, BM), S)
-    _ROW_AMAX(grid, (x2, smooth, part, M, K, gps), dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
     reduce = bool(R) and reduce_lr and S > 1
     lrsum = torch.empty(1, M, R, dtype=torch.float32, device=x2.device) if reduce else None
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
-    _QUANTIZE(grid, (x2, smooth, layer.lora_down if R else x2, q, sx, lr if R else sx, part,
-                     lrsum if reduce else part, cnt, M, K, gps, S, INV_QMAX, K),
-              dict(R=R if R else 16, HAS_LR=bool(R), MQ=mq, BLOCK_M=BM, GROUP=GROUP, LR_PREC=lr_prec, FP8=fp8,
-                   REDUCE=reduce, INV_SMOOTH=inv, num_warps=warps, **({"SIGNAL": True} if signal else {})))
+    lr_args = (layer.lora_down if R else x2, lr if R else sx, lrsum if reduce else part, cnt)
+    lr_meta = dict(R=R if R else 16, HAS_LR=bool(R), LR_PREC=lr_prec, REDUCE=reduce)
+    if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
+        # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
+        _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
+        lr_meta = dict(lr_meta, HAS_LR=False, REDUCE=False)
+    else:
+        _ROW_AMAX(grid, (x2, smooth, part, part, part, part, part, M, K, gps, S),
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
+    _QUANTIZE(grid, (x2, smooth, lr_args[0], q, sx, lr_args[1], part, lr_args[2], cnt, M, K, gps, S, INV_QMAX, K),
+              dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, **lr_meta,
+                   **({"SIGNAL": True} if signal else {})))
     return q, sx, (lrsum if reduce else lr)
 
 
@@ -1201,6 +1234,11 @@ def split_x(block_m: int) -> bool:
 # 1.01-1.06x; docs/BENCHMARKS.md, thirty-third session); on the Orin's sm_87 registers 180 -> 143.
 # VAR_GEN_W4A4_LR_INV=0 goes back to dividing.
 LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "1") == "1"
+# The low-rank dot in the row pass instead of kernel 1 (`_row_amax` with HAS_LR): it needs nothing of the
+# quantization, and it is 12-47 % of kernel 1's time with "bf16x2i" (a barrier and a wait per group, with two
+# 8-warp blocks per SM; thirty-third session), while the row pass is lighter (75 registers). The same partials
+# from the same operands. Off until timed on a GPU: VAR_GEN_W4A4_LR_ROW_PASS=1 turns it on.
+LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "0") == "1"
 
 
 def lr_prec_bf16(block_m: int) -> str:

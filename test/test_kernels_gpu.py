@@ -319,8 +319,8 @@ def test_gelu_epilogue_matches_reference_on_the_ffn_shape():
 @pytest.mark.parametrize("K", [3584, 14336])
 def test_quantizer_launches_agree(K):
     """Every quantizer launch (FMA, bf16x2, bf16x2s or bf16x2i tensor-core low-rank dot, λ or 1/λ read, row blocks,
-    warps, x loaded one group ahead or not) gives the same codes and scales, and the low-rank input within 2e-5 of
-    float64 (fresh inputs each run)."""
+    warps, the low-rank dot in kernel 1 or in its row pass) gives the same codes and scales, and the low-rank input
+    within 2e-5 of float64 (fresh inputs each run)."""
     from kernels_under_test import gemm_module
     mod = gemm_module()
     layer = _layer(K, 3584, True, seed=K)
@@ -339,6 +339,12 @@ def test_quantizer_launches_agree(K):
                 assert torch.equal(q.view(torch.int8), q0.view(torch.int8)) and torch.equal(sx, s0), (M, fp8, prec, bm)
                 err = ((lr.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()
                 assert err <= 2e-5, (M, fp8, prec, bm, err)
+                # the low-rank dot in the row pass (LR_ROW_PASS): the same codes, and the same operands
+                q, sx, lr_r = mod.quantize_activations(x, layer, fp8=fp8, f16=f16, i8=i8, lr_prec=prec, block_m=bm,
+                                                       num_warps=w, inv=inv, row_pass_lr=True)
+                assert torch.equal(q.view(torch.int8), q0.view(torch.int8)) and torch.equal(sx, s0), (M, fp8, prec, bm)
+                err = ((lr_r.sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()
+                assert err <= 2e-5, (M, fp8, prec, bm, err, "row pass")
         # the reference's codes and two-level scales; the f16 and i8 layouts hold q·m with the unit u per row
         from var_gen_ros.quant.int4 import quantize_groups, two_level
         xs = smooth_input(x, layer.smooth)

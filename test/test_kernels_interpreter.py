@@ -188,6 +188,29 @@ def test_activation_codes_bit_identical_to_reference(gemm):
 
 
 @interpreted
+def test_low_rank_dot_in_the_row_pass_gives_kernel_1s_partials(gemm):
+    """LR_ROW_PASS (the low-rank dot made by the row pass instead of kernel 1): the same codes, scales and low-rank
+    partials bit for bit, per K split and summed (REDUCE, with its counter re-armed), for every low-rank dot and
+    activation layout; a layer without a low-rank branch is unaffected."""
+    layer = _w4a4_layer(448, 64, False, 32, seed=6)
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(37, 448, generator=g) * 3).bfloat16()          # 7 groups: splits of 3, 3, 1
+    x[:, 200] *= 30
+    for kw in (dict(i8=True), dict(i8=True, block_m=16), dict(i8=True, lr_prec="bf16x2"), dict(fp8=True),
+               dict(f16=True, lr_prec="ieee"), dict(), dict(i8=True, reduce_lr=True)):
+        kw = dict(dict(splits=3, reduce_lr=False), **kw)
+        ref = gemm.quantize_activations(x, layer, row_pass_lr=False, **kw)
+        for _ in range(2):                                   # the second call sees the re-armed counters
+            got = gemm.quantize_activations(x, layer, row_pass_lr=True, **kw)
+            assert all(torch.equal(a.float(), b.float()) for a, b in zip(ref, got)), kw
+        assert got[2].shape[0] == (1 if kw["reduce_lr"] else 3)
+    bare = _w4a4_layer(448, 64, False, 0, seed=6)
+    ref = gemm.quantize_activations(x, bare, i8=True, row_pass_lr=False)
+    got = gemm.quantize_activations(x, bare, i8=True, row_pass_lr=True)
+    assert got[2] is None and all(torch.equal(a, b) for a, b in zip(ref[:2], got[:2]))
+
+
+@interpreted
 def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
     """Kernel 1's low-rank dot for bf16 x: "bf16x2" (x against L_down / λ in two bf16 parts) and "bf16x2s"
     (x̂ in two bf16 parts against L_down as stored), the latter also with 1/λ read from `inv_smooth`
