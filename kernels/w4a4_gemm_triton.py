@@ -1073,8 +1073,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     with LR_INV elsewhere "bf16x2i" (x against L_down · (1/λ)), else "ieee" (float32 FMA). `inv` (default
     `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
-    override the defaults (tests, benchmarks), `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets a programmatic dependent launch
-    after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
+    override the defaults (tests, benchmarks), and `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets
+    a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
