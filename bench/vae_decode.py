@@ -1,8 +1,9 @@
 """The VAE decode of one 1024² image (Infinity-8B's BSQ-VAE decoder, random weights of its shapes, bf16) with the
 GroupNorm + SiLU kernel (kernels/group_norm_triton.py, what the product runs on a GPU) against PyTorch's GroupNorm
-and SiLU, and, with --layouts, both in channels-last (NHWC) weights and activations (where the kernel, which needs
-NCHW, is not used) and with cuDNN's benchmark mode; side by side in one process, interleaved, medians, and each
-variant's largest difference from PyTorch's NCHW output. With --profile, the GPU time by kernel of each NCHW variant.
+and SiLU, and the kernel's channels-last form with the activations channels-last (VAR_GEN_VAE_CHANNELS_LAST: the
+weights NCHW as an offloaded VAE's, or channels-last too); with --layouts also PyTorch's ops on channels-last weights
+and activations, and cuDNN's benchmark mode. Side by side in one process, interleaved, medians, and each variant's
+largest difference from PyTorch's NCHW output. With --profile, the GPU time by kernel of the first variants.
 
     python3 bench/vae_decode.py --repeats 9 --profile --json out.json
 """
@@ -48,13 +49,22 @@ def main() -> int:
             return model.decode(z)
         finally:
             vae_module._group_norm_kernel = kernel
+    nhwc = BSQVAE(cfg).to(torch.bfloat16).cuda().eval().requires_grad_(False)
+    nhwc.load_state_dict(vae.state_dict())
+    nhwc = nhwc.to(memory_format=torch.channels_last)
+    codes_cl = codes.contiguous(memory_format=torch.channels_last)
+
+    def activations_last(model, use_kernel):     # the decoder's switch (VAR_GEN_VAE_CHANNELS_LAST)
+        model.decoder.channels_last = True
+        try:
+            return decode(model, codes, use_kernel)
+        finally:
+            model.decoder.channels_last = None
     variants = {"pytorch GroupNorm": lambda: decode(vae, codes, False),
-                "GroupNorm + SiLU kernel": lambda: decode(vae, codes, True)}
+                "GroupNorm + SiLU kernel": lambda: decode(vae, codes, True),
+                "channels_last activations, kernel": lambda: activations_last(vae, True),
+                "channels_last, kernel": lambda: activations_last(nhwc, True)}
     if a.layouts:
-        nhwc = BSQVAE(cfg).to(torch.bfloat16).cuda().eval().requires_grad_(False)
-        nhwc.load_state_dict(vae.state_dict())
-        nhwc = nhwc.to(memory_format=torch.channels_last)
-        codes_cl = codes.contiguous(memory_format=torch.channels_last)
         variants["channels_last, pytorch GroupNorm"] = lambda: decode(nhwc, codes_cl, False)
     with torch.inference_mode():
         ref = decode(vae, codes, False).float()
@@ -77,7 +87,7 @@ def main() -> int:
         if a.profile:
             from torch.profiler import ProfilerActivity, profile
             out["profile"] = {}
-            for k, f in list(variants.items())[:2]:
+            for k, f in list(variants.items())[:4]:
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     f()
                     torch.cuda.synchronize()

@@ -237,6 +237,19 @@ def _elementwise_variants() -> List[Variant]:
                    dict(X="bf16", Y="bf16", W="fp32", B="fp32", PN="fp32", PM="fp32", PQ="fp32"),
                    dict(SILU=silu, CHUNK=group_norm_triton.CHUNK, BLOCK=group_norm_triton.BLOCK, BLOCK_P=128), 8,
                    floats=("eps",), div16=("S", "HW")) for silu in (False, True)]
+    # and its channels-last form (VAR_GEN_VAE_CHANNELS_LAST), at the 8B decoder's widths: 128, 256, 512 channels
+    g = group_norm_triton
+    for c in (128, 512):
+        cg = c // 32
+        nhwc = dict(PIX_CHUNK=g.NHWC_TILE // c * g.NHWC_TILES, BLOCK_PIX=g.NHWC_TILE // c, G_PAD=32, CG_PAD=cg)
+        gn.append(Variant(f"gn_nhwc_partial[C={c}]", g._gn_nhwc_partial_kernel,
+                          dict(X="bf16", PN="fp32", PM="fp32", PQ="fp32"), nhwc, 8, div16=("HW", "C")))
+        gn.append(Variant(f"gn_nhwc_apply[C={c},SILU=True]", g._gn_nhwc_apply_kernel,
+                          dict(X="bf16", Y="bf16", W="fp32", B="fp32", MEAN="fp32", RSTD="fp32"),
+                          dict(nhwc, SILU=True), 8, div16=("HW", "C")))
+    gn.append(Variant("gn_nhwc_finish", g._gn_nhwc_finish_kernel,
+                      dict(PN="fp32", PM="fp32", PQ="fp32", MEAN="fp32", RSTD="fp32"),
+                      dict(BLOCK_P=g.NHWC_FINISH_BLOCK), 4, floats=("eps",)))
     return [qkv] + ln + [deq] + gn
 
 

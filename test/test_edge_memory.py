@@ -276,6 +276,27 @@ def test_vae_decode_in_place_gives_the_same_image_with_fewer_bytes():
     assert peaks[True] <= peaks[False] - top, (peaks, top)
 
 
+def test_vae_decode_in_channels_last_gives_the_same_image():
+    """The decoder with its activations channels-last (VAR_GEN_VAE_CHANNELS_LAST; a GPU's cuDNN then skips its
+    layout copies): the same image as NCHW to float64 rounding, with the weights NCHW (as an offloaded VAE's) or
+    channels-last; the image comes back in the NHWC order the message conversion wants, at no copy."""
+    from var_gen_ros.infinity.config import VAEConfig
+    from var_gen_ros.infinity.vae import BSQVAE, to_uint8
+    torch.manual_seed(2)
+    codes = torch.randn(1, 8, 8, 8, dtype=torch.float64)
+    vae = BSQVAE(VAEConfig(codebook_dim=8, patch_size=4, base_ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)).double()
+    with torch.no_grad():
+        vae.decoder.channels_last = False
+        ref = vae.decode(codes)
+        vae.decoder.channels_last = True
+        for weights in (torch.contiguous_format, torch.channels_last):
+            vae = vae.to(memory_format=weights)
+            y = vae.decode(codes)
+            assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+            assert float((y - ref).abs().max()) <= 1e-10, weights
+            assert to_uint8(y).is_contiguous()
+
+
 def test_process_memory_sees_host_pages_being_touched():
     """process_memory reads this process's resident and peak host bytes (what a Jetson's shared DRAM also
     pays): touching 256 MiB raises both by about that much; freeing it lowers the resident figure, not the peak."""

@@ -890,10 +890,15 @@ def test_adaln_kernel_matches_float64_on_the_8b_width():
 
 def test_group_norm_kernel_matches_float64_at_the_8b_vae_decoder_widths():
     """The VAE's GroupNorm (+ SiLU) on the 8B decoder's activations of a 1024² image (bf16, as the product decodes):
-    the top level's 128 channels at 1024², 512 at 256² with an offset mean, against float64."""
+    the top level's 128 channels at 1024², 512 at 256² with an offset mean, against float64; in NCHW and in
+    channels-last (the NHWC kernels, VAR_GEN_VAE_CHANNELS_LAST), whose y keeps that layout."""
     from var_gen_ros.quant.dispatch import group_norm_kernel, kernel_status
-    for shape, offset in (((1, 128, 1024, 1024), 0.0), ((1, 512, 256, 256), 30.0)):
-        x = (torch.randn(shape, device="cuda") * 2 + offset).to(torch.bfloat16)
+    for shape, offset, layout in (((1, 128, 1024, 1024), 0.0, torch.contiguous_format),
+                                  ((1, 512, 256, 256), 30.0, torch.contiguous_format),
+                                  ((1, 128, 1024, 1024), 0.0, torch.channels_last),
+                                  ((1, 512, 256, 256), 30.0, torch.channels_last),
+                                  ((2, 256, 64, 48), 5.0, torch.channels_last)):
+        x = (torch.randn(shape, device="cuda") * 2 + offset).to(torch.bfloat16).contiguous(memory_format=layout)
         w, b = torch.randn(shape[1], device="cuda", dtype=torch.bfloat16), torch.randn(shape[1], device="cuda")
         fn = group_norm_kernel(x)
         assert fn is not None, kernel_status()
@@ -902,7 +907,8 @@ def test_group_norm_kernel_matches_float64_at_the_8b_vae_decoder_widths():
             y = fn(x, 32, w, b, 1e-6, silu)
             r = torch.nn.functional.silu(ref) if silu else ref
             err = float((y.double() - r).abs().max() / r.abs().max())
-            assert y.dtype == torch.bfloat16 and err <= 8e-3, (shape, silu, err)
+            assert y.dtype == torch.bfloat16 and err <= 8e-3, (shape, layout, silu, err)
+            assert y.is_contiguous(memory_format=layout), (shape, layout)
 
 
 def test_vae_decode_with_the_group_norm_kernel_matches_float64(monkeypatch):
@@ -929,6 +935,35 @@ def test_vae_decode_with_the_group_norm_kernel_matches_float64(monkeypatch):
     assert len(calls) == sum(type(m).__name__ == "Normalize" for m in vae.decoder.modules())
     err = float((y.double().cpu() - ref).abs().max() / ref.abs().max())
     assert err <= 1e-4, err
+
+
+def test_vae_decode_in_channels_last_matches_float64(monkeypatch):
+    """The same decoder with its activations channels-last (VAR_GEN_VAE_CHANNELS_LAST: NHWC convolutions, the NHWC
+    GroupNorm kernels), its weights left NCHW as an offloaded VAE's are, and then channels-last too."""
+    import copy
+    from var_gen_ros.infinity import BSQVAE
+    from var_gen_ros.infinity.config import INFINITY_8B
+    from var_gen_ros.infinity.tiny import random_init_
+    from var_gen_ros.quant import dispatch
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    vae = random_init_(BSQVAE(INFINITY_8B.vae), 4).eval()
+    codes = torch.randn(1, INFINITY_8B.vae.codebook_dim, 32, 32)
+    kernel = dispatch.group_norm_kernel(codes.cuda())
+    assert kernel is not None, dispatch.kernel_status()
+    with torch.no_grad():
+        ref = copy.deepcopy(vae).double().decode(codes.double())
+        vae = vae.cuda()
+        vae.decoder.channels_last = True
+        norms = sum(type(m).__name__ == "Normalize" for m in vae.decoder.modules())
+        for weights in (torch.contiguous_format, torch.channels_last):
+            vae = vae.to(memory_format=weights)
+            seen = []                        # each norm's input: channels-last, so the NHWC kernels ran
+            monkeypatch.setattr(dispatch, "group_norm_kernel", lambda x: (
+                lambda *a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)) or kernel(*a)))
+            y = vae.decode(codes.cuda())
+            assert len(seen) == norms and all(seen) and y.is_contiguous(memory_format=torch.channels_last), weights
+            err = float((y.double().cpu() - ref).abs().max() / ref.abs().max())
+            assert err <= 1e-4, (weights, err)
 
 
 @pytest.mark.parametrize("store", [True, False])

@@ -582,6 +582,32 @@ def test_group_norm_kernel_matches_float64(shape, groups, monkeypatch):
         gn.group_norm(x, 7, w, b, 1e-6)
 
 
+@interpreted
+@pytest.mark.parametrize("shape,groups", [((2, 160, 5, 4), 32), ((1, 96, 6, 5), 24), ((1, 64, 5, 3), 32)])
+def test_group_norm_kernel_on_channels_last_matches_float64(shape, groups, monkeypatch):
+    """The same op on channels-last activations (the NHWC kernels): groups of 5 channels padded to 8 and 24 groups
+    padded to 32, pixel runs over many programs with the last partly and some wholly past the image's end, partials
+    merged over several blocks, an offset mean; y comes back channels-last."""
+    gn = _load_interpreted("group_norm_triton")
+    monkeypatch.setattr(gn, "NHWC_TILE", 256)
+    monkeypatch.setattr(gn, "NHWC_TILES", 3)
+    monkeypatch.setattr(gn, "NHWC_FINISH_BLOCK", 2)
+    g = torch.Generator().manual_seed(shape[1])
+    x = torch.randn(*shape, generator=g) * 3 + 40.0
+    w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    assert not xl.is_contiguous()
+    for silu in (False, True):
+        y = gn.group_norm(xl, groups, w, b, 1e-6, silu)
+        ref = torch.nn.functional.group_norm(x.double(), groups, w.double(), b.double(), 1e-6)
+        ref = torch.nn.functional.silu(ref) if silu else ref
+        assert y.dtype == x.dtype and y.shape == x.shape and y.is_contiguous(memory_format=torch.channels_last)
+        err = float((y.double() - ref).abs().max() / ref.abs().max())
+        assert err <= 1e-5, (silu, err)
+    with pytest.raises(ValueError, match="channels-last"):
+        gn.group_norm(x.transpose(2, 3), groups, w, b, 1e-6)
+
+
 def _block_run(blk, cache_kind, store, chunk, dtype, seed=0):
     """One CrossAttnBlock over a cached 8x8 scale then a 12x12 scale (stored or not), inputs drawn in
     float32 then cast, so runs in different dtypes see the same numbers."""
