@@ -165,7 +165,7 @@ def _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, 
 @triton.jit
 def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, BLOCK_M: tl.constexpr,
               GROUP: tl.constexpr, INV_SMOOTH: tl.constexpr = False, R: tl.constexpr = 16, HAS_LR: tl.constexpr = False,
-              LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False):
+              LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False, STAGES: tl.constexpr = 0):
     """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
     this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits. With HAS_LR
     (LR_ROW_PASS) it also makes the low-rank partials in kernel 1's place, from the same loads."""
@@ -178,24 +178,59 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr,
     big = tl.zeros((BLOCK_M,), dtype=tl.float32)
     r = tl.arange(0, R)
     lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-    for i in range(0, GPS):
-        g = split * GPS + i
-        if g < G:
+    if STAGES > 0:   # (QUANT_STAGES) the split's groups as the loop's bounds: a loop Triton's pipeliner can take
+        for g in tl.range(split * GPS, tl.minimum(G, split * GPS + GPS), num_stages=STAGES):
             cols = g * GROUP + c
             x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
             big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
             if HAS_LR:
                 lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
+    else:
+        for i in range(0, GPS):
+            g = split * GPS + i
+            if g < G:
+                cols = g * GROUP + c
+                x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
+                big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
+                if HAS_LR:
+                    lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
     if HAS_LR:
         _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
 
 
 @triton.jit
+def _quantize_group(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr, rows, mask, g, c, dst_c, r, u, M, K, G, INV7, LDQ,
+                    R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, GROUP: tl.constexpr,
+                    LR_PREC: tl.constexpr, FP8: tl.constexpr, INV_SMOOTH: tl.constexpr):
+    """Kernel 1's work on group g of its rows: the codes (or q·m) and scales stored, the low-rank partial updated."""
+    cols = g * GROUP + c
+    x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)   # lam: 1/λ with INV_SMOOTH
+    # x̂ · (1/s) with an IEEE reciprocal, as the reference (quant.int4.quantize_groups)
+    mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(tl.max(tl.abs(xs), axis=1) * INV7, u)), 1.0), 16.0)
+    s = u * mult
+    q = _rint(xs * _div_rn(1.0, s)[:, None])
+    q = tl.minimum(tl.maximum(q, -8.0), 7.0)
+    if MQ:     # q·m (|q·m| <= 112): exact in int8 and fp16, natural k order; u per row
+        tl.store(q_ptr + rows[:, None] * LDQ + cols[None, :], (q * mult[:, None]).to(q_ptr.dtype.element_ty),
+                 mask=mask)
+    elif FP8:  # codes -8..7 are exact in e4m3; scales (G, M) so the GEMM reads them contiguously
+        tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.float8e4nv), mask=mask)
+        tl.store(s_ptr + g * M + rows, s, mask=rows < M)
+    else:
+        tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.int8), mask=mask)
+        tl.store(s_ptr + rows * G + g, s, mask=rows < M)
+    if HAS_LR:
+        lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
+    return lr
+
+
+@triton.jit
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
                   LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
-                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False):
+                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False,
+                  STAGES: tl.constexpr = 0):
     if SIGNAL:   # the i8s GEMM after it is a programmatic dependent launch (sm_90, kernels/w4a4_small_m.cu): it may
         # start now, fetch its weights into the L2 and wait for this grid's end before reading what it writes
         tl.extra.cuda.gdc_launch_dependents()
@@ -223,27 +258,16 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
             tl.store(s_ptr + rows, u, mask=rows < M)
     # (x loaded one group ahead was measured 0.75-0.80x at 1152-4096 rows on the H100: 129 registers, one block per
     # SM; thirty-third session)
-    for i in range(0, GPS):
-        g = split * GPS + i
-        if g < G:
-            cols = g * GROUP + c
-            x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)   # lam: 1/λ with INV_SMOOTH
-            # x̂ · (1/s) with an IEEE reciprocal, as the reference (quant.int4.quantize_groups)
-            mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(tl.max(tl.abs(xs), axis=1) * INV7, u)), 1.0), 16.0)
-            s = u * mult
-            q = _rint(xs * _div_rn(1.0, s)[:, None])
-            q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-            if MQ:     # q·m (|q·m| <= 112): exact in int8 and fp16, natural k order; u per row
-                tl.store(q_ptr + rows[:, None] * LDQ + cols[None, :], (q * mult[:, None]).to(q_ptr.dtype.element_ty),
-                         mask=mask)
-            elif FP8:  # codes -8..7 are exact in e4m3; scales (G, M) so the GEMM reads them contiguously
-                tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.float8e4nv), mask=mask)
-                tl.store(s_ptr + g * M + rows, s, mask=rows < M)
-            else:
-                tl.store(q_ptr + rows[:, None] * LDQ + (g * GROUP + dst_c)[None, :], q.to(tl.int8), mask=mask)
-                tl.store(s_ptr + rows * G + g, s, mask=rows < M)
-            if HAS_LR:
-                lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
+    if STAGES > 0:   # (QUANT_STAGES) the split's groups as the loop's bounds: a loop Triton's pipeliner can take
+        for g in tl.range(split * GPS, tl.minimum(G, split * GPS + GPS), num_stages=STAGES):
+            lr = _quantize_group(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr, rows, mask, g, c, dst_c, r, u, M, K, G,
+                                 INV7, LDQ, R, HAS_LR, MQ, GROUP, LR_PREC, FP8, INV_SMOOTH)
+    else:
+        for i in range(0, GPS):
+            g = split * GPS + i
+            if g < G:
+                lr = _quantize_group(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr, rows, mask, g, c, dst_c, r, u, M, K,
+                                     G, INV7, LDQ, R, HAS_LR, MQ, GROUP, LR_PREC, FP8, INV_SMOOTH)
     if HAS_LR:
         _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
 
@@ -1062,7 +1086,8 @@ def inv_smooth(layer) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None):
+                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None,
+                         stages: int = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -1073,7 +1098,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     with LR_INV elsewhere "bf16x2i" (x against L_down · (1/λ)), else "ieee" (float32 FMA). `inv` (default
     `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
-    override the defaults (tests, benchmarks), and `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets
+    override the defaults (tests, benchmarks), as do `row_pass_lr` LR_ROW_PASS and `stages` QUANT_STAGES. `signal` (sm_90 only): the kernel lets
     a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
     M, K = x2.shape
     R = layer.rank
@@ -1101,16 +1126,18 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
     lr_args = (layer.lora_down if R else x2, lr if R else sx, lrsum if reduce else part, cnt)
     lr_meta = dict(R=R if R else 16, HAS_LR=bool(R), LR_PREC=lr_prec, REDUCE=reduce)
+    stages = QUANT_STAGES if stages is None else stages
+    st = {"STAGES": stages} if stages > 0 else {}
     if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
         _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
-                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta, **st))
         lr_meta = dict(lr_meta, HAS_LR=False, REDUCE=False)
     else:
         _ROW_AMAX(grid, (x2, smooth, part, part, part, part, part, M, K, gps, S),
-                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **st))
     _QUANTIZE(grid, (x2, smooth, lr_args[0], q, sx, lr_args[1], part, lr_args[2], cnt, M, K, gps, S, INV_QMAX, K),
-              dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, **lr_meta,
+              dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, **lr_meta, **st,
                    **({"SIGNAL": True} if signal else {})))
     return q, sx, (lrsum if reduce else lr)
 
@@ -1239,6 +1266,12 @@ LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "1") == "1"
 # 8-warp blocks per SM; thirty-third session), while the row pass is lighter (75 registers). The same partials
 # from the same operands. Off until timed on a GPU: VAR_GEN_W4A4_LR_ROW_PASS=1 turns it on.
 LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "0") == "1"
+# Kernel 1's and its row pass's loops over their split's groups with the groups as the loop's bounds, given to Triton's
+# software pipeliner with this many stages (0: the loops as before, whose loads sit under an `if` and are not
+# pipelined). With 2 or 3, x and L_down go through shared memory by cp.async, issued ahead (sm_90 PTX of the 128-row
+# launch, thirty-third session: kernel 1 123 / 115 registers, still two 8-warp blocks per SM; the row pass 46). The
+# same bits. Off until timed on a GPU: VAR_GEN_W4A4_QUANT_STAGES=2 turns it on.
+QUANT_STAGES = int(os.environ.get("VAR_GEN_W4A4_QUANT_STAGES", "0"))
 
 
 def lr_prec_bf16(block_m: int) -> str:
