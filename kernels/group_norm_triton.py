@@ -28,6 +28,16 @@ CHUNK = 16 * BLOCK      # elements of a row per program (a row of 4 M elements: 
 
 
 @triton.jit
+def _chan_merge(cnt, mean, m2, nb, bmean, bm2):
+    """(count, mean, sum of squared deviations) merged with a block's (nb, bmean, bm2): Chan's formula, no
+    cancellation of E[x²] - E[x]². A block of nb = 0 changes nothing."""
+    tot = cnt + nb
+    frac = nb / tl.maximum(tot, 1.0)
+    delta = bmean - mean
+    return tot, mean + delta * frac, m2 + bm2 + delta * delta * cnt * frac
+
+
+@triton.jit
 def _gn_partial_kernel(X, PN, PM, PQ, S, P, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     part = tl.program_id(1)
@@ -43,12 +53,7 @@ def _gn_partial_kernel(X, PN, PM, PQ, S, P, CHUNK: tl.constexpr, BLOCK: tl.const
         nb = tl.sum(m.to(tl.float32), axis=0)      # (0 for a tile past the row's end: it changes nothing)
         tmean = tl.sum(x, axis=0) / tl.maximum(nb, 1.0)
         d = tl.where(m, x - tmean, 0.0)
-        tot = n + nb
-        frac = nb / tl.maximum(tot, 1.0)
-        delta = tmean - mean
-        mean = mean + delta * frac
-        m2 = m2 + tl.sum(d * d, axis=0) + delta * delta * n * frac
-        n = tot
+        n, mean, m2 = _chan_merge(n, mean, m2, nb, tmean, tl.sum(d * d, axis=0))
     tl.store(PN + row * P + part, n)
     tl.store(PM + row * P + part, mean)
     tl.store(PQ + row * P + part, m2)
@@ -117,12 +122,7 @@ def _gn_nhwc_partial_kernel(X, PN, PM, PQ, HW, C, G, CG, P, PIX_CHUNK: tl.conste
         nb = tl.maximum(nb, 0.0)
         tmean = tl.sum(tl.sum(x, axis=2), axis=0) / tl.maximum(nb, 1.0)
         d = tl.where(m, x - tmean[None, :, None], 0.0)
-        tot = cnt + nb
-        frac = nb / tl.maximum(tot, 1.0)
-        delta = tmean - mean
-        mean = mean + delta * frac
-        m2 = m2 + tl.sum(tl.sum(d * d, axis=2), axis=0) + delta * delta * cnt * frac
-        cnt = tot
+        cnt, mean, m2 = _chan_merge(cnt, mean, m2, nb, tmean, tl.sum(tl.sum(d * d, axis=2), axis=0))
     g = tl.arange(0, G_PAD)
     at = (n * G + g) * P + part
     tl.store(PN + at, cnt, mask=g < G)
@@ -146,13 +146,7 @@ def _gn_nhwc_finish_kernel(PN, PM, PQ, MEAN, RSTD, P, eps, BLOCK_P: tl.constexpr
         nb = tl.sum(cn, axis=0)
         bmean = tl.sum(cn * cmean, axis=0) / tl.maximum(nb, 1.0)
         dm = tl.where(pm, cmean - bmean, 0.0)
-        bm2 = tl.sum(cm2, axis=0) + tl.sum(cn * dm * dm, axis=0)
-        tot = cnt + nb
-        frac = nb / tl.maximum(tot, 1.0)
-        delta = bmean - mean
-        mean = mean + delta * frac
-        m2 = m2 + bm2 + delta * delta * cnt * frac
-        cnt = tot
+        cnt, mean, m2 = _chan_merge(cnt, mean, m2, nb, bmean, tl.sum(cm2, axis=0) + tl.sum(cn * dm * dm, axis=0))
     tl.store(MEAN + row, mean)
     tl.store(RSTD + row, 1.0 / tl.sqrt(m2 / cnt + eps))
 

@@ -163,6 +163,18 @@ def _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, 
 
 
 @triton.jit
+def _row_group(x_ptr, smooth_ptr, down_ptr, big, lr, rows, mask, cols, r, K, R: tl.constexpr, HAS_LR: tl.constexpr,
+               LR_PREC: tl.constexpr, INV_SMOOTH: tl.constexpr):
+    """The row pass's work on one group (columns `cols`): the rows' running max |x̂|, and with HAS_LR the low-rank
+    partial."""
+    x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
+    big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
+    if HAS_LR:
+        lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
+    return big, lr
+
+
+@triton.jit
 def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, BLOCK_M: tl.constexpr,
               GROUP: tl.constexpr, INV_SMOOTH: tl.constexpr = False, R: tl.constexpr = 16, HAS_LR: tl.constexpr = False,
               LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False, STAGES: tl.constexpr = 0):
@@ -180,20 +192,14 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr,
     lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
     if STAGES > 0:   # (QUANT_STAGES) the split's groups as the loop's bounds: a loop Triton's pipeliner can take
         for g in tl.range(split * GPS, tl.minimum(G, split * GPS + GPS), num_stages=STAGES):
-            cols = g * GROUP + c
-            x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
-            big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
-            if HAS_LR:
-                lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
+            big, lr = _row_group(x_ptr, smooth_ptr, down_ptr, big, lr, rows, mask, g * GROUP + c, r, K, R, HAS_LR,
+                                 LR_PREC, INV_SMOOTH)
     else:
         for i in range(0, GPS):
             g = split * GPS + i
             if g < G:
-                cols = g * GROUP + c
-                x, lam, xs = _load_smoothed(x_ptr, smooth_ptr, rows, mask, cols, K, INV_SMOOTH)
-                big = tl.maximum(big, tl.max(tl.abs(xs), axis=1))
-                if HAS_LR:
-                    lr = _low_rank_step(lr, x, lam, xs, cols, r, down_ptr, R, LR_PREC)
+                big, lr = _row_group(x_ptr, smooth_ptr, down_ptr, big, lr, rows, mask, g * GROUP + c, r, K, R, HAS_LR,
+                                     LR_PREC, INV_SMOOTH)
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
     if HAS_LR:
         _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
