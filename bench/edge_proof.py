@@ -420,7 +420,8 @@ def child(a) -> dict:
             gen.release_graphs()
             torch.cuda.empty_cache()
         # the reads of the offloaded weights (the warm-up's included)
-        r["offloaded"] = {what: {"bytes": p.nbytes, "loads": p.loads, "load_s_mean": p.load_s / max(1, p.loads)}
+        r["offloaded"] = {what: {"bytes": p.nbytes, "loads": p.loads, "load_s_mean": p.load_s / max(1, p.loads),
+                                 "prefetched": p.prefetched}
                           for what, p in gen.parked_weights().items()}
         r["kernels"] = kernel_status()     # after the resolution's generations: the keys tuned beyond a shipped table
         progress(f"{mode}: kernels: {r['kernels']}")

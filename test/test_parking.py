@@ -27,15 +27,18 @@ def _pair(tiny_bundle, device, dtype, te_mode, quantized):
     return gens
 
 
-@pytest.mark.parametrize("te_mode,quantized,large", [("bf16", False, None), ("int4", True, None),
-                                                     ("bf16", False, 4096), ("int4", True, 512)])
+@pytest.mark.parametrize("te_mode,quantized,large,prefetch", [
+    ("bf16", False, None, True), ("int4", True, None, True), ("bf16", False, 4096, True), ("int4", True, 512, True),
+    ("int4", True, 512, False)])
 def test_offloaded_weights_give_the_resident_ones_bits_and_hold_no_memory_between_uses(
-        tiny_bundle, tmp_path, monkeypatch, te_mode, quantized, large):
+        tiny_bundle, tmp_path, monkeypatch, te_mode, quantized, large, prefetch):
     """`large`: the size from which tensors load into one shared block (parking.LARGE, 1 MiB: the tiny model has none
-    that large), lowered so that the block's views are what the encoder and the layers compute with."""
-    from var_gen_ros.infinity import parking
+    that large), lowered so that the block's views are what the encoder and the layers compute with. `prefetch`: a new
+    prompt's condition layers read while the text encoder runs (sampler.OFFLOAD_PREFETCH), or after it."""
+    from var_gen_ros.infinity import parking, sampler
     if large is not None:
         monkeypatch.setattr(parking, "LARGE", large)
+    monkeypatch.setattr(sampler, "OFFLOAD_PREFETCH", prefetch)
     ref, gen = _pair(tiny_bundle, "cpu", torch.float32, te_mode, quantized)
     before = gen.weight_bytes()
     cond_bytes = sum(t.numel() * t.element_size() for t in _tensors(gen.condition_layers()))
@@ -80,6 +83,8 @@ def test_offloaded_weights_give_the_resident_ones_bits_and_hold_no_memory_betwee
     for i, p in enumerate(PROMPTS):
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
         assert resting() and cond.loads == i + 1 and te.loads == i + 2 and vae.loads == i + 1
+        # each new prompt's condition layers were read beside the encoder (on the CPU: by the prefetch thread)
+        assert cond.prefetched == (i + 1 if prefetch else 0) and te.prefetched == vae.prefetched == 0
     assert (ref.generate(PROMPTS[2], seed=7).image == gen.generate(PROMPTS[2], seed=7).image).all()
     assert cond.loads == 3 and te.loads == 4 and vae.loads == 4
     # previews: the VAE loaded once for the whole generation, every preview and the image decoded with it
@@ -91,6 +96,7 @@ def test_offloaded_weights_give_the_resident_ones_bits_and_hold_no_memory_betwee
     assert vae.loads == 5
     status = gen.offload_status()
     assert "loaded 4 times" in status and "loaded 3 times" in status
+    assert ("loaded 3 times (3 read beside the text encoder)" in status) == prefetch
     with te.loaded() as m:
         if te_mode == "bf16":      # the tie survives a load: one token table, shared
             assert m.shared.weight is m.encoder.embed_tokens.weight
@@ -143,6 +149,59 @@ def test_a_broken_parked_file_fails_its_request_only(tiny_bundle, tmp_path):
             f.write(good)
         gen.prompt_cache.clear()
         assert (gen.generate(PROMPTS[2], seed=1).image == ok).all()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)"))])
+def test_a_prefetched_load_gives_the_parked_bits_while_other_work_runs(tmp_path, device):
+    """ParkedWeights.prefetch: the read runs in a background thread (on a GPU, on a side stream while the caller's
+    stream computes) into blocks allocated by the caller, on a GPU inside a memory pool's free block as a borrowed
+    lease would; loaded(prefetched=...) puts in exactly the parked bits; the memory goes back after the block; a
+    prefetch not used is waited for and dropped; a file broken before the read fails the load with the file named."""
+    from var_gen_ros.infinity.parking import ParkedWeights
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(1024, 768), torch.nn.Linear(768, 512)).to(device)   # 3 MiB, 1.5 MiB
+    want = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    parked = ParkedWeights(m, str(tmp_path / "m.safetensors"))
+    assert parked.large_bytes == (1024 * 768 + 768 * 512) * 4
+    pool = ctx = None
+    if device == "cuda":
+        pool = torch.cuda.MemPool()
+        with torch.cuda.use_mem_pool(pool):
+            hold = torch.empty(16 << 20, dtype=torch.uint8, device=device)      # the pool's block, then freed
+        block = (hold.data_ptr(), hold.numel())
+        del hold
+        ctx = lambda: torch.cuda.use_mem_pool(pool)
+        before = torch.cuda.memory_allocated()
+    x = torch.randn(2048, 2048, device=device)
+    ahead = parked.prefetch(ctx)
+    for _ in range(20):                                  # the caller's work while the read runs
+        x = torch.tanh(x @ x) * 0.5
+    with parked.loaded(prefetched=ahead) as mod:
+        got = {k: v.detach().clone() for k, v in mod.state_dict().items()}
+        if device == "cuda":       # the large tensors inside the pool's block
+            ptrs = [mod[0].weight.data_ptr(), mod[1].weight.data_ptr()]
+            assert all(block[0] <= q < block[0] + block[1] for q in ptrs), (ptrs, block)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert parked.loads == parked.prefetched == 1 and all(t.device.type == "meta" for t in _tensors(m))
+    if device == "cuda":
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == before + x.numel() * 4
+    with pytest.raises(RuntimeError, match="already taken"):
+        ahead.result()
+    parked.prefetch(ctx).close()                         # read, not used: nothing kept
+    assert parked.loads == 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == before + x.numel() * 4
+    # the file cut short after the header: the read fails in the thread, the load says which file
+    size = os.path.getsize(parked.path)
+    os.truncate(parked.path, size - 4096)
+    with pytest.raises(RuntimeError, match="m.safetensors: the offloaded weights could not be read"):
+        with parked.loaded(prefetched=parked.prefetch(ctx)):
+            pass
+    assert not parked.resident and parked.loads == 1
+    parked.close()
 
 
 def test_offloaded_files_removed_from_the_directory_are_still_read(tiny_bundle, tmp_path):

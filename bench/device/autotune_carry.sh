@@ -19,6 +19,12 @@ ls .tcache/triton_cache.tgz* > /dev/null 2>&1 && cat .tcache/triton_cache.tgz* |
 # COMMITTED_PICKS=0 leaves them out: a robot's fresh start, with only the tables shipped in kernels/tuned/.
 [ "${COMMITTED_PICKS:-1}" = 1 ] && [ ! -f .tcache/autotune.tgz ] && [ -f bench/device/autotune_h100.tgz ] && tar xzf bench/device/autotune_h100.tgz -C ~/.triton/cache \
   && echo "committed autotune picks unpacked"
+# autotune_picks_save: only this run's picks ($OUT/autotune.tgz), to merge into bench/device/autotune_h100.tgz
+# (bench/device/merge_picks.sh) so that the next session's GPU tests skip the tuner's trials
+autotune_picks_save() {
+  (cd ~/.triton/cache && find . -name "*.autotune.json" | tar czf "$OUT/autotune.tgz" -T -)
+  echo "picks saved: $(tar tzf "$OUT/autotune.tgz" | wc -l)"
+}
 autotune_save() {
   (cd ~/.triton/cache && find . -name "*.autotune.json" | tar czf "$OUT/autotune.tgz" -T -)
   (cd ~/.triton/cache && tar cz .) | split -b 15000000 -d - "$OUT/triton_cache.tgz."

@@ -24,4 +24,5 @@ if [ "${EDGE:-0}" = 1 ]; then
     echo "edge $e rc $? s $(( $(date +%s) - t0 ))"; grep -E "^w4a4|same prompt again" "$OUT/edge_$tag.txt" | tail -2
   done
 fi
+autotune_picks_save
 true

@@ -19,4 +19,5 @@ if [ "${EDGE:-0}" = 1 ]; then
     echo "edge VAE_CHANNELS_LAST=$v rc $? s $(( $(date +%s) - t0 ))"; grep -E "^w4a4|same prompt again" "$OUT/edge_vae_nhwc$v.txt" | tail -2
   done
 fi
+autotune_picks_save
 true

@@ -170,6 +170,7 @@ class ParkedWeights:
             raise OSError(f"{path}: the offloaded weights could not be written: {e}") from e
         del tensors
         self.loads, self.load_s = 0, 0.0
+        self.prefetched = 0       # loads whose read ran beside other work (prefetch)
         self._lock = threading.Lock()
         self._depth = 0
         self._put({k: torch.empty(shape, dtype=dt, device="meta") for k, (shape, dt) in self._meta.items()})
@@ -233,9 +234,9 @@ class ParkedWeights:
                 out[k] = (8 + size + begin, end - begin, v["dtype"])
         return out
 
-    def _load(self, pool_context) -> dict:
-        """The tensors from the file: views of two blocks, each filled by one read: the large tensors' (parking.LARGE
-        bytes or more) allocated inside `pool_context()` (when given), the small ones' outside it."""
+    def _allocate(self, pool_context) -> list:
+        """[(block name, its empty uint8 tensor, its file offset)]: the large tensors' block (parking.LARGE bytes or
+        more) allocated inside `pool_context()` (when given), the small ones' outside it; the file's header checked."""
         if self._fd is None:
             raise RuntimeError(f"{self.path}: the offloaded weights' file was closed")
         try:
@@ -243,7 +244,7 @@ class ParkedWeights:
         except (OSError, ValueError, KeyError, TypeError) as e:     # not safetensors, truncated: say which file
             raise RuntimeError(f"{self.path}: the offloaded weights could not be read: {e}") from e
         changed = f"{self.path}: the file was changed since the weights were offloaded"
-        blocks = {}
+        out = []
         for key, nbytes, pool in ((BLOCK_KEY, self.large_bytes, pool_context), (SMALL_KEY, self.small_bytes, None)):
             if not nbytes:
                 continue
@@ -253,12 +254,27 @@ class ParkedWeights:
             if dtype != "U8" or stored != nbytes:
                 raise RuntimeError(f"{changed}: its {key} is {dtype} x {stored}, not U8 x {nbytes}")
             with pool() if pool is not None and self.device.type == "cuda" else contextlib.nullcontext():
-                blocks[key] = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+                out.append((key, torch.empty(nbytes, dtype=torch.uint8, device=self.device), offset))
+        return out
+
+    def _fill(self, blocks: list) -> dict:
+        """Reads the file into `_allocate`'s blocks (on the current stream); {block name: block}."""
+        for _, block, offset in blocks:
             try:
-                read_into(self._fd, offset, blocks[key])
+                read_into(self._fd, offset, block)
             except (OSError, EOFError) as e:
                 raise RuntimeError(f"{self.path}: the offloaded weights could not be read: {e}") from e
-        return self.views(blocks)
+        return {key: block for key, block, _ in blocks}
+
+    def _load(self, pool_context) -> dict:
+        """The tensors from the file: views of two blocks, each filled by one read (see _allocate)."""
+        return self.views(self._fill(self._allocate(pool_context)))
+
+    def prefetch(self, pool_context=None) -> "Prefetch":
+        """Begins reading the weights in the background (a side stream on a GPU), into blocks allocated now, on the
+        caller's stream and inside `pool_context()` as `loaded` would; `loaded(prefetched=...)` waits for the read and
+        puts them in. For a read that overlaps other work of the caller's (the text encoder's compute)."""
+        return Prefetch(self, self._allocate(pool_context))
 
     def views(self, blocks: dict) -> dict:
         """{tensor name: its view} of the two blocks ({BLOCK_KEY: ..., SMALL_KEY: ...}, uint8, as the file holds them)."""
@@ -271,16 +287,21 @@ class ParkedWeights:
         return out
 
     @contextlib.contextmanager
-    def loaded(self, empty_cache: bool = True, pool_context=None):
+    def loaded(self, empty_cache: bool = True, pool_context=None, prefetched: "Prefetch" = None):
         """The module with its real weights on its device for the block; parked again after it (nested and
         concurrent blocks share one load). `pool_context`: a context manager factory (torch.cuda.use_mem_pool of a
         pool) around the allocation of the one block the large tensors share; the small ones, and whatever the
         block's code allocates, stay outside it. empty_cache=False keeps the freed blocks in the allocator (a
-        caller that loads into a memory pool it reuses at once)."""
+        caller that loads into a memory pool it reuses at once). `prefetched`: this object's `prefetch()`, whose
+        blocks are put in once its read is done (the time waited for it is the load's time)."""
         with self._lock:
             if self._depth == 0:
                 t = time.perf_counter()
-                self._put(self._load(pool_context))
+                if prefetched is not None:
+                    self._put(self.views(prefetched.result()))
+                    self.prefetched += 1
+                else:
+                    self._put(self._load(pool_context))
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 self.loads += 1
@@ -304,7 +325,8 @@ class ParkedWeights:
         self.close()
 
     def status(self) -> str:
-        return (f"parked in {self.path} ({self.nbytes / 2**30:.2f} GiB), loaded {self.loads} times, "
+        ahead = f" ({self.prefetched} read beside the text encoder)" if self.prefetched else ""
+        return (f"parked in {self.path} ({self.nbytes / 2**30:.2f} GiB), loaded {self.loads} times{ahead}, "
                 f"{self.load_s / max(1, self.loads):.3f} s a load")
 
     def close(self) -> None:
@@ -314,3 +336,47 @@ class ParkedWeights:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+_prefetcher = None     # one thread for the background reads (each read itself runs on staged_read's readers)
+
+
+class Prefetch:
+    """A read of parked weights into blocks already allocated (ParkedWeights.prefetch), run by a background thread on
+    a side stream of the device, so that its copies do not queue behind the caller's kernels. `result()` waits for it
+    and gives the blocks (the read's error, if it failed); `close()` waits and drops them. The blocks are allocated
+    on the caller's stream and written on the side stream only after it has waited for the caller's stream, and the
+    read's copies are complete when its thread ends: so they can be used and freed on the caller's stream."""
+
+    def __init__(self, parked: ParkedWeights, blocks: list):
+        global _prefetcher
+        import concurrent.futures
+        self._blocks = blocks
+        stream = None
+        if parked.device.type == "cuda":
+            stream = torch.cuda.Stream(parked.device)
+            stream.wait_stream(torch.cuda.current_stream(parked.device))
+        if _prefetcher is None:
+            _prefetcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="var_gen_ros_prefetch")
+        self._future = _prefetcher.submit(self._read, parked, stream)
+
+    def _read(self, parked, stream) -> dict:
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            return parked._fill(self._blocks)
+
+    def result(self) -> dict:
+        future, self._future = self._future, None      # (neither it nor this object may keep the blocks alive)
+        if future is None:
+            raise RuntimeError("the prefetched weights were already taken")
+        try:
+            return future.result()
+        finally:
+            self._blocks = None
+
+    def close(self) -> None:
+        """Waits for the read (its error is dropped: the blocks are not used) and lets the blocks go."""
+        import concurrent.futures
+        future, self._future = self._future, None
+        if future is not None:
+            concurrent.futures.wait([future])
+        self._blocks = None

@@ -204,6 +204,13 @@ KV_POOL_SLACK = 32 << 20
 # 1: each generation records its KV pool's reserved bytes around the VAE decode (`memory`); costs a
 # memory snapshot, so only for diagnosis (bench/device scripts)
 MEMORY_TRACE = os.environ.get("VAR_GEN_MEMORY_TRACE", "0") == "1"
+# a new prompt with the text encoder and the condition layers both offloaded: the condition layers' read runs on a side
+# stream while the encoder computes, in the same lease of the caches' block (Generator._encode_with_condition)
+OFFLOAD_PREFETCH = os.environ.get("VAR_GEN_OFFLOAD_PREFETCH", "1") != "0"
+
+
+def _round2m(n: int) -> int:
+    return -(-n // (2 << 20)) * (2 << 20)
 
 
 class _PoolLease:
@@ -534,9 +541,12 @@ class Generator:
 
     @torch.no_grad()
     def encode_text(self, prompt: str, negative_prompt: Optional[str], use_cfg: bool):
-        prompts = [prompt] + ([negative_prompt] if (use_cfg and negative_prompt) else [])
         with self._loaded(self.text_encoder_parked):
-            feats, mask = self.text_encoder.encode(prompts)
+            return self._encode(prompt, negative_prompt, use_cfg)
+
+    def _encode(self, prompt: str, negative_prompt: Optional[str], use_cfg: bool):
+        prompts = [prompt] + ([negative_prompt] if (use_cfg and negative_prompt) else [])
+        feats, mask = self.text_encoder.encode(prompts)
         # the encoder may live elsewhere (text_encoder: cpu keeps it off the GPU): features go to the model
         feats, mask = feats.to(self.device), mask.to(self.device)
         if use_cfg and not negative_prompt:
@@ -544,31 +554,77 @@ class Generator:
             feats, mask = torch.cat([feats, un]), torch.cat([mask, mask])
         return feats, mask
 
+    def _encode_with_condition(self, prompt: str, negative_prompt: Optional[str], use_cfg: bool, key, t_start: float,
+                               timings: dict):
+        """A new prompt's features and condition with the text encoder and the condition layers both offloaded: the
+        condition layers' read begins as soon as the encoder is loaded and runs on a side stream while the encoder
+        computes (ParkedWeights.prefetch), in the same lease of the caches' block; so a new prompt waits for one read
+        where it waited for two. Where the two do not fit in the block together, one after the other (encode_text,
+        then _condition)."""
+        self._last_condition = None           # its memory goes before the loads
+        cond = None
+        with self._loaded(self.text_encoder_parked, then=self.condition_parked) as ahead:
+            feats, mask = self._encode(prompt, negative_prompt, use_cfg)
+            if ahead is not None:
+                self._sync()
+                timings["text_encoder_s"] = time.perf_counter() - t_start
+                with self.condition_parked.loaded(empty_cache=False, prefetched=ahead):
+                    cond = self.model.encode_condition(feats, mask)
+        if cond is None:
+            self._sync()
+            timings["text_encoder_s"] = time.perf_counter() - t_start
+            return feats, mask, self._condition(feats, mask, key)
+        self._last_condition = (key, cond)
+        return feats, mask, cond
+
     @contextlib.contextmanager
-    def _loaded(self, parked):
+    def _loaded(self, parked, then=None):
         """Offloaded weights (parking.ParkedWeights, or None: resident, nothing to do) loaded for the block. With KV
         caches kept for the graphs, the weights' large tensors go into the caches' block while it is dead (between
         generations: the next one overwrites it), as the VAE decode does (`_kv_block_lent`); so a load does not add to
         the kept caches (on the H100 at 1024², the text encoder loaded beside them made the text stage the peak: 8.99
-        GiB against 8.45 for the largest scale, thirtieth session). Elsewhere the weights take new memory."""
+        GiB against 8.45 for the largest scale, thirtieth session). Elsewhere the weights take new memory.
+
+        `then`: other offloaded weights whose read begins once `parked` is loaded (ParkedWeights.prefetch), into the
+        same lease when both fit in the caches' block, or where there are no kept caches to keep clear of; yields that
+        prefetch, for `then.loaded(prefetched=...)` inside the block (its read waited for and dropped after the
+        block), or None where it could not begin."""
         if parked is None:
-            yield
+            yield None
             return
         gr = self._graphs
+        then = then if OFFLOAD_PREFETCH and then is not None and then.device == parked.device else None
         # only the large tensors go into the pool, in one block (parking.LARGE), which must fit in the caches' block;
         # the small ones and what the block's code allocates (activations, outputs) stay outside
         lend = (gr is not None and gr.kv_pool is not None and gr.kept_caches is not None and gr.kept_spec is not None
                 and not self._caches_in_use and parked.device.type == "cuda"     # (text_encoder: cpu parks on the host)
                 and self._kv_block_at is not None and self._kv_block_at[1] >= parked.large_bytes)
         if not lend:
-            with parked.loaded():
-                yield
+            # a read beside kept caches would add to them (then's own load borrows their block)
+            ahead = then if then is not None and (gr is None or gr.kept_caches is None) else None
+            with parked.loaded(), self._prefetch(ahead, None) as pre:
+                yield pre
             return
+        # both blocks in the caches' block (each allocation rounded up to the allocator's 2 MiB)
+        both = then is not None and self._kv_block_at[1] >= _round2m(parked.large_bytes) + _round2m(then.large_bytes)
         allocated0 = torch.cuda.memory_allocated(self.device)
         gr.kept_caches = None
         with self._kv_block_lent(gr, allocated0, "an offloaded load") as lease:
-            with parked.loaded(empty_cache=lease is None, pool_context=lease):
-                yield
+            with parked.loaded(empty_cache=lease is None, pool_context=lease), \
+                    self._prefetch(then if both and lease is not None else None, lease) as pre:
+                yield pre
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _prefetch(parked, lease):
+        """parked.prefetch(lease) for the block (None when parked is None), its read waited for after the block (so no
+        copy still writes into memory freed after it) and its blocks let go."""
+        pre = None if parked is None else parked.prefetch(lease)
+        try:
+            yield pre
+        finally:
+            if pre is not None:
+                pre.close()
 
     @contextlib.contextmanager
     def _kv_block_lent(self, gr: ScaleGraphs, allocated0: int, what: str, trace: Optional[dict] = None):
@@ -675,19 +731,28 @@ class Generator:
         if text_features is None:
             key = (prompt, negative_prompt or "", use_cfg)
             cached = self.prompt_cache.get(key)
-            feats, mask = cached if cached is not None else self.encode_text(prompt, negative_prompt, use_cfg)
+            last = self._last_condition
+            joint = (cached is None and self.text_encoder_parked is not None and self.condition_parked is not None
+                     and (last is None or last[0] != key))
+            if joint:
+                feats, mask, cond = self._encode_with_condition(prompt, negative_prompt, use_cfg, key, t_start,
+                                                                timings)
+            else:
+                feats, mask = cached if cached is not None else self.encode_text(prompt, negative_prompt, use_cfg)
             if cached is None:
                 self.prompt_cache.put(key, feats, mask)
         else:
             feats, mask = text_features
-        self._sync()
-        timings["text_encoder_s"] = time.perf_counter() - t_start
+            joint = False
+        if not joint:
+            self._sync()
+            timings["text_encoder_s"] = time.perf_counter() - t_start
+        t0 = t_start + timings["text_encoder_s"]     # (with the joint loads: the condition's wait and compute)
 
         m = self.model
         B = feats.shape[0]
         feats, mask = feats.to(self.device), mask.to(self.device)
-        t0 = time.perf_counter()
-        cond_BD, cond_gss, text_kv = self._condition(feats, mask, key)
+        cond_BD, cond_gss, text_kv = cond if joint else self._condition(feats, mask, key)
         if self.condition_parked is not None:     # (a load when the prompt is not the last one)
             self._sync()
         timings["condition_s"] = time.perf_counter() - t0
