@@ -27,9 +27,10 @@ from kernels_under_test import gemm_module      # noqa: E402
 from test_kernels_gpu import _layer             # noqa: E402
 
 
-VARIANTS = {"default": (True, False, 0), "divide": (False, False, 0), "row_pass": (True, True, 0),   # LR_INV,
-            "stages2": (True, False, 2), "stages3": (True, False, 3), "row_pass_stages2": (True, True, 2)}  # LR_ROW_PASS,
-#                                                                                                  QUANT_STAGES
+# (LR_INV, LR_ROW_PASS, QUANT_STAGES); "default" is the thirty-third session's (the low-rank dot in kernel 1), the
+# row pass's dot ("row_pass") the default since the thirty-fourth
+VARIANTS = {"default": (True, False, 0), "divide": (False, False, 0), "row_pass": (True, True, 0),
+            "stages2": (True, False, 2), "stages3": (True, False, 3), "row_pass_stages2": (True, True, 2)}
 
 
 class _WithoutLowRank:

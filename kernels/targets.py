@@ -183,8 +183,8 @@ def _quantizer_variants() -> List[Variant]:
                                    q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP,
                                                 LR_PREC=gemm.lr_prec_bf16(bm), FP8=False, REDUCE=reduce,
                                                 INV_SMOOTH=inv), warps, floats=("INV7",), div16=("K", "LDQ")))
-    # VAR_GEN_W4A4_LR_ROW_PASS and VAR_GEN_W4A4_QUANT_STAGES (not yet the defaults): the row pass with the low-rank
-    # dot, kernel 1 without it, and both passes' loops pipelined, in the 128-row launch
+    # VAR_GEN_W4A4_LR_ROW_PASS (the default since the thirty-fourth session) and VAR_GEN_W4A4_QUANT_STAGES (off): the
+    # row pass with the low-rank dot, kernel 1 without it, and both passes' loops pipelined, in the 128-row launch
     lr_ptrs = dict(x_ptr="bf16", smooth_ptr="fp32", part_ptr="fp32", down_ptr="bf16", lr_ptr="fp32", lrsum_ptr="fp32",
                    cnt_ptr="i32")
     for stages in (0, 2):

@@ -1270,8 +1270,11 @@ LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "1") == "1"
 # The low-rank dot in the row pass instead of kernel 1 (`_row_amax` with HAS_LR): it needs nothing of the
 # quantization, and it is 12-47 % of kernel 1's time with "bf16x2i" (a barrier and a wait per group, with two
 # 8-warp blocks per SM; thirty-third session), while the row pass is lighter (75 registers). The same partials
-# from the same operands. Off until timed on a GPU: VAR_GEN_W4A4_LR_ROW_PASS=1 turns it on.
-LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "0") == "1"
+# from the same operands. On the H100 (thirty-fourth session, bench/device/quant_ab.sh, the four 8B block shapes): kernel
+# 1 1.01-1.11x faster at 2048 rows and 1.12-1.47x at 4096 (the W4A4 forward up to 1.10x, on 14336->3584), 0.96-1.00x at
+# 512 with the forward equal; the resident 1024² edge proof 1.031 -> 1.021 s, no scale slower (2-8192 rows). The
+# default since then; VAR_GEN_W4A4_LR_ROW_PASS=0 keeps the dot in kernel 1.
+LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "1") == "1"
 # Kernel 1's and its row pass's loops over their split's groups with the groups as the loop's bounds, given to Triton's
 # software pipeliner with this many stages (0: the loops as before, whose loads sit under an `if` and are not
 # pipelined). With 2 or 3, x and L_down go through shared memory by cp.async, issued ahead (sm_90 PTX of the 128-row
