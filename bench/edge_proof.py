@@ -319,6 +319,30 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
     }
 
 
+def new_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats: int) -> dict:
+    """A new prompt through generate as the node calls it: the prompt cache and the kept condition dropped before each
+    run (Generator.forget_prompts), so generate encodes the prompt and computes its condition itself; with the text
+    encoder and the text-only layers offloaded, the latter's read runs beside the encoder's compute
+    (ParkedWeights.prefetch). The measured runs above encode first and give generate the features, which loads the
+    two one after the other. End-to-end seconds, the text and condition stages, the allocated peak and the loads."""
+    cuda = gen.device.type == "cuda"
+    parked = gen.parked_weights()
+    loads0 = {k: (p.loads, p.prefetched) for k, p in parked.items()}
+    runs = []
+    for rep in range(repeats):
+        gen.forget_prompts()
+        r = gen.generate(PROMPT, seed=200 + rep, cfg=cfg, height=height, width=width)
+        if cuda:
+            torch.cuda.synchronize()
+        runs.append((r.timings["total_s"], r.timings["text_encoder_s"], r.timings["condition_s"],
+                     r.memory.get("peak_allocated")))
+    med = lambda i: statistics.median(x[i] for x in runs)
+    return {"total_s": [x[0] for x in runs], "total_s_median": med(0), "text_encoder_s_median": med(1),
+            "condition_s_median": med(2), "peak_allocated": max(x[3] for x in runs) if cuda else None,
+            "loads": {k: p.loads - loads0[k][0] for k, p in parked.items()},
+            "prefetched": {k: p.prefetched - loads0[k][1] for k, p in parked.items()}}
+
+
 def repeated_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats: int) -> dict:
     """The warm-up's prompt again, through generate as the node calls it: its features in the prompt cache, and with
     offloaded weights its condition kept after one unmeasured run, so only the VAE is read (a robot asking for the
@@ -411,6 +435,7 @@ def child(a) -> dict:
             warm_peak = torch.cuda.max_memory_allocated()
             r = measure(gen, meter, h, w, a.cfg, a.repeats, out["device_rates"])
             r["warmup_peak_allocated"] = warm_peak
+            r["new_prompt"] = new_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["repeated_prompt"] = repeated_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["fits"] = True
             r["cuda_graphs"] = gen.graph_status()
@@ -538,6 +563,13 @@ def summarize(results: dict) -> None:
                 print("    reserved after the runs, by pool (reserved / allocated / free GiB): " + "; ".join(
                     f"{k} {d['reserved'] / GIB:.2f} / {d['allocated'] / GIB:.2f} / {d['free'] / GIB:.2f}"
                     for k, d in sorted(pools.items(), key=lambda kv: -kv[1]["reserved"])))
+            np_ = x.get("new_prompt")
+            if np_:
+                print(f"    a new prompt through generate: {np_['total_s_median']:.3f} s (text "
+                      f"{np_['text_encoder_s_median']:.3f}, condition {np_['condition_s_median']:.3f}), peak "
+                      f"{np_['peak_allocated'] / GIB:.2f} GiB allocated"
+                      + (f"; offloaded loads {np_['loads']}, read beside the encoder {np_['prefetched']}"
+                         if any(np_["loads"].values()) else ""))
             rp = x.get("repeated_prompt")
             if rp:
                 print(f"    the same prompt again (features cached): {rp['total_s_median']:.3f} s, peak "

@@ -12,6 +12,8 @@
 #           or made again (thirty-first session)
 #   reads   bench/offload_reads.py: each offloaded file's load, staged through pinned buffers (settings swept) against the
 #           pageable read the loads used before (thirty-second session)
+#   prefetch the offloaded run with a new prompt's condition layers read after the text encoder
+#           (VAR_GEN_OFFLOAD_PREFETCH=0), then while it computes (the default since the thirty-fourth session)
 #   sites   the offloaded run again with every allocation's stack recorded, to name the ~0.25 GiB live between
 #           generations beside the weights and the kept KV caches ("live ... MiB" lines; its timings not comparable)
 # About 4-6 minutes for the default parts with the committed picks (the tests tune the tiny model's W4A4 shapes).
@@ -47,6 +49,12 @@ if [[ " $PARTS " == *" side "* ]]; then
   edge side${SIDE_TAG:-}_offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
   edge side${SIDE_TAG:-}_bf16 bf16 int4
   edge side${SIDE_TAG:-}_resident w4a4_kv8 int4
+fi
+if [[ " $PARTS " == *" prefetch "* ]]; then
+  for v in 0 1; do
+    VAR_GEN_OFFLOAD_PREFETCH=$v edge prefetch${v}_offloaded w4a4_kv8 int4 --offload-dir "$PWD/.park"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: (v['loads'], v.get('prefetched'), round(v['load_s_mean'], 4)) for k, v in r['w4a4_kv8']['runs'][0]['offloaded'].items()})" "$OUT/edge_prefetch${v}_offloaded.json" 2>&1 | tail -1
+  done
 fi
 if [[ " $PARTS " == *" sites "* ]]; then
   edge sites w4a4_kv8 int4 --offload-dir "$PWD/.park" --memory-sites 1

@@ -346,6 +346,12 @@ class Generator:
                                                            for name, p in self.parked_weights().items())
                 + (f"; WARNING: {warn}" if warn else ""))
 
+    def forget_prompts(self) -> None:
+        """Drops the cached prompt features and the last prompt's condition: the next generation encodes its prompt
+        and computes its condition anew (with offloaded weights: loads the encoder and the text-only layers)."""
+        self.prompt_cache.clear()
+        self._last_condition = None
+
     def parked_weights(self) -> dict:
         """{what: parking.ParkedWeights} of the offloaded weights."""
         return {name: p for name, p in (("text encoder", self.text_encoder_parked),
