@@ -26,7 +26,7 @@ edge() {   # TAG MODE TE [extra args]
     --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder $te "$@" --json "$OUT/edge_$tag.json" \
     > "$OUT/edge_$tag.txt" 2>&1
   echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|rror|WARN|same prompt again" "$OUT/edge_$tag.txt" | tail -4
+  grep -E "^(w4a4|bf16)|rror|WARN|same prompt again|new prompt through" "$OUT/edge_$tag.txt" | tail -5
 }
 if [[ " $PARTS " == *" tests "* ]]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q test/test_parking.py test/test_edge_memory.py test/test_staged_read.py \
