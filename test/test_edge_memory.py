@@ -99,11 +99,12 @@ def test_the_repeated_prompt_runs_read_only_the_vae(tiny_bundle, tmp_path):
     assert len(r["total_s"]) == 2 and all(t > 0 for t in r["total_s"]) and r["peak_allocated"] is None
 
 
-def test_the_new_prompt_runs_load_the_text_weights_each_time(tiny_bundle, tmp_path):
+def test_the_new_prompt_runs_load_the_text_weights_each_time(tiny_bundle, tmp_path, monkeypatch):
     """bench/edge_proof.new_prompt_runs: generate given the prompt, its features and condition forgotten before each
     run, so every run loads the encoder, the text-only layers (read beside the encoder) and the VAE once."""
     edge_proof = _edge_proof()
-    from var_gen_ros.infinity import Generator
+    from var_gen_ros.infinity import Generator, sampler
+    monkeypatch.setattr(sampler, "OFFLOAD_PREFETCH", True)
     gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
     gen.offload_to_disk(str(tmp_path))
     gen.warmup(1, edge_proof.PROMPT, cfg=3.0)

@@ -13,7 +13,7 @@
 #   reads   bench/offload_reads.py: each offloaded file's load, staged through pinned buffers (settings swept) against the
 #           pageable read the loads used before (thirty-second session)
 #   prefetch the offloaded run with a new prompt's condition layers read after the text encoder
-#           (VAR_GEN_OFFLOAD_PREFETCH=0), then while it computes (the default since the thirty-fourth session)
+#           (VAR_GEN_OFFLOAD_PREFETCH=0, the default), then while it computes (=1; built in the thirty-fourth session)
 #   sites   the offloaded run again with every allocation's stack recorded, to name the ~0.25 GiB live between
 #           generations beside the weights and the kept KV caches ("live ... MiB" lines; its timings not comparable)
 # About 4-6 minutes for the default parts with the committed picks (the tests tune the tiny model's W4A4 shapes).

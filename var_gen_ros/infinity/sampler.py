@@ -205,12 +205,17 @@ KV_POOL_SLACK = 32 << 20
 # memory snapshot, so only for diagnosis (bench/device scripts)
 MEMORY_TRACE = os.environ.get("VAR_GEN_MEMORY_TRACE", "0") == "1"
 # a new prompt with the text encoder and the condition layers both offloaded: the condition layers' read runs on a side
-# stream while the encoder computes, in the same lease of the caches' block (Generator._encode_with_condition)
-OFFLOAD_PREFETCH = os.environ.get("VAR_GEN_OFFLOAD_PREFETCH", "1") != "0"
+# stream while the encoder computes, in the same lease of the caches' block (Generator._encode_with_condition). Built
+# in the thirty-fourth session to take the ~0.03 s of that read off a new prompt with the edge preset; checked on the
+# CPU, on the GPU only in an edge proof's eager warm-up. Off until timed on a GPU: VAR_GEN_OFFLOAD_PREFETCH=1 turns it
+# on (bench/device/te_park.sh PARTS=prefetch times it off, then on).
+OFFLOAD_PREFETCH = os.environ.get("VAR_GEN_OFFLOAD_PREFETCH", "0") == "1"
 
 
-def _round2m(n: int) -> int:
-    return -(-n // (2 << 20)) * (2 << 20)
+def _pool_bytes(n: int) -> int:
+    """What an allocation of n bytes may take of a free block: the caching allocator rounds to 512 bytes, and a block of
+    its large pool (from 1 MiB) is split only where over 1 MiB would be left, so those are counted in 2 MiB units."""
+    return -(-n // 512) * 512 if n < (1 << 20) else -(-n // (2 << 20)) * (2 << 20)
 
 
 class _PoolLease:
@@ -611,8 +616,9 @@ class Generator:
             with parked.loaded(), self._prefetch(ahead, None) as pre:
                 yield pre
             return
-        # both blocks in the caches' block (each allocation rounded up to the allocator's 2 MiB)
-        both = then is not None and self._kv_block_at[1] >= _round2m(parked.large_bytes) + _round2m(then.large_bytes)
+        # both large blocks in the caches' block
+        both = (then is not None
+                and self._kv_block_at[1] >= _pool_bytes(parked.large_bytes) + _pool_bytes(then.large_bytes))
         allocated0 = torch.cuda.memory_allocated(self.device)
         gr.kept_caches = None
         with self._kv_block_lent(gr, allocated0, "an offloaded load") as lease:
@@ -738,8 +744,8 @@ class Generator:
             key = (prompt, negative_prompt or "", use_cfg)
             cached = self.prompt_cache.get(key)
             last = self._last_condition
-            joint = (cached is None and self.text_encoder_parked is not None and self.condition_parked is not None
-                     and (last is None or last[0] != key))
+            joint = (OFFLOAD_PREFETCH and cached is None and self.text_encoder_parked is not None
+                     and self.condition_parked is not None and (last is None or last[0] != key))
             if joint:
                 feats, mask, cond = self._encode_with_condition(prompt, negative_prompt, use_cfg, key, t_start,
                                                                 timings)
