@@ -1,11 +1,13 @@
-"""Kernel 1 (the activation quantizer, with its row pass) with its low-rank dot "bf16x2i" (the default since the
-thirty-third session: 1/λ read and L_down multiplied by it) against "bf16x2" (L_down divided by λ per column and group,
-VAR_GEN_W4A4_LR_INV=0), against the dot made by the row pass instead of kernel 1 (VAR_GEN_W4A4_LR_ROW_PASS=1) and
-against both passes' loops given to Triton's pipeliner (VAR_GEN_W4A4_QUANT_STAGES=2 or 3, alone and with the row pass's
-dot), side by side in one process, and the default without its low-rank dot (the layer seen with rank 0).
+"""Kernel 1 (the activation quantizer, with its row pass) with its low-rank dot "bf16x2i" (1/λ read and L_down
+multiplied by it, the default since the thirty-third session) made in kernel 1, against "bf16x2" (L_down divided by λ
+per column and group, VAR_GEN_W4A4_LR_INV=0) and against the dot made by the row pass instead (VAR_GEN_W4A4_LR_ROW_PASS,
+the default since the thirty-fourth session), side by side in one process, and kernel 1 without its low-rank dot (the
+layer seen with rank 0).
 Per Infinity-8B block shape and row count: kernel 1 alone and the whole W4A4 forward, CUDA-graph replay medians,
 interleaved, whether the codes and units are the same bits, and the low-rank inputs' difference. (The thirty-third
-session's first run, at b54b9b7, also timed x loaded one group ahead, since removed: 0.75-0.80x from 1152 rows.)
+session's first run, at b54b9b7, also timed x loaded one group ahead, since removed: 0.75-0.80x from 1152 rows. The
+thirty-fourth session's, at 3552030, also timed both passes' loops given to Triton's pipeliner with 2 and 3 stages,
+VAR_GEN_W4A4_QUANT_STAGES, since removed: 0.85-1.20x.)
 
     python3 bench/quant_ab.py --ms 512,1152,2048,4096 --json out.json
 """
@@ -27,10 +29,9 @@ from kernels_under_test import gemm_module      # noqa: E402
 from test_kernels_gpu import _layer             # noqa: E402
 
 
-# (LR_INV, LR_ROW_PASS, QUANT_STAGES); "default" is the thirty-third session's (the low-rank dot in kernel 1), the
-# row pass's dot ("row_pass") the default since the thirty-fourth
-VARIANTS = {"default": (True, False, 0), "divide": (False, False, 0), "row_pass": (True, True, 0),
-            "stages2": (True, False, 2), "stages3": (True, False, 3), "row_pass_stages2": (True, True, 2)}
+# (LR_INV, LR_ROW_PASS); "default" is the thirty-third session's (the low-rank dot in kernel 1), the row pass's dot
+# ("row_pass") the default since the thirty-fourth
+VARIANTS = {"default": (True, False), "divide": (False, False), "row_pass": (True, True)}
 
 
 class _WithoutLowRank:
@@ -51,10 +52,10 @@ def main() -> int:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     mod = gemm_module()
-    rows, old = [], (mod.LR_INV, mod.LR_ROW_PASS, mod.QUANT_STAGES)
+    rows, old = [], (mod.LR_INV, mod.LR_ROW_PASS)
 
     def use(name):
-        mod.LR_INV, mod.LR_ROW_PASS, mod.QUANT_STAGES = VARIANTS[name]
+        mod.LR_INV, mod.LR_ROW_PASS = VARIANTS[name]
     try:
         for K, N, bias in BLOCK_SHAPES:
             layer = _layer(K, N, bias, 0)
@@ -88,7 +89,7 @@ def main() -> int:
                       + f" | same bits {all(r['same_codes_and_units'].values())}",
                       flush=True)
     finally:
-        mod.LR_INV, mod.LR_ROW_PASS, mod.QUANT_STAGES = old
+        mod.LR_INV, mod.LR_ROW_PASS = old
     write_json(a.json, {"device": torch.cuda.get_device_name(), "rows": rows})
     return 0
 

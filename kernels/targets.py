@@ -183,28 +183,18 @@ def _quantizer_variants() -> List[Variant]:
                                    q_ptrs, dict(R=_R, HAS_LR=True, MQ=mq, BLOCK_M=bm, GROUP=gemm.GROUP,
                                                 LR_PREC=gemm.lr_prec_bf16(bm), FP8=False, REDUCE=reduce,
                                                 INV_SMOOTH=inv), warps, floats=("INV7",), div16=("K", "LDQ")))
-    # VAR_GEN_W4A4_LR_ROW_PASS (the default since the thirty-fourth session) and VAR_GEN_W4A4_QUANT_STAGES (off): the
-    # row pass with the low-rank dot, kernel 1 without it, and both passes' loops pipelined, in the 128-row launch
+    # VAR_GEN_W4A4_LR_ROW_PASS (the default since the thirty-fourth session): the row pass with the low-rank dot and
+    # kernel 1 without it, in the 128-row launch
     lr_ptrs = dict(x_ptr="bf16", smooth_ptr="fp32", part_ptr="fp32", down_ptr="bf16", lr_ptr="fp32", lrsum_ptr="fp32",
                    cnt_ptr="i32")
-    for stages in (0, 2):
-        tag = f",STAGES={stages}" if stages else ""
-        st = dict(STAGES=stages) if stages else {}
-        out.append(Variant(f"row_amax[BLOCK_M=128,w8,HAS_LR=True{tag}]", gemm._row_amax, lr_ptrs,
-                           dict(BLOCK_M=128, GROUP=gemm.GROUP, INV_SMOOTH=True, R=_R, HAS_LR=True,
-                                LR_PREC=gemm.lr_prec_bf16(128), REDUCE=True, **st), 8, div16=("K",)))
-        out.append(Variant(f"quantize_act[MQ=True,BLOCK_M=128,w8,HAS_LR=False{tag}]", gemm._quantize_act,
-                           dict(lr_ptrs, q_ptr="i8", s_ptr="fp32"),
-                           dict(R=_R, HAS_LR=False, MQ=True, BLOCK_M=128, GROUP=gemm.GROUP,
-                                LR_PREC=gemm.lr_prec_bf16(128), FP8=False, REDUCE=False, INV_SMOOTH=True, **st), 8,
-                           floats=("INV7",), div16=("K", "LDQ")))
-    out.append(Variant("quantize_act[MQ=True,REDUCE=True,BLOCK_M=128,w8,STAGES=2]", gemm._quantize_act,
+    out.append(Variant("row_amax[BLOCK_M=128,w8,HAS_LR=True]", gemm._row_amax, lr_ptrs,
+                       dict(BLOCK_M=128, GROUP=gemm.GROUP, INV_SMOOTH=True, R=_R, HAS_LR=True,
+                            LR_PREC=gemm.lr_prec_bf16(128), REDUCE=True), 8, div16=("K",)))
+    out.append(Variant("quantize_act[MQ=True,BLOCK_M=128,w8,HAS_LR=False]", gemm._quantize_act,
                        dict(lr_ptrs, q_ptr="i8", s_ptr="fp32"),
-                       dict(R=_R, HAS_LR=True, MQ=True, BLOCK_M=128, GROUP=gemm.GROUP, LR_PREC=gemm.lr_prec_bf16(128),
-                            FP8=False, REDUCE=True, INV_SMOOTH=True, STAGES=2), 8, floats=("INV7",), div16=("K", "LDQ")))
-    out.append(Variant("row_amax[BLOCK_M=128,w8,STAGES=2]", gemm._row_amax,
-                       dict(x_ptr="bf16", smooth_ptr="fp32", part_ptr="fp32"),
-                       dict(BLOCK_M=128, GROUP=gemm.GROUP, INV_SMOOTH=True, STAGES=2), 8, div16=("K",)))
+                       dict(R=_R, HAS_LR=False, MQ=True, BLOCK_M=128, GROUP=gemm.GROUP,
+                            LR_PREC=gemm.lr_prec_bf16(128), FP8=False, REDUCE=False, INV_SMOOTH=True), 8,
+                       floats=("INV7",), div16=("K", "LDQ")))
     out.append(Variant("unpack_weight_i8", gemm._unpack_weight_i8,
                        dict(w_ptr="u8", sw_ptr="bf16", wu_ptr="fp32", out_ptr="i8"),
                        dict(BLOCK_N=64, GROUP=gemm.GROUP), div16=("N", "K")))

@@ -177,7 +177,7 @@ def _row_group(x_ptr, smooth_ptr, down_ptr, big, lr, rows, mask, cols, r, K, R: 
 @triton.jit
 def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, BLOCK_M: tl.constexpr,
               GROUP: tl.constexpr, INV_SMOOTH: tl.constexpr = False, R: tl.constexpr = 16, HAS_LR: tl.constexpr = False,
-              LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False, STAGES: tl.constexpr = 0):
+              LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False):
     """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
     this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits. With HAS_LR
     (LR_ROW_PASS) it also makes the low-rank partials in kernel 1's place, from the same loads."""
@@ -190,16 +190,13 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr,
     big = tl.zeros((BLOCK_M,), dtype=tl.float32)
     r = tl.arange(0, R)
     lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-    if STAGES > 0:   # (QUANT_STAGES) the split's groups as the loop's bounds: a loop Triton's pipeliner can take
-        for g in tl.range(split * GPS, tl.minimum(G, split * GPS + GPS), num_stages=STAGES):
+    # (the split's groups as the loop's bounds, which Triton's software pipeliner takes, was measured 0.85-1.20x of
+    # kernel 1's time with both passes pipelined, 0.85-1.08x with the row pass's low-rank dot: thirty-fourth session)
+    for i in range(0, GPS):
+        g = split * GPS + i
+        if g < G:
             big, lr = _row_group(x_ptr, smooth_ptr, down_ptr, big, lr, rows, mask, g * GROUP + c, r, K, R, HAS_LR,
                                  LR_PREC, INV_SMOOTH)
-    else:
-        for i in range(0, GPS):
-            g = split * GPS + i
-            if g < G:
-                big, lr = _row_group(x_ptr, smooth_ptr, down_ptr, big, lr, rows, mask, g * GROUP + c, r, K, R, HAS_LR,
-                                     LR_PREC, INV_SMOOTH)
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
     if HAS_LR:
         _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
@@ -235,8 +232,7 @@ def _quantize_group(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr, rows, mask, g
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
                   LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
-                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False,
-                  STAGES: tl.constexpr = 0):
+                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False):
     if SIGNAL:   # the i8s GEMM after it is a programmatic dependent launch (sm_90, kernels/w4a4_small_m.cu): it may
         # start now, fetch its weights into the L2 and wait for this grid's end before reading what it writes
         tl.extra.cuda.gdc_launch_dependents()
@@ -263,17 +259,12 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
         if split == 0:
             tl.store(s_ptr + rows, u, mask=rows < M)
     # (x loaded one group ahead was measured 0.75-0.80x at 1152-4096 rows on the H100: 129 registers, one block per
-    # SM; thirty-third session)
-    if STAGES > 0:   # (QUANT_STAGES) the split's groups as the loop's bounds: a loop Triton's pipeliner can take
-        for g in tl.range(split * GPS, tl.minimum(G, split * GPS + GPS), num_stages=STAGES):
+    # SM; thirty-third session. The loop given to Triton's pipeliner: see _row_amax)
+    for i in range(0, GPS):
+        g = split * GPS + i
+        if g < G:
             lr = _quantize_group(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr, rows, mask, g, c, dst_c, r, u, M, K, G,
                                  INV7, LDQ, R, HAS_LR, MQ, GROUP, LR_PREC, FP8, INV_SMOOTH)
-    else:
-        for i in range(0, GPS):
-            g = split * GPS + i
-            if g < G:
-                lr = _quantize_group(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr, rows, mask, g, c, dst_c, r, u, M, K,
-                                     G, INV7, LDQ, R, HAS_LR, MQ, GROUP, LR_PREC, FP8, INV_SMOOTH)
     if HAS_LR:
         _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
 
@@ -1092,8 +1083,7 @@ def inv_smooth(layer) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None,
-                         stages: int = None):
+                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -1104,7 +1094,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     with LR_INV elsewhere "bf16x2i" (x against L_down · (1/λ)), else "ieee" (float32 FMA). `inv` (default
     `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
-    override the defaults (tests, benchmarks), as do `row_pass_lr` LR_ROW_PASS and `stages` QUANT_STAGES. `signal` (sm_90 only): the kernel lets
+    override the defaults (tests, benchmarks), as does `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets
     a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
     M, K = x2.shape
     R = layer.rank
@@ -1132,18 +1122,16 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
     lr_args = (layer.lora_down if R else x2, lr if R else sx, lrsum if reduce else part, cnt)
     lr_meta = dict(R=R if R else 16, HAS_LR=bool(R), LR_PREC=lr_prec, REDUCE=reduce)
-    stages = QUANT_STAGES if stages is None else stages
-    st = {"STAGES": stages} if stages > 0 else {}
     if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
         _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
-                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta, **st))
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
         lr_meta = dict(lr_meta, HAS_LR=False, REDUCE=False)
     else:
         _ROW_AMAX(grid, (x2, smooth, part, part, part, part, part, M, K, gps, S),
-                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **st))
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
     _QUANTIZE(grid, (x2, smooth, lr_args[0], q, sx, lr_args[1], part, lr_args[2], cnt, M, K, gps, S, INV_QMAX, K),
-              dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, **lr_meta, **st,
+              dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, **lr_meta,
                    **({"SIGNAL": True} if signal else {})))
     return q, sx, (lrsum if reduce else lr)
 
@@ -1275,12 +1263,6 @@ LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "1") == "1"
 # 512 with the forward equal; the resident 1024² edge proof 1.031 -> 1.021 s, no scale slower (2-8192 rows). The
 # default since then; VAR_GEN_W4A4_LR_ROW_PASS=0 keeps the dot in kernel 1.
 LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "1") == "1"
-# Kernel 1's and its row pass's loops over their split's groups with the groups as the loop's bounds, given to Triton's
-# software pipeliner with this many stages (0: the loops as before, whose loads sit under an `if` and are not
-# pipelined). With 2 or 3, x and L_down go through shared memory by cp.async, issued ahead (sm_90 PTX of the 128-row
-# launch, thirty-third session: kernel 1 123 / 115 registers, still two 8-warp blocks per SM; the row pass 46). The
-# same bits. Off until timed on a GPU: VAR_GEN_W4A4_QUANT_STAGES=2 turns it on.
-QUANT_STAGES = int(os.environ.get("VAR_GEN_W4A4_QUANT_STAGES", "0"))
 
 
 def lr_prec_bf16(block_m: int) -> str:

@@ -1,10 +1,11 @@
 #!/bin/bash
-# Kernel 1's variants side by side (bench/quant_ab.py, one process): the default "bf16x2i" low-rank dot against
-# "bf16x2" (VAR_GEN_W4A4_LR_INV=0), the dot in the row pass (VAR_GEN_W4A4_LR_ROW_PASS=1) and both passes' loops
-# pipelined (VAR_GEN_W4A4_QUANT_STAGES=2 / 3), after the quantizer's GPU tests; with EDGE=1 the 1024² edge proof
-# (W4A4 + INT8 KV, resident) once per setting in EDGE_ENVS (space-separated NAME=VALUE; "-" for the defaults). About
-# 7 minutes without EDGE (then EDGE=1 TESTS=0 AB=0 in a second call), 40 s per edge run; MS sets the row counts. (The thirty-third session's first run, at b54b9b7, also
-# timed x loaded one group ahead, VAR_GEN_W4A4_QUANT_PREFETCH, since removed.)
+# Kernel 1's variants side by side (bench/quant_ab.py, one process): the thirty-third session's "bf16x2i" low-rank dot
+# in kernel 1, against "bf16x2" (VAR_GEN_W4A4_LR_INV=0) and the dot in the row pass (VAR_GEN_W4A4_LR_ROW_PASS, the
+# default since the thirty-fourth session), after the quantizer's GPU tests; with EDGE=1 the 1024² edge proof (W4A4 +
+# INT8 KV, resident) once per setting in EDGE_ENVS (space-separated NAME=VALUE; "-" for the defaults). About 7
+# minutes without EDGE (then EDGE=1 TESTS=0 AB=0 in a second call), 45 s per edge run; MS sets the row counts. (The
+# thirty-third session's first run, at b54b9b7, also timed x loaded one group ahead, VAR_GEN_W4A4_QUANT_PREFETCH; the
+# thirty-fourth's, at 3552030, both passes' loops pipelined, VAR_GEN_W4A4_QUANT_STAGES; both since removed.)
 source bench/device/autotune_carry.sh
 build_extension
 if [ "${TESTS:-1}" = 1 ]; then
@@ -16,7 +17,7 @@ if [ "${AB:-1}" = 1 ]; then
   echo "ab rc $? s $(( $(date +%s) - t0 ))"; cat "$OUT/quant_ab.txt" | tail -20
 fi
 if [ "${EDGE:-0}" = 1 ]; then
-  for e in ${EDGE_ENVS:-- VAR_GEN_W4A4_LR_ROW_PASS=1 VAR_GEN_W4A4_QUANT_STAGES=2}; do
+  for e in ${EDGE_ENVS:-- VAR_GEN_W4A4_LR_ROW_PASS=0}; do
     tag=${e//[^A-Za-z0-9]/_}; [ "$e" = - ] && tag=defaults
     env ${e/#-/DEFAULTS=1} timeout -s ABRT -k 10 170 python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 \
       --modes w4a4_kv8 --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 \
