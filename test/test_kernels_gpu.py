@@ -319,8 +319,8 @@ def test_gelu_epilogue_matches_reference_on_the_ffn_shape():
 @pytest.mark.parametrize("K", [3584, 14336])
 def test_quantizer_launches_agree(K):
     """Every quantizer launch (FMA, bf16x2, bf16x2s or bf16x2i tensor-core low-rank dot, λ or 1/λ read, row blocks,
-    warps, the low-rank dot in kernel 1 or in its row pass, the loops pipelined or not) gives the same codes and
-    scales, and the low-rank input within 2e-5 of float64 (fresh inputs each run)."""
+    warps, the low-rank dot in kernel 1 or in its row pass) gives the same codes and scales, and the low-rank input
+    within 2e-5 of float64 (fresh inputs each run)."""
     from kernels_under_test import gemm_module
     mod = gemm_module()
     layer = _layer(K, 3584, True, seed=K)
