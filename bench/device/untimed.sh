@@ -5,7 +5,8 @@
 # edge preset (offloaded) with VAR_GEN_OFFLOAD_PREFETCH=0, then =1 (te_park.sh PARTS=prefetch: compare the "a new
 # prompt through generate" lines); bench/vae_decode.py (NCHW against the channels-last variants); with EDGE=1 the edge
 # preset with VAR_GEN_VAE_CHANNELS_LAST=0, then =1. Each part is skipped when fewer than its seconds are left of CALL_S
-# (default 560).
+# (default 560). Then, in a second call on the same machine, issue 7's side by side with the row pass's low-rank dot
+# the default: PARTS=side SIDE_TAG=6 bash bench/device/te_park.sh (offloaded, bf16, resident; about 3 minutes).
 source bench/device/autotune_carry.sh
 build_extension
 left() { echo $(( ${CALL_S:-560} - $(date +%s) + t0 )); }
