@@ -210,6 +210,10 @@ MEMORY_TRACE = os.environ.get("VAR_GEN_MEMORY_TRACE", "0") == "1"
 # CPU, on the GPU only in an edge proof's eager warm-up. Off until timed on a GPU: VAR_GEN_OFFLOAD_PREFETCH=1 turns it
 # on (bench/device/te_park.sh PARTS=prefetch times it off, then on).
 OFFLOAD_PREFETCH = os.environ.get("VAR_GEN_OFFLOAD_PREFETCH", "0") == "1"
+# with cuda_graphs, the text encoder's forward as CUDA graphs too, one per (batch, token count) (text_graphs.py): built
+# in the thirty-fourth session to take the ~0.025 s of launches off a new prompt's text stage; the same features as
+# eager on the CPU's path, not yet run on a GPU. Off until timed: VAR_GEN_TEXT_GRAPHS=1 turns it on.
+TEXT_GRAPHS = os.environ.get("VAR_GEN_TEXT_GRAPHS", "0") == "1"
 
 
 def _pool_bytes(n: int) -> int:
@@ -405,6 +409,9 @@ class Generator:
             msg += f"; {gr.capture_ooms} capture(s) ran out of memory (each retried at the next generation)"
         if not gr.capture and gr.error:
             msg += f"; capture stopped: {gr.error}"
+        te = self.text_encoder.graphs if self.text_encoder is not None else None
+        if te is not None:
+            msg += f"; text encoder: {te.status()}"
         return msg
 
     def memory_pools(self) -> dict:
@@ -416,6 +423,9 @@ class Generator:
             out[tuple(gr.kv_pool.id)] = "kv"
         if gr is not None and gr._pool is not None:
             out[tuple(gr._pool)] = "graphs"
+        te = self.text_encoder.graphs if self.text_encoder is not None else None
+        if te is not None and te._pool is not None:
+            out[tuple(te._pool)] = "text graphs"
         return out
 
     def kept_kv_bytes(self) -> int:
@@ -431,6 +441,8 @@ class Generator:
         gr = self._graphs
         self._warm_after_release = (gr.key, frozenset(gr.warm)) if keep_warm and gr is not None else None
         self._graphs = None
+        if self.text_encoder is not None and self.text_encoder.graphs is not None:
+            self.text_encoder.graphs.drop()
 
     def _caches(self, schedule: ScaleSchedule, B: int):
         """(KV caches, ScaleGraphs or None) for one generation: with cuda_graphs, the kept graphs when the
@@ -557,7 +569,11 @@ class Generator:
 
     def _encode(self, prompt: str, negative_prompt: Optional[str], use_cfg: bool):
         prompts = [prompt] + ([negative_prompt] if (use_cfg and negative_prompt) else [])
-        feats, mask = self.text_encoder.encode(prompts)
+        te = self.text_encoder
+        want = TEXT_GRAPHS and self.cuda_graphs and te.device.type == "cuda"
+        if want != (te.graphs is not None):
+            te.use_graphs(want)
+        feats, mask = te.encode(prompts)
         # the encoder may live elsewhere (text_encoder: cpu keeps it off the GPU): features go to the model
         feats, mask = feats.to(self.device), mask.to(self.device)
         if use_cfg and not negative_prompt:

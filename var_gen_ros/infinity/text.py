@@ -28,6 +28,16 @@ def check_text_encoder_dir(path: str) -> None:
 class TextEncoder:
     def __init__(self, tokenizer, model, max_length: int):
         self.tokenizer, self.model, self.max_length = tokenizer, model, max_length
+        self.graphs = None      # text_graphs.TextEncoderGraphs: the forward captured per shape on a GPU (use_graphs)
+        self._embed_dtype = None
+
+    def use_graphs(self, on: bool = True) -> None:
+        """The forward as CUDA graphs per (batch, token count) on a GPU (text_graphs.py), or eager again."""
+        if on and self.graphs is None:
+            from .text_graphs import TextEncoderGraphs
+            self.graphs = TextEncoderGraphs(self.model)
+        elif not on:
+            self.graphs = None
 
     @classmethod
     def from_dir(cls, path: str, device="cpu", dtype=torch.float32, max_length: int = 512) -> "TextEncoder":
@@ -55,5 +65,14 @@ class TextEncoder:
         tok = self.tokenizer(list(prompts), max_length=self.max_length, padding="longest", truncation=True,
                              return_tensors="pt")
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
-        feats = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        if self.graphs is None:
+            feats = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        else:   # a 4-D additive mask: transformers' own for this 2-D one, without its host sync (text_graphs.py)
+            from .text_graphs import additive_mask
+            if self._embed_dtype is None:     # the dtype transformers makes its mask in: the embeddings'
+                self._embed_dtype = self.model.get_input_embeddings()(ids[:, :1]).dtype
+            feats = self.graphs.run(ids, additive_mask(mask, self._embed_dtype), self._forward)
         return feats, mask.bool()
+
+    def _forward(self, ids: torch.Tensor, mask4d: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=mask4d).last_hidden_state.float()

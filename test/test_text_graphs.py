@@ -1,0 +1,126 @@
+"""The text encoder's forward as CUDA graphs (var_gen_ros/infinity/text_graphs.py, TextEncoder.use_graphs): the 4-D
+additive mask it passes gives transformers' T5 the bits of the 2-D mask, without the host sync a capture cannot hold;
+on a GPU, graphed and eager encodings give the same features, per shape eager, then captured, then replayed, and
+graphs captured again when the weights move."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+PROMPTS = (["a red circle on a white background"], ["three small green triangles", "a blue square"],
+           ["a yellow star"])
+
+# ops that make the host wait for the GPU (a value read back, or a size that depends on values): none may run inside a
+# CUDA graph's capture
+HOST_SYNCS = ("_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "item")
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def _encoder(tiny_bundle, device, dtype, mode):
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.quant.runtime import apply_text_encoder
+    gen = Generator.from_bundle(tiny_bundle, device=device, dtype=dtype)
+    apply_text_encoder(gen, mode)
+    return gen.text_encoder
+
+
+@pytest.mark.parametrize("dtype,mode", [(torch.float32, "bf16"), (torch.bfloat16, "bf16"), (torch.bfloat16, "int4")])
+def test_the_additive_mask_gives_the_2d_masks_bits_without_a_host_sync(tiny_bundle, dtype, mode):
+    te = _encoder(tiny_bundle, "cpu", dtype, mode)
+    want = [te.encode(p) for p in PROMPTS]
+    te.use_graphs()                  # on the CPU: the same forward, eager, with the 4-D mask
+    got = [te.encode(p) for p in PROMPTS]
+    for (f0, m0), (f1, m1) in zip(want, got):
+        assert f1.dtype == torch.float32 and torch.equal(m0, m1) and torch.equal(f0, f1)
+    assert bool((~want[1][1]).any())          # the two-prompt batch has padding: the mask matters
+    # what a capture would record: no host sync with the 4-D mask; the 2-D mask's one is transformers' `.all()`
+    from var_gen_ros.infinity.text_graphs import additive_mask
+    tok = te.tokenizer(PROMPTS[1], max_length=te.max_length, padding="longest", truncation=True, return_tensors="pt")
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    with torch.no_grad():
+        dt = te.model.get_input_embeddings()(ids[:, :1]).dtype
+        with _Ops() as four:
+            te._forward(ids, additive_mask(mask, dt))
+        with _Ops() as two:
+            te.model(input_ids=ids, attention_mask=mask)
+    assert not [n for n in four.names if n in HOST_SYNCS], four.names
+    assert [n for n in two.names if n in HOST_SYNCS]       # (if transformers drops its sync, this says so)
+    te.use_graphs(False)
+    assert te.graphs is None and torch.equal(te.encode(PROMPTS[1])[0], want[1][0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+@pytest.mark.parametrize("mode", ["bf16", "int4"])
+def test_graphed_encodings_give_the_eager_features_on_gpu(tiny_bundle, mode):
+    eager = _encoder(tiny_bundle, "cuda", torch.bfloat16, mode)
+    te = _encoder(tiny_bundle, "cuda", torch.bfloat16, mode)
+    te.use_graphs()
+    g = te.graphs
+    for rep in range(3):             # per shape: eager, captured, replayed
+        for p in PROMPTS:
+            a, b = eager.encode(p), te.encode(p)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (rep, p)
+    assert g.capture and len(g.graphs) == len(PROMPTS) and g.captures == len(PROMPTS), g.status()
+    assert g.replays == 2 * len(PROMPTS)
+    out = te.encode(PROMPTS[0])[0]
+    assert out.data_ptr() != te.encode(PROMPTS[0])[0].data_ptr()       # each call its own tensor
+    # the weights moved (each tensor copied to new memory while the old ones live, as a load elsewhere would): the
+    # graphs are dropped and the shape is captured again, with the same features
+    old = []
+    for m in te.model.modules():
+        for table in (m._parameters, m._buffers):
+            for name, t in table.items():
+                if t is not None:
+                    old.append(t)
+                    table[name] = torch.nn.Parameter(t.detach().clone(), requires_grad=False) \
+                        if isinstance(t, torch.nn.Parameter) else t.clone()
+    b = te.encode(PROMPTS[0])
+    assert torch.equal(b[0], eager.encode(PROMPTS[0])[0])
+    assert g.captures == len(PROMPTS) + 1 and len(g.graphs) == 1, g.status()
+    del old
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+@pytest.mark.parametrize("offload", [False, True])
+def test_generations_with_the_text_encoder_graphed_give_the_same_images_on_gpu(tiny_bundle, tmp_path, monkeypatch,
+                                                                              offload):
+    """VAR_GEN_TEXT_GRAPHS with cuda_graphs: new prompts of a few token counts, each encoded eagerly, then captured,
+    then replayed, give a resident eager encoder's images; offloaded (the encoder loaded into the KV caches' dead
+    block for each new prompt), its weights come back where they were, so the graphs replay rather than being
+    captured again; the idle release drops them."""
+    from var_gen_ros.infinity import Generator, sampler
+    from var_gen_ros.quant import QuantConfig, quantize_
+    from var_gen_ros.quant.runtime import apply_text_encoder
+    gens = [Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    for g in gens:
+        quantize_(g, QuantConfig())
+        apply_text_encoder(g, "int4")
+        g.cuda_graphs = True
+    ref, gen = gens
+    if offload:
+        gen.offload_to_disk(str(tmp_path))
+    monkeypatch.setattr(sampler, "TEXT_GRAPHS", True)
+    prompts = [p[0] for p in PROMPTS]
+    for rep in range(3):
+        for i, p in enumerate(prompts):
+            gen.forget_prompts()
+            ref.forget_prompts()
+            monkeypatch.setattr(sampler, "TEXT_GRAPHS", False)
+            want = ref.generate(p, seed=i).image
+            monkeypatch.setattr(sampler, "TEXT_GRAPHS", True)
+            assert (gen.generate(p, seed=i).image == want).all(), (rep, p)
+    g = gen.text_encoder.graphs
+    assert g is not None and ref.text_encoder.graphs is None
+    # each shape captured once (weights that moved would have made it capture again) and replayed in the third round
+    assert g.captures == len(prompts) and g.replays - g.captures == len(prompts), g.status()
+    assert "text encoder:" in gen.graph_status()
+    gen.release_graphs(keep_warm=True)
+    assert not g.graphs
