@@ -6,6 +6,7 @@ error before transformers is asked.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import List, Sequence, Tuple
 
 import torch
@@ -30,10 +31,12 @@ class TextEncoder:
         self.tokenizer, self.model, self.max_length = tokenizer, model, max_length
         self.graphs = None      # text_graphs.TextEncoderGraphs: the forward captured per shape on a GPU (use_graphs)
         self._embed_dtype = None
+        self._no_graphs = ""    # why the graphs cannot be used here
 
     def use_graphs(self, on: bool = True) -> None:
-        """The forward as CUDA graphs per (batch, token count) on a GPU (text_graphs.py), or eager again."""
-        if on and self.graphs is None:
+        """The forward as CUDA graphs per (batch, token count) on a GPU (text_graphs.py), or eager again. A no-op where
+        the installed transformers refused the 4-D mask the graphs need."""
+        if on and self.graphs is None and not self._no_graphs:
             from .text_graphs import TextEncoderGraphs
             self.graphs = TextEncoderGraphs(self.model)
         elif not on:
@@ -71,7 +74,13 @@ class TextEncoder:
             from .text_graphs import additive_mask
             if self._embed_dtype is None:     # the dtype transformers makes its mask in: the embeddings'
                 self._embed_dtype = self.model.get_input_embeddings()(ids[:, :1]).dtype
-            feats = self.graphs.run(ids, additive_mask(mask, self._embed_dtype), self._forward)
+            try:
+                feats = self.graphs.run(ids, additive_mask(mask, self._embed_dtype), self._forward)
+            except ValueError as e:           # (transformers 4.x took only 2-D and 3-D masks)
+                self._no_graphs, self.graphs = f"{type(e).__name__}: {e}"[:300], None
+                warnings.warn(f"var_gen_ros: the text encoder runs without CUDA graphs: this transformers does not "
+                              f"take a 4-D attention mask ({self._no_graphs})")
+                feats = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         return feats, mask.bool()
 
     def _forward(self, ids: torch.Tensor, mask4d: torch.Tensor) -> torch.Tensor:
