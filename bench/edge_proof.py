@@ -439,6 +439,7 @@ def child(a) -> dict:
             r["repeated_prompt"] = repeated_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["fits"] = True
             r["cuda_graphs"] = gen.graph_status()
+            progress(f"{mode}: cuda graphs: {r['cuda_graphs']}")
         except torch.cuda.OutOfMemoryError as e:
             r = {"resolution": [h, w], "fits": False, "error": str(e).split("\n")[0][:300],
                  "peak_allocated_before_oom": torch.cuda.max_memory_allocated(), **oom_report(e)}
