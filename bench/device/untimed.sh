@@ -30,6 +30,7 @@ for spec in "offloaded:-" "offloaded:VAR_GEN_OFFLOAD_PREFETCH=1" \
     --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1
   echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
   grep -E "^w4a4|new prompt through|same prompt again|rror" "$OUT/edge_$tag.txt" | tail -3
+  grep -o "text encoder: [^;]*" "$OUT/edge_$tag.txt" | tail -1
 done
 if [ "$(left)" -gt 90 ]; then
   timeout 90 python3 bench/vae_decode.py --repeats 5 --json "$OUT/vae_decode_channels_last.json" \
