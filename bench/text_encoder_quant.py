@@ -12,7 +12,9 @@ say nothing. A trained encoder's errors are measured on the embedded default mod
 
 Also the encode time of each mode, side by side in one process (median of --repeats, synchronized): the
 unquantized encoder, INT8, INT4 with its dequantization kernel on a GPU, and INT4 through the PyTorch
-reference dequantization (`int4_weight.DEQUANT_KERNEL = False`)."""
+reference dequantization (`int4_weight.DEQUANT_KERNEL = False`); on a GPU each also as CUDA graphs
+(`TextEncoder.use_graphs`, var_gen_ros/infinity/text_graphs.py; "_graphs"), with whether its features are the eager
+run's bits."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +63,20 @@ def encode_seconds(te, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def graphed(te, name: str, eager, out: dict, repeats: int) -> None:
+    """On a GPU: the encode time with the forward as CUDA graphs (the warm-up call runs eagerly, the first timed one
+    captures, the others replay) and whether the features are the eager run's bits."""
+    if te.device.type != "cuda":
+        return
+    te.use_graphs()
+    try:
+        out["encode_s"][f"{name}_graphs"] = encode_seconds(te, repeats)
+        out["graphs_equal_eager"][name] = bool(torch.equal(te.encode(PROMPTS)[0], eager))
+        out.setdefault("graphs_status", {})[name] = te.graphs.status() if te.graphs is not None else te._no_graphs
+    finally:
+        te.use_graphs(False)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -73,7 +89,9 @@ def main():
     ref, _ = base.encode(PROMPTS)
     base_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     out = {"device": a.device, "dtype": a.dtype, "prompts": len(PROMPTS), "tokens": int(ref.shape[1]),
-           "bytes": {base_name: nbytes(base.model)}, "encode_s": {base_name: encode_seconds(base, a.repeats)}}
+           "bytes": {base_name: nbytes(base.model)}, "encode_s": {base_name: encode_seconds(base, a.repeats)},
+           "graphs_equal_eager": {}}
+    graphed(base, base_name, ref, out, a.repeats)
     if dtype != torch.float32:
         # the same weights in float32: how far the encoder's own rounding moves its features, the floor
         # against which a weight grid's error means something (random T5 weights are chaotic: T5 does not
@@ -96,6 +114,7 @@ def main():
         out[mode] = {"applied": desc, "feature_rel_error": rel, "token_cosine_min": cos.min().item(),
                      "token_cosine_mean": cos.mean().item(), "quantize_s": quant_s}
         out["encode_s"][mode] = encode_seconds(te, a.repeats)
+        graphed(te, mode, feats, out, a.repeats)
         if mode == "int4":
             int4_weight.DEQUANT_KERNEL = False
             try:

@@ -39,6 +39,7 @@ class TextEncoder:
         if on and self.graphs is None and not self._no_graphs:
             from .text_graphs import TextEncoderGraphs
             self.graphs = TextEncoderGraphs(self.model)
+            self._embed_dtype = None     # (asked again: the model may have been quantized since)
         elif not on:
             self.graphs = None
 
