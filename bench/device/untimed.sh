@@ -7,7 +7,8 @@
 #   2. the 1024² edge proof (W4A4 + INT8 KV, INT4 encoder), one process per setting, compared by their "a new prompt
 #      through generate" lines: offloaded as the edge preset with both off, with VAR_GEN_OFFLOAD_PREFETCH=1, and with
 #      VAR_GEN_TEXT_GRAPHS=1 too; resident with both off, then with VAR_GEN_TEXT_GRAPHS=1;
-#   3. bench/vae_decode.py (the GroupNorm kernel in NCHW against its channels-last forms).
+#   3. bench/vae_decode.py (the GroupNorm kernel in NCHW against its channels-last forms);
+#   4. bench/text_encoder_quant.py (the T5-XL-shaped encoder's encode, eager and as CUDA graphs, bf16 / INT8 / INT4).
 # A part is skipped when too little of CALL_S (default 560) is left. Then, in a second call on the same machine, issue
 # 7's side by side with the defaults that won: PARTS=side SIDE_TAG=6 bash bench/device/te_park.sh (about 3 minutes),
 # and with EDGE=1 bash bench/device/vae_channels_last.sh if the decode gained.
@@ -36,6 +37,11 @@ if [ "$(left)" -gt 90 ]; then
   timeout 90 python3 bench/vae_decode.py --repeats 5 --json "$OUT/vae_decode_channels_last.json" \
     > "$OUT/vae_decode_channels_last.txt" 2>&1
   echo "decode rc $? s $(( $(date +%s) - t0 ))"; head -8 "$OUT/vae_decode_channels_last.txt"
+fi
+if [ "$(left)" -gt 100 ]; then
+  timeout 100 python3 bench/text_encoder_quant.py --repeats 10 --json "$OUT/text_encoder_graphs.json" \
+    > "$OUT/text_encoder_graphs.txt" 2>&1
+  echo "text encoder rc $? s $(( $(date +%s) - t0 ))"; grep "^encode s" "$OUT/text_encoder_graphs.txt"
 fi
 autotune_picks_save
 true
