@@ -19,6 +19,7 @@ A load is two reads (staged_read.py), not one per tensor: the INT4 text encoder 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -350,7 +351,6 @@ class Prefetch:
 
     def __init__(self, parked: ParkedWeights, blocks: list):
         global _prefetcher
-        import concurrent.futures
         self._blocks = blocks
         stream = None
         if parked.device.type == "cuda":
@@ -375,7 +375,6 @@ class Prefetch:
 
     def close(self) -> None:
         """Waits for the read (its error is dropped: the blocks are not used) and lets the blocks go."""
-        import concurrent.futures
         future, self._future = self._future, None
         if future is not None:
             concurrent.futures.wait([future])
