@@ -414,6 +414,9 @@ def child(a) -> dict:
         gen.warmup(warm, PROMPT, cfg=a.cfg, height=res[0][0], width=res[0][1])
         progress(f"{mode}: measuring {res[0][0]}x{res[0][1]} (uncapped)")
         out["uncapped"] = measure(gen, meter, res[0][0], res[0][1], a.cfg, a.repeats, out["device_rates"])
+        # the node's paths too, so that a quantized mode's "new prompt" and "same prompt" lines have their bf16 pair
+        out["uncapped"]["new_prompt"] = new_prompt_runs(gen, res[0][0], res[0][1], a.cfg, a.repeats)
+        out["uncapped"]["repeated_prompt"] = repeated_prompt_runs(gen, res[0][0], res[0][1], a.cfg, a.repeats)
         out["uncapped"]["cuda_graphs"] = gen.graph_status()
         gen.release_graphs()
         torch.cuda.empty_cache()

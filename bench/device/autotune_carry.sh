@@ -80,3 +80,12 @@ edge_until() {
     grep -E "^(w4a4|bf16)|rror|unloaded" "$OUT/edge_$mode.txt" | tail -4
   done
 }
+# pack_out: the device tool returns a limited number of files per call (8 came back in the thirty-fifth session's
+# first call, the rest "left out (count)"): every file under $OUT but autotune.tgz into $OUT/out.tgz
+pack_out() {
+  local list; list=$(mktemp)
+  (cd "$OUT" && find . -type f ! -name autotune.tgz ! -name out.tgz | sed 's#^\./##' > "$list" \
+    && tar czf out.tgz -T "$list" && xargs rm -f < "$list")
+  rm -f "$list"
+  echo "packed into out.tgz: $(tar tzf "$OUT/out.tgz" | wc -l) files"
+}

@@ -48,4 +48,5 @@ if [ "$(left)" -gt 100 ]; then
   echo "text encoder rc $? s $(( $(date +%s) - t0 ))"; grep "^encode s" "$OUT/text_encoder_graphs.txt"
 fi
 autotune_picks_save
+pack_out
 true

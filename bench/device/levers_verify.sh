@@ -1,0 +1,54 @@
+#!/bin/bash
+# The next session's first call (about 8 minutes; a part is skipped when too little of CALL_S, default 560, is left).
+# The thirty-fifth session timed the text encoder's CUDA graphs (VAR_GEN_TEXT_GRAPHS) and the condition layers' read
+# beside the encoder (VAR_GEN_OFFLOAD_PREFETCH) on the H100: a new prompt through generate 1.115 -> 1.055 s offloaded
+# with both, 0.993 -> 0.965 s resident with the graphs. Their GPU tests did not get to run: the parking test before
+# them (W4A4 generations on the tiny model, eager, which autotune the kernels for its shapes on a fresh machine)
+# held both calls' test time. So, before either becomes the default:
+#   1. their GPU tests first, each file on its own, verbose (a line per test as it ends) and stopped with SIGINT at
+#      its limit (pytest then prints where it was): the graphed encodings against the eager ones and the generations
+#      with the encoder graphed (test_text_graphs.py), the joint lease and the KV-block borrow (test_parking.py), then
+#      the parking test that was slow;
+#   2. issue 7's side by side with both on in every mode (the text encoder is INT4 in all three, so bf16 gets the
+#      graphs too): offloaded, resident, bf16, each with its "a new prompt through generate" line (bf16's uncapped run
+#      now has one as well);
+#   3. bench/text_encoder_quant.py (the encoder alone, eager and graphed: whether each replay gives the eager bits).
+# PARTS (default "tests edge te"; each part above in turn) runs some of them: with little of a machine's warm-up
+# cached, the tests may take a call of their own (then PARTS="edge te" in a second call on the same machine). Every
+# file comes back packed in out.tgz.
+source bench/device/autotune_carry.sh
+build_extension
+left() { echo $(( ${CALL_S:-560} - $(date +%s) + t0 )); }
+tests() {  # NAME LIMIT NODEIDS...
+  local name=$1 limit=$2; shift 2
+  [ "$(left)" -lt $((limit + 60)) ] && echo "tests $name not run" && return
+  timeout -s INT -k 15 "$limit" python3 -m pytest -v -p no:cacheprovider "$@" --durations=6 > "$OUT/test_$name.txt" 2>&1
+  echo "tests $name rc $? s $(( $(date +%s) - t0 ))"; grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/test_$name.txt" | tail -8
+}
+PARTS=${PARTS:-tests edge te}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+has tests && tests text_graphs 180 test/test_text_graphs.py -k gpu
+has tests && tests joint_lease 120 "test/test_parking.py::test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_blocks_lease_on_gpu" \
+  "test/test_parking.py::test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu"
+BOTH="VAR_GEN_OFFLOAD_PREFETCH=1 VAR_GEN_TEXT_GRAPHS=1"
+for spec in offloaded resident bf16; do
+  has edge || break
+  limit=100; [ "$spec" = bf16 ] && limit=150; [ "$spec" = offloaded ] && limit=160   # the first one compiles
+  [ "$(left)" -lt $((limit + 20)) ] && echo "edge $spec not run" && continue
+  extra=(); [ "$spec" = offloaded ] && extra=(--offload-dir "$PWD/.park")
+  mode=w4a4_kv8; [ "$spec" = bf16 ] && mode=bf16
+  env $BOTH timeout -s ABRT -k 10 $limit python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 --modes $mode \
+    --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 "${extra[@]}" \
+    --json "$OUT/edge_both_$spec.json" > "$OUT/edge_both_$spec.txt" 2>&1
+  echo "edge $spec rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
+  grep -E "^(w4a4|bf16)|new prompt through|same prompt again|rror" "$OUT/edge_both_$spec.txt" | tail -5
+done
+if has te && [ "$(left)" -gt 100 ]; then
+  timeout 90 python3 bench/text_encoder_quant.py --repeats 10 --json "$OUT/text_encoder_graphs.json" \
+    > "$OUT/text_encoder_graphs.txt" 2>&1
+  echo "text encoder rc $? s $(( $(date +%s) - t0 ))"; grep -E "^encode s|bits" "$OUT/text_encoder_graphs.txt" | head -8
+fi
+has tests && tests parking_slow 100 "test/test_parking.py::test_offloaded_weights_give_their_gpu_memory_back_between_uses"
+autotune_picks_save
+pack_out
+true
