@@ -1,5 +1,5 @@
 #!/bin/bash
-# The next session's first call (about 8 minutes; a part is skipped when too little of CALL_S, default 560, is left).
+# The next session's first calls (a part is skipped when too little of CALL_S, default 560, is left).
 # The thirty-fifth session timed the text encoder's CUDA graphs (VAR_GEN_TEXT_GRAPHS) and the condition layers' read
 # beside the encoder (VAR_GEN_OFFLOAD_PREFETCH) on the H100: a new prompt through generate 1.115 -> 1.055 s offloaded
 # with both, 0.993 -> 0.965 s resident with the graphs. Their GPU tests did not get to run: the parking test before
@@ -13,8 +13,9 @@
 #      graphs too): offloaded, resident, bf16, each with its "a new prompt through generate" line (bf16's uncapped run
 #      now has one as well);
 #   3. bench/text_encoder_quant.py (the encoder alone, eager and graphed: whether each replay gives the eager bits).
-# PARTS (default "tests edge te"; each part above in turn) runs some of them: with little of a machine's warm-up
-# cached, the tests may take a call of their own (then PARTS="edge te" in a second call on the same machine). Every
+# PARTS (default "tests edge te"; each part above in turn) runs some of them. The parking tests on the tiny model took
+# 52 s for one and 188 s for eleven on a fresh H100 (thirty-first session), so plan two calls on one machine:
+# PARTS=tests first (about 8 minutes at most), then PARTS="edge te" (about 7). Every
 # file comes back packed in out.tgz.
 source bench/device/autotune_carry.sh
 build_extension
@@ -27,8 +28,8 @@ tests() {  # NAME LIMIT NODEIDS...
 }
 PARTS=${PARTS:-tests edge te}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
-has tests && tests text_graphs 180 test/test_text_graphs.py -k gpu
-has tests && tests joint_lease 120 "test/test_parking.py::test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_blocks_lease_on_gpu" \
+has tests && tests text_graphs 240 test/test_text_graphs.py -k gpu
+has tests && tests joint_lease 180 "test/test_parking.py::test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_blocks_lease_on_gpu" \
   "test/test_parking.py::test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu"
 BOTH="VAR_GEN_OFFLOAD_PREFETCH=1 VAR_GEN_TEXT_GRAPHS=1"
 for spec in offloaded resident bf16; do
