@@ -206,13 +206,15 @@ KV_POOL_SLACK = 32 << 20
 MEMORY_TRACE = os.environ.get("VAR_GEN_MEMORY_TRACE", "0") == "1"
 # a new prompt with the text encoder and the condition layers both offloaded: the condition layers' read runs on a side
 # stream while the encoder computes, in the same lease of the caches' block (Generator._encode_with_condition). Built
-# in the thirty-fourth session to take the ~0.03 s of that read off a new prompt with the edge preset; checked on the
-# CPU, on the GPU only in an edge proof's eager warm-up. Off until timed on a GPU: VAR_GEN_OFFLOAD_PREFETCH=1 turns it
-# on (bench/device/te_park.sh PARTS=prefetch times it off, then on).
+# in the thirty-fourth session to take the ~0.03 s of that read off a new prompt with the edge preset. Timed on the
+# H100 in the thirty-fifth: nothing gained with the eager encoder (1.111 against 1.115 s), 1.079 -> 1.055 s with its
+# graphs (TEXT_GRAPHS). Off until its GPU test of the joint lease passes (bench/device/levers_verify.sh):
+# VAR_GEN_OFFLOAD_PREFETCH=1 turns it on.
 OFFLOAD_PREFETCH = os.environ.get("VAR_GEN_OFFLOAD_PREFETCH", "0") == "1"
 # with cuda_graphs, the text encoder's forward as CUDA graphs too, one per (batch, token count) (text_graphs.py): built
-# in the thirty-fourth session to take the ~0.025 s of launches off a new prompt's text stage; the same features as
-# eager on the CPU's path, not yet run on a GPU. Off until timed: VAR_GEN_TEXT_GRAPHS=1 turns it on.
+# in the thirty-fourth session to take the ~0.025 s of launches off a new prompt's text stage. Timed on the H100 in
+# the thirty-fifth: the text stage 0.033 -> 0.007 s, a new prompt 0.993 -> 0.965 s resident. Off until its GPU tests
+# (the graphed features against the eager ones, bit for bit) pass: VAR_GEN_TEXT_GRAPHS=1 turns it on.
 TEXT_GRAPHS = os.environ.get("VAR_GEN_TEXT_GRAPHS", "0") == "1"
 
 
