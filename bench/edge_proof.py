@@ -343,6 +343,31 @@ def new_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats
             "prefetched": {k: p.prefetched - loads0[k][1] for k, p in parked.items()}}
 
 
+def levers_check(gen: Generator, height: int, width: int, cfg: float) -> dict:
+    """With the text encoder's graphs (VAR_GEN_TEXT_GRAPHS) or the condition layers' read beside the encoder
+    (VAR_GEN_OFFLOAD_PREFETCH) on: a new prompt generated with them, then the same prompt and seed with both off (the
+    encoder eager with its 2-D mask, the loads one after the other), in this process at this model's size. Both are
+    to give the same image, bit for bit; a difference is reported, not raised, so that the run's timings still come
+    back. Empty where both are off."""
+    from var_gen_ros.infinity import sampler
+    on = {"text_graphs": sampler.TEXT_GRAPHS, "prefetch": sampler.OFFLOAD_PREFETCH}
+    if not any(on.values()):
+        return {}
+    prompt = PROMPT + ", seen from above"        # a new prompt: the runs before had other features
+    images = []
+    try:
+        for levers in (True, False):
+            sampler.TEXT_GRAPHS = on["text_graphs"] and levers
+            sampler.OFFLOAD_PREFETCH = on["prefetch"] and levers
+            gen.forget_prompts()
+            images.append(gen.generate(prompt, seed=300, cfg=cfg, height=height, width=width).image)
+    finally:
+        sampler.TEXT_GRAPHS, sampler.OFFLOAD_PREFETCH = on["text_graphs"], on["prefetch"]
+    a, b = (torch.as_tensor(i).to(torch.int16) for i in images)
+    return {**on, "same_image": bool(torch.equal(a, b)), "max_abs_diff": int((a - b).abs().max()),
+            "pixels_differing": int((a != b).any(-1).sum())}
+
+
 def repeated_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats: int) -> dict:
     """The warm-up's prompt again, through generate as the node calls it: its features in the prompt cache, and with
     offloaded weights its condition kept after one unmeasured run, so only the VAE is read (a robot asking for the
@@ -417,6 +442,7 @@ def child(a) -> dict:
         # the node's paths too, so that a quantized mode's "new prompt" and "same prompt" lines have their bf16 pair
         out["uncapped"]["new_prompt"] = new_prompt_runs(gen, res[0][0], res[0][1], a.cfg, a.repeats)
         out["uncapped"]["repeated_prompt"] = repeated_prompt_runs(gen, res[0][0], res[0][1], a.cfg, a.repeats)
+        out["uncapped"]["levers_check"] = levers_check(gen, res[0][0], res[0][1], a.cfg)
         out["uncapped"]["cuda_graphs"] = gen.graph_status()
         gen.release_graphs()
         torch.cuda.empty_cache()
@@ -440,6 +466,7 @@ def child(a) -> dict:
             r["warmup_peak_allocated"] = warm_peak
             r["new_prompt"] = new_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["repeated_prompt"] = repeated_prompt_runs(gen, h, w, a.cfg, a.repeats)
+            r["levers_check"] = levers_check(gen, h, w, a.cfg)
             r["fits"] = True
             r["cuda_graphs"] = gen.graph_status()
             progress(f"{mode}: cuda graphs: {r['cuda_graphs']}")
@@ -574,6 +601,11 @@ def summarize(results: dict) -> None:
                       f"{np_['peak_allocated'] / GIB:.2f} GiB allocated"
                       + (f"; offloaded loads {np_['loads']}, read beside the encoder {np_['prefetched']}"
                          if any(np_["loads"].values()) else ""))
+            lc = x.get("levers_check")
+            if lc:
+                print(f"    text graphs {lc['text_graphs']}, prefetch {lc['prefetch']} against both off, a new prompt and "
+                      f"seed: the same image {lc['same_image']} (max |diff| {lc['max_abs_diff']}, "
+                      f"{lc['pixels_differing']} pixels differ)")
             rp = x.get("repeated_prompt")
             if rp:
                 print(f"    the same prompt again (features cached): {rp['total_s_median']:.3f} s, peak "

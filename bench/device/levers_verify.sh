@@ -11,7 +11,8 @@
 #      the parking test that was slow;
 #   2. issue 7's side by side with both on in every mode (the text encoder is INT4 in all three, so bf16 gets the
 #      graphs too): offloaded, resident, bf16, each with its "a new prompt through generate" line (bf16's uncapped run
-#      now has one as well);
+#      now has one as well), and each checking at 8B that a new prompt with the levers on gives the image it gives with
+#      both off, bit for bit (edge_proof.levers_check: "... against both off ...: the same image True");
 #   3. bench/text_encoder_quant.py (the encoder alone, eager and graphed: whether each replay gives the eager bits).
 # PARTS (default "tests edge te"; each part above in turn) runs some of them. The parking tests on the tiny model took
 # 52 s for one and 188 s for eleven on a fresh H100 (thirty-first session), so plan two calls on one machine:
@@ -42,7 +43,7 @@ for spec in offloaded resident bf16; do
     --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 "${extra[@]}" \
     --json "$OUT/edge_both_$spec.json" > "$OUT/edge_both_$spec.txt" 2>&1
   echo "edge $spec rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|new prompt through|same prompt again|rror" "$OUT/edge_both_$spec.txt" | tail -5
+  grep -E "^(w4a4|bf16)|new prompt through|same prompt again|against both off|rror" "$OUT/edge_both_$spec.txt" | tail -6
 done
 if has te && [ "$(left)" -gt 100 ]; then
   timeout 90 python3 bench/text_encoder_quant.py --repeats 10 --json "$OUT/text_encoder_graphs.json" \
