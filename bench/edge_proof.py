@@ -343,6 +343,44 @@ def new_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats
             "prefetched": {k: p.prefetched - loads0[k][1] for k, p in parked.items()}}
 
 
+def preloaded_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats: int,
+                          anywhere: bool = False) -> dict:
+    """A new prompt after the engine's preload (VAR_GEN_OFFLOAD_PRELOAD: with nothing queued, the text encoder and
+    the condition layers loaded into the kept KV caches' dead block, Generator.preload_text_weights), as a robot's
+    next request finds them after an idle moment: the prompts forgotten, the preload done and waited for, then
+    generate timed. Then the same prompt and seed without the preload: the same image, bit for bit? Empty where
+    nothing is offloaded or the preload cannot be done here (no kept caches' block; `anywhere`: preload_text_weights's,
+    for the CPU)."""
+    if not gen.parked_weights():
+        return {}
+    cuda = gen.device.type == "cuda"
+    parked = gen.parked_weights()
+    loads0 = {k: p.loads for k, p in parked.items()}
+    runs, preload_s, first = [], [], None
+    for rep in range(repeats):
+        gen.forget_prompts()
+        t = time.perf_counter()
+        if not gen.preload_text_weights(anywhere=anywhere):
+            return {}
+        if cuda:
+            torch.cuda.synchronize()
+        preload_s.append(time.perf_counter() - t)
+        r = gen.generate(PROMPT, seed=400 + rep, cfg=cfg, height=height, width=width)
+        if cuda:
+            torch.cuda.synchronize()
+        runs.append((r.timings["total_s"], r.timings["text_encoder_s"], r.timings["condition_s"],
+                     r.memory.get("peak_allocated")))
+        first = r.image if first is None else first
+    loads = {k: p.loads - loads0[k] for k, p in parked.items()}
+    gen.forget_prompts()
+    again = gen.generate(PROMPT, seed=400, cfg=cfg, height=height, width=width).image
+    med = lambda i: statistics.median(x[i] for x in runs)
+    return {"total_s": [x[0] for x in runs], "total_s_median": med(0), "text_encoder_s_median": med(1),
+            "condition_s_median": med(2), "preload_s_median": statistics.median(preload_s),
+            "peak_allocated": max(x[3] for x in runs) if cuda else None, "loads": loads,
+            "same_image_without_preload": bool((first == again).all())}
+
+
 def levers_check(gen: Generator, height: int, width: int, cfg: float) -> dict:
     """With the text encoder's graphs (VAR_GEN_TEXT_GRAPHS) or the condition layers' read beside the encoder
     (VAR_GEN_OFFLOAD_PREFETCH) on: a new prompt generated with them (eager, captured, replayed: three times), then the
@@ -471,6 +509,7 @@ def child(a) -> dict:
             r["new_prompt"] = new_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["repeated_prompt"] = repeated_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["levers_check"] = levers_check(gen, h, w, a.cfg)
+            r["preloaded_prompt"] = preloaded_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["fits"] = True
             r["cuda_graphs"] = gen.graph_status()
             progress(f"{mode}: cuda graphs: {r['cuda_graphs']}")
@@ -605,6 +644,12 @@ def summarize(results: dict) -> None:
                       f"{np_['peak_allocated'] / GIB:.2f} GiB allocated"
                       + (f"; offloaded loads {np_['loads']}, read beside the encoder {np_['prefetched']}"
                          if any(np_["loads"].values()) else ""))
+            pp = x.get("preloaded_prompt")
+            if pp:
+                print(f"    a new prompt after the idle preload: {pp['total_s_median']:.3f} s (text "
+                      f"{pp['text_encoder_s_median']:.3f}, condition {pp['condition_s_median']:.3f}; the preload "
+                      f"{pp['preload_s_median']:.3f} s before it), peak {pp['peak_allocated'] / GIB:.2f} GiB allocated; "
+                      f"loads {pp['loads']}; the same image without the preload: {pp['same_image_without_preload']}")
             lc = x.get("levers_check")
             if lc:
                 print(f"    text graphs {lc['text_graphs']}, prefetch {lc['prefetch']} against both off, a new prompt and "

@@ -136,6 +136,23 @@ def test_the_levers_check_compares_a_new_prompt_with_the_levers_on_and_off(tiny_
     assert sampler.OFFLOAD_PREFETCH is True and sampler.TEXT_GRAPHS is False
 
 
+def test_the_preloaded_prompt_runs_read_nothing_but_the_vae(tiny_bundle, tmp_path):
+    """bench/edge_proof.preloaded_prompt_runs: each new prompt finds the text encoder and the condition layers loaded
+    by the preload (counted there, once each per run), so the generation itself reads only the VAE; the image is the
+    one the same prompt and seed give without the preload. Without `anywhere` on the CPU (no kept caches' block) it
+    reports nothing."""
+    edge_proof = _edge_proof()
+    from var_gen_ros.infinity import Generator
+    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    gen.offload_to_disk(str(tmp_path))
+    gen.warmup(1, edge_proof.PROMPT, cfg=3.0)
+    assert edge_proof.preloaded_prompt_runs(gen, None, None, 3.0, 2) == {}
+    r = edge_proof.preloaded_prompt_runs(gen, None, None, 3.0, 2, anywhere=True)
+    assert r["loads"] == {"text encoder": 2, "condition layers": 2, "VAE": 2}
+    assert r["same_image_without_preload"] is True and gen.preloaded() == ()
+    assert len(r["total_s"]) == 2 and 0 < r["text_encoder_s_median"] < r["total_s_median"] and r["preload_s_median"] > 0
+
+
 def test_int8_text_encoder_matches_float(tiny_bundle):
     from var_gen_ros.infinity import Generator
     from var_gen_ros.quant.int8_weight import Int8WeightLinear

@@ -3,6 +3,7 @@ Generator.offload_to_disk): the text encoder's, the transformer's text-only laye
 between uses, the same features and images as resident weights, nothing of them left in memory between uses, and a
 broken file reported without losing the generator."""
 import os
+import time
 
 import pytest
 import torch
@@ -365,6 +366,70 @@ def test_tmpfs_is_told_apart_from_a_disk(tmp_path):
         assert tmpfs_warning("/te.safetensors") == ""
 
 
+def test_text_weights_preloaded_ahead_of_a_prompt_are_used_then_let_go(tiny_bundle, tmp_path):
+    """Generator.preload_text_weights (anywhere=True on the CPU, which has no kept caches' block): the encoder and the
+    condition layers loaded ahead (the latter read beside), then a new prompt runs both without a read and gives the
+    resident generator's image; every generation lets go of them, whatever its prompt (a cached one, a failed one),
+    and so does release_graphs. Without `anywhere`, where no kept caches' block can hold them, nothing is loaded."""
+    ref, gen = _pair(tiny_bundle, "cpu", torch.float32, "int4", True)
+    gen.offload_to_disk(str(tmp_path))
+    te, cond, vae = gen.text_encoder_parked, gen.condition_parked, gen.vae_parked
+    resting = lambda: all(t.device.type == "meta" for t in _tensors(gen.text_encoder.model)
+                          + _tensors(gen.condition_layers()))
+    assert gen.preload_text_weights() is False and gen.preloaded() == () and resting() and te.loads == 0
+    assert gen.preload_text_weights(anywhere=True) is True and gen.preload_text_weights(anywhere=True) is True
+    assert gen.preloaded() == ("text encoder", "condition layers") and not resting()
+    assert (te.loads, cond.loads, cond.prefetched) == (1, 1, 1)
+    assert "loaded ahead of the next prompt: text encoder, condition layers" in gen.offload_status()
+    r = gen.generate(PROMPTS[0], seed=3)
+    assert (r.image == ref.generate(PROMPTS[0], seed=3).image).all()
+    assert (te.loads, cond.loads) == (1, 1) and gen.preloaded() == () and resting()   # used as loaded, then let go
+    assert vae.loads == 1
+    # a prompt whose features are cached and whose condition is kept: let go of, unused
+    gen.preload_text_weights(anywhere=True)
+    assert (gen.generate(PROMPTS[0], seed=4).image == ref.generate(PROMPTS[0], seed=4).image).all()
+    assert (te.loads, cond.loads) == (2, 2) and gen.preloaded() == () and resting()
+    # a cached prompt whose condition is not the kept one: the preloaded condition layers compute it
+    gen.generate(PROMPTS[1], seed=5)
+    assert (te.loads, cond.loads) == (3, 3)
+    gen.preload_text_weights(anywhere=True)
+    assert (gen.generate(PROMPTS[0], seed=6).image == ref.generate(PROMPTS[0], seed=6).image).all()
+    assert (te.loads, cond.loads) == (4, 4) and resting()
+    # a request that fails before its first scale, and the graphs' release, let go too
+    gen.preload_text_weights(anywhere=True)
+    with pytest.raises(ValueError, match="empty"):
+        gen.generate("  ", seed=1)
+    assert gen.preloaded() == () and resting()
+    gen.preload_text_weights(anywhere=True)
+    gen.release_graphs()
+    assert gen.preloaded() == () and resting() and "loaded ahead" not in gen.offload_status()
+
+
+def test_the_engine_preloads_when_its_queue_is_empty(tiny_bundle, tmp_path, monkeypatch):
+    """VAR_GEN_OFFLOAD_PRELOAD: after each request, with nothing queued, the engine's worker asks the generator to
+    preload; on the CPU there is no kept caches' block, so it says so and loads nothing; with nothing offloaded it
+    says that; the requests are served as before."""
+    from var_gen_ros.engine import DONE, Engine, Request
+    from var_gen_ros.infinity import Generator, sampler
+    monkeypatch.setattr(sampler, "OFFLOAD_PRELOAD", True)
+    for offload in (False, True):
+        gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+        if offload:
+            gen.offload_to_disk(str(tmp_path / "o"))
+        engine = Engine(gen)
+        try:
+            req = engine.submit(Request(prompt=PROMPTS[0], seed=1))
+            assert req.done_event.wait(120) and req.state == DONE, req.error
+            deadline = time.monotonic() + 30
+            while not engine.preload and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert engine.preload == ("not done: the kept KV caches' block cannot hold them here (CUDA graphs with "
+                                      "kept caches on a GPU only)" if offload else "nothing offloaded")
+            assert gen.preloaded() == ()
+        finally:
+            engine.close()
+
+
 def test_unloading_the_engine_removes_the_offloaded_files(tiny_bundle, tmp_path):
     """A lifecycle cleanup (Engine.release) removes the offloaded weights' files; the product's offload_to_disk names
     them after the process and the generator, in the directory it makes."""
@@ -504,5 +569,46 @@ def test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_bl
     assert cond.prefetched == ahead + 3 and cond.loads == te.loads == len(prompts)
     assert gen._kv_block_at == block and gen._graphs.recaptures == recaptures and gen._graphs.kv_pool is pool
     assert gen._graphs.kept_caches is not None
+    for p in (te, cond):
+        p.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_text_weights_preloaded_into_the_kept_kv_block_on_gpu(tiny_bundle, tmp_path, monkeypatch):
+    """Generator.preload_text_weights with CUDA graphs and kept KV caches: the encoder's large tensors load into the
+    caches' dead block (the kept caches let go meanwhile), the next new prompt reads nothing but the VAE and gives a
+    resident generator's image, and the caches come back at the same address in the same pool (no graph captured
+    again). (The tiny caches' block is 8 KiB: the encoder is parked with parking.LARGE at 2 KiB, so its large tensors
+    go into the block, and the condition layers with the default, so all of theirs are small and load beside it.)"""
+    from var_gen_ros.infinity import parking
+    from var_gen_ros.infinity.parking import ParkedWeights
+    ref, gen = _pair(tiny_bundle, "cuda", torch.bfloat16, "int4", True)
+    monkeypatch.setattr(parking, "LARGE", 2048)
+    te = gen.text_encoder_parked = ParkedWeights(gen.text_encoder.model, str(tmp_path / "te.safetensors"))
+    monkeypatch.setattr(parking, "LARGE", 1 << 20)
+    cond = gen.condition_parked = ParkedWeights(gen.condition_layers(), str(tmp_path / "cond.safetensors"))
+    gen.prompt_cache.clear()
+    for g in (ref, gen):
+        g.cuda_graphs = True
+    prompts = list(PROMPTS) + ["a yellow star", "two red squares"]
+    for i, p in enumerate(prompts[:2]):            # eager, then captured: the caches are kept from here on
+        assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
+    block, pool, recaptures = gen._kv_block_at, gen._graphs.kv_pool, gen._graphs.recaptures
+    assert block is not None and gen._graphs.kept_caches is not None and 0 < te.large_bytes <= block[1]
+    for i, p in enumerate(prompts[2:]):
+        loads = (te.loads, cond.loads)
+        assert gen.preload_text_weights() and gen.preloaded() == ("text encoder", "condition layers")
+        assert gen._graphs.kept_caches is None           # their block holds the encoder's large tensors now
+        ptrs = [t.data_ptr() for k, t in gen.text_encoder.model.named_parameters()
+                if te._sizes().get(k, 0) >= te.large]
+        assert ptrs and all(block[0] <= q < block[0] + block[1] for q in ptrs), (ptrs, block)
+        assert (te.loads, cond.loads) == (loads[0] + 1, loads[1] + 1)
+        assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
+        assert (te.loads, cond.loads) == (loads[0] + 1, loads[1] + 1) and gen.preloaded() == ()
+        assert gen._kv_block_at == block and gen._graphs.kept_caches is not None and gen._graphs.kv_pool is pool
+    assert gen._graphs.recaptures == recaptures
+    gen.preload_text_weights()
+    gen.release_graphs()                              # (the idle release): let go of first
+    assert gen.preloaded() == ()
     for p in (te, cond):
         p.close()

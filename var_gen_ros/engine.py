@@ -25,6 +25,7 @@ from typing import Callable, Deque, Optional
 import numpy as np
 
 from .infinity.graphs import is_oom as _is_oom
+from .infinity import sampler as _sampler
 from .infinity.sampler import GenerationCancelled, GenerationResult, Generator, ScaleEvent
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, REJECTED = range(6)
@@ -106,6 +107,11 @@ class Engine:
         self.last_idle_release: dict = {}   # memory before and after the last one (`_memory_now`'s keys)
         self._idle_since = time.monotonic()
         self._idle_due = False      # a request ran since the last idle release
+        # With VAR_GEN_OFFLOAD_PRELOAD=1 and offloaded weights: once the queue is empty after a request, the text
+        # encoder and the condition layers are loaded into the kept KV caches' dead block, so that a new prompt
+        # waits for no read (Generator.preload_text_weights); `preload` says what the last try did
+        self._preload_due = False
+        self.preload = ""
         self._stop = False
         self._worker = threading.Thread(target=self._run, name="var_gen_worker", daemon=True)
         self._worker.start()
@@ -336,11 +342,33 @@ class Engine:
         self.last_idle_release = {**{f"{k}_before": v for k, v in before.items()},
                                   **{f"{k}_after": v for k, v in after.items()}}
 
+    def _preload_text_weights(self) -> None:
+        """The offloaded text weights loaded ahead of the next prompt (VAR_GEN_OFFLOAD_PRELOAD), in the worker: no
+        generation runs meanwhile. A failure is reported in `preload` and costs nothing but the read: the next
+        generation loads what it needs as before."""
+        gen = self.generator
+        if gen is None or not gen.parked_weights():
+            self.preload = "nothing offloaded"
+            return
+        t = time.perf_counter()
+        try:
+            done = gen.preload_text_weights()
+        except Exception as e:
+            gen.end_preload()
+            self.preload = f"failed: {type(e).__name__}: {e}"[:500]
+            return
+        self.preload = (f"loaded {', '.join(gen.preloaded())} in {time.perf_counter() - t:.3f} s" if done else
+                        "not done: the kept KV caches' block cannot hold them here (CUDA graphs with kept caches "
+                        "on a GPU only)")
+
     def _run(self) -> None:
         while True:
             with self._cv:
-                idle_release = False
+                idle_release = preload = False
                 while not self._queue and not self._stop:
+                    if self._preload_due:
+                        preload, self._preload_due = True, False
+                        break
                     wait = self._idle_release_in()
                     if wait is not None and wait <= 0:
                         idle_release, self._idle_due = True, False
@@ -348,13 +376,18 @@ class Engine:
                     self._cv.wait(wait)
                 if self._stop:
                     return
-                if not idle_release:
+                if preload:
+                    pass
+                elif not idle_release:
                     req = self._queue.popleft()
                     if self.gpu_fault:           # queued just before the fault: it cannot run either
                         self._finish(req, FAILED, f"not run: {self.gpu_fault}")
                         continue
                     self._current = req
                     self._progress_at = time.monotonic()
+            if preload:
+                self._preload_text_weights()
+                continue
             if idle_release:
                 try:
                     self._release_idle()
@@ -399,6 +432,7 @@ class Engine:
                 with self._cv:
                     self._current = None
                     self._idle_since, self._idle_due = time.monotonic(), True
+                    self._preload_due = _sampler.OFFLOAD_PRELOAD and not self.gpu_fault
 
     def _drop_warmups(self, why: str) -> None:
         with self._cv:

@@ -552,6 +552,7 @@ class GenNode(LifecycleNode):
             "cuda_graphs": g.graph_status(), "idle_release": self.engine.idle_release_status(),
             "prompt_cache": g.prompt_cache.status(),
             "offloaded_weights": g.offload_status(),
+            **({"offload_preload": self.engine.preload} if self.engine.preload else {}),
             "warmup_s": ", ".join(f"{t:.2f}" for t in self.engine.warmup_s),
         }
         if g.device.type == "cuda" and not stalled and not self.engine.gpu_fault:

@@ -3,21 +3,24 @@
 # The thirty-fifth session timed the text encoder's CUDA graphs (VAR_GEN_TEXT_GRAPHS) and the condition layers' read
 # beside the encoder (VAR_GEN_OFFLOAD_PREFETCH) on the H100: a new prompt through generate 1.115 -> 1.055 s offloaded
 # with both, 0.993 -> 0.965 s resident with the graphs. Their GPU tests did not get to run: the parking test before
-# them (W4A4 generations on the tiny model, eager, which autotune the kernels for its shapes on a fresh machine)
-# held both calls' test time. So, before either becomes the default:
+# them (W4A4 generations on the tiny model, eager; probably the kernels' autotuning for its shapes on a fresh
+# machine) held both calls' test time. So, before either becomes the default:
 #   1. their GPU tests first, each file on its own, verbose (a line per test as it ends) and stopped with SIGINT at
 #      its limit (pytest then prints where it was): the graphed encodings against the eager ones and the generations
-#      with the encoder graphed (test_text_graphs.py), the joint lease and the KV-block borrow (test_parking.py), then
-#      the parking test that was slow;
+#      with the encoder graphed (test_text_graphs.py), the joint lease, the preload and the KV-block borrow
+#      (test_parking.py), then the parking test that was slow;
 #   2. issue 7's side by side with both on in every mode (the text encoder is INT4 in all three, so bf16 gets the
 #      graphs too): offloaded, resident, bf16, each with its "a new prompt through generate" line (bf16's uncapped run
 #      now has one as well), and each checking at 8B that a new prompt with the levers on gives the image it gives with
-#      both off, bit for bit (edge_proof.levers_check: "... against both off ...: the same image True");
+#      both off, bit for bit (edge_proof.levers_check: "... against both off ...: the same image True"). The
+#      offloaded run also times a new prompt after the idle preload (VAR_GEN_OFFLOAD_PRELOAD, built in the
+#      thirty-fifth session: the encoder and the condition layers loaded into the kept caches' dead block while the
+#      engine has nothing to run), with whether its image is the one without it;
 #   3. bench/text_encoder_quant.py (the encoder alone, eager and graphed: whether each replay gives the eager bits).
 # PARTS (default "tests edge te"; each part above in turn) runs some of them. The parking tests on the tiny model took
 # 52 s for one and 188 s for eleven on a fresh H100 (thirty-first session), so plan two calls on one machine:
-# PARTS=tests first (about 8 minutes at most), then PARTS="edge te" (about 7). Every
-# file comes back packed in out.tgz.
+# PARTS=tests first (about 8 minutes at most), then PARTS="edge te" (about 7). Every file comes back packed in
+# out.tgz.
 source bench/device/autotune_carry.sh
 build_extension
 left() { echo $(( ${CALL_S:-560} - $(date +%s) + t0 )); }
@@ -31,6 +34,7 @@ PARTS=${PARTS:-tests edge te}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 has tests && tests text_graphs 240 test/test_text_graphs.py -k gpu
 has tests && tests joint_lease 180 "test/test_parking.py::test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_blocks_lease_on_gpu" \
+  "test/test_parking.py::test_text_weights_preloaded_into_the_kept_kv_block_on_gpu" \
   "test/test_parking.py::test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu"
 BOTH="VAR_GEN_OFFLOAD_PREFETCH=1 VAR_GEN_TEXT_GRAPHS=1"
 for spec in offloaded resident bf16; do
@@ -43,7 +47,7 @@ for spec in offloaded resident bf16; do
     --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 "${extra[@]}" \
     --json "$OUT/edge_both_$spec.json" > "$OUT/edge_both_$spec.txt" 2>&1
   echo "edge $spec rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|new prompt through|same prompt again|against both off|rror" "$OUT/edge_both_$spec.txt" | tail -6
+  grep -E "^(w4a4|bf16)|new prompt through|same prompt again|against both off|idle preload|rror" "$OUT/edge_both_$spec.txt" | tail -7
 done
 if has te && [ "$(left)" -gt 100 ]; then
   timeout 90 python3 bench/text_encoder_quant.py --repeats 10 --json "$OUT/text_encoder_graphs.json" \

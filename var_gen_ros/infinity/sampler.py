@@ -216,6 +216,14 @@ OFFLOAD_PREFETCH = os.environ.get("VAR_GEN_OFFLOAD_PREFETCH", "0") == "1"
 # the thirty-fifth: the text stage 0.033 -> 0.007 s, a new prompt 0.993 -> 0.965 s resident. Off until its GPU tests
 # (the graphed features against the eager ones, bit for bit) pass: VAR_GEN_TEXT_GRAPHS=1 turns it on.
 TEXT_GRAPHS = os.environ.get("VAR_GEN_TEXT_GRAPHS", "0") == "1"
+# with the text encoder and the condition layers offloaded: the Engine loads both into the kept KV caches' dead block
+# as soon as it has nothing to run (Generator.preload_text_weights), so that a new prompt finds them loaded and waits
+# for no read (the edge preset's new prompt on the H100, thirty-fifth session: 0.044 s of text stage and 0.042 of
+# condition stage with both levers above, against 0.007 and 0.010 resident). Their memory is the caches' block, dead
+# between generations, so neither the reserved bytes nor the peak change; the next generation lets go of them before
+# its first scale. Built in the thirty-fifth session, checked on the CPU; off until timed on a GPU:
+# VAR_GEN_OFFLOAD_PRELOAD=1 turns it on.
+OFFLOAD_PRELOAD = os.environ.get("VAR_GEN_OFFLOAD_PRELOAD", "0") == "1"
 
 
 def _pool_bytes(n: int) -> int:
@@ -284,6 +292,8 @@ class Generator:
         self.condition_parked = None
         self.vae_parked = None
         self._last_condition = None
+        # (contextlib.ExitStack holding their loads, the ParkedWeights loaded) while preload_text_weights holds them
+        self._preload: Optional[tuple] = None
         # True from a generation's taking its KV caches until it lets go of them: an offloaded load must not borrow
         # their block then (left True by a generation that failed midway, which only stops borrowing until the next)
         self._caches_in_use = False
@@ -363,6 +373,50 @@ class Generator:
         self.prompt_cache.clear()
         self._last_condition = None
 
+    def preload_text_weights(self, anywhere: bool = False) -> bool:
+        """The offloaded text encoder and condition layers loaded now, ahead of the next generation (what the Engine
+        does when it has nothing to run, with VAR_GEN_OFFLOAD_PRELOAD=1): with the CUDA graphs' kept KV caches, into
+        their block, which is dead until the next generation's first scale, the condition layers read on a side
+        stream while the encoder's large tensors are put in. A new prompt then runs both without a read; the next
+        generation lets go of them before its first scale (the caches are made again in their block, as after any
+        load), whatever its prompt. Returns whether they are loaded; False (nothing done) where nothing is offloaded
+        or the kept caches' block cannot hold the encoder's large tensors: a load outside it would add to the memory
+        held between requests, which the offload is there to free. Where the block cannot hold both, only the
+        encoder is loaded. `anywhere`: load them where there is no such block too (new memory, held until the next
+        generation: a machine with memory to spare, or the CPU). Calling it again while they are loaded does
+        nothing."""
+        if self._preload is not None:
+            return True
+        te, cond = self.text_encoder_parked, self.condition_parked
+        first, then = (te, cond) if te is not None else (cond, None)
+        if first is None or not (anywhere or self._lendable(first)):
+            return False
+        stack = contextlib.ExitStack()
+        try:
+            ahead = stack.enter_context(self._loaded(first, then=then, prefetch=True))
+            loaded = [first]
+            if ahead is not None:
+                stack.enter_context(then.loaded(empty_cache=False, prefetched=ahead))
+                loaded.append(then)
+        except BaseException:
+            stack.close()
+            raise
+        self._preload = (stack, tuple(loaded))
+        return True
+
+    def end_preload(self) -> None:
+        """Lets go of what preload_text_weights loaded (the kept caches made again in their block); nothing where
+        nothing is preloaded."""
+        pre, self._preload = self._preload, None
+        if pre is not None:
+            pre[0].close()
+
+    def preloaded(self) -> tuple:
+        """The names of the offloaded weights preload_text_weights holds loaded now."""
+        if self._preload is None:
+            return ()
+        return tuple(name for name, p in self.parked_weights().items() if p in self._preload[1])
+
     def parked_weights(self) -> dict:
         """{what: parking.ParkedWeights} of the offloaded weights."""
         return {name: p for name, p in (("text encoder", self.text_encoder_parked),
@@ -372,11 +426,16 @@ class Generator:
     def offload_status(self) -> str:
         """What the node reports in diagnostics."""
         parked = self.parked_weights()
-        return "; ".join(f"{name} {p.status()}" for name, p in parked.items()) if parked else "resident"
+        if not parked:
+            return "resident"
+        pre = self.preloaded()
+        return ("; ".join(f"{name} {p.status()}" for name, p in parked.items())
+                + (f"; loaded ahead of the next prompt: {', '.join(pre)}" if pre else ""))
 
     def close_parked(self) -> None:
         """Removes the offloaded weights' files (a lifecycle cleanup: the generator is dropped after), and gives back
         the reads' pinned buffers and threads (staged_read.py; the next load, of any generator, makes them again)."""
+        self.end_preload()
         parked = self.parked_weights().values()
         for p in parked:
             p.close()
@@ -440,6 +499,7 @@ class Generator:
         """Drop the CUDA graphs and their buffers, the kept KV caches among them (freed at the next empty_cache).
         keep_warm: the next generation of the same schedule captures at once instead of running eagerly first (its
         kernels are compiled and tuned): what an idle release (`Engine`'s `idle_release_s`) wants."""
+        self.end_preload()           # (its weights are in the kept caches' block)
         gr = self._graphs
         self._warm_after_release = (gr.key, frozenset(gr.warm)) if keep_warm and gr is not None else None
         self._graphs = None
@@ -606,8 +666,15 @@ class Generator:
         self._last_condition = (key, cond)
         return feats, mask, cond
 
+    def _lendable(self, parked) -> bool:
+        """Whether `parked`'s large tensors can load into the kept KV caches' block (dead between generations)."""
+        gr = self._graphs
+        return (gr is not None and gr.kv_pool is not None and gr.kept_caches is not None and gr.kept_spec is not None
+                and not self._caches_in_use and parked.device.type == "cuda"     # (text_encoder: cpu parks on the host)
+                and self._kv_block_at is not None and self._kv_block_at[1] >= parked.large_bytes)
+
     @contextlib.contextmanager
-    def _loaded(self, parked, then=None):
+    def _loaded(self, parked, then=None, prefetch: Optional[bool] = None):
         """Offloaded weights (parking.ParkedWeights, or None: resident, nothing to do) loaded for the block. With KV
         caches kept for the graphs, the weights' large tensors go into the caches' block while it is dead (between
         generations: the next one overwrites it), as the VAE decode does (`_kv_block_lent`); so a load does not add to
@@ -617,17 +684,25 @@ class Generator:
         `then`: other offloaded weights whose read begins once `parked` is loaded (ParkedWeights.prefetch), into the
         same lease when both fit in the caches' block, or where there are no kept caches to keep clear of; yields that
         prefetch, for `then.loaded(prefetched=...)` inside the block (its read waited for and dropped after the
-        block), or None where it could not begin."""
+        block), or None where it could not begin. `prefetch`: whether `then` is read beside (default
+        OFFLOAD_PREFETCH).
+
+        Weights that preload_text_weights holds loaded are used as they are (yields None); any other load first lets
+        go of those, whose memory it may need."""
         if parked is None:
             yield None
             return
+        if self._preload is not None:
+            if parked in self._preload[1]:
+                yield None
+                return
+            self.end_preload()
         gr = self._graphs
-        then = then if OFFLOAD_PREFETCH and then is not None and then.device == parked.device else None
+        prefetch = OFFLOAD_PREFETCH if prefetch is None else prefetch
+        then = then if prefetch and then is not None and then.device == parked.device else None
         # only the large tensors go into the pool, in one block (parking.LARGE), which must fit in the caches' block;
         # the small ones and what the block's code allocates (activations, outputs) stay outside
-        lend = (gr is not None and gr.kv_pool is not None and gr.kept_caches is not None and gr.kept_spec is not None
-                and not self._caches_in_use and parked.device.type == "cuda"     # (text_encoder: cpu parks on the host)
-                and self._kv_block_at is not None and self._kv_block_at[1] >= parked.large_bytes)
+        lend = self._lendable(parked)
         if not lend:
             # a read beside kept caches would add to them (then's own load borrows their block)
             ahead = then if then is not None and (gr is None or gr.kept_caches is None) else None
@@ -728,11 +803,14 @@ class Generator:
         # with previews (a decode after every scale, when there is a callback) an offloaded VAE is loaded once for
         # the whole generation, not once per scale: it is then resident through the scales, as if not offloaded
         keep = preview and callback is not None and self.vae_parked is not None
-        with self.vae_parked.loaded() if keep else contextlib.nullcontext():
-            return self._generate(prompt, seed=seed, cfg=cfg, tau=tau, top_k=top_k, top_p=top_p,
-                                  negative_prompt=negative_prompt, height=height, width=width, h_div_w=h_div_w, pn=pn,
-                                  use_kv_cache=use_kv_cache, preview=preview, callback=callback,
-                                  should_stop=should_stop, text_features=text_features)
+        try:
+            with self.vae_parked.loaded() if keep else contextlib.nullcontext():
+                return self._generate(prompt, seed=seed, cfg=cfg, tau=tau, top_k=top_k, top_p=top_p,
+                                      negative_prompt=negative_prompt, height=height, width=width, h_div_w=h_div_w,
+                                      pn=pn, use_kv_cache=use_kv_cache, preview=preview, callback=callback,
+                                      should_stop=should_stop, text_features=text_features)
+        finally:
+            self.end_preload()      # (a generation that failed before its first scale)
 
     def _generate(self, prompt: str, *, seed, cfg, tau, top_k, top_p, negative_prompt, height, width, h_div_w, pn,
                   use_kv_cache, preview, callback, should_stop, text_features) -> GenerationResult:
@@ -786,6 +864,7 @@ class Generator:
         if self.condition_parked is not None:     # (a load when the prompt is not the last one)
             self._sync()
         timings["condition_s"] = time.perf_counter() - t0
+        self.end_preload()          # the caches' block back to the caches before the first scale
         offsets, counts = schedule.offsets(), schedule.token_counts
         caches, graphs = self._caches(schedule, B) if use_kv_cache else (None, None)
         self._caches_in_use = True
