@@ -9,6 +9,7 @@ import contextlib
 import gc
 import math
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -294,6 +295,7 @@ class Generator:
         self._last_condition = None
         # (contextlib.ExitStack holding their loads, the ParkedWeights loaded) while preload_text_weights holds them
         self._preload: Optional[tuple] = None
+        self._preload_lock = threading.RLock()
         # True from a generation's taking its KV caches until it lets go of them: an offloaded load must not borrow
         # their block then (left True by a generation that failed midway, which only stops borrowing until the next)
         self._caches_in_use = False
@@ -385,6 +387,10 @@ class Generator:
         encoder is loaded. `anywhere`: load them where there is no such block too (new memory, held until the next
         generation: a machine with memory to spare, or the CPU). Calling it again while they are loaded does
         nothing."""
+        with self._preload_lock:
+            return self._preload_text_weights(anywhere)
+
+    def _preload_text_weights(self, anywhere: bool) -> bool:
         if self._preload is not None:
             return True
         te, cond = self.text_encoder_parked, self.condition_parked
@@ -407,15 +413,17 @@ class Generator:
     def end_preload(self) -> None:
         """Lets go of what preload_text_weights loaded (the kept caches made again in their block); nothing where
         nothing is preloaded."""
-        pre, self._preload = self._preload, None
-        if pre is not None:
-            pre[0].close()
+        with self._preload_lock:
+            pre, self._preload = self._preload, None
+            if pre is not None:
+                pre[0].close()
 
     def preloaded(self) -> tuple:
         """The names of the offloaded weights preload_text_weights holds loaded now."""
-        if self._preload is None:
+        pre = self._preload        # (read once: another thread may let go of it)
+        if pre is None:
             return ()
-        return tuple(name for name, p in self.parked_weights().items() if p in self._preload[1])
+        return tuple(name for name, p in self.parked_weights().items() if p in pre[1])
 
     def parked_weights(self) -> dict:
         """{what: parking.ParkedWeights} of the offloaded weights."""
@@ -834,37 +842,38 @@ class Generator:
         timings = {"scales_s": []}
         t_start = time.perf_counter()
 
-        # text
-        cached = key = None
-        if text_features is None:
-            key = (prompt, negative_prompt or "", use_cfg)
-            cached = self.prompt_cache.get(key)
-            last = self._last_condition
-            joint = (OFFLOAD_PREFETCH and cached is None and self.text_encoder_parked is not None
-                     and self.condition_parked is not None and (last is None or last[0] != key))
-            if joint:
-                feats, mask, cond = self._encode_with_condition(prompt, negative_prompt, use_cfg, key, t_start,
-                                                                timings)
+        # text (with the preload's lock: another thread's release_graphs waits for the preloaded weights' use)
+        with self._preload_lock:
+            cached = key = None
+            if text_features is None:
+                key = (prompt, negative_prompt or "", use_cfg)
+                cached = self.prompt_cache.get(key)
+                last = self._last_condition
+                joint = (OFFLOAD_PREFETCH and cached is None and self.text_encoder_parked is not None
+                         and self.condition_parked is not None and (last is None or last[0] != key))
+                if joint:
+                    feats, mask, cond = self._encode_with_condition(prompt, negative_prompt, use_cfg, key, t_start,
+                                                                    timings)
+                else:
+                    feats, mask = cached if cached is not None else self.encode_text(prompt, negative_prompt, use_cfg)
+                if cached is None:
+                    self.prompt_cache.put(key, feats, mask)
             else:
-                feats, mask = cached if cached is not None else self.encode_text(prompt, negative_prompt, use_cfg)
-            if cached is None:
-                self.prompt_cache.put(key, feats, mask)
-        else:
-            feats, mask = text_features
-            joint = False
-        if not joint:
-            self._sync()
-            timings["text_encoder_s"] = time.perf_counter() - t_start
-        t0 = t_start + timings["text_encoder_s"]     # (with the joint loads: the condition's wait and compute)
+                feats, mask = text_features
+                joint = False
+            if not joint:
+                self._sync()
+                timings["text_encoder_s"] = time.perf_counter() - t_start
+            t0 = t_start + timings["text_encoder_s"]     # (with the joint loads: the condition's wait and compute)
 
-        m = self.model
-        B = feats.shape[0]
-        feats, mask = feats.to(self.device), mask.to(self.device)
-        cond_BD, cond_gss, text_kv = cond if joint else self._condition(feats, mask, key)
-        if self.condition_parked is not None:     # (a load when the prompt is not the last one)
-            self._sync()
-        timings["condition_s"] = time.perf_counter() - t0
-        self.end_preload()          # the caches' block back to the caches before the first scale
+            m = self.model
+            B = feats.shape[0]
+            feats, mask = feats.to(self.device), mask.to(self.device)
+            cond_BD, cond_gss, text_kv = cond if joint else self._condition(feats, mask, key)
+            if self.condition_parked is not None:     # (a load when the prompt is not the last one)
+                self._sync()
+            timings["condition_s"] = time.perf_counter() - t0
+            self.end_preload()          # the caches' block back to the caches before the first scale
         offsets, counts = schedule.offsets(), schedule.token_counts
         caches, graphs = self._caches(schedule, B) if use_kv_cache else (None, None)
         self._caches_in_use = True
