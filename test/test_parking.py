@@ -538,17 +538,13 @@ def test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu(t
     assert gen._kv_block_at == block and gen._graphs.recaptures == recaptures and gen._graphs.kv_pool is pool
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
-def test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_blocks_lease_on_gpu(
-        tiny_bundle, tmp_path, monkeypatch):
-    """OFFLOAD_PREFETCH with CUDA graphs and kept KV caches: for each new prompt the condition layers' read runs on a
-    side stream while the encoder computes, in the encoder's lease of the caches' dead block; the images are a resident
-    generator's, and the caches come back at the same address in the same pool (no graph captured again). (The tiny
-    caches' block is 8 KiB: the encoder is parked with parking.LARGE at 2 KiB, so its large tensors go into the block,
-    and the condition layers with the default, so all of theirs are small and load beside it.)"""
-    from var_gen_ros.infinity import parking, sampler
+def _graphed_pair_with_text_weights_parked(tiny_bundle, tmp_path, monkeypatch):
+    """(resident reference, generator, its parked encoder and condition layers, prompts) on the GPU with CUDA graphs,
+    after two generations (eager, then captured: the KV caches are kept from there on). The tiny caches' block is 8
+    KiB: the encoder is parked with parking.LARGE at 2 KiB, so its large tensors go into the block, and the condition
+    layers with the default, so all of theirs are small and load beside it."""
+    from var_gen_ros.infinity import parking
     from var_gen_ros.infinity.parking import ParkedWeights
-    monkeypatch.setattr(sampler, "OFFLOAD_PREFETCH", True)
     ref, gen = _pair(tiny_bundle, "cuda", torch.bfloat16, "int4", True)
     monkeypatch.setattr(parking, "LARGE", 2048)
     te = gen.text_encoder_parked = ParkedWeights(gen.text_encoder.model, str(tmp_path / "te.safetensors"))
@@ -558,8 +554,22 @@ def test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_bl
     for g in (ref, gen):
         g.cuda_graphs = True
     prompts = list(PROMPTS) + ["a yellow star", "two red squares"]
-    for i, p in enumerate(prompts[:2]):            # eager, then captured: the caches are kept from here on
+    for i, p in enumerate(prompts[:2]):
         assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
+    return ref, gen, te, cond, prompts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_blocks_lease_on_gpu(
+        tiny_bundle, tmp_path, monkeypatch):
+    """OFFLOAD_PREFETCH with CUDA graphs and kept KV caches: for each new prompt the condition layers' read runs on a
+    side stream while the encoder computes, in the encoder's lease of the caches' dead block; the images are a resident
+    generator's, and the caches come back at the same address in the same pool (no graph captured again). (The tiny
+    caches' block is 8 KiB: the encoder is parked with parking.LARGE at 2 KiB, so its large tensors go into the block,
+    and the condition layers with the default, so all of theirs are small and load beside it.)"""
+    from var_gen_ros.infinity import sampler
+    monkeypatch.setattr(sampler, "OFFLOAD_PREFETCH", True)
+    ref, gen, te, cond, prompts = _graphed_pair_with_text_weights_parked(tiny_bundle, tmp_path, monkeypatch)
     block, pool, recaptures = gen._kv_block_at, gen._graphs.kv_pool, gen._graphs.recaptures
     assert block is not None and gen._graphs.kept_caches is not None and pool is not None
     assert 0 < te.large_bytes <= block[1] and cond.large_bytes == 0
@@ -578,21 +588,8 @@ def test_text_weights_preloaded_into_the_kept_kv_block_on_gpu(tiny_bundle, tmp_p
     """Generator.preload_text_weights with CUDA graphs and kept KV caches: the encoder's large tensors load into the
     caches' dead block (the kept caches let go meanwhile), the next new prompt reads nothing but the VAE and gives a
     resident generator's image, and the caches come back at the same address in the same pool (no graph captured
-    again). (The tiny caches' block is 8 KiB: the encoder is parked with parking.LARGE at 2 KiB, so its large tensors
-    go into the block, and the condition layers with the default, so all of theirs are small and load beside it.)"""
-    from var_gen_ros.infinity import parking
-    from var_gen_ros.infinity.parking import ParkedWeights
-    ref, gen = _pair(tiny_bundle, "cuda", torch.bfloat16, "int4", True)
-    monkeypatch.setattr(parking, "LARGE", 2048)
-    te = gen.text_encoder_parked = ParkedWeights(gen.text_encoder.model, str(tmp_path / "te.safetensors"))
-    monkeypatch.setattr(parking, "LARGE", 1 << 20)
-    cond = gen.condition_parked = ParkedWeights(gen.condition_layers(), str(tmp_path / "cond.safetensors"))
-    gen.prompt_cache.clear()
-    for g in (ref, gen):
-        g.cuda_graphs = True
-    prompts = list(PROMPTS) + ["a yellow star", "two red squares"]
-    for i, p in enumerate(prompts[:2]):            # eager, then captured: the caches are kept from here on
-        assert (ref.generate(p, seed=i).image == gen.generate(p, seed=i).image).all()
+    again)."""
+    ref, gen, te, cond, prompts = _graphed_pair_with_text_weights_parked(tiny_bundle, tmp_path, monkeypatch)
     block, pool, recaptures = gen._kv_block_at, gen._graphs.kv_pool, gen._graphs.recaptures
     assert block is not None and gen._graphs.kept_caches is not None and 0 < te.large_bytes <= block[1]
     for i, p in enumerate(prompts[2:]):
