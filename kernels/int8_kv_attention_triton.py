@@ -24,6 +24,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from .launch import Launcher
+from .tuning import prune_first_if_asked
 
 # the dtype of the tensor-core dots: bf16 on the GPU; float32 in Triton's CPU interpreter
 # (TRITON_INTERPRET=1, the CPU tests), whose numpy emulation of bf16 conversions is not faithful
@@ -193,6 +194,7 @@ CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(6
 # picks kept on disk across starts; O restored after every trial launch, because the output may be
 # written over the queries (Int8KVCache.attend): without it each trial would read the last one's output
 _attn_int8 = triton.autotune(configs=CONFIGS, key=["LQ_BUCKET", "N_BUCKET", "HAS_TAIL", "D"],
+                             prune_configs_by={"early_config_prune": prune_first_if_asked},
                              cache_results=True, restore_value=["O"])(_attn_int8_kernel)
 _ATTN_INT8 = Launcher(_attn_int8)      # direct launches after the first call per specialization
 

@@ -47,6 +47,7 @@ from triton.language.extra import libdevice
 
 from . import w4a4_small_m_cuda as small_m
 from .launch import Launcher
+from .tuning import first_if_asked
 
 GROUP = 64
 
@@ -913,7 +914,7 @@ def _autotuned(kernel, small, large, key, extra_prune=None):
         keep = {id(c) for c in tile_candidates(small, large, b)
                 if w16 or not c.kwargs.get("TMA", False) or extra_prune is not None}
         kept = [c for c in configs if id(c) in keep]
-        return extra_prune(kept, named_args, **kwargs) if extra_prune is not None else kept
+        return first_if_asked(extra_prune(kept, named_args, **kwargs) if extra_prune is not None else kept)
     # cache_results: the picks persist in Triton's cache directory, so only the first start on a
     # machine spends the minutes of tuning (about 8 s per (M bucket, N, K) on the H100); a GPU model with a
     # shipped table (kernels/tuned_picks.py, seeded by the dispatcher) skips them on its first start too
@@ -1000,7 +1001,8 @@ def qkv_candidates(configs, w8: bool, K: int, arch: int) -> list:
 
 
 def _qkv_prune(configs, named_args, **kwargs):
-    return qkv_candidates(configs, kwargs.get("W8", named_args.get("W8", False)), named_args["K"], _arch(named_args))
+    return first_if_asked(qkv_candidates(configs, kwargs.get("W8", named_args.get("W8", False)), named_args["K"],
+                                         _arch(named_args)))
 
 
 _w4a4_i8_qkv = triton.autotune(configs=QKV_CONFIGS, key=["M_BUCKET", "N", "K", "W8", "HEAD"],

@@ -207,3 +207,23 @@ def test_the_installed_package_carries_the_tables_and_every_kernel_source(tmp_pa
                 need.add(f"var_gen_ros_kernels/{line.split(chr(34))[1]}")
     assert "var_gen_ros_kernels/tuned_picks.py" in names
     assert need <= names, sorted(need - names)
+
+
+def test_autotune_first_leaves_each_tuner_one_candidate(tp, gemm, monkeypatch):
+    """kernels/tuning.py: with VAR_GEN_AUTOTUNE_FIRST each autotuned kernel's pruning leaves only the first candidate
+    of those it leaves without it (so the tuner runs no trial), for the GEMMs and the INT8-KV attention alike."""
+    tuning = kernel_module("tuning")
+    attn = kernel_module("int8_kv_attention_triton")
+    tuners = {**tp.autotuners(gemm), **tp.autotuners(attn)}
+    keys = {"_w4a4_i8_kernel": I8_KEY_2048, "_w4a4_i8_kernel@2": [16] + I8_KEY_2048[1:3] + [False] + I8_KEY_2048[4:],
+            "_attn_int8_kernel": [1024, 4096, True, 128]}
+    for first_only in (False, True):
+        monkeypatch.setattr(tuning, "FIRST_ONLY", first_only)
+        for name, key in keys.items():
+            tuner = tuners[name.split("@")[0]]
+            monkeypatch.setattr(tuning, "FIRST_ONLY", False)
+            every = tp.candidates(tuner, key, (9, 0))
+            monkeypatch.setattr(tuning, "FIRST_ONLY", first_only)
+            got = tp.candidates(tuner, key, (9, 0))
+            assert len(every) > 1, name
+            assert got == (every[:1] if first_only else every), name

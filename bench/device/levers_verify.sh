@@ -19,7 +19,8 @@
 #   3. bench/text_encoder_quant.py (the encoder alone, eager and graphed: whether each replay gives the eager bits).
 # PARTS (default "tests edge te"; each part above in turn) runs some of them. The parking tests on the tiny model took
 # 52 s for one and 188 s for eleven on a fresh H100 (thirty-first session), so plan two calls on one machine:
-# PARTS=tests first (about 8 minutes at most), then PARTS="edge te" (about 7). Every file comes back packed in
+# PARTS=tests first (about 8 minutes at most), then PARTS="edge te" (about 7). The tests run with
+# VAR_GEN_AUTOTUNE_FIRST=1 (kernels/tuning.py: no tuner trials for the tiny model's shapes; AUTOTUNE_FIRST=0 tunes). Every file comes back packed in
 # out.tgz.
 source bench/device/autotune_carry.sh
 build_extension
@@ -27,7 +28,9 @@ left() { echo $(( ${CALL_S:-560} - $(date +%s) + t0 )); }
 tests() {  # NAME LIMIT NODEIDS...
   local name=$1 limit=$2; shift 2
   [ "$(left)" -lt $((limit + 60)) ] && echo "tests $name not run" && return
-  timeout -s INT -k 15 "$limit" python3 -m pytest -v -p no:cacheprovider "$@" --durations=6 > "$OUT/test_$name.txt" 2>&1
+  # VAR_GEN_AUTOTUNE_FIRST (kernels/tuning.py): the tiny model's shapes take each tuner's first candidate, no trials
+  VAR_GEN_AUTOTUNE_FIRST=${AUTOTUNE_FIRST:-1} timeout -s INT -k 15 "$limit" python3 -m pytest -v -p no:cacheprovider "$@" \
+    --durations=6 > "$OUT/test_$name.txt" 2>&1
   echo "tests $name rc $? s $(( $(date +%s) - t0 ))"; grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/test_$name.txt" | tail -8
 }
 PARTS=${PARTS:-tests edge te}
