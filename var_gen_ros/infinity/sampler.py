@@ -221,8 +221,8 @@ TEXT_GRAPHS = os.environ.get("VAR_GEN_TEXT_GRAPHS", "0") == "1"
 # as soon as it has nothing to run (Generator.preload_text_weights), so that a new prompt finds them loaded and waits
 # for no read (the edge preset's new prompt on the H100, thirty-fifth session: 0.044 s of text stage and 0.042 of
 # condition stage with both levers above, against 0.007 and 0.010 resident). Their memory is the caches' block, dead
-# between generations, so neither the reserved bytes nor the peak change; the next generation lets go of them before
-# its first scale. Built in the thirty-fifth session, checked on the CPU; off until timed on a GPU:
+# between generations, so by design neither the reserved bytes nor the peak grow (not yet measured); the next
+# generation lets go of them before its first scale. Built in the thirty-fifth session, checked on the CPU; off until timed on a GPU:
 # VAR_GEN_OFFLOAD_PRELOAD=1 turns it on.
 OFFLOAD_PRELOAD = os.environ.get("VAR_GEN_OFFLOAD_PRELOAD", "0") == "1"
 
