@@ -319,27 +319,37 @@ def measure(gen: Generator, meter: AllocationMeter, height: int, width: int, cfg
     }
 
 
+def _new_prompt_stages(gen: Generator, height: int, width: int, cfg: float, seeds, before=None):
+    """Generations of PROMPT as a new prompt (the prompt cache and the kept condition dropped first; then `before()`,
+    if given), one per seed: (their summary: end-to-end seconds, the text and condition stages' medians, the
+    allocated peak; the first image)."""
+    cuda = gen.device.type == "cuda"
+    runs, first = [], None
+    for seed in seeds:
+        gen.forget_prompts()
+        if before is not None:
+            before()
+        r = gen.generate(PROMPT, seed=seed, cfg=cfg, height=height, width=width)
+        if cuda:
+            torch.cuda.synchronize()
+        runs.append((r.timings["total_s"], r.timings["text_encoder_s"], r.timings["condition_s"],
+                     r.memory.get("peak_allocated")))
+        first = r.image if first is None else first
+    med = lambda i: statistics.median(x[i] for x in runs)
+    return {"total_s": [x[0] for x in runs], "total_s_median": med(0), "text_encoder_s_median": med(1),
+            "condition_s_median": med(2), "peak_allocated": max(x[3] for x in runs) if cuda else None}, first
+
+
 def new_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats: int) -> dict:
     """A new prompt through generate as the node calls it: the prompt cache and the kept condition dropped before each
     run (Generator.forget_prompts), so generate encodes the prompt and computes its condition itself; with the text
     encoder and the text-only layers offloaded, the latter's read runs beside the encoder's compute
     (ParkedWeights.prefetch). The measured runs above encode first and give generate the features, which loads the
     two one after the other. End-to-end seconds, the text and condition stages, the allocated peak and the loads."""
-    cuda = gen.device.type == "cuda"
     parked = gen.parked_weights()
     loads0 = {k: (p.loads, p.prefetched) for k, p in parked.items()}
-    runs = []
-    for rep in range(repeats):
-        gen.forget_prompts()
-        r = gen.generate(PROMPT, seed=200 + rep, cfg=cfg, height=height, width=width)
-        if cuda:
-            torch.cuda.synchronize()
-        runs.append((r.timings["total_s"], r.timings["text_encoder_s"], r.timings["condition_s"],
-                     r.memory.get("peak_allocated")))
-    med = lambda i: statistics.median(x[i] for x in runs)
-    return {"total_s": [x[0] for x in runs], "total_s_median": med(0), "text_encoder_s_median": med(1),
-            "condition_s_median": med(2), "peak_allocated": max(x[3] for x in runs) if cuda else None,
-            "loads": {k: p.loads - loads0[k][0] for k, p in parked.items()},
+    out, _ = _new_prompt_stages(gen, height, width, cfg, [200 + rep for rep in range(repeats)])
+    return {**out, "loads": {k: p.loads - loads0[k][0] for k, p in parked.items()},
             "prefetched": {k: p.prefetched - loads0[k][1] for k, p in parked.items()}}
 
 
@@ -351,33 +361,24 @@ def preloaded_prompt_runs(gen: Generator, height: int, width: int, cfg: float, r
     generate timed. Then the same prompt and seed without the preload: the same image, bit for bit? Empty where
     nothing is offloaded or the preload cannot be done here (no kept caches' block; `anywhere`: preload_text_weights's,
     for the CPU)."""
-    if not gen.parked_weights():
-        return {}
-    cuda = gen.device.type == "cuda"
     parked = gen.parked_weights()
+    if not parked or not gen.preload_text_weights(anywhere=anywhere):     # (can it be done here at all?)
+        return {}
+    gen.end_preload()
+    cuda = gen.device.type == "cuda"
     loads0 = {k: p.loads for k, p in parked.items()}
-    runs, preload_s, first = [], [], None
-    for rep in range(repeats):
-        gen.forget_prompts()
+    preload_s = []
+
+    def preload():
         t = time.perf_counter()
-        if not gen.preload_text_weights(anywhere=anywhere):
-            return {}
+        gen.preload_text_weights(anywhere=anywhere)
         if cuda:
             torch.cuda.synchronize()
         preload_s.append(time.perf_counter() - t)
-        r = gen.generate(PROMPT, seed=400 + rep, cfg=cfg, height=height, width=width)
-        if cuda:
-            torch.cuda.synchronize()
-        runs.append((r.timings["total_s"], r.timings["text_encoder_s"], r.timings["condition_s"],
-                     r.memory.get("peak_allocated")))
-        first = r.image if first is None else first
+    out, first = _new_prompt_stages(gen, height, width, cfg, [400 + rep for rep in range(repeats)], before=preload)
     loads = {k: p.loads - loads0[k] for k, p in parked.items()}
-    gen.forget_prompts()
-    again = gen.generate(PROMPT, seed=400, cfg=cfg, height=height, width=width).image
-    med = lambda i: statistics.median(x[i] for x in runs)
-    return {"total_s": [x[0] for x in runs], "total_s_median": med(0), "text_encoder_s_median": med(1),
-            "condition_s_median": med(2), "preload_s_median": statistics.median(preload_s),
-            "peak_allocated": max(x[3] for x in runs) if cuda else None, "loads": loads,
+    _, again = _new_prompt_stages(gen, height, width, cfg, [400])
+    return {**out, "preload_s_median": statistics.median(preload_s), "loads": loads,
             "same_image_without_preload": bool((first == again).all())}
 
 

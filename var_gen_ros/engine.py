@@ -376,9 +376,7 @@ class Engine:
                     self._cv.wait(wait)
                 if self._stop:
                     return
-                if preload:
-                    pass
-                elif not idle_release:
+                if not (preload or idle_release):
                     req = self._queue.popleft()
                     if self.gpu_fault:           # queued just before the fault: it cannot run either
                         self._finish(req, FAILED, f"not run: {self.gpu_fault}")

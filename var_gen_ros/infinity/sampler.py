@@ -388,27 +388,24 @@ class Generator:
         generation: a machine with memory to spare, or the CPU). Calling it again while they are loaded does
         nothing."""
         with self._preload_lock:
-            return self._preload_text_weights(anywhere)
-
-    def _preload_text_weights(self, anywhere: bool) -> bool:
-        if self._preload is not None:
+            if self._preload is not None:
+                return True
+            te, cond = self.text_encoder_parked, self.condition_parked
+            first, then = (te, cond) if te is not None else (cond, None)
+            if first is None or not (anywhere or self._lendable(first)):
+                return False
+            stack = contextlib.ExitStack()
+            try:
+                ahead = stack.enter_context(self._loaded(first, then=then, prefetch=True))
+                loaded = [first]
+                if ahead is not None:
+                    stack.enter_context(then.loaded(empty_cache=False, prefetched=ahead))
+                    loaded.append(then)
+            except BaseException:
+                stack.close()
+                raise
+            self._preload = (stack, tuple(loaded))
             return True
-        te, cond = self.text_encoder_parked, self.condition_parked
-        first, then = (te, cond) if te is not None else (cond, None)
-        if first is None or not (anywhere or self._lendable(first)):
-            return False
-        stack = contextlib.ExitStack()
-        try:
-            ahead = stack.enter_context(self._loaded(first, then=then, prefetch=True))
-            loaded = [first]
-            if ahead is not None:
-                stack.enter_context(then.loaded(empty_cache=False, prefetched=ahead))
-                loaded.append(then)
-        except BaseException:
-            stack.close()
-            raise
-        self._preload = (stack, tuple(loaded))
-        return True
 
     def end_preload(self) -> None:
         """Lets go of what preload_text_weights loaded (the kept caches made again in their block); nothing where
