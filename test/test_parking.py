@@ -596,7 +596,8 @@ def test_text_weights_preloaded_into_the_kept_kv_block_on_gpu(tiny_bundle, tmp_p
         loads = (te.loads, cond.loads)
         assert gen.preload_text_weights() and gen.preloaded() == ("text encoder", "condition layers")
         assert gen._graphs.kept_caches is None           # their block holds the encoder's large tensors now
-        ptrs = [t.data_ptr() for k, t in gen.text_encoder.model.named_parameters()
+        m = gen.text_encoder.model                       # (the INT4 encoder's packed weights are buffers)
+        ptrs = [t.data_ptr() for k, t in list(m.named_parameters()) + list(m.named_buffers())
                 if te._sizes().get(k, 0) >= te.large]
         assert ptrs and all(block[0] <= q < block[0] + block[1] for q in ptrs), (ptrs, block)
         assert (te.loads, cond.loads) == (loads[0] + 1, loads[1] + 1)
