@@ -415,7 +415,8 @@ def test_stall_timeout_turns_diagnostics_to_error_while_a_generation_makes_no_pr
     st = stalled()[0]
     kv = {v.key: v.value for v in st.values}
     assert "generation stalled" in st.message and any(rid in st.message for rid in ids), st.message
-    assert kv["running"] == "True" and float(kv["seconds_since_progress"]) > 0.001, kv
+    # (past the 1 ms limit, printed to 3 decimals: 0.0012 s reads "0.001")
+    assert kv["running"] == "True" and float(kv["seconds_since_progress"]) >= 0.001, kv
     assert _wait(lambda: {s.request_id for s in statuses if s.state_name == "DONE"} >= set(ids), 120)
     assert set_(300.0).successful
     time.sleep(0.5)                    # a message computed before the parameter changed may still arrive
