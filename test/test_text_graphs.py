@@ -85,6 +85,7 @@ def test_graphed_encodings_give_the_eager_features_on_gpu(tiny_bundle, mode):
     b = te.encode(PROMPTS[0])
     assert torch.equal(b[0], eager.encode(PROMPTS[0])[0])
     assert g.captures == len(PROMPTS) + 1 and len(g.graphs) == 1, g.status()
+    assert g.moved == 1 and "dropped 1x as the weights moved" in g.status()
     del old
 
 

@@ -53,6 +53,7 @@ class TextEncoderGraphs:
         self.captures = self.replays = 0
         self._pool = None
         self._where = None                          # the weights' addresses the graphs were captured with
+        self.moved = 0                              # times the graphs were dropped because the weights moved
 
     def _addresses(self) -> tuple:
         return tuple(t.data_ptr() for t in list(self.module.parameters()) + list(self.module.buffers()))
@@ -65,7 +66,8 @@ class TextEncoderGraphs:
     def status(self) -> str:
         if not self.capture:
             return f"off after a failed capture ({self.error})"
-        return f"{len(self.graphs)} shapes captured, {self.captures} captures, {self.replays} replays"
+        moved = f", dropped {self.moved}x as the weights moved" if self.moved else ""
+        return f"{len(self.graphs)} shapes captured, {self.captures} captures, {self.replays} replays{moved}"
 
     def run(self, ids: torch.Tensor, mask4d: torch.Tensor, forward: Callable[[torch.Tensor, torch.Tensor],
                                                                            torch.Tensor]) -> torch.Tensor:
@@ -76,6 +78,8 @@ class TextEncoderGraphs:
             return forward(ids, mask4d)
         where = self._addresses()
         if where != self._where:
+            # offloaded weights loaded elsewhere than at the capture (a graph holds their addresses): captured again
+            self.moved += self._where is not None
             self.drop()
         entry = self.graphs.get(key)
         if entry is not None:
