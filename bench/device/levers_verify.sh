@@ -1,4 +1,8 @@
 #!/bin/bash
+# Thirty-sixth session: both calls ran (docs/BENCHMARKS.md); the text graphs' and the joint lease's GPU tests passed,
+# each mode's 8B image was the same with the levers as without, and both levers are the default since (BOTH below is
+# now what the defaults are). Still to run: the preload's GPU test (its inspection fixed after it failed) and, with
+# PARTS=edge, the preload's timing with the encoder's graphs replaying (edge_proof now checks the levers last).
 # The next session's first calls (a part is skipped when too little of CALL_S, default 560, is left).
 # The thirty-fifth session timed the text encoder's CUDA graphs (VAR_GEN_TEXT_GRAPHS) and the condition layers' read
 # beside the encoder (VAR_GEN_OFFLOAD_PREFETCH) on the H100: a new prompt through generate 1.115 -> 1.055 s offloaded
