@@ -2,7 +2,8 @@
 # Thirty-sixth session: both calls ran (docs/BENCHMARKS.md); the text graphs' and the joint lease's GPU tests passed,
 # each mode's 8B image was the same with the levers as without, and both levers are the default since (BOTH below is
 # now what the defaults are). Still to run: the preload's GPU test (its inspection fixed after it failed) and, with
-# PARTS=edge, the preload's timing with the encoder's graphs replaying (edge_proof now checks the levers last).
+# PARTS=edge, the preload's timing with the encoder's graphs replaying (edge_proof now checks the levers last):
+# PARTS="tests edge" SPECS=offloaded, one call of about 5 minutes on a fresh machine.
 # The next session's first calls (a part is skipped when too little of CALL_S, default 560, is left).
 # The thirty-fifth session timed the text encoder's CUDA graphs (VAR_GEN_TEXT_GRAPHS) and the condition layers' read
 # beside the encoder (VAR_GEN_OFFLOAD_PREFETCH) on the H100: a new prompt through generate 1.115 -> 1.055 s offloaded
@@ -44,7 +45,7 @@ has tests && tests joint_lease 180 "test/test_parking.py::test_a_new_prompts_con
   "test/test_parking.py::test_text_weights_preloaded_into_the_kept_kv_block_on_gpu" \
   "test/test_parking.py::test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu"
 BOTH="VAR_GEN_OFFLOAD_PREFETCH=1 VAR_GEN_TEXT_GRAPHS=1"
-for spec in offloaded resident bf16; do
+for spec in ${SPECS:-offloaded resident bf16}; do
   has edge || break
   limit=100; [ "$spec" = bf16 ] && limit=150; [ "$spec" = offloaded ] && limit=160   # the first one compiles
   [ "$(left)" -lt $((limit + 20)) ] && echo "edge $spec not run" && continue
