@@ -1,7 +1,8 @@
 #!/bin/bash
 # Thirty-sixth session: both calls ran (docs/BENCHMARKS.md); the text graphs' and the joint lease's GPU tests passed,
 # each mode's 8B image was the same with the levers as without, and both levers are the default since (BOTH below is
-# now what the defaults are). Still to run: the preload's GPU test (its inspection fixed after it failed) and, with
+# now what the defaults are). Still to run: the preload's GPU test (its inspection fixed after it failed), whether the
+# offloaded encoder's graphs replay across its loads and after the preload (written after the calls) and, with
 # PARTS=edge, the preload's timing with the encoder's graphs replaying (edge_proof now checks the levers last):
 # PARTS="tests edge" SPECS=offloaded, one call of about 5 minutes on a fresh machine.
 # The next session's first calls (a part is skipped when too little of CALL_S, default 560, is left).
@@ -43,7 +44,8 @@ has() { [[ " $PARTS " == *" $1 "* ]]; }
 has tests && tests text_graphs 240 test/test_text_graphs.py -k gpu
 has tests && tests joint_lease 180 "test/test_parking.py::test_a_new_prompts_condition_layers_are_read_beside_the_encoder_in_the_kv_blocks_lease_on_gpu" \
   "test/test_parking.py::test_text_weights_preloaded_into_the_kept_kv_block_on_gpu" \
-  "test/test_parking.py::test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu"
+  "test/test_parking.py::test_offloaded_weights_borrow_the_kept_kv_block_between_generations_on_gpu" \
+  "test/test_parking.py::test_the_offloaded_encoders_graphs_replay_across_its_loads_and_after_the_preload_on_gpu"
 BOTH="VAR_GEN_OFFLOAD_PREFETCH=1 VAR_GEN_TEXT_GRAPHS=1"
 for spec in ${SPECS:-offloaded resident bf16}; do
   has edge || break
