@@ -99,6 +99,29 @@ def test_the_repeated_prompt_runs_read_only_the_vae(tiny_bundle, tmp_path):
     assert len(r["total_s"]) == 2 and all(t > 0 for t in r["total_s"]) and r["peak_allocated"] is None
 
 
+@pytest.mark.parametrize("multiple", [None, 1])
+def test_other_prompt_runs_use_the_warm_ups_text_length(tiny_bundle, monkeypatch, multiple):
+    """bench/edge_proof.other_prompt_runs: new prompts of other token counts than the warm-up's; with the text padded
+    (the default) they use the warm-up's text length, so on a GPU its graphs; at exact lengths (multiple 1) each of
+    them brings its own."""
+    edge_proof = _edge_proof()
+    from var_gen_ros.infinity import Generator, text
+    if multiple is not None:
+        monkeypatch.setattr(text, "TOKEN_MULTIPLE", multiple)
+    gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
+    gen.cuda_graphs = True
+    gen.warmup(1, edge_proof.PROMPT, cfg=3.0)
+    r = edge_proof.other_prompt_runs(gen, None, None, 3.0)
+    counts = r["token_counts"]
+    assert len(set(counts + [gen.text_encoder.token_count(edge_proof.PROMPT)])) == len(counts) + 1, counts
+    assert len(r["total_s"]) == len(counts) and all(t > 0 for t in r["total_s"])
+    assert len(r["text_lengths_before"]) == 1
+    if multiple is None:
+        assert r["text_lengths_after"] == r["text_lengths_before"], r
+    else:
+        assert len(r["text_lengths_after"]) == 1 + len(counts), r
+
+
 def test_the_new_prompt_runs_load_the_text_weights_each_time(tiny_bundle, tmp_path, monkeypatch):
     """bench/edge_proof.new_prompt_runs: generate given the prompt, its features and condition forgotten before each
     run, so every run loads the encoder, the text-only layers (read beside the encoder) and the VAE once."""
@@ -195,6 +218,7 @@ def test_int4_text_encoder_matches_float_in_under_0_6_of_int8s_bytes(tiny_bundle
     a, ma = ref.text_encoder.encode(prompts)
     b, mb = g4.text_encoder.encode(prompts)
     assert torch.equal(ma, mb)
+    a, b = a[ma], b[ma]
     rel = ((a - b).norm() / a.norm()).item()
     # random weights: 0.16 here (INT8: 0.011); a wrong nibble order or group layout is ~1
     assert rel < 0.25, rel
@@ -205,7 +229,9 @@ def test_int4_text_encoder_matches_float_in_under_0_6_of_int8s_bytes(tiny_bundle
     g4 = Generator.from_bundle(default_bundle_path(), device="cpu", dtype=torch.float32)
     apply_text_encoder(g4, "int4")
     prompts = held_out_prompts(16)
-    a, b = ref.text_encoder.encode(prompts)[0], g4.text_encoder.encode(prompts)[0]
+    (a, m), b = ref.text_encoder.encode(prompts), g4.text_encoder.encode(prompts)[0]
+    # at the prompts' tokens: the padding's features are masked wherever they are used (text.TOKEN_MULTIPLE)
+    a, b = a[m], b[m]
     rel = ((a - b).norm() / a.norm()).item()
     assert rel < 0.08, rel
 

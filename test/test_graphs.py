@@ -22,7 +22,9 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_graph_buffers_give_the_plain_path_results(tiny_bundle, cfg):
+def test_graph_buffers_give_the_plain_path_results(tiny_bundle, cfg, monkeypatch):
+    from var_gen_ros.infinity import text
+    monkeypatch.setattr(text, "TOKEN_MULTIPLE", 1)      # exact text lengths: two prompts, two lengths' buffers
     plain = Generator.from_bundle(tiny_bundle)
     g = Generator.from_bundle(tiny_bundle)
     g.cuda_graphs = True
@@ -73,7 +75,9 @@ def test_kept_kv_caches_are_reused_and_give_the_same_images(tiny_bundle, keep):
 
 
 def test_text_lengths_kept_least_recently_used_first(tiny_bundle, monkeypatch):
+    from var_gen_ros.infinity import text
     monkeypatch.setattr(graphs_mod, "MAX_TEXT_LENGTHS", 2)
+    monkeypatch.setattr(text, "TOKEN_MULTIPLE", 1)      # exact text lengths: one per prompt here
     g = Generator.from_bundle(tiny_bundle)
     g.cuda_graphs = True
     words = ["red", "red circle", "red circle on blue"]
@@ -81,6 +85,19 @@ def test_text_lengths_kept_least_recently_used_first(tiny_bundle, monkeypatch):
         g.generate(p, seed=0, cfg=1.0)
     T = lambda p: g.text_encoder.encode([p])[1].shape[1]
     assert list(g._graphs.condition) == [T(words[2]), T(words[1])]
+
+
+def test_prompts_of_different_token_counts_share_one_text_lengths_graphs(tiny_bundle):
+    """With the text padded to text.TOKEN_MULTIPLE tokens (the default), prompts of different token counts use one
+    text length's condition buffers (on a GPU: one set of graphs, captured once), each with the plain path's image."""
+    plain = Generator.from_bundle(tiny_bundle)
+    g = Generator.from_bundle(tiny_bundle)
+    g.cuda_graphs = True
+    prompts = ["red", "red circle on blue", "a green square"]
+    assert len({g.text_encoder.token_count(p) for p in prompts}) == len(prompts)
+    for i, p in enumerate(prompts):
+        _same(plain.generate(p, seed=i, cfg=3.0), g.generate(p, seed=i, cfg=3.0))
+    assert len(g._graphs.condition) == 1
 
 
 def test_new_batch_or_uncacheable_cache_drops_the_kept_graphs(tiny_bundle):

@@ -14,8 +14,9 @@ What a graph needs, and how it gets it:
   ~2.2 GiB beside it at 1024²) before they are made again in the same block (`Generator._new_caches`).
   `adopt` checks the addresses every generation and drops the graphs if a cache moved;
 - fixed shapes: the text length T is part of the cross-attention's shapes, so each T gets its own graphs
-  (the last `MAX_TEXT_LENGTHS` are kept). Padding the text to a few lengths instead would change the
-  attention's float rounding, and with it the sampled bits: graphs on or off give the same image;
+  (the last `MAX_TEXT_LENGTHS` are kept). The text encoder pads every prompt, graphs on or off, to a multiple
+  of `text.TOKEN_MULTIPLE` tokens (masked), so that prompts of different token counts share one T; graphs on
+  or off give the same image;
 - nothing on the host mid-scale: sampling (which draws from a seeded generator) and the next scale's
   input stay outside the graph;
 - everything warmed up first (Triton autotuning and compiling, cuBLAS handles): a scale is captured

@@ -13,6 +13,15 @@ import torch
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+# Prompts are padded (and masked) to a multiple of this many tokens. The CUDA graphs of the transformer's scales and of
+# the text encoder are captured per text length (graphs.py, text_graphs.py): a length the scales' graphs have not
+# seen is captured in the request that brings it, which at 8B on the H100 takes about 4.4 s instead of about 1.0 s
+# replayed (the idle release's figure for capturing every scale, docs/BENCHMARKS.md), and only the last 8 lengths are
+# kept. At exact lengths a robot's varied commands would keep paying that. Padded to 32, every prompt of up to 32
+# tokens shares one set of graphs. The padding is masked in the encoder and in the cross-attention, so the features
+# and the condition are the unpadded ones up to float rounding (the official pipeline pads to 512 tokens); graphs on
+# and off pad alike and give the same image. VAR_GEN_TEXT_TOKEN_MULTIPLE=1 gives the exact lengths.
+TOKEN_MULTIPLE = int(os.environ.get("VAR_GEN_TEXT_TOKEN_MULTIPLE", "32"))
 
 
 def check_text_encoder_dir(path: str) -> None:
@@ -65,10 +74,12 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """-> features (B, T, Ct5) float32 (last hidden state), mask (B, T) bool. T = longest prompt."""
+        """-> features (B, T, Ct5) float32 (last hidden state), mask (B, T) bool. T = the longest prompt's token count
+        rounded up to TOKEN_MULTIPLE."""
         tok = self.tokenizer(list(prompts), max_length=self.max_length, padding="longest", truncation=True,
                              return_tensors="pt")
-        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        ids, mask = self._pad(tok["input_ids"], tok["attention_mask"])
+        ids, mask = ids.to(self.device), mask.to(self.device)
         if self.graphs is None:
             feats = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         else:   # a 4-D additive mask: transformers' own for this 2-D one, without its host sync (text_graphs.py)
@@ -83,6 +94,16 @@ class TextEncoder:
                               f"take a 4-D attention mask ({self._no_graphs})")
                 feats = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         return feats, mask.bool()
+
+    def _pad(self, ids: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The tokens padded on the right to a multiple of TOKEN_MULTIPLE, or to max_length where that is less."""
+        T = ids.shape[1]
+        n = min(-(-T // TOKEN_MULTIPLE) * TOKEN_MULTIPLE, max(self.max_length, T)) - T if TOKEN_MULTIPLE > 1 else 0
+        if n <= 0:
+            return ids, mask
+        pad_id = self.tokenizer.pad_token_id or 0
+        return (torch.cat([ids, ids.new_full((ids.shape[0], n), pad_id)], 1),
+                torch.cat([mask, mask.new_zeros((mask.shape[0], n))], 1))
 
     def _forward(self, ids: torch.Tensor, mask4d: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids, attention_mask=mask4d).last_hidden_state.float()

@@ -7,8 +7,8 @@ slower. A graph replays the whole forward with one launch.
 
 What a graph needs, and how it gets it:
 - fixed shapes: each (batch, token count) of a tokenized prompt gets its own graph (the last `MAX_SHAPES` are kept).
-  No padding to a few lengths: a longer input changes the kernels' float rounding, so the features would differ from
-  an eager run's; at the exact length a replay gives the eager run's bits;
+  The token count is the prompt's rounded up to `text.TOKEN_MULTIPLE` (TextEncoder.encode pads it, eager or graphed),
+  so prompts of different lengths share a graph; at the same padded length a replay gives the eager run's bits;
 - fixed addresses: the token ids and the attention mask are copied into the graph's buffers, and the encoder's
   weights must be where they were captured. Their addresses are compared at each use and the graphs are dropped when
   any moved (an offloaded encoder loaded elsewhere; parking.py) or when the module's tensors were replaced;
