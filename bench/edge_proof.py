@@ -47,6 +47,8 @@ def progress(msg: str) -> None:
     only at the end) still shows how far it got, down to the calibration generation's last finished scale."""
     print(f"[edge +{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 PROMPT = "a photo of a red robot in a green field under a blue sky"
+# new prompts of other token counts than PROMPT's, as a robot's commands would come (other_prompt_runs)
+OTHER_PROMPTS = ("a red robot", "a photo of a yellow cup on a wooden table", "two green apples in a white bowl next to a window")
 # H100 rates measured in earlier sessions (docs/BENCHMARKS.md): cuBLAS bf16 ≈ 770 TFLOP/s, device memory
 # ≈ 3.0 TB/s. The floors use the rates each run measures on its own GPU (`measure_device_rates`; an H200 or an
 # Orin is not an H100); these are the fallback where a run has none. The same rates serve every mode (W4A4's
@@ -353,6 +355,26 @@ def new_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats
             "prefetched": {k: p.prefetched - loads0[k][1] for k, p in parked.items()}}
 
 
+def other_prompt_runs(gen: Generator, height: int, width: int, cfg: float) -> dict:
+    """New prompts of other token counts than the warm-up's, each once, through generate: the CUDA graphs are kept
+    per text length, and the text is padded to a multiple of text.TOKEN_MULTIPLE tokens so that such prompts replay
+    the graphs the warm-up captured instead of capturing their own (VAR_GEN_TEXT_TOKEN_MULTIPLE=1: exact lengths).
+    End-to-end seconds of each, their token counts, and the text lengths the scales' graphs were captured for
+    before and after."""
+    from var_gen_ros.infinity import text
+    lengths = lambda: sorted(gen._graphs.condition) if gen._graphs is not None else []
+    before, totals = lengths(), []
+    for i, p in enumerate(OTHER_PROMPTS):
+        gen.forget_prompts()
+        r = gen.generate(p, seed=500 + i, cfg=cfg, height=height, width=width)
+        if gen.device.type == "cuda":
+            torch.cuda.synchronize()
+        totals.append(r.timings["total_s"])
+    return {"total_s": totals, "total_s_median": statistics.median(totals), "token_multiple": text.TOKEN_MULTIPLE,
+            "token_counts": [gen.text_encoder.token_count(p) for p in OTHER_PROMPTS],
+            "text_lengths_before": before, "text_lengths_after": lengths()}
+
+
 def preloaded_prompt_runs(gen: Generator, height: int, width: int, cfg: float, repeats: int,
                           anywhere: bool = False) -> dict:
     """A new prompt after the engine's preload (VAR_GEN_OFFLOAD_PRELOAD: with nothing queued, the text encoder and
@@ -485,6 +507,7 @@ def child(a) -> dict:
         # the node's paths too, so that a quantized mode's "new prompt" and "same prompt" lines have their bf16 pair
         out["uncapped"]["new_prompt"] = new_prompt_runs(gen, res[0][0], res[0][1], a.cfg, a.repeats)
         out["uncapped"]["repeated_prompt"] = repeated_prompt_runs(gen, res[0][0], res[0][1], a.cfg, a.repeats)
+        out["uncapped"]["other_prompts"] = other_prompt_runs(gen, res[0][0], res[0][1], a.cfg)
         out["uncapped"]["cuda_graphs"] = gen.graph_status()
         out["uncapped"]["levers_check"] = levers_check(gen, res[0][0], res[0][1], a.cfg)
         gen.release_graphs()
@@ -509,6 +532,7 @@ def child(a) -> dict:
             r["warmup_peak_allocated"] = warm_peak
             r["new_prompt"] = new_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["repeated_prompt"] = repeated_prompt_runs(gen, h, w, a.cfg, a.repeats)
+            r["other_prompts"] = other_prompt_runs(gen, h, w, a.cfg)
             r["preloaded_prompt"] = preloaded_prompt_runs(gen, h, w, a.cfg, a.repeats)
             r["cuda_graphs"] = gen.graph_status()
             # last: it turns the encoder's graphs off and on again, and the next runs would find them made anew (the
@@ -647,6 +671,11 @@ def summarize(results: dict) -> None:
                       f"{np_['peak_allocated'] / GIB:.2f} GiB allocated"
                       + (f"; offloaded loads {np_['loads']}, read beside the encoder {np_['prefetched']}"
                          if any(np_["loads"].values()) else ""))
+            op = x.get("other_prompts")
+            if op:
+                print(f"    new prompts of other token counts {op['token_counts']} (padded to a multiple of "
+                      f"{op['token_multiple']}): " + ", ".join(f"{t:.3f}" for t in op["total_s"])
+                      + f" s; the scales' graphs' text lengths {op['text_lengths_before']} -> {op['text_lengths_after']}")
             pp = x.get("preloaded_prompt")
             if pp:
                 print(f"    a new prompt after the idle preload: {pp['total_s_median']:.3f} s (text "
