@@ -59,7 +59,9 @@ def test_the_additive_mask_gives_the_2d_masks_bits_without_a_host_sync(tiny_bund
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 @pytest.mark.parametrize("mode", ["bf16", "int4"])
-def test_graphed_encodings_give_the_eager_features_on_gpu(tiny_bundle, mode):
+def test_graphed_encodings_give_the_eager_features_on_gpu(tiny_bundle, mode, monkeypatch):
+    from var_gen_ros.infinity import text
+    monkeypatch.setattr(text, "TOKEN_MULTIPLE", 1)     # exact lengths: each prompt group its own shape
     eager = _encoder(tiny_bundle, "cuda", torch.bfloat16, mode)
     te = _encoder(tiny_bundle, "cuda", torch.bfloat16, mode)
     te.use_graphs()
@@ -97,9 +99,10 @@ def test_generations_with_the_text_encoder_graphed_give_the_same_images_on_gpu(t
     then replayed, give a resident eager encoder's images; offloaded (the encoder loaded into the KV caches' dead
     block for each new prompt), its weights come back where they were, so the graphs replay rather than being
     captured again; the idle release drops them."""
-    from var_gen_ros.infinity import Generator, sampler
+    from var_gen_ros.infinity import Generator, sampler, text
     from var_gen_ros.quant import QuantConfig, quantize_
     from var_gen_ros.quant.runtime import apply_text_encoder
+    monkeypatch.setattr(text, "TOKEN_MULTIPLE", 1)     # exact lengths: each prompt its own shape
     gens = [Generator.from_bundle(tiny_bundle, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
     for g in gens:
         quantize_(g, QuantConfig())
