@@ -4,7 +4,9 @@
 # now what the defaults are). Still to run: the preload's GPU test (its inspection fixed after it failed), whether the
 # offloaded encoder's graphs replay across its loads and after the preload (written after the calls) and, with
 # PARTS=edge, the preload's timing with the encoder's graphs replaying (edge_proof now checks the levers last):
-# PARTS="tests edge" SPECS=offloaded, one call of about 5 minutes on a fresh machine.
+# PARTS="tests edge" SPECS=offloaded, one call of about 5 minutes on a fresh machine. Its edge run also times new
+# prompts of other token counts than the warm-up's, which the text's padding to 32 tokens (text.TOKEN_MULTIPLE, built
+# after the calls) is to keep on the warm-up's graphs ("the scales' graphs' text lengths [32] -> [32]").
 # The next session's first calls (a part is skipped when too little of CALL_S, default 560, is left).
 # The thirty-fifth session timed the text encoder's CUDA graphs (VAR_GEN_TEXT_GRAPHS) and the condition layers' read
 # beside the encoder (VAR_GEN_OFFLOAD_PREFETCH) on the H100: a new prompt through generate 1.115 -> 1.055 s offloaded
@@ -57,7 +59,7 @@ for spec in ${SPECS:-offloaded resident bf16}; do
     --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 "${extra[@]}" \
     --json "$OUT/edge_both_$spec.json" > "$OUT/edge_both_$spec.txt" 2>&1
   echo "edge $spec rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
-  grep -E "^(w4a4|bf16)|new prompt through|same prompt again|against both off|idle preload|rror" "$OUT/edge_both_$spec.txt" | tail -7
+  grep -E "^(w4a4|bf16)|new prompt through|same prompt again|against both off|idle preload|other token counts|rror" "$OUT/edge_both_$spec.txt" | tail -8
 done
 if has te && [ "$(left)" -gt 100 ]; then
   timeout 90 python3 bench/text_encoder_quant.py --repeats 10 --json "$OUT/text_encoder_graphs.json" \
