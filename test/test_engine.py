@@ -342,3 +342,24 @@ def test_idle_release_gives_back_the_kept_caches_once_per_idle_period_and_the_ne
         assert _until(lambda: eng.idle_releases == 2)
     finally:
         eng.close()
+
+
+def test_the_warm_ups_text_length_serves_the_commands_that_follow(tiny_bundle):
+    """The engine's warm-up prompt and users' commands of other token counts share one text length (the text padded to
+    text.TOKEN_MULTIPLE tokens), so on a GPU the graphs the warm-up captured are the ones the commands replay."""
+    g = Generator.from_bundle(tiny_bundle)
+    g.cuda_graphs = True
+    eng = Engine(g)
+    try:
+        ws = eng.warm_up(2)
+        assert all(w.done_event.wait(120) and w.state == DONE for w in ws)
+        lengths = list(g._graphs.condition)
+        prompts = ["square", "three small green triangles on a white background"]
+        counts = {g.text_encoder.token_count(p) for p in prompts + ["warm-up"]}
+        assert len(counts) == 3, counts
+        for p in prompts:
+            r = eng.submit(Request(prompt=p, seed=1))
+            assert r.done_event.wait(120) and r.state == DONE, r.error
+        assert len(lengths) == 1 and list(g._graphs.condition) == lengths
+    finally:
+        eng.close()
