@@ -7,6 +7,13 @@ import torch
 PROMPTS = ["a red circle", "three small green triangles on a white background", "square"]
 
 
+def _padded(te, n: int) -> int:
+    """n tokens rounded up to text.TOKEN_MULTIPLE, or to the encoder's max_length where that is less."""
+    from var_gen_ros.infinity import text
+    m = text.TOKEN_MULTIPLE
+    return min(-(-n // m) * m, max(te.max_length, n))
+
+
 def test_prompts_of_different_token_counts_share_one_length_and_give_the_exact_lengths_values(tiny_bundle,
                                                                                              monkeypatch):
     from var_gen_ros.infinity import Generator, text
@@ -17,7 +24,7 @@ def test_prompts_of_different_token_counts_share_one_length_and_give_the_exact_l
     counts = [min(te.token_count(p), te.max_length) for p in PROMPTS]
     assert len(set(counts)) == len(counts), counts
     padded = [te.encode([p]) for p in PROMPTS]
-    want_T = [min(-(-n // m) * m, max(te.max_length, n)) for n in counts]
+    want_T = [_padded(te, n) for n in counts]
     assert [f.shape[1] for f, _ in padded] == want_T and len(set(want_T)) == 1, (counts, want_T)
     assert [int(k.sum()) for _, k in padded] == counts
     monkeypatch.setattr(text, "TOKEN_MULTIPLE", 1)
@@ -40,11 +47,10 @@ def test_prompts_of_different_token_counts_share_one_length_and_give_the_exact_l
 
 def test_a_prompt_and_its_negative_pad_to_one_length(tiny_bundle):
     """CFG with a negative prompt encodes both in one batch: padded to the longer one's length, rounded up."""
-    from var_gen_ros.infinity import Generator, text
+    from var_gen_ros.infinity import Generator
     gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)
     te = gen.text_encoder
     feats, mask = te.encode([PROMPTS[0], PROMPTS[1]])
     n = max(min(te.token_count(p), te.max_length) for p in PROMPTS[:2])
-    assert feats.shape[:2] == mask.shape == (2, min(-(-n // text.TOKEN_MULTIPLE) * text.TOKEN_MULTIPLE,
-                                                    max(te.max_length, n)))
+    assert feats.shape[:2] == mask.shape == (2, _padded(te, n))
     assert mask.sum(1).tolist() == [min(te.token_count(p), te.max_length) for p in PROMPTS[:2]]
