@@ -80,11 +80,11 @@ def test_edge_preset_is_what_the_edge_proof_measured():
     assert params["activation_chunk"] == run["chunk_tokens"]
     assert params["cuda_graphs"] and "4096 tokens" in run["runs"][0]["cuda_graphs"] and params["graph_max_tokens"] == 4096
     assert "shared memory pool" in run["runs"][0]["cuda_graphs"] and params["graph_pool"] == "shared"
-    # the weights that run once offloaded (thirty-first session; the run cited, thirty-sixth), to a per-user directory (no machine's path), and
+    # the weights that run once offloaded (thirty-first session; the run cited, thirty-seventh), to a per-user directory (no machine's path), and
     # the run it cites: offloaded, every setting above the same, a third of bf16's peak or less
     results = os.path.join(ROOT, "docs", "results")
-    off = json.load(open(os.path.join(results, "levers_edge_both_offloaded_thirtysixth_h100.json")))["w4a4_kv8"]
-    bf16 = json.load(open(os.path.join(results, "levers_edge_both_bf16_thirtysixth_h100.json")))["bf16"]
+    off = json.load(open(os.path.join(results, "levers_edge_preload_offloaded_thirtyseventh_h100.json")))["w4a4_kv8"]
+    bf16 = json.load(open(os.path.join(results, "levers_edge_padded_bf16_thirtyseventh_h100.json")))["bf16"]
     assert params["offload_dir"].startswith("~/") and "offloaded to" in off["text_encoder_mode"]
     assert (off["text_encoder"], off["chunk_tokens"]) == (params["text_encoder"], params["activation_chunk"])
     assert "4096 tokens" in off["runs"][0]["cuda_graphs"] and "shared memory pool" in off["runs"][0]["cuda_graphs"]

@@ -221,12 +221,12 @@ TEXT_GRAPHS = os.environ.get("VAR_GEN_TEXT_GRAPHS", "1") == "1"
 # with the text encoder and the condition layers offloaded: the Engine loads both into the kept KV caches' dead block
 # as soon as it has nothing to run (Generator.preload_text_weights), so that a new prompt finds them loaded and waits
 # for no read. Their memory is the caches' block, dead between generations; the next generation lets go of them before
-# its first scale. Timed at 8B on the H100 in the thirty-sixth session with both levers above: a new prompt 1.076 ->
-# 1.068 s, the same image, a peak of 7.67 against 7.65 GiB allocated; the condition stage 0.052 -> 0.016 s, but the
-# text stage 0.046 -> 0.059 s, because the levers' check run just before had made the encoder's graphs anew (its two
-# runs: one eager, one captured; edge_proof now runs that check last). Not yet timed with the graphs replaying, and its
-# GPU test's fix has not run: so off, VAR_GEN_OFFLOAD_PRELOAD=1 turns it on.
-OFFLOAD_PRELOAD = os.environ.get("VAR_GEN_OFFLOAD_PRELOAD", "0") == "1"
+# its first scale. Timed at 8B on the H100 in the thirty-seventh session with both levers above and the encoder's
+# graphs replaying: a new prompt 1.053 -> 1.000 s with the edge preset (the text stage 0.044 -> 0.009 s, the condition
+# 0.043 -> 0.015 s; the preload itself 0.059 s while idle), the same image, a peak of 7.68 GiB allocated either way;
+# its GPU tests (the encoder and the condition layers in the block, the graphs replaying across its loads) passed.
+# On by default since; VAR_GEN_OFFLOAD_PRELOAD=0 turns it off.
+OFFLOAD_PRELOAD = os.environ.get("VAR_GEN_OFFLOAD_PRELOAD", "1") == "1"
 
 
 def _pool_bytes(n: int) -> int:
