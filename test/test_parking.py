@@ -463,13 +463,16 @@ def test_the_engine_preloads_the_text_encoder_into_the_kept_kv_block_on_gpu(tiny
                 time.sleep(0.01)
             seen.append((note, during))
             note = engine.preload
-        # request 0 runs eagerly (no kept caches to load into: "not done"); request 1 captures and keeps them
-        assert seen[1][0].startswith("not done") and seen[1][1] == 1, seen
-        for i in (2, 3):                       # new prompts: the encoder was loaded ahead, none during the request
-            assert seen[i][0].startswith("loaded text encoder") and seen[i][1] == 0, seen
-        assert seen[4][0].startswith("loaded text encoder") and seen[4][1] == 0, seen     # the repeated prompt
-        assert note.startswith("loaded text encoder") and gen.preloaded()[0] == "text encoder"
-        assert te.loads == 2 + 4       # requests 0 and 1 loaded it themselves, then one preload after each of 1-4
+        # the preload after each request; after request 0 (eager, no kept caches yet) it may be "not done", from the
+        # request that captured on it loads the encoder (the block holds it; the condition layers it does not)
+        after = [n for n, _ in seen[1:]] + [note]
+        assert after[0].startswith(("not done", "loaded text encoder")), after
+        assert all(n.startswith("loaded text encoder in") for n in after[1:]), after
+        # a request with the encoder loaded ahead reads it no more (new prompts 2, 3; the repeated prompt 4 lets it go
+        # unused); one without loads it once
+        assert all(d == (0 if n.startswith("loaded") else 1) for n, d in seen), seen
+        assert te.loads == sum(d for _, d in seen) + sum(n.startswith("loaded") for n in after)
+        assert gen.preloaded() == ("text encoder",)
     finally:
         engine.close()
 
