@@ -107,9 +107,9 @@ class Engine:
         self.last_idle_release: dict = {}   # memory before and after the last one (`_memory_now`'s keys)
         self._idle_since = time.monotonic()
         self._idle_due = False      # a request ran since the last idle release
-        # With VAR_GEN_OFFLOAD_PRELOAD=1 and offloaded weights: once the queue is empty after a request, the text
-        # encoder and the condition layers are loaded into the kept KV caches' dead block, so that a new prompt
-        # waits for no read (Generator.preload_text_weights); `preload` says what the last try did
+        # With offloaded weights (VAR_GEN_OFFLOAD_PRELOAD, on by default; =0 turns it off): once the queue is empty
+        # after a request, the text encoder and the condition layers are loaded into the kept KV caches' dead block,
+        # so that a new prompt waits for no read (Generator.preload_text_weights); `preload` says what the last try did
         self._preload_due = False
         self.preload = ""
         self._stop = False
