@@ -379,16 +379,15 @@ class Generator:
 
     def preload_text_weights(self, anywhere: bool = False) -> bool:
         """The offloaded text encoder and condition layers loaded now, ahead of the next generation (what the Engine
-        does when it has nothing to run; VAR_GEN_OFFLOAD_PRELOAD, on by default): with the CUDA graphs' kept KV
-        caches, into their block, which is dead until the next generation's first scale, the condition layers read
-        on a side stream while the encoder's large tensors are put in. A new prompt then runs both without a read; the next
-        generation lets go of them before its first scale (the caches are made again in their block, as after any
-        load), whatever its prompt. Returns whether they are loaded; False (nothing done) where nothing is offloaded
-        or the kept caches' block cannot hold the encoder's large tensors: a load outside it would add to the memory
-        held between requests, which the offload is there to free. Where the block cannot hold both, only the
-        encoder is loaded. `anywhere`: load them where there is no such block too (new memory, held until the next
-        generation: a machine with memory to spare, or the CPU). Calling it again while they are loaded does
-        nothing."""
+        does when it has nothing to run; VAR_GEN_OFFLOAD_PRELOAD, on by default): with the CUDA graphs' kept KV caches,
+        into their block, which is dead until the next generation's first scale, the condition layers read on a side
+        stream while the encoder's large tensors are put in. A new prompt then runs both without a read; the next
+        generation lets go of them before its first scale (the caches are made again in their block, as after any load),
+        whatever its prompt. Returns whether they are loaded; False (nothing done) where nothing is offloaded or the
+        kept caches' block cannot hold the encoder's large tensors: a load outside it would add to the memory held
+        between requests, which the offload is there to free. Where the block cannot hold both, only the encoder is
+        loaded. `anywhere`: load them where there is no such block too (new memory, held until the next generation: a
+        machine with memory to spare, or the CPU). Calling it again while they are loaded does nothing."""
         with self._preload_lock:
             if self._preload is not None:
                 return True
