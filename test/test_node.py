@@ -274,7 +274,8 @@ def test_edge_preset_node_on_the_default_model(running_node, tmp_path):
         assert got.shape == (128, 128, 3)
         mine = lambda: [st for d in diags for st in d.status if st.name.startswith(f"{ns}/var_gen")]
         assert _wait(lambda: mine())
-        kv = {v.key: v.value for v in mine()[-1].values}
+        latest = lambda: {v.key: v.value for v in mine()[-1].values}
+        kv = latest()
         assert kv["quantization"] == "w4a4" and "W4A4 loaded" in kv["precision"] and "INT8 KV" in kv["precision"]
         assert "text encoder INT4" in kv["precision"], kv["precision"]
         assert "offloaded to " + str(park) in kv["precision"], kv["precision"]
@@ -282,13 +283,13 @@ def test_edge_preset_node_on_the_default_model(running_node, tmp_path):
         # the VAE once for each of the three images (this one's previews decoded with it)
         import re
         loads = lambda: dict(re.findall(r"(text encoder|condition layers|VAE) parked in .*? loaded (\d+) times",
-                                        {v.key: v.value for v in mine()[-1].values}["offloaded_weights"]))
+                                        latest()["offloaded_weights"]))
         assert _wait(lambda: loads().get("text encoder") == "2" and loads().get("condition layers") == "2"
                      and loads().get("VAE") == "3"), loads()
         # the preload of the offloaded text weights (on by default since the thirty-seventh session) tries after each
         # request with nothing queued; the CPU has no kept KV caches' block to load them into, so it loaded nothing
         # (the counts above) and the diagnostics say why
-        preload = lambda: {v.key: v.value for v in mine()[-1].values}.get("offload_preload", "")
+        preload = lambda: latest().get("offload_preload", "")
         assert _wait(preload), kv
         assert preload().startswith("not done: the kept KV caches' block cannot hold them here"), preload()
         files = os.listdir(park)
