@@ -36,7 +36,7 @@ build_extension
 left() { echo $(( ${CALL_S:-560} - $(date +%s) + t0 )); }
 tests() {  # NAME LIMIT NODEIDS...
   local name=$1 limit=$2; shift 2
-  [ "$(left)" -lt $((limit + 60)) ] && echo "tests $name not run" && return
+  [ "$(left)" -lt $((limit + 60)) ] && echo "tests $name not run: $(left) s left of CALL_S, it needs $((limit + 60))" && return
   # VAR_GEN_AUTOTUNE_FIRST (kernels/tuning.py): the tiny model's shapes take each tuner's first candidate, no trials
   VAR_GEN_AUTOTUNE_FIRST=${AUTOTUNE_FIRST:-1} timeout -s INT -k 15 "$limit" python3 -m pytest -v -p no:cacheprovider "$@" \
     --durations=6 > "$OUT/test_$name.txt" 2>&1
