@@ -8,7 +8,7 @@
 # host cost of the launch shows as eager on > off with the graph columns level. About 4 x 40 s with the build.
 # Run in the thirty-ninth session (238 s, gemm_eager_pdl*_thirtyninth_h100.*): the eager times of one setting differ
 # up to 3.7x between its two rounds, with the launch on and off alike and at 128 rows where it does not apply: the
-# host's Python dispatch, not the launch. The graph replay agrees within 2 % between rounds (docs/BENCHMARKS.md).
+# host's Python dispatch, not the launch. The graph replay agrees within 2.5 % between rounds (docs/BENCHMARKS.md).
 source bench/device/autotune_carry.sh
 build_extension
 for round in 1 2; do
