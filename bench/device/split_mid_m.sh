@@ -1,0 +1,20 @@
+#!/bin/bash
+# Fortieth session: split-K for the workspace (i8w) GEMM from 257 rows. The i8w tiles alone underfill the H100 there
+# (3584² at 512 rows: 56 tiles of 128 x 256, 112 of 128 x 128, on 132 SMs), and the tuner's split tiles stopped at 256
+# rows (SPLIT_MAX_M) and were 4-warp 64 x 128 ones without TMA or the 128-wide K step. The same forward twice, each in
+# its own process: the default (the shipped picks), then VAR_GEN_W4A4_SPLIT_TMA=1 (128 x 128 and 128 x 256 TMA tiles
+# with K split 2 or 4, KSTEP 128) with VAR_GEN_W4A4_SPLIT_MAX_M=2048 and the tuner choosing (no shipped picks), at the
+# row counts of a 1024² generation's middle scales (288 and 512 rows: bucket 512; 800: 1024; 1152: 2048).
+#   bash bench/device/split_mid_m.sh
+source bench/device/autotune_carry.sh
+build_extension
+shapes=${SHAPES:-3584x3584,14336x3584,3584x14336,2048x7168,3584x10752}
+ms=${MS:-288,512,800,1152}
+timeout ${BASE_S:-150} python3 bench/kernel_bench.py --only gemm --no-paths --shapes "$shapes" --ms "$ms" \
+  --json "$OUT/split_base.json" > "$OUT/split_base.txt" 2>&1
+echo "base rc $? s $(( $(date +%s) - t0 ))"; grep -v Warning "$OUT/split_base.txt" | tail -22
+VAR_GEN_W4A4_SPLIT_TMA=1 VAR_GEN_W4A4_SPLIT_MAX_M=2048 VAR_GEN_TUNED_PICKS=0 timeout ${SPLIT_S:-360} \
+  python3 bench/kernel_bench.py --only gemm --no-paths --shapes "$shapes" --ms "$ms" \
+  --json "$OUT/split_tma.json" > "$OUT/split_tma.txt" 2>&1
+echo "split rc $? s $(( $(date +%s) - t0 ))"; grep -v Warning "$OUT/split_tma.txt" | tail -22
+autotune_picks_save
