@@ -4,14 +4,15 @@
 # rows (SPLIT_MAX_M) and were 4-warp 64 x 128 ones without TMA or the 128-wide K step. The same forward twice, each in
 # its own process: the default (the shipped picks), then VAR_GEN_W4A4_SPLIT_TMA=1 (128 x 128 and 128 x 256 TMA tiles
 # with K split 2 or 4, KSTEP 128) with VAR_GEN_W4A4_SPLIT_MAX_M=2048 and the tuner choosing (no shipped picks), at the
-# row counts of a 1024² generation's middle scales (288 and 512 rows: bucket 512; 800: 1024; 1152: 2048).
-# Between them the new tiles' GPU check: test_every_gemm_variant_matches_reference at 2048 rows runs every large-M candidate of
-# every path against the reference (≤ 1e-3), the new ones among them with VAR_GEN_W4A4_SPLIT_TMA=1.
+# row counts of a 1024² generation from its middle scales on (288 and 512 rows: bucket 512; 800: 1024; 1152 and the
+# 1024-token slices of the last four scales, 2048: bucket 2048).
+# Between them the new tiles' GPU check: test_every_gemm_variant_matches_reference at 2048 rows runs every large-M
+# candidate of every path against the reference (≤ 1e-3), the new ones among them with VAR_GEN_W4A4_SPLIT_TMA=1.
 #   bash bench/device/split_mid_m.sh   (the split run gets what is left of CALL_S, default 560 s)
 source bench/device/autotune_carry.sh
 build_extension
 shapes=${SHAPES:-3584x3584,14336x3584,3584x14336,2048x7168,3584x10752}
-ms=${MS:-288,512,800,1152}
+ms=${MS:-288,512,800,1152,2048}
 timeout ${BASE_S:-150} python3 bench/kernel_bench.py --only gemm --no-paths --shapes "$shapes" --ms "$ms" \
   --json "$OUT/split_base.json" > "$OUT/split_base.txt" 2>&1
 echo "base rc $? s $(( $(date +%s) - t0 ))"; grep -v Warning "$OUT/split_base.txt" | tail -22
