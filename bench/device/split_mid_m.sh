@@ -8,6 +8,7 @@
 # 1024-token slices of the last four scales, 2048: bucket 2048).
 # Between them the new tiles' GPU check: test_every_gemm_variant_matches_reference at 2048 rows runs every large-M
 # candidate of every path against the reference (≤ 1e-3), the new ones among them with VAR_GEN_W4A4_SPLIT_TMA=1.
+# Also bench/lowrank_cublas.py (kernel 1's low-rank dot against the same down-projection by cuBLAS beside it).
 #   bash bench/device/split_mid_m.sh   (the split run gets what is left of CALL_S, default 560 s)
 source bench/device/autotune_carry.sh
 build_extension
@@ -16,6 +17,8 @@ ms=${MS:-288,512,800,1152,2048}
 timeout ${BASE_S:-150} python3 bench/kernel_bench.py --only gemm --no-paths --shapes "$shapes" --ms "$ms" \
   --json "$OUT/split_base.json" > "$OUT/split_base.txt" 2>&1
 echo "base rc $? s $(( $(date +%s) - t0 ))"; grep -v Warning "$OUT/split_base.txt" | tail -22
+timeout ${LOWRANK_S:-60} python3 bench/lowrank_cublas.py --json "$OUT/lowrank_cublas.json" > "$OUT/lowrank_cublas.txt" 2>&1
+echo "lowrank rc $? s $(( $(date +%s) - t0 ))"; grep -v Warning "$OUT/lowrank_cublas.txt" | tail -8
 VAR_GEN_W4A4_SPLIT_TMA=1 timeout ${TEST_S:-120} python3 -m pytest -q -p no:cacheprovider \
   "test/test_kernels_gpu.py::test_every_gemm_variant_matches_reference[False]" > "$OUT/test_split_tma.txt" 2>&1
 echo "test rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/test_split_tma.txt"
