@@ -5,7 +5,10 @@
 # its own process: the default (the shipped picks), then VAR_GEN_W4A4_SPLIT_TMA=1 (128 x 128 and 128 x 256 TMA tiles
 # with K split 2 or 4, KSTEP 128) with VAR_GEN_W4A4_SPLIT_MAX_M=2048 and the tuner choosing (no shipped picks), at the
 # row counts of a 1024² generation from its middle scales on (288 and 512 rows: bucket 512; 800: 1024; 1152 and the
-# 1024-token slices of the last four scales, 2048: bucket 2048).
+# 1024-token slices of the last four scales, 2048: bucket 2048). The split run goes from the most rows down, so that
+# its tuner chooses each bucket's tile at the bucket's top (2048, where the product's last scales run; the shipped
+# picks were tuned at the first row count a generation meets in the bucket, 1152 there): its picks (autotune.tgz) say
+# whether a gain is the split tiles' or the retuning's.
 # Between them the new tiles' GPU check: test_every_gemm_variant_matches_reference at 2048 rows runs every large-M
 # candidate of every path against the reference (≤ 1e-3), the new ones among them with VAR_GEN_W4A4_SPLIT_TMA=1.
 # Also bench/lowrank_cublas.py (kernel 1's low-rank dot against the same down-projection by cuBLAS beside it).
@@ -23,7 +26,7 @@ VAR_GEN_W4A4_SPLIT_TMA=1 timeout ${TEST_S:-120} python3 -m pytest -q -p no:cache
   "test/test_kernels_gpu.py::test_every_gemm_variant_matches_reference[False]" > "$OUT/test_split_tma.txt" 2>&1
 echo "test rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/test_split_tma.txt"
 VAR_GEN_W4A4_SPLIT_TMA=1 VAR_GEN_W4A4_SPLIT_MAX_M=2048 VAR_GEN_TUNED_PICKS=0 timeout $(( ${CALL_S:-560} - $(date +%s) + t0 - 15 )) \
-  python3 bench/kernel_bench.py --only gemm --no-paths --shapes "$shapes" --ms "$ms" \
+  python3 bench/kernel_bench.py --only gemm --no-paths --shapes "$shapes" --ms "$(echo "$ms" | tr , '\n' | sort -rn | paste -sd,)" \
   --json "$OUT/split_tma.json" > "$OUT/split_tma.txt" 2>&1
 echo "split rc $? s $(( $(date +%s) - t0 ))"; grep -v Warning "$OUT/split_tma.txt" | tail -22
 autotune_picks_save
