@@ -956,17 +956,10 @@ I8_LARGE_M_CONFIGS = FP8_LARGE_M_CONFIGS + \
      # 4 stages (192 KB of shared memory): 3-7 % faster than any tile above at M = 2048 and 8192 on the
      # four block shapes (H100, bench/int8_gemm_probe.py, eleventh session)
      _cfg(128, 256, False, 8, 4, TMA=True, KSTEP=128)]     # KSTEP 128 and TMA: the workspace (W8) only
-# Split-K workspace tiles (fortieth session, off until timed; VAR_GEN_W4A4_SPLIT_TMA=1, with VAR_GEN_W4A4_SPLIT_MAX_M
-# raised past 256 so that the tuner may pick them): from 257 rows the i8w tiles alone leave the H100 underfilled (3584²
-# at 512 rows is 56 tiles of 128 x 256 or 112 of 128 x 128 on 132 SMs), and the split workspace tiles above were only
-# the 4-warp 64 x 128 ones, without TMA or the 128-wide K step
-SPLIT_TMA = os.environ.get("VAR_GEN_W4A4_SPLIT_TMA", "0") == "1"
-if SPLIT_TMA:
-    I8_LARGE_M_CONFIGS = I8_LARGE_M_CONFIGS + [
-        _cfg(128, 128, False, 8, 4, split_k=2, TMA=True, KSTEP=128),
-        _cfg(128, 128, False, 8, 4, split_k=4, TMA=True, KSTEP=128),
-        _cfg(128, 256, False, 8, 4, split_k=2, TMA=True, KSTEP=128),
-        _cfg(128, 128, False, 8, 4, split_k=2, KSTEP=128)]
+# Tried and taken out (fortieth session, at 4a968cb): split-K workspace tiles with TMA and the 128-wide K step (128 x 128
+# split 2 and 4, 128 x 256 split 2, 128 x 128 plain loads split 2), with SPLIT_MAX_M raised to 2048, so that 257-2048 rows
+# fill the H100 with more than 56-224 tiles: the tuner picked none of them on any of 25 keys (five shapes, 288-2048 rows;
+# docs/results/split_*_fortieth_h100.*, bench/device/split_mid_m.sh).
 # Tried and taken out (twenty-ninth/thirtieth sessions): a 256 x 64 swapped in-register tile with two warpgroups, unsplit
 # and K split 2 and 4 ways, so that 129-256 rows make each weight code once instead of in two 128-row tiles. On the
 # H100 the tuner's trials put it at 1.08-2.3x the best pick's time on every key at 128-512 rows
@@ -982,19 +975,12 @@ def _arch(named_args) -> int:
 
 
 def i8_candidates(configs, w8: bool, K: int, arch: int) -> list:
-    """The i8 GEMM's candidates for a call: KSTEP 128 and TMA need the workspace (W8); KSTEP 128 also K a
-    multiple of 128 and, split, each split's groups even (`_split_groups`); TMA tiles only where the bulk tensor
-    copy engine is (sm_90+: elsewhere Triton would compile them to plain loads, the same tiles the tuner already
-    tries)."""
+    """The i8 GEMM's candidates for a call: KSTEP 128 and TMA need the workspace (W8); KSTEP 128 also all
+    of K in one split, a multiple of 128; TMA tiles only where the bulk tensor copy engine is (sm_90+:
+    elsewhere Triton would compile them to plain loads, the same tiles the tuner already tries)."""
     return [c for c in configs if (w8 or c.kwargs.get("KSTEP", 64) == 64)
             and not (c.kwargs.get("TMA", False) and not (w8 and TMA_CANDIDATES and arch >= 90))
-            and (c.kwargs.get("KSTEP", 64) == 64 or (K % 128 == 0 and _split_groups(K, c.kwargs["SPLIT_K"]) % 2 == 0))]
-
-
-def _split_groups(K: int, split_k: int) -> int:
-    """64-wide groups in each K split but the last (the kernel's `cdiv(G, SPLIT_K)`): a KSTEP-128 loop needs an even
-    count, so that every split starts on a 128 boundary (all of K when unsplit, K % 128 == 0)."""
-    return -(-(K // GROUP) // split_k) if split_k > 1 else 2
+            and (c.kwargs.get("KSTEP", 64) == 64 or (K % 128 == 0 and c.kwargs["SPLIT_K"] == 1))]
 
 
 def _i8_prune(configs, named_args, **kwargs):

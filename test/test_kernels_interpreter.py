@@ -127,10 +127,7 @@ def _gemm_cases(K, rank):
                ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, LR_BF16=True), 4e-5),
                ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=8, LR_BF16=True), 4e-5))
     kstep128 = (("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=True, KSTEP=128), 1e-5),
-                ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128), 1e-5),
-                # K split in two (K = 256: two groups each, a 128 boundary), TMA and plain loads
-                ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128, SPLIT_K=2), 1e-5),
-                ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=True, KSTEP=128, SPLIT_K=2), 1e-5))
+                ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128), 1e-5))
     return every + lr_bf16 * bool(rank) + kstep128 * (K % 128 == 0)
 
 
@@ -424,8 +421,7 @@ def test_tuner_pruning_reads_the_w16_flag_from_the_call(gemm, monkeypatch):
 @interpreted
 def test_i8_tuner_keeps_workspace_tiles_for_workspace_calls(gemm, monkeypatch):
     """The i8 tuner's TMA and 128-wide K-step tiles read the int8 workspace only (W8), the K steps of 128
-    only over a K that is a multiple of 128, split (the fortieth session's tiles) only where every split starts on a
-    128 boundary."""
+    only over all of a K that is a multiple of 128 in one split."""
     # (the tuner's prune is i8_candidates at the call's GPU architecture; 90: Hopper, where TMA tiles exist)
     prune = lambda cs, K, W8: gemm.i8_candidates(cs, W8, K, 90)
     wide = lambda cs: [c for c in cs if c.kwargs.get("TMA", False) or c.kwargs.get("KSTEP", 64) != 64]
@@ -436,11 +432,6 @@ def test_i8_tuner_keeps_workspace_tiles_for_workspace_calls(gemm, monkeypatch):
     assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, 448, W8=True) if c.kwargs.get("KSTEP", 64) == 128]
     monkeypatch.setattr(gemm, "TMA_CANDIDATES", False)
     assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, 3584, W8=True) if c.kwargs.get("TMA", False)]
-    split128 = [gemm._cfg(128, 128, False, 8, 4, split_k=s, KSTEP=128) for s in (2, 4, 8)]
-    # 3584 = 56 groups: 28 and 14 a split (even), 7 (odd); 2048 = 32 groups: 16, 8, 4; 448 is no multiple of 128
-    assert [c.kwargs["SPLIT_K"] for c in prune(split128, 3584, W8=True)] == [2, 4]
-    assert [c.kwargs["SPLIT_K"] for c in prune(split128, 2048, W8=True)] == [2, 4, 8]
-    assert not prune(split128, 448, W8=True)
 
 
 @interpreted

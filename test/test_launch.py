@@ -72,7 +72,8 @@ def test_edge_preset_is_what_the_edge_proof_measured():
     for name, allowed in choices.items():
         if name in params:
             assert params[name] in allowed, (name, params[name])
-    run = json.load(open(os.path.join(ROOT, "docs", "results", "edge_launch_eighteenth_h200.json")))["w4a4_kv8"]
+    # the runs it cites: 2048-token slices, resident, side by side with 1024 (fortieth session)
+    run = json.load(open(os.path.join(ROOT, "docs", "results", "edge_chunk_w4a4_kv8_2048_fortieth_h100.json")))["w4a4_kv8"]
     assert (params["quantization"], params["kv_cache"]) == ("w4a4", "int8")
     assert params["text_encoder"] == run["text_encoder"] == "int4"
     bench_src = open(os.path.join(ROOT, "bench", "edge_proof.py")).read()      # and what it measures by default
@@ -80,11 +81,11 @@ def test_edge_preset_is_what_the_edge_proof_measured():
     assert params["activation_chunk"] == run["chunk_tokens"]
     assert params["cuda_graphs"] and "4096 tokens" in run["runs"][0]["cuda_graphs"] and params["graph_max_tokens"] == 4096
     assert "shared memory pool" in run["runs"][0]["cuda_graphs"] and params["graph_pool"] == "shared"
-    # the weights that run once offloaded (thirty-first session; the run cited, thirty-seventh), to a per-user directory (no machine's path), and
-    # the run it cites: offloaded, every setting above the same, a third of bf16's peak or less
+    # the weights that run once offloaded (thirty-first session; the run cited, fortieth), to a per-user directory (no
+    # machine's path), and the run it cites: offloaded, every setting above the same, a third of bf16's peak or less
     results = os.path.join(ROOT, "docs", "results")
-    off = json.load(open(os.path.join(results, "levers_edge_preload_offloaded_thirtyseventh_h100.json")))["w4a4_kv8"]
-    bf16 = json.load(open(os.path.join(results, "levers_edge_padded_bf16_thirtyseventh_h100.json")))["bf16"]
+    off = json.load(open(os.path.join(results, "edge_chunk_offloaded_2048_fortieth_h100.json")))["w4a4_kv8"]
+    bf16 = json.load(open(os.path.join(results, "edge_chunk_bf16_1024_fortieth_h100.json")))["bf16"]
     assert params["offload_dir"].startswith("~/") and "offloaded to" in off["text_encoder_mode"]
     assert (off["text_encoder"], off["chunk_tokens"]) == (params["text_encoder"], params["activation_chunk"])
     assert "4096 tokens" in off["runs"][0]["cuda_graphs"] and "shared memory pool" in off["runs"][0]["cuda_graphs"]

@@ -94,11 +94,11 @@ class GenNode(LifecycleNode):
                                    "none of them (on a Jetson moving them to the CPU frees nothing); each load costs "
                                    "its read (docs/BENCHMARKS.md, thirtieth session). '' = resident."
                                    + UNCONFIGURED_ONLY))
-        P("activation_chunk", 1024, _desc("scales with more token positions than this run their per-token layers in "
+        P("activation_chunk", 2048, _desc("scales with more token positions than this run their per-token layers in "
                                           "slices of this many (same numbers, less peak memory); 0 = whole scales. "
-                                          "8B W4A4+KV8 at 1024² on the H100 with the other defaults: 1024 -> "
-                                          "1.075 s at 9.13 GiB allocated, 9.97 reserved (twenty-sixth session); "
-                                          "2048 was 5 % faster at 0.12 GiB more (eleventh session)",
+                                          "8B W4A4+KV8 at 1024² on the H100 with the other defaults, side by side "
+                                          "(fortieth session): 2048 -> 0.968 s, 1024 -> 1.001 s, the same 9.15 GiB "
+                                          "allocated at the peak, 10.17 against 10.03 reserved",
                                          int_range=(0, 1 << 20)))
         P("cuda_graphs", True, _desc("replay each scale of at most graph_max_tokens tokens as a CUDA graph (GPU): 8B "
                                      "W4A4+KV8 at 1024² on the H100 1.20 s instead of 2.52 s eager (fifteenth session); "

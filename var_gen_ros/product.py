@@ -16,7 +16,7 @@ from typing import Callable, Dict, List
 SETTINGS = ("bundle_path", "device", "dtype", "quantization", "kv_cache", "text_encoder", "offload_dir",
             "activation_chunk", "cuda_graphs", "graph_max_tokens", "graph_pool", "prompt_cache_size", "kernel_cache_dir")
 DEFAULTS = {"bundle_path": "", "device": "auto", "dtype": "fp32", "quantization": "bf16", "kv_cache": "bf16",
-            "text_encoder": "bf16", "offload_dir": "", "activation_chunk": 1024, "cuda_graphs": True, "graph_max_tokens": 4096,
+            "text_encoder": "bf16", "offload_dir": "", "activation_chunk": 2048, "cuda_graphs": True, "graph_max_tokens": 4096,
             "graph_pool": "shared", "prompt_cache_size": 16, "kernel_cache_dir": "", "warmup_runs": 0,
             "width": 0, "height": 0, "cfg": 0.0}
 

@@ -1,4 +1,7 @@
 #!/bin/bash
+# Result (fortieth session, H100, at 4a968cb; docs/results/split_*_fortieth_h100.*): offered the split tiles, the tuner
+# picked none of them on any of the 25 keys; the split run's times were 0.96-1.17x the default's (median 1.00), the
+# differences from tuning each bucket at another row count. The tiles and VAR_GEN_W4A4_SPLIT_TMA were taken out after.
 # Fortieth session: split-K for the workspace (i8w) GEMM from 257 rows. The i8w tiles alone underfill the H100 there
 # (3584² at 512 rows: 56 tiles of 128 x 256, 112 of 128 x 128, on 132 SMs), and the tuner's split tiles stopped at 256
 # rows (SPLIT_MAX_M) and were 4-warp 64 x 128 ones without TMA or the 128-wide K step. The same forward twice, each in

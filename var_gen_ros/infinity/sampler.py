@@ -254,7 +254,7 @@ class _PoolLease:
 class Generator:
     def __init__(self, model: Infinity, vae: BSQVAE, text_encoder, device="cpu",
                  kv_cache_factory: Optional[Callable[..., KVCache]] = None, name: str = "",
-                 chunk_tokens: int = 1024, cuda_graphs: bool = False, graph_max_tokens: int = 4096,
+                 chunk_tokens: int = 2048, cuda_graphs: bool = False, graph_max_tokens: int = 4096,
                  graph_keep_kv: bool = True):
         self.model, self.vae, self.text_encoder = model, vae, text_encoder
         # scales with more positions than this run their per-token work in slices of this many
