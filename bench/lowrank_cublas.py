@@ -7,6 +7,8 @@ CUDA-graph replay medians side by side in one process: kernel 1 as the product r
 with rank 0 (no dot); the down-projection alone as one cuBLAS bf16 GEMM of x against [L_hi | L_lo] (K, 64), the two
 bf16 parts of L_down / λ (its bf16 output makes it a lower bound of what a float32-exact form would take); and those
 two in one graph. If the pair is not faster than the product's kernel 1, moving the dot out of kernel 1 cannot pay.
+Fortieth session, H100 (docs/results/lowrank_cublas_fortieth_h100.*): the pair 0.69-1.14x kernel 1's time (0.90x at
+2048 rows and K = 3584, 1.14x at K = 14336), with a bf16 output 1.7e-3 off; not built (docs/BENCHMARKS.md).
 
     python3 bench/lowrank_cublas.py --ms 288,512,1152,2048 --json out.json
 """
