@@ -8,7 +8,7 @@
 # is timed with both as well, so that each mode's ratio is against bf16 at its own best of the two.
 # Order: W4A4 + INT8 KV resident at 1024, then 2048; bf16 (uncapped: it does not fit under the cap) at 1024, then 2048;
 # then W4A4 + INT8 KV with the edge preset's offload at 2048, for its peak against 1/3 of bf16's.
-#   CALL_S=560 bash bench/device/chunk_edge.sh
+#   CALL_S=560 [CHUNKS="2048 4096"] bash bench/device/chunk_edge.sh
 source bench/device/autotune_carry.sh
 build_extension
 left() { echo $(( ${CALL_S:-560} - $(date +%s) + t0 )); }
@@ -21,11 +21,14 @@ run() {  # MODE CHUNK LIMIT [TAG EXTRA...]
   echo "edge $tag $chunk rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
   grep -E "^(w4a4|bf16)|new prompt through|rror" "$OUT/edge_chunk_${tag}_$chunk.txt" | tail -4
 }
-run w4a4_kv8 1024 100
-run w4a4_kv8 2048 140
-run bf16 1024 130
-run bf16 2048 130
-run w4a4_kv8 2048 150 offloaded --offload-dir "$PWD/.park"     # the peak against the 1/3 target (the edge preset)
+# CHUNKS="A B" (default "1024 2048", the fortieth session's; next, "2048 4096": whole scales at 1024²): each mode at A,
+# then B (B's first run tunes its new row buckets), then the edge preset at B
+read -r a b <<< "${CHUNKS:-1024 2048}"
+run w4a4_kv8 "$a" 100
+run w4a4_kv8 "$b" 140
+run bf16 "$a" 130
+run bf16 "$b" 130
+run w4a4_kv8 "$b" 150 offloaded --offload-dir "$PWD/.park"     # the peak against the 1/3 target (the edge preset)
 autotune_picks_save
 pack_out
 true
