@@ -41,7 +41,7 @@ def main() -> int:
     for K, N in ((3584, 3584), (14336, 3584)):
         layer = _layer(K, N, True, 0)
         bare = _WithoutLowRank(layer)
-        d = (layer.lora_down.float() / layer.smooth.float()[:, None])
+        d = layer.lora_down.float() / layer.smooth.float()[:, None]
         hi = d.bfloat16()
         parts = torch.cat([hi, (d - hi.float()).bfloat16()], 1).contiguous()      # (K, 2r)
         for M in (int(m) for m in a.ms.split(",")):
