@@ -29,6 +29,8 @@ def pytest_collection_modifyitems(config, items):
     # want of a GPU, from every file, so that a device call spends none of its time on the CPU suite
     if os.environ.get("VAR_GEN_GPU_TESTS_ONLY") != "1":
         return
-    keep = [item for item in items if _needs_gpu(item)]
-    config.hook.pytest_deselected(items=[item for item in items if not _needs_gpu(item)])
+    keep, drop = [], []
+    for item in items:
+        (keep if _needs_gpu(item) else drop).append(item)
+    config.hook.pytest_deselected(items=drop)
     items[:] = keep

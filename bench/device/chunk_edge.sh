@@ -4,7 +4,8 @@
 # against 0.885 s. 2048 is the default since.
 # Issue 7's 1024² generation at two activation-slice sizes, each mode on one machine: W4A4 + INT8 KV resident, bf16
 # (uncapped: it does not fit under the cap), then W4A4 + INT8 KV with the edge preset's offload at the second size, for
-# its peak against 1/3 of bf16's; bf16 is timed at both, so that each ratio is against bf16 at its better one.
+# its peak against 1/3 of bf16's; bf16 is timed at both (or at BF16_CHUNKS), so that each ratio is against bf16 at its
+# better one.
 #   CALL_S=560 [CHUNKS="2048 4096"] [BF16_CHUNKS=1024] bash bench/device/chunk_edge.sh
 source bench/device/autotune_carry.sh
 build_extension
