@@ -29,8 +29,10 @@ from var_gen_ros.infinity.config import get_config                # noqa: E402
 
 # kernel name -> family; first match wins
 FAMILIES = [
-    ("w4a4 gemm", r"_w4a4_\w*kernel"),
-    ("w4a4 quantizer", r"_quantize_act|_row_amax"),
+    # (the CUDA C++ kernels' names carry no leading underscore: w4a4_small_m_kernel, quantize_small_m_kernel; before
+    # the forty-second session's run they fell into "other elementwise")
+    ("w4a4 gemm", r"_w4a4_\w*kernel|w4a4_small_m_kernel"),
+    ("w4a4 quantizer", r"_quantize_act|_row_amax|quantize_small_m_kernel"),
     ("w4a4 weight unpack", r"_unpack_weight|_dequant_weight"),
     ("int8-kv attention", r"_attn_int8"),
     ("kv store", r"_kv_store"),

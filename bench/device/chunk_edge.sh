@@ -1,7 +1,8 @@
 #!/bin/bash
 # Result (fortieth session, H100, docs/results/edge_chunk_*_fortieth_h100.*): W4A4 + INT8 KV resident 0.968 s with 2048
 # against 1.001 s with 1024, the same allocated peak to the byte (7.65 GiB offloaded), 0.13 GiB more reserved; bf16 0.894
-# against 0.885 s. 2048 is the default since.
+# against 0.885 s. 2048 is the default since. Forty-second session (CHUNKS="2048 4096" BF16_CHUNKS=1024,
+# edge_chunk_*_fortysecond_h100.*): whole scales 0.965 s against 0.963 s with 2048, 0.57 GiB more reserved; 2048 stays.
 # Issue 7's 1024² generation at two activation-slice sizes, each mode on one machine: W4A4 + INT8 KV resident, bf16
 # (uncapped: it does not fit under the cap), then W4A4 + INT8 KV with the edge preset's offload at the second size, for
 # its peak against 1/3 of bf16's; bf16 is timed at both (or at BF16_CHUNKS), so that each ratio is against bf16 at its
@@ -22,7 +23,7 @@ run() {  # MODE CHUNK LIMIT [TAG EXTRA...]
 # CHUNKS="A B": default "1024 2048" (the fortieth session's); next, "2048 4096" (whole scales at 1024²). B's first run
 # tunes the row buckets the shipped table does not hold
 read -r a b <<< "${CHUNKS:-1024 2048}"
-run w4a4_kv8 "$a" 100
+run w4a4_kv8 "$a" 140   # a fresh machine compiles the kernels here (100 s ran out in the forty-second session)
 run w4a4_kv8 "$b" 140
 for c in ${BF16_CHUNKS:-$a $b}; do run bf16 "$c" 130; done   # BF16_CHUNKS: bf16 at its faster size only
 run w4a4_kv8 "$b" 150 offloaded --offload-dir "$PWD/.park"     # the peak against the 1/3 target (the edge preset)
