@@ -20,8 +20,8 @@ run() {  # MODE CHUNK LIMIT [TAG EXTRA...]
   echo "edge $tag $chunk rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
   grep -E "^(w4a4|bf16)|new prompt through|rror" "$OUT/edge_chunk_${tag}_$chunk.txt" | tail -4
 }
-# CHUNKS="A B": default "1024 2048" (the fortieth session's); next, "2048 4096" (whole scales at 1024²). B's first run
-# tunes the row buckets the shipped table does not hold
+# CHUNKS="A B": default "1024 2048" (the fortieth session's); the forty-second's "2048 4096" (whole scales at 1024²). B's
+# first run tunes the row buckets the shipped table does not hold
 read -r a b <<< "${CHUNKS:-1024 2048}"
 run w4a4_kv8 "$a" 140   # a fresh machine compiles the kernels here (100 s ran out in the forty-second session)
 run w4a4_kv8 "$b" 140
