@@ -359,6 +359,34 @@ def test_quantizer_launches_agree(K):
         assert torch.equal(rs, u.squeeze(-1)) and torch.equal(rs8, rs), M
 
 
+@pytest.mark.parametrize("K", [3584, 14336])
+def test_row_pass_with_kept_low_rank_parts_gives_the_same_bits(K):
+    """LR_KEPT_PARTS (the row pass's "bf16x2i" dot against L_down · (1/λ) kept in two bf16 parts, its loads pipelined):
+    the same codes, units and low-rank partials bit for bit as the default row pass (the same operands, both cast
+    by round-to-nearest-even here), within 2e-5 of float64, at the row counts whose launches take it (64- and
+    128-row blocks, several K splits, summed or not), and the whole W4A4 forward the same bits."""
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    layer = _layer(K, 3584, True, seed=K + 1)
+    for M in (77, 800, 2048, 4096):
+        x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+        x[:, torch.randint(K, (4,))] *= 30
+        lr_ref = (x.double() / layer.smooth.double()) @ layer.lora_down.double()
+        for kw in (dict(i8=True), dict(i8=True, reduce_lr=False), dict(i8=True, block_m=64), dict(f16=True)):
+            want = mod.quantize_activations(x, layer, kept_parts=False, **kw)
+            got = mod.quantize_activations(x, layer, kept_parts=True, **kw)
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), (M, kw)
+            err = ((got[2].sum(0).double() - lr_ref).norm() / lr_ref.norm()).item()
+            assert err <= 2e-5, (M, kw, err)
+        old = mod.LR_KEPT_PARTS
+        try:
+            y0 = mod.w4a4_linear(x, layer)
+            mod.LR_KEPT_PARTS = True
+            assert torch.equal(mod.w4a4_linear(x, layer), y0), M
+        finally:
+            mod.LR_KEPT_PARTS = old
+
+
 def test_tma_tiles_launch_from_a_thread_that_did_not_import_the_kernels():
     """Triton's allocator (global memory for the TMA descriptors a kernel builds on the device) is a context variable,
     and a new thread starts without it. gen_node generates in its engine's worker thread: before `_ensure_allocator`

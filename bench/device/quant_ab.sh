@@ -5,11 +5,16 @@
 # INT8 KV, resident) once per setting in EDGE_ENVS (space-separated NAME=VALUE; "-" for the defaults). About 7
 # minutes without EDGE (then EDGE=1 TESTS=0 AB=0 in a second call), 45 s per edge run; MS sets the row counts. (The
 # thirty-third session's first run, at b54b9b7, also timed x loaded one group ahead, VAR_GEN_W4A4_QUANT_PREFETCH; the
-# thirty-fourth's, at 3552030, both passes' loops pipelined, VAR_GEN_W4A4_QUANT_STAGES; both since removed.)
+# thirty-fourth's, at 3552030, both passes' loops pipelined, VAR_GEN_W4A4_QUANT_STAGES; both since removed.) The
+# forty-second session added "kept_parts" (VAR_GEN_W4A4_LR_KEPT_PARTS) to bench/quant_ab.py; TEST_K chooses the GPU
+# tests (a pytest -k expression), CHUNK the edge proof's activation slices (default 2048, the product's since the
+# fortieth session; the earlier runs used 1024). Its run:
+#   TEST_K=kept_low_rank MS=512,1152,2048,4096 bash bench/device/quant_ab.sh
+#   EDGE=1 TESTS=0 AB=0 EDGE_ENVS="- VAR_GEN_W4A4_LR_KEPT_PARTS=1" bash bench/device/quant_ab.sh
 source bench/device/autotune_carry.sh
 build_extension
 if [ "${TESTS:-1}" = 1 ]; then
-  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q test/test_kernels_gpu.py -k "quantizer_launches_agree" > "$OUT/test_quant_variants.txt" 2>&1
+  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q test/test_kernels_gpu.py -k "${TEST_K:-quantizer_launches_agree}" > "$OUT/test_quant_variants.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/test_quant_variants.txt"
 fi
 if [ "${AB:-1}" = 1 ]; then
@@ -20,7 +25,7 @@ if [ "${EDGE:-0}" = 1 ]; then
   for e in ${EDGE_ENVS:-- VAR_GEN_W4A4_LR_ROW_PASS=0}; do
     tag=${e//[^A-Za-z0-9]/_}; [ "$e" = - ] && tag=defaults
     env ${e/#-/DEFAULTS=1} timeout -s ABRT -k 10 170 python3 bench/edge_proof.py --resolutions 1024x1024 --cap-gib 14 \
-      --modes w4a4_kv8 --cuda-graphs 1 --chunk-tokens 1024 --graph-max-tokens 4096 --text-encoder int4 \
+      --modes w4a4_kv8 --cuda-graphs 1 --chunk-tokens ${CHUNK:-2048} --graph-max-tokens 4096 --text-encoder int4 \
       --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1
     echo "edge $e rc $? s $(( $(date +%s) - t0 ))"; grep -E "^w4a4|same prompt again" "$OUT/edge_$tag.txt" | tail -2
   done
