@@ -1180,8 +1180,11 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
         if lr_prec == "bf16x2i" and (LR_KEPT_PARTS if kept_parts is None else kept_parts):
             hi, lo = lr_parts(layer)
+            # (64-row blocks in 4 warps, one warpgroup: with 8 the sm_90 loop has nine barriers and two waits, not two
+            # and one)
             _ROW_PASS_KEPT(grid, (x2, smooth, part, hi, lo) + lr_args[1:] + (M, K, gps, S),
-                           dict(BLOCK_M=BM, GROUP=GROUP, R=R, REDUCE=reduce, STAGES=LR_KEPT_STAGES, num_warps=warps))
+                           dict(BLOCK_M=BM, GROUP=GROUP, R=R, REDUCE=reduce, STAGES=LR_KEPT_STAGES,
+                                num_warps=4 if BM == 64 else warps))
         else:
             _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
                       dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
