@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 import torch.nn as nn
@@ -120,7 +120,7 @@ class W4A4Linear(nn.Module):
         once per device and weights version."""
         return self.derived("weight_units", "wscales", lambda: weight_units(self.wscales))
 
-    def derived(self, name: str, source, make: Callable[[], T]) -> T:
+    def derived(self, name: str, source: Union[str, Tuple[str, ...]], make: Callable[[], T]) -> T:
         """`make()`, a value derived from the layer's tensor `source` (an attribute name, or a tuple of them), kept
         on the layer until one of them changes: another tensor (another device) or the same one written in place.
         The kernels' 1/λ is kept here too. Weights offloaded to disk come back as new tensors with the same bits:
@@ -133,7 +133,7 @@ class W4A4Linear(nn.Module):
             kept = self._derived[name] = (key, make(), source)
         return kept[1]
 
-    def _sources_key(self, source) -> tuple:
+    def _sources_key(self, source: Union[str, Tuple[str, ...]]) -> tuple:
         names = (source,) if isinstance(source, str) else source
         return tuple(_tensor_key(getattr(self, n)) for n in names)
 
