@@ -215,8 +215,7 @@ def _row_pass_kept_parts(x_ptr, inv_ptr, part_ptr, hi_ptr, lo_ptr, lr_ptr, lrsum
     """`_row_amax` with its low-rank dot "bf16x2i" (LR_KEPT_PARTS): the same maxima and the same dot, but against
     L_down · (1/λ) in its two bf16 parts kept on the layer (`lr_parts`) instead of made in every program and group.
     The dot's operands then come straight from the loads, which Triton's pipeliner issues STAGES groups ahead
-    (cp.async) with nothing staged through registers: in the sm_90 PTX of the 128-row launch, two barriers and one
-    wgmma wait per group instead of four and two, and no plain global load waited for (80 registers, as before)."""
+    (cp.async) with nothing staged through registers (what that changes in the sm_90 loop: LR_KEPT_PARTS)."""
     pid_m, split, rows, mask = _row_split(M, BLOCK_M)
     G = K // GROUP
     c = tl.arange(0, GROUP)
