@@ -1154,7 +1154,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     G = K // GROUP
     mq = f16 or i8
     BM, warps = _quantize_launch(M, "mq" if mq else "fp8" if fp8 else "int8")
-    BM, warps = block_m or BM, num_warps or warps
+    BM, warps, kept_warps = block_m or BM, num_warps or warps, num_warps or 4
     if lr_prec is None:
         lr_prec = "ieee"
         if x2.dtype == torch.bfloat16:
@@ -1179,11 +1179,11 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
         if lr_prec == "bf16x2i" and (LR_KEPT_PARTS if kept_parts is None else kept_parts):
             hi, lo = lr_parts(layer)
-            # (64-row blocks in 4 warps, one warpgroup: with 8 the sm_90 loop has nine barriers and two waits, not two
-            # and one)
+            # in 4 warps, one warpgroup, at every row block: in 8, the 128-row launch's pipelined loop gave wrong
+            # low-rank partials on the H100 (a race, LR_KEPT_PARTS), and the 64-row one had nine barriers and two waits
             _ROW_PASS_KEPT(grid, (x2, smooth, part, hi, lo) + lr_args[1:] + (M, K, gps, S),
                            dict(BLOCK_M=BM, GROUP=GROUP, R=R, REDUCE=reduce, STAGES=LR_KEPT_STAGES,
-                                num_warps=4 if BM == 64 else warps))
+                                num_warps=kept_warps))
         else:
             _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
                       dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
