@@ -2,8 +2,7 @@
 multiplied by it, the default since the thirty-third session) made in kernel 1, against "bf16x2" (L_down divided by λ
 per column and group, VAR_GEN_W4A4_LR_INV=0) and against the dot made by the row pass instead (VAR_GEN_W4A4_LR_ROW_PASS,
 the default since the thirty-fourth session), side by side in one process, and kernel 1 without its low-rank dot (the
-layer seen with rank 0), and (forty-second session) the row pass's dot against L_down · (1/λ) kept per layer in two bf16
-parts, its loads pipelined (VAR_GEN_W4A4_LR_KEPT_PARTS, "kept_parts").
+layer seen with rank 0).
 Per Infinity-8B block shape and row count: kernel 1 alone and the whole W4A4 forward, CUDA-graph replay medians,
 interleaved, whether the codes and units are the same bits, and the low-rank inputs' difference. (The thirty-third
 session's first run, at b54b9b7, also timed x loaded one group ahead, since removed: 0.75-0.80x from 1152 rows. The
@@ -30,11 +29,9 @@ from kernels_under_test import gemm_module      # noqa: E402
 from test_kernels_gpu import _layer             # noqa: E402
 
 
-# (LR_INV, LR_ROW_PASS, LR_KEPT_PARTS); "default" is the thirty-third session's (the low-rank dot in kernel 1), the row
-# pass's dot ("row_pass") the default since the thirty-fourth; "kept_parts" the row pass's dot against L_down · (1/λ)
-# kept in two bf16 parts, its loads pipelined (forty-second session)
-VARIANTS = {"default": (True, False, False), "divide": (False, False, False), "row_pass": (True, True, False),
-            "kept_parts": (True, True, True)}
+# (LR_INV, LR_ROW_PASS); "default" is the thirty-third session's (the low-rank dot in kernel 1), the row pass's dot
+# ("row_pass") the default since the thirty-fourth
+VARIANTS = {"default": (True, False), "divide": (False, False), "row_pass": (True, True)}
 
 
 class _WithoutLowRank:
@@ -55,10 +52,10 @@ def main() -> int:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     mod = gemm_module()
-    rows, old = [], (mod.LR_INV, mod.LR_ROW_PASS, mod.LR_KEPT_PARTS)
+    rows, old = [], (mod.LR_INV, mod.LR_ROW_PASS)
 
     def use(name):
-        mod.LR_INV, mod.LR_ROW_PASS, mod.LR_KEPT_PARTS = VARIANTS[name]
+        mod.LR_INV, mod.LR_ROW_PASS = VARIANTS[name]
     try:
         for K, N, bias in BLOCK_SHAPES:
             layer = _layer(K, N, bias, 0)
@@ -92,7 +89,7 @@ def main() -> int:
                       + f" | same bits {all(r['same_codes_and_units'].values())}",
                       flush=True)
     finally:
-        mod.LR_INV, mod.LR_ROW_PASS, mod.LR_KEPT_PARTS = old
+        mod.LR_INV, mod.LR_ROW_PASS = old
     write_json(a.json, {"device": torch.cuda.get_device_name(), "rows": rows})
     return 0
 

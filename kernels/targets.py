@@ -190,13 +190,6 @@ def _quantizer_variants() -> List[Variant]:
     out.append(Variant("row_amax[BLOCK_M=128,w8,HAS_LR=True]", gemm._row_amax, lr_ptrs,
                        dict(BLOCK_M=128, GROUP=gemm.GROUP, INV_SMOOTH=True, R=_R, HAS_LR=True,
                             LR_PREC=gemm.lr_prec_bf16(128), REDUCE=True), 8, div16=("K",)))
-    # VAR_GEN_W4A4_LR_KEPT_PARTS (forty-second session, off): the row pass's dot against the kept two-part L_down · (1/λ)
-    for bm, warps in ((64, 4), (128, 4)):      # (as quantize_activations launches it)
-        out.append(Variant(f"row_pass_kept_parts[BLOCK_M={bm},w{warps}]", gemm._row_pass_kept_parts,
-                           dict(x_ptr="bf16", inv_ptr="fp32", part_ptr="fp32", hi_ptr="bf16", lo_ptr="bf16",
-                                lr_ptr="fp32", lrsum_ptr="fp32", cnt_ptr="i32"),
-                           dict(BLOCK_M=bm, GROUP=gemm.GROUP, R=_R, REDUCE=True, STAGES=gemm.LR_KEPT_STAGES), warps,
-                           div16=("K",)))
     out.append(Variant("quantize_act[MQ=True,BLOCK_M=128,w8,HAS_LR=False]", gemm._quantize_act,
                        dict(lr_ptrs, q_ptr="i8", s_ptr="fp32"),
                        dict(R=_R, HAS_LR=False, MQ=True, BLOCK_M=128, GROUP=gemm.GROUP,

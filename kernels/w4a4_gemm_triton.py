@@ -176,22 +176,17 @@ def _row_group(x_ptr, smooth_ptr, down_ptr, big, lr, rows, mask, cols, r, K, R: 
 
 
 @triton.jit
-def _row_split(M, BLOCK_M: tl.constexpr):
-    """(row block, K split, its rows, their mask) of a row-pass program."""
-    pid_m = tl.program_id(0)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    return pid_m, tl.program_id(1), rows, rows[:, None] < M
-
-
-@triton.jit
 def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, BLOCK_M: tl.constexpr,
               GROUP: tl.constexpr, INV_SMOOTH: tl.constexpr = False, R: tl.constexpr = 16, HAS_LR: tl.constexpr = False,
               LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False):
     """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
     this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits. With HAS_LR
     (LR_ROW_PASS) it also makes the low-rank partials in kernel 1's place, from the same loads."""
-    pid_m, split, rows, mask = _row_split(M, BLOCK_M)
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
     G = K // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask = rows[:, None] < M
     c = tl.arange(0, GROUP)
     big = tl.zeros((BLOCK_M,), dtype=tl.float32)
     r = tl.arange(0, R)
@@ -206,33 +201,6 @@ def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr,
     tl.store(part_ptr + split * M + rows, big, mask=rows < M)
     if HAS_LR:
         _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
-
-
-@triton.jit
-def _row_pass_kept_parts(x_ptr, inv_ptr, part_ptr, hi_ptr, lo_ptr, lr_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S,
-                         BLOCK_M: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, REDUCE: tl.constexpr,
-                         STAGES: tl.constexpr):
-    """`_row_amax` with its low-rank dot "bf16x2i" (LR_KEPT_PARTS): the same maxima and the same dot, but against
-    L_down · (1/λ) in its two bf16 parts kept on the layer (`lr_parts`) instead of made in every program and group.
-    The dot's operands then come straight from the loads, which Triton's pipeliner issues STAGES groups ahead
-    (cp.async) with nothing staged through registers (what that changes in the sm_90 loop: LR_KEPT_PARTS)."""
-    pid_m, split, rows, mask = _row_split(M, BLOCK_M)
-    G = K // GROUP
-    c = tl.arange(0, GROUP)
-    r = tl.arange(0, R)
-    big = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    lr = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-    g0 = split * GPS
-    # the split's groups as the loop's bounds, which the pipeliner takes (`_row_amax`'s `if g < G` it does not)
-    for g in tl.range(g0, tl.minimum(g0 + GPS, G), num_stages=STAGES):
-        cols = g * GROUP + c
-        x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
-        inv = tl.load(inv_ptr + cols)
-        big = tl.maximum(big, tl.max(tl.abs(x.to(tl.float32) * inv[None, :]), axis=1))   # x̂ as _load_smoothed
-        lr = _bf16_dot(x, tl.load(hi_ptr + cols[:, None] * R + r[None, :]), lr)
-        lr = _bf16_dot(x, tl.load(lo_ptr + cols[:, None] * R + r[None, :]), lr)
-    tl.store(part_ptr + split * M + rows, big, mask=rows < M)
-    _low_rank_store(lr, lr_ptr, lrsum_ptr, cnt_ptr, rows, r, mask, M, S, split, pid_m, R, BLOCK_M, REDUCE)
 
 
 @triton.jit
@@ -1048,7 +1016,6 @@ _COUNTERS = {}
 # direct launches of the compiled kernels after their first call per specialization (kernels/launch.py)
 _QUANTIZE, _UNPACK_FP8, _DEQUANT_F16 = Launcher(_quantize_act), Launcher(_unpack_weight_fp8), Launcher(_dequant_weight_f16)
 _ROW_AMAX, _UNPACK_I8 = Launcher(_row_amax), Launcher(_unpack_weight_i8)
-_ROW_PASS_KEPT = Launcher(_row_pass_kept_parts)
 _GEMM_INT8, _GEMM_FP8, _GEMM_F16, _GEMM_I8 = (Launcher(_w4a4_gemm), Launcher(_w4a4_fp8), Launcher(_w4a4_f16),
                                               Launcher(_w4a4_i8))
 _GEMM_I8_QKV = Launcher(_w4a4_i8_qkv)
@@ -1120,22 +1087,9 @@ def inv_smooth(layer) -> torch.Tensor:
     return layer.derived("inv_smooth", "smooth", lambda: torch.reciprocal(layer.smooth.float()))
 
 
-def lr_parts(layer):
-    """L_down · (1/λ) (K, r) in two bf16 parts (hi, lo), kept on the layer (W4A4Linear.derived) until L_down or λ
-    changes: the operands "bf16x2i" makes in every program and group (`_low_rank_step`), by the same IEEE float32
-    product and round-to-nearest-even casts, so the same bits. 2 · K · r · 2 bytes a layer: ~0.15 GiB over the 240
-    layers of Infinity-8B's blocks that run every scale (LR_KEPT_PARTS)."""
-    def make():
-        dl = layer.lora_down.float() * inv_smooth(layer)[:, None]
-        hi = dl.to(torch.bfloat16)
-        return hi, (dl - hi.float()).to(torch.bfloat16)
-    return layer.derived("lr_parts", ("lora_down", "smooth"), make)
-
-
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None,
-                         kept_parts: bool = None):
+                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -1146,15 +1100,14 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     with LR_INV elsewhere "bf16x2i" (x against L_down · (1/λ)), else "ieee" (float32 FMA). `inv` (default
     `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
-    override the defaults (tests, benchmarks), as do `row_pass_lr` LR_ROW_PASS and `kept_parts` LR_KEPT_PARTS (the row
-    pass's "bf16x2i" dot against `lr_parts`). `signal` (sm_90 only): the kernel lets a programmatic dependent launch
-    after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
+    override the defaults (tests, benchmarks), as does `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets
+    a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
     mq = f16 or i8
     BM, warps = _quantize_launch(M, "mq" if mq else "fp8" if fp8 else "int8")
-    BM, warps, kept_warps = block_m or BM, num_warps or warps, num_warps or 4
+    BM, warps = block_m or BM, num_warps or warps
     if lr_prec is None:
         lr_prec = "ieee"
         if x2.dtype == torch.bfloat16:
@@ -1177,16 +1130,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     lr_meta = dict(R=R if R else 16, HAS_LR=bool(R), LR_PREC=lr_prec, REDUCE=reduce)
     if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
-        if lr_prec == "bf16x2i" and (LR_KEPT_PARTS if kept_parts is None else kept_parts):
-            hi, lo = lr_parts(layer)
-            # in 4 warps, one warpgroup, at every row block: in 8, the 128-row launch's pipelined loop gave wrong
-            # low-rank partials on the H100 (a race, LR_KEPT_PARTS), and the 64-row one had nine barriers and two waits
-            _ROW_PASS_KEPT(grid, (x2, smooth, part, hi, lo) + lr_args[1:] + (M, K, gps, S),
-                           dict(BLOCK_M=BM, GROUP=GROUP, R=R, REDUCE=reduce, STAGES=LR_KEPT_STAGES,
-                                num_warps=kept_warps))
-        else:
-            _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
-                      dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
+        _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
         lr_meta = dict(lr_meta, HAS_LR=False, REDUCE=False)
     else:
         _ROW_AMAX(grid, (x2, smooth, part, part, part, part, part, M, K, gps, S),
@@ -1324,16 +1269,6 @@ LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "1") == "1"
 # 512 with the forward equal; the resident 1024² edge proof 1.031 -> 1.021 s, no scale slower (2-8192 rows). The
 # default since then; VAR_GEN_W4A4_LR_ROW_PASS=0 keeps the dot in kernel 1.
 LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "1") == "1"
-# The row pass's "bf16x2i" dot against L_down · (1/λ) kept per layer in its two bf16 parts (`lr_parts`,
-# `_row_pass_kept_parts`; built in the forty-second session, not yet timed, so off). Over a 1024² generation the row
-# pass takes 55 ms against the 18 ms its read of x needs (H100, forty-second session); its loop makes the dot's
-# operands in registers, stages them through shared memory and waits for them every group (sm_90 PTX of the 128-row
-# launch: four barriers, two `wgmma.wait_group 0`, eight plain global loads waited for, 323 instructions). With the
-# parts kept, both operands come straight from loads that Triton's pipeliner issues LR_KEPT_STAGES groups ahead: two
-# barriers and one wait, no plain loads, 80 registers as before. The same maxima and dot operands. The parts cost
-# 2 · K · r · 2 bytes a layer (~0.15 GiB at 8B, against the offloaded peak's 0.26 GiB margin to 1/3 of bf16's).
-LR_KEPT_PARTS = os.environ.get("VAR_GEN_W4A4_LR_KEPT_PARTS", "0") == "1"
-LR_KEPT_STAGES = int(os.environ.get("VAR_GEN_W4A4_LR_KEPT_STAGES", "3"))
 
 
 def lr_prec_bf16(block_m: int) -> str:

@@ -211,45 +211,6 @@ def test_low_rank_dot_in_the_row_pass_gives_kernel_1s_partials(gemm):
 
 
 @interpreted
-def test_row_pass_with_kept_low_rank_parts_gives_the_same_bits(gemm):
-    """LR_KEPT_PARTS (the row pass's "bf16x2i" dot against L_down · (1/λ) kept per layer in two bf16 parts, its loop
-    over the split's groups for Triton's pipeliner): the same codes and units bit for bit as the default row pass,
-    and the low-rank partials within 2e-5 of float64, per K split and summed, for every activation layout and uneven
-    splits; the parts are L_down · (1/λ) split by round-to-nearest-even casts, kept on the layer and made again when λ
-    changes in place. (The interpreter casts float32 to bf16 by truncation, so its in-kernel split differs from the
-    kept parts in their last bits; on the GPU both round to nearest even, and test_kernels_gpu.py checks that the
-    partials are the same bits there.)"""
-    layer = _w4a4_layer(448, 64, False, 32, seed=14)                # 7 groups: splits of 3, 3, 1
-    g = torch.Generator().manual_seed(14)
-    x = (torch.randn(150, 448, generator=g) * 3).bfloat16()         # row blocks of 64 / 128 and a partial one
-    x[:, 100] *= 30
-    ref = smooth_input(x, layer.smooth).double() @ layer.lora_down.double()
-    for kw in (dict(i8=True), dict(i8=True, block_m=128), dict(fp8=True), dict(f16=True), dict(i8=True, reduce_lr=True)):
-        kw = dict(dict(splits=3, reduce_lr=False, block_m=64), **kw)
-        want = gemm.quantize_activations(x, layer, kept_parts=False, **kw)
-        for _ in range(2):                                   # the second call sees the re-armed counters
-            got = gemm.quantize_activations(x, layer, kept_parts=True, **kw)
-            assert torch.equal(want[0].float(), got[0].float()) and torch.equal(want[1], got[1]), kw
-            assert got[2].shape == want[2].shape, kw
-            err = ((got[2].sum(0).double() - ref).norm() / ref.norm()).item()
-            assert err <= 2e-5, (kw, err)
-    hi, lo = gemm.lr_parts(layer)
-    assert gemm.lr_parts(layer)[0] is hi                     # kept
-    dl = layer.lora_down.float() * torch.reciprocal(layer.smooth.float())[:, None]
-    assert torch.equal(hi, dl.bfloat16()) and torch.equal(lo, (dl - hi.float()).bfloat16())
-    assert ((hi.double() + lo.double() - dl.double()).abs() <= dl.double().abs() * 2.0 ** -16).all()
-    with torch.no_grad():
-        layer.smooth.mul_(2.0)                               # written in place: the parts are made again
-    hi2, _ = gemm.lr_parts(layer)
-    assert hi2 is not hi and torch.equal(hi2, (dl / 2).bfloat16())
-    want = gemm.quantize_activations(x, layer, block_m=64, i8=True, kept_parts=False)
-    got = gemm.quantize_activations(x, layer, block_m=64, i8=True, kept_parts=True)
-    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
-    ref = smooth_input(x, layer.smooth).double() @ layer.lora_down.double()
-    assert ((got[2].sum(0).double() - ref).norm() / ref.norm()).item() <= 2e-5
-
-
-@interpreted
 def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
     """Kernel 1's low-rank dot for bf16 x: "bf16x2" (x against L_down / λ in two bf16 parts) and "bf16x2s"
     (x̂ in two bf16 parts against L_down as stored), the latter also with 1/λ read from `inv_smooth`

@@ -46,8 +46,7 @@ def test_orin_builds_every_kernel_the_dispatch_launches_there():
     # the Orin's paths: i8 / i8w (two-level scales), INT8 MMA with a rescale (free scales; no FP8 before
     # sm_89, no f16 path off Hopper), the qkv-epilogue GEMM, the INT8-KV attention and its helpers, the
     # INT4 text encoder's dequantization, the VAE decoder's GroupNorm (+ SiLU)
-    assert fams == {"row_amax", "row_pass_kept_parts", "quantize_act", "unpack_weight_i8", "w4a4_i8", "w4a4_i8w",
-                    "w4a4_int8", "w4a4_i8_qkv",
+    assert fams == {"row_amax", "quantize_act", "unpack_weight_i8", "w4a4_i8", "w4a4_i8w", "w4a4_int8", "w4a4_i8_qkv",
                     "attn_int8", "kv_store", "kv_dequant", "qkv_rope", "adaln", "int4_dequant", "gn_partial", "gn_apply",
                     "gn_nhwc_partial", "gn_nhwc_apply", "gn_nhwc_finish"}
     idx = _pick(vs)

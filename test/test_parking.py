@@ -133,34 +133,6 @@ def test_values_derived_from_offloaded_weights_are_kept_across_loads(tiny_bundle
     assert gen.condition_parked.loads == 2
 
 
-def test_a_value_derived_from_two_tensors_follows_both_and_is_kept_across_loads(tiny_bundle, tmp_path):
-    """W4A4Linear.derived with several sources (the kernels' two-part L_down · (1/λ) reads L_down and λ): made once,
-    made again when either source is written in place, and carried over the offload's loads like a one-source
-    value."""
-    _, gen = _pair(tiny_bundle, "cpu", torch.float32, "int4", True)
-    layer = gen.model.blocks[0].ca.mat_kv
-    made = []
-
-    def parts():
-        return layer.derived("parts", ("lora_down", "smooth"),
-                             lambda: made.append(1) or layer.lora_down.float() / layer.smooth.float()[:, None])
-    first = parts()
-    assert parts() is first and len(made) == 1
-    with torch.no_grad():
-        layer.lora_down.mul_(2.0)
-    second = parts()
-    assert len(made) == 2 and torch.equal(second, first * 2)
-    with torch.no_grad():
-        layer.smooth.mul_(4.0)
-    third = parts()
-    assert len(made) == 3 and torch.equal(third, first / 2)
-    gen.offload_to_disk(str(tmp_path))
-    for _ in range(2):
-        with gen.condition_parked.loaded():
-            assert parts() is third and len(made) == 3
-    assert gen.condition_parked.loads == 2
-
-
 def test_a_broken_parked_file_fails_its_request_only(tiny_bundle, tmp_path):
     from var_gen_ros.infinity import Generator
     gen = Generator.from_bundle(tiny_bundle, device="cpu", dtype=torch.float32)

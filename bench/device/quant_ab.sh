@@ -5,12 +5,10 @@
 # INT8 KV, resident) once per setting in EDGE_ENVS (space-separated NAME=VALUE; "-" for the defaults). About 7
 # minutes without EDGE (then EDGE=1 TESTS=0 AB=0 in a second call), 45 s per edge run; MS sets the row counts. (The
 # thirty-third session's first run, at b54b9b7, also timed x loaded one group ahead, VAR_GEN_W4A4_QUANT_PREFETCH; the
-# thirty-fourth's, at 3552030, both passes' loops pipelined, VAR_GEN_W4A4_QUANT_STAGES; both since removed.) The
-# forty-second session added "kept_parts" (VAR_GEN_W4A4_LR_KEPT_PARTS) to bench/quant_ab.py; TEST_K chooses the GPU
-# tests (a pytest -k expression), CHUNK the edge proof's activation slices (default 2048, the product's since the
-# fortieth session; the earlier runs used 1024). Its run:
-#   TEST_K=kept_low_rank MS=512,1152,2048,4096 bash bench/device/quant_ab.sh
-#   EDGE=1 TESTS=0 AB=0 EDGE_ENVS="- VAR_GEN_W4A4_LR_KEPT_PARTS=1" bash bench/device/quant_ab.sh
+# thirty-fourth's, at 3552030, both passes' loops pipelined, VAR_GEN_W4A4_QUANT_STAGES; the forty-third's, at 1208285 and
+# d14a8ca, the row pass's dot against kept operands, VAR_GEN_W4A4_LR_KEPT_PARTS; all since removed.) TEST_K chooses the
+# GPU tests (a pytest -k expression), CHUNK the edge proof's activation slices (default 2048, the product's since the
+# fortieth session; the earlier runs used 1024).
 source bench/device/autotune_carry.sh
 build_extension
 if [ "${TESTS:-1}" = 1 ]; then
