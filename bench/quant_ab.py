@@ -1,10 +1,13 @@
 """Kernel 1 (the activation quantizer, with its row pass) with its low-rank dot "bf16x2i" (1/λ read and L_down
 multiplied by it, the default since the thirty-third session) made in kernel 1, against "bf16x2" (L_down divided by λ
 per column and group, VAR_GEN_W4A4_LR_INV=0) and against the dot made by the row pass instead (VAR_GEN_W4A4_LR_ROW_PASS,
-the default since the thirty-fourth session), side by side in one process, and kernel 1 without its low-rank dot (the
-layer seen with rank 0).
+the default since the thirty-fourth session), and (forty-third session) that row pass in CUDA C++
+(VAR_GEN_W4A4_ROW_PASS_CUDA, kernels/w4a4_row_pass.cu, "row_pass_cuda"), side by side in one process, and kernel 1
+without its low-rank dot (the layer seen with rank 0).
 Per Infinity-8B block shape and row count: kernel 1 alone and the whole W4A4 forward, CUDA-graph replay medians,
-interleaved, whether the codes and units are the same bits, and the low-rank inputs' difference. (The thirty-third
+interleaved, whether the codes and units are the same bits, and the largest relative difference of the low-rank
+inputs from the default's (the forty-third session's first row-pass attempt had the same codes and units but low-rank
+inputs up to 7e-5 off; the others differ by ~5e-7, their float32 sums' order). (The thirty-third
 session's first run, at b54b9b7, also timed x loaded one group ahead, since removed: 0.75-0.80x from 1152 rows. The
 thirty-fourth session's, at 3552030, also timed both passes' loops given to Triton's pipeliner with 2 and 3 stages,
 VAR_GEN_W4A4_QUANT_STAGES, since removed: 0.85-1.20x.)
@@ -29,9 +32,10 @@ from kernels_under_test import gemm_module      # noqa: E402
 from test_kernels_gpu import _layer             # noqa: E402
 
 
-# (LR_INV, LR_ROW_PASS); "default" is the thirty-third session's (the low-rank dot in kernel 1), the row pass's dot
-# ("row_pass") the default since the thirty-fourth
-VARIANTS = {"default": (True, False), "divide": (False, False), "row_pass": (True, True)}
+# (LR_INV, LR_ROW_PASS, ROW_PASS_CUDA); "default" is the thirty-third session's (the low-rank dot in kernel 1), the row
+# pass's dot ("row_pass") the default since the thirty-fourth, "row_pass_cuda" that row pass in CUDA C++
+VARIANTS = {"default": (True, False, False), "divide": (False, False, False), "row_pass": (True, True, False),
+            "row_pass_cuda": (True, True, True)}
 
 
 class _WithoutLowRank:
@@ -52,10 +56,10 @@ def main() -> int:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     mod = gemm_module()
-    rows, old = [], (mod.LR_INV, mod.LR_ROW_PASS)
+    rows, old = [], (mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA)
 
     def use(name):
-        mod.LR_INV, mod.LR_ROW_PASS = VARIANTS[name]
+        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = VARIANTS[name]
     try:
         for K, N, bias in BLOCK_SHAPES:
             layer = _layer(K, N, bias, 0)
@@ -86,10 +90,11 @@ def main() -> int:
                 print(f"{K:6d}->{N:<6d} M={M:5d} {r['path']:>4} | kernel 1 / w4a4 us: " + "  ".join(
                     f"{n} {v['kernel1'] * 1e3:6.1f} ({base['kernel1'] / v['kernel1']:.2f}x) / {v['w4a4'] * 1e3:6.1f}"
                     for n, v in r["ms"].items()) + f" | no low-rank {base['kernel1_without_low_rank'] * 1e3:6.1f}"
-                      + f" | same bits {all(r['same_codes_and_units'].values())}",
+                      + f" | same bits {all(r['same_codes_and_units'].values())}"
+                      + f" | low-rank diff {max(r['low_rank_rel_diff'].values()):.1e}",
                       flush=True)
     finally:
-        mod.LR_INV, mod.LR_ROW_PASS = old
+        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = old
     write_json(a.json, {"device": torch.cuda.get_device_name(), "rows": rows})
     return 0
 

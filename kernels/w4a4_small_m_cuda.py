@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-SOURCES = ("w4a4_small_m.cu", "w4a4_quantize_small_m.cu", "w4a4_small_m_binding.cpp")
+SOURCES = ("w4a4_small_m.cu", "w4a4_quantize_small_m.cu", "w4a4_row_pass.cu", "w4a4_small_m_binding.cpp")
 MAX_M = 32          # the kernel's n8 token tiles: 1, 2 or 4 of them
 MAX_RANK = 64       # the epilogue stages the low-rank operands in shared memory
 # The GEMM as a programmatic dependent launch on sm_90+ (kernels/w4a4_small_m.cu's head: its blocks start while
@@ -265,3 +265,24 @@ def quantize(x2: torch.Tensor, layer, inv: torch.Tensor, inv7: float, gps: int =
     if why:
         raise ValueError(why)
     return q, ux, (lrp if R else None)
+
+
+def row_pass_supports(x2: torch.Tensor, layer) -> bool:
+    """Whether kernels/w4a4_row_pass.cu takes this call (the extension itself is not built here): bf16 x and
+    L_down, rank 16, 32 or 64, K % 64 == 0, an sm_80+ GPU (mma.sync m16n8k16 bf16)."""
+    return (x2.is_cuda and x2.dtype == torch.bfloat16 and layer.rank in (16, 32, 64)
+            and layer.lora_down.dtype == torch.bfloat16 and x2.shape[1] % 64 == 0
+            and torch.cuda.get_device_capability(x2.device) >= (8, 0))
+
+
+def row_pass(x2: torch.Tensor, inv: torch.Tensor, layer, part: torch.Tensor, lr: torch.Tensor, lrsum, cnt: torch.Tensor,
+             gps: int, warps: int) -> None:
+    """The quantizer's row pass with its low-rank dot in CUDA C++ (kernels/w4a4_row_pass.cu) into the Triton row
+    pass's outputs: part (S, M) the rows' max |x̂| per K split, lr (S, M, R) the splits' low-rank partials and, given
+    lrsum (1, M, R), their sum (cnt: zeroed counters, left zeroed). `inv` = 1/λ (float32, K)."""
+    ext = extension()
+    if ext is None:
+        raise RuntimeError(f"the W4A4 CUDA kernels are unavailable: {build_status()}")
+    why = ext.row_pass(x2, inv, layer.lora_down, part, lr, lrsum, cnt, gps, warps)
+    if why:
+        raise ValueError(why)

@@ -1,0 +1,203 @@
+// The W4A4 quantizer's row pass with its low-rank dot, in CUDA C++ (VAR_GEN_W4A4_ROW_PASS_CUDA): per row and K split,
+// the rows' max |x̂| (x̂ = x · (1/λ), the two-level scales' units come from it) and the partial x̂ · L_down as the
+// Triton row pass's "bf16x2i" makes it: the raw bf16 x (exact) against L_down · (1/λ) in two bf16 parts, on tensor
+// cores with float32 accumulation.
+//
+// Why: over a 1024² generation the Triton row pass takes 55 ms against the 18 ms its read of x needs (H100,
+// forty-second session). Triton lowers its dot with both operands staged through shared memory: four barriers and two
+// wgmma waits per 64-wide group. Its pipelined forms gave wrong results on the H100 (forty-third session). Here the
+// dot's operands never touch shared memory: each warp loads its x fragments straight from global memory, makes its
+// L_down · (1/λ) fragments in registers and runs mma.sync m16n8k16, so the loop has no barrier at all.
+//
+// The fragment layouts let each thread load contiguous memory. A dot sums over k in any order, so the kernel maps
+// the MMA's logical k to columns as it likes, the same way for both operands: thread (g = lane / 4, q = lane % 4)
+// loads columns [16q, 16q + 16) of its group for rows g and g + 8 of its warp's 16, and k-step s (0..3) takes from
+// them logical k {2q, 2q + 1} = columns 16q + 4s + {0, 1} and {2q + 8, 2q + 9} = columns 16q + 4s + {2, 3}. The
+// rank is mapped too: rank tile t's logical n is rank n · NT + t (NT = R / 8), so a thread's B operands are NT
+// contiguous ranks of one L_down row, and its accumulators hold 2·NT contiguous ranks of each of its two rows.
+//
+// The same maxima bit for bit as the Triton row pass (the same IEEE products); the same two-part operands; the
+// partials differ from Triton's in the order of the float32 sums only. The K splits' partials are summed by the
+// last split of each row block to finish, in split order (the order the Triton row pass and the GEMM epilogues
+// use), and its counter is re-armed.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace {
+
+constexpr int GROUP = 64;
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+// two floats -> two bf16 (round to nearest even), the first in the low half (the smaller k)
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// NT contiguous bf16 of L_down (one row, ranks g·NT .. g·NT + NT - 1) as NT/2 words
+template <int NT>
+__device__ __forceinline__ void load_down(uint32_t (&w)[NT / 2], const uint16_t* p) {
+  if constexpr (NT == 2) {
+    w[0] = __ldg(reinterpret_cast<const uint32_t*>(p));
+  } else if constexpr (NT == 4) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x; w[1] = v.y;
+  } else {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+  }
+}
+
+// x (M, K) bf16; inv (K,) float32 = 1/λ; down (K, R) bf16, R = 8·NT; part (S, M) the rows' max |x̂| per split;
+// lrp (S, M, R) the splits' partials; lrsum (M, R) their sum, or null (then no counters are touched); cnt zeroed int32
+// counters, one per row block, left zeroed. Blocks of 16·warps rows (blockIdx.x) and one K split of gps groups
+// (blockIdx.y).
+template <int NT>
+__global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restrict__ x, const float* __restrict__ inv,
+                                                       const uint16_t* __restrict__ down, float* __restrict__ part,
+                                                       float* lrp, float* __restrict__ lrsum, int* cnt, int M, int K,
+                                                       int gps) {
+  constexpr int R = 8 * NT;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int rows_per_block = 16 * (blockDim.x >> 5);
+  const int row0 = blockIdx.x * rows_per_block + warp * 16 + g, row1 = row0 + 8;
+  const bool in0 = row0 < M, in1 = row1 < M;
+  const int split = blockIdx.y, S = gridDim.y, G = K / GROUP;
+  const int gbeg = split * gps, gend = min(gbeg + gps, G);
+
+  float acc[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+  float big0 = 0.0f, big1 = 0.0f;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  const uint16_t* x0 = x + (size_t)(in0 ? row0 : 0) * K + 16 * q;
+  const uint16_t* x1 = x + (size_t)(in1 ? row1 : 0) * K + 16 * q;
+
+  // x is the DRAM stream: the next group's fragments are loaded while this group's are used
+  uint4 nx[4];
+  if (gbeg < gend) {
+    const size_t c = (size_t)gbeg * GROUP;
+    nx[0] = in0 ? __ldg(reinterpret_cast<const uint4*>(x0 + c)) : zero;
+    nx[1] = in0 ? __ldg(reinterpret_cast<const uint4*>(x0 + c + 8)) : zero;
+    nx[2] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + c)) : zero;
+    nx[3] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + c + 8)) : zero;
+  }
+#pragma unroll 1
+  for (int grp = gbeg; grp < gend; ++grp) {
+    const int c = grp * GROUP + 16 * q;                  // this thread's 16 columns
+    const uint32_t xa[8] = {nx[0].x, nx[0].y, nx[0].z, nx[0].w, nx[1].x, nx[1].y, nx[1].z, nx[1].w};   // row0
+    const uint32_t xb[8] = {nx[2].x, nx[2].y, nx[2].z, nx[2].w, nx[3].x, nx[3].y, nx[3].z, nx[3].w};   // row1
+    if (grp + 1 < gend) {
+      const size_t cn = (size_t)(grp + 1) * GROUP;
+      nx[0] = in0 ? __ldg(reinterpret_cast<const uint4*>(x0 + cn)) : zero;
+      nx[1] = in0 ? __ldg(reinterpret_cast<const uint4*>(x0 + cn + 8)) : zero;
+      nx[2] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + cn)) : zero;
+      nx[3] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + cn + 8)) : zero;
+    }
+    float iv[16];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(inv + c) + j);
+      iv[4 * j] = v.x; iv[4 * j + 1] = v.y; iv[4 * j + 2] = v.z; iv[4 * j + 3] = v.w;
+    }
+    // the rows' max |x̂|: the reference's product x · (1/λ), rounded to float32
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      big0 = fmaxf(big0, fmaxf(fabsf(__fmul_rn(bf16_lo(xa[j]), iv[2 * j])), fabsf(__fmul_rn(bf16_hi(xa[j]), iv[2 * j + 1]))));
+      big1 = fmaxf(big1, fmaxf(fabsf(__fmul_rn(bf16_lo(xb[j]), iv[2 * j])), fabsf(__fmul_rn(bf16_hi(xb[j]), iv[2 * j + 1]))));
+    }
+    // k-step s: columns 16q + 4s + {0, 1} (a0, a1, b0) and + {2, 3} (a2, a3, b1)
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const uint32_t a[4] = {xa[2 * s], xb[2 * s], xa[2 * s + 1], xb[2 * s + 1]};
+      // L_down · (1/λ) of the four columns at this thread's NT ranks, split into hi + lo as "bf16x2i" does
+      float d[4][NT];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        uint32_t w[NT / 2];
+        load_down<NT>(w, down + (size_t)(c + 4 * s + k) * R + g * NT);
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+          d[k][t] = __fmul_rn(t % 2 ? bf16_hi(w[t / 2]) : bf16_lo(w[t / 2]), iv[4 * s + k]);
+      }
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const uint32_t h0 = pack_bf16(d[0][t], d[1][t]), h1 = pack_bf16(d[2][t], d[3][t]);
+        const uint32_t l0 = pack_bf16(__fsub_rn(d[0][t], bf16_lo(h0)), __fsub_rn(d[1][t], bf16_hi(h0)));
+        const uint32_t l1 = pack_bf16(__fsub_rn(d[2][t], bf16_lo(h1)), __fsub_rn(d[3][t], bf16_hi(h1)));
+        mma_bf16_16816(acc[t], a, h0, h1);
+        mma_bf16_16816(acc[t], a, l0, l1);
+      }
+    }
+  }
+
+  // the rows' maxima over the four threads of each row
+#pragma unroll
+  for (int o = 1; o < 4; o <<= 1) {
+    big0 = fmaxf(big0, __shfl_xor_sync(0xffffffffu, big0, o));
+    big1 = fmaxf(big1, __shfl_xor_sync(0xffffffffu, big1, o));
+  }
+  if (q == 0) {
+    if (in0) part[(size_t)split * M + row0] = big0;
+    if (in1) part[(size_t)split * M + row1] = big1;
+  }
+  // accumulator t: (row0, logical n 2q and 2q + 1) in [0], [1], row1 in [2], [3]; logical n is rank n · NT + t
+  float* out0 = lrp + ((size_t)split * M + row0) * R + 2 * q * NT;
+  float* out1 = lrp + ((size_t)split * M + row1) * R + 2 * q * NT;
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    if (in0) { out0[t] = acc[t][0]; out0[NT + t] = acc[t][1]; }
+    if (in1) { out1[t] = acc[t][2]; out1[NT + t] = acc[t][3]; }
+  }
+  if (lrsum == nullptr) return;
+
+  // the last of the row block's splits to finish sums the partials in split order and re-arms its counter
+  __shared__ int last;
+  __threadfence();                       // this block's partials are visible before it counts itself
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&cnt[blockIdx.x], 1) == S - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int first = blockIdx.x * rows_per_block;
+  for (int i = threadIdx.x; i < rows_per_block * R; i += blockDim.x) {
+    const int row = first + i / R, r = i % R;
+    if (row >= M) continue;
+    float tot = 0.0f;
+    for (int t = 0; t < S; ++t) tot += __ldcg(lrp + ((size_t)t * M + row) * R + r);
+    lrsum[(size_t)row * R + r] = tot;
+  }
+  if (threadIdx.x == 0) cnt[blockIdx.x] = 0;
+}
+
+}  // namespace
+
+// The binding checks shapes, dtypes and alignment first (kernels/w4a4_small_m_binding.cpp). warps: 4 or 8 (blocks of
+// 64 or 128 rows); R: 16, 32 or 64. Returns cudaErrorInvalidValue for anything else.
+cudaError_t var_gen_row_pass(const void* x, const float* inv, const void* down, float* part, float* lrp, float* lrsum,
+                             int* cnt, int M, int K, int R, int gps, int warps, cudaStream_t stream) {
+  if (M < 1 || K % GROUP || gps < 1 || gps > K / GROUP || (warps != 4 && warps != 8)) return cudaErrorInvalidValue;
+  const int S = (K / GROUP + gps - 1) / gps;
+  const dim3 grid((M + 16 * warps - 1) / (16 * warps), S), block(32 * warps);
+  const auto* xp = static_cast<const uint16_t*>(x);
+  const auto* dp = static_cast<const uint16_t*>(down);
+  if (R == 16) row_pass_kernel<2><<<grid, block, 0, stream>>>(xp, inv, dp, part, lrp, lrsum, cnt, M, K, gps);
+  else if (R == 32) row_pass_kernel<4><<<grid, block, 0, stream>>>(xp, inv, dp, part, lrp, lrsum, cnt, M, K, gps);
+  else if (R == 64) row_pass_kernel<8><<<grid, block, 0, stream>>>(xp, inv, dp, part, lrp, lrsum, cnt, M, K, gps);
+  else return cudaErrorInvalidValue;
+  return cudaGetLastError();
+}
