@@ -1275,11 +1275,12 @@ LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "1") == "1"
 # 512 with the forward equal; the resident 1024² edge proof 1.031 -> 1.021 s, no scale slower (2-8192 rows). The
 # default since then; VAR_GEN_W4A4_LR_ROW_PASS=0 keeps the dot in kernel 1.
 LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "1") == "1"
-# That row pass in CUDA C++ (kernels/w4a4_row_pass.cu) for the 64- and 128-row launches' "bf16x2i" dot: its operands
-# loaded and made in registers for mma.sync, so its loop has no barrier and no wait (the Triton row pass's sm_90 loop:
-# four barriers and two wgmma waits per group; its pipelined forms gave wrong results, forty-third session). The
-# same maxima bit for bit; the low-rank partials in another order of float32 sums. Built in the forty-third session,
-# not yet run on a GPU, so off; VAR_GEN_W4A4_ROW_PASS_CUDA=1 turns it on.
+# That row pass in CUDA C++ (kernels/w4a4_row_pass.cu) for the 64- and 128-row launches' "bf16x2i" dot: x loaded
+# into registers for mma.sync, the B operand made once per block and group in shared memory, one barrier per group and
+# no wait (the Triton row pass's sm_90 loop: four barriers and two wgmma waits per group; its pipelined forms gave
+# wrong results, forty-third session). The same maxima bit for bit; the low-rank partials in another order of float32
+# sums. Its first version (B made by every warp) passed its GPU test on the H100 but ran at 0.51-0.74x the Triton row
+# pass's speed; this one is built, not yet run on a GPU, so off. VAR_GEN_W4A4_ROW_PASS_CUDA=1 turns it on.
 ROW_PASS_CUDA = os.environ.get("VAR_GEN_W4A4_ROW_PASS_CUDA", "0") == "1"
 
 

@@ -5,16 +5,19 @@
 //
 // Why: over a 1024² generation the Triton row pass takes 55 ms against the 18 ms its read of x needs (H100,
 // forty-second session). Triton lowers its dot with both operands staged through shared memory: four barriers and two
-// wgmma waits per 64-wide group. Its pipelined forms gave wrong results on the H100 (forty-third session). Here the
-// dot's operands never touch shared memory: each warp loads its x fragments straight from global memory, makes its
-// L_down · (1/λ) fragments in registers and runs mma.sync m16n8k16, so the loop has no barrier at all.
+// wgmma waits per 64-wide group. Its pipelined forms gave wrong results on the H100 (forty-third session). Here each
+// warp loads its x fragments straight from global memory into registers (the next group's while this one's are used)
+// and runs mma.sync m16n8k16; the B operand, L_down · (1/λ) in two bf16 parts, is made once per block and group into
+// shared memory, the next group's while this one's is read: one barrier per group, no wait on the MMAs. (The first
+// version, where every warp made the whole B operand in registers, was right but 0.51-0.74x the Triton row pass's
+// speed on the H100: B's making was ~340 of its ~470 instructions per thread and group; forty-third session.)
 //
 // The fragment layouts let each thread load contiguous memory. A dot sums over k in any order, so the kernel maps
 // the MMA's logical k to columns as it likes, the same way for both operands: thread (g = lane / 4, q = lane % 4)
 // loads columns [16q, 16q + 16) of its group for rows g and g + 8 of its warp's 16, and k-step s (0..3) takes from
 // them logical k {2q, 2q + 1} = columns 16q + 4s + {0, 1} and {2q + 8, 2q + 9} = columns 16q + 4s + {2, 3}. The
-// rank is mapped too: rank tile t's logical n is rank n · NT + t (NT = R / 8), so a thread's B operands are NT
-// contiguous ranks of one L_down row, and its accumulators hold 2·NT contiguous ranks of each of its two rows.
+// rank is mapped too: rank tile t's logical n is rank n · NT + t (NT = R / 8), so a thread's accumulators hold 2·NT
+// contiguous ranks of each of its two rows. B is stored in the order the lanes read it (GroupB).
 //
 // The same maxima bit for bit as the Triton row pass (the same IEEE products); the same two-part operands; the
 // partials differ from Triton's in the order of the float32 sums only. The K splits' partials are summed by the
@@ -47,30 +50,44 @@ __device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// NT contiguous bf16 of L_down (one row, ranks g·NT .. g·NT + NT - 1) as NT/2 words
 template <int NT>
-__device__ __forceinline__ void load_down(uint32_t (&w)[NT / 2], const uint16_t* p) {
-  if constexpr (NT == 2) {
-    w[0] = __ldg(reinterpret_cast<const uint32_t*>(p));
-  } else if constexpr (NT == 4) {
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
-    w[0] = v.x; w[1] = v.y;
-  } else {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+struct GroupB {
+  uint4 hi[4][NT / 2][32];
+  uint4 lo[4][NT / 2][32];
+};
+
+// Made by the whole block, each thread some of the 4 · 32 · 2NT words: the same IEEE product and round-to-nearest-even
+// splits as the Triton "bf16x2i" dot.
+template <int NT>
+__device__ __forceinline__ void make_group_b(GroupB<NT>& b, const uint16_t* __restrict__ down,
+                                             const float* __restrict__ inv, int c0) {
+  constexpr int R = 8 * NT, WORDS = 4 * 32 * 2 * NT;
+  uint32_t* hi = reinterpret_cast<uint32_t*>(b.hi);
+  uint32_t* lo = reinterpret_cast<uint32_t*>(b.lo);
+  for (int i = threadIdx.x; i < WORDS; i += blockDim.x) {
+    const int j = i & 3, lane = (i >> 2) & 31, h = (i >> 7) % (NT / 2), s = i / (128 * (NT / 2));
+    const int t = 2 * h + j / 2, w = j % 2;
+    const int col = c0 + 16 * (lane & 3) + 4 * s + 2 * w, rank = (lane >> 2) * NT + t;
+    const float d0 = __fmul_rn(__uint_as_float((uint32_t)__ldg(down + (size_t)col * R + rank) << 16), __ldg(inv + col));
+    const float d1 = __fmul_rn(__uint_as_float((uint32_t)__ldg(down + (size_t)(col + 1) * R + rank) << 16),
+                               __ldg(inv + col + 1));
+    const uint32_t hw = pack_bf16(d0, d1);
+    hi[i] = hw;
+    lo[i] = pack_bf16(__fsub_rn(d0, bf16_lo(hw)), __fsub_rn(d1, bf16_hi(hw)));
   }
 }
 
 // x (M, K) bf16; inv (K,) float32 = 1/λ; down (K, R) bf16, R = 8·NT; part (S, M) the rows' max |x̂| per split;
 // lrp (S, M, R) the splits' partials; lrsum (M, R) their sum, or null (then no counters are touched); cnt zeroed int32
 // counters, one per row block, left zeroed. Blocks of 16·warps rows (blockIdx.x) and one K split of gps groups
-// (blockIdx.y).
+// (blockIdx.y). The B operand of group g + 1 is made while group g's is used (two buffers, one barrier per group).
 template <int NT>
 __global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restrict__ x, const float* __restrict__ inv,
                                                        const uint16_t* __restrict__ down, float* __restrict__ part,
                                                        float* lrp, float* __restrict__ lrsum, int* cnt, int M, int K,
                                                        int gps) {
   constexpr int R = 8 * NT;
+  __shared__ GroupB<NT> bs[2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
   const int rows_per_block = 16 * (blockDim.x >> 5);
@@ -95,9 +112,12 @@ __global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restric
     nx[1] = in0 ? __ldg(reinterpret_cast<const uint4*>(x0 + c + 8)) : zero;
     nx[2] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + c)) : zero;
     nx[3] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + c + 8)) : zero;
+    make_group_b<NT>(bs[0], down, inv, gbeg * GROUP);
   }
+  __syncthreads();
 #pragma unroll 1
   for (int grp = gbeg; grp < gend; ++grp) {
+    const GroupB<NT>& b = bs[(grp - gbeg) & 1];
     const int c = grp * GROUP + 16 * q;                  // this thread's 16 columns
     const uint32_t xa[8] = {nx[0].x, nx[0].y, nx[0].z, nx[0].w, nx[1].x, nx[1].y, nx[1].z, nx[1].w};   // row0
     const uint32_t xb[8] = {nx[2].x, nx[2].y, nx[2].z, nx[2].w, nx[3].x, nx[3].y, nx[3].z, nx[3].w};   // row1
@@ -124,25 +144,17 @@ __global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restric
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
       const uint32_t a[4] = {xa[2 * s], xb[2 * s], xa[2 * s + 1], xb[2 * s + 1]};
-      // L_down · (1/λ) of the four columns at this thread's NT ranks, split into hi + lo as "bf16x2i" does
-      float d[4][NT];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        uint32_t w[NT / 2];
-        load_down<NT>(w, down + (size_t)(c + 4 * s + k) * R + g * NT);
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-          d[k][t] = __fmul_rn(t % 2 ? bf16_hi(w[t / 2]) : bf16_lo(w[t / 2]), iv[4 * s + k]);
-      }
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const uint32_t h0 = pack_bf16(d[0][t], d[1][t]), h1 = pack_bf16(d[2][t], d[3][t]);
-        const uint32_t l0 = pack_bf16(__fsub_rn(d[0][t], bf16_lo(h0)), __fsub_rn(d[1][t], bf16_hi(h0)));
-        const uint32_t l1 = pack_bf16(__fsub_rn(d[2][t], bf16_lo(h1)), __fsub_rn(d[3][t], bf16_hi(h1)));
-        mma_bf16_16816(acc[t], a, h0, h1);
-        mma_bf16_16816(acc[t], a, l0, l1);
+      for (int h = 0; h < NT / 2; ++h) {
+        const uint4 bh = b.hi[s][h][lane], bl = b.lo[s][h][lane];
+        mma_bf16_16816(acc[2 * h], a, bh.x, bh.y);
+        mma_bf16_16816(acc[2 * h], a, bl.x, bl.y);
+        mma_bf16_16816(acc[2 * h + 1], a, bh.z, bh.w);
+        mma_bf16_16816(acc[2 * h + 1], a, bl.z, bl.w);
       }
     }
+    if (grp + 1 < gend) make_group_b<NT>(bs[(grp + 1 - gbeg) & 1], down, inv, (grp + 1) * GROUP);
+    __syncthreads();                     // the next group's B made; this group's read before it is made again
   }
 
   // the rows' maxima over the four threads of each row

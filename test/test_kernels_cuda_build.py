@@ -64,10 +64,10 @@ def test_small_m_quantizer_compiles_without_spills(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["87", "80", "90"])
-def test_row_pass_compiles_without_spills_or_barriers_in_its_loop(arch, tmp_path):
+def test_row_pass_compiles_without_spills(arch, tmp_path):
     """kernels/w4a4_row_pass.cu (the quantizer's row pass with its low-rank dot, ranks 16, 32 and 64): no spills, no
-    stack; at rank 32 (Infinity-8B's) at most 128 registers, so two 8-warp blocks fit an SM; one barrier (the split
-    reduction's, after the loop) and bf16 tensor-core MMAs."""
+    stack; at rank 32 (Infinity-8B's) at most 80 registers, so three 8-warp blocks fit an SM, as the Triton row pass's;
+    one named barrier (__syncthreads) and bf16 tensor-core MMAs."""
     log = _ptxas_log(ROW_PASS, arch, tmp_path)
     entries = re.findall(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", log)
     assert len(entries) == 3 and {a for _, a in entries} == {arch}, entries
@@ -75,7 +75,7 @@ def test_row_pass_compiles_without_spills_or_barriers_in_its_loop(arch, tmp_path
     stack = [int(v) for v in re.findall(r"(\d+) bytes stack frame", log)]
     assert len(spills) == 3 and not any(spills) and not any(stack), log[-2000:]
     regs = dict(zip([e for e, _ in entries], [int(v) for v in re.findall(r"Used (\d+) registers", log)]))
-    assert regs[next(e for e in regs if "ILi4E" in e)] <= 128, regs
+    assert regs[next(e for e in regs if "ILi4E" in e)] <= 80, regs
     assert re.findall(r"used (\d+) barriers", log) == ["1"] * 3, log[-2000:]
     ptx = subprocess.run([NVCC, "-ptx", f"-arch=sm_{arch}", ROW_PASS, "-o", "-"], capture_output=True, text=True,
                          timeout=300)
