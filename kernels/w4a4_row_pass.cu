@@ -56,33 +56,52 @@ struct GroupB {
   uint4 lo[4][NT / 2][32];
 };
 
-// Made by the whole block, each thread some of the 4 · 32 · 2NT words: the same IEEE product and round-to-nearest-even
-// splits as the Triton "bf16x2i" dot.
-template <int NT>
+// Made by the whole block, each thread whole quads: quad (s, h, lane) holds ranks g·NT + 2h and + 1 (g = lane / 4) of
+// the four columns c0 + 16q + 4s + {0, 1, 2, 3} (q = lane % 4), so a thread loads one float4 of 1/λ, four 4-byte
+// pairs of L_down, and stores one 16-byte word of each part. The same IEEE product and round-to-nearest-even splits
+// as the Triton "bf16x2i" dot.
+template <int NT, int WARPS>
 __device__ __forceinline__ void make_group_b(GroupB<NT>& b, const uint16_t* __restrict__ down,
                                              const float* __restrict__ inv, int c0) {
-  constexpr int R = 8 * NT, WORDS = 4 * 32 * 2 * NT;
-  uint32_t* hi = reinterpret_cast<uint32_t*>(b.hi);
-  uint32_t* lo = reinterpret_cast<uint32_t*>(b.lo);
-  for (int i = threadIdx.x; i < WORDS; i += blockDim.x) {
-    const int j = i & 3, lane = (i >> 2) & 31, h = (i >> 7) % (NT / 2), s = i / (128 * (NT / 2));
-    const int t = 2 * h + j / 2, w = j % 2;
-    const int col = c0 + 16 * (lane & 3) + 4 * s + 2 * w, rank = (lane >> 2) * NT + t;
-    const float d0 = __fmul_rn(__uint_as_float((uint32_t)__ldg(down + (size_t)col * R + rank) << 16), __ldg(inv + col));
-    const float d1 = __fmul_rn(__uint_as_float((uint32_t)__ldg(down + (size_t)(col + 1) * R + rank) << 16),
-                               __ldg(inv + col + 1));
-    const uint32_t hw = pack_bf16(d0, d1);
-    hi[i] = hw;
-    lo[i] = pack_bf16(__fsub_rn(d0, bf16_lo(hw)), __fsub_rn(d1, bf16_hi(hw)));
+  constexpr int R = 8 * NT, QUADS = 4 * (NT / 2) * 32;
+  constexpr int PER_THREAD = QUADS >= 32 * WARPS ? QUADS / (32 * WARPS) : 1;   // (rank 16 in 8 warps: half the threads)
+  static_assert(QUADS % (32 * WARPS) == 0 || QUADS < 32 * WARPS, "whole quads per thread");
+  uint4* hi = &b.hi[0][0][0];
+  uint4* lo = &b.lo[0][0][0];
+#pragma unroll
+  for (int m = 0; m < PER_THREAD; ++m) {
+    const int i = threadIdx.x * PER_THREAD + m;          // (s, h, lane) = (i / (32 · NT/2), i / 32 % (NT/2), i % 32)
+    if (QUADS < 32 * WARPS && i >= QUADS) break;
+    const int lane = i & 31, h = (i >> 5) % (NT / 2), s = i / (32 * (NT / 2));
+    const int col = c0 + 16 * (lane & 3) + 4 * s, rank = (lane >> 2) * NT + 2 * h;
+    const float4 iv = __ldg(reinterpret_cast<const float4*>(inv + col));
+    const float ivs[4] = {iv.x, iv.y, iv.z, iv.w};
+    float d[4][2];                                     // [column][rank]
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(down + (size_t)(col + k) * R + rank));
+      d[k][0] = __fmul_rn(bf16_lo(w), ivs[k]);
+      d[k][1] = __fmul_rn(bf16_hi(w), ivs[k]);
+    }
+    uint32_t wh[4], wl[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {                      // word j: rank 2h + j / 2, columns 2(j % 2) and + 1
+      const int t = j / 2, c = 2 * (j % 2);
+      wh[j] = pack_bf16(d[c][t], d[c + 1][t]);
+      wl[j] = pack_bf16(__fsub_rn(d[c][t], bf16_lo(wh[j])), __fsub_rn(d[c + 1][t], bf16_hi(wh[j])));
+    }
+    hi[i] = make_uint4(wh[0], wh[1], wh[2], wh[3]);
+    lo[i] = make_uint4(wl[0], wl[1], wl[2], wl[3]);
   }
 }
 
 // x (M, K) bf16; inv (K,) float32 = 1/λ; down (K, R) bf16, R = 8·NT; part (S, M) the rows' max |x̂| per split;
 // lrp (S, M, R) the splits' partials; lrsum (M, R) their sum, or null (then no counters are touched); cnt zeroed int32
 // counters, one per row block, left zeroed. Blocks of 16·warps rows (blockIdx.x) and one K split of gps groups
-// (blockIdx.y). The B operand of group g + 1 is made while group g's is used (two buffers, one barrier per group).
-template <int NT>
-__global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restrict__ x, const float* __restrict__ inv,
+// (blockIdx.y). The B operand of group g + 1 is made after group g's MMAs are issued (two buffers, one barrier per
+// group).
+template <int NT, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) row_pass_kernel(const uint16_t* __restrict__ x, const float* __restrict__ inv,
                                                        const uint16_t* __restrict__ down, float* __restrict__ part,
                                                        float* lrp, float* __restrict__ lrsum, int* cnt, int M, int K,
                                                        int gps) {
@@ -90,7 +109,7 @@ __global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restric
   __shared__ GroupB<NT> bs[2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
-  const int rows_per_block = 16 * (blockDim.x >> 5);
+  constexpr int rows_per_block = 16 * WARPS;
   const int row0 = blockIdx.x * rows_per_block + warp * 16 + g, row1 = row0 + 8;
   const bool in0 = row0 < M, in1 = row1 < M;
   const int split = blockIdx.y, S = gridDim.y, G = K / GROUP;
@@ -112,7 +131,7 @@ __global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restric
     nx[1] = in0 ? __ldg(reinterpret_cast<const uint4*>(x0 + c + 8)) : zero;
     nx[2] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + c)) : zero;
     nx[3] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + c + 8)) : zero;
-    make_group_b<NT>(bs[0], down, inv, gbeg * GROUP);
+    make_group_b<NT, WARPS>(bs[0], down, inv, gbeg * GROUP);
   }
   __syncthreads();
 #pragma unroll 1
@@ -153,7 +172,7 @@ __global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restric
         mma_bf16_16816(acc[2 * h + 1], a, bl.z, bl.w);
       }
     }
-    if (grp + 1 < gend) make_group_b<NT>(bs[(grp + 1 - gbeg) & 1], down, inv, (grp + 1) * GROUP);
+    if (grp + 1 < gend) make_group_b<NT, WARPS>(bs[(grp + 1 - gbeg) & 1], down, inv, (grp + 1) * GROUP);
     __syncthreads();                     // the next group's B made; this group's read before it is made again
   }
 
@@ -186,7 +205,7 @@ __global__ void __launch_bounds__(256) row_pass_kernel(const uint16_t* __restric
   if (!last) return;
   __threadfence();
   const int first = blockIdx.x * rows_per_block;
-  for (int i = threadIdx.x; i < rows_per_block * R; i += blockDim.x) {
+  for (int i = threadIdx.x; i < rows_per_block * R; i += 32 * WARPS) {
     const int row = first + i / R, r = i % R;
     if (row >= M) continue;
     float tot = 0.0f;
@@ -207,9 +226,13 @@ cudaError_t var_gen_row_pass(const void* x, const float* inv, const void* down, 
   const dim3 grid((M + 16 * warps - 1) / (16 * warps), S), block(32 * warps);
   const auto* xp = static_cast<const uint16_t*>(x);
   const auto* dp = static_cast<const uint16_t*>(down);
-  if (R == 16) row_pass_kernel<2><<<grid, block, 0, stream>>>(xp, inv, dp, part, lrp, lrsum, cnt, M, K, gps);
-  else if (R == 32) row_pass_kernel<4><<<grid, block, 0, stream>>>(xp, inv, dp, part, lrp, lrsum, cnt, M, K, gps);
-  else if (R == 64) row_pass_kernel<8><<<grid, block, 0, stream>>>(xp, inv, dp, part, lrp, lrsum, cnt, M, K, gps);
+#define VAR_GEN_ROW_PASS(NT)                                                                                          \
+  (warps == 8 ? row_pass_kernel<NT, 8><<<grid, block, 0, stream>>>(xp, inv, dp, part, lrp, lrsum, cnt, M, K, gps)     \
+              : row_pass_kernel<NT, 4><<<grid, block, 0, stream>>>(xp, inv, dp, part, lrp, lrsum, cnt, M, K, gps))
+  if (R == 16) VAR_GEN_ROW_PASS(2);
+  else if (R == 32) VAR_GEN_ROW_PASS(4);
+  else if (R == 64) VAR_GEN_ROW_PASS(8);
   else return cudaErrorInvalidValue;
+#undef VAR_GEN_ROW_PASS
   return cudaGetLastError();
 }
