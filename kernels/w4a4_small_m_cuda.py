@@ -1,8 +1,9 @@
 """The W4A4 product's two kernels in CUDA C++ for few rows (M <= 32): kernel 1, the activations' two-level INT4
 quantization and low-rank down-projection (kernels/w4a4_quantize_small_m.cu, `quantize`), and the GEMM
-(kernels/w4a4_small_m.cu, `w4a4_small_m`), called after kernel 1
-(`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on the i8 layout: int8 q·m activations with one unit
-per row, packed INT4 weights with two-level scales. Its reference is the same as every W4A4 path's
+(kernels/w4a4_small_m.cu, `w4a4_small_m`), called after kernel 1 (`w4a4_gemm_triton.quantize_activations(...,
+i8=True)`) on the i8 layout: int8 q·m activations with one unit per row, packed INT4 weights with two-level scales. And,
+for the 64- and 128-row launches, the quantizer's row pass with its low-rank dot (kernels/w4a4_row_pass.cu,
+`row_pass`; off by default). Its reference is the same as every W4A4 path's
 (`W4A4Linear.reference_forward`, quant/w4a4.py); test/test_kernels_gpu.py compares them.
 
 Built on first use by torch.utils.cpp_extension (nvcc and a host compiler; cached under
@@ -34,6 +35,7 @@ _LOCK = threading.Lock()
 _STATE = {}
 _BUFFERS = {}
 _SMS = {}
+_CAPS = {}
 
 
 def extension():
@@ -270,9 +272,13 @@ def quantize(x2: torch.Tensor, layer, inv: torch.Tensor, inv7: float, gps: int =
 def row_pass_supports(x2: torch.Tensor, layer) -> bool:
     """Whether kernels/w4a4_row_pass.cu takes this call (the extension itself is not built here): bf16 x and
     L_down, rank 16, 32 or 64, K % 64 == 0, an sm_80+ GPU (mma.sync m16n8k16 bf16)."""
-    return (x2.is_cuda and x2.dtype == torch.bfloat16 and layer.rank in (16, 32, 64)
-            and layer.lora_down.dtype == torch.bfloat16 and x2.shape[1] % 64 == 0
-            and torch.cuda.get_device_capability(x2.device) >= (8, 0))
+    if not (x2.is_cuda and x2.dtype == torch.bfloat16 and layer.rank in (16, 32, 64)
+            and layer.lora_down.dtype == torch.bfloat16 and x2.shape[1] % 64 == 0):
+        return False
+    index = x2.device.index if x2.device.index is not None else torch.cuda.current_device()
+    if index not in _CAPS:
+        _CAPS[index] = torch.cuda.get_device_capability(index)
+    return _CAPS[index] >= (8, 0)
 
 
 def row_pass(x2: torch.Tensor, inv: torch.Tensor, layer, part: torch.Tensor, lr: torch.Tensor, lrsum, cnt: torch.Tensor,
