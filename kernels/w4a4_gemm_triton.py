@@ -1133,7 +1133,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
         if (lr_prec == "bf16x2i" and BM in (64, 128) and (ROW_PASS_CUDA if row_pass_cuda is None else row_pass_cuda)
-                and small_m.row_pass_supports(x2, layer) and small_m.extension() is not None):
+                and small_m.row_pass_supports(x2, layer) and _capability(x2) >= (8, 0)
+                and small_m.extension() is not None):
             small_m.row_pass(x2, smooth, layer, part, lr, lrsum, cnt, gps, BM // 16)
         else:
             _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),

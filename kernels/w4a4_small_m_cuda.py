@@ -35,7 +35,6 @@ _LOCK = threading.Lock()
 _STATE = {}
 _BUFFERS = {}
 _SMS = {}
-_CAPS = {}
 
 
 def extension():
@@ -270,15 +269,11 @@ def quantize(x2: torch.Tensor, layer, inv: torch.Tensor, inv7: float, gps: int =
 
 
 def row_pass_supports(x2: torch.Tensor, layer) -> bool:
-    """Whether kernels/w4a4_row_pass.cu takes this call (the extension itself is not built here): bf16 x and
-    L_down, rank 16, 32 or 64, K % 64 == 0, an sm_80+ GPU (mma.sync m16n8k16 bf16)."""
-    if not (x2.is_cuda and x2.dtype == torch.bfloat16 and layer.rank in (16, 32, 64)
-            and layer.lora_down.dtype == torch.bfloat16 and x2.shape[1] % 64 == 0):
-        return False
-    index = x2.device.index if x2.device.index is not None else torch.cuda.current_device()
-    if index not in _CAPS:
-        _CAPS[index] = torch.cuda.get_device_capability(index)
-    return _CAPS[index] >= (8, 0)
+    """Whether kernels/w4a4_row_pass.cu takes this call's shapes and dtypes (the extension itself is not built here):
+    bf16 x and L_down, rank 16, 32 or 64, K % 64 == 0. The GPU must be sm_80+ (mma.sync m16n8k16 bf16): the
+    caller checks that."""
+    return (x2.is_cuda and x2.dtype == torch.bfloat16 and layer.rank in (16, 32, 64)
+            and layer.lora_down.dtype == torch.bfloat16 and x2.shape[1] % 64 == 0)
 
 
 def row_pass(x2: torch.Tensor, inv: torch.Tensor, layer, part: torch.Tensor, lr: torch.Tensor, lrsum, cnt: torch.Tensor,
