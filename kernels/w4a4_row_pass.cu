@@ -54,34 +54,68 @@ template <int NT>
 struct GroupB {
   uint4 hi[4][NT / 2][32];
   uint4 lo[4][NT / 2][32];
+  float4 inv[16];                        // the group's 1/λ, for the rows' maxima
+};
+
+// What one thread loads from global memory for its quad of a group's B: issued at the top of the group before (its
+// latency behind that group's MMAs), used at its end.
+struct QuadLoads {
+  float4 iv;
+  uint32_t down[4];
 };
 
 // Made by the whole block, each thread whole quads: quad (s, h, lane) holds ranks g·NT + 2h and + 1 (g = lane / 4) of
 // the four columns c0 + 16q + 4s + {0, 1, 2, 3} (q = lane % 4), so a thread loads one float4 of 1/λ, four 4-byte
 // pairs of L_down, and stores one 16-byte word of each part. The same IEEE product and round-to-nearest-even splits
-// as the Triton "bf16x2i" dot.
+// as the Triton "bf16x2i" dot. The loads (load_group_b) are issued a group ahead of the making (make_group_b).
 template <int NT, int WARPS>
-__device__ __forceinline__ void make_group_b(GroupB<NT>& b, const uint16_t* __restrict__ down,
-                                             const float* __restrict__ inv, int c0) {
-  constexpr int R = 8 * NT, QUADS = 4 * (NT / 2) * 32;
-  constexpr int PER_THREAD = QUADS >= 32 * WARPS ? QUADS / (32 * WARPS) : 1;   // (rank 16 in 8 warps: half the threads)
+struct QuadsOf {
+  static constexpr int QUADS = 4 * (NT / 2) * 32;
+  static constexpr int PER_THREAD = QUADS >= 32 * WARPS ? QUADS / (32 * WARPS) : 1;   // (rank 16 in 8 warps: half)
   static_assert(QUADS % (32 * WARPS) == 0 || QUADS < 32 * WARPS, "whole quads per thread");
+  // quad m of this thread: i = (s, h, lane) = (i / (32 · NT/2), i / 32 % (NT/2), i % 32), or -1 past the last
+  static __device__ __forceinline__ int index(int m) {
+    const int i = threadIdx.x * PER_THREAD + m;
+    return (QUADS < 32 * WARPS && i >= QUADS) ? -1 : i;
+  }
+  static __device__ __forceinline__ int column(int i) { return 16 * (i & 3) + 4 * (i / (32 * (NT / 2))); }
+  static __device__ __forceinline__ int rank(int i) { return ((i & 31) >> 2) * NT + 2 * ((i >> 5) % (NT / 2)); }
+};
+
+template <int NT, int WARPS>
+__device__ __forceinline__ void load_group_b(QuadLoads (&ld)[QuadsOf<NT, WARPS>::PER_THREAD],
+                                             const uint16_t* __restrict__ down, const float* __restrict__ inv,
+                                             int c0) {
+  using Q = QuadsOf<NT, WARPS>;
+  constexpr int R = 8 * NT;
+#pragma unroll
+  for (int m = 0; m < Q::PER_THREAD; ++m) {
+    const int i = Q::index(m);
+    if (i < 0) break;
+    const int col = c0 + Q::column(i), rank = Q::rank(i);
+    ld[m].iv = __ldg(reinterpret_cast<const float4*>(inv + col));
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      ld[m].down[k] = __ldg(reinterpret_cast<const uint32_t*>(down + (size_t)(col + k) * R + rank));
+  }
+}
+
+template <int NT, int WARPS>
+__device__ __forceinline__ void make_group_b(GroupB<NT>& b, const QuadLoads (&ld)[QuadsOf<NT, WARPS>::PER_THREAD]) {
+  using Q = QuadsOf<NT, WARPS>;
   uint4* hi = &b.hi[0][0][0];
   uint4* lo = &b.lo[0][0][0];
 #pragma unroll
-  for (int m = 0; m < PER_THREAD; ++m) {
-    const int i = threadIdx.x * PER_THREAD + m;          // (s, h, lane) = (i / (32 · NT/2), i / 32 % (NT/2), i % 32)
-    if (QUADS < 32 * WARPS && i >= QUADS) break;
-    const int lane = i & 31, h = (i >> 5) % (NT / 2), s = i / (32 * (NT / 2));
-    const int col = c0 + 16 * (lane & 3) + 4 * s, rank = (lane >> 2) * NT + 2 * h;
-    const float4 iv = __ldg(reinterpret_cast<const float4*>(inv + col));
-    const float ivs[4] = {iv.x, iv.y, iv.z, iv.w};
+  for (int m = 0; m < Q::PER_THREAD; ++m) {
+    const int i = Q::index(m);
+    if (i < 0) break;
+    const float ivs[4] = {ld[m].iv.x, ld[m].iv.y, ld[m].iv.z, ld[m].iv.w};
+    if (Q::rank(i) == 0) b.inv[Q::column(i) / 4] = ld[m].iv;   // the 16 quads of rank 0 hold the group's 64 columns
     float d[4][2];                                     // [column][rank]
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(down + (size_t)(col + k) * R + rank));
-      d[k][0] = __fmul_rn(bf16_lo(w), ivs[k]);
-      d[k][1] = __fmul_rn(bf16_hi(w), ivs[k]);
+      d[k][0] = __fmul_rn(bf16_lo(ld[m].down[k]), ivs[k]);
+      d[k][1] = __fmul_rn(bf16_hi(ld[m].down[k]), ivs[k]);
     }
     uint32_t wh[4], wl[4];
 #pragma unroll
@@ -101,7 +135,7 @@ __device__ __forceinline__ void make_group_b(GroupB<NT>& b, const uint16_t* __re
 // (blockIdx.y). The B operand of group g + 1 is made after group g's MMAs are issued (two buffers, one barrier per
 // group).
 template <int NT, int WARPS>
-__global__ void __launch_bounds__(32 * WARPS) row_pass_kernel(const uint16_t* __restrict__ x, const float* __restrict__ inv,
+__global__ void __launch_bounds__(32 * WARPS, NT > 4 ? 1 : WARPS == 8 ? 3 : 5) row_pass_kernel(const uint16_t* __restrict__ x, const float* __restrict__ inv,
                                                        const uint16_t* __restrict__ down, float* __restrict__ part,
                                                        float* lrp, float* __restrict__ lrsum, int* cnt, int M, int K,
                                                        int gps) {
@@ -131,13 +165,14 @@ __global__ void __launch_bounds__(32 * WARPS) row_pass_kernel(const uint16_t* __
     nx[1] = in0 ? __ldg(reinterpret_cast<const uint4*>(x0 + c + 8)) : zero;
     nx[2] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + c)) : zero;
     nx[3] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + c + 8)) : zero;
-    make_group_b<NT, WARPS>(bs[0], down, inv, gbeg * GROUP);
+    QuadLoads ld[QuadsOf<NT, WARPS>::PER_THREAD];
+    load_group_b<NT, WARPS>(ld, down, inv, gbeg * GROUP);
+    make_group_b<NT, WARPS>(bs[0], ld);
   }
   __syncthreads();
 #pragma unroll 1
   for (int grp = gbeg; grp < gend; ++grp) {
     const GroupB<NT>& b = bs[(grp - gbeg) & 1];
-    const int c = grp * GROUP + 16 * q;                  // this thread's 16 columns
     const uint32_t xa[8] = {nx[0].x, nx[0].y, nx[0].z, nx[0].w, nx[1].x, nx[1].y, nx[1].z, nx[1].w};   // row0
     const uint32_t xb[8] = {nx[2].x, nx[2].y, nx[2].z, nx[2].w, nx[3].x, nx[3].y, nx[3].z, nx[3].w};   // row1
     if (grp + 1 < gend) {
@@ -147,10 +182,13 @@ __global__ void __launch_bounds__(32 * WARPS) row_pass_kernel(const uint16_t* __
       nx[2] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + cn)) : zero;
       nx[3] = in1 ? __ldg(reinterpret_cast<const uint4*>(x1 + cn + 8)) : zero;
     }
-    float iv[16];
+    // the next group's B operand: its loads now, its making after this group's MMAs are issued
+    QuadLoads ld[QuadsOf<NT, WARPS>::PER_THREAD];
+    if (grp + 1 < gend) load_group_b<NT, WARPS>(ld, down, inv, (grp + 1) * GROUP);
+    float iv[16];                                        // 1/λ of this thread's 16 columns, 16q..16q + 15
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const float4 v = __ldg(reinterpret_cast<const float4*>(inv + c) + j);
+      const float4 v = b.inv[4 * q + j];
       iv[4 * j] = v.x; iv[4 * j + 1] = v.y; iv[4 * j + 2] = v.z; iv[4 * j + 3] = v.w;
     }
     // the rows' max |x̂|: the reference's product x · (1/λ), rounded to float32
@@ -172,7 +210,7 @@ __global__ void __launch_bounds__(32 * WARPS) row_pass_kernel(const uint16_t* __
         mma_bf16_16816(acc[2 * h + 1], a, bl.z, bl.w);
       }
     }
-    if (grp + 1 < gend) make_group_b<NT, WARPS>(bs[(grp + 1 - gbeg) & 1], down, inv, (grp + 1) * GROUP);
+    if (grp + 1 < gend) make_group_b<NT, WARPS>(bs[(grp + 1 - gbeg) & 1], ld);
     __syncthreads();                     // the next group's B made; this group's read before it is made again
   }
 
@@ -186,13 +224,21 @@ __global__ void __launch_bounds__(32 * WARPS) row_pass_kernel(const uint16_t* __
     if (in0) part[(size_t)split * M + row0] = big0;
     if (in1) part[(size_t)split * M + row1] = big1;
   }
-  // accumulator t: (row0, logical n 2q and 2q + 1) in [0], [1], row1 in [2], [3]; logical n is rank n · NT + t
-  float* out0 = lrp + ((size_t)split * M + row0) * R + 2 * q * NT;
-  float* out1 = lrp + ((size_t)split * M + row1) * R + 2 * q * NT;
+  // accumulator t: (row0, logical n 2q and 2q + 1) in [0], [1], row1 in [2], [3]; logical n is rank n · NT + t, so
+  // a thread's 2·NT ranks of a row are contiguous: stored as float4s
+  float4* out0 = reinterpret_cast<float4*>(lrp + ((size_t)split * M + row0) * R + 2 * q * NT);
+  float4* out1 = reinterpret_cast<float4*>(lrp + ((size_t)split * M + row1) * R + 2 * q * NT);
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    if (in0) { out0[t] = acc[t][0]; out0[NT + t] = acc[t][1]; }
-    if (in1) { out1[t] = acc[t][2]; out1[NT + t] = acc[t][3]; }
+  for (int u = 0; u < NT / 2; ++u) {
+    float v0[4], v1[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int n = 4 * u + e;                           // rank 2q·NT + n: accumulator n % NT, its column n / NT
+      v0[e] = acc[n % NT][n / NT];
+      v1[e] = acc[n % NT][2 + n / NT];
+    }
+    if (in0) out0[u] = make_float4(v0[0], v0[1], v0[2], v0[3]);
+    if (in1) out1[u] = make_float4(v1[0], v1[1], v1[2], v1[3]);
   }
   if (lrsum == nullptr) return;
 
@@ -204,13 +250,32 @@ __global__ void __launch_bounds__(32 * WARPS) row_pass_kernel(const uint16_t* __
   __syncthreads();
   if (!last) return;
   __threadfence();
+  // the row block's partials of one split are contiguous (rows × R floats): each thread sums R / 8 float4s of them
+  // over the splits, the splits' loads outermost so that each step's loads are in flight together
   const int first = blockIdx.x * rows_per_block;
-  for (int i = threadIdx.x; i < rows_per_block * R; i += 32 * WARPS) {
-    const int row = first + i / R, r = i % R;
-    if (row >= M) continue;
-    float tot = 0.0f;
-    for (int t = 0; t < S; ++t) tot += __ldcg(lrp + ((size_t)t * M + row) * R + r);
-    lrsum[(size_t)row * R + r] = tot;
+  const int n4 = min(M - first, rows_per_block) * R / 4;
+  constexpr int V = R / 8;
+  const float4* src = reinterpret_cast<const float4*>(lrp + (size_t)first * R);
+  const size_t step = (size_t)M * R / 4;
+  float4 tot[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) tot[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int t = 0; t < S; ++t) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int j = threadIdx.x + v * 32 * WARPS;
+      if (j < n4) {
+        const float4 p = __ldcg(src + t * step + j);
+        tot[v].x += p.x; tot[v].y += p.y; tot[v].z += p.z; tot[v].w += p.w;
+      }
+    }
+  }
+  float4* dst = reinterpret_cast<float4*>(lrsum + (size_t)first * R);
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int j = threadIdx.x + v * 32 * WARPS;
+    if (j < n4) dst[j] = tot[v];
   }
   if (threadIdx.x == 0) cnt[blockIdx.x] = 0;
 }
