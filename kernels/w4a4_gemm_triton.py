@@ -1280,8 +1280,10 @@ LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "1") == "1"
 # into registers for mma.sync, the B operand made once per block and group in shared memory, one barrier per group and
 # no wait (the Triton row pass's sm_90 loop: four barriers and two wgmma waits per group; its pipelined forms gave
 # wrong results, forty-third session). The same maxima bit for bit; the low-rank partials in another order of float32
-# sums. Its first version (B made by every warp) passed its GPU test on the H100 but ran at 0.51-0.74x the Triton row
-# pass's speed; this one is built, not yet run on a GPU, so off. VAR_GEN_W4A4_ROW_PASS_CUDA=1 turns it on.
+# sums. Its first two versions (B made by every warp; B in shared memory) passed their GPU test on the H100 but ran at
+# 0.51-0.88x the Triton row pass's speed, both summing the K splits' partials one element at a time (forty-third and
+# forty-fourth sessions); the third, with that sum in float4 runs, is built, not yet run on a GPU, so off.
+# VAR_GEN_W4A4_ROW_PASS_CUDA=1 turns it on.
 ROW_PASS_CUDA = os.environ.get("VAR_GEN_W4A4_ROW_PASS_CUDA", "0") == "1"
 
 

@@ -10,7 +10,9 @@
 // and runs mma.sync m16n8k16; the B operand, L_down · (1/λ) in two bf16 parts, is made once per block and group into
 // shared memory, the next group's while this one's is read: one barrier per group, no wait on the MMAs. (The first
 // version, where every warp made the whole B operand in registers, was right but 0.51-0.74x the Triton row pass's
-// speed on the H100: B's making was ~340 of its ~470 instructions per thread and group; forty-third session.)
+// speed on the H100, forty-third session; the second, with B in shared memory, the same: 0.52-0.88x, forty-fourth.
+// Both summed the K splits' partials one element at a time over all splits, ~100 L2 round trips a thread at 512 rows;
+// the split sum now reads whole float4 runs, the splits outermost.)
 //
 // The fragment layouts let each thread load contiguous memory. A dot sums over k in any order, so the kernel maps
 // the MMA's logical k to columns as it likes, the same way for both operands: thread (g = lane / 4, q = lane % 4)
