@@ -136,11 +136,12 @@ __device__ __forceinline__ void make_group_b(GroupB<NT>& b, const QuadLoads (&ld
 // counters, one per row block, left zeroed. Blocks of 16·warps rows (blockIdx.x) and one K split of gps groups
 // (blockIdx.y). The B operand of group g + 1 is made after group g's MMAs are issued (two buffers, one barrier per
 // group).
+// Blocks per SM asked of ptxas at ranks 16 and 32: three of 8 warps (≤ 85 registers), five of 4 (≤ 102), as the
+// second version had without asking; rank 64 (not Infinity's) is left at one.
 template <int NT, int WARPS>
-__global__ void __launch_bounds__(32 * WARPS, NT > 4 ? 1 : WARPS == 8 ? 3 : 5) row_pass_kernel(const uint16_t* __restrict__ x, const float* __restrict__ inv,
-                                                       const uint16_t* __restrict__ down, float* __restrict__ part,
-                                                       float* lrp, float* __restrict__ lrsum, int* cnt, int M, int K,
-                                                       int gps) {
+__global__ void __launch_bounds__(32 * WARPS, NT > 4 ? 1 : WARPS == 8 ? 3 : 5)
+    row_pass_kernel(const uint16_t* __restrict__ x, const float* __restrict__ inv, const uint16_t* __restrict__ down,
+                    float* __restrict__ part, float* lrp, float* __restrict__ lrsum, int* cnt, int M, int K, int gps) {
   constexpr int R = 8 * NT;
   __shared__ GroupB<NT> bs[2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

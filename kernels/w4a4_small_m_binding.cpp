@@ -184,7 +184,8 @@ std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, c
 // kernels/w4a4_row_pass.cu: the quantizer's row pass with its low-rank dot ("bf16x2i"). x (M, K) bf16, inv (K,)
 // float32 (1/λ), down (K, R) bf16 with R 16, 32 or 64; fills part (S·M) float32 (the rows' max |x̂| per K split),
 // lrp (S, M, R) float32 (the splits' partials) and, given lrsum (M, R) float32, their sum (cnt: zeroed int32 counters,
-// one per block of 16·warps rows, left zeroed; not read without lrsum), where S = K / 64 / gps splits.
+// one per block of 16·warps rows, left zeroed; not read without lrsum), where S = K / 64 / gps splits. lrp and lrsum
+// are 16-byte aligned: the kernel stores and sums whole float4s.
 std::string row_pass(const torch::Tensor& x, const torch::Tensor& inv, const torch::Tensor& down, torch::Tensor& part,
                      torch::Tensor& lrp, const c10::optional<torch::Tensor>& lrsum, torch::Tensor& cnt, int64_t gps,
                      int64_t warps) {
@@ -203,10 +204,10 @@ std::string row_pass(const torch::Tensor& x, const torch::Tensor& inv, const tor
                   "shapes do not agree");
   for (const auto& why : {check(NAME, x, "x", torch::kBFloat16, device, 16), check(NAME, inv, "inv", torch::kFloat, device, 16),
                           check(NAME, down, "down", torch::kBFloat16, device, 16),
-                          check(NAME, part, "part", torch::kFloat, device, 4), check(NAME, lrp, "lrp", torch::kFloat, device, 4)})
+                          check(NAME, part, "part", torch::kFloat, device, 4), check(NAME, lrp, "lrp", torch::kFloat, device, 16)})
     if (!why.empty()) return why;
   if (lrsum.has_value()) {       // the counters are used only to sum the splits
-    for (const auto& why : {check(NAME, *lrsum, "lrsum", torch::kFloat, device, 4), check(NAME, cnt, "cnt", torch::kInt, device, 4)})
+    for (const auto& why : {check(NAME, *lrsum, "lrsum", torch::kFloat, device, 16), check(NAME, cnt, "cnt", torch::kInt, device, 4)})
       if (!why.empty()) return why;
     VAR_GEN_REQUIRE(lrsum->numel() >= M * R && cnt.numel() >= blocks, "lrsum or cnt too small");
   }
