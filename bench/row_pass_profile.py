@@ -2,7 +2,7 @@
 (kernels/w4a4_row_pass.cu, VAR_GEN_W4A4_ROW_PASS_CUDA), each compiled and warmed outside the profiled range, then one
 call each between cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off` reads only those.
 
-    ncu --profile-from-start off --clock-control none --set full python3 bench/row_pass_profile.py --k 3584 --m 2048
+    ncu --profile-from-start off --clock-control none --set full python3 bench/row_pass_profile.py --k 3584 --ms 512,2048
 """
 from __future__ import annotations
 
@@ -25,15 +25,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--k", type=int, default=3584)
     ap.add_argument("--n", type=int, default=3584)
-    ap.add_argument("--m", type=int, default=2048)
+    ap.add_argument("--ms", default="2048", help="row counts, comma-separated")
     ap.add_argument("--variants", default="row_pass,row_pass_cuda")
     a = ap.parse_args()
     mod = gemm_module()
     old = (mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA)
     layer = _layer(a.k, a.n, False, 0)
-    x = (torch.randn(a.m, a.k, device="cuda") * 2).bfloat16()
     try:
-        for name in a.variants.split(","):
+        for m, name in ((int(m), name) for m in a.ms.split(",") for name in a.variants.split(",")):
+            x = (torch.randn(m, a.k, device="cuda") * 2).bfloat16()
             mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = VARIANTS[name]
             for _ in range(3):
                 mod.quantize_activations(x, layer, i8=True)
@@ -42,7 +42,7 @@ def main() -> int:
             mod.quantize_activations(x, layer, i8=True)
             torch.cuda.synchronize()
             torch.cuda.profiler.stop()
-            print(f"profiled {name} at {a.k}->{a.n} M={a.m}", flush=True)
+            print(f"profiled {name} at {a.k}->{a.n} M={m}", flush=True)
     finally:
         mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = old
     return 0

@@ -1,12 +1,12 @@
 #!/bin/bash
 # The forty-fifth session's one call for the CUDA row pass's third form (float4 split sum, B loads a group ahead):
 # its GPU test and kernel 1's timings (quant_ab.sh with TEST_K=row_pass_in_cuda), then both row passes under Nsight
-# Compute at 3584 -> 3584, 2048 rows (bench/row_pass_profile.py; $OUT/row_pass_ncu.txt), then the resident 1024² edge
+# Compute at 3584 -> 3584, 512 and 2048 rows (bench/row_pass_profile.py; $OUT/row_pass_ncu.txt), then the resident 1024² edge
 # proof with and without it, only if it beat the Triton row pass at 2048 rows on at least three of the four shapes.
 export t0=$(date +%s)
 TEST_K=row_pass_in_cuda MS=${MS:-512,2048,4096} bash bench/device/quant_ab.sh
 timeout 150 ncu --profile-from-start off --clock-control none --set full --import-source yes \
-  -o "$OUT/row_pass" python3 bench/row_pass_profile.py --k 3584 --m 2048 > "$OUT/row_pass_ncu_run.txt" 2>&1
+  -o "$OUT/row_pass" python3 bench/row_pass_profile.py --k 3584 --ms 512,2048 > "$OUT/row_pass_ncu_run.txt" 2>&1
 echo "ncu rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/row_pass_ncu_run.txt"
 [ -f "$OUT/row_pass.ncu-rep" ] && ncu --import "$OUT/row_pass.ncu-rep" --page details > "$OUT/row_pass_ncu.txt" 2>&1
 [ -f "$OUT/row_pass.ncu-rep" ] && ncu --import "$OUT/row_pass.ncu-rep" --page source --print-source cuda,sass \
