@@ -1282,7 +1282,11 @@ LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "1") == "1"
 # wrong results, forty-third session). The same maxima bit for bit; the low-rank partials in another order of float32
 # sums. Its first two versions (B made by every warp; B in shared memory) passed their GPU test on the H100 but ran at
 # 0.51-0.88x the Triton row pass's speed, both summing the K splits' partials one element at a time (forty-third and
-# forty-fourth sessions); the third, with that sum in float4 runs, is built, not yet run on a GPU, so off.
+# forty-fourth sessions); the third, with that sum in float4 runs, passed it and runs at the Triton row pass's speed
+# (forty-fifth session, H100: kernel 1 0.94-1.05x at 512-2048 rows on K = 3584, 1.02-1.04x at 4096; 1.05-1.16x on
+# 14336 -> 3584 up to 2048 rows, 0.99x at 4096; the W4A4 forward 0-5 % faster in all 12 cells; the resident 1024² edge
+# proof's transformer 0.883-0.885 s with it and without). Both row passes are latency-bound there (0.57 waves of blocks, 26 % of the DRAM bandwidth at
+# 2048 rows, Nsight Compute). No measurable gain, and the Triton one needs no compiled extension: off.
 # VAR_GEN_W4A4_ROW_PASS_CUDA=1 turns it on.
 ROW_PASS_CUDA = os.environ.get("VAR_GEN_W4A4_ROW_PASS_CUDA", "0") == "1"
 

@@ -12,7 +12,10 @@
 // version, where every warp made the whole B operand in registers, was right but 0.51-0.74x the Triton row pass's
 // speed on the H100, forty-third session; the second, with B in shared memory, the same: 0.52-0.88x, forty-fourth.
 // Both summed the K splits' partials one element at a time over all splits, ~100 L2 round trips a thread at 512 rows;
-// the split sum now reads whole float4 runs, the splits outermost.)
+// the split sum now reads whole float4 runs, the splits outermost: this third version runs at the Triton row pass's
+// speed, forty-fifth session. Nsight Compute there: both latency-bound at 2048 rows, 0.57 waves of blocks and 26 % of
+// the DRAM bandwidth; this kernel's warps wait on global loads (39 % of the stall samples: L_down for the next B, and
+// x), on shared memory (19 %: the MMAs' B) and on the fence before the split counter (14 %).)
 //
 // The fragment layouts let each thread load contiguous memory. A dot sums over k in any order, so the kernel maps
 // the MMA's logical k to columns as it likes, the same way for both operands: thread (g = lane / 4, q = lane % 4)
