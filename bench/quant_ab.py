@@ -17,6 +17,7 @@ VAR_GEN_W4A4_QUANT_STAGES, since removed: 0.85-1.20x.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -38,6 +39,29 @@ VARIANTS = {"default": (True, False, False), "divide": (False, False, False), "r
             "row_pass_cuda": (True, True, True)}
 
 
+@contextlib.contextmanager
+def row_pass_settings(mod):
+    """Yields use(name), which sets the GEMM module's (LR_INV, LR_ROW_PASS, ROW_PASS_CUDA) to VARIANTS[name]; the
+    module's own settings come back on leaving."""
+    old = (mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA)
+
+    def use(name):
+        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = VARIANTS[name]
+    try:
+        yield use
+    finally:
+        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = old
+
+
+def block_inputs(ms: str):
+    """(K, N, M, layer, x) per Infinity-8B block shape and row count in `ms` (comma-separated): a random W4A4 layer
+    of the shape (the GPU tests' `_layer`) and x (M, K) bf16 of scale 2."""
+    for K, N, bias in BLOCK_SHAPES:
+        layer = _layer(K, N, bias, 0)
+        for M in (int(m) for m in ms.split(",")):
+            yield K, N, M, layer, (torch.randn(M, K, device="cuda") * 2).bfloat16()
+
+
 class _WithoutLowRank:
     """The layer seen with rank 0: kernel 1 without its low-rank dot (HAS_LR off), timed beside the default to
     show what the dot, with its barrier and wait, costs the loop."""
@@ -56,45 +80,37 @@ def main() -> int:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     mod = gemm_module()
-    rows, old = [], (mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA)
-
-    def use(name):
-        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = VARIANTS[name]
-    try:
-        for K, N, bias in BLOCK_SHAPES:
-            layer = _layer(K, N, bias, 0)
-            for M in (int(m) for m in a.ms.split(",")):
-                x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
-                y = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-                r = {"K": K, "N": N, "M": M, "path": mod.path_for(x, layer), "ms": {}}
-                outs = {}
-                for name in VARIANTS:            # compile and tune outside the timed region
+    rows = []
+    with row_pass_settings(mod) as use:
+        for K, N, M, layer, x in block_inputs(a.ms):
+            y = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+            r = {"K": K, "N": N, "M": M, "path": mod.path_for(x, layer), "ms": {}}
+            outs = {}
+            for name in VARIANTS:            # compile and tune outside the timed region
+                use(name)
+                mod.w4a4_linear(x, layer, out=y)
+                outs[name] = mod.quantize_activations(x, layer, i8=True)
+            ref = outs["default"]
+            r["same_codes_and_units"] = {n: bool(torch.equal(o[0], ref[0]) and torch.equal(o[1], ref[1]))
+                                         for n, o in outs.items()}
+            r["low_rank_rel_diff"] = {n: float((o[2] - ref[2]).norm() / ref[2].norm()) for n, o in outs.items()}
+            for _ in range(2):               # interleaved twice; the second of each kept
+                for name in VARIANTS:
                     use(name)
-                    mod.w4a4_linear(x, layer, out=y)
-                    outs[name] = mod.quantize_activations(x, layer, i8=True)
-                ref = outs["default"]
-                r["same_codes_and_units"] = {n: bool(torch.equal(o[0], ref[0]) and torch.equal(o[1], ref[1]))
-                                             for n, o in outs.items()}
-                r["low_rank_rel_diff"] = {n: float((o[2] - ref[2]).norm() / ref[2].norm()) for n, o in outs.items()}
-                for _ in range(2):               # interleaved twice; the second of each kept
-                    for name in VARIANTS:
-                        use(name)
-                        r["ms"][name] = {"kernel1": _ms(lambda: mod.quantize_activations(x, layer, i8=True)),
-                                         "w4a4": _ms(lambda: mod.w4a4_linear(x, layer, out=y))}
-                use("default")
-                bare = _WithoutLowRank(layer)
-                mod.quantize_activations(x, bare, i8=True)
-                r["ms"]["default"]["kernel1_without_low_rank"] = _ms(lambda: mod.quantize_activations(x, bare, i8=True))
-                rows.append(r)
-                base = r["ms"]["default"]
-                print(f"{K:6d}->{N:<6d} M={M:5d} {r['path']:>4} | kernel 1 / w4a4 us: " + "  ".join(
-                    f"{n} {v['kernel1'] * 1e3:6.1f} ({base['kernel1'] / v['kernel1']:.2f}x) / {v['w4a4'] * 1e3:6.1f}"
-                    for n, v in r["ms"].items()) + f" | no low-rank {base['kernel1_without_low_rank'] * 1e3:6.1f}"
-                      + f" | same bits {all(r['same_codes_and_units'].values())}"
-                      + f" | low-rank diff {max(r['low_rank_rel_diff'].values()):.1e}",
-                      flush=True)
-    finally:
-        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = old
+                    r["ms"][name] = {"kernel1": _ms(lambda: mod.quantize_activations(x, layer, i8=True)),
+                                     "w4a4": _ms(lambda: mod.w4a4_linear(x, layer, out=y))}
+            use("default")
+            bare = _WithoutLowRank(layer)
+            mod.quantize_activations(x, bare, i8=True)
+            r["ms"]["default"]["kernel1_without_low_rank"] = _ms(lambda: mod.quantize_activations(x, bare, i8=True))
+            rows.append(r)
+            base = r["ms"]["default"]
+            print(f"{K:6d}->{N:<6d} M={M:5d} {r['path']:>4} | kernel 1 / w4a4 us: " + "  ".join(
+                f"{n} {v['kernel1'] * 1e3:6.1f} ({base['kernel1'] / v['kernel1']:.2f}x) / {v['w4a4'] * 1e3:6.1f}"
+                for n, v in r["ms"].items()) + f" | no low-rank {base['kernel1_without_low_rank'] * 1e3:6.1f}"
+                  + f" | same bits {all(r['same_codes_and_units'].values())}"
+                  + f" | low-rank diff {max(r['low_rank_rel_diff'].values()):.1e}",
+                  flush=True)
     write_json(a.json, {"device": torch.cuda.get_device_name(), "rows": rows})
     return 0
 

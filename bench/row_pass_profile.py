@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "test"))
 
-from bench.quant_ab import VARIANTS            # noqa: E402
+from bench.quant_ab import row_pass_settings   # noqa: E402
 from kernels_under_test import gemm_module    # noqa: E402
 from test_kernels_gpu import _layer           # noqa: E402
 
@@ -29,12 +29,11 @@ def main() -> int:
     ap.add_argument("--variants", default="row_pass,row_pass_cuda")
     a = ap.parse_args()
     mod = gemm_module()
-    old = (mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA)
     layer = _layer(a.k, a.n, False, 0)
-    try:
+    with row_pass_settings(mod) as use:
         for m, name in ((int(m), name) for m in a.ms.split(",") for name in a.variants.split(",")):
             x = (torch.randn(m, a.k, device="cuda") * 2).bfloat16()
-            mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = VARIANTS[name]
+            use(name)
             for _ in range(3):
                 mod.quantize_activations(x, layer, i8=True)
             torch.cuda.synchronize()
@@ -43,8 +42,6 @@ def main() -> int:
             torch.cuda.synchronize()
             torch.cuda.profiler.stop()
             print(f"profiled {name} at {a.k}->{a.n} M={m}", flush=True)
-    finally:
-        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = old
     return 0
 
 

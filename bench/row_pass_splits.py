@@ -18,10 +18,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "test"))
 
 from bench.edge_proof import write_json          # noqa: E402
-from bench.quant_ab import VARIANTS              # noqa: E402
-from bench.w4a4_stages import BLOCK_SHAPES, _ms  # noqa: E402
+from bench.quant_ab import block_inputs, row_pass_settings  # noqa: E402
+from bench.w4a4_stages import _ms                # noqa: E402
 from kernels_under_test import gemm_module      # noqa: E402
-from test_kernels_gpu import _layer             # noqa: E402
 
 
 def main() -> int:
@@ -31,33 +30,27 @@ def main() -> int:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     mod = gemm_module()
-    old = (mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA)
     names = ("row_pass", "row_pass_cuda")
     rows = []
-    try:
-        for K, N, bias in BLOCK_SHAPES:
-            layer = _layer(K, N, bias, 0)
-            for M in (int(m) for m in a.ms.split(",")):
-                x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
-                G = K // 64
-                default = mod._splits(M, G, mod._quantize_launch(M, "mq")[0])
-                r = {"K": K, "N": N, "M": M, "default_S": default, "us": {}}
-                for S in sorted({min(int(s), G) for s in a.splits.split(",")} | {default}):
-                    for name in names:                      # compile outside the timed region
-                        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = VARIANTS[name]
-                        mod.quantize_activations(x, layer, i8=True, splits=S)
-                    t = {}
-                    for _ in range(2):                      # interleaved twice; the second of each kept
-                        for name in names:
-                            mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = VARIANTS[name]
-                            t[name] = _ms(lambda: mod.quantize_activations(x, layer, i8=True, splits=S)) * 1e3
-                    r["us"][S] = t
-                rows.append(r)
-                print(f"{K:6d}->{N:<6d} M={M:5d} kernel 1 us (triton / cuda row pass) by S, default S={default}: "
-                      + "  ".join(f"S={S} {t['row_pass']:5.1f} / {t['row_pass_cuda']:5.1f}" for S, t in r["us"].items()),
-                      flush=True)
-    finally:
-        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = old
+    with row_pass_settings(mod) as use:
+        for K, N, M, layer, x in block_inputs(a.ms):
+            G = K // 64
+            default = mod._splits(M, G, mod._quantize_launch(M, "mq")[0])
+            r = {"K": K, "N": N, "M": M, "default_S": default, "us": {}}
+            for S in sorted({min(int(s), G) for s in a.splits.split(",")} | {default}):
+                for name in names:                      # compile outside the timed region
+                    use(name)
+                    mod.quantize_activations(x, layer, i8=True, splits=S)
+                t = {}
+                for _ in range(2):                      # interleaved twice; the second of each kept
+                    for name in names:
+                        use(name)
+                        t[name] = _ms(lambda: mod.quantize_activations(x, layer, i8=True, splits=S)) * 1e3
+                r["us"][S] = t
+            rows.append(r)
+            print(f"{K:6d}->{N:<6d} M={M:5d} kernel 1 us (triton / cuda row pass) by S, default S={default}: "
+                  + "  ".join(f"S={S} {t['row_pass']:5.1f} / {t['row_pass_cuda']:5.1f}" for S, t in r["us"].items()),
+                  flush=True)
     write_json(a.json, {"device": torch.cuda.get_device_name(), "rows": rows})
     return 0
 
