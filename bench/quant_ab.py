@@ -1,16 +1,16 @@
 """Kernel 1 (the activation quantizer, with its row pass) with its low-rank dot "bf16x2i" (1/λ read and L_down
 multiplied by it, the default since the thirty-third session) made in kernel 1, against "bf16x2" (L_down divided by λ
 per column and group, VAR_GEN_W4A4_LR_INV=0) and against the dot made by the row pass instead (VAR_GEN_W4A4_LR_ROW_PASS,
-the default since the thirty-fourth session), and (forty-third session) that row pass in CUDA C++
-(VAR_GEN_W4A4_ROW_PASS_CUDA, kernels/w4a4_row_pass.cu, "row_pass_cuda"), side by side in one process, and kernel 1
-without its low-rank dot (the layer seen with rank 0).
+the default since the thirty-fourth session), side by side in one process, and kernel 1 without its low-rank dot (the
+layer seen with rank 0).
 Per Infinity-8B block shape and row count: kernel 1 alone and the whole W4A4 forward, CUDA-graph replay medians,
 interleaved, whether the codes and units are the same bits, and the largest relative difference of the low-rank
 inputs from the default's (the forty-third session's first row-pass attempt had the same codes and units but low-rank
 inputs up to 7e-5 off; the others differ by ~5e-7, their float32 sums' order). (The thirty-third
 session's first run, at b54b9b7, also timed x loaded one group ahead, since removed: 0.75-0.80x from 1152 rows. The
 thirty-fourth session's, at 3552030, also timed both passes' loops given to Triton's pipeliner with 2 and 3 stages,
-VAR_GEN_W4A4_QUANT_STAGES, since removed: 0.85-1.20x.)
+VAR_GEN_W4A4_QUANT_STAGES, since removed: 0.85-1.20x. The forty-third to forty-fifth sessions', last at 6f8243e,
+also timed that row pass in CUDA C++, "row_pass_cuda", VAR_GEN_W4A4_ROW_PASS_CUDA, since removed: 0.94-1.16x.)
 
     python3 bench/quant_ab.py --ms 512,1152,2048,4096 --json out.json
 """
@@ -33,24 +33,23 @@ from kernels_under_test import gemm_module      # noqa: E402
 from test_kernels_gpu import _layer             # noqa: E402
 
 
-# (LR_INV, LR_ROW_PASS, ROW_PASS_CUDA); "default" is the thirty-third session's (the low-rank dot in kernel 1), the row
-# pass's dot ("row_pass") the default since the thirty-fourth, "row_pass_cuda" that row pass in CUDA C++
-VARIANTS = {"default": (True, False, False), "divide": (False, False, False), "row_pass": (True, True, False),
-            "row_pass_cuda": (True, True, True)}
+# (LR_INV, LR_ROW_PASS); "default" is the thirty-third session's (the low-rank dot in kernel 1), the row pass's dot
+# ("row_pass") the default since the thirty-fourth
+VARIANTS = {"default": (True, False), "divide": (False, False), "row_pass": (True, True)}
 
 
 @contextlib.contextmanager
 def row_pass_settings(mod):
-    """Yields use(name), which sets the GEMM module's (LR_INV, LR_ROW_PASS, ROW_PASS_CUDA) to VARIANTS[name]; the
-    module's own settings come back on leaving."""
-    old = (mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA)
+    """Yields use(name), which sets the GEMM module's (LR_INV, LR_ROW_PASS) to VARIANTS[name]; the module's own
+    settings come back on leaving."""
+    old = (mod.LR_INV, mod.LR_ROW_PASS)
 
     def use(name):
-        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = VARIANTS[name]
+        mod.LR_INV, mod.LR_ROW_PASS = VARIANTS[name]
     try:
         yield use
     finally:
-        mod.LR_INV, mod.LR_ROW_PASS, mod.ROW_PASS_CUDA = old
+        mod.LR_INV, mod.LR_ROW_PASS = old
 
 
 def block_inputs(ms: str):

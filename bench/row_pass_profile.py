@@ -1,6 +1,7 @@
-"""Kernel 1's row pass under Nsight Compute: the Triton row pass and the CUDA C++ one
-(kernels/w4a4_row_pass.cu, VAR_GEN_W4A4_ROW_PASS_CUDA), each compiled and warmed outside the profiled range, then one
-call each between cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off` reads only those.
+"""Kernel 1 (its row pass and quantizer) under Nsight Compute, per variant of bench/quant_ab.py (default: the
+product's, "row_pass"): compiled and warmed outside the profiled range, then one call each between cudaProfilerStart
+and cudaProfilerStop, so that `ncu --profile-from-start off` reads only those. (The forty-fifth session's run, at
+6f8243e, profiled the row pass in CUDA C++ beside it, since removed.)
 
     ncu --profile-from-start off --clock-control none --set full python3 bench/row_pass_profile.py --k 3584 --ms 512,2048
 """
@@ -26,7 +27,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=3584)
     ap.add_argument("--n", type=int, default=3584)
     ap.add_argument("--ms", default="2048", help="row counts, comma-separated")
-    ap.add_argument("--variants", default="row_pass,row_pass_cuda")
+    ap.add_argument("--variants", default="row_pass", help="bench/quant_ab.py's VARIANTS, comma-separated")
     a = ap.parse_args()
     mod = gemm_module()
     layer = _layer(a.k, a.n, False, 0)

@@ -1089,8 +1089,7 @@ def inv_smooth(layer) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None,
-                         row_pass_cuda: bool = None):
+                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -1101,9 +1100,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     with LR_INV elsewhere "bf16x2i" (x against L_down · (1/λ)), else "ieee" (float32 FMA). `inv` (default
     `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
-    override the defaults (tests, benchmarks), as do `row_pass_lr` LR_ROW_PASS and `row_pass_cuda` ROW_PASS_CUDA.
-    `signal` (sm_90 only): the kernel lets a programmatic dependent launch after it start as it starts (the i8s GEMM
-    with VAR_GEN_W4A4_PDL=1)."""
+    override the defaults (tests, benchmarks), as does `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets
+    a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
@@ -1132,13 +1130,8 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     lr_meta = dict(R=R if R else 16, HAS_LR=bool(R), LR_PREC=lr_prec, REDUCE=reduce)
     if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
-        if (lr_prec == "bf16x2i" and BM in (64, 128) and (ROW_PASS_CUDA if row_pass_cuda is None else row_pass_cuda)
-                and small_m.row_pass_supports(x2, layer) and _capability(x2) >= (8, 0)
-                and small_m.extension() is not None):
-            small_m.row_pass(x2, smooth, layer, part, lr, lrsum, cnt, gps, BM // 16)
-        else:
-            _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
-                      dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
+        _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
         lr_meta = dict(lr_meta, HAS_LR=False, REDUCE=False)
     else:
         _ROW_AMAX(grid, (x2, smooth, part, part, part, part, part, M, K, gps, S),
@@ -1276,19 +1269,10 @@ LR_INV = os.environ.get("VAR_GEN_W4A4_LR_INV", "1") == "1"
 # 512 with the forward equal; the resident 1024² edge proof 1.031 -> 1.021 s, no scale slower (2-8192 rows). The
 # default since then; VAR_GEN_W4A4_LR_ROW_PASS=0 keeps the dot in kernel 1.
 LR_ROW_PASS = os.environ.get("VAR_GEN_W4A4_LR_ROW_PASS", "1") == "1"
-# That row pass in CUDA C++ (kernels/w4a4_row_pass.cu) for the 64- and 128-row launches' "bf16x2i" dot: x loaded
-# into registers for mma.sync, the B operand made once per block and group in shared memory, one barrier per group and
-# no wait (the Triton row pass's sm_90 loop: four barriers and two wgmma waits per group; its pipelined forms gave
-# wrong results, forty-third session). The same maxima bit for bit; the low-rank partials in another order of float32
-# sums. Its first two versions (B made by every warp; B in shared memory) passed their GPU test on the H100 but ran at
-# 0.51-0.88x the Triton row pass's speed, both summing the K splits' partials one element at a time (forty-third and
-# forty-fourth sessions); the third, with that sum in float4 runs, passed it and runs at the Triton row pass's speed
-# (forty-fifth session, H100: kernel 1 0.94-1.05x at 512-2048 rows on K = 3584, 1.02-1.04x at 4096; 1.05-1.16x on
-# 14336 -> 3584 up to 2048 rows, 0.99x at 4096; the W4A4 forward 0-5 % faster in all 12 cells; the resident 1024² edge
-# proof's transformer 0.883-0.885 s with it and without). Both row passes are latency-bound there (0.57 waves of blocks, 26 % of the DRAM bandwidth at
-# 2048 rows, Nsight Compute). No measurable gain, and the Triton one needs no compiled extension: off.
-# VAR_GEN_W4A4_ROW_PASS_CUDA=1 turns it on.
-ROW_PASS_CUDA = os.environ.get("VAR_GEN_W4A4_ROW_PASS_CUDA", "0") == "1"
+# (This row pass was also written in CUDA C++ with mma.sync, kernels/w4a4_row_pass.cu, forty-third to forty-fifth
+# sessions: its last form was right and ran at this one's speed, kernel 1 0.94-1.16x, the 1024² edge proof the same;
+# Nsight Compute found both latency-bound, 0.57 waves of blocks at 26 % of the DRAM bandwidth. Removed as a second
+# path with no gain; docs/BENCHMARKS.md keeps its figures.)
 
 
 def lr_prec_bf16(block_m: int) -> str:

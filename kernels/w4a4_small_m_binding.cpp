@@ -1,5 +1,4 @@
-// PyTorch binding of kernels/w4a4_small_m.cu, kernels/w4a4_quantize_small_m.cu and kernels/w4a4_row_pass.cu (one
-// extension, built by
+// PyTorch binding of kernels/w4a4_small_m.cu and kernels/w4a4_quantize_small_m.cu (one extension, built by
 // torch.utils.cpp_extension, kernels/w4a4_small_m_cuda.py):
 // checks every tensor's device, dtype, shape, layout and alignment, then launches on the current stream.
 // Errors come back as a message (empty on success) that the Python side raises: a C++ exception thrown
@@ -21,8 +20,6 @@ cudaError_t var_gen_quantize_small_m(int dtype, const void* x, const float* inv,
                                      float* ux, float* part, float* lrp, int* cnt, int M, int K, int R, int gps,
                                      float inv7, cudaStream_t stream);
 bool var_gen_quantize_small_m_fits(int M, int gps, int R);
-cudaError_t var_gen_row_pass(const void* x, const float* inv, const void* down, float* part, float* lrp, float* lrsum,
-                             int* cnt, int M, int K, int R, int gps, int warps, cudaStream_t stream);
 bool var_gen_w4a4_small_m_has_pdl();
 
 namespace {
@@ -181,51 +178,10 @@ std::string quantize_small_m(const torch::Tensor& x, const torch::Tensor& inv, c
   return std::string();
 }
 
-// kernels/w4a4_row_pass.cu: the quantizer's row pass with its low-rank dot ("bf16x2i"). x (M, K) bf16, inv (K,)
-// float32 (1/λ), down (K, R) bf16 with R 16, 32 or 64; fills part (S·M) float32 (the rows' max |x̂| per K split),
-// lrp (S, M, R) float32 (the splits' partials) and, given lrsum (M, R) float32, their sum (cnt: zeroed int32 counters,
-// one per block of 16·warps rows, left zeroed; not read without lrsum), where S = K / 64 / gps splits. lrp and lrsum
-// are 16-byte aligned: the kernel stores and sums whole float4s.
-std::string row_pass(const torch::Tensor& x, const torch::Tensor& inv, const torch::Tensor& down, torch::Tensor& part,
-                     torch::Tensor& lrp, const c10::optional<torch::Tensor>& lrsum, torch::Tensor& cnt, int64_t gps,
-                     int64_t warps) {
-  const char* NAME = "row_pass";
-  VAR_GEN_REQUIRE(x.is_cuda(), "tensors must be on a CUDA device");
-  const auto device = x.device();
-  VAR_GEN_REQUIRE(x.dim() == 2 && down.dim() == 2, "x and down must be 2-D");
-  const int64_t M = x.size(0), K = x.size(1), R = down.size(1);
-  VAR_GEN_REQUIRE(M >= 1 && K % 64 == 0, "takes M >= 1 rows and K % 64 == 0 (M " + std::to_string(M) + ", K " +
-                                             std::to_string(K) + ")");
-  VAR_GEN_REQUIRE(R == 16 || R == 32 || R == 64, "rank " + std::to_string(R) + " is not 16, 32 or 64");
-  VAR_GEN_REQUIRE(warps == 4 || warps == 8, "warps must be 4 or 8");
-  VAR_GEN_REQUIRE(gps >= 1 && gps <= K / 64, "gps " + std::to_string(gps) + " not in 1.." + std::to_string(K / 64));
-  const int64_t S = (K / 64 + gps - 1) / gps, blocks = (M + 16 * warps - 1) / (16 * warps);
-  VAR_GEN_REQUIRE(down.size(0) == K && inv.numel() == K && part.numel() >= S * M && lrp.numel() >= S * M * R,
-                  "shapes do not agree");
-  for (const auto& why : {check(NAME, x, "x", torch::kBFloat16, device, 16), check(NAME, inv, "inv", torch::kFloat, device, 16),
-                          check(NAME, down, "down", torch::kBFloat16, device, 16),
-                          check(NAME, part, "part", torch::kFloat, device, 4), check(NAME, lrp, "lrp", torch::kFloat, device, 16)})
-    if (!why.empty()) return why;
-  if (lrsum.has_value()) {       // the counters are used only to sum the splits
-    for (const auto& why : {check(NAME, *lrsum, "lrsum", torch::kFloat, device, 16), check(NAME, cnt, "cnt", torch::kInt, device, 4)})
-      if (!why.empty()) return why;
-    VAR_GEN_REQUIRE(lrsum->numel() >= M * R && cnt.numel() >= blocks, "lrsum or cnt too small");
-  }
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaError_t err = var_gen_row_pass(
-      x.data_ptr(), static_cast<const float*>(inv.data_ptr()), down.data_ptr(), static_cast<float*>(part.data_ptr()),
-      static_cast<float*>(lrp.data_ptr()), lrsum.has_value() ? static_cast<float*>(lrsum->data_ptr()) : nullptr,
-      static_cast<int*>(cnt.data_ptr()), (int)M, (int)K, (int)R, (int)gps, (int)warps,
-      c10::cuda::getCurrentCUDAStream().stream());
-  VAR_GEN_REQUIRE(err == cudaSuccess, std::string("launch failed: ") + cudaGetErrorString(err));
-  return std::string();
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a4_small_m", &w4a4_small_m, "W4A4 GEMM for M <= 32 (kernels/w4a4_small_m.cu)");
   m.def("has_pdl", &var_gen_w4a4_small_m_has_pdl, "whether this build can launch the GEMM as a programmatic dependent launch");
-  m.def("row_pass", &row_pass, "the quantizer's row pass with its low-rank dot (kernels/w4a4_row_pass.cu)");
   m.def("quantize_small_m", &quantize_small_m, "kernel 1 (two-level INT4 q·m and x̂·L_down) for M <= 32 (kernels/w4a4_quantize_small_m.cu)");
 }

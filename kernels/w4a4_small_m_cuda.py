@@ -1,9 +1,8 @@
 """The W4A4 product's two kernels in CUDA C++ for few rows (M <= 32): kernel 1, the activations' two-level INT4
 quantization and low-rank down-projection (kernels/w4a4_quantize_small_m.cu, `quantize`), and the GEMM
-(kernels/w4a4_small_m.cu, `w4a4_small_m`), called after kernel 1 (`w4a4_gemm_triton.quantize_activations(...,
-i8=True)`) on the i8 layout: int8 q·m activations with one unit per row, packed INT4 weights with two-level scales. And,
-for the 64- and 128-row launches, the quantizer's row pass with its low-rank dot (kernels/w4a4_row_pass.cu,
-`row_pass`; off by default). Its reference is the same as every W4A4 path's
+(kernels/w4a4_small_m.cu, `w4a4_small_m`), called after kernel 1
+(`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on the i8 layout: int8 q·m activations with one unit
+per row, packed INT4 weights with two-level scales. Its reference is the same as every W4A4 path's
 (`W4A4Linear.reference_forward`, quant/w4a4.py); test/test_kernels_gpu.py compares them.
 
 Built on first use by torch.utils.cpp_extension (nvcc and a host compiler; cached under
@@ -18,7 +17,7 @@ import warnings
 
 import torch
 
-SOURCES = ("w4a4_small_m.cu", "w4a4_quantize_small_m.cu", "w4a4_row_pass.cu", "w4a4_small_m_binding.cpp")
+SOURCES = ("w4a4_small_m.cu", "w4a4_quantize_small_m.cu", "w4a4_small_m_binding.cpp")
 MAX_M = 32          # the kernel's n8 token tiles: 1, 2 or 4 of them
 MAX_RANK = 64       # the epilogue stages the low-rank operands in shared memory
 # The GEMM as a programmatic dependent launch on sm_90+ (kernels/w4a4_small_m.cu's head: its blocks start while
@@ -266,24 +265,3 @@ def quantize(x2: torch.Tensor, layer, inv: torch.Tensor, inv7: float, gps: int =
     if why:
         raise ValueError(why)
     return q, ux, (lrp if R else None)
-
-
-def row_pass_supports(x2: torch.Tensor, layer) -> bool:
-    """Whether kernels/w4a4_row_pass.cu takes this call's shapes and dtypes (the extension itself is not built here):
-    bf16 x and L_down, rank 16, 32 or 64, K % 64 == 0. The GPU must be sm_80+ (mma.sync m16n8k16 bf16): the
-    caller checks that."""
-    return (x2.is_cuda and x2.dtype == torch.bfloat16 and layer.rank in (16, 32, 64)
-            and layer.lora_down.dtype == torch.bfloat16 and x2.shape[1] % 64 == 0)
-
-
-def row_pass(x2: torch.Tensor, inv: torch.Tensor, layer, part: torch.Tensor, lr: torch.Tensor, lrsum, cnt: torch.Tensor,
-             gps: int, warps: int) -> None:
-    """The quantizer's row pass with its low-rank dot in CUDA C++ (kernels/w4a4_row_pass.cu) into the Triton row
-    pass's outputs: part (S, M) the rows' max |x̂| per K split, lr (S, M, R) the splits' low-rank partials and, given
-    lrsum (1, M, R), their sum (cnt: zeroed counters, left zeroed). `inv` = 1/λ (float32, K)."""
-    ext = extension()
-    if ext is None:
-        raise RuntimeError(f"the W4A4 CUDA kernels are unavailable: {build_status()}")
-    why = ext.row_pass(x2, inv, layer.lora_down, part, lr, lrsum, cnt, gps, warps)
-    if why:
-        raise ValueError(why)

@@ -17,7 +17,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "kernels", "w4a4_small_m.cu")
 QUANTIZER = os.path.join(ROOT, "kernels", "w4a4_quantize_small_m.cu")
-ROW_PASS = os.path.join(ROOT, "kernels", "w4a4_row_pass.cu")
 
 
 def _nvcc():
@@ -61,29 +60,6 @@ def test_small_m_quantizer_compiles_without_spills(arch, tmp_path):
     spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", log)]
     stack = [int(v) for v in re.findall(r"(\d+) bytes stack frame", log)]
     assert len(spills) == 2 and not any(spills) and not any(stack), log[-2000:]
-
-
-@pytest.mark.parametrize("arch", ["87", "80", "90"])
-def test_row_pass_compiles_without_spills(arch, tmp_path):
-    """kernels/w4a4_row_pass.cu (the quantizer's row pass with its low-rank dot, ranks 16, 32 and 64): no spills, no
-    stack; at rank 32 (Infinity-8B's) at most 80 registers in 8 warps, so three blocks fit an SM, as the Triton row
-    pass's, and at most 96 in 4 warps (their threads load two quads of the next group's B each), so five fit; one named
-    barrier (__syncthreads) and bf16 tensor-core MMAs."""
-    log = _ptxas_log(ROW_PASS, arch, tmp_path)
-    entries = re.findall(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", log)
-    assert len(entries) == 6 and {a for _, a in entries} == {arch}, entries      # 3 ranks x 4 or 8 warps
-    spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", log)]
-    stack = [int(v) for v in re.findall(r"(\d+) bytes stack frame", log)]
-    assert len(spills) == 6 and not any(spills) and not any(stack), log[-2000:]
-    regs = dict(zip([e for e, _ in entries], [int(v) for v in re.findall(r"Used (\d+) registers", log)]))
-    rank32 = {int(m.group(1)): v for e, v in regs.items() if (m := re.search(r"kernelILi4ELi(\d)E", e))}   # by warps
-    assert rank32.keys() == {4, 8}, regs
-    assert rank32[8] <= 80 and rank32[4] <= 96, regs
-    assert re.findall(r"used (\d+) barriers", log) == ["1"] * 6, log[-2000:]
-    ptx = subprocess.run([NVCC, "-ptx", f"-arch=sm_{arch}", ROW_PASS, "-o", "-"], capture_output=True, text=True,
-                         timeout=300)
-    assert ptx.returncode == 0, ptx.stderr[-2000:]
-    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx.stdout
 
 
 @pytest.mark.parametrize("arch", ["87", "90"])

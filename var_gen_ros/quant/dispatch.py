@@ -266,9 +266,6 @@ def _kernel_status() -> str:
     if gemm is not None and getattr(gemm, "QUANT_CUDA_MAX_M", 0) > 0:
         small += (f"; its activations' quantizer up to {min(gemm.QUANT_CUDA_MAX_M, gemm.small_m.MAX_M)} rows cuda c++ "
                   f"(kernels/w4a4_quantize_small_m.cu: {gemm.small_m.build_status()})")
-    if gemm is not None and getattr(gemm, "ROW_PASS_CUDA", False):
-        small += ("; its row pass in the 64- and 128-row launches cuda c++ "
-                  f"(kernels/w4a4_row_pass.cu: {gemm.small_m.build_status()})")
     return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}){small}, int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
             "qkv epilogue, modulated LayerNorm, the INT4 text encoder's dequantization and the VAE's GroupNorm + "
