@@ -32,17 +32,18 @@ def main() -> int:
     mod = gemm_module()
     layer = _layer(a.k, a.n, False, 0)
     with row_pass_settings(mod) as use:
-        for m, name in ((int(m), name) for m in a.ms.split(",") for name in a.variants.split(",")):
-            x = (torch.randn(m, a.k, device="cuda") * 2).bfloat16()
-            use(name)
-            for _ in range(3):
+        for m in (int(m) for m in a.ms.split(",")):
+            x = (torch.randn(m, a.k, device="cuda") * 2).bfloat16()       # one x for every variant
+            for name in a.variants.split(","):
+                use(name)
+                for _ in range(3):
+                    mod.quantize_activations(x, layer, i8=True)
+                torch.cuda.synchronize()
+                torch.cuda.profiler.start()
                 mod.quantize_activations(x, layer, i8=True)
-            torch.cuda.synchronize()
-            torch.cuda.profiler.start()
-            mod.quantize_activations(x, layer, i8=True)
-            torch.cuda.synchronize()
-            torch.cuda.profiler.stop()
-            print(f"profiled {name} at {a.k}->{a.n} M={m}", flush=True)
+                torch.cuda.synchronize()
+                torch.cuda.profiler.stop()
+                print(f"profiled {name} at {a.k}->{a.n} M={m}", flush=True)
     return 0
 
 
