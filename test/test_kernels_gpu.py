@@ -1078,6 +1078,82 @@ def test_int4_text_encoder_dequant_kernel_gives_the_reference_bits(n_in, n_out):
     assert torch.equal(y, y_ref)
 
 
+@pytest.mark.parametrize("K,N", [(3584, 3584), (14336, 3584)])
+def test_residual_epilogue_matches_reference_on_the_8b_shapes(monkeypatch, K, N):
+    """The block's residual adds (attention projection, cross-attention projection, fc2) in the i8 GEMMs' epilogue:
+    a CFG batch's slice of a float32 stream (strided) += gate · the layer's result, at 40 rows (i8) and 512 and 4096
+    (i8w), within 1e-3 of the reference, the stream's other tokens untouched; the same again with new tensors (the
+    direct launch takes this call's stream and gate, kernels/launch.py), and close to the separate addcmul."""
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    layer = _layer(K, N, True, seed=K + 7)
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    for n in (20, 256, 2048):
+        B, L, a = 2, n + 37, 11
+        hits = mod._GEMM_I8.hits
+        for repeat in range(2):
+            x = (torch.randn(B, n, K, device="cuda") * 2).bfloat16()
+            x[..., torch.randint(K, (4,))] *= 30
+            ref = layer.reference_forward(x).float()
+            stream = torch.randn(B, L, N, device="cuda")
+            gate = (torch.randn(B, 1, 6, N, device="cuda") * 0.5).unbind(2)[repeat % 2]
+            before = stream.clone()
+            assert mod.path_for(x.view(-1, K), layer) == ("i8" if n == 20 else "i8w")
+            mod.w4a4_linear(x, layer, residual=stream[:, a:a + n], gate=gate)
+            want = ref * gate
+            got = stream[:, a:a + n] - before[:, a:a + n]
+            rel = ((got - want).norm() / want.norm()).item()
+            assert rel <= 1e-3, (n, repeat, rel)
+            assert torch.equal(stream[:, :a], before[:, :a]) and torch.equal(stream[:, a + n:], before[:, a + n:])
+            apart = before[:, a:a + n].clone()
+            monkeypatch.setattr(mod, "RESIDUAL_EPILOGUE", False)
+            mod.w4a4_linear(x, layer, residual=apart, gate=gate)
+            monkeypatch.setattr(mod, "RESIDUAL_EPILOGUE", True)
+            # the separate addcmul adds y rounded to bf16 (2^-9 of each element), the epilogue the float32 result
+            assert ((apart - stream[:, a:a + n]).norm() / want.norm()).item() <= 4e-3, n
+        assert mod._GEMM_I8.hits > hits, n       # the second call (at least) took the direct launch
+
+
+def test_a_w4a4_block_adds_its_residuals_in_the_epilogue_as_apart(monkeypatch):
+    """A W4A4 Infinity-8B block over a 256-token scale (in place, one slice) and a 1024-token scale in 512-token
+    slices, with the residual adds in the GEMMs' epilogue (the default) and apart (VAR_GEN_W4A4_RESIDUAL_EPILOGUE=0):
+    the same output to the rounding the epilogue saves (y to bf16 before the add), which the 4-bit activations of the
+    next layers carry on; a residual in the wrong rows or batch would be off by the size of the output."""
+    from var_gen_ros.infinity.config import INFINITY_8B, ScaleSchedule
+    from var_gen_ros.infinity.kv_cache import KVCache
+    from var_gen_ros.infinity.model import CrossAttnBlock, rope_tables
+    from var_gen_ros.quant import W4A4Linear
+    from kernels_under_test import gemm_module
+    gm = gemm_module()
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    blk = CrossAttnBlock(INFINITY_8B)
+    for p in blk.parameters():
+        p.data = torch.randn(p.shape) * p.shape[-1] ** -0.5
+    blk = blk.to("cuda", torch.bfloat16)
+    for parent in list(blk.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, W4A4Linear.from_linear(child.float(), param_dtype=torch.bfloat16))
+    B, C, H, c = 2, blk.C, blk.sa.num_heads, blk.sa.head_dim
+    rope = rope_tables(ScaleSchedule(((16, 16), (32, 32)), (32, 32)), c, "cuda").to(torch.bfloat16)
+    x0, x1 = torch.randn(B, 256, C, device="cuda"), torch.randn(B, 1024, C, device="cuda")
+    gss = torch.randn(B, 1, 6, C, device="cuda") * 0.1
+    text, mask = torch.randn(B, 30, C, device="cuda", dtype=torch.bfloat16), torch.ones(B, 30, dtype=torch.bool, device="cuda")
+
+    def run(fused):
+        monkeypatch.setattr(gm, "RESIDUAL_EPILOGUE", fused)
+        cache = KVCache(B, H, c, 256 + 1024, torch.bfloat16, "cuda")
+        with torch.no_grad():
+            kv = blk.ca.text_kv(text)
+            y0 = blk(x0.clone(), gss, kv, mask, rope[:, :256], kv_cache=cache, start=0, store=True, chunk_tokens=512)
+            y1 = blk(x1.clone(), gss, kv, mask, rope[:, 256:], kv_cache=cache, start=256, store=False, chunk_tokens=512)
+        return y0, y1
+    for fused, apart in zip(run(True), run(False)):
+        d = fused - x0 if fused.shape[1] == 256 else fused - x1          # the block's update of x
+        rel = ((fused - apart).norm() / d.norm()).item()
+        assert rel <= 2e-2, rel
+
+
 def test_the_products_calls_meet_the_shipped_picks():
     """On a GPU model with a shipped table (kernels/tuned_picks.py) the dispatcher seeds the tuners, and a product
     call's tuning key is one of the table's: the call adds no key to the tuner (no trial) and launches the pick."""

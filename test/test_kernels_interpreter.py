@@ -289,6 +289,95 @@ def test_rows_far_beyond_fp16_range_stay_exact(gemm):
         assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5, path
 
 
+# the i8 GEMM's launch forms a residual call may take: swapped or not, K split, the int8 workspace with TMA and a K step
+# of 128 (K = 256)
+RESIDUAL_CASES = (("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True)), ("i8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False)),
+                  ("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, SPLIT_K=2)),
+                  ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True, SPLIT_K=2)),
+                  ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128)),
+                  ("f16", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False)))     # not an i8 path: y, then an addcmul
+
+
+def _residual_case(layer, seed, B=2, L=9, a=3, n=4):
+    """x (B, n, K), its float64 result (B, n, N), a float32 stream (B, L, N) whose tokens a..a+n the call adds into
+    (a strided slice, as a CFG batch's), and a gate (B, 1, N) with the strides of the block's AdaLN gates."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, n, layer.in_features, generator=g) * 2
+    ref = _float64_w4a4(x.reshape(-1, layer.in_features), layer).view(B, n, -1)
+    stream = torch.randn(B, L, layer.out_features, generator=g)
+    gate = (torch.randn(B, 1, 6, layer.out_features, generator=g) * 0.5).unbind(2)[0]
+    return x, ref, stream, gate, slice(a, a + n)
+
+
+@interpreted
+def test_residual_epilogue_adds_the_result_into_a_strided_stream(gemm, monkeypatch):
+    """residual=x[:, a:a + n], gate=g: x += g · (the layer's result), in place, the i8 GEMMs in their epilogue from
+    the float32 result (any launch form: swapped, split K, the workspace), other paths by an addcmul of y; without a
+    gate x += y. Within 1e-5 of float64, and the stream's other tokens untouched, bit for bit."""
+    layer = _w4a4_layer(256, 128, True, 32, seed=21)
+    for i, (path, cfg) in enumerate(RESIDUAL_CASES):
+        for gated in (True, False):
+            x, ref, stream, gate, t = _residual_case(layer, seed=100 + i)
+            before = stream.clone()
+            out = gemm.w4a4_linear(x, layer, path=path, config=cfg, residual=stream[:, t], gate=gate if gated else None)
+            assert out.data_ptr() == stream[:, t].data_ptr() and out.shape == stream[:, t].shape
+            want = ref * gate.double() if gated else ref
+            got = stream[:, t].double() - before[:, t].double()
+            assert ((got - want).norm() / want.norm()).item() <= 1e-5, (path, cfg, gated)
+            rest = torch.ones(stream.shape[1], dtype=torch.bool)
+            rest[t] = False
+            assert torch.equal(stream[:, rest], before[:, rest]), (path, cfg)
+    # with the epilogue turned off the i8 path takes the addcmul too: the same sum to float32 rounding here
+    x, ref, stream, gate, t = _residual_case(layer, seed=7)
+    fused = gemm.w4a4_linear(x, layer, path="i8", config=RESIDUAL_CASES[0][1], residual=stream[:, t].clone(), gate=gate)
+    monkeypatch.setattr(gemm, "RESIDUAL_EPILOGUE", False)
+    apart = gemm.w4a4_linear(x, layer, path="i8", config=RESIDUAL_CASES[0][1], residual=stream[:, t].clone(), gate=gate)
+    torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-5)
+
+
+@interpreted
+def test_residual_calls_reject_what_the_epilogue_cannot_add_into(gemm):
+    layer = _w4a4_layer(256, 128, True, 32, seed=22)
+    x, _, stream, gate, t = _residual_case(layer, seed=3)
+    cfg = RESIDUAL_CASES[0][1]
+    with pytest.raises(ValueError, match="float32"):
+        gemm.w4a4_linear(x, layer, path="i8", config=cfg, residual=stream[:, t].bfloat16())
+    with pytest.raises(ValueError, match="float32"):
+        gemm.w4a4_linear(x, layer, path="i8", config=cfg, residual=stream[:, :5])              # 5 tokens, not 4
+    with pytest.raises(ValueError, match="N apart"):
+        gemm.w4a4_linear(x, layer, path="i8", config=cfg, residual=torch.zeros(2, 9, 136)[:, t, :128])   # rows 136 apart
+    with pytest.raises(ValueError, match="no activation"):
+        gemm.w4a4_linear(x, layer, path="i8", config=cfg, residual=stream[:, t], act="gelu_tanh")
+    assert torch.equal(stream, _residual_case(layer, seed=3)[2])          # nothing was written
+
+
+@interpreted
+def test_residual_calls_take_the_plain_calls_tuned_pick(gemm, monkeypatch):
+    """A residual call's tuning key differs from the plain call's (y float32, the gate): it is given the plain call's
+    pick (so the shipped tables, made for plain calls, cover it), as Triton's own autotuner computes both keys: after
+    a plain call is tuned, the residual call runs no trial, and the key it adds is not counted as tuned here."""
+    tuner = gemm._w4a4_i8
+    trials = []
+    monkeypatch.setattr(tuner, "_do_bench", lambda fn, quantiles: trials.append(1) or [1.0, 1.0, 1.0])
+    monkeypatch.setattr(tuner, "cache_results", False)
+    monkeypatch.setattr(tuner, "cache", {})
+    monkeypatch.setattr(gemm, "_arch_of", lambda x: 90)      # (the interpreter's tensors are on the CPU)
+    layer = _w4a4_layer(256, 128, True, 32, seed=23)
+    x, ref, stream, gate, t = _residual_case(layer, seed=5)
+    gemm.w4a4_linear(x, layer, path="i8")                    # the plain call: tuned (its trials not timed)
+    assert trials and len(tuner.cache) == 1
+    n = len(trials)
+    before = stream.clone()
+    gemm.w4a4_linear(x, layer, path="i8", residual=stream[:, t], gate=gate)
+    assert len(trials) == n and len(tuner.cache) == 2        # no trial: the plain pick, under the residual key
+    (plain_key,), (res_key,) = [k for k in tuner.cache if k not in gemm.RESIDUAL_KEYS], \
+        [k for k in tuner.cache if k in gemm.RESIDUAL_KEYS]
+    assert tuner.cache[res_key] is tuner.cache[plain_key] and res_key[:4] == plain_key[:4]
+    got = stream[:, t].double() - before[:, t].double()
+    want = ref * gate.double()
+    assert ((got - want).norm() / want.norm()).item() <= 1e-5
+
+
 @interpreted
 def test_a_w4a4_call_gives_its_own_thread_the_kernels_allocator(gemm):
     """Triton keeps its allocator (global memory for the TMA descriptors a kernel builds on the device) in a context
