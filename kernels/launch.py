@@ -13,8 +13,7 @@ same argument order Triton's own `JITFunction.run` uses.
 
 The key holds everything Triton specializes on: every scalar argument's exact value (Triton
 specializes ints on == 1 and on divisibility by 16), every tensor's dtype and whether its address is
-16-byte aligned, the keyword arguments (a tensor among them by dtype and alignment, and the call's own
-tensor launched in its place), and the device. Set VAR_GEN_FAST_LAUNCH=0 to always take
+16-byte aligned, the keyword arguments, and the device. Set VAR_GEN_FAST_LAUNCH=0 to always take
 Triton's path (and in Triton's CPU interpreter, which has no compiled kernels, it always is).
 """
 from __future__ import annotations
@@ -55,8 +54,7 @@ class Launcher:
                 k.append((a.dtype, a.data_ptr() & 15 == 0))
             else:
                 k.append(a)
-        for n, v in kwargs.items():   # a tensor passed by keyword: by dtype and alignment too, not by identity
-            k.append((n, (v.dtype, v.data_ptr() & 15 == 0)) if isinstance(v, torch.Tensor) else (n, v))
+        k.extend(kwargs.items())
         return tuple(k)
 
     def __call__(self, grid, args: tuple, kwargs: dict):
@@ -65,12 +63,8 @@ class Launcher:
         key = self._key(args, kwargs)
         hit = self.cache.get(key)
         if hit is not None:
-            kernel, g, tail, tensor_kwargs = hit
+            kernel, g, tail = hit
             self.hits += 1
-            if tensor_kwargs:         # this call's tensors in the kept tail's places
-                tail = list(tail)
-                for i, n in tensor_kwargs:
-                    tail[i] = kwargs[n]
             stream = triton.runtime.driver.active.get_current_stream(key[0])
             kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, None, None, None,
                        *args, *tail)
@@ -87,9 +81,7 @@ class Launcher:
                 meta[n] = self.defaults[n]
         g = grid(meta) if callable(grid) else grid
         g = tuple(g) + (1,) * (3 - len(g))
-        rest = self.names[len(args):]
-        self.cache[key] = (kernel, g, [meta[n] for n in rest],
-                           [(i, n) for i, n in enumerate(rest) if isinstance(kwargs.get(n), torch.Tensor)])
+        self.cache[key] = (kernel, g, [meta[n] for n in self.names[len(args):]])
         return kernel
 
 

@@ -173,10 +173,7 @@ class Seeding:
         self.tuners, self.status, self.seeded = tuners, status, seeded
 
     def tuned_here(self) -> int:
-        """Keys in the tuners' caches neither seeded from the table nor derived from a seeded pick (a tuner's
-        `derived_keys`: the i8 GEMM's residual-epilogue calls take the plain call's pick)."""
-        return sum(1 for name, t in self.tuners.items() for k in list(t.cache)
-                   if (name, k) not in self.seeded and k not in getattr(t, "derived_keys", ()))
+        return sum(1 for name, t in self.tuners.items() for k in list(t.cache) if (name, k) not in self.seeded)
 
     def describe(self) -> str:
         n = self.tuned_here()

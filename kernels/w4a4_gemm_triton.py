@@ -354,18 +354,14 @@ def _activation(x, ACT: tl.constexpr):
 @triton.jit
 def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K,
             HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr,
-            ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False, g_ptr=None, RPB=1, SB=0, GS=0,
-            RES: tl.constexpr = False, HAS_GATE: tl.constexpr = False):
+            ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False):
     """acc (+ the low-rank branch, + bias, then the activation ACT: 0 none, 1 GELU-tanh) -> y in y's
     dtype; acc is (BLOCK_N, BLOCK_M) when SWAP.
     Split-K (small M: N / BLOCK_N programs alone leave most of the GPU idle over one long K loop): split
     0 adds the low-rank branch and bias to its partial, every split stores its float32 partial to a
     workspace (SPLIT_K, M, N), and the last split to arrive at the tile (an atomic counter) adds the
     partials in split order (the same sum whichever split came last), writes y and re-arms the counter,
-    so one zeroed counter buffer serves every call, eager or replayed in a CUDA graph.
-    RES (`_store_result`): y is a float32 residual stream that the result, times a per-batch gate (HAS_GATE), is
-    added into, row r of the GEMM being token r % RPB of batch r // RPB there (batch stride SB, token stride N; the
-    gate's batch stride GS)."""
+    so one zeroed counter buffer serves every call, eager or replayed in a CUDA graph."""
     if SWAP:
         off = rm[None, :] * N + rn[:, None]
         omask = mmask[None, :] & nmask[:, None]
@@ -375,7 +371,7 @@ def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt
     if SPLIT_K == 1:
         acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP, BLOCK_M,
                             LR_BF16=LR_BF16)
-        _store_result(_activation(acc, ACT), y_ptr, off, omask, rm, rn, N, SWAP, g_ptr, RPB, SB, GS, RES, HAS_GATE)
+        tl.store(y_ptr + off, _activation(acc, ACT).to(y_ptr.dtype.element_ty), mask=omask)
     else:
         if tl.program_id(2) == 0:
             acc = _lowrank_bias(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, M, S, HAS_BIAS, HAS_LR, R, SWAP,
@@ -387,30 +383,8 @@ def _finish(acc, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt
             tot = tl.zeros_like(acc)
             for t in range(0, SPLIT_K):
                 tot += tl.load(ws_ptr + t * M * N + off, mask=omask, other=0.0, cache_modifier=".cg")
-            _store_result(_activation(tot, ACT), y_ptr, off, omask, rm, rn, N, SWAP, g_ptr, RPB, SB, GS, RES, HAS_GATE)
+            tl.store(y_ptr + off, _activation(tot, ACT).to(y_ptr.dtype.element_ty), mask=omask)
             tl.atomic_xchg(cnt_ptr + tile, 0)
-
-
-@triton.jit
-def _store_result(val, y_ptr, off, omask, rm, rn, N, SWAP: tl.constexpr, g_ptr, RPB, SB, GS, RES: tl.constexpr,
-                  HAS_GATE: tl.constexpr):
-    """val (the float32 result, laid out as `off`) stored to y in y's dtype; with RES added into y instead, a float32
-    residual stream (the block's x, whose slice of a CFG batch is strided: row r is token r % RPB of batch r // RPB),
-    times the gate g (B, N; batch stride GS) of its batch with HAS_GATE: x + g·(the GEMM's result) in one read-modify-write of x,
-    where the model would otherwise round the result to 16 bits, write it, and read it back in an addcmul."""
-    if RES:
-        rows = (rm // RPB) * SB + (rm % RPB) * N
-        gate = (rm // RPB) * GS
-        if SWAP:
-            off = rows[None, :] + rn[:, None]
-            goff = gate[None, :] + rn[:, None]
-        else:
-            off = rows[:, None] + rn[None, :]
-            goff = gate[:, None] + rn[None, :]
-        if HAS_GATE:
-            val = val * tl.load(g_ptr + goff, mask=omask, other=0.0)
-        val = tl.load(y_ptr + off, mask=omask, other=0.0) + val
-    tl.store(y_ptr + off, val.to(y_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
@@ -687,13 +661,11 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
                     W8: tl.constexpr = False, TMA: tl.constexpr = False, KSTEP: tl.constexpr = 64,
                     ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False, PREFETCH_SCALES: tl.constexpr = False,
-                    SWAR: tl.constexpr = False, g_ptr=None, RPB=1, SB=0, GS=0, RES: tl.constexpr = False,
-                    HAS_GATE: tl.constexpr = False):
+                    SWAR: tl.constexpr = False):
     """The i8 variant (two-level scales on both sides, quant.int4.two_level): the activations arrive as
     int8 q·m with a unit u_x per row, the weights as packed codes whose q·m is made in registers (or,
     with W8, read from an int8 workspace), so the whole K loop is one INT8 MMA accumulation in int32
-    (exact: |Σ| <= 128² K < 2^31) with no per-group rescale, scaled by u_x · u_w once at the end.
-    RES, g_ptr, RPB, SB, GS: the result added into a float32 residual stream y (`_store_result`)."""
+    (exact: |Σ| <= 128² K < 2^31) with no per-group rescale, scaled by u_x · u_w once at the end."""
     rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
     acc = acc.to(tl.int32)                                # int32: exact integer sums
     j = tl.arange(0, GROUP // 2)
@@ -766,7 +738,7 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
     else:
         out = acc.to(tl.float32) * (ux[:, None] * uw[None, :])
     _finish(out, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M, ACT, LR_BF16, g_ptr, RPB, SB, GS, RES, HAS_GATE)
+            HAS_LR, R, SWAP, BLOCK_M, ACT, LR_BF16)
 
 
 @triton.jit
@@ -1392,51 +1364,8 @@ def _i8_workspace(layer, wu: torch.Tensor) -> torch.Tensor:
     return wq
 
 
-def _residual_view(residual: torch.Tensor, M: int, N: int):
-    """(RPB, SB): the float32 residual stream that the GEMM's M rows are added into, (M, N) or (B, RPB, N) with rows N
-    apart and batches SB apart: a CFG batch's slice of tokens, x[:, a:a + n], is strided this way."""
-    if residual.dtype != torch.float32 or residual.dim() not in (2, 3) or residual.shape[-1] != N \
-            or residual.numel() != M * N:
-        raise ValueError(f"the residual must be float32 (M, N) or (B, M / B, N) with M = {M}, N = {N} (got "
-                         f"{tuple(residual.shape)} {residual.dtype})")
-    r3 = residual if residual.dim() == 3 else residual.unsqueeze(0)
-    if r3.stride(2) != 1 or (r3.shape[1] > 1 and r3.stride(1) != N):
-        raise ValueError(f"the residual's rows must be N apart within a batch (strides {tuple(residual.stride())})")
-    return r3.shape[1], r3.stride(0) if r3.shape[0] > 1 else 0
-
-
-def _tuning_key(tuner, args: tuple, kwargs: dict) -> tuple:
-    """The key Triton 3.6's Autotuner.run files a call's pick under: the key arguments' values, then every tensor
-    argument's dtype in the order the call passes them (positional, then keyword)."""
-    named = dict(zip(tuner.arg_names, args))
-    named.update({k: v for k, v in kwargs.items() if k in tuner.arg_names})
-    return tuple([named[k] for k in tuner.keys if k in named] + [str(v.dtype) for v in named.values()
-                                                                 if hasattr(v, "dtype")])
-
-
-def _seed_residual_pick(args: tuple, meta: dict, plain_args: tuple, plain_meta: dict) -> None:
-    """A residual-epilogue call (RES) of the i8 GEMM takes the pick of the same GEMM without it (the same main loop;
-    the epilogue reads x where it would have written y), so that the shipped tables (kernels/tuned/), made for the
-    plain calls, cover it and a first generation does not tune these keys anew. Its key differs from the plain one
-    only in dtypes (y float32, the gate's)."""
-    key = _tuning_key(_w4a4_i8, args, meta)
-    if key in _w4a4_i8.cache:
-        return
-    pick = _w4a4_i8.cache.get(_tuning_key(_w4a4_i8, plain_args, plain_meta))
-    if pick is not None:
-        _w4a4_i8.cache[key] = pick
-        RESIDUAL_KEYS.add(key)
-
-
-# the residual keys given the plain call's pick: kernels/tuned_picks.py does not count them as tuned in this process
-RESIDUAL_KEYS = _w4a4_i8.derived_keys = set()
-# The residual add in the i8 GEMM's epilogue (`w4a4_linear(..., residual=x, gate=g)`: x += g · y in the epilogue,
-# y never stored); VAR_GEN_W4A4_RESIDUAL_EPILOGUE=0 stores y and adds it in a separate PyTorch addcmul, as before.
-RESIDUAL_EPILOGUE = os.environ.get("VAR_GEN_W4A4_RESIDUAL_EPILOGUE", "1") == "1"
-
-
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None,
-                act: str = None, residual: torch.Tensor = None, gate: torch.Tensor = None) -> torch.Tensor:
+                act: str = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M (`path_for`): "i8s" (the CUDA C++ kernel for M <= 32,
     kernels/w4a4_small_m.cu; `config` {"warps", "splits"}), "i8" / "i8w" (INT8 MMA over all of K on
@@ -1445,10 +1374,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
     dequantized into a workspace first); `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps,
     num_stages}) fixes the GEMM's launch instead of autotuning (tests and benchmarks use both to check
-    and time every variant). `act` ("gelu_tanh") is applied in the epilogue, to the float32 result.
-    `residual` (float32, x's rows of N; a strided slice of batches is fine) with `gate` (None, or float32 broadcast
-    as (B, 1, N)): residual += gate · result, in place, returned; on the i8 paths (with RESIDUAL_EPILOGUE) in the
-    GEMM's epilogue from the float32 result, elsewhere by an addcmul of the result in x's dtype."""
+    and time every variant). `act` ("gelu_tanh") is applied in the epilogue, to the float32 result."""
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; the epilogue has {sorted(k for k in ACTIVATIONS if k)}")
     _ensure_allocator()
@@ -1456,22 +1382,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     shape = x.shape
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
     path = path or path_for(x2, layer)
-    if residual is not None:
-        rpb, sb = _residual_view(residual, M, N)
-        if act is not None or out is not None:
-            raise ValueError("a residual call takes no activation and no out (the residual is the output)")
-        if not (RESIDUAL_EPILOGUE and path in ("i8", "i8w")):
-            y = w4a4_linear(x2, layer, config=config, path=path).view(residual.shape)
-            return residual.add_(y) if gate is None else residual.addcmul_(y, gate)
-        if gate is not None:     # (B, N), one row per batch of the residual (a view of ada's (B, 1, N) where it can be)
-            gate = gate.float().expand(M // rpb, 1, N).reshape(M // rpb, N)
-            if gate.stride(1) != 1:
-                gate = gate.contiguous()
-    y = residual if residual is not None else torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
-    # the unused pointer arguments' stand-in: of y's dtype in a plain call, and of x's (what y's would be) in a residual
-    # one, so that both calls' tuning keys differ only where their arguments do (`_seed_residual_pick`)
-    spare = y if residual is None else x2
     fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w", "i8s")
     wu = layer.weight_units() if i8 else None
     if i8 and wu is None:
@@ -1502,8 +1414,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     bucket = _bucket(M)
     ws, cnt = _split_k_buffers(M, N, x.device, config.get("SPLIT_K", 1) if config else None)
     args = (q, sx, wq, layer.wscales) + ((wu,) if i8 else ()) + (lr if R else sx, layer.lora_up if R else layer.wscales,
-            layer.bias if layer.bias is not None else spare, y, ws if ws is not None else spare,
-            cnt if cnt is not None else spare, M, N, K, S, bucket)
+            layer.bias if layer.bias is not None else y, y, ws if ws is not None else y, cnt if cnt is not None else y,
+            M, N, K, S, bucket)
     meta = dict(HAS_BIAS=layer.bias is not None, HAS_LR=bool(R), R=R if R else 16, GROUP=GROUP)
     if R and not f16 and x2.is_cuda and lr_bf16(_arch_of(x2)):
         meta["LR_BF16"] = True
@@ -1521,24 +1433,22 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
             meta["SWAR"] = True
     tuned, fixed = ((_GEMM_I8, _w4a4_i8_kernel) if i8 else (_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
                     else (_GEMM_INT8, _w4a4_gemm_kernel))
-    if residual is not None:
-        plain_args, plain_meta = args[:8] + (x2,) + args[9:], dict(meta)
-        meta.update(g_ptr=gate if gate is not None else spare, RPB=rpb, SB=sb, GS=gate.stride(0) if gate is not None else 0,
-                    RES=True, HAS_GATE=gate is not None)
-        if config is None:
-            _seed_residual_pick(args, meta, plain_args, plain_meta)
     if config is None:
         tuned(lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"]), args, meta)
     else:
         config = dict(config, SPLIT_K=config.get("SPLIT_K", 1))
         grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])
         fixed[grid](*args, **{**meta, **config})
-    return residual if residual is not None else y.reshape(*shape[:-1], N)
+    return y.reshape(*shape[:-1], N)
 
 
 # The qkv projection with the attention's input epilogue in its GEMM (`w4a4_qkv_rope`) where it applies
 # (`qkv_fusable`); VAR_GEN_W4A4_QKV_EPILOGUE=0 keeps the GEMM and the separate epilogue kernel
 QKV_EPILOGUE = os.environ.get("VAR_GEN_W4A4_QKV_EPILOGUE", "1") == "1"
+# (The blocks' residual adds were also put in the i8 GEMM's epilogue, forty-sixth session, at 0f64baf: x += g · y read,
+# added and written back as float32 in place of y's bf16 store and PyTorch's addcmul after it. On the H100 1.05-1.20x at
+# 128-512 rows, but 0.89-0.97x at 2048-4096 rows, where the epilogue's float32 read waits unhidden, and the resident
+# 1024² edge proof 7 ms slower with a 124 MB higher peak. Removed; docs/BENCHMARKS.md keeps its figures.)
 
 
 def qkv_fusable(x: torch.Tensor, layer, head_dim: int) -> bool:

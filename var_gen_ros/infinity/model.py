@@ -111,16 +111,6 @@ def _linear(x: torch.Tensor, layer: nn.Module, **kwargs) -> torch.Tensor:
     return layer(x.to(layer_dtype(layer, x.dtype)), **kwargs)
 
 
-def _linear_add(x: torch.Tensor, layer: nn.Module, residual: torch.Tensor, gate: Optional[torch.Tensor] = None):
-    """residual + gate · layer(x) (gate None: 1), added into the float32 residual in place and returned. A layer
-    that takes the residual itself (W4A4Linear: `takes_residual`) adds it in its GEMM's epilogue from the float32
-    result; any other's output, in its compute dtype, is added by an addcmul."""
-    if getattr(layer, "takes_residual", False):
-        return layer(x.to(layer_dtype(layer, x.dtype)), residual=residual, gate=gate)
-    y = _linear(x, layer)
-    return residual.add_(y) if gate is None else residual.addcmul_(y, gate)
-
-
 class SelfAttention(nn.Module):
     """Cosine attention: q, k L2-normalised, q scaled by a learned per-head factor (<= 100)."""
 
@@ -193,17 +183,15 @@ class SelfAttention(nn.Module):
             return kv_cache.attend(q.to(dt), k, v, start=start, store=store)
         return F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=attn_mask, scale=1.0)
 
-    def forward(self, x, rope, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True,
-                residual: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None):
-        """The attention's output projection; with `residual` (float32) residual + gate · it, in place."""
+    def forward(self, x, rope, attn_mask=None, kv_cache: Optional[KVCache] = None, start: int = 0, store: bool = True):
         B, L, C = x.shape
         if kv_cache is not None and not torch.is_grad_enabled():     # inference: the fused epilogue on a GPU
             q, k, v = self.qkv_buffers(x, L, store)
             self.qkv_into(x, rope, q, k, v)
         else:
             q, k, v = self.qkv(x, rope)
-        out = self.attend(q, k, v, attn_mask, kv_cache, start, store).transpose(1, 2).reshape(B, L, C)
-        return _linear(out, self.proj) if residual is None else _linear_add(out, self.proj, residual, gate)
+        out = self.attend(q, k, v, attn_mask, kv_cache, start, store)
+        return _linear(out.transpose(1, 2).reshape(B, L, C), self.proj)
 
 
 class CrossAttention(nn.Module):
@@ -229,9 +217,7 @@ class CrossAttention(nn.Module):
         k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
-    def forward(self, q_in: Optional[torch.Tensor], kv: Tuple[torch.Tensor, torch.Tensor], text_mask: torch.Tensor,
-                residual: Optional[torch.Tensor] = None):
-        """The output projection; with `residual` (float32) residual + it, in place."""
+    def forward(self, q_in: Optional[torch.Tensor], kv: Tuple[torch.Tensor, torch.Tensor], text_mask: torch.Tensor):
         k, v = kv
         B = k.shape[0]
         if self.for_attn_pool:
@@ -242,7 +228,7 @@ class CrossAttention(nn.Module):
         mask = text_mask[:, None, None, :]                    # B 1 1 T (True = attend)
         out = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(B, q.shape[2], -1)
-        return _linear(out, self.proj) if residual is None else _linear_add(out, self.proj, residual)
+        return _linear(out, self.proj)
 
 
 class FFN(nn.Module):
@@ -252,15 +238,14 @@ class FFN(nn.Module):
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, C)
 
-    def forward(self, x, residual: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None):
-        """fc2(GELU(fc1(x))); with `residual` (float32) residual + gate · it, in place."""
+    def forward(self, x):
         if "gelu_tanh" in getattr(self.fc1, "fused_activations", ()):
             # a quantized fc1 applies the GELU to its float32 result in its GEMM epilogue: one pass over,
             # and one buffer of, the (tokens x hidden) activation fewer
             h = _linear(x, self.fc1, act="gelu_tanh")
         else:
             h = self.act(_linear(x, self.fc1))
-        return _linear(h, self.fc2) if residual is None else _linear_add(h, self.fc2, residual, gate)
+        return _linear(h, self.fc2)
 
 
 class CrossAttnBlock(nn.Module):
@@ -285,12 +270,7 @@ class CrossAttnBlock(nn.Module):
         ada = (self.ada_gss.float() + cond_gss).unbind(2)   # gamma1, gamma2, scale1, scale2, shift1, shift2: B1C each
         if 0 < chunk_tokens < x.shape[1] and kv_cache is not None and not torch.is_grad_enabled():
             return self.forward_chunked(x, ada, text_kv, text_mask, rope, kv_cache, start, store, chunk_tokens)
-        if 0 < chunk_tokens and kv_cache is not None and x.dtype == torch.float32 and _fused(x) is not None:
-            # the caller's x may be updated in place here too (run_blocks), so the attention's residual goes
-            # straight into it, as in forward_chunked
-            x = self.sa(self._attn_input(x, ada), rope, attn_mask, kv_cache, start, store, residual=x, gate=ada[0])
-        else:
-            x = x + self.sa(self._attn_input(x, ada), rope, attn_mask, kv_cache, start, store).float() * ada[0]
+        x = x + self.sa(self._attn_input(x, ada), rope, attn_mask, kv_cache, start, store).float() * ada[0]
         return self._cross_and_ffn(x, ada, text_kv, text_mask)
 
     def _attn_input(self, x, ada):
@@ -300,10 +280,10 @@ class CrossAttnBlock(nn.Module):
         """x (float32, consumed: on the fast path the residuals are added into it) -> block output."""
         gamma2, scale2, shift2 = ada[1], ada[3], ada[5]
         fast = _fused(x) is not None and x.dtype == torch.float32
-        q_in = modulated_norm(x, self.ca_norm, layer_dtype(self.ca.mat_q))
-        x = self.ca(q_in, text_kv, text_mask, residual=x) if fast else x + self.ca(q_in, text_kv, text_mask).float()
+        ca = self.ca(modulated_norm(x, self.ca_norm, layer_dtype(self.ca.mat_q)), text_kv, text_mask)
+        x = x.add_(ca) if fast else x + ca.float()
         h = modulated_norm(x, self.ln_wo_grad, layer_dtype(self.ffn.fc1), scale2, shift2)
-        return self.ffn(h, residual=x, gate=gamma2) if fast else x + self.ffn(h).float() * gamma2
+        return x.addcmul_(self.ffn(h), gamma2) if fast else x + self.ffn(h).float() * gamma2
 
     def forward_chunked(self, x, ada, text_kv, text_mask, rope, kv_cache, start, store, n):
         """The same arithmetic as `forward`, slice by slice along the tokens (a float32 x is overwritten
@@ -325,12 +305,12 @@ class CrossAttnBlock(nn.Module):
         in_place = out is x and _fused(x) is not None
         with w4a4_workspaces_kept(x):
             for a in range(0, L, n):
-                o = att[:, :, a:a + n].transpose(1, 2).reshape(B, -1, C)
+                proj = _linear(att[:, :, a:a + n].transpose(1, 2).reshape(B, -1, C), self.sa.proj)
                 if in_place:       # the residuals go straight into x's slice: no float32 temporaries
-                    self._cross_and_ffn(_linear_add(o, self.sa.proj, x[:, a:a + n], ada[0]), ada, text_kv, text_mask)
+                    self._cross_and_ffn(x[:, a:a + n].addcmul_(proj, ada[0]), ada, text_kv, text_mask)
                 else:
-                    out[:, a:a + n] = self._cross_and_ffn(x[:, a:a + n] + _linear(o, self.sa.proj).float() * ada[0],
-                                                          ada, text_kv, text_mask)
+                    out[:, a:a + n] = self._cross_and_ffn(x[:, a:a + n] + proj.float() * ada[0], ada, text_kv,
+                                                          text_mask)
         return out
 
 

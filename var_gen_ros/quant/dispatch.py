@@ -271,6 +271,4 @@ def _kernel_status() -> str:
             "qkv epilogue, modulated LayerNorm, the INT4 text encoder's dequantization and the VAE's GroupNorm + "
             "SiLU: triton"
             + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else "")
-            + ("; the blocks' residual adds in the i8 GEMMs' epilogue" if getattr(gemm, "RESIDUAL_EPILOGUE", False)
-               else "")
             + f"; shipped launch configurations: {_tuned_picks_status()}")

@@ -151,27 +151,16 @@ class W4A4Linear(nn.Module):
     # activations forward() can apply to its float32 result before the cast (the FFN's GELU): the GEMM
     # epilogue does it, which saves a pass over, and a buffer of, the M x hidden output
     fused_activations = ("gelu_tanh",)
-    # forward() takes a float32 `residual` (and `gate`) to add its result into (the block's residual stream): the
-    # i8 GEMM does it in its epilogue (kernels/w4a4_gemm_triton.py, `_store_result`)
-    takes_residual = True
 
-    def forward(self, x: torch.Tensor, act: Optional[str] = None, residual: Optional[torch.Tensor] = None,
-                gate: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """y = the layer's output in x's dtype; with `residual` (float32, x's shape but N wide) residual + gate · y
-        instead (gate None: 1), added in place and returned (on the GPU's i8 paths from the float32 result)."""
+    def forward(self, x: torch.Tensor, act: Optional[str] = None) -> torch.Tensor:
         if act is not None and act not in self.fused_activations:
             raise ValueError(f"W4A4Linear: unknown activation {act!r}")
         if self.act_bits == 4 and x.is_cuda:
             from .dispatch import w4a4_kernel
             fn = w4a4_kernel(x)
             if fn is not None:
-                if residual is None:
-                    return fn(x, self, act=act)
-                return fn(x, self, act=act, residual=residual, gate=gate)
-        y = self.reference_forward(x, act)
-        if residual is None:
-            return y
-        return residual.add_(y) if gate is None else residual.addcmul_(y, gate)
+                return fn(x, self, act=act)
+        return self.reference_forward(x, act)
 
     def reference_forward(self, x: torch.Tensor, act: Optional[str] = None) -> torch.Tensor:
         shape = x.shape
