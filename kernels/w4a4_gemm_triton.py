@@ -1446,9 +1446,10 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
 # (`qkv_fusable`); VAR_GEN_W4A4_QKV_EPILOGUE=0 keeps the GEMM and the separate epilogue kernel
 QKV_EPILOGUE = os.environ.get("VAR_GEN_W4A4_QKV_EPILOGUE", "1") == "1"
 # (The blocks' residual adds were also put in the i8 GEMM's epilogue, forty-sixth session, at 0f64baf: x += g · y read,
-# added and written back as float32 in place of y's bf16 store and PyTorch's addcmul after it. On the H100 1.05-1.20x at
-# 128-512 rows, but 0.89-0.97x at 2048-4096 rows, where the epilogue's float32 read waits unhidden, and the resident
-# 1024² edge proof 7 ms slower with a 124 MB higher peak. Removed; docs/BENCHMARKS.md keeps its figures.)
+# added and written back as float32 in place of y's bf16 store and PyTorch's addcmul after it. On the H100 the layer was
+# 1.05-1.20x as fast at 128-512 rows but 0.89-1.11x from 2048 (0.89x at 4096 rows on 3584²; likely the epilogue's float32
+# read, which nothing overlaps), and the resident 1024² edge proof 7 ms slower with a 124 MB higher peak. Removed;
+# docs/BENCHMARKS.md keeps its figures.)
 
 
 def qkv_fusable(x: torch.Tensor, layer, head_dim: int) -> bool:
