@@ -142,7 +142,6 @@ def _gemm_variants(arch: int, K: int = _C) -> List[Variant]:
         ptrs = dict(_GEMM_PTRS, a_ptr="i8", w_ptr="i8" if w8 else "u8")
         # i8 (in-register weights) below I8W_MIN_M rows: both buckets; i8w from it: the large ones only
         for bucket in ((64, 256) if not w8 else (512,)):
-            named = {"M_BUCKET": bucket, "K": K}
             cands = gemm.tile_candidates(gemm.I8_SMALL_M_CONFIGS, gemm.I8_LARGE_M_CONFIGS, bucket)
             for c in gemm.i8_candidates(cands, w8, K, arch):
                 out.append(_config_variant(f"w4a4_i8{'w' if w8 else ''}", gemm._w4a4_i8_kernel, ptrs,

@@ -116,8 +116,3 @@ def check(image: np.ndarray, caption: str) -> CheckResult:
         if spec.position and not in_region(o.centre, spec.position):
             fails.append(f"centre ({o.centre[0]:.2f}, {o.centre[1]:.2f}) not {spec.position}")
     return CheckResult(not fails, spec, background, objs, fails)
-
-
-def accuracy(images, captions) -> float:
-    res = [check(im, c).ok for im, c in zip(images, captions)]
-    return sum(res) / max(len(res), 1)

@@ -20,9 +20,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Optional
-
-import numpy as np
+from typing import Deque, Optional
 
 from .infinity.graphs import is_oom as _is_oom
 from .infinity import sampler as _sampler

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import uuid
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
-                                SetParametersResult)
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -416,7 +414,6 @@ class GenNode(LifecycleNode):
 
     # ---------------------------------------------------------------- action
     def _execute(self, goal_handle):
-        done = threading.Event()
         node = self
 
         class ActionListener(Listener):

@@ -7,7 +7,7 @@ JSON so a bundle's `config.json` fully describes the model it holds.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 Scale = Tuple[int, int]  # (h, w) in transformer tokens; images are one frame (t = 1)
 

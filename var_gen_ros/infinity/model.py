@@ -430,7 +430,6 @@ class Infinity(nn.Module):
         scales resized to each scale; the first scale's input is the start-of-sequence token.
         Returns logits (B, L_total, V)."""
         cond_BD, cond_gss, text_kv = self.encode_condition(text, text_mask)
-        B = text.shape[0]
         sos = cond_BD.unsqueeze(1) + self.pos_start.float()
         x = torch.cat([sos, self.embed_words(x_BLd)], dim=1)
         x = x + level_ids_embedding(self, schedule, x.device)

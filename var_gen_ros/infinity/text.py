@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -175,10 +175,6 @@ class BSQ(nn.Module):
         super().__init__()
         self.dim = dim
         self.register_buffer("mask", 2 ** torch.arange(dim - 1, -1, -1))
-
-    def bits_to_codes(self, bits: torch.Tensor) -> torch.Tensor:
-        """bits (..., d) in {0, 1} -> codes (..., d) = +-1/sqrt(d)."""
-        return (bits.float() * 2 - 1) / math.sqrt(self.dim)
 
     def quantize(self, z: torch.Tensor):
         """z (B, d, h, w) -> (codes with a straight-through gradient, bits (B, h, w, d))."""
