@@ -3,7 +3,6 @@ float64 references. Tensor-core dots run in float32 there (the interpreter does 
 faithfully), so these check indexing, packing, masking, the K splits, the low-rank epilogue, the
 online softmax and the folded INT8 scales/zero points — not GPU speed or bf16 rounding, which
 test/test_kernels_gpu.py checks on the device."""
-import importlib.util
 import os
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """The launch file: statically (names it uses exist), and through launch_ros where it is installed."""
 import ast
-import configparser
 import os
 import re
 
