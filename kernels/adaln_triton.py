@@ -22,9 +22,10 @@ _ON_GPU = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
-def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
-                  HAS_AFFINE: tl.constexpr, HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr):
-    row = tl.program_id(0)
+def _modulated_row(X, W, Bi, S, SH, row, n, C, eps, sx_b, sx_l, ss_b, HAS_AFFINE: tl.constexpr, HAS_MOD: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """Row `row` (= b · n + t) of the modulated LayerNorm in float32, its columns and their mask (also the body of
+    the W4A4 quantizer's `_norm_codes_kernel`, kernels/w4a4_gemm_triton.py, which writes the next GEMM's codes too)."""
     b, t = row // n, row % n
     cols = tl.arange(0, BLOCK_C)
     m = cols < C
@@ -41,7 +42,29 @@ def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
     if HAS_MOD:
         s = tl.load(S + b * ss_b + cols, mask=m, other=0.0)
         y = y * (s + 1.0) + tl.load(SH + b * ss_b + cols, mask=m, other=0.0)
-    tl.store(Y + b * sy_b + t * sy_l + cols, y.to(Y.dtype.element_ty), mask=m)
+    return y, cols, m
+
+
+@triton.jit
+def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
+                  HAS_AFFINE: tl.constexpr, HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr):
+    row = tl.program_id(0)
+    y, cols, m = _modulated_row(X, W, Bi, S, SH, row, n, C, eps, sx_b, sx_l, ss_b, HAS_AFFINE, HAS_MOD, BLOCK_C)
+    tl.store(Y + (row // n) * sy_b + (row % n) * sy_l + cols, y.to(Y.dtype.element_ty), mask=m)
+
+
+def modulation_args(x: torch.Tensor, weight, bias, scale, shift):
+    """adaln's argument checks; returns (scale, shift) expanded to x's batch with contiguous channels (or None)."""
+    B, n, C = x.shape
+    if x.stride(-1) != 1:
+        raise ValueError("adaln: x needs contiguous channels")
+    if (weight is None) != (bias is None) or (scale is None) != (shift is None):
+        raise ValueError("adaln: weight and bias, scale and shift come in pairs")
+    if scale is not None:
+        scale, shift = scale.expand(B, 1, C), shift.expand(B, 1, C)
+        if scale.stride(-1) != 1 or shift.stride() != scale.stride():
+            scale, shift = scale.contiguous(), shift.contiguous()
+    return scale, shift
 
 
 def adaln(x: torch.Tensor, eps: float, out_dtype: torch.dtype, weight: torch.Tensor = None, bias: torch.Tensor = None,
@@ -49,15 +72,8 @@ def adaln(x: torch.Tensor, eps: float, out_dtype: torch.dtype, weight: torch.Ten
     """x (B, n, C), last dim contiguous (a token slice of a larger tensor is fine); weight, bias (C,)
     float32 or None; scale, shift (B, 1, C) float32 or None. Returns (B, n, C) in out_dtype."""
     B, n, C = x.shape
-    if x.stride(-1) != 1:
-        raise ValueError("adaln: x needs contiguous channels")
-    if (weight is None) != (bias is None) or (scale is None) != (shift is None):
-        raise ValueError("adaln: weight and bias, scale and shift come in pairs")
+    scale, shift = modulation_args(x, weight, bias, scale, shift)
     mod = scale is not None
-    if mod:
-        scale, shift = scale.expand(B, 1, C), shift.expand(B, 1, C)
-        if scale.stride(-1) != 1 or shift.stride() != scale.stride():
-            scale, shift = scale.contiguous(), shift.contiguous()
     y = torch.empty(B, n, C, dtype=out_dtype, device=x.device)
     if B * n == 0:
         return y

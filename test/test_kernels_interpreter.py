@@ -560,6 +560,91 @@ def test_adaln_kernel_matches_float64(affine, mod, out_dt):
 
 
 @interpreted
+@pytest.mark.parametrize("K,N,rank,affine,mod", [(192, 96, 32, False, True), (320, 64, 16, True, False),
+                                                 (128, 64, 0, False, True)])
+def test_norm_codes_are_kernel1s_and_feed_the_gemm(gemm, K, N, rank, affine, mod):
+    """The modulated LayerNorm that makes its W4A4 layer's activation codes (`norm_codes`), on a token slice of a
+    larger tensor, a width that is not a power of two (lanes past K in no group): y the plain kernel's bits; q·m
+    and the units kernel 1's bits on that y (and the reference's two-level scales'); the low-rank input within
+    2e-5 of float64; the layer's forward on y with them (i8, i8w) within 1e-5 of float64. The GEMM uses the codes
+    (zeroed ones change its output) but not stale ones (y written since) or another layer's."""
+    from var_gen_ros.quant.int4 import quantize_groups, two_level
+    ad = _load_interpreted("adaln_triton")
+    layer, other = _w4a4_layer(K, N, True, rank, seed=K), _w4a4_layer(K, N, True, rank, seed=K + 1)
+    B, L, a, n = 2, 30, 5, 17
+    g = torch.Generator().manual_seed(K + rank)
+    x = torch.randn(B, L, K, generator=g) * 3 + 1.5
+    w, b = (torch.randn(K, generator=g), torch.randn(K, generator=g)) if affine else (None, None)
+    s, sh = (torch.randn(B, 1, K, generator=g), torch.randn(B, 1, K, generator=g)) if mod else (None, None)
+    xs = x[:, a:a + n]
+    y = gemm.norm_codes(xs, 1e-6, torch.bfloat16, layer, w, b, s, sh)
+    assert torch.equal(y, ad.adaln(xs, 1e-6, torch.bfloat16, w, b, s, sh))
+    codes = y.w4a4_codes
+    y2 = y.reshape(-1, K)
+    q1, u1, _ = gemm.quantize_activations(y2, layer, i8=True)
+    assert torch.equal(codes.q, q1) and torch.equal(codes.u, u1)
+    xh = smooth_input(y2, layer.smooth)
+    u_ref, m_ref = two_level(xh, 64)
+    assert torch.equal(codes.u, u_ref.squeeze(-1))
+    q_ref = quantize_groups(xh, u_ref * m_ref, 64).float() * m_ref.repeat_interleave(64, -1)
+    assert torch.equal(codes.q.float(), q_ref)
+    if rank:
+        lr = gemm.low_rank_input(y2, layer)
+        ref = xh.double() @ layer.lora_down.double()
+        assert lr.shape == (2, B * n, rank) and float((lr.sum(0).double() - ref).abs().max() / ref.abs().max()) <= 2e-5
+    ref = _float64_w4a4(y2.float(), layer)
+    plain = y.clone()                                         # the same values, no codes
+    assert getattr(plain, "w4a4_codes", None) is None
+    for path, cfg in (("i8", dict(BLOCK_M=16, BLOCK_N=64, SWAP=True)), ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False))):
+        # float32 outputs (the layer's own is y's bf16, whose rounding would hide what is checked here)
+        out = gemm.w4a4_linear(y, layer, out=torch.full((B * n, N), float("nan")), path=path, config=cfg)
+        assert ((out.reshape(-1, N).double() - ref).norm() / ref.norm()).item() <= 1e-5, path
+        base = gemm.w4a4_linear(plain, layer, out=torch.full((B * n, N), float("nan")), path=path, config=cfg)
+        # (kernel 1's in-kernel bf16 parts are truncated by the interpreter, torch's rounded: last bits differ)
+        assert ((out - base).norm() / base.norm()).item() <= 1e-5, path
+    base = gemm.w4a4_linear(plain, layer, path="i8", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=True))
+    cfg = dict(BLOCK_M=16, BLOCK_N=64, SWAP=True)
+    y.w4a4_codes = codes._replace(q=torch.zeros_like(codes.q))
+    assert not torch.allclose(gemm.w4a4_linear(y, layer, path="i8", config=cfg), base, rtol=1e-2, atol=1e-2)
+    y.w4a4_codes = codes._replace(layer=other)
+    assert torch.equal(gemm.w4a4_linear(y, layer, path="i8", config=cfg), gemm.w4a4_linear(plain, layer, path="i8", config=cfg))
+    y.w4a4_codes = codes._replace(q=torch.zeros_like(codes.q))
+    y.mul_(1.0)                                               # y written since: its codes are stale
+    assert torch.equal(gemm.w4a4_linear(y, layer, path="i8", config=cfg), gemm.w4a4_linear(plain, layer, path="i8", config=cfg))
+    with pytest.raises(ValueError, match="channels"):
+        gemm.norm_codes(xs[..., :K - 64], 1e-6, torch.bfloat16, layer)
+
+
+@interpreted
+def test_norm_codes_feed_the_qkv_epilogue_gemm(gemm):
+    """`w4a4_qkv_rope` on a y whose LayerNorm made its codes: the same q, k, v as on the same y without them
+    (within float32 rounding of the low-rank input's order), and zeroed codes change them (they are used)."""
+    from var_gen_ros.infinity.model import SelfAttention
+    B, H, c, L, n, start, K = 2, 3, 32, 40, 19, 7, 256
+    C = H * c
+    g = torch.Generator().manual_seed(5)
+    sa = SelfAttention(C, H)
+    with torch.no_grad():
+        sa.q_bias.normal_(generator=g)
+        sa.v_bias.normal_(generator=g)
+    layer = _w4a4_layer(K, 3 * C, False, 32, seed=4)
+    x = torch.randn(B, n, K, generator=g) * 2 + 0.5
+    rope = torch.randn(2, n, c // 2, generator=g)
+    bias, scale_mul = sa.qkv_constants()
+    y = gemm.norm_codes(x, 1e-6, torch.bfloat16, layer)
+
+    def run(inp):
+        outs = [torch.full((B, H, L, c), float("nan")) for _ in range(3)]
+        gemm.w4a4_qkv_rope(inp, layer, bias, scale_mul.view(-1), rope, *outs, start, config=dict(BLOCK_M=16), path="i8w")
+        return torch.stack([t[:, :, start:start + n] for t in outs])
+    with torch.no_grad():
+        got, base = run(y), run(y.clone())
+        assert ((got - base).norm() / base.norm()).item() <= 1e-5
+        y.w4a4_codes = y.w4a4_codes._replace(q=torch.zeros_like(y.w4a4_codes.q))
+        assert not torch.allclose(run(y), base, rtol=1e-2, atol=1e-2)
+
+
+@interpreted
 @pytest.mark.parametrize("shape,groups", [((2, 96, 7, 9), 32), ((1, 48, 33, 31), 24), ((1, 64, 5), 32)])
 def test_group_norm_kernel_matches_float64(shape, groups, monkeypatch):
     """The VAE's GroupNorm (+ SiLU) with rows split into several programs' partials (tiles and chunks made small),
