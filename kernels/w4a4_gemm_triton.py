@@ -1169,18 +1169,21 @@ def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, n, C, eps, sx_b, sx_l, ss_
     two-level INT4 codes q·m of x̂ = y · (1/λ) of the written y with its unit u, by kernel 1's operations
     (`_quantize_group`, MQ): the same bits as kernel 1 run on y."""
     row = tl.program_id(0)
-    y, cols, m = _modulated_row(X, W, Bi, S, SH, row, n, C, eps, sx_b, sx_l, ss_b, HAS_AFFINE, HAS_MOD, BLOCK_C)
+    # the row as (groups, GROUP) from the start (the first form reshaped a 1-D row for the groups' maxima and took
+    # 1.7x the plain norm's time at 4096 rows on the H100, forty-seventh session)
+    cols = tl.arange(0, BLOCK_C // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    m = cols < C
+    y = _modulated_row(X, W, Bi, S, SH, row, n, C, eps, sx_b, sx_l, ss_b, cols, m, HAS_AFFINE, HAS_MOD)
     yo = y.to(Y.dtype.element_ty)
     tl.store(Y + row * C + cols, yo, mask=m)
     xs = yo.to(tl.float32) * tl.load(INV + cols, mask=m, other=0.0)     # lanes past C: 0
-    xg = tl.reshape(xs, (BLOCK_C // GROUP, GROUP))
-    amax = tl.max(tl.abs(xg), axis=1)
+    amax = tl.max(tl.abs(xs), axis=1)
     top = tl.max(amax, axis=0) * INV7
     u = tl.where(top > 0, top * 0.0625, 0.0625)
     mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(amax * INV7, u)), 1.0), 16.0)
-    q = _rint(xg * _div_rn(1.0, u * mult)[:, None])
+    q = _rint(xs * _div_rn(1.0, u * mult)[:, None])
     q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-    tl.store(Q + row * C + cols, tl.reshape(q * mult[:, None], (BLOCK_C,)).to(Q.dtype.element_ty), mask=m)
+    tl.store(Q + row * C + cols, (q * mult[:, None]).to(Q.dtype.element_ty), mask=m)
     tl.store(U + row, u)
 
 
@@ -1233,24 +1236,41 @@ def _codes_of(x: torch.Tensor, layer):
 
 
 def low_rank_parts(layer) -> torch.Tensor:
-    """(2, K, R) bf16: L_down · (1/λ) in two bf16 parts (hi, then the rest), as kernel 1's "bf16x2i" low-rank dot makes
-    them in every program and group; kept on the layer (2 · K · R · 2 bytes) until L_down or λ change."""
+    """(K, 2R) bf16: L_down · (1/λ) in two bf16 parts side by side (hi, then the rest), as kernel 1's "bf16x2i"
+    low-rank dot makes them in every program and group; kept on the layer (2 · K · R · 2 bytes) until L_down or λ
+    change."""
     def make():
         dl = layer.lora_down.float() * inv_smooth(layer)[:, None]
         hi = dl.to(torch.bfloat16)
-        return torch.stack((hi, (dl - hi.float()).to(torch.bfloat16)))
+        return torch.cat((hi, (dl - hi.float()).to(torch.bfloat16)), 1).contiguous()
     return layer.derived("low_rank_parts", ("lora_down", "smooth"), make)
 
 
-def low_rank_input(x2: torch.Tensor, layer) -> torch.Tensor:
-    """x̂ · L_down for bf16 x2 (M, K) as two partials (2, M, R) float32 (the GEMMs' epilogues sum a layer's
-    partials): x2 against each bf16 part of `low_rank_parts` in one cuBLAS batched GEMM with float32 output
-    (exact products, float32 sums: kernel 1's dot, to ~2^-17 of x̂ · L_down). Triton's interpreter runs on the
-    CPU, which has no such GEMM: there a float32 matmul of the same operands."""
+# From this many rows `low_rank_input` reads x once (one GEMM against both parts, then their sum) instead of twice (a
+# batched GEMM whose two partials the GEMM's epilogue sums): measured in the forty-seventh session
+# (bench/norm_codes.py), VAR_GEN_W4A4_LR_MM_MIN_M
+LR_MM_MIN_M = int(os.environ.get("VAR_GEN_W4A4_LR_MM_MIN_M", "1024"))
+
+
+def low_rank_input(x2: torch.Tensor, layer, read_once: bool = None) -> torch.Tensor:
+    """x̂ · L_down for bf16 x2 (M, K) as float32 partials (S, M, R), which the GEMMs' epilogues sum: x2 against each
+    bf16 part of `low_rank_parts` by cuBLAS with float32 output (exact products, float32 sums: kernel 1's dot, to
+    ~2^-17 of x̂ · L_down); either one batched GEMM, the parts as two partials (S = 2), or (`read_once`, default from
+    LR_MM_MIN_M rows) one GEMM against both parts side by side, then their sum (S = 1). Triton's interpreter runs on
+    the CPU, which has no such GEMM: there a float32 matmul of the same operands."""
     parts = low_rank_parts(layer)
-    if x2.is_cuda:
-        return torch.bmm(x2.unsqueeze(0).expand(2, -1, -1), parts, out_dtype=torch.float32)
-    return torch.matmul(x2.float(), parts.float())
+    R = parts.shape[1] // 2
+    if read_once is None:
+        read_once = x2.shape[0] >= LR_MM_MIN_M
+    if not x2.is_cuda:
+        both = torch.matmul(x2.float(), parts.float())
+    elif read_once:
+        both = torch.mm(x2, parts, out_dtype=torch.float32)
+    else:
+        return torch.bmm(x2.unsqueeze(0).expand(2, -1, -1), parts.view(-1, 2, R).transpose(0, 1), out_dtype=torch.float32)
+    if read_once:
+        return (both[:, :R] + both[:, R:]).unsqueeze(0)
+    return torch.stack((both[:, :R], both[:, R:]))
 
 
 # From this many rows on, the FP8 path unpacks the weights into an e4m3 workspace (N x K bytes, freed

@@ -893,7 +893,7 @@ def test_adaln_kernel_matches_float64_on_the_8b_width():
 def test_norm_codes_give_kernel1s_bits_and_the_layers_output_on_the_8b_width(monkeypatch, K, N, bias, act):
     """The modulated LayerNorm that makes its W4A4 layer's codes (`norm_codes`, the blocks' qkv, cross-attention
     query and fc1 inputs), 8B widths, token slices of CFG batches from 9 to 2048 tokens (i8s, i8 and i8w paths):
-    y the plain kernel's bits; q·m and the units kernel 1's bits on that y; the low-rank input (cuBLAS, two bf16
+    y within bf16 rounding of the plain kernel's; q·m and the units kernel 1's bits on that y; the low-rank input (cuBLAS, two bf16
     parts) within 1e-5 of float64; the layer's output from them within 1e-3 of the reference, and of the output
     through kernel 1 (fresh inputs with outlier channels, outputs poisoned)."""
     from kernels_under_test import adaln_module
@@ -910,13 +910,17 @@ def test_norm_codes_give_kernel1s_bits_and_the_layers_output_on_the_8b_width(mon
         fn = dispatch.norm_codes_kernel(xs, layer, torch.bfloat16)
         assert fn is gm.norm_codes, (n, dispatch.kernel_status())
         y = fn(xs, 1e-6, torch.bfloat16, layer, None, None, s, sh)
-        assert torch.equal(y, adaln_module().adaln(xs, 1e-6, torch.bfloat16, None, None, s, sh))
+        # (not always the plain kernel's bits: the codes' per-group reshape can change how Triton lays out the row,
+        # and with it the order of the mean's and variance's sums; measured on the H100, forty-seventh session)
+        y_plain = adaln_module().adaln(xs, 1e-6, torch.bfloat16, None, None, s, sh).float()
+        assert float((y.float() - y_plain).abs().max() / y_plain.abs().max()) <= 8e-3, n
         y2 = y.reshape(-1, K)
         q, u, _ = gm.quantize_activations(y2, layer, i8=True)
         assert torch.equal(y.w4a4_codes.q, q) and torch.equal(y.w4a4_codes.u, u), n
-        lr = gm.low_rank_input(y2, layer)
         ref_lr = smooth_input(y2, layer.smooth).double() @ layer.lora_down.double()
-        assert float((lr.sum(0).double() - ref_lr).norm() / ref_lr.norm()) <= 1e-5, n
+        for once in (False, True):
+            lr = gm.low_rank_input(y2, layer, read_once=once)
+            assert float((lr.sum(0).double() - ref_lr).norm() / ref_lr.norm()) <= 1e-5, (n, once)
         ref = layer.reference_forward(y2, act).float()
         out = torch.full((2 * n, N), float("nan"), device="cuda", dtype=torch.bfloat16)
         gm.w4a4_linear(y, layer, out=out, act=act)

@@ -1,5 +1,5 @@
 # The LayerNorm making its W4A4 layer's codes (VAR_GEN_W4A4_NORM_CODES, forty-seventh session), on one GPU machine.
-# PART=1: its GPU tests and bench/norm_codes.py (the norm + layer pair, both forms side by side); PART=2: the
+# PART (one or more of 1 2 3, in order)=1: its GPU tests and bench/norm_codes.py (the norm + layer pair, both forms side by side); PART=2: the
 # resident 1024² edge proof with it off and on, interleaved (off, on, off, on: each in its own process); PART=3: the
 # edge preset (offloaded) with it on, for the allocated peak, and bf16 beside. Files in $OUT, packed into out.tgz.
 set -u
@@ -15,16 +15,17 @@ e() {   # e TAG LIMIT_S ENV... -- ARGS...: one edge proof process
   echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
   grep -E "^(w4a4|bf16)|rror|new prompt" "$OUT/edge_nc_$tag.txt" | tail -4
 }
-case "${PART:-1}" in
+for part in ${PART:-1}; do
+case "$part" in
 1)
   timeout 300 python3 -m pytest -q -p no:cacheprovider test/test_kernels_gpu.py -k "norm_codes or kernel1_only" \
     > "$OUT/gpu_tests_norm_codes.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/gpu_tests_norm_codes.txt"
-  timeout 240 python3 bench/norm_codes.py --json "$OUT/norm_codes_bench.json" > "$OUT/norm_codes_bench.txt" 2>&1
+  timeout ${BENCH_S:-240} python3 bench/norm_codes.py --ms ${BENCH_MS:-32,128,512,1152,2048,4096} --json "$OUT/norm_codes_bench.json" > "$OUT/norm_codes_bench.txt" 2>&1
   echo "bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/norm_codes_bench.txt" | cut -c1-150
   ;;
 2)
-  for tag in off_a on_a off_b on_b; do
+  for tag in ${EDGE_TAGS:-off_a on_a off_b on_b}; do
     v=0; [ "${tag#on}" != "$tag" ] && v=1
     e "resident_$tag" "${EDGE_S:-125}" VAR_GEN_W4A4_NORM_CODES=$v -- --modes w4a4_kv8
   done
@@ -34,4 +35,5 @@ case "${PART:-1}" in
   e bf16 130 VAR_GEN_W4A4_NORM_CODES=0 -- --modes bf16
   ;;
 esac
+done
 pack_out
