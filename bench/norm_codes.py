@@ -7,6 +7,7 @@ tokens of the 1024² scales and their 2048-token slices), CUDA-graph replay medi
 one process (the second round kept), µs, and their ratio; the outputs of the two forms compared.
 
     python3 bench/norm_codes.py --ms 32,128,512,1152,2048,4096 --json out.json
+    python3 bench/norm_codes.py --ms 128,1152,4096 --sweep "1,8;2,8;4,8;4,16;8,16" --json sweep.json
 """
 from __future__ import annotations
 
@@ -28,12 +29,38 @@ from test_kernels_gpu import _layer             # noqa: E402
 SHAPES = ((3584, 10752, False, None), (3584, 3584, True, None), (3584, 14336, True, "gelu_tanh"))
 
 
+def sweep(gm, ad, ms, launches, path) -> int:
+    """The norm with codes alone per launch (rows per program, warps) against the plain norm and kernel 1, µs."""
+    K = 3584
+    layer = _layer(K, 3584, True, 0)
+    rows = []
+    for M in ms:
+        x = torch.randn(2, M // 2, K, device="cuda") * 3 + 0.5
+        s, sh = torch.randn(2, 1, K, device="cuda") * 0.3, torch.randn(2, 1, K, device="cuda")
+        y2 = ad.adaln(x, 1e-6, torch.bfloat16, None, None, s, sh).reshape(-1, K)
+        t = {"adaln": _ms(lambda: ad.adaln(x, 1e-6, torch.bfloat16, None, None, s, sh)),
+             "kernel1": _ms(lambda: gm.quantize_activations(y2, layer, i8=True)),
+             "low_rank_input": _ms(lambda: gm.low_rank_input(y2, layer))}
+        for launch in launches:
+            t[f"norm_codes {launch[0]},{launch[1]}"] = _ms(
+                lambda launch=launch: gm.norm_codes(x, 1e-6, torch.bfloat16, layer, None, None, s, sh, launch=launch))
+        t = {k: 1e3 * v for k, v in t.items()}
+        rows.append(dict(M=M, us=t))
+        print(f"M {M:>5}: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()), flush=True)
+    write_json(path, dict(device=torch.cuda.get_device_name(), sweep=rows))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ms", default="32,128,512,1152,2048,4096")
     ap.add_argument("--json", default="")
+    ap.add_argument("--sweep", default="", help="launches (rows,warps;...) of the norm with codes alone, at --ms rows")
     a = ap.parse_args()
     gm, ad = gemm_module(), adaln_module()
+    if a.sweep:
+        return sweep(gm, ad, [int(m) for m in a.ms.split(",")], [tuple(int(v) for v in l.split(","))
+                                                                  for l in a.sweep.split(";")], a.json)
     H, c = 28, 128
     rows = []
     for K, N, bias, act in SHAPES:

@@ -22,16 +22,16 @@ _ON_GPU = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
-def _modulated_row(X, W, Bi, S, SH, row, n, C, eps, sx_b, sx_l, ss_b, cols, m, HAS_AFFINE: tl.constexpr,
-                   HAS_MOD: tl.constexpr):
-    """Row `row` (= b · n + t) of the modulated LayerNorm in float32 at the columns `cols` (mask m: cols < C), a block
-    of any shape covering the row: the W4A4 quantizer's `_norm_codes_kernel` (kernels/w4a4_gemm_triton.py) gives it
-    the row as (groups, 64), so that the codes' per-group maxima need no reshape of the row."""
+def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
+                  HAS_AFFINE: tl.constexpr, HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr):
+    row = tl.program_id(0)
     b, t = row // n, row % n
+    cols = tl.arange(0, BLOCK_C)
+    m = cols < C
     x = tl.load(X + b * sx_b + t * sx_l + cols, mask=m, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=None) / C
+    mean = tl.sum(x, axis=0) / C
     d = tl.where(m, x - mean, 0.0)
-    var = tl.sum(d * d, axis=None) / C
+    var = tl.sum(d * d, axis=0) / C
     if _ON_GPU:
         y = libdevice.div_rn(d, libdevice.sqrt_rn(var + eps))     # IEEE, as torch (Triton's are approximate)
     else:
@@ -41,21 +41,12 @@ def _modulated_row(X, W, Bi, S, SH, row, n, C, eps, sx_b, sx_l, ss_b, cols, m, H
     if HAS_MOD:
         s = tl.load(S + b * ss_b + cols, mask=m, other=0.0)
         y = y * (s + 1.0) + tl.load(SH + b * ss_b + cols, mask=m, other=0.0)
-    return y
-
-
-@triton.jit
-def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
-                  HAS_AFFINE: tl.constexpr, HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_C)
-    m = cols < C
-    y = _modulated_row(X, W, Bi, S, SH, row, n, C, eps, sx_b, sx_l, ss_b, cols, m, HAS_AFFINE, HAS_MOD)
-    tl.store(Y + (row // n) * sy_b + (row % n) * sy_l + cols, y.to(Y.dtype.element_ty), mask=m)
+    tl.store(Y + b * sy_b + t * sy_l + cols, y.to(Y.dtype.element_ty), mask=m)
 
 
 def modulation_args(x: torch.Tensor, weight, bias, scale, shift):
-    """adaln's argument checks; returns (scale, shift) expanded to x's batch with contiguous channels (or None)."""
+    """adaln's argument checks (also `norm_codes`'s, kernels/w4a4_gemm_triton.py); returns (scale, shift) expanded to
+    x's batch with contiguous channels, or (None, None)."""
     B, n, C = x.shape
     if x.stride(-1) != 1:
         raise ValueError("adaln: x needs contiguous channels")

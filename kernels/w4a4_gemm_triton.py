@@ -47,7 +47,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from . import w4a4_small_m_cuda as small_m
-from .adaln_triton import _modulated_row, modulation_args
+from .adaln_triton import modulation_args
 from .launch import Launcher
 from .tuning import first_if_asked
 
@@ -1163,28 +1163,48 @@ class NormCodes(NamedTuple):
 
 
 @triton.jit
-def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, n, C, eps, sx_b, sx_l, ss_b, INV7, HAS_AFFINE: tl.constexpr,
-                       HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr, GROUP: tl.constexpr):
-    """One row of the modulated LayerNorm (kernels/adaln_triton.py) written to Y (contiguous (rows, C)), and the
-    two-level INT4 codes q·m of x̂ = y · (1/λ) of the written y with its unit u, by kernel 1's operations
-    (`_quantize_group`, MQ): the same bits as kernel 1 run on y."""
-    row = tl.program_id(0)
-    # the row as (groups, GROUP) from the start (the first form reshaped a 1-D row for the groups' maxima and took
-    # 1.7x the plain norm's time at 4096 rows on the H100, forty-seventh session)
-    cols = tl.arange(0, BLOCK_C // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    m = cols < C
-    y = _modulated_row(X, W, Bi, S, SH, row, n, C, eps, sx_b, sx_l, ss_b, cols, m, HAS_AFFINE, HAS_MOD)
+def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, M, n, C, eps, sx_b, sx_l, ss_b, INV7, HAS_AFFINE: tl.constexpr,
+                       HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr):
+    """ROWS rows (row = b · n + t) of the modulated LayerNorm (kernels/adaln_triton.py's arithmetic: mean, then the
+    biased variance of the deviations, IEEE division and square root), written to Y (contiguous (M, C)), and the
+    two-level INT4 codes q·m of x̂ = y · (1/λ) of the written y with each row's unit u, by kernel 1's operations
+    (`_quantize_group`, MQ): the same bits as kernel 1 run on y. Each row is held as (groups, GROUP), so the groups'
+    maxima need no reshape (the first form reshaped a 1-D row and took 1.7x the plain norm's time at 4096 rows on the
+    H100; the second, one row of (groups, GROUP) per program, as long), and ROWS rows share each load of λ, the
+    affine weight and bias (the scale and shift rows of a batch are the same addresses: L1 hits)."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    r3 = rows[:, None, None]
+    cols = (tl.arange(0, BLOCK_C // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :])[None, :, :]
+    cm = cols < C
+    m = cm & (r3 < M)
+    b, t = r3 // n, r3 % n
+    x = tl.load(X + b * sx_b + t * sx_l + cols, mask=m, other=0.0).to(tl.float32)
+    mean = tl.sum(tl.sum(x, axis=2), axis=1) / C
+    d = tl.where(m, x - mean[:, None, None], 0.0)
+    var = tl.sum(tl.sum(d * d, axis=2), axis=1) / C
+    if _ON_GPU:
+        y = libdevice.div_rn(d, libdevice.sqrt_rn(var + eps)[:, None, None])     # IEEE, as torch
+    else:
+        y = d / tl.sqrt(var + eps)[:, None, None]
+    if HAS_AFFINE:
+        y = y * tl.load(W + cols, mask=cm, other=0.0) + tl.load(Bi + cols, mask=cm, other=0.0)
+    if HAS_MOD:
+        y = y * (tl.load(S + b * ss_b + cols, mask=m, other=0.0) + 1.0) + tl.load(SH + b * ss_b + cols, mask=m, other=0.0)
     yo = y.to(Y.dtype.element_ty)
-    tl.store(Y + row * C + cols, yo, mask=m)
-    xs = yo.to(tl.float32) * tl.load(INV + cols, mask=m, other=0.0)     # lanes past C: 0
-    amax = tl.max(tl.abs(xs), axis=1)
-    top = tl.max(amax, axis=0) * INV7
+    tl.store(Y + r3 * C + cols, yo, mask=m)
+    xs = yo.to(tl.float32) * tl.load(INV + cols, mask=cm, other=0.0)     # lanes past C: 0
+    amax = tl.max(tl.abs(xs), axis=2)                                    # (ROWS, groups)
+    top = tl.max(amax, axis=1) * INV7
     u = tl.where(top > 0, top * 0.0625, 0.0625)
-    mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(amax * INV7, u)), 1.0), 16.0)
-    q = _rint(xs * _div_rn(1.0, u * mult)[:, None])
+    mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(amax * INV7, u[:, None])), 1.0), 16.0)
+    q = _rint(xs * _div_rn(1.0, u[:, None] * mult)[:, :, None])
     q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-    tl.store(Q + row * C + cols, (q * mult[:, None]).to(Q.dtype.element_ty), mask=m)
-    tl.store(U + row, u)
+    tl.store(Q + r3 * C + cols, (q * mult[:, :, None]).to(Q.dtype.element_ty), mask=m)
+    tl.store(U + rows, u, mask=rows < M)
+
+
+# `_norm_codes_kernel`'s rows per program and warps (VAR_GEN_W4A4_NORM_CODES_LAUNCH="ROWS,WARPS")
+NORM_CODES_LAUNCH = tuple(int(v) for v in os.environ.get("VAR_GEN_W4A4_NORM_CODES_LAUNCH", "4,8").split(","))
 
 
 _NORM_CODES = Launcher(_norm_codes_kernel)
@@ -1206,10 +1226,11 @@ def norm_codes_apply(x: torch.Tensor, layer, out_dtype: torch.dtype) -> bool:
 
 
 def norm_codes(x: torch.Tensor, eps: float, out_dtype: torch.dtype, layer, weight: torch.Tensor = None,
-               bias: torch.Tensor = None, scale: torch.Tensor = None, shift: torch.Tensor = None) -> torch.Tensor:
+               bias: torch.Tensor = None, scale: torch.Tensor = None, shift: torch.Tensor = None,
+               launch: tuple = None) -> torch.Tensor:
     """`adaln` (kernels/adaln_triton.py: x (B, n, C), weight, bias, scale, shift as there) whose y also carries the
     W4A4 `layer`'s activation codes (`NormCodes` in y.w4a4_codes), which `w4a4_linear` and `w4a4_qkv_rope` use
-    instead of running kernel 1 on y."""
+    instead of running kernel 1 on y. `launch` (rows per program, warps) overrides NORM_CODES_LAUNCH."""
     B, n, C = x.shape
     if C != layer.in_features or C % GROUP:
         raise ValueError(f"norm_codes: {C} channels for a layer of {layer.in_features} inputs (groups of {GROUP})")
@@ -1219,12 +1240,13 @@ def norm_codes(x: torch.Tensor, eps: float, out_dtype: torch.dtype, layer, weigh
     q = torch.empty(B * n, C, dtype=torch.int8, device=x.device)
     u = torch.empty(B * n, dtype=torch.float32, device=x.device)
     if B * n:
-        block = triton.next_power_of_2(C)
-        _NORM_CODES((B * n,), (x, weight if weight is not None else x, bias if bias is not None else x,
-                               scale if mod else x, shift if mod else x, inv_smooth(layer), y, q, u, n, C, float(eps),
-                               x.stride(0), x.stride(1), scale.stride(0) if mod else 0, INV_QMAX),
-                    dict(HAS_AFFINE=weight is not None, HAS_MOD=mod, BLOCK_C=block, GROUP=GROUP,
-                         num_warps=8 if block >= 2048 else 4))
+        rows, warps = launch or NORM_CODES_LAUNCH
+        _NORM_CODES((triton.cdiv(B * n, rows),),
+                    (x, weight if weight is not None else x, bias if bias is not None else x, scale if mod else x,
+                     shift if mod else x, inv_smooth(layer), y, q, u, B * n, n, C, float(eps), x.stride(0), x.stride(1),
+                     scale.stride(0) if mod else 0, INV_QMAX),
+                    dict(HAS_AFFINE=weight is not None, HAS_MOD=mod, BLOCK_C=triton.next_power_of_2(C), GROUP=GROUP,
+                         ROWS=rows, num_warps=warps))
     y.w4a4_codes = NormCodes(layer, q, u, y._version)
     return y
 
