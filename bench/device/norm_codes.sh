@@ -30,10 +30,7 @@ case "$part" in
     e "resident_$tag" "${EDGE_S:-125}" VAR_GEN_W4A4_NORM_CODES=$v -- --modes w4a4_kv8
   done
   ;;
-4)   # the third form: the GPU tests, its launches swept, then the resident edge proof off and on with the fastest
-  timeout 200 python3 -m pytest -q -p no:cacheprovider test/test_kernels_gpu.py -k "norm_codes" \
-    > "$OUT/gpu_tests_norm_codes.txt" 2>&1
-  echo "tests rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/gpu_tests_norm_codes.txt"
+4)   # the third form: its launches swept, the resident edge proof off and on with the fastest, then the GPU tests
   timeout 90 python3 bench/norm_codes.py --ms 128,1152,4096 --sweep "1,8;4,8;4,16;8,16" \
     --json "$OUT/norm_codes_sweep.json" > "$OUT/norm_codes_sweep.txt" 2>&1
   echo "sweep rc $? s $(( $(date +%s) - t0 ))"; grep "^M" "$OUT/norm_codes_sweep.txt"
@@ -42,8 +39,11 @@ import json; r = json.load(open('$OUT/norm_codes_sweep.json'))['sweep']
 keys = [k for k in r[0]['us'] if k.startswith('norm_codes')]
 print(min(keys, key=lambda k: sum(x['us'][k] for x in r)).split()[1])" 2>/dev/null || echo 4,8)
   echo "launch $best"
-  e resident_off_c "${EDGE_S:-125}" VAR_GEN_W4A4_NORM_CODES=0 -- --modes w4a4_kv8
-  e resident_on_c "${EDGE_S:-125}" VAR_GEN_W4A4_NORM_CODES=1 VAR_GEN_W4A4_NORM_CODES_LAUNCH=$best -- --modes w4a4_kv8
+  e resident_off_c "${EDGE_S:-110}" VAR_GEN_W4A4_NORM_CODES=0 -- --modes w4a4_kv8
+  e resident_on_c "${EDGE_S:-110}" VAR_GEN_W4A4_NORM_CODES=1 VAR_GEN_W4A4_NORM_CODES_LAUNCH=$best -- --modes w4a4_kv8
+  timeout ${TESTS_S:-120} python3 -m pytest -q -p no:cacheprovider test/test_kernels_gpu.py -k "norm_codes" \
+    > "$OUT/gpu_tests_norm_codes.txt" 2>&1
+  echo "tests rc $? s $(( $(date +%s) - t0 ))"; tail -3 "$OUT/gpu_tests_norm_codes.txt"
   ;;
 3)
   e offloaded_on 140 VAR_GEN_W4A4_NORM_CODES=1 -- --modes w4a4_kv8 --offload-dir "$PWD/.park"
