@@ -1147,8 +1147,10 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
 # The modulated LayerNorms in front of the blocks' qkv, cross-attention query and fc1 projections (model.modulated_norm)
 # make those W4A4 layers' activation codes as they write y (`norm_codes`): the norm's program holds the whole row, all
 # that the two-level codes need (the rows' units are a max over the whole row, which kernel 1 gets from its row pass),
-# so kernel 1's two passes over y are left out for these layers; their low-rank input x̂ · L_down comes from one cuBLAS
-# batched GEMM of y against L_down · (1/λ) in two bf16 parts (`low_rank_input`). VAR_GEN_W4A4_NORM_CODES=1 turns it on.
+# so kernel 1's two passes over y are left out for these layers; their low-rank input x̂ · L_down comes from cuBLAS
+# (`low_rank_input`). VAR_GEN_W4A4_NORM_CODES=1 turns it on. Off: its first two forms (one row a program) made the
+# resident 1024² edge proof slower on the H100 (1.016 s against 1.004; the norm with codes 61 µs against the plain
+# norm's 36 at 4096 rows); the third (several rows a program) is not yet timed (docs/BENCHMARKS.md, forty-seventh session)
 NORM_CODES = os.environ.get("VAR_GEN_W4A4_NORM_CODES", "0") == "1"
 
 
