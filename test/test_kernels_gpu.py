@@ -936,16 +936,14 @@ def test_norm_codes_give_kernel1s_bits_and_the_layers_output_on_the_8b_width(mon
             assert torch.isfinite(got).all() and rel <= 1e-3, (n, what, rel)
 
 
-def test_a_w4a4_block_runs_kernel1_only_for_the_layers_no_norm_feeds(monkeypatch):
-    """A W4A4 Infinity-8B block over a 1024-token scale in 512-token slices: with the LayerNorms making the codes
-    of qkv, the cross-attention's query and fc1 (`norm_codes`), kernel 1 runs only for proj, the cross-attention's
-    proj and fc2 (3 of 6 layers per slice), and the block's output is within 1e-2 of the one without (the same
-    codes; the low-rank inputs summed in another order, which can flip a bf16 rounding and, downstream, a code)."""
+def _w4a4_block_8b_1024():
+    """A random Infinity-8B block in bf16 with every Linear W4A4, and `run(after_text)`: the block over one
+    1024-token (32 x 32) scale with CFG in 512-token slices (a copy of the float32 x each time: a sliced block writes
+    its result over it), `after_text()` called after the text's k, v projection; returns the output."""
     from var_gen_ros.infinity.config import INFINITY_8B, ScaleSchedule
     from var_gen_ros.infinity.kv_cache import KVCache
     from var_gen_ros.infinity.model import CrossAttnBlock, rope_tables
     from var_gen_ros.quant import W4A4Linear
-    gm = _small_m_module()
     torch.manual_seed(torch.seed() % 2 ** 31)
     blk = CrossAttnBlock(INFINITY_8B)
     for p in blk.parameters():
@@ -960,19 +958,32 @@ def test_a_w4a4_block_runs_kernel1_only_for_the_layers_no_norm_feeds(monkeypatch
     x = torch.randn(B, 1024, C, device="cuda")
     gss = torch.randn(B, 1, 6, C, device="cuda") * 0.1
     text, mask = torch.randn(B, 30, C, device="cuda", dtype=torch.bfloat16), torch.ones(B, 30, dtype=torch.bool, device="cuda")
+
+    def run(after_text=lambda: None):
+        cache = KVCache(B, H, c, 1024, torch.bfloat16, "cuda")
+        with torch.no_grad():
+            kv = blk.ca.text_kv(text)
+            after_text()
+            y = blk(x.clone(), gss, kv, mask, rope, kv_cache=cache, start=0, store=False, chunk_tokens=512)
+        torch.cuda.synchronize()
+        return y
+    return run
+
+
+def test_a_w4a4_block_runs_kernel1_only_for_the_layers_no_norm_feeds(monkeypatch):
+    """A W4A4 Infinity-8B block over a 1024-token scale in 512-token slices: with the LayerNorms making the codes
+    of qkv, the cross-attention's query and fc1 (`norm_codes`), kernel 1 runs only for proj, the cross-attention's
+    proj and fc2 (3 of 6 layers per slice), and the block's output is within 1e-2 of the one without (the same
+    codes; the low-rank inputs summed in another order, which can flip a bf16 rounding and, downstream, a code)."""
+    gm = _small_m_module()
+    run_block = _w4a4_block_8b_1024()
     quantized = []
     real = gm._QUANTIZE
     monkeypatch.setattr(gm, "_QUANTIZE", lambda grid, args, meta: (quantized.append(args[0].shape[1]), real(grid, args, meta)))
 
     def run(codes):
         monkeypatch.setattr(gm, "NORM_CODES", codes)
-        quantized.clear()
-        cache = KVCache(B, H, c, 1024, torch.bfloat16, "cuda")
-        with torch.no_grad():
-            kv = blk.ca.text_kv(text)
-            quantized.clear()                           # (the text's kv projection is not part of the count)
-            y = blk(x.clone(), gss, kv, mask, rope, kv_cache=cache, start=0, store=False, chunk_tokens=512)
-        torch.cuda.synchronize()
+        y = run_block(after_text=quantized.clear)       # (the text's kv projection is not part of the count)
         return y, list(quantized)
     y_codes, with_codes = run(True)
     y_plain, without = run(False)
@@ -1103,26 +1114,9 @@ def test_kept_weight_workspaces_give_the_same_block_output_with_one_unpack_per_l
     whose GEMM reads an int8 weight workspace): with each layer's workspace kept across a loop's slices (the
     default, `workspaces_kept`) the output equals one workspace per call bit for bit, with one unpack per layer
     and loop (qkv, then proj, cross-attention q and proj, fc1, fc2) instead of one per call."""
-    from var_gen_ros.infinity.config import INFINITY_8B, ScaleSchedule
-    from var_gen_ros.infinity.kv_cache import KVCache
-    from var_gen_ros.infinity.model import CrossAttnBlock, rope_tables
-    from var_gen_ros.quant import W4A4Linear
     from kernels_under_test import gemm_module
     gm = gemm_module()
-    torch.manual_seed(torch.seed() % 2 ** 31)
-    blk = CrossAttnBlock(INFINITY_8B)
-    for p in blk.parameters():
-        p.data = torch.randn(p.shape) * p.shape[-1] ** -0.5
-    blk = blk.to("cuda", torch.bfloat16)
-    for parent in list(blk.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(parent, name, W4A4Linear.from_linear(child.float(), param_dtype=torch.bfloat16))
-    B, C, H, c = 2, blk.C, blk.sa.num_heads, blk.sa.head_dim
-    rope = rope_tables(ScaleSchedule(((32, 32),), (32, 32)), c, "cuda").to(torch.bfloat16)
-    x = torch.randn(B, 1024, C, device="cuda")
-    gss = torch.randn(B, 1, 6, C, device="cuda") * 0.1
-    text, mask = torch.randn(B, 30, C, device="cuda", dtype=torch.bfloat16), torch.ones(B, 30, dtype=torch.bool, device="cuda")
+    run_block = _w4a4_block_8b_1024()
     unpacks = []
     real = gm._UNPACK_I8
     monkeypatch.setattr(gm, "_UNPACK_I8", lambda grid, args, meta: (unpacks.append(args[3].shape), real(grid, args, meta)))
@@ -1130,12 +1124,7 @@ def test_kept_weight_workspaces_give_the_same_block_output_with_one_unpack_per_l
     def run(keep):
         monkeypatch.setattr(gm, "KEEP_WORKSPACES", keep)
         unpacks.clear()
-        cache = KVCache(B, H, c, 1024, torch.bfloat16, "cuda")
-        with torch.no_grad():
-            kv = blk.ca.text_kv(text)
-            # a float32 x is overwritten slice by slice: each run gets its own copy
-            y = blk(x.clone(), gss, kv, mask, rope, kv_cache=cache, start=0, store=False, chunk_tokens=512)
-        torch.cuda.synchronize()
+        y = run_block()
         return y, list(unpacks)
     y_kept, kept = run(True)
     y_each, each = run(False)
