@@ -96,8 +96,6 @@ def main() -> int:
             y2 = ad.adaln(x, 1e-6, torch.bfloat16, None, None, s, sh).reshape(-1, K)
             t["kernel1"] = 1e3 * _ms(lambda: gm.quantize_activations(y2, layer, i8=True))
             t["low_rank_input"] = 1e3 * _ms(lambda: gm.low_rank_input(y2, layer))
-            t["low_rank_batched"] = 1e3 * _ms(lambda: gm.low_rank_input(y2, layer, read_once=False))
-            t["low_rank_read_once"] = 1e3 * _ms(lambda: gm.low_rank_input(y2, layer, read_once=True))
             t["adaln"] = 1e3 * _ms(lambda: ad.adaln(x, 1e-6, torch.bfloat16, None, None, s, sh))
             t["norm_codes_alone"] = 1e3 * _ms(lambda: gm.norm_codes(x, 1e-6, torch.bfloat16, layer, None, None, s, sh))
             got = []
@@ -108,14 +106,12 @@ def main() -> int:
             row = dict(K=K, N=N, M=M, path=("qkv " if qkv else "") + gm.path_for(x, layer, rows=M),
                        plain_us=t["plain"], norm_codes_us=t["norm_codes"], speedup=t["plain"] / t["norm_codes"],
                        y_max_diff=float((y0.float() - y1.float()).abs().max()), out_rel_diff=diff,
-                       parts_us={k: t[k] for k in ("adaln", "kernel1", "norm_codes_alone", "low_rank_input", "low_rank_batched",
-                                                   "low_rank_read_once")})
+                       parts_us={k: t[k] for k in ("adaln", "kernel1", "norm_codes_alone", "low_rank_input")})
             rows.append(row)
             print(f"{K:>5} -> {N:<5} M {M:>5} {row['path']:<8} plain {row['plain_us']:7.1f} us  norm codes "
                   f"{row['norm_codes_us']:7.1f} us  {row['speedup']:.3f}x  y max diff {row['y_max_diff']:.1e}  out rel diff "
                   f"{diff:.1e}  (norm {t['adaln']:.1f}, kernel 1 {t['kernel1']:.1f}; norm with codes "
-                  f"{t['norm_codes_alone']:.1f}, low-rank input {t['low_rank_input']:.1f}: batched {t['low_rank_batched']:.1f}, "
-                  f"read once {t['low_rank_read_once']:.1f})", flush=True)
+                  f"{t['norm_codes_alone']:.1f}, low-rank input {t['low_rank_input']:.1f})", flush=True)
     write_json(a.json, dict(device=torch.cuda.get_device_name(), rows=rows))
     return 0
 

@@ -1173,7 +1173,7 @@ def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, M, n, C, eps, sx_b, sx_l, 
     (`_quantize_group`, MQ): the same bits as kernel 1 run on y. Each row is held as (groups, GROUP), so the groups'
     maxima need no reshape (the first form reshaped a 1-D row and took 1.7x the plain norm's time at 4096 rows on the
     H100; the second, one row of (groups, GROUP) per program, as long), and ROWS rows share each load of λ, the
-    affine weight and bias (the scale and shift rows of a batch are the same addresses: L1 hits)."""
+    affine weight and bias (a batch's scale and shift rows are the same addresses for all its rows)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     r3 = rows[:, None, None]
     cols = (tl.arange(0, BLOCK_C // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :])[None, :, :]
@@ -1216,9 +1216,10 @@ def norm_codes_apply(x: torch.Tensor, layer, out_dtype: torch.dtype) -> bool:
     """Whether the modulated LayerNorm of x (..., K) in out_dtype makes the codes of `layer`, the W4A4 layer that
     reads it (NORM_CODES): bf16 y and L_down (`low_rank_input`'s two bf16 parts), layers whose GEMM takes the i8
     layout (two-level weight scales), rows that the Triton kernel 1 would quantize (above QUANT_CUDA_MAX_M, where
-    the one-launch CUDA kernel 1 runs), and a row that fits one program."""
+    the one-launch CUDA kernel 1 runs), and a program's rows of at most 16384 lanes (the blocks' 3584 in 4 rows)."""
     if not (NORM_CODES and x.is_cuda and out_dtype == torch.bfloat16 and getattr(layer, "act_bits", None) == 4
-            and hasattr(layer, "qweight") and x.shape[-1] == layer.in_features and layer.in_features <= 16384):
+            and hasattr(layer, "qweight") and x.shape[-1] == layer.in_features
+            and NORM_CODES_LAUNCH[0] * triton.next_power_of_2(layer.in_features) <= 16384):
         return False
     if layer.rank and layer.lora_down.dtype != torch.bfloat16:
         return False
@@ -1270,31 +1271,18 @@ def low_rank_parts(layer) -> torch.Tensor:
     return layer.derived("low_rank_parts", ("lora_down", "smooth"), make)
 
 
-# From this many rows `low_rank_input` reads x once (one GEMM against both parts, then their sum) instead of twice (a
-# batched GEMM whose two partials the GEMM's epilogue sums): measured in the forty-seventh session
-# (bench/norm_codes.py), VAR_GEN_W4A4_LR_MM_MIN_M
-LR_MM_MIN_M = int(os.environ.get("VAR_GEN_W4A4_LR_MM_MIN_M", "1024"))
-
-
-def low_rank_input(x2: torch.Tensor, layer, read_once: bool = None) -> torch.Tensor:
-    """x̂ · L_down for bf16 x2 (M, K) as float32 partials (S, M, R), which the GEMMs' epilogues sum: x2 against each
-    bf16 part of `low_rank_parts` by cuBLAS with float32 output (exact products, float32 sums: kernel 1's dot, to
-    ~2^-17 of x̂ · L_down); either one batched GEMM, the parts as two partials (S = 2), or (`read_once`, default from
-    LR_MM_MIN_M rows) one GEMM against both parts side by side, then their sum (S = 1). Triton's interpreter runs on
-    the CPU, which has no such GEMM: there a float32 matmul of the same operands."""
+def low_rank_input(x2: torch.Tensor, layer) -> torch.Tensor:
+    """x̂ · L_down for bf16 x2 (M, K) as two float32 partials (2, M, R), which the GEMMs' epilogues sum: x2 against
+    each bf16 part of `low_rank_parts` in one cuBLAS batched GEMM with float32 output (exact products, float32 sums:
+    kernel 1's dot, to ~2^-17 of x̂ · L_down). (One GEMM against both parts side by side, reading x2 once, then their
+    sum, took 8.2-9.5 µs against 7.2-7.4 at 128-1152 rows on the H100 and the same at 4096: forty-seventh session.)
+    Triton's interpreter runs on the CPU, which has no such GEMM: there a float32 matmul of the same operands."""
     parts = low_rank_parts(layer)
     R = parts.shape[1] // 2
-    if read_once is None:
-        read_once = x2.shape[0] >= LR_MM_MIN_M
     if not x2.is_cuda:
         both = torch.matmul(x2.float(), parts.float())
-    elif read_once:
-        both = torch.mm(x2, parts, out_dtype=torch.float32)
-    else:
-        return torch.bmm(x2.unsqueeze(0).expand(2, -1, -1), parts.view(-1, 2, R).transpose(0, 1), out_dtype=torch.float32)
-    if read_once:
-        return (both[:, :R] + both[:, R:]).unsqueeze(0)
-    return torch.stack((both[:, :R], both[:, R:]))
+        return torch.stack((both[:, :R], both[:, R:]))
+    return torch.bmm(x2.unsqueeze(0).expand(2, -1, -1), parts.view(-1, 2, R).transpose(0, 1), out_dtype=torch.float32)
 
 
 # From this many rows on, the FP8 path unpacks the weights into an e4m3 workspace (N x K bytes, freed
