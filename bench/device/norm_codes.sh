@@ -1,7 +1,9 @@
 # The LayerNorm making its W4A4 layer's codes (VAR_GEN_W4A4_NORM_CODES, forty-seventh session), on one GPU machine.
-# PART (one or more of 1 2 3, in order)=1: its GPU tests and bench/norm_codes.py (the norm + layer pair, both forms side by side); PART=2: the
-# resident 1024² edge proof with it off and on, interleaved (off, on, off, on: each in its own process); PART=3: the
-# edge preset (offloaded) with it on, for the allocated peak, and bf16 beside; PART=4: the third form (below). Files in $OUT, packed into out.tgz.
+# PART, one or more of these in order: 1, its GPU tests and bench/norm_codes.py (the norm + layer pair, both forms side
+# by side); 2, the resident 1024² edge proof with it off and on, interleaved (EDGE_TAGS, default off, on, off, on: each
+# in its own process); 3, the edge preset (offloaded) with it on, for the allocated peak, and bf16 beside; 4, the
+# third form's launches swept, the resident edge pair off and on with the fastest launch, then the GPU tests.
+# Files in $OUT, packed into out.tgz.
 set -u
 source bench/device/autotune_carry.sh
 export PYTHONPATH=$PWD:$PWD/test
