@@ -1205,8 +1205,12 @@ def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, M, n, C, eps, sx_b, sx_l, 
     tl.store(U + rows, u, mask=rows < M)
 
 
-# `_norm_codes_kernel`'s rows per program and warps (VAR_GEN_W4A4_NORM_CODES_LAUNCH="ROWS,WARPS")
-NORM_CODES_LAUNCH = tuple(int(v) for v in os.environ.get("VAR_GEN_W4A4_NORM_CODES_LAUNCH", "4,8").split(","))
+# `_norm_codes_kernel`'s rows per program and warps (VAR_GEN_W4A4_NORM_CODES_LAUNCH="ROWS,WARPS"). Compiled here at the
+# 8B width (bench/target_compile.py's compile, forty-seventh session), registers per thread on sm_90 / sm_87: 1 row
+# and 8 warps 48 / 48 (the plain norm 43 / 42), 2 and 8 80 / 80, 4 and 8 186 / 184 (one block per SM), 4 and 16
+# 98 / 97, 8 and 16 128 with 180 / 132 bytes spilled. 2 rows of 8 warps: λ shared by two rows at three blocks per SM.
+# Not yet timed (docs/BENCHMARKS.md, forty-seventh session).
+NORM_CODES_LAUNCH = tuple(int(v) for v in os.environ.get("VAR_GEN_W4A4_NORM_CODES_LAUNCH", "2,8").split(","))
 
 
 _NORM_CODES = Launcher(_norm_codes_kernel)
@@ -1216,7 +1220,7 @@ def norm_codes_apply(x: torch.Tensor, layer, out_dtype: torch.dtype) -> bool:
     """Whether the modulated LayerNorm of x (..., K) in out_dtype makes the codes of `layer`, the W4A4 layer that
     reads it (NORM_CODES): bf16 y and L_down (`low_rank_input`'s two bf16 parts), layers whose GEMM takes the i8
     layout (two-level weight scales), rows that the Triton kernel 1 would quantize (above QUANT_CUDA_MAX_M, where
-    the one-launch CUDA kernel 1 runs), and a program's rows of at most 16384 lanes (the blocks' 3584 in 4 rows)."""
+    the one-launch CUDA kernel 1 runs), and a program's rows of at most 16384 lanes (the blocks' 3584 up to 4 rows)."""
     if not (NORM_CODES and x.is_cuda and out_dtype == torch.bfloat16 and getattr(layer, "act_bits", None) == 4
             and hasattr(layer, "qweight") and x.shape[-1] == layer.in_features
             and NORM_CODES_LAUNCH[0] * triton.next_power_of_2(layer.in_features) <= 16384):

@@ -33,7 +33,7 @@ case "$part" in
   done
   ;;
 4)   # the third form: its launches swept, the resident edge proof off and on with the fastest, then the GPU tests
-  timeout 90 python3 bench/norm_codes.py --ms 128,1152,4096 --sweep "1,8;4,8;4,16;8,16" \
+  timeout 90 python3 bench/norm_codes.py --ms 128,1152,4096 --sweep "1,8;2,8;4,8;4,16" \
     --json "$OUT/norm_codes_sweep.json" > "$OUT/norm_codes_sweep.txt" 2>&1
   echo "sweep rc $? s $(( $(date +%s) - t0 ))"; grep "^M" "$OUT/norm_codes_sweep.txt"
   best=$(python3 -c "
