@@ -1172,11 +1172,16 @@ def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, M, n, C, eps, sx_b, sx_l, 
     two-level INT4 codes q·m of x̂ = y · (1/λ) of the written y with each row's unit u, by kernel 1's operations
     (`_quantize_group`, MQ): the same bits as kernel 1 run on y. Each row is held as (groups, GROUP), so the groups'
     maxima need no reshape (the first form reshaped a 1-D row and took 1.7x the plain norm's time at 4096 rows on the
-    H100; the second, one row of (groups, GROUP) per program, as long), and ROWS rows share each load of λ, the
-    affine weight and bias (a batch's scale and shift rows are the same addresses for all its rows)."""
+    H100; the second, one row of (groups, GROUP) per program, as long: both converted whole tiles between layouts, see
+    `cols`); ROWS rows share each load of λ, the affine weight and bias."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     r3 = rows[:, None, None]
-    cols = (tl.arange(0, BLOCK_C // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :])[None, :, :]
+    # the same columns, seen by Triton's analysis as contiguous in runs of 4 only: then the float32 loads, the bf16
+    # store of y and the int8 store of the codes all take 4 lanes a thread, one layout, where 64-long runs gave each
+    # its widest vector (4, 8, 16 lanes) and three whole-tile layout conversions through shared memory (sm_90 TTGIR)
+    c = tl.arange(0, GROUP)
+    c = (c // 4) * 4 + c % 4
+    cols = (tl.arange(0, BLOCK_C // GROUP)[:, None] * GROUP + c[None, :])[None, :, :]
     cm = cols < C
     m = cm & (r3 < M)
     b, t = r3 // n, r3 % n
@@ -1206,11 +1211,11 @@ def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, M, n, C, eps, sx_b, sx_l, 
 
 
 # `_norm_codes_kernel`'s rows per program and warps (VAR_GEN_W4A4_NORM_CODES_LAUNCH="ROWS,WARPS"). Compiled here at the
-# 8B width (bench/target_compile.py's compile, forty-seventh session), registers per thread on sm_90 / sm_87: 1 row
-# and 8 warps 48 / 48 (the plain norm 43 / 42), 2 and 8 80 / 80, 4 and 8 186 / 184 (one block per SM), 4 and 16
-# 98 / 97, 8 and 16 128 with 180 / 132 bytes spilled. 2 rows of 8 warps: λ shared by two rows at three blocks per SM.
-# Not yet timed (docs/BENCHMARKS.md, forty-seventh session).
-NORM_CODES_LAUNCH = tuple(int(v) for v in os.environ.get("VAR_GEN_W4A4_NORM_CODES_LAUNCH", "2,8").split(","))
+# 8B width (kernels/targets.py's compile with ptxas, forty-seventh session), sm_90: one row of 8 warps 50 registers,
+# 32 bytes of shared memory and no whole-tile layout conversion, as the plain norm (43 registers); 2 rows of 8 warps 80
+# registers and 4 rows 155, each with two whole-tile conversions left; 8 rows of 16 warps spill. Not yet timed
+# (docs/BENCHMARKS.md, forty-seventh session).
+NORM_CODES_LAUNCH = tuple(int(v) for v in os.environ.get("VAR_GEN_W4A4_NORM_CODES_LAUNCH", "1,8").split(","))
 
 
 _NORM_CODES = Launcher(_norm_codes_kernel)

@@ -583,7 +583,7 @@ def test_norm_codes_are_kernel1s_and_feed_the_gemm(gemm, K, N, rank, affine, mod
     y2 = y.reshape(-1, K)
     q1, u1, _ = gemm.quantize_activations(y2, layer, i8=True)
     assert torch.equal(codes.q, q1) and torch.equal(codes.u, u1)
-    for launch in ((1, 4), (8, 4)):           # one row a program; 8 (34 rows: the last program partly past the end)
+    for launch in ((2, 4), (8, 4)):           # (34 rows: a program with rows of both batches; with 8 the last partly past the end)
         other_y = gemm.norm_codes(xs, 1e-6, torch.bfloat16, layer, w, b, s, sh, launch=launch)
         assert torch.equal(other_y, y) and torch.equal(other_y.w4a4_codes.q, q1) and torch.equal(other_y.w4a4_codes.u, u1)
     xh = smooth_input(y2, layer.smooth)
