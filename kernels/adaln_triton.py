@@ -22,6 +22,16 @@ _ON_GPU = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
+def _div_by_std(d, var, eps):
+    """d / sqrt(var + eps) with IEEE square root and division, as torch (Triton's own are approximate on the GPU;
+    the CPU interpreter has no libdevice). Also the W4A4 quantizer's `_norm_codes_kernel`'s."""
+    if _ON_GPU:
+        return libdevice.div_rn(d, libdevice.sqrt_rn(var + eps))
+    else:
+        return d / tl.sqrt(var + eps)
+
+
+@triton.jit
 def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
                   HAS_AFFINE: tl.constexpr, HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr):
     row = tl.program_id(0)
@@ -32,10 +42,7 @@ def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
     mean = tl.sum(x, axis=0) / C
     d = tl.where(m, x - mean, 0.0)
     var = tl.sum(d * d, axis=0) / C
-    if _ON_GPU:
-        y = libdevice.div_rn(d, libdevice.sqrt_rn(var + eps))     # IEEE, as torch (Triton's are approximate)
-    else:
-        y = d / tl.sqrt(var + eps)
+    y = _div_by_std(d, var, eps)
     if HAS_AFFINE:
         y = y * tl.load(W + cols, mask=m, other=0.0) + tl.load(Bi + cols, mask=m, other=0.0)
     if HAS_MOD:

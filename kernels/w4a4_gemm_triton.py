@@ -47,7 +47,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from . import w4a4_small_m_cuda as small_m
-from .adaln_triton import modulation_args
+from .adaln_triton import _div_by_std, modulation_args
 from .launch import Launcher
 from .tuning import first_if_asked
 
@@ -1189,10 +1189,7 @@ def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, M, n, C, eps, sx_b, sx_l, 
     mean = tl.sum(tl.sum(x, axis=2), axis=1) / C
     d = tl.where(m, x - mean[:, None, None], 0.0)
     var = tl.sum(tl.sum(d * d, axis=2), axis=1) / C
-    if _ON_GPU:
-        y = libdevice.div_rn(d, libdevice.sqrt_rn(var + eps)[:, None, None])     # IEEE, as torch
-    else:
-        y = d / tl.sqrt(var + eps)[:, None, None]
+    y = _div_by_std(d, var[:, None, None], eps)
     if HAS_AFFINE:
         y = y * tl.load(W + cols, mask=cm, other=0.0) + tl.load(Bi + cols, mask=cm, other=0.0)
     if HAS_MOD:

@@ -39,7 +39,7 @@ case "$part" in
   best=$(python3 -c "
 import json; r = json.load(open('$OUT/norm_codes_sweep.json'))['sweep']
 keys = [k for k in r[0]['us'] if k.startswith('norm_codes')]
-print(min(keys, key=lambda k: sum(x['us'][k] for x in r)).split()[1])" 2>/dev/null || echo 4,8)
+print(min(keys, key=lambda k: sum(x['us'][k] for x in r)).split()[1])" 2>/dev/null || echo 1,8)
   echo "launch $best"
   e resident_off_c "${EDGE_S:-110}" VAR_GEN_W4A4_NORM_CODES=0 -- --modes w4a4_kv8
   e resident_on_c "${EDGE_S:-110}" VAR_GEN_W4A4_NORM_CODES=1 VAR_GEN_W4A4_NORM_CODES_LAUNCH=$best -- --modes w4a4_kv8

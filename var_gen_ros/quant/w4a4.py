@@ -128,8 +128,8 @@ class W4A4Linear(nn.Module):
 
     def derived(self, name: str, source, make: Callable[[], T]) -> T:
         """`make()`, a value derived from the layer's tensor `source` (an attribute name, or a tuple of them), kept on
-        the layer until one of them changes: another tensor (another device) or the same one written in place. The kernels' 1/λ is
-        kept here too. Weights offloaded to disk come back as new tensors with the same bits: `weights_parking`
+        the layer until one of them changes: another tensor (another device) or the same one written in place. The
+        kernels' 1/λ is kept here too. Weights offloaded to disk come back as new tensors with the same bits: `weights_parking`
         and `weights_loaded` carry the values over, so a load does not make them again (the weight units alone are
         ~200 small kernels a layer: 41 layers for each new prompt with the text-only layers offloaded)."""
         key = _sources_key(self, source)
