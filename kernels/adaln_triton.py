@@ -22,16 +22,6 @@ _ON_GPU = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
-def _div_by_std(d, var, eps):
-    """d / sqrt(var + eps) with IEEE square root and division, as torch (Triton's own are approximate on the GPU;
-    the CPU interpreter has no libdevice). Also the W4A4 quantizer's `_norm_codes_kernel`'s."""
-    if _ON_GPU:
-        return libdevice.div_rn(d, libdevice.sqrt_rn(var + eps))
-    else:
-        return d / tl.sqrt(var + eps)
-
-
-@triton.jit
 def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
                   HAS_AFFINE: tl.constexpr, HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr):
     row = tl.program_id(0)
@@ -42,7 +32,10 @@ def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
     mean = tl.sum(x, axis=0) / C
     d = tl.where(m, x - mean, 0.0)
     var = tl.sum(d * d, axis=0) / C
-    y = _div_by_std(d, var, eps)
+    if _ON_GPU:
+        y = libdevice.div_rn(d, libdevice.sqrt_rn(var + eps))     # IEEE, as torch (Triton's are approximate)
+    else:
+        y = d / tl.sqrt(var + eps)
     if HAS_AFFINE:
         y = y * tl.load(W + cols, mask=m, other=0.0) + tl.load(Bi + cols, mask=m, other=0.0)
     if HAS_MOD:
@@ -51,28 +44,20 @@ def _adaln_kernel(X, W, Bi, S, SH, Y, n, C, eps, sx_b, sx_l, ss_b, sy_b, sy_l,
     tl.store(Y + b * sy_b + t * sy_l + cols, y.to(Y.dtype.element_ty), mask=m)
 
 
-def modulation_args(x: torch.Tensor, weight, bias, scale, shift):
-    """adaln's argument checks (also `norm_codes`'s, kernels/w4a4_gemm_triton.py); returns (scale, shift) expanded to
-    x's batch with contiguous channels, or (None, None)."""
-    B, n, C = x.shape
-    if x.stride(-1) != 1:
-        raise ValueError("adaln: x needs contiguous channels")
-    if (weight is None) != (bias is None) or (scale is None) != (shift is None):
-        raise ValueError("adaln: weight and bias, scale and shift come in pairs")
-    if scale is not None:
-        scale, shift = scale.expand(B, 1, C), shift.expand(B, 1, C)
-        if scale.stride(-1) != 1 or shift.stride() != scale.stride():
-            scale, shift = scale.contiguous(), shift.contiguous()
-    return scale, shift
-
-
 def adaln(x: torch.Tensor, eps: float, out_dtype: torch.dtype, weight: torch.Tensor = None, bias: torch.Tensor = None,
           scale: torch.Tensor = None, shift: torch.Tensor = None) -> torch.Tensor:
     """x (B, n, C), last dim contiguous (a token slice of a larger tensor is fine); weight, bias (C,)
     float32 or None; scale, shift (B, 1, C) float32 or None. Returns (B, n, C) in out_dtype."""
     B, n, C = x.shape
-    scale, shift = modulation_args(x, weight, bias, scale, shift)
+    if x.stride(-1) != 1:
+        raise ValueError("adaln: x needs contiguous channels")
+    if (weight is None) != (bias is None) or (scale is None) != (shift is None):
+        raise ValueError("adaln: weight and bias, scale and shift come in pairs")
     mod = scale is not None
+    if mod:
+        scale, shift = scale.expand(B, 1, C), shift.expand(B, 1, C)
+        if scale.stride(-1) != 1 or shift.stride() != scale.stride():
+            scale, shift = scale.contiguous(), shift.contiguous()
     y = torch.empty(B, n, C, dtype=out_dtype, device=x.device)
     if B * n == 0:
         return y

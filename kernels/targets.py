@@ -225,12 +225,6 @@ def _elementwise_variants() -> List[Variant]:
                   dict(HAS_AFFINE=a, HAS_MOD=True, BLOCK_C=triton.next_power_of_2(_C)), 8, floats=("eps",),
                   div16=("C", "sx_b", "sx_l", "ss_b", "sy_b", "sy_l"))
           for a in (False, True)]
-    # the norm that also makes its W4A4 layer's codes (VAR_GEN_W4A4_NORM_CODES, off by default), its default launch
-    rows, warps = gemm.NORM_CODES_LAUNCH
-    ln.append(Variant(f"norm_codes[ROWS={rows}]", gemm._norm_codes_kernel,
-                      dict(X="fp32", W="fp32", Bi="fp32", S="fp32", SH="fp32", INV="fp32", Y="bf16", Q="i8", U="fp32"),
-                      dict(HAS_AFFINE=False, HAS_MOD=True, BLOCK_C=triton.next_power_of_2(_C), GROUP=64, ROWS=rows),
-                      warps, floats=("eps", "INV7"), div16=("C", "sx_b", "sx_l", "ss_b")))
     # the INT4 text encoder's weights (Flan-T5-XL: every width a multiple of 64, so N, K and K/64 of 16)
     deq = Variant("int4_dequant", int4_dequant_triton._int4_dequant_kernel, dict(P="u8", S="fp16", O="fp16", Y="bf16"),
                   dict(BLOCK_N=int4_dequant_triton.BLOCK_N, BLOCK_K=int4_dequant_triton.BLOCK_K, GROUP=64),

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import NamedTuple
 
 import torch
 import triton
@@ -47,7 +46,6 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from . import w4a4_small_m_cuda as small_m
-from .adaln_triton import _div_by_std, modulation_args
 from .launch import Launcher
 from .tuning import first_if_asked
 
@@ -1144,153 +1142,6 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     return q, sx, (lrsum if reduce else lr)
 
 
-# The modulated LayerNorms in front of the blocks' qkv, cross-attention query and fc1 projections (model.modulated_norm)
-# make those W4A4 layers' activation codes as they write y (`norm_codes`): the norm's program holds the whole row, all
-# that the two-level codes need (the rows' units are a max over the whole row, which kernel 1 gets from its row pass),
-# so kernel 1's two passes over y are left out for these layers; their low-rank input x̂ · L_down comes from cuBLAS
-# (`low_rank_input`). VAR_GEN_W4A4_NORM_CODES=1 turns it on. Off: its first two forms (one row a program) made the
-# resident 1024² edge proof slower on the H100 (1.016 s against 1.004; the norm with codes 61 µs against the plain
-# norm's 36 at 4096 rows); the third (several rows a program) is not yet timed (docs/BENCHMARKS.md, forty-seventh session)
-NORM_CODES = os.environ.get("VAR_GEN_W4A4_NORM_CODES", "0") == "1"
-
-
-class NormCodes(NamedTuple):
-    """The activation codes of a W4A4 `layer` made by `norm_codes` with y, kept on y (attribute `w4a4_codes`):
-    q·m (M, K) int8 and the rows' units u (M,) float32, as kernel 1 makes them for the i8 paths, and y's version
-    then (an in-place write to y after it makes them stale)."""
-    layer: object
-    q: torch.Tensor
-    u: torch.Tensor
-    version: int
-
-
-@triton.jit
-def _norm_codes_kernel(X, W, Bi, S, SH, INV, Y, Q, U, M, n, C, eps, sx_b, sx_l, ss_b, INV7, HAS_AFFINE: tl.constexpr,
-                       HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr):
-    """ROWS rows (row = b · n + t) of the modulated LayerNorm (kernels/adaln_triton.py's arithmetic: mean, then the
-    biased variance of the deviations, IEEE division and square root), written to Y (contiguous (M, C)), and the
-    two-level INT4 codes q·m of x̂ = y · (1/λ) of the written y with each row's unit u, by kernel 1's operations
-    (`_quantize_group`, MQ): the same bits as kernel 1 run on y. Each row is held as (groups, GROUP), so the groups'
-    maxima need no reshape (the first form reshaped a 1-D row and took 1.7x the plain norm's time at 4096 rows on the
-    H100; the second, one row of (groups, GROUP) per program, as long: both converted whole tiles between layouts, see
-    `cols`); ROWS rows share each load of λ, the affine weight and bias."""
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    r3 = rows[:, None, None]
-    # the same columns, seen by Triton's analysis as contiguous in runs of 4 only: then the float32 loads, the bf16
-    # store of y and the int8 store of the codes all take 4 lanes a thread, one layout, where 64-long runs gave each
-    # its widest vector (4, 8, 16 lanes) and three whole-tile layout conversions through shared memory (sm_90 TTGIR)
-    c = tl.arange(0, GROUP)
-    c = (c // 4) * 4 + c % 4
-    cols = (tl.arange(0, BLOCK_C // GROUP)[:, None] * GROUP + c[None, :])[None, :, :]
-    cm = cols < C
-    m = cm & (r3 < M)
-    b, t = r3 // n, r3 % n
-    x = tl.load(X + b * sx_b + t * sx_l + cols, mask=m, other=0.0).to(tl.float32)
-    mean = tl.sum(tl.sum(x, axis=2), axis=1) / C
-    d = tl.where(m, x - mean[:, None, None], 0.0)
-    var = tl.sum(tl.sum(d * d, axis=2), axis=1) / C
-    y = _div_by_std(d, var[:, None, None], eps)
-    if HAS_AFFINE:
-        y = y * tl.load(W + cols, mask=cm, other=0.0) + tl.load(Bi + cols, mask=cm, other=0.0)
-    if HAS_MOD:
-        y = y * (tl.load(S + b * ss_b + cols, mask=m, other=0.0) + 1.0) + tl.load(SH + b * ss_b + cols, mask=m, other=0.0)
-    yo = y.to(Y.dtype.element_ty)
-    tl.store(Y + r3 * C + cols, yo, mask=m)
-    xs = yo.to(tl.float32) * tl.load(INV + cols, mask=cm, other=0.0)     # lanes past C: 0
-    amax = tl.max(tl.abs(xs), axis=2)                                    # (ROWS, groups)
-    top = tl.max(amax, axis=1) * INV7
-    u = tl.where(top > 0, top * 0.0625, 0.0625)
-    mult = tl.minimum(tl.maximum(tl.ceil(_div_rn(amax * INV7, u[:, None])), 1.0), 16.0)
-    q = _rint(xs * _div_rn(1.0, u[:, None] * mult)[:, :, None])
-    q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-    tl.store(Q + r3 * C + cols, (q * mult[:, :, None]).to(Q.dtype.element_ty), mask=m)
-    tl.store(U + rows, u, mask=rows < M)
-
-
-# `_norm_codes_kernel`'s rows per program and warps (VAR_GEN_W4A4_NORM_CODES_LAUNCH="ROWS,WARPS"). Compiled here at the
-# 8B width (kernels/targets.py's compile with ptxas, forty-seventh session), sm_90: one row of 8 warps 50 registers,
-# 32 bytes of shared memory and no whole-tile layout conversion, as the plain norm (43 registers); 2 rows of 8 warps 80
-# registers and 4 rows 155, each with two whole-tile conversions left; 8 rows of 16 warps spill. Not yet timed
-# (docs/BENCHMARKS.md, forty-seventh session).
-NORM_CODES_LAUNCH = tuple(int(v) for v in os.environ.get("VAR_GEN_W4A4_NORM_CODES_LAUNCH", "1,8").split(","))
-
-
-_NORM_CODES = Launcher(_norm_codes_kernel)
-
-
-def norm_codes_apply(x: torch.Tensor, layer, out_dtype: torch.dtype) -> bool:
-    """Whether the modulated LayerNorm of x (..., K) in out_dtype makes the codes of `layer`, the W4A4 layer that
-    reads it (NORM_CODES): bf16 y and L_down (`low_rank_input`'s two bf16 parts), layers whose GEMM takes the i8
-    layout (two-level weight scales), rows that the Triton kernel 1 would quantize (above QUANT_CUDA_MAX_M, where
-    the one-launch CUDA kernel 1 runs), and a program's rows of at most 16384 lanes (the blocks' 3584 up to 4 rows)."""
-    if not (NORM_CODES and x.is_cuda and out_dtype == torch.bfloat16 and getattr(layer, "act_bits", None) == 4
-            and hasattr(layer, "qweight") and x.shape[-1] == layer.in_features
-            and NORM_CODES_LAUNCH[0] * triton.next_power_of_2(layer.in_features) <= 16384):
-        return False
-    if layer.rank and layer.lora_down.dtype != torch.bfloat16:
-        return False
-    rows = x.numel() // x.shape[-1]
-    return rows > QUANT_CUDA_MAX_M and path_for(x, layer, rows=rows).startswith("i8") \
-        and layer.weight_units() is not None
-
-
-def norm_codes(x: torch.Tensor, eps: float, out_dtype: torch.dtype, layer, weight: torch.Tensor = None,
-               bias: torch.Tensor = None, scale: torch.Tensor = None, shift: torch.Tensor = None,
-               launch: tuple = None) -> torch.Tensor:
-    """`adaln` (kernels/adaln_triton.py: x (B, n, C), weight, bias, scale, shift as there) whose y also carries the
-    W4A4 `layer`'s activation codes (`NormCodes` in y.w4a4_codes), which `w4a4_linear` and `w4a4_qkv_rope` use
-    instead of running kernel 1 on y. `launch` (rows per program, warps) overrides NORM_CODES_LAUNCH."""
-    B, n, C = x.shape
-    if C != layer.in_features or C % GROUP:
-        raise ValueError(f"norm_codes: {C} channels for a layer of {layer.in_features} inputs (groups of {GROUP})")
-    scale, shift = modulation_args(x, weight, bias, scale, shift)
-    mod = scale is not None
-    y = torch.empty(B, n, C, dtype=out_dtype, device=x.device)
-    q = torch.empty(B * n, C, dtype=torch.int8, device=x.device)
-    u = torch.empty(B * n, dtype=torch.float32, device=x.device)
-    if B * n:
-        rows, warps = launch or NORM_CODES_LAUNCH
-        _NORM_CODES((triton.cdiv(B * n, rows),),
-                    (x, weight if weight is not None else x, bias if bias is not None else x, scale if mod else x,
-                     shift if mod else x, inv_smooth(layer), y, q, u, B * n, n, C, float(eps), x.stride(0), x.stride(1),
-                     scale.stride(0) if mod else 0, INV_QMAX),
-                    dict(HAS_AFFINE=weight is not None, HAS_MOD=mod, BLOCK_C=triton.next_power_of_2(C), GROUP=GROUP,
-                         ROWS=rows, num_warps=warps))
-    y.w4a4_codes = NormCodes(layer, q, u, y._version)
-    return y
-
-
-def _codes_of(x: torch.Tensor, layer):
-    """The codes `norm_codes` made for `layer` with x, or None (none made, another layer's, or x written since)."""
-    c = getattr(x, "w4a4_codes", None)
-    return c if c is not None and c.layer is layer and c.version == x._version else None
-
-
-def low_rank_parts(layer) -> torch.Tensor:
-    """(K, 2R) bf16: L_down · (1/λ) in two bf16 parts side by side (hi, then the rest), as kernel 1's "bf16x2i"
-    low-rank dot makes them in every program and group; kept on the layer (2 · K · R · 2 bytes) until L_down or λ
-    change."""
-    def make():
-        dl = layer.lora_down.float() * inv_smooth(layer)[:, None]
-        hi = dl.to(torch.bfloat16)
-        return torch.cat((hi, (dl - hi.float()).to(torch.bfloat16)), 1).contiguous()
-    return layer.derived("low_rank_parts", ("lora_down", "smooth"), make)
-
-
-def low_rank_input(x2: torch.Tensor, layer) -> torch.Tensor:
-    """x̂ · L_down for bf16 x2 (M, K) as two float32 partials (2, M, R), which the GEMMs' epilogues sum: x2 against
-    each bf16 part of `low_rank_parts` in one cuBLAS batched GEMM with float32 output (exact products, float32 sums:
-    kernel 1's dot, to ~2^-17 of x̂ · L_down). (One GEMM against both parts side by side, reading x2 once, then their
-    sum, took 8.2-9.5 µs against 7.2-7.4 at 128-1152 rows on the H100 and the same at 4096: forty-seventh session.)
-    Triton's interpreter runs on the CPU, which has no such GEMM: there a float32 matmul of the same operands."""
-    parts = low_rank_parts(layer)
-    R = parts.shape[1] // 2
-    if not x2.is_cuda:
-        both = torch.matmul(x2.float(), parts.float())
-        return torch.stack((both[:, :R], both[:, R:]))
-    return torch.bmm(x2.unsqueeze(0).expand(2, -1, -1), parts.view(-1, 2, R).transpose(0, 1), out_dtype=torch.float32)
-
-
 # From this many rows on, the FP8 path unpacks the weights into an e4m3 workspace (N x K bytes, freed
 # after the call) and its GEMM loads them plainly: 1.07-1.23x faster at M >= 2048 on the H100, about
 # equal at 512, slower below (the unpack is a fixed cost). VAR_GEN_W4A4_UNPACK_MIN_M=0 turns it off.
@@ -1540,10 +1391,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     if path == "i8s" and not small_m.supports(M, layer, x.dtype):
         raise ValueError(f"the i8s path takes 1-{small_m.MAX_M} rows, K % 64 == 0, N % 32 == 0 and one 16-bit dtype "
                          f"for x, scales, L_up and bias (M {M}, {K} -> {N}, x {x.dtype}, scales {layer.wscales.dtype})")
-    codes = _codes_of(x, layer) if i8 else None
-    if codes is not None:     # made by the LayerNorm in front (`norm_codes`): no kernel 1
-        q, sx, lr = codes.q, codes.u, (low_rank_input(x2, layer) if R else None)
-    elif i8 and path != "i8w" and M <= QUANT_CUDA_MAX_M and small_m.quantize_supports(x2, layer) \
+    if i8 and path != "i8w" and M <= QUANT_CUDA_MAX_M and small_m.quantize_supports(x2, layer) \
             and small_m.extension() is not None:
         q, sx, lr = small_m.quantize(x2, layer, inv_smooth(layer), INV_QMAX)
     else:
@@ -1640,11 +1488,7 @@ def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.T
         raise ValueError(f"w4a4_qkv_rope: the epilogue is in the i8 GEMM (two-level scales), not {path!r}")
     if rope.stride(-1) != 1 or rope.shape[1] != n:
         rope = rope[:, :n].contiguous()
-    codes = _codes_of(x, layer)
-    if codes is not None:     # made by the LayerNorm in front (`norm_codes`)
-        qx, ux, lr = codes.q, codes.u, (low_rank_input(x2, layer) if R else None)
-    else:
-        qx, ux, lr = quantize_activations(x2, layer, i8=True)
+    qx, ux, lr = quantize_activations(x2, layer, i8=True)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     args = (qx, ux, wq, layer.wscales, wu, lr if R else ux, layer.lora_up if R else layer.wscales,
             layer.bias if layer.bias is not None else bias, M, N, K, lr.shape[0] if R else 0, _bucket(M),

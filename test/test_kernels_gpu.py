@@ -888,110 +888,6 @@ def test_adaln_kernel_matches_float64_on_the_8b_width():
         assert y.dtype == out_dt and err <= tol, (out_dt, err)
 
 
-@pytest.mark.parametrize("K,N,bias,act", [(3584, 10752, False, None), (3584, 3584, True, None),
-                                           (3584, 14336, True, "gelu_tanh")])
-def test_norm_codes_give_kernel1s_bits_and_the_layers_output_on_the_8b_width(monkeypatch, K, N, bias, act):
-    """The modulated LayerNorm that makes its W4A4 layer's codes (`norm_codes`, the blocks' qkv, cross-attention
-    query and fc1 inputs), 8B widths, token slices of CFG batches from 9 to 2048 tokens (i8s, i8 and i8w paths):
-    y within bf16 rounding of the plain kernel's; q·m and the units kernel 1's bits on that y; the low-rank input (cuBLAS, two bf16
-    parts) within 1e-5 of float64; the layer's output from them within 1e-3 of the reference, and of the output
-    through kernel 1 (fresh inputs with outlier channels, outputs poisoned)."""
-    from kernels_under_test import adaln_module
-    from var_gen_ros.quant import dispatch
-    gm = _small_m_module()
-    monkeypatch.setattr(gm, "NORM_CODES", True)
-    layer = _layer(K, N, bias, seed=K + N + 7)
-    torch.manual_seed(torch.seed() % 2 ** 31)
-    for n in (9, 144, 2048):
-        x = torch.randn(2, n + 5, K, device="cuda") * 3 + 0.5
-        x[..., torch.randint(K, (4,))] *= 40
-        s, sh = torch.randn(2, 1, K, device="cuda") * 0.3, torch.randn(2, 1, K, device="cuda")
-        xs = x[:, 5:]
-        fn = dispatch.norm_codes_kernel(xs, layer, torch.bfloat16)
-        assert fn is gm.norm_codes, (n, dispatch.kernel_status())
-        y = fn(xs, 1e-6, torch.bfloat16, layer, None, None, s, sh)
-        # (not always the plain kernel's bits: the codes' per-group reshape can change how Triton lays out the row,
-        # and with it the order of the mean's and variance's sums; measured on the H100, forty-seventh session)
-        y_plain = adaln_module().adaln(xs, 1e-6, torch.bfloat16, None, None, s, sh).float()
-        assert float((y.float() - y_plain).abs().max() / y_plain.abs().max()) <= 8e-3, n
-        y2 = y.reshape(-1, K)
-        q, u, _ = gm.quantize_activations(y2, layer, i8=True)
-        assert torch.equal(y.w4a4_codes.q, q) and torch.equal(y.w4a4_codes.u, u), n
-        if n == 144:                          # the other launches bench/norm_codes.py --sweep times
-            for launch in ((2, 8), (4, 8), (4, 16), (8, 16)):
-                y_l = gm.norm_codes(xs, 1e-6, torch.bfloat16, layer, None, None, s, sh, launch=launch)
-                q_l, u_l, _ = gm.quantize_activations(y_l.reshape(-1, K), layer, i8=True)
-                assert torch.equal(y_l.w4a4_codes.q, q_l) and torch.equal(y_l.w4a4_codes.u, u_l), launch
-        ref_lr = smooth_input(y2, layer.smooth).double() @ layer.lora_down.double()
-        lr = gm.low_rank_input(y2, layer)
-        assert float((lr.sum(0).double() - ref_lr).norm() / ref_lr.norm()) <= 1e-5, n
-        ref = layer.reference_forward(y2, act).float()
-        out = torch.full((2 * n, N), float("nan"), device="cuda", dtype=torch.bfloat16)
-        gm.w4a4_linear(y, layer, out=out, act=act)
-        base = gm.w4a4_linear(y.clone(), layer, act=act).reshape(-1, N).float()
-        for got, what in ((out.float(), "reference"), (base, "kernel 1")):
-            against = ref if what == "reference" else out.float()
-            rel = ((got - against).norm() / against.norm()).item()
-            assert torch.isfinite(got).all() and rel <= 1e-3, (n, what, rel)
-
-
-def _w4a4_block_8b_1024():
-    """A random Infinity-8B block in bf16 with every Linear W4A4, and `run(after_text)`: the block over one
-    1024-token (32 x 32) scale with CFG in 512-token slices (a copy of the float32 x each time: a sliced block writes
-    its result over it), `after_text()` called after the text's k, v projection; returns the output."""
-    from var_gen_ros.infinity.config import INFINITY_8B, ScaleSchedule
-    from var_gen_ros.infinity.kv_cache import KVCache
-    from var_gen_ros.infinity.model import CrossAttnBlock, rope_tables
-    from var_gen_ros.quant import W4A4Linear
-    torch.manual_seed(torch.seed() % 2 ** 31)
-    blk = CrossAttnBlock(INFINITY_8B)
-    for p in blk.parameters():
-        p.data = torch.randn(p.shape) * p.shape[-1] ** -0.5
-    blk = blk.to("cuda", torch.bfloat16)
-    for parent in list(blk.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(parent, name, W4A4Linear.from_linear(child.float(), param_dtype=torch.bfloat16))
-    B, C, H, c = 2, blk.C, blk.sa.num_heads, blk.sa.head_dim
-    rope = rope_tables(ScaleSchedule(((32, 32),), (32, 32)), c, "cuda").to(torch.bfloat16)
-    x = torch.randn(B, 1024, C, device="cuda")
-    gss = torch.randn(B, 1, 6, C, device="cuda") * 0.1
-    text, mask = torch.randn(B, 30, C, device="cuda", dtype=torch.bfloat16), torch.ones(B, 30, dtype=torch.bool, device="cuda")
-
-    def run(after_text=lambda: None):
-        cache = KVCache(B, H, c, 1024, torch.bfloat16, "cuda")
-        with torch.no_grad():
-            kv = blk.ca.text_kv(text)
-            after_text()
-            y = blk(x.clone(), gss, kv, mask, rope, kv_cache=cache, start=0, store=False, chunk_tokens=512)
-        torch.cuda.synchronize()
-        return y
-    return run
-
-
-def test_a_w4a4_block_runs_kernel1_only_for_the_layers_no_norm_feeds(monkeypatch):
-    """A W4A4 Infinity-8B block over a 1024-token scale in 512-token slices: with the LayerNorms making the codes
-    of qkv, the cross-attention's query and fc1 (`norm_codes`), kernel 1 runs only for proj, the cross-attention's
-    proj and fc2 (3 of 6 layers per slice), and the block's output is within 1e-2 of the one without (the same
-    codes; the low-rank inputs summed in another order, which can flip a bf16 rounding and, downstream, a code)."""
-    gm = _small_m_module()
-    run_block = _w4a4_block_8b_1024()
-    quantized = []
-    real = gm._QUANTIZE
-    monkeypatch.setattr(gm, "_QUANTIZE", lambda grid, args, meta: (quantized.append(args[0].shape[1]), real(grid, args, meta)))
-
-    def run(codes):
-        monkeypatch.setattr(gm, "NORM_CODES", codes)
-        y = run_block(after_text=quantized.clear)       # (the text's kv projection is not part of the count)
-        return y, list(quantized)
-    y_codes, with_codes = run(True)
-    y_plain, without = run(False)
-    assert sorted(with_codes) == [3584] * 4 + [14336] * 2, with_codes       # proj, ca.proj, fc2 per slice
-    assert sorted(without) == [3584] * 10 + [14336] * 2, without
-    err = float((y_codes - y_plain).norm() / y_plain.norm())
-    assert err <= 1e-2, err
-
-
 def test_group_norm_kernel_matches_float64_at_the_8b_vae_decoder_widths():
     """The VAE's GroupNorm (+ SiLU) on the 8B decoder's activations of a 1024² image (bf16, as the product decodes):
     the top level's 128 channels at 1024², 512 at 256² with an offset mean, against float64; in NCHW and in
@@ -1113,9 +1009,26 @@ def test_kept_weight_workspaces_give_the_same_block_output_with_one_unpack_per_l
     whose GEMM reads an int8 weight workspace): with each layer's workspace kept across a loop's slices (the
     default, `workspaces_kept`) the output equals one workspace per call bit for bit, with one unpack per layer
     and loop (qkv, then proj, cross-attention q and proj, fc1, fc2) instead of one per call."""
+    from var_gen_ros.infinity.config import INFINITY_8B, ScaleSchedule
+    from var_gen_ros.infinity.kv_cache import KVCache
+    from var_gen_ros.infinity.model import CrossAttnBlock, rope_tables
+    from var_gen_ros.quant import W4A4Linear
     from kernels_under_test import gemm_module
     gm = gemm_module()
-    run_block = _w4a4_block_8b_1024()
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    blk = CrossAttnBlock(INFINITY_8B)
+    for p in blk.parameters():
+        p.data = torch.randn(p.shape) * p.shape[-1] ** -0.5
+    blk = blk.to("cuda", torch.bfloat16)
+    for parent in list(blk.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, W4A4Linear.from_linear(child.float(), param_dtype=torch.bfloat16))
+    B, C, H, c = 2, blk.C, blk.sa.num_heads, blk.sa.head_dim
+    rope = rope_tables(ScaleSchedule(((32, 32),), (32, 32)), c, "cuda").to(torch.bfloat16)
+    x = torch.randn(B, 1024, C, device="cuda")
+    gss = torch.randn(B, 1, 6, C, device="cuda") * 0.1
+    text, mask = torch.randn(B, 30, C, device="cuda", dtype=torch.bfloat16), torch.ones(B, 30, dtype=torch.bool, device="cuda")
     unpacks = []
     real = gm._UNPACK_I8
     monkeypatch.setattr(gm, "_UNPACK_I8", lambda grid, args, meta: (unpacks.append(args[3].shape), real(grid, args, meta)))
@@ -1123,7 +1036,12 @@ def test_kept_weight_workspaces_give_the_same_block_output_with_one_unpack_per_l
     def run(keep):
         monkeypatch.setattr(gm, "KEEP_WORKSPACES", keep)
         unpacks.clear()
-        y = run_block()
+        cache = KVCache(B, H, c, 1024, torch.bfloat16, "cuda")
+        with torch.no_grad():
+            kv = blk.ca.text_kv(text)
+            # a float32 x is overwritten slice by slice: each run gets its own copy
+            y = blk(x.clone(), gss, kv, mask, rope, kv_cache=cache, start=0, store=False, chunk_tokens=512)
+        torch.cuda.synchronize()
         return y, list(unpacks)
     y_kept, kept = run(True)
     y_each, each = run(False)

@@ -45,11 +45,10 @@ def test_orin_builds_every_kernel_the_dispatch_launches_there():
     fams = {targets.kernel_family(v.name) for v in vs}
     # the Orin's paths: i8 / i8w (two-level scales), INT8 MMA with a rescale (free scales; no FP8 before
     # sm_89, no f16 path off Hopper), the qkv-epilogue GEMM, the INT8-KV attention and its helpers, the
-    # INT4 text encoder's dequantization, the VAE decoder's GroupNorm (+ SiLU); and the norm making its layer's codes
-    # (VAR_GEN_W4A4_NORM_CODES, off by default)
+    # INT4 text encoder's dequantization, the VAE decoder's GroupNorm (+ SiLU)
     assert fams == {"row_amax", "quantize_act", "unpack_weight_i8", "w4a4_i8", "w4a4_i8w", "w4a4_int8", "w4a4_i8_qkv",
-                    "attn_int8", "kv_store", "kv_dequant", "qkv_rope", "adaln", "norm_codes", "int4_dequant", "gn_partial",
-                    "gn_apply", "gn_nhwc_partial", "gn_nhwc_apply", "gn_nhwc_finish"}
+                    "attn_int8", "kv_store", "kv_dequant", "qkv_rope", "adaln", "int4_dequant", "gn_partial", "gn_apply",
+                    "gn_nhwc_partial", "gn_nhwc_apply", "gn_nhwc_finish"}
     idx = _pick(vs)
     with ProcessPoolExecutor(min(2, os.cpu_count() or 1)) as ex:
         rows = list(ex.map(_compile, [(i, targets.ORIN) for i in idx]))

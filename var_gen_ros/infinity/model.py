@@ -76,23 +76,14 @@ def _fused(x: torch.Tensor):
     return adaln_kernel(x)
 
 
-def modulated_norm(x: torch.Tensor, ln: nn.LayerNorm, out_dtype: torch.dtype, scale=None, shift=None,
-                   codes_for: Optional[nn.Module] = None) -> torch.Tensor:
+def modulated_norm(x: torch.Tensor, ln: nn.LayerNorm, out_dtype: torch.dtype, scale=None, shift=None) -> torch.Tensor:
     """ln(x) in float32 (with ln's affine weight and bias if it has them), times (1 + scale) plus shift
     (AdaLN, (B, 1, C) each) if given, in out_dtype (the compute dtype of the layer that reads it). On a
-    GPU one kernel (kernels/adaln_triton.py): x read once, no float32 temporaries. `codes_for`: the layer
-    that reads the result; where it is a W4A4 layer the kernel can serve, the kernel also makes its
-    activation codes, kept on the result for that layer (`norm_codes` in kernels/w4a4_gemm_triton.py)."""
+    GPU one kernel (kernels/adaln_triton.py): x read once, no float32 temporaries."""
     fn = _fused(x)
     if fn is not None and (ln.weight is None) == (ln.bias is None):
-        w = None if ln.weight is None else ln.weight.float()
-        b = None if ln.bias is None else ln.bias.float()
-        if codes_for is not None:
-            from ..quant.dispatch import norm_codes_kernel     # (lazy: quant imports this package)
-            with_codes = norm_codes_kernel(x, codes_for, out_dtype)
-            if with_codes is not None:
-                return with_codes(x, ln.eps, out_dtype, codes_for, w, b, scale, shift)
-        return fn(x, ln.eps, out_dtype, w, b, scale, shift)
+        return fn(x, ln.eps, out_dtype, None if ln.weight is None else ln.weight.float(),
+                  None if ln.bias is None else ln.bias.float(), scale, shift)
     return modulated_norm_reference(x, ln, out_dtype, scale, shift)
 
 
@@ -283,16 +274,15 @@ class CrossAttnBlock(nn.Module):
         return self._cross_and_ffn(x, ada, text_kv, text_mask)
 
     def _attn_input(self, x, ada):
-        return modulated_norm(x, self.ln_wo_grad, layer_dtype(self.sa.mat_qkv), ada[2], ada[4], self.sa.mat_qkv)
+        return modulated_norm(x, self.ln_wo_grad, layer_dtype(self.sa.mat_qkv), ada[2], ada[4])
 
     def _cross_and_ffn(self, x, ada, text_kv, text_mask):
         """x (float32, consumed: on the fast path the residuals are added into it) -> block output."""
         gamma2, scale2, shift2 = ada[1], ada[3], ada[5]
         fast = _fused(x) is not None and x.dtype == torch.float32
-        ca = self.ca(modulated_norm(x, self.ca_norm, layer_dtype(self.ca.mat_q), codes_for=self.ca.mat_q), text_kv,
-                     text_mask)
+        ca = self.ca(modulated_norm(x, self.ca_norm, layer_dtype(self.ca.mat_q)), text_kv, text_mask)
         x = x.add_(ca) if fast else x + ca.float()
-        h = modulated_norm(x, self.ln_wo_grad, layer_dtype(self.ffn.fc1), scale2, shift2, self.ffn.fc1)
+        h = modulated_norm(x, self.ln_wo_grad, layer_dtype(self.ffn.fc1), scale2, shift2)
         return x.addcmul_(self.ffn(h), gamma2) if fast else x + self.ffn(h).float() * gamma2
 
     def forward_chunked(self, x, ada, text_kv, text_mask, rope, kv_cache, start, store, n):

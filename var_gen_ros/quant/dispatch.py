@@ -215,18 +215,6 @@ def adaln_kernel(x):
     return _STATE.get("adaln")
 
 
-def norm_codes_kernel(x, layer, out_dtype):
-    """The modulated LayerNorm that also makes the activation codes of `layer`, the W4A4 layer reading its output
-    (`norm_codes` in kernels/w4a4_gemm_triton.py, VAR_GEN_W4A4_NORM_CODES), for x, or None (the plain kernel)."""
-    if not x.is_cuda or getattr(layer, "act_bits", None) != 4:
-        return None
-    _load()
-    gemm = _STATE.get("w4a4_module")
-    if gemm is None or _STATE.get("adaln") is None or not gemm.norm_codes_apply(x, layer, out_dtype):
-        return None
-    return gemm.norm_codes
-
-
 def group_norm_kernel(x):
     """The VAE's GroupNorm (+ SiLU) kernel for x, or None for the reference (F.group_norm, F.silu)."""
     if not x.is_cuda or x.dtype == torch.float64:

@@ -37,12 +37,6 @@ def _tensor_key(t: torch.Tensor) -> tuple:
     return (t.device, t.data_ptr(), t._version)
 
 
-def _sources_key(layer: nn.Module, source) -> tuple:
-    """The key of a derived value's source tensors: one attribute name or a tuple of them."""
-    names = (source,) if isinstance(source, str) else source
-    return tuple(_tensor_key(getattr(layer, n)) for n in names)
-
-
 class W4A4Linear(nn.Module):
     """A Linear in SVDQuant form. `act_bits=4`: W4A4; `act_bits=None`: W4A16 (weights only)."""
 
@@ -66,7 +60,7 @@ class W4A4Linear(nn.Module):
             self.register_buffer("bias", torch.zeros(N, dtype=param_dtype, **f))
         else:
             self.bias = None
-        self._derived = {}        # name -> (key of its source tensors, value, their attribute name(s))
+        self._derived = {}        # name -> (key of its source tensor, value, source's attribute name)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -126,27 +120,27 @@ class W4A4Linear(nn.Module):
         once per device and weights version."""
         return self.derived("weight_units", "wscales", lambda: weight_units(self.wscales))
 
-    def derived(self, name: str, source, make: Callable[[], T]) -> T:
-        """`make()`, a value derived from the layer's tensor `source` (an attribute name, or a tuple of them), kept on
-        the layer until one of them changes: another tensor (another device) or the same one written in place. The
-        kernels' 1/λ is kept here too. Weights offloaded to disk come back as new tensors with the same bits: `weights_parking`
+    def derived(self, name: str, source: str, make: Callable[[], T]) -> T:
+        """`make()`, a value derived from the layer's tensor `source` (an attribute name), kept on the layer until
+        that tensor changes: another tensor (another device) or the same one written in place. The kernels' 1/λ is
+        kept here too. Weights offloaded to disk come back as new tensors with the same bits: `weights_parking`
         and `weights_loaded` carry the values over, so a load does not make them again (the weight units alone are
         ~200 small kernels a layer: 41 layers for each new prompt with the text-only layers offloaded)."""
-        key = _sources_key(self, source)
+        t = getattr(self, source)
         kept = self._derived.get(name)
-        if kept is None or kept[0] != key:
-            kept = self._derived[name] = (key, make(), source)
+        if kept is None or kept[0] != _tensor_key(t):
+            kept = self._derived[name] = (_tensor_key(t), make(), source)
         return kept[1]
 
     def weights_parking(self) -> None:
         """parking.ParkedWeights is about to put meta tensors in: the values derived from the current tensors stay,
         as valid for the weights the file holds; any others go."""
         self._derived = {n: (_PARKED, v, src) for n, (k, v, src) in self._derived.items()
-                         if k == _sources_key(self, src)}
+                         if k == _tensor_key(getattr(self, src))}
 
     def weights_loaded(self) -> None:
         """parking.ParkedWeights put the file's tensors back: the values kept at parking are theirs."""
-        self._derived = {n: ((_sources_key(self, src) if k == _PARKED else k), v, src)
+        self._derived = {n: ((_tensor_key(getattr(self, src)) if k == _PARKED else k), v, src)
                          for n, (k, v, src) in self._derived.items()}
 
     # -- reference forward
