@@ -3,7 +3,7 @@ cuBLASLt's INT8 GEMM (torch._int_mm, int32 out) on the i8 path's operands (q·m 
 the weights' int8 workspace), against the Triton i8w forward (default tuning and fixed tiles), its
 stages, and bf16 cuBLAS, at the product's slice sizes.
 
-    python3 bench/int8_gemm_probe.py [--ms 2048,8192] [--json out.json]
+    python3 bench/int8_gemm_probe.py [--ms 2048,8192] [--json out.json] [--tiles "persist,k128 tma s4" | --tiles none]
 """
 import argparse
 import json
@@ -23,15 +23,26 @@ TILES = {"128x256 k128 tma s3": dict(BLOCK_M=128, BLOCK_N=256, SWAP=False, KSTEP
          "128x256 k128 tma s4": dict(BLOCK_M=128, BLOCK_N=256, SWAP=False, KSTEP=128, TMA=True, num_warps=8, num_stages=4),
          "256x128 k128 tma s3": dict(BLOCK_M=256, BLOCK_N=128, SWAP=False, KSTEP=128, TMA=True, num_warps=8, num_stages=3),
          "128x128 k128 tma s4": dict(BLOCK_M=128, BLOCK_N=128, SWAP=False, KSTEP=128, TMA=True, num_warps=8, num_stages=4),
-         "128x128 k128 tma s5 w4": dict(BLOCK_M=128, BLOCK_N=128, SWAP=False, KSTEP=128, TMA=True, num_warps=4, num_stages=5)}
+         "128x128 k128 tma s5 w4": dict(BLOCK_M=128, BLOCK_N=128, SWAP=False, KSTEP=128, TMA=True, num_warps=4, num_stages=5),
+         # the persistent form (`_i8w_persistent`, VAR_GEN_W4A4_PERSIST; forty-eighth session)
+         **{f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} k128 tma s{c.num_stages} persist":
+            dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in gemm_module().I8_PERSIST_CONFIGS}}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="2048,8192")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--tiles", default="", help="only the fixed tiles whose names contain one of these (comma-separated; "
+                                                 "'none': the default tuning only)")
     a = ap.parse_args()
+    tiles = {k: v for k, v in TILES.items() if not a.tiles or any(t in k for t in a.tiles.split(","))}
     mod = gemm_module()
+    # the dispatcher's load seeds the tuners with the GPU model's shipped picks (kernels/tuned/), as in the product:
+    # the default tuning's column is then the product's pick, with no trials
+    from var_gen_ros.quant.dispatch import kernel_status, w4a4_kernel
+    w4a4_kernel(torch.empty(1, 64, device="cuda"))
+    print(kernel_status(), flush=True)
     rows = []
     for K, N, bias in BLOCK_SHAPES:
         layer = _layer(K, N, bias, 0)
@@ -53,7 +64,7 @@ def main():
             r["int_mm_ms"] = _ms(lambda: torch._int_mm(q, wq.t(), out=acc))
             ok = torch.equal(torch._int_mm(q, wq.t()), (q.double() @ wq.double().t()).to(torch.int32)) if M <= 2048 else None
             r["int_mm_exact"] = ok
-            for name, cfg in TILES.items():
+            for name, cfg in tiles.items():
                 try:
                     mod.w4a4_linear(x, layer, out=y, path="i8w", config=cfg)
                     r[f"tile {name}"] = _ms(lambda: mod.w4a4_linear(x, layer, out=y, path="i8w", config=cfg))

@@ -36,6 +36,7 @@ Kernels per forward:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 
@@ -273,9 +274,14 @@ def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, l
 @triton.jit
 def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """(row block, column block) of this program, grouped 8 row blocks per column sweep (see _tile)."""
+    return _tile_ids_of(tl.program_id(1) * tl.cdiv(M, BLOCK_M) + tl.program_id(0), M, N, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _tile_ids_of(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(row block, column block) of tile number `pid`, in _tile_ids' order."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    pid = tl.program_id(1) * num_m + tl.program_id(0)
     per_group = 8 * num_n
     first_m = (pid // per_group) * 8
     rows_here = tl.minimum(num_m - first_m, 8)
@@ -656,89 +662,123 @@ def _unpack_weight_i8(w_ptr, sw_ptr, wu_ptr, out_ptr, N, K, BLOCK_N: tl.constexp
 
 
 @triton.jit
+def _i8w_persistent(a_ptr, ux_ptr, w_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, HAS_BIAS: tl.constexpr,
+                    HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    KSTEP: tl.constexpr, ACT: tl.constexpr, LR_BF16: tl.constexpr):
+    """The i8 workspace GEMM with TMA loads as a persistent kernel (PERSIST): a grid of at most one program per SM
+    (`grid_for`), each taking every num_programs-th tile in _tile_ids' order. Why: a tile's epilogue (the low-rank
+    up-projection, bias, activation, the bf16 store) otherwise runs with no loads in flight, and at 2048-8192 rows
+    each SM runs several tiles one after another; with the tile loop flattened into the K loop (`flatten`), the
+    pipeliner can issue the next tile's TMA loads during this tile's epilogue. The same int32 sums and epilogue as
+    the grid-per-tile kernel, so the same bits."""
+    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, KSTEP])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, KSTEP])
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=_ON_GPU):
+        pid_m, pid_n = _tile_ids_of(tile, M, N, BLOCK_M, BLOCK_N)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k in range(0, K, KSTEP):
+            acc = tl.dot(a_desc.load([pid_m * BLOCK_M, k]), tl.trans(w_desc.load([pid_n * BLOCK_N, k])), acc,
+                         out_dtype=tl.int32)
+        uw = tl.load(wu_ptr + (rn % N))
+        ux = tl.load(ux_ptr + rm, mask=rm < M, other=0.0)
+        # one low-rank partial (kernel 1 sums them by default: S == 1, which `w4a4_linear` and `i8_candidates`
+        # check), as a constant: a loop over S would be a second loop inside the tile loop, which `flatten` cannot fuse
+        _finish(acc.to(tl.float32) * (ux[:, None] * uw[None, :]), rm, rn, rm < M, rn < N, lr_ptr, up_ptr, b_ptr, y_ptr,
+                y_ptr, y_ptr, M, N, 1, 1, HAS_BIAS, HAS_LR, R, False, BLOCK_M, ACT, LR_BF16)
+
+
+@triton.jit
 def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, S,
                     M_BUCKET, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr, GROUP: tl.constexpr,
                     W8: tl.constexpr = False, TMA: tl.constexpr = False, KSTEP: tl.constexpr = 64,
                     ACT: tl.constexpr = 0, LR_BF16: tl.constexpr = False, PREFETCH_SCALES: tl.constexpr = False,
-                    SWAR: tl.constexpr = False):
+                    SWAR: tl.constexpr = False, PERSIST: tl.constexpr = False):
     """The i8 variant (two-level scales on both sides, quant.int4.two_level): the activations arrive as
     int8 q·m with a unit u_x per row, the weights as packed codes whose q·m is made in registers (or,
     with W8, read from an int8 workspace), so the whole K loop is one INT8 MMA accumulation in int32
-    (exact: |Σ| <= 128² K < 2^31) with no per-group rescale, scaled by u_x · u_w once at the end."""
-    rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
-    acc = acc.to(tl.int32)                                # int32: exact integer sums
-    j = tl.arange(0, GROUP // 2)
-    c = tl.arange(0, GROUP)
-    G = K // GROUP
-    g0 = tl.program_id(2) * tl.cdiv(G, SPLIT_K)          # this program's K split (all of K when 1)
-    # rows and columns past the end wrap around (valid memory, never stored): unmasked loads
-    uw = tl.load(wu_ptr + (rn % N))
-    inv_uw = 1.0 / uw
-    k_end = tl.minimum(g0 + tl.cdiv(G, SPLIT_K), G) * GROUP
-    if W8:     # plain int8 tiles, KSTEP (64 or 128: no group boundary inside the loop any more) per step
-        kk = tl.arange(0, KSTEP)
-        if TMA:    # both operands through the bulk tensor copy engine (rows past the end read as 0)
-            pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N)
-            a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, KSTEP])
-            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, KSTEP])
-            for k in range(g0 * GROUP, k_end, KSTEP):
-                w = w_desc.load([pid_n * BLOCK_N, k])
-                a = a_desc.load([pid_m * BLOCK_M, k])
-                if SWAP:
-                    acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
-                else:
-                    acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+    (exact: |Σ| <= 128² K < 2^31) with no per-group rescale, scaled by u_x · u_w once at the end. PERSIST (the
+    workspace through TMA, unswapped, K unsplit): `_i8w_persistent`, on `grid_for`'s grid."""
+    if PERSIST:
+        _i8w_persistent(a_ptr, ux_ptr, w_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, HAS_BIAS, HAS_LR, R,
+                        BLOCK_M, BLOCK_N, KSTEP, ACT, LR_BF16)
+    else:
+        rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
+        acc = acc.to(tl.int32)                                # int32: exact integer sums
+        j = tl.arange(0, GROUP // 2)
+        c = tl.arange(0, GROUP)
+        G = K // GROUP
+        g0 = tl.program_id(2) * tl.cdiv(G, SPLIT_K)          # this program's K split (all of K when 1)
+        # rows and columns past the end wrap around (valid memory, never stored): unmasked loads
+        uw = tl.load(wu_ptr + (rn % N))
+        inv_uw = 1.0 / uw
+        k_end = tl.minimum(g0 + tl.cdiv(G, SPLIT_K), G) * GROUP
+        if W8:     # plain int8 tiles, KSTEP (64 or 128: no group boundary inside the loop any more) per step
+            kk = tl.arange(0, KSTEP)
+            if TMA:    # both operands through the bulk tensor copy engine (rows past the end read as 0)
+                pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N)
+                a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, KSTEP])
+                w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, KSTEP])
+                for k in range(g0 * GROUP, k_end, KSTEP):
+                    w = w_desc.load([pid_n * BLOCK_N, k])
+                    a = a_desc.load([pid_m * BLOCK_M, k])
+                    if SWAP:
+                        acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
+                    else:
+                        acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+            else:
+                a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + kk)[None, :]
+                w_ptrs = w_ptr + (rn % N)[:, None] * K + (g0 * GROUP + kk)[None, :]
+                for k in range(g0 * GROUP, k_end, KSTEP):
+                    w = tl.load(w_ptrs)
+                    if SWAP:
+                        acc = tl.dot(w, tl.trans(tl.load(a_ptrs)), acc, out_dtype=tl.int32)
+                    else:
+                        acc = tl.dot(tl.load(a_ptrs), tl.trans(w), acc, out_dtype=tl.int32)
+                    a_ptrs += KSTEP
+                    w_ptrs += KSTEP
         else:
-            a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + kk)[None, :]
-            w_ptrs = w_ptr + (rn % N)[:, None] * K + (g0 * GROUP + kk)[None, :]
-            for k in range(g0 * GROUP, k_end, KSTEP):
-                w = tl.load(w_ptrs)
+            a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + c)[None, :]
+            w_ptrs = w_ptr + (rn % N)[:, None] * (K // 2) + (g0 * (GROUP // 2) + j)[None, :]
+            s_ptrs = sw_ptr + (rn % N) * G + g0
+            if SWAR:     # the packed codes as uint32 words (K / 2 bytes a row: a multiple of 4)
+                j4 = tl.arange(0, GROUP // 8)
+                w_ptrs = (w_ptr.to(tl.pointer_type(tl.uint32)) + (rn % N)[:, None] * (K // 8)
+                          + (g0 * (GROUP // 8) + j4)[None, :])
+            if PREFETCH_SCALES:
+                # each group's weight scales loaded one group ahead: 2-byte loads cannot go through cp.async, so
+                # the pipeliner leaves them in the loop, where each one waits a global round trip before its
+                # group's codes can be made (seen in the sm_90 PTX: the only load in the loop body)
+                s_next = tl.load(s_ptrs)
+            for k in range(g0 * GROUP, k_end, GROUP):
+                if PREFETCH_SCALES:
+                    s_cur = s_next
+                    s_next = tl.load(s_ptrs + 1, mask=(rn >= 0) & (k + GROUP < k_end), other=1.0)
+                    mult = _rint(s_cur.to(tl.float32) * inv_uw)
+                else:
+                    mult = _weight_mult(s_ptrs, inv_uw)
+                if SWAR:
+                    w = _codes_i8_swar(tl.load(w_ptrs), mult, BLOCK_N, GROUP)
+                    w_ptrs += GROUP // 8
+                else:
+                    w = _codes_i8(tl.load(w_ptrs), mult, BLOCK_N, GROUP)
+                    w_ptrs += GROUP // 2
+                s_ptrs += 1
                 if SWAP:
                     acc = tl.dot(w, tl.trans(tl.load(a_ptrs)), acc, out_dtype=tl.int32)
                 else:
                     acc = tl.dot(tl.load(a_ptrs), tl.trans(w), acc, out_dtype=tl.int32)
-                a_ptrs += KSTEP
-                w_ptrs += KSTEP
-    else:
-        a_ptrs = a_ptr + (rm % M)[:, None] * K + (g0 * GROUP + c)[None, :]
-        w_ptrs = w_ptr + (rn % N)[:, None] * (K // 2) + (g0 * (GROUP // 2) + j)[None, :]
-        s_ptrs = sw_ptr + (rn % N) * G + g0
-        if SWAR:     # the packed codes as uint32 words (K / 2 bytes a row: a multiple of 4)
-            j4 = tl.arange(0, GROUP // 8)
-            w_ptrs = (w_ptr.to(tl.pointer_type(tl.uint32)) + (rn % N)[:, None] * (K // 8)
-                      + (g0 * (GROUP // 8) + j4)[None, :])
-        if PREFETCH_SCALES:
-            # each group's weight scales loaded one group ahead: 2-byte loads cannot go through cp.async, so
-            # the pipeliner leaves them in the loop, where each one waits a global round trip before its
-            # group's codes can be made (seen in the sm_90 PTX: the only load in the loop body)
-            s_next = tl.load(s_ptrs)
-        for k in range(g0 * GROUP, k_end, GROUP):
-            if PREFETCH_SCALES:
-                s_cur = s_next
-                s_next = tl.load(s_ptrs + 1, mask=(rn >= 0) & (k + GROUP < k_end), other=1.0)
-                mult = _rint(s_cur.to(tl.float32) * inv_uw)
-            else:
-                mult = _weight_mult(s_ptrs, inv_uw)
-            if SWAR:
-                w = _codes_i8_swar(tl.load(w_ptrs), mult, BLOCK_N, GROUP)
-                w_ptrs += GROUP // 8
-            else:
-                w = _codes_i8(tl.load(w_ptrs), mult, BLOCK_N, GROUP)
-                w_ptrs += GROUP // 2
-            s_ptrs += 1
-            if SWAP:
-                acc = tl.dot(w, tl.trans(tl.load(a_ptrs)), acc, out_dtype=tl.int32)
-            else:
-                acc = tl.dot(tl.load(a_ptrs), tl.trans(w), acc, out_dtype=tl.int32)
-            a_ptrs += GROUP
-    ux = tl.load(ux_ptr + rm, mask=mmask, other=0.0)
-    if SWAP:
-        out = acc.to(tl.float32) * (uw[:, None] * ux[None, :])
-    else:
-        out = acc.to(tl.float32) * (ux[:, None] * uw[None, :])
-    _finish(out, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
-            HAS_LR, R, SWAP, BLOCK_M, ACT, LR_BF16)
+                a_ptrs += GROUP
+        ux = tl.load(ux_ptr + rm, mask=mmask, other=0.0)
+        if SWAP:
+            out = acc.to(tl.float32) * (uw[:, None] * ux[None, :])
+        else:
+            out = acc.to(tl.float32) * (ux[:, None] * uw[None, :])
+        _finish(out, rm, rn, mmask, nmask, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, S, SPLIT_K, HAS_BIAS,
+                HAS_LR, R, SWAP, BLOCK_M, ACT, LR_BF16)
 
 
 @triton.jit
@@ -956,6 +996,18 @@ I8_LARGE_M_CONFIGS = FP8_LARGE_M_CONFIGS + \
      # 4 stages (192 KB of shared memory): 3-7 % faster than any tile above at M = 2048 and 8192 on the
      # four block shapes (H100, bench/int8_gemm_probe.py, eleventh session)
      _cfg(128, 256, False, 8, 4, TMA=True, KSTEP=128)]     # KSTEP 128 and TMA: the workspace (W8) only
+# The persistent form of the TMA workspace tiles (`_i8w_persistent`, forty-eighth session): VAR_GEN_W4A4_PERSIST=1 adds
+# them to the tuner's candidates. Built and checked in the interpreter and by compiling for sm_90 here; not yet timed,
+# so off (and a GPU model with a shipped table tunes nothing: VAR_GEN_TUNED_PICKS=0 lets the tuner try them).
+PERSIST_CANDIDATES = os.environ.get("VAR_GEN_W4A4_PERSIST", "0") == "1"
+# (sm_90 by ptxas here: 128 x 128 in 4 stages 160 KB of shared memory, 254 registers, no spill; 128 x 256 in 3 stages
+# 208 KB, 2.7 KB spilled; 4 stages of 128 x 256 need 256 KB, more than an H100 SM has, as the tile loop, fused with the K
+# loop, keeps its epilogue's operands in shared memory beside the stages)
+I8_PERSIST_CONFIGS = [_cfg(128, 128, False, 8, 4, TMA=True, KSTEP=128, PERSIST=True),
+                      _cfg(128, 128, False, 8, 3, TMA=True, KSTEP=128, PERSIST=True),
+                      _cfg(128, 256, False, 8, 3, TMA=True, KSTEP=128, PERSIST=True)]
+if PERSIST_CANDIDATES:
+    I8_LARGE_M_CONFIGS = I8_LARGE_M_CONFIGS + I8_PERSIST_CONFIGS
 # Tried and taken out (fortieth session, at 4a968cb): split-K workspace tiles with TMA and the 128-wide K step (128 x 128
 # split 2 and 4, 128 x 256 split 2, 128 x 128 plain loads split 2), with SPLIT_MAX_M raised to 2048, so that 257-2048 rows
 # fill the H100 with more than 56-224 tiles: the tuner picked none of them on any of 25 keys (five shapes, 288-2048 rows;
@@ -974,17 +1026,20 @@ def _arch(named_args) -> int:
     return _arch_of(next(a for a in named_args.values() if isinstance(a, torch.Tensor)))
 
 
-def i8_candidates(configs, w8: bool, K: int, arch: int) -> list:
+def i8_candidates(configs, w8: bool, K: int, arch: int, S: int = 1) -> list:
     """The i8 GEMM's candidates for a call: KSTEP 128 and TMA need the workspace (W8); KSTEP 128 also all
     of K in one split, a multiple of 128; TMA tiles only where the bulk tensor copy engine is (sm_90+:
-    elsewhere Triton would compile them to plain loads, the same tiles the tuner already tries)."""
+    elsewhere Triton would compile them to plain loads, the same tiles the tuner already tries); persistent
+    ones (TMA tiles) only with at most one low-rank partial (S)."""
     return [c for c in configs if (w8 or c.kwargs.get("KSTEP", 64) == 64)
             and not (c.kwargs.get("TMA", False) and not (w8 and TMA_CANDIDATES and arch >= 90))
-            and (c.kwargs.get("KSTEP", 64) == 64 or (K % 128 == 0 and c.kwargs["SPLIT_K"] == 1))]
+            and (c.kwargs.get("KSTEP", 64) == 64 or (K % 128 == 0 and c.kwargs["SPLIT_K"] == 1))
+            and not (c.kwargs.get("PERSIST", False) and S > 1)]
 
 
 def _i8_prune(configs, named_args, **kwargs):
-    return i8_candidates(configs, kwargs.get("W8", named_args.get("W8", False)), named_args["K"], _arch(named_args))
+    return i8_candidates(configs, kwargs.get("W8", named_args.get("W8", False)), named_args["K"], _arch(named_args),
+                         named_args.get("S", 1))
 _w4a4_i8 = _autotuned(_w4a4_i8_kernel, I8_SMALL_M_CONFIGS, I8_LARGE_M_CONFIGS, ["M_BUCKET", "N", "K", "W8"], _i8_prune)
 # The qkv-epilogue GEMM's tiles: BLOCK_M rows of one head (two HEAD/2-wide accumulators), the K step of
 # the workspace's loads (128 needs K % 128 == 0 and the workspace), TMA loads (the workspace only)
@@ -1304,11 +1359,17 @@ def path_for(x2: torch.Tensor, layer=None, rows: int = None) -> str:
     return path
 
 
+# VAR_GEN_W4A4_LR_BF16=1: the two-bf16-dot low-rank epilogue on Hopper too (forty-eighth session, not yet timed). Compiled
+# for sm_90 here (ptxas), tf32x3 spills the i8w path's largest tiles after all: the 128 x 256 TMA tile (the H100's usual
+# pick from 2048 rows) 1,188 bytes a thread, 2,584 with fc1's GELU; the bf16 pair 176 and 180
+LR_BF16_ON_HOPPER = os.environ.get("VAR_GEN_W4A4_LR_BF16", "0") == "1"
+
+
 def lr_bf16(arch: int) -> bool:
     """Whether the GEMM epilogue's low-rank up-projection takes the two-bf16-dot form (`_lowrank_bias`) on
     sm_`arch`: on mma.sync GPUs (sm_80-sm_89, the Orin among them), where tf32x3 spills the large tiles;
-    Hopper keeps tf32x3 (no spills there with wgmma, and the H100's figures were measured with it)."""
-    return arch < 90
+    Hopper keeps tf32x3 (the H100's figures were measured with it) unless LR_BF16_ON_HOPPER."""
+    return arch < 90 or LR_BF16_ON_HOPPER
 
 
 def _arch_of(x: torch.Tensor) -> int:
@@ -1434,12 +1495,29 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     tuned, fixed = ((_GEMM_I8, _w4a4_i8_kernel) if i8 else (_GEMM_F16, _w4a4_f16_kernel) if f16 else (_GEMM_FP8, _w4a4_fp8_kernel) if fp8
                     else (_GEMM_INT8, _w4a4_gemm_kernel))
     if config is None:
-        tuned(lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"]), args, meta)
+        tuned(lambda m: grid_for(M, N, m, x.device), args, meta)
     else:
         config = dict(config, SPLIT_K=config.get("SPLIT_K", 1))
-        grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]), config["SPLIT_K"])
-        fixed[grid](*args, **{**meta, **config})
+        if config.get("PERSIST", False) and (path != "i8w" or not config.get("TMA", False) or config.get("SWAP")
+                                             or config["SPLIT_K"] != 1 or S > 1):
+            raise ValueError(f"PERSIST: the i8w path's TMA tiles, unswapped and unsplit, with at most one low-rank "
+                             f"partial (path {path}, {config}, {S} partials)")
+        fixed[grid_for(M, N, config, x.device)](*args, **{**meta, **config})
     return y.reshape(*shape[:-1], N)
+
+
+def grid_for(M: int, N: int, meta: dict, device: torch.device) -> tuple:
+    """A W4A4 GEMM's launch grid: one program per tile and K split, or with PERSIST one per SM at most (three in
+    the CPU interpreter, so that its programs take several tiles each)."""
+    tiles_m, tiles_n = triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"])
+    if meta.get("PERSIST", False):
+        return (min(tiles_m * tiles_n, _sm_count(device)),)
+    return (tiles_m, tiles_n, meta["SPLIT_K"])
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
 
 
 # The qkv projection with the attention's input epilogue in its GEMM (`w4a4_qkv_rope`) where it applies

@@ -418,6 +418,41 @@ def test_every_gemm_variant_matches_reference(small):
         assert rel <= 1e-3, (path, cfg, rel)
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="the persistent tiles are TMA tiles (sm_90+)")
+def test_persistent_i8w_tiles_give_the_grid_per_tile_bits_on_every_8b_shape():
+    """The i8 workspace GEMM as a persistent kernel (`_i8w_persistent`, VAR_GEN_W4A4_PERSIST: about one program per
+    SM, each taking several tiles, the tile loop fused with the K loop) on every 8B shape, at 2048, 4100 (a partial row
+    tile) and 8192 rows, fc1's GELU on 3584 -> 14336: the same output as the grid-per-tile TMA tile of its size (the
+    same int32 sums and epilogue; within 1e-6 of it, expected the same bits) and within 1e-3 of the reference, outputs
+    poisoned before each call."""
+    from kernels_under_test import gemm_module
+    mod = gemm_module()
+    tile = lambda c: dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    same_bits = []
+    for K, N, bias in SHAPES_8B:
+        layer = _layer(K, N, bias, seed=K + N + 11)
+        act = "gelu_tanh" if N == 4 * K else None
+        for M in (2048, 4100, 8192):
+            x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+            x[:, torch.randint(K, (4,))] *= 30
+            ref = layer.reference_forward(x, act).float()
+            for c in mod.I8_PERSIST_CONFIGS:
+                cfg = tile(c)
+                outs = []
+                for persist in (True, False):
+                    y = torch.full((M, N), float("nan"), device="cuda", dtype=x.dtype)
+                    mod.w4a4_linear(x, layer, out=y, path="i8w", config=dict(cfg, PERSIST=persist), act=act)
+                    outs.append(y.float())
+                p, g = outs
+                rel_ref = ((p - ref).norm() / ref.norm()).item()
+                rel_grid = ((p - g).norm() / g.norm()).item()
+                assert torch.isfinite(p).all() and rel_ref <= 1e-3 and rel_grid <= 1e-6, (K, N, M, cfg, rel_ref, rel_grid)
+                same_bits.append(torch.equal(p, g))
+    print(f"persistent == grid-per-tile bit for bit in {sum(same_bits)} of {len(same_bits)} calls")
+
+
 @pytest.mark.parametrize("M", [32, 128, 256])
 def test_the_swar_code_unpack_gives_the_default_bits_on_every_8b_shape(M):
     """The i8 GEMM with its weight codes made four bytes at a time in uint32 words (SWAR, twenty-eighth session; the

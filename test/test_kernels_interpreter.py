@@ -126,7 +126,9 @@ def _gemm_cases(K, rank):
                ("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, LR_BF16=True), 4e-5),
                ("int8", dict(BLOCK_M=32, BLOCK_N=64, SWAP=False, SPLIT_K=8, LR_BF16=True), 4e-5))
     kstep128 = (("i8w", dict(BLOCK_M=32, BLOCK_N=64, SWAP=True, KSTEP=128), 1e-5),
-                ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128), 1e-5))
+                ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128), 1e-5),
+                # persistent: three programs, each taking several tiles (up to 9 at 40 rows)
+                ("i8w", dict(BLOCK_M=16, BLOCK_N=64, SWAP=False, TMA=True, KSTEP=128, PERSIST=True), 1e-5))
     return every + lr_bf16 * bool(rank) + kstep128 * (K % 128 == 0)
 
 
@@ -429,6 +431,10 @@ def test_i8_tuner_keeps_workspace_tiles_for_workspace_calls(gemm, monkeypatch):
     assert wide(kept) and all(c.kwargs["SPLIT_K"] == 1 for c in kept if c.kwargs.get("KSTEP", 64) == 128)
     assert not wide(prune(gemm.I8_LARGE_M_CONFIGS, 3584, W8=False))
     assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, 448, W8=True) if c.kwargs.get("KSTEP", 64) == 128]
+    # the persistent tiles (VAR_GEN_W4A4_PERSIST) read one low-rank partial: none where kernel 1 left several
+    persist = gemm.I8_PERSIST_CONFIGS
+    assert gemm.i8_candidates(persist, True, 3584, 90, S=1) == persist
+    assert not gemm.i8_candidates(persist, True, 3584, 90, S=2) and not gemm.i8_candidates(persist, True, 3584, 87)
     monkeypatch.setattr(gemm, "TMA_CANDIDATES", False)
     assert not [c for c in prune(gemm.I8_LARGE_M_CONFIGS, 3584, W8=True) if c.kwargs.get("TMA", False)]
 
