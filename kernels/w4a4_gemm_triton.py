@@ -662,7 +662,7 @@ def _unpack_weight_i8(w_ptr, sw_ptr, wu_ptr, out_ptr, N, K, BLOCK_N: tl.constexp
 
 
 @triton.jit
-def _i8w_persistent(a_ptr, ux_ptr, w_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, HAS_BIAS: tl.constexpr,
+def _i8w_persistent(a_ptr, ux_ptr, w_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, HAS_BIAS: tl.constexpr,
                     HAS_LR: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     KSTEP: tl.constexpr, ACT: tl.constexpr, LR_BF16: tl.constexpr):
     """The i8 workspace GEMM with TMA loads as a persistent kernel (PERSIST): a grid of at most one program per SM
@@ -703,7 +703,7 @@ def _w4a4_i8_kernel(a_ptr, ux_ptr, w_ptr, sw_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr,
     (exact: |Σ| <= 128² K < 2^31) with no per-group rescale, scaled by u_x · u_w once at the end. PERSIST (the
     workspace through TMA, unswapped, K unsplit): `_i8w_persistent`, on `grid_for`'s grid."""
     if PERSIST:
-        _i8w_persistent(a_ptr, ux_ptr, w_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, S, HAS_BIAS, HAS_LR, R,
+        _i8w_persistent(a_ptr, ux_ptr, w_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, HAS_BIAS, HAS_LR, R,
                         BLOCK_M, BLOCK_N, KSTEP, ACT, LR_BF16)
     else:
         rm, rn, mmask, nmask, acc = _tile(M, N, BLOCK_M, BLOCK_N, SWAP)
