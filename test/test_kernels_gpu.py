@@ -453,6 +453,26 @@ def test_persistent_i8w_tiles_give_the_grid_per_tile_bits_on_every_8b_shape():
     print(f"persistent == grid-per-tile bit for bit in {sum(same_bits)} of {len(same_bits)} calls")
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+def test_the_gluon_i8_mainloop_gives_the_exact_sums_on_every_8b_shape():
+    """kernels/i8_mainloop_gluon.py (the i8w GEMM's K loop with its INT8 wgmma asynchronous; a probe, not in the
+    product): bf16 of the exact int32 sums of int8 operands up to |112| (the i8 path's q·m), every 8B shape, 2048
+    and 4100 rows (a partial row tile), 128 x 256 and 128 x 128 tiles, outputs poisoned."""
+    from var_gen_ros.quant.dispatch import kernel_module
+    glu = kernel_module("i8_mainloop_gluon")
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    for K, N, _ in SHAPES_8B:
+        w = torch.randint(-112, 113, (N, K), dtype=torch.int8, device="cuda")
+        for M in (2048, 4100):
+            x = torch.randint(-112, 113, (M, K), dtype=torch.int8, device="cuda")
+            ref = glu.reference(x, w)
+            for bm, bn in ((128, 256), (128, 128)):
+                y = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+                glu.i8_mainloop(x, w, y, bm, bn)
+                assert torch.equal(y, ref), (K, N, M, bm, bn, float((y.float() - ref.float()).abs().max()))
+
+
 @pytest.mark.parametrize("M", [32, 128, 256])
 def test_the_swar_code_unpack_gives_the_default_bits_on_every_8b_shape(M):
     """The i8 GEMM with its weight codes made four bytes at a time in uint32 words (SWAR, twenty-eighth session; the

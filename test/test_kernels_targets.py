@@ -212,3 +212,37 @@ def test_the_swar_code_unpack_builds_for_the_orin_with_fewer_loop_instructions()
         assert shared(swar) == shared(base), (v.name, base, swar)
         assert swar["mma.sync"] == base["mma.sync"] > 0, (v.name, base, swar)
         assert sum(swar.values()) <= 0.7 * sum(base.values()), (v.name, sum(base.values()), sum(swar.values()))
+
+
+def test_the_i8_gemm_loop_waits_for_every_wgmma_in_triton_and_keeps_one_in_flight_in_gluon():
+    """Why kernels/i8_mainloop_gluon.py exists, compiled here for sm_90: the i8w GEMM's TMA tile (Triton) ends every
+    K step with `wgmma.wait_group 0` (Triton makes a wgmma asynchronous only with a float32 accumulator; the i8
+    path's is int32), while the Gluon loop's INT8 wgmma (s32 += s8 · s8) waits with 1 group still in flight."""
+    import re
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+    tma_tile = next(v for v in targets._gemm_variants(90)
+                    if v.name.startswith("w4a4_i8w[") and "TMA=True" in v.name and "PERSIST" not in v.name)
+    triton_ptx = triton.compile(
+        ASTSource(fn=tma_tile.kernel, signature=tma_tile.signature(), constexprs=tma_tile.constexprs,
+                  attrs=tma_tile.attrs()),
+        target=GPUTarget("cuda", 90, 32), options={"num_warps": tma_tile.num_warps,
+                                                   "num_stages": tma_tile.num_stages}).asm["ptx"]
+    assert "wgmma.mma_async.sync.aligned" in triton_ptx and ".s32.s8.s8" in triton_ptx
+    assert set(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", triton_ptx)) == {"0"}
+
+    glu = kernel_module("i8_mainloop_gluon")
+    a, w = torch.empty(4096, 3584, dtype=torch.int8), torch.empty(3584, 3584, dtype=torch.int8)
+    da, dw = glu.descriptors(a, w, 128, 256, 128)
+    sig = dict(a_desc=mangle_type(da), w_desc=mangle_type(dw), y_ptr="*bf16", M="i32", N="i32", K="i32",
+               STAGES="constexpr", INSTR_N="constexpr", num_warps="constexpr")
+    src = GluonASTSource(glu._i8_mainloop_kernel, sig, constexprs=dict(STAGES=4, INSTR_N=128, num_warps=8),
+                         attrs={(2,): [["tt.divisibility", 16]], (4,): [["tt.divisibility", 16]],
+                                (5,): [["tt.divisibility", 16]]})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    ptx = k.asm["ptx"]
+    assert "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8" in ptx
+    assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)
+    assert k.metadata.shared <= targets.SHARED_LIMIT[90], k.metadata.shared
