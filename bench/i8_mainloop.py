@@ -1,8 +1,9 @@
 """Does an asynchronous INT8 wgmma K loop run faster on Hopper? The i8w GEMM's main loop alone (y = bf16(a · wᵀ),
 int8 operands, no epilogue) in Gluon with one wgmma group left in flight (`kernels/i8_mainloop_gluon.py`) against
 the same loop in Triton, whose pipeliner waits for every int32-accumulating wgmma (`pendings = 0`), against
-cuBLASLt's INT8 GEMM (torch._int_mm) and bf16 cuBLAS, on the 8B block shapes at the product's slice sizes. CUDA-graph
-replay medians, µs and TOPS; the Gluon output checked against the exact sums.
+cuBLASLt's INT8 GEMM (torch._int_mm) and bf16 cuBLAS, on the 8B block shapes at the product's slice sizes; then the
+whole i8w GEMM in Gluon (`i8w_gemm`, with the epilogue) against the product's Triton i8w forward and its parts.
+CUDA-graph replay medians, µs and TOPS; the Gluon loop's output checked against the exact sums.
 
     python3 bench/i8_mainloop.py [--ms 2048,4096,8192] [--json out.json]
 """
@@ -69,7 +70,30 @@ def main() -> int:
             rows.append(dict(K=K, N=N, M=M, us=us, tops=tops, gluon_exact=exact))
             print(f"{K:>5} -> {N:<5} M {M:>5}: " + ", ".join(f"{k} {us[k]:.1f} us ({tops[k]:.0f})" for k in us)
                   + f"; gluon exact {exact}", flush=True)
-    write_json(a.json, dict(device=torch.cuda.get_device_name(), rows=rows))
+    # the whole i8w GEMM in Gluon (the epilogue included) against the product's Triton i8w forward, on W4A4 layers
+    sys.path.insert(0, os.path.join(ROOT, "test"))
+    from test_kernels_gpu import _layer
+    gm = kernel_module("w4a4_gemm_triton")
+    full = []
+    for K, N, bias in BLOCK_SHAPES:
+        layer = _layer(K, N, bias, 0)
+        wu = layer.weight_units()
+        wq = gm._i8_workspace(layer, wu)
+        for M in (int(m) for m in a.ms.split(",")):
+            x = torch.randn(M, K, dtype=torch.bfloat16, device="cuda")
+            y = torch.empty(M, N, dtype=torch.bfloat16, device="cuda")
+            q, ux, lr = gm.quantize_activations(x, layer, i8=True)
+            t = {"triton i8w forward": _ms(lambda: gm.w4a4_linear(x, layer, out=y, path="i8w")),
+                 "kernel 1": _ms(lambda: gm.quantize_activations(x, layer, i8=True)),
+                 "workspace unpack": _ms(lambda: gm._i8_workspace(layer, wu))}
+            for bm, bn in ((128, 256), (128, 128)):
+                t[f"gluon i8w gemm {bm}x{bn}"] = _ms(lambda: gl_mod.i8w_gemm(q, wq, ux, wu, lr[0], layer.lora_up,
+                                                                             layer.bias, 0, y, bm, bn))
+            us = {k: 1e3 * v for k, v in t.items()}
+            us["triton i8w gemm (forward - kernel 1 - unpack)"] = us["triton i8w forward"] - us["kernel 1"] - us["workspace unpack"]
+            full.append(dict(K=K, N=N, M=M, us=us))
+            print(f"{K:>5} -> {N:<5} M {M:>5}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items()), flush=True)
+    write_json(a.json, dict(device=torch.cuda.get_device_name(), rows=rows, full=full))
     return 0
 
 

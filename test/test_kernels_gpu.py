@@ -473,6 +473,39 @@ def test_the_gluon_i8_mainloop_gives_the_exact_sums_on_every_8b_shape():
                 assert torch.equal(y, ref), (K, N, M, bm, bn, float((y.float() - ref.float()).abs().max()))
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+def test_the_gluon_i8w_gemm_matches_the_triton_gemm_and_the_reference_on_every_8b_shape():
+    """kernels/i8_mainloop_gluon.py's whole i8w GEMM (its asynchronous INT8 K loop, then the units, the low-rank
+    up-projection as two bf16 wgmmas, bias, fc1's GELU) on kernel 1's codes and the int8 weight workspace: within 1e-3
+    of the layer's reference and within 5e-4 of the product's Triton i8w forward (the same integer sums; the low-rank
+    term's bf16 pair against Hopper's tf32x3, ~2^-17, which flips some outputs' bf16 rounding by one step), every 8B
+    shape, 2048 and 4100 rows, outputs poisoned."""
+    from kernels_under_test import gemm_module
+    from var_gen_ros.quant.dispatch import kernel_module
+    gm, glu = gemm_module(), kernel_module("i8_mainloop_gluon")
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    for K, N, bias in SHAPES_8B:
+        layer = _layer(K, N, bias, seed=K + N + 13)
+        act = "gelu_tanh" if N == 4 * K else None
+        wu = layer.weight_units()
+        wq = gm._i8_workspace(layer, wu)
+        for M in (2048, 4100):
+            x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+            x[:, torch.randint(K, (4,))] *= 30
+            ref = layer.reference_forward(x, act).float()
+            base = gm.w4a4_linear(x, layer, path="i8w", act=act).float()
+            q, ux, lr = gm.quantize_activations(x, layer, i8=True)
+            assert lr.shape[0] == 1, lr.shape
+            for bm, bn in ((128, 256), (128, 128)):
+                y = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+                glu.i8w_gemm(q, wq, ux, wu, lr[0], layer.lora_up, layer.bias, 1 if act else 0, y, bm, bn)
+                y = y.float()
+                rel_ref = ((y - ref).norm() / ref.norm()).item()
+                rel_base = ((y - base).norm() / base.norm()).item()
+                assert torch.isfinite(y).all() and rel_ref <= 1e-3 and rel_base <= 5e-4, (K, N, M, bm, bn, rel_ref, rel_base)
+
+
 @pytest.mark.parametrize("M", [32, 128, 256])
 def test_the_swar_code_unpack_gives_the_default_bits_on_every_8b_shape(M):
     """The i8 GEMM with its weight codes made four bytes at a time in uint32 words (SWAR, twenty-eighth session; the

@@ -246,3 +246,17 @@ def test_the_i8_gemm_loop_waits_for_every_wgmma_in_triton_and_keeps_one_in_fligh
     assert "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8" in ptx
     assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)
     assert k.metadata.shared <= targets.SHARED_LIMIT[90], k.metadata.shared
+    # the whole i8w GEMM in Gluon (the epilogue's low-rank term as two bf16 wgmmas), fc1's GELU on: the same loop,
+    # and no spill (the Triton TMA tile above spills 1,188-2,584 bytes a thread there)
+    sig = dict(a_desc=mangle_type(da), w_desc=mangle_type(dw), ux_ptr="*fp32", uw_ptr="*fp32", lr_ptr="*fp32",
+               up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", M="i32", N="i32", K="i32", HAS_BIAS="constexpr",
+               HAS_LR="constexpr", R="constexpr", ACT="constexpr", STAGES="constexpr", INSTR_N="constexpr",
+               num_warps="constexpr")
+    src = GluonASTSource(glu._i8w_gemm_kernel, sig,
+                         constexprs=dict(HAS_BIAS=True, HAS_LR=True, R=32, ACT=1, STAGES=4, INSTR_N=128, num_warps=8),
+                         attrs={(i,): [["tt.divisibility", 16]] for i in (2, 3, 4, 5, 6, 7, 9, 10)})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    ptx = k.asm["ptx"]
+    assert "s32.s8.s8" in ptx and "f32.bf16.bf16" in ptx
+    assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)
+    assert targets._ptxas_usage(ptx, 90)["spill_bytes"] == 0
