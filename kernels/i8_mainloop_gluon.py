@@ -1,5 +1,5 @@
-"""The i8w GEMM's main loop written in Gluon (Triton's lower-level language), so that its INT8 wgmma runs
-asynchronously: a probe for whether the W4A4 GEMM's K loop can go faster on Hopper (forty-eighth session).
+"""The i8w GEMM written in Gluon (Triton's lower-level language), so that its INT8 wgmma runs asynchronously: a
+probe for whether the W4A4 GEMM can go faster on Hopper (forty-eighth session).
 
 Why: Triton's pipeliner makes a Hopper dot "properly async" (one wgmma group left in flight while the next
 stage's loads and barrier waits are issued) only when the accumulator is float32 (Triton 3.6,
@@ -8,10 +8,12 @@ WGMMAPipeline.cpp, `dotCanBeProperlyAsync`, rule 2.1). The i8 path accumulates i
 issued (seen in its sm_90 TTGIR; an fp16 loop of the same shape gets `pendings = 1`). Gluon does not run that
 pass: here the loop waits with `num_outstanding=1` (`wgmma.wait_group 1` in the PTX).
 
-What it computes: y = bf16(float(a · wᵀ)) for int8 a (M, K) and w (N, K), K a multiple of BLOCK_K, through
-host TMA descriptors and a STAGES-deep ring of shared-memory buffers with one mbarrier each. No epilogue
-beyond the store: the product's scales, low-rank branch, bias and GELU are not here yet. Reference:
-`reference` below (exact int32 sums, then the same roundings).
+What it computes: `i8_mainloop`, the loop alone: y = bf16(float(a · wᵀ)) for int8 a (M, K) and w (N, K), K a
+multiple of BLOCK_K, through host TMA descriptors and a STAGES-deep ring of shared-memory buffers with one mbarrier
+each (reference: `reference` below, the exact int32 sums, then the same roundings). `i8w_gemm`, the whole i8w GEMM
+after kernel 1: that loop, then `_w4a4_i8_kernel`'s epilogue in its LR_BF16 form (reference:
+`W4A4Linear.reference_forward`, and the Triton forward; test/test_kernels_gpu.py). Not in the product's dispatch
+until measured (`bench/i8_mainloop.py`).
 """
 from __future__ import annotations
 
