@@ -1464,6 +1464,9 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         small_m.w4a4_small_m(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("warps"), config.get("splits"))
         return y.reshape(*shape[:-1], N)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
+    if path == "i8w" and config is None and gluon_i8w_applies(x2, layer, lr):
+        _gluon().i8w_gemm(q, wq, sx, wu, lr[0] if R else None, layer.lora_up, layer.bias, ACTIVATIONS[act], y)
+        return y.reshape(*shape[:-1], N)
     if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
         wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
         _UNPACK_FP8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, wq, N, K), dict(BLOCK_N=64, GROUP=GROUP))
@@ -1518,6 +1521,26 @@ def grid_for(M: int, N: int, meta: dict, device: torch.device) -> tuple:
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
+
+
+# VAR_GEN_W4A4_GLUON=1: the i8w GEMM through kernels/i8_mainloop_gluon.py's `i8w_gemm` on Hopper (its INT8 wgmma
+# asynchronous, which Triton does not make int32-accumulating ones; forty-eighth session, not yet run on a GPU: off)
+GLUON_I8W = os.environ.get("VAR_GEN_W4A4_GLUON", "0") == "1"
+
+
+def gluon_i8w_applies(x2: torch.Tensor, layer, lr) -> bool:
+    """Whether `w4a4_linear`'s i8w call takes the Gluon GEMM: GLUON_I8W, sm_90+ (wgmma, TMA), K a multiple of its
+    128-wide K step, one low-rank partial, bf16 activations, scales and L_up (its epilogue's types)."""
+    return (GLUON_I8W and x2.is_cuda and _arch_of(x2) >= 90 and layer.in_features % 128 == 0
+            and (not layer.rank or lr.shape[0] == 1) and x2.dtype == torch.bfloat16
+            and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
+            and (layer.bias is None or layer.bias.dtype == torch.bfloat16))
+
+
+@functools.lru_cache(maxsize=None)
+def _gluon():
+    from . import i8_mainloop_gluon     # (Gluon: imported only where it runs)
+    return i8_mainloop_gluon
 
 
 # The qkv projection with the attention's input epilogue in its GEMM (`w4a4_qkv_rope`) where it applies

@@ -506,6 +506,35 @@ def test_the_gluon_i8w_gemm_matches_the_triton_gemm_and_the_reference_on_every_8
                 assert torch.isfinite(y).all() and rel_ref <= 1e-3 and rel_base <= 5e-4, (K, N, M, bm, bn, rel_ref, rel_base)
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+def test_w4a4_linear_takes_the_gluon_i8w_gemm_when_asked(monkeypatch):
+    """VAR_GEN_W4A4_GLUON (GLUON_I8W): `w4a4_linear`'s i8w calls go through `i8w_gemm` (counted), within 5e-4 of the
+    Triton forward and 1e-3 of the reference, fc1's GELU included; calls with a fixed Triton config do not."""
+    from kernels_under_test import gemm_module
+    gm = gemm_module()
+    glu = gm._gluon()
+    calls = []
+    real = glu.i8w_gemm
+    monkeypatch.setattr(glu, "i8w_gemm", lambda *a, **k: (calls.append(a[0].shape), real(*a, **k))[1])
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    for K, N, bias in ((3584, 14336, True), (14336, 3584, True)):
+        layer = _layer(K, N, bias, seed=K + N + 17)
+        act = "gelu_tanh" if N == 4 * K else None
+        x = (torch.randn(2048, K, device="cuda") * 2).bfloat16()
+        ref = layer.reference_forward(x, act).float()
+        monkeypatch.setattr(gm, "GLUON_I8W", False)
+        base = gm.w4a4_linear(x, layer, path="i8w", act=act).float()
+        monkeypatch.setattr(gm, "GLUON_I8W", True)
+        calls.clear()
+        y = gm.w4a4_linear(x, layer, path="i8w", act=act).float()
+        assert calls == [(2048, K)], calls
+        assert ((y - base).norm() / base.norm()).item() <= 5e-4 and ((y - ref).norm() / ref.norm()).item() <= 1e-3
+        calls.clear()
+        gm.w4a4_linear(x, layer, path="i8w", act=act, config=dict(BLOCK_M=128, BLOCK_N=128, SWAP=False, KSTEP=128))
+        assert calls == []
+
+
 @pytest.mark.parametrize("M", [32, 128, 256])
 def test_the_swar_code_unpack_gives_the_default_bits_on_every_8b_shape(M):
     """The i8 GEMM with its weight codes made four bytes at a time in uint32 words (SWAR, twenty-eighth session; the
