@@ -12,8 +12,14 @@ What it computes: `i8_mainloop`, the loop alone: y = bf16(float(a · wᵀ)) for 
 multiple of BLOCK_K, through host TMA descriptors and a STAGES-deep ring of shared-memory buffers with one mbarrier
 each (reference: `reference` below, the exact int32 sums, then the same roundings). `i8w_gemm`, the whole i8w GEMM
 after kernel 1: that loop, then `_w4a4_i8_kernel`'s epilogue in its LR_BF16 form (reference:
-`W4A4Linear.reference_forward`, and the Triton forward; test/test_kernels_gpu.py). Not in the product's dispatch
-until measured (`bench/i8_mainloop.py`).
+`W4A4Linear.reference_forward`, and the Triton forward; test/test_kernels_gpu.py). Off in the product's dispatch
+until measured (`VAR_GEN_W4A4_GLUON`, `bench/i8_mainloop.py`).
+
+`i8p_gemm` (forty-ninth session): the same integer sums on the layer's packed INT4 codes, no workspace: each K step's
+codes made into shared memory by the threads while the previous step's wgmma runs (the in-register i8 path's work,
+which Triton's loop does with every wgmma waited for), for the 33-2048 rows where the GEMM table is furthest behind
+bf16; swapped (the weights on the wgmma's M side) up to 128 rows, K split where the tiles leave SMs idle. Off until
+measured (`VAR_GEN_W4A4_GLUON_I8P`, `bench/i8p_gemm.py`, `bench/device/gluon_gemms.sh`).
 """
 from __future__ import annotations
 
@@ -90,42 +96,14 @@ def _i8_mainloop_kernel(a_desc, w_desc, y_ptr, M, N, K, STAGES: gl.constexpr, IN
 def _i8w_gemm_kernel(a_desc, w_desc, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, HAS_BIAS: gl.constexpr,
                      HAS_LR: gl.constexpr, R: gl.constexpr, ACT: gl.constexpr, STAGES: gl.constexpr,
                      INSTR_N: gl.constexpr, num_warps: gl.constexpr):
-    """The whole i8w forward after kernel 1: `_tile_sums`, then `_w4a4_i8_kernel`'s epilogue in its
-    sm_80-sm_89 form (LR_BF16): the rows' and columns' units, the low-rank up-projection as two bf16 wgmmas of the
-    float32 partial's high and low bf16 parts, bias, GELU-tanh (ACT 1), the bf16 store."""
+    """The whole i8w forward after kernel 1: `_tile_sums`, then `_finish_tile` (`_w4a4_i8_kernel`'s epilogue in its
+    sm_80-sm_89 form, LR_BF16: the rows' and columns' units, the low-rank up-projection as two bf16 wgmmas of the
+    float32 partial's high and low bf16 parts, bias, GELU-tanh (ACT 1), the bf16 store)."""
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BN: gl.constexpr = w_desc.block_type.shape[0]
     acc, off_m, off_n = _tile_sums(a_desc, w_desc, K, STAGES, INSTR_N, num_warps)
-    # the float32 epilogue in the bf16 wgmma's accumulator layout (the same registers: only k differs)
-    layout: gl.constexpr = _mma_layout(INSTR_N, 16, num_warps)
-    out = gl.convert_layout(acc.to(gl.float32), layout)
-    rm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))
-    rn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, layout))
-    ux = gl.load(ux_ptr + rm, mask=rm < M, other=0.0)
-    uw = gl.load(uw_ptr + rn, mask=rn < N, other=0.0)
-    out = out * (ux[:, None] * uw[None, :])
-    if HAS_LR:
-        blk: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[8, 4],
-                                             warps_per_cta=[num_warps, 1], order=[1, 0])
-        r = gl.arange(0, R, layout=gl.SliceLayout(0, blk))
-        rows = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, blk))
-        lr = gl.load(lr_ptr + rows[:, None] * R + r[None, :], mask=rows[:, None] < M, other=0.0)
-        cols = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, blk))
-        up = gl.load(up_ptr + cols[:, None] * R + r[None, :], mask=cols[:, None] < N, other=0.0)
-        up_s = gl.allocate_shared_memory(gl.bfloat16, [BN, R], gl.NVMMASharedLayout.get_default_for([BN, R], gl.bfloat16),
-                                         up)
-        fence_async_shared()
-        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=layout, k_width=2)
-        hi = lr.to(gl.bfloat16)
-        lo = (lr - hi.to(gl.float32)).to(gl.bfloat16)
-        out = warpgroup_mma(gl.convert_layout(hi, a_layout), up_s.permute((1, 0)), out)
-        out = warpgroup_mma(gl.convert_layout(lo, a_layout), up_s.permute((1, 0)), out)
-    if HAS_BIAS:
-        out = out + gl.load(b_ptr + rn, mask=rn < N, other=0.0).to(gl.float32)[None, :]
-    if ACT == 1:     # GELU, tanh approximation, as `_activation` in w4a4_gemm_triton.py
-        u = 0.7978845608028654 * (out + 0.044715 * out * out * out)
-        out = out / (1.0 + gl.exp(-2.0 * u))
-    gl.store(y_ptr + rm[:, None] * N + rn[None, :], out.to(gl.bfloat16), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    _finish_tile(acc, off_m, off_n, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, y_ptr, y_ptr, M, N, HAS_BIAS, HAS_LR,
+                 R, ACT, False, 1, _mma_layout(INSTR_N, 16, num_warps), num_warps)
 
 
 def descriptors(a: torch.Tensor, w: torch.Tensor, block_m: int, block_n: int, block_k: int):
@@ -173,4 +151,308 @@ def i8w_gemm(q: torch.Tensor, wq: torch.Tensor, ux: torch.Tensor, uw: torch.Tens
                            bias if bias is not None else y, y, M, N, K, HAS_BIAS=bias is not None,
                            HAS_LR=lr is not None, R=R, ACT=act, STAGES=stages, INSTR_N=min(block_n, 128),
                            num_warps=num_warps)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# i8p: the INT8 GEMM on the packed INT4 weights, their codes made in the K loop (forty-ninth session)
+
+
+@gluon.jit
+def _codes_of_halfwords(h, m):
+    """uint32 h holding four packed INT4 codes in its low 16 bits (code j in bits 4j..4j+3, k order) and the group's
+    multipliers m (uint32, integers in [1, 16]) -> uint32 whose byte j is the int8 q·m of code j. The nibbles are
+    spread one to a byte (two shift-or-mask steps); a nibble x holds q = x - 16·[x >= 8], so x ^ 8 = q + 8 in [0, 15]
+    and (q + 8)·m <= 240 multiplies the four bytes at once with no carry; adding 256 - 8m bytewise (carries dropped)
+    leaves q·m mod 256 (`_codes_i8_swar` in w4a4_gemm_triton.py, which works on eight codes in a word instead)."""
+    t = (h | (h << 8)) & 0x00FF00FF
+    t = (t | (t << 4)) & 0x0F0F0F0F
+    a = (t ^ 0x08080808) * m
+    c = ((256 - 8 * m) & 0xFF) * 0x01010101
+    return ((a & 0x7F7F7F7F) + (c & 0x7F7F7F7F)) ^ ((a ^ c) & 0x80808080)
+
+
+@gluon.jit
+def _step_codes(h, s_cur, inv_uw, BN: gl.constexpr, GPS: gl.constexpr, HW: gl.constexpr, unpack: gl.constexpr,
+                unpack3: gl.constexpr):
+    """A K step's weight codes: its packed tile h (BN, HW) int16 halfwords (loaded in the `unpack` layout: a thread one
+    row's 64-code group) and its groups' stored scales s_cur (BN, GPS) -> (BN, HW) int32 words of four int8 q·m each
+    (m = s / u_w), in the `unpack` layout (seen as (BN, GPS, 16) so that a thread's multiplier is one value broadcast
+    over its 16 halfwords)."""
+    mult = gl.floor(s_cur.to(gl.float32) * inv_uw[:, None] + 0.5).to(gl.uint32)      # exact: s = u_w · m
+    h = h.to(gl.uint16, bitcast=True).to(gl.uint32)
+    h = gl.convert_layout(gl.reshape(h, [BN, GPS, 16]), unpack3, assert_trivial=True)
+    codes = gl.reshape(_codes_of_halfwords(h, mult[:, :, None]).to(gl.int32, bitcast=True), [BN, HW])
+    return gl.convert_layout(codes, unpack, assert_trivial=True)
+
+
+@gluon.jit
+def _lowrank_term(out, lr_ptr, up_ptr, off_m, off_n, XR: gl.constexpr, WR: gl.constexpr, M, N, R: gl.constexpr,
+                  SWAP: gl.constexpr, layout: gl.constexpr, num_warps: gl.constexpr):
+    """out + the low-rank up-projection lr (M, R) float32 · up (N, R)ᵀ bf16 of this tile (XR x rows from off_m, WR weight
+    rows from off_n), as two bf16 wgmmas of lr's high and low bf16 parts (~2^-17 of lr; `_lowrank_bias`'s LR_BF16
+    form). out is (x rows, weight rows), or (weight rows, x rows) with SWAP, in the wgmma accumulator `layout`."""
+    blk: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[8, 4], warps_per_cta=[num_warps, 1],
+                                         order=[1, 0])
+    r = gl.arange(0, R, layout=gl.SliceLayout(0, blk))
+    xi = off_m + gl.arange(0, XR, layout=gl.SliceLayout(1, blk))
+    wi = off_n + gl.arange(0, WR, layout=gl.SliceLayout(1, blk))
+    lr = gl.load(lr_ptr + xi[:, None] * R + r[None, :], mask=xi[:, None] < M, other=0.0)
+    up = gl.load(up_ptr + wi[:, None] * R + r[None, :], mask=wi[:, None] < N, other=0.0)
+    hi = lr.to(gl.bfloat16)
+    lo = (lr - hi.to(gl.float32)).to(gl.bfloat16)
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=layout, k_width=2)
+    if SWAP:      # (weight rows, x rows): up in registers, lr's parts in shared memory
+        hi_s = gl.allocate_shared_memory(gl.bfloat16, [XR, R], gl.NVMMASharedLayout.get_default_for([XR, R], gl.bfloat16),
+                                         hi)
+        lo_s = gl.allocate_shared_memory(gl.bfloat16, [XR, R], gl.NVMMASharedLayout.get_default_for([XR, R], gl.bfloat16),
+                                         lo)
+        fence_async_shared()
+        a = gl.convert_layout(up, a_layout)
+        out = warpgroup_mma(a, hi_s.permute((1, 0)), out)
+        out = warpgroup_mma(a, lo_s.permute((1, 0)), out)
+    else:         # (x rows, weight rows): lr's parts in registers, up in shared memory
+        up_s = gl.allocate_shared_memory(gl.bfloat16, [WR, R], gl.NVMMASharedLayout.get_default_for([WR, R], gl.bfloat16),
+                                         up)
+        fence_async_shared()
+        out = warpgroup_mma(gl.convert_layout(hi, a_layout), up_s.permute((1, 0)), out)
+        out = warpgroup_mma(gl.convert_layout(lo, a_layout), up_s.permute((1, 0)), out)
+    return out
+
+
+@gluon.jit
+def _finish_tile(acc, off_m, off_n, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N,
+                 HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr, ACT: gl.constexpr, SWAP: gl.constexpr,
+                 SPLIT_K: gl.constexpr, layout: gl.constexpr, num_warps: gl.constexpr):
+    """The int32 tile acc of y[off_m:, off_n:] -> y (y is (M, N): with SWAP acc is its transpose). SPLIT_K > 1: the K
+    shares' int32 sums are added by the share that finishes the tile last (each stores its sums to the workspace
+    (SPLIT_K, M, N) int32, counts itself in with an acq_rel atomic; the last adds them, exactly, so the result is the
+    unsplit one's bit for bit, and re-arms the counter: one zeroed counter buffer serves every call, eager or in a CUDA
+    graph). Then `_finish_store`. `layout` is the bf16 wgmma accumulator layout of the low-rank term (the int32 one's
+    registers: only k differs)."""
+    acc = gl.convert_layout(acc, layout)
+    if SWAP:
+        rows = off_m + gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, layout))
+        cols = off_n + gl.arange(0, acc.shape[0], layout=gl.SliceLayout(1, layout))
+    else:
+        rows = off_m + gl.arange(0, acc.shape[0], layout=gl.SliceLayout(1, layout))
+        cols = off_n + gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, layout))
+    if SPLIT_K > 1:
+        if SWAP:
+            off = rows[None, :] * N + cols[:, None]
+            omask = (rows[None, :] < M) & (cols[:, None] < N)
+        else:
+            off = rows[:, None] * N + cols[None, :]
+            omask = (rows[:, None] < M) & (cols[None, :] < N)
+        gl.store(ws_ptr + gl.program_id(2) * M * N + off, acc, mask=omask)
+        gl.thread_barrier()                      # all of this program's sums are stored before the release
+        tile = gl.program_id(0) * gl.num_programs(1) + gl.program_id(1)
+        if gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            acc = gl.zeros_like(acc)
+            for t in range(SPLIT_K):
+                acc += gl.load(ws_ptr + t * M * N + off, mask=omask, other=0, cache_modifier=".cg")
+            _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, HAS_BIAS,
+                          HAS_LR, R, ACT, SWAP, layout, num_warps)
+            gl.atomic_xchg(cnt_ptr + tile, 0)
+    else:
+        _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, HAS_BIAS,
+                      HAS_LR, R, ACT, SWAP, layout, num_warps)
+
+
+@gluon.jit
+def _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N,
+                  HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr, ACT: gl.constexpr,
+                  SWAP: gl.constexpr, layout: gl.constexpr, num_warps: gl.constexpr):
+    """The tile's int32 sums · the rows' and columns' units, + the low-rank term, + bias, GELU-tanh (ACT 1), the bf16
+    store (with SWAP through a layout along y's rows, which are this tile's columns). `rows` / `cols`: the tile's x
+    rows and weight rows from off_m / off_n, in `layout`'s slices."""
+    ux = gl.load(ux_ptr + rows, mask=rows < M, other=0.0)
+    uw = gl.load(uw_ptr + cols, mask=cols < N, other=0.0)
+    if SWAP:
+        out = acc.to(gl.float32) * (uw[:, None] * ux[None, :])
+    else:
+        out = acc.to(gl.float32) * (ux[:, None] * uw[None, :])
+    if HAS_LR:
+        out = _lowrank_term(out, lr_ptr, up_ptr, off_m, off_n, rows.shape[0], cols.shape[0], M, N, R, SWAP, layout,
+                            num_warps)
+    if HAS_BIAS:
+        bias = gl.load(b_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+        if SWAP:
+            out = out + bias[:, None]
+        else:
+            out = out + bias[None, :]
+    if ACT == 1:     # GELU, tanh approximation, as `_activation` in w4a4_gemm_triton.py
+        u = 0.7978845608028654 * (out + 0.044715 * out * out * out)
+        out = out / (1.0 + gl.exp(-2.0 * u))
+    y = out.to(gl.bfloat16)
+    if SWAP:     # y's columns (this tile's rows) are contiguous: store along them, 8 to a thread
+        st: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[8, 4],
+                                            warps_per_cta=[1, num_warps], order=[0, 1])
+        y = gl.convert_layout(y, st)
+        n = gl.convert_layout(cols, gl.SliceLayout(1, st))
+        m = gl.convert_layout(rows, gl.SliceLayout(0, st))
+        gl.store(y_ptr + m[None, :] * N + n[:, None], y, mask=(m[None, :] < M) & (n[:, None] < N))
+    else:
+        gl.store(y_ptr + rows[:, None] * N + cols[None, :], y, mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+@gluon.jit
+def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
+                     SWAP: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr,
+                     ACT: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr, INSTR_N: gl.constexpr,
+                     num_warps: gl.constexpr):
+    """y = the W4A4 layer's output for kernel 1's q·m (M, K) int8 and the layer's packed codes (N, K/2), read as int16
+    halfwords (N, K/4): per K step the x tile (BM, BK) and the packed weight tile (BN, BK/4 halfwords) arrive by TMA
+    into a STAGES-deep ring; the threads make the weight tile's int8 q·m (`_step_codes`, each thread one row's 64-code
+    group) in registers while the previous step's wgmma (s32 += s8 · s8) runs, then store them to the shared-memory tile
+    the next wgmma reads. SWAP puts the weights on the wgmma's M side (BN = 16 · num_warps, the x rows on
+    its N side: few rows); else the x rows (BM = 16 · num_warps). SPLIT_K > 1: program_id(2) takes that share of the K
+    steps (where the tiles alone leave SMs idle), `_finish_tile` sums the shares."""
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    BN: gl.constexpr = p_desc.block_type.shape[0]
+    HW: gl.constexpr = p_desc.block_type.shape[1]          # BK / 4 halfwords of codes per weight row and step
+    GPS: gl.constexpr = BK // 64                           # 64-code groups per step
+    off_m = gl.program_id(0) * BM
+    off_n = gl.program_id(1) * BN
+    G = K // 64
+    share = gl.cdiv(K // BK, SPLIT_K)
+    k0 = gl.program_id(2) * share                          # this program's first K step
+    steps = gl.minimum(share, K // BK - k0)
+
+    a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
+    p_s = gl.allocate_shared_memory(p_desc.dtype, [STAGES, BN, HW], p_desc.layout)
+    w_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BK], gl.int8)
+    w_i8 = gl.allocate_shared_memory(gl.int8, [BN, BK], w_layout)          # the step's weight codes q·m
+    words_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_layout.swizzle_byte_width,
+                                                      element_bitwidth=32, rank=2)
+    w_words = w_i8._reinterpret(gl.int32, [BN, HW], words_layout)     # the same bytes, four codes a word
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for b in gl.static_range(STAGES):
+        mbarrier.init(ready.index(b), count=1)
+
+    # the unpack's layout: a thread takes 16 halfwords (one row's 64-code group) of the (BN, HW) tile, seen as
+    # (BN, GPS, 16) so that the group's multiplier is one value a thread, broadcast over its 16
+    unpack: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // GPS, GPS],
+                                            warps_per_cta=[num_warps, 1], order=[1, 0])
+    unpack3: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1, 16], threads_per_warp=[32 // GPS, GPS, 1],
+                                             warps_per_cta=[num_warps, 1, 1], order=[2, 1, 0])
+    groups: gl.constexpr = gl.SliceLayout(2, unpack3)
+    wn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, groups))
+    gi = gl.arange(0, GPS, layout=gl.SliceLayout(0, groups))
+    inv_uw = 1.0 / gl.load(wu_ptr + (wn % N))               # rows past N wrap (read, never stored)
+    s_ptrs = sw_ptr + (wn % N)[:, None] * G + k0 * GPS + gi[None, :]
+
+    layout: gl.constexpr = _mma_layout(INSTR_N, 32, num_warps)
+    if SWAP:
+        acc = gl.zeros((BN, BM), dtype=gl.int32, layout=layout)
+    else:
+        acc = gl.zeros((BM, BN), dtype=gl.int32, layout=layout)
+    nbytes: gl.constexpr = a_desc.block_type.nbytes + p_desc.block_type.nbytes
+    for p in gl.static_range(STAGES):                      # every stage's tiles in flight
+        if p < steps:
+            mbarrier.expect(ready.index(p), nbytes)
+            tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + p) * BK], ready.index(p), a_s.index(p))
+            tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + p) * HW], ready.index(p), p_s.index(p))
+    s_next = gl.load(s_ptrs)
+    mbarrier.wait(ready.index(0), 0)
+    w_words.store(_step_codes(p_s.index(0).load(unpack), s_next, inv_uw, BN, GPS, HW, unpack, unpack3))
+    fence_async_shared()
+    s_next = gl.load(s_ptrs + (1 % steps) * GPS)
+    # ptxas (the one Triton 3.6 ships) serializes every wgmma of a kernel (C7515: each waited for before the next is
+    # issued) when a shared-memory store comes while one is in flight, and puts the wait before a shared-memory load
+    # that follows the wgmma (seen in the sm_90 SASS). So a step loads the next step's packed tile first, issues its
+    # wgmma, makes the next step's codes in registers (arithmetic only) while it runs, waits, then stores them.
+    for i in range(steps - 1):
+        s = i % STAGES
+        n = i + 1
+        mbarrier.wait(ready.index(n % STAGES), (n // STAGES) & 1)
+        h = p_s.index(n % STAGES).load(unpack)
+        if SWAP:
+            acc = warpgroup_mma(w_i8, a_s.index(s).permute((1, 0)), acc, is_async=True)
+        else:
+            acc = warpgroup_mma(a_s.index(s), w_i8.permute((1, 0)), acc, is_async=True)
+        codes = _step_codes(h, s_next, inv_uw, BN, GPS, HW, unpack, unpack3)
+        s_next = gl.load(s_ptrs + ((n + 1) % steps) * GPS)        # the step after's scales, a step ahead
+        acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_s.index(s), w_i8))
+        if i + STAGES < steps:                             # step i's stage is free again
+            mbarrier.expect(ready.index(s), nbytes)
+            tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + i + STAGES) * BK], ready.index(s), a_s.index(s))
+            tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + i + STAGES) * HW], ready.index(s), p_s.index(s))
+        w_words.store(codes)
+        fence_async_shared()
+    s = (steps - 1) % STAGES
+    if SWAP:
+        acc = warpgroup_mma(w_i8, a_s.index(s).permute((1, 0)), acc, is_async=True)
+    else:
+        acc = warpgroup_mma(a_s.index(s), w_i8.permute((1, 0)), acc, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    for b in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(b))
+
+    _finish_tile(acc, off_m, off_n, ux_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, HAS_BIAS,
+                 HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps)
+
+
+def i8p_tile(M: int, N: int, K: int, sms: int, block_k: int = 128) -> dict:
+    """The i8p launch for M rows of a K -> N layer on a GPU of `sms` SMs: up to 128 rows the weights on the wgmma's M
+    side (SWAP; 64 weight rows a program, 4 warps, the x rows in one tile of 32, 64 or 128), else 128 x rows a program,
+    8 warps, 128 weight rows; K split into up to 4 shares where the tiles leave at least half the SMs idle (3584 ->
+    3584 and 14336 -> 3584 at up to 128 rows: 56 programs on an H100's 132 SMs), each at least 8 K steps."""
+    if M <= 128:
+        bm = max(32, triton.next_power_of_2(M))
+        t = dict(swap=True, block_m=bm, block_n=64, num_warps=4, instr_n=bm)
+    else:
+        t = dict(swap=False, block_m=128, block_n=128, num_warps=8, instr_n=128)
+    programs = triton.cdiv(M, t["block_m"]) * triton.cdiv(N, t["block_n"])
+    split = 1
+    while split < 4 and programs * split * 2 <= sms and K // block_k // (split * 2) >= 8:
+        split *= 2
+    return dict(t, split_k=split)
+
+
+def split_k_fits(K: int, split_k: int, block_k: int = 128) -> bool:
+    """Whether each of `split_k` shares of K's steps gets at least one (the kernel's share is cdiv(steps, split_k))."""
+    steps = K // block_k
+    return 1 <= split_k <= steps and (split_k - 1) * triton.cdiv(steps, split_k) < steps
+
+
+def packed_descriptors(q: torch.Tensor, qweight: torch.Tensor, block_m: int, block_n: int, block_k: int):
+    """Host TMA descriptors of q (M, K) int8 in (block_m, block_k) tiles and the packed codes (N, K/2) uint8, read as
+    int16 halfwords (N, K/4), in (block_n, block_k/4) tiles."""
+    h = qweight.view(torch.int16)
+    la = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.int8)
+    lp = gl.NVMMASharedLayout.get_default_for([block_n, block_k // 4], gl.int16)
+    return (TensorDescriptor(q, list(q.shape), list(q.stride()), [block_m, block_k], la),
+            TensorDescriptor(h, list(h.shape), list(h.stride()), [block_n, block_k // 4], lp))
+
+
+def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: torch.Tensor, ux: torch.Tensor, lr,
+             up, bias, act: int = 0, y: torch.Tensor = None, tile: dict = None, ws: torch.Tensor = None,
+             cnt: torch.Tensor = None, block_k: int = 128, stages: int = 4) -> torch.Tensor:
+    """The W4A4 layer's GEMM after kernel 1 (`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on its packed
+    codes, no workspace: q (M, K) int8, qweight (N, K/2) uint8, wscales (N, K/64) bf16 (two-level: u_w · m), uw (N,)
+    and ux (M,) float32 units, lr (M, R) float32 (one partial) or None, up (N, R) bf16, bias (N,) bf16 or None, act 1
+    for GELU-tanh; `tile` overrides `i8p_tile`. With a K split, ws (at least split_k · M · N int32) and cnt (zeroed
+    int32 counters, one per tile, left zeroed) are made here unless given. y (M, N) bf16."""
+    M, K = q.shape
+    N = qweight.shape[0]
+    if K % block_k or qweight.shape[1] * 2 != K:
+        raise ValueError(f"i8p_gemm: K % {block_k} == 0 and qweight (N, K/2), got q {tuple(q.shape)}, "
+                         f"qweight {tuple(qweight.shape)}")
+    t = tile or i8p_tile(M, N, K, torch.cuda.get_device_properties(q.device).multi_processor_count, block_k)
+    split = t.get("split_k", 1)
+    if not split_k_fits(K, split, block_k):
+        raise ValueError(f"i8p_gemm: {split} K shares of {K // block_k} steps leave one empty")
+    y = torch.empty(M, N, dtype=torch.bfloat16, device=q.device) if y is None else y
+    da, dp = packed_descriptors(q, qweight, t["block_m"], t["block_n"], block_k)
+    R = up.shape[1] if lr is not None else 16
+    grid = (triton.cdiv(M, t["block_m"]), triton.cdiv(N, t["block_n"]), split)
+    if split > 1:
+        ws = torch.empty(split, M, N, dtype=torch.int32, device=q.device) if ws is None else ws
+        cnt = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=q.device) if cnt is None else cnt
+    _i8p_gemm_kernel[grid](da, dp, wscales, uw, ux, lr if lr is not None else ux, up if lr is not None else y,
+                           bias if bias is not None else y, y, ws if split > 1 else ux, cnt if split > 1 else ux, M, N,
+                           K, SWAP=t["swap"], HAS_BIAS=bias is not None, HAS_LR=lr is not None, R=R, ACT=act,
+                           SPLIT_K=split, STAGES=stages, INSTR_N=t["instr_n"], num_warps=t["num_warps"])
     return y

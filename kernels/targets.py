@@ -107,7 +107,7 @@ def compile_variant(v: Variant, arch: int, ptxas_report: bool = False) -> dict:
 
 
 def _ptxas_usage(ptx: str, arch: int) -> dict:
-    """Registers and spill bytes from ptxas -v (the ptxas in Triton's wheel)."""
+    """Registers, spill bytes and whether wgmmas were serialized, from ptxas -v (the ptxas in Triton's wheel)."""
     from triton.backends.nvidia.compiler import get_ptxas
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
         f.write(ptx)
@@ -118,8 +118,11 @@ def _ptxas_usage(ptx: str, arch: int) -> dict:
     log = r.stderr
     regs = re.search(r"Used (\d+) registers", log)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    # C7515: ptxas made every wgmma of the kernel wait for the one before (a shared-memory store, or a non-wgmma write to
+    # an accumulator, while one is in flight), which undoes an asynchronous K loop
     return {"registers": int(regs.group(1)) if regs else None,
-            "spill_bytes": int(spill.group(1)) + int(spill.group(2)) if spill else None}
+            "spill_bytes": int(spill.group(1)) + int(spill.group(2)) if spill else None,
+            "wgmma_serialized": "C7515" in log}
 
 
 def _config_variant(name, kernel, ptrs, base: dict, cfg, div16=()) -> Variant:

@@ -1430,7 +1430,9 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M (`path_for`): "i8s" (the CUDA C++ kernel for M <= 32,
     kernels/w4a4_small_m.cu; `config` {"warps", "splits"}), "i8" / "i8w" (INT8 MMA over all of K on
-    q·m of two-level scales, the weights' made in registers / in a workspace first), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
+    q·m of two-level scales, the weights' made in registers / in a workspace first), "i8p" (the same sums in Gluon on
+    Hopper, the weights' made into shared memory in the K loop; `config` a `i8p_tile` dict; taken by default only with
+    GLUON_I8P), "int8" (INT8 MMA), "fp8" (FP8 MMA on the
     packed weights), "fp8w" (FP8 MMA on weights unpacked first), "f16" (fp16 MMA on activations and
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
     dequantized into a workspace first); `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps,
@@ -1444,15 +1446,18 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
-    path = path or path_for(x2, layer)
-    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w", "i8s")
+    if path is None:
+        path = path_for(x2, layer)
+        if path in ("i8", "i8w") and config is None and gluon_i8p_applies(x2, layer):
+            path = "i8p"
+    fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w", "i8s", "i8p")
     wu = layer.weight_units() if i8 else None
     if i8 and wu is None:
         raise ValueError("the i8 path needs two-level weight scales (quant.int4.weight_scales); this layer's are free")
     if path == "i8s" and not small_m.supports(M, layer, x.dtype):
         raise ValueError(f"the i8s path takes 1-{small_m.MAX_M} rows, K % 64 == 0, N % 32 == 0 and one 16-bit dtype "
                          f"for x, scales, L_up and bias (M {M}, {K} -> {N}, x {x.dtype}, scales {layer.wscales.dtype})")
-    if i8 and path != "i8w" and M <= QUANT_CUDA_MAX_M and small_m.quantize_supports(x2, layer) \
+    if i8 and path not in ("i8w", "i8p") and M <= QUANT_CUDA_MAX_M and small_m.quantize_supports(x2, layer) \
             and small_m.extension() is not None:
         q, sx, lr = small_m.quantize(x2, layer, inv_smooth(layer), INV_QMAX)
     else:
@@ -1462,6 +1467,16 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     if path == "i8s":   # CUDA C++ (kernels/w4a4_small_m.cu); `config` may fix {"warps", "splits"}
         config = config or {}
         small_m.w4a4_small_m(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("warps"), config.get("splits"))
+        return y.reshape(*shape[:-1], N)
+    if path == "i8p":     # Gluon, Hopper (kernels/i8_mainloop_gluon.py): the packed codes, made in its K loop
+        glu = _gluon()
+        tile = config or glu.i8p_tile(M, N, K, _sm_count(x.device))
+        split = tile.get("split_k", 1)
+        ws = torch.empty(split, M, N, dtype=torch.int32, device=x.device) if split > 1 else None
+        cnt = _counters(x.device, triton.cdiv(M, tile["block_m"]) * triton.cdiv(N, tile["block_n"]), "i8p") \
+            if split > 1 else None
+        glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, sx, lr[0] if R else None, layer.lora_up, layer.bias,
+                     ACTIVATIONS[act], y, tile=tile, ws=ws, cnt=cnt)
         return y.reshape(*shape[:-1], N)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "i8w" and config is None and gluon_i8w_applies(x2, layer, lr):
@@ -1533,6 +1548,25 @@ def gluon_i8w_applies(x2: torch.Tensor, layer, lr) -> bool:
     128-wide K step, one low-rank partial, bf16 activations, scales and L_up (its epilogue's types)."""
     return (GLUON_I8W and x2.is_cuda and _arch_of(x2) >= 90 and layer.in_features % 128 == 0
             and (not layer.rank or lr.shape[0] == 1) and x2.dtype == torch.bfloat16
+            and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
+            and (layer.bias is None or layer.bias.dtype == torch.bfloat16))
+
+
+# VAR_GEN_W4A4_GLUON_I8P=1: the i8 and i8w calls of I8P_MIN_M to I8P_MAX_M rows through kernels/i8_mainloop_gluon.py's
+# `i8p_gemm` on Hopper instead: the INT8 wgmma on the packed weights, their codes made in the K loop into shared memory
+# while the previous step's wgmma runs (no workspace, no unpack kernel; forty-ninth session, compiled for sm_90 here, not
+# yet run on a GPU: off). The qkv projection's epilogue GEMM (from I8W_MIN_M rows, `qkv_fusable`) stays Triton's.
+GLUON_I8P = os.environ.get("VAR_GEN_W4A4_GLUON_I8P", "0") == "1"
+I8P_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MIN_M", "33"))
+I8P_MAX_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MAX_M", "2048"))
+
+
+def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
+    """Whether `w4a4_linear`'s i8 / i8w call takes `i8p_gemm`: GLUON_I8P, I8P_MIN_M <= M <= I8P_MAX_M, sm_90+ (wgmma,
+    TMA), K a multiple of its 128-wide K step, the packed codes 16-byte aligned (TMA), bf16 activations, L_up and bias
+    (its epilogue's types). (Kernel 1 sums its low-rank partials into one: `quantize_activations`' reduce_lr.)"""
+    return (GLUON_I8P and I8P_MIN_M <= x2.shape[0] <= I8P_MAX_M and x2.is_cuda and _arch_of(x2) >= 90
+            and layer.in_features % 128 == 0 and layer.qweight.data_ptr() % 16 == 0 and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
             and (layer.bias is None or layer.bias.dtype == torch.bfloat16))
 

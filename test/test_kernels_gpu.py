@@ -535,6 +535,146 @@ def test_w4a4_linear_takes_the_gluon_i8w_gemm_when_asked(monkeypatch):
         assert calls == []
 
 
+def _i8p_tiles(glu, M, N, K):
+    """i8p_gemm launches a test checks at M rows: the default, then swapped and not, K split or not, 4 / 8 warps."""
+    tiles = [glu.i8p_tile(M, N, K, torch.cuda.get_device_properties(0).multi_processor_count)]
+    if M <= 256:
+        bm = max(32, triton_next_pow2(M))
+        tiles += [dict(swap=True, block_m=bm, block_n=64, num_warps=4, instr_n=min(bm, 128), split_k=s) for s in (1, 2, 4)]
+        tiles += [dict(swap=True, block_m=bm, block_n=128, num_warps=8, instr_n=min(bm, 128), split_k=1)]
+    tiles += [dict(swap=False, block_m=128, block_n=bn, num_warps=8, instr_n=128, split_k=s) for bn in (128, 256)
+              for s in (1, 2)]
+    tiles += [dict(swap=False, block_m=64, block_n=128, num_warps=4, instr_n=128, split_k=1)]
+    return [t for t in tiles if glu.split_k_fits(K, t["split_k"])]
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _i8_weights(layer) -> torch.Tensor:
+    """The layer's int8 q·m (N, K) made in PyTorch from its packed codes and two-level scales (exact)."""
+    from var_gen_ros.quant.int4 import unpack_int4
+    mult = torch.round(layer.wscales.float() / layer.weight_units()[:, None])
+    return unpack_int4(layer.qweight).float() * mult.repeat_interleave(64, dim=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+def test_the_gluon_i8p_gemm_sums_exactly_on_every_8b_shape():
+    """kernels/i8_mainloop_gluon.py's `i8p_gemm` (the INT8 wgmma on the packed weights, their q·m made in the K loop)
+    without its low-rank term and bias: bit for bit bf16(float32(the exact integer sums) · u_x · u_w), the sums from
+    PyTorch's own unpack of the codes and scales, on every 8B shape at 33-2048 rows, every tile `_i8p_tiles` lists
+    (swapped and not, K split 1-4 ways), outputs poisoned."""
+    from kernels_under_test import gemm_module
+    from var_gen_ros.quant.dispatch import kernel_module
+    gm, glu = gemm_module(), kernel_module("i8_mainloop_gluon")
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    for K, N, bias in SHAPES_8B:
+        layer = _layer(K, N, bias, seed=K + N + 23)
+        wu = layer.weight_units()
+        w8 = _i8_weights(layer).double()
+        for M in (33, 72, 128, 200, 288, 1152, 2048):
+            x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+            x[:, torch.randint(K, (4,))] *= 30
+            q, ux, _ = gm.quantize_activations(x, layer, i8=True)
+            ref = ((q.double() @ w8.t()).float() * (ux[:, None] * wu[None, :])).bfloat16()
+            for t in _i8p_tiles(glu, M, N, K):
+                y = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+                glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, ux, None, layer.lora_up, None, 0, y, tile=t)
+                if not torch.equal(y, ref):
+                    bad = (y.float() - ref.float()).abs()
+                    raise AssertionError((K, N, M, t, int((y != ref).sum()), float(bad.max()), bool(torch.isnan(y).any())))
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+def test_the_gluon_i8p_gemm_matches_the_triton_forward_and_the_reference_on_every_8b_shape():
+    """`i8p_gemm` whole (the units, the low-rank up-projection as two bf16 wgmmas, bias, fc1's GELU): within 1e-3 of the
+    layer's reference and 5e-4 of the product's Triton forward at the same rows (i8 below 257 rows, i8w from there:
+    the same integer sums; the low-rank term's bf16 pair against Hopper's tf32x3), every 8B shape, 33-2048 rows, every
+    tile `_i8p_tiles` lists, outputs poisoned; the split-K counters left zeroed."""
+    from kernels_under_test import gemm_module
+    from var_gen_ros.quant.dispatch import kernel_module
+    gm, glu = gemm_module(), kernel_module("i8_mainloop_gluon")
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    for K, N, bias in SHAPES_8B:
+        layer = _layer(K, N, bias, seed=K + N + 29)
+        act = "gelu_tanh" if N == 4 * K else None
+        wu = layer.weight_units()
+        for M in (33, 128, 288, 2048):
+            x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+            x[:, torch.randint(K, (4,))] *= 30
+            ref = layer.reference_forward(x, act).float()
+            base = gm.w4a4_linear(x, layer, path="i8" if M < 257 else "i8w", act=act).float()
+            q, ux, lr = gm.quantize_activations(x, layer, i8=True)
+            assert lr.shape[0] == 1, lr.shape
+            for t in _i8p_tiles(glu, M, N, K):
+                y = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+                cnt = torch.zeros(4096, dtype=torch.int32, device="cuda")
+                glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, ux, lr[0], layer.lora_up, layer.bias,
+                             1 if act else 0, y, tile=t, cnt=cnt)
+                y = y.float()
+                rel_ref = ((y - ref).norm() / ref.norm()).item()
+                rel_base = ((y - base).norm() / base.norm()).item()
+                assert torch.isfinite(y).all() and rel_ref <= 1e-3 and rel_base <= 5e-4, (K, N, M, t, rel_ref, rel_base)
+                assert int(cnt.abs().sum()) == 0, (K, N, M, t)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_graph(monkeypatch):
+    """VAR_GEN_W4A4_GLUON_I8P (GLUON_I8P): `w4a4_linear`'s i8 and i8w calls of I8P_MIN_M-I8P_MAX_M rows go through
+    `i8p_gemm` (counted), within 5e-4 of the Triton forward and 1e-3 of the reference, eagerly and replayed from a CUDA
+    graph (twice, with new inputs: the split-K counters re-armed), fc1's GELU included; rows outside the range and calls
+    with a fixed Triton config do not."""
+    from kernels_under_test import gemm_module
+    gm = gemm_module()
+    glu = gm._gluon()
+    calls = []
+    real = glu.i8p_gemm
+    monkeypatch.setattr(glu, "i8p_gemm", lambda *a, **k: (calls.append(a[0].shape[0]), real(*a, **k))[1])
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    for K, N, bias in ((3584, 3584, True), (3584, 14336, True), (14336, 3584, True)):
+        layer = _layer(K, N, bias, seed=K + N + 31)
+        act = "gelu_tanh" if N == 4 * K else None
+        for M in (72, 512):
+            x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+            ref = layer.reference_forward(x, act).float()
+            monkeypatch.setattr(gm, "GLUON_I8P", False)
+            base = gm.w4a4_linear(x, layer, act=act).float()
+            monkeypatch.setattr(gm, "GLUON_I8P", True)
+            calls.clear()
+            y = gm.w4a4_linear(x, layer, act=act).float()
+            assert calls == [M], calls
+            assert ((y - base).norm() / base.norm()).item() <= 5e-4 and ((y - ref).norm() / ref.norm()).item() <= 1e-3
+            # in a CUDA graph, as the product runs its scales
+            xs = x.clone()
+            out = torch.empty(M, N, dtype=torch.bfloat16, device="cuda")
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                gm.w4a4_linear(xs, layer, out=out, act=act)          # warm-up (compiles) outside the capture
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                gm.w4a4_linear(xs, layer, out=out, act=act)
+            for _ in range(2):
+                x2 = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+                xs.copy_(x2)
+                out.fill_(float("nan"))
+                g.replay()
+                torch.cuda.synchronize()
+                eager = gm.w4a4_linear(x2, layer, act=act).float()
+                assert torch.equal(out.float(), eager), (K, N, M)
+        calls.clear()
+        x = (torch.randn(8, K, device="cuda") * 2).bfloat16()
+        gm.w4a4_linear(x, layer, act=act)                  # 8 rows: below I8P_MIN_M
+        x = (torch.randn(128, K, device="cuda") * 2).bfloat16()
+        gm.w4a4_linear(x, layer, act=act, config=dict(BLOCK_M=64, BLOCK_N=128, SWAP=True))
+        assert calls == [], calls
+
+
 @pytest.mark.parametrize("M", [32, 128, 256])
 def test_the_swar_code_unpack_gives_the_default_bits_on_every_8b_shape(M):
     """The i8 GEMM with its weight codes made four bytes at a time in uint32 words (SWAR, twenty-eighth session; the

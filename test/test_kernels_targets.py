@@ -259,4 +259,67 @@ def test_the_i8_gemm_loop_waits_for_every_wgmma_in_triton_and_keeps_one_in_fligh
     ptx = k.asm["ptx"]
     assert "s32.s8.s8" in ptx and "f32.bf16.bf16" in ptx
     assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)
-    assert targets._ptxas_usage(ptx, 90)["spill_bytes"] == 0
+    usage = targets._ptxas_usage(ptx, 90)
+    assert usage["spill_bytes"] == 0 and not usage["wgmma_serialized"], usage
+
+
+def _compile_i8p(glu, M, N, K, tile):
+    """kernels/i8_mainloop_gluon.py's `_i8p_gemm_kernel` compiled for sm_90 here, fc1's epilogue (bias, GELU, the
+    low-rank term) on: (ptx, shared bytes)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+    q, qw = torch.empty(M, K, dtype=torch.int8), torch.empty(N, K // 2, dtype=torch.uint8)
+    da, dp = glu.packed_descriptors(q, qw, tile["block_m"], tile["block_n"], 128)
+    sig = dict(a_desc=mangle_type(da), p_desc=mangle_type(dp), sw_ptr="*bf16", wu_ptr="*fp32", ux_ptr="*fp32",
+               lr_ptr="*fp32", up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", ws_ptr="*i32", cnt_ptr="*i32", M="i32",
+               N="i32", K="i32", SWAP="constexpr", HAS_BIAS="constexpr", HAS_LR="constexpr", R="constexpr",
+               ACT="constexpr", SPLIT_K="constexpr", STAGES="constexpr", INSTR_N="constexpr", num_warps="constexpr")
+    src = GluonASTSource(glu._i8p_gemm_kernel, sig,
+                         constexprs=dict(SWAP=tile["swap"], HAS_BIAS=True, HAS_LR=True, R=32, ACT=1,
+                                         SPLIT_K=tile["split_k"], STAGES=4, INSTR_N=tile["instr_n"],
+                                         num_warps=tile["num_warps"]),
+                         attrs={(i,): [["tt.divisibility", 16]] for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13)})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tile["num_warps"]})
+    return k.asm["ptx"], int(k.metadata.shared)
+
+
+def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():
+    """kernels/i8_mainloop_gluon.py's `i8p_gemm` (the INT8 wgmma on the packed weights, their codes made in the K loop)
+    compiled for sm_90 here at the launches `i8p_tile` picks on an H100 (132 SMs) for 32-2048 rows of the 8B block
+    shapes: INT8 wgmmas, fits the SM's shared memory, and ptxas does not serialize its wgmmas (C7515), which it does
+    when the codes are stored to shared memory while a wgmma is in flight (the loop's first form, forty-ninth session);
+    no spill where the K is not split (the split's epilogue, 44 bytes at 64-128 rows swapped, is outside the loop)."""
+    glu = kernel_module("i8_mainloop_gluon")
+    seen, swaps = set(), set()
+    for M in (32, 72, 128, 288, 2048):
+        for K, N in ((3584, 3584), (3584, 14336), (14336, 3584)):
+            tile = glu.i8p_tile(M, N, K, 132)
+            key = tuple(sorted(tile.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            swaps.add(tile["swap"])
+            ptx, shared = _compile_i8p(glu, M, N, K, tile)
+            usage = targets._ptxas_usage(ptx, 90)
+            assert ".s32.s8.s8" in ptx and shared <= targets.SHARED_LIMIT[90], (M, N, K, tile, shared)
+            assert not usage["wgmma_serialized"], (M, N, K, tile, usage)
+            assert tile["split_k"] > 1 or usage["spill_bytes"] == 0, (M, N, K, tile, usage)
+    assert swaps == {False, True}        # both forms built
+
+
+def test_i8p_tile_fills_the_gpu_with_k_splits_only_where_the_tiles_leave_it_idle():
+    """`i8p_tile`: swapped 64-row weight tiles up to 128 rows, 128 x 128 above; K split 2-4 ways only where the tiles
+    leave at least half of the SMs idle, each split at least 8 K steps, every split non-empty (`split_k_fits`)."""
+    glu = kernel_module("i8_mainloop_gluon")
+    assert glu.i8p_tile(72, 3584, 3584, 132) == dict(swap=True, block_m=128, block_n=64, num_warps=4, instr_n=128,
+                                                    split_k=2)
+    assert glu.i8p_tile(32, 21504, 3584, 132)["split_k"] == 1         # 336 tiles
+    assert glu.i8p_tile(2048, 3584, 3584, 132) == dict(swap=False, block_m=128, block_n=128, num_warps=8, instr_n=128,
+                                                      split_k=1)
+    assert glu.i8p_tile(32, 3584, 1024, 132)["split_k"] == 1          # 8 K steps cannot be split into >= 8-step shares
+    for M in (33, 128, 512):
+        for K, N in ((3584, 3584), (14336, 3584), (2048, 7168)):
+            t = glu.i8p_tile(M, N, K, 132)
+            assert glu.split_k_fits(K, t["split_k"]) and K // 128 // t["split_k"] >= 8
+    assert glu.split_k_fits(3584, 4) and not glu.split_k_fits(384, 4)   # 3 steps: a fourth share would be empty

@@ -1,0 +1,47 @@
+# The Gluon GEMMs (kernels/i8_mainloop_gluon.py; built and compiled for sm_90 here, never yet run on a GPU) on one GPU
+# machine. PART, one or more of these in order:
+#   tests  every Gluon GPU test (-k "gluon or i8p": the i8w loop's exact sums, the i8w GEMM, the i8p GEMM's exact sums
+#          and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph), ~2-3 min after the
+#          machine's start; a failure is fixed before anything is timed
+#   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-2048 rows, and the
+#          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min
+#   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM against Triton's and cuBLAS(Lt), ~2 min
+#   edge   the resident 1024² edge proof with the Triton GEMMs, with i8p (VAR_GEN_W4A4_GLUON_I8P=1) and with the Gluon
+#          i8w GEMM (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (~2 min each warm; the
+#          first on a fresh machine also compiles: EDGE_S each)
+# Files in $OUT, packed into out.tgz.
+set -u
+source bench/device/autotune_carry.sh
+export PYTHONPATH=$PWD:$PWD/test
+t0=$(date +%s)
+build_extension
+for part in ${PART:-tests i8p}; do
+case "$part" in
+tests)
+  timeout ${TESTS_S:-300} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py -k "gluon or i8p" \
+    > "$OUT/gpu_tests_gluon.txt" 2>&1
+  echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon.txt" | tail -6 | cut -c1-600
+  ;;
+i8p)
+  timeout ${BENCH_S:-300} python3 bench/i8p_gemm.py --ms ${BENCH_MS:-32,72,128,288,512,1152,2048} \
+    --json "$OUT/i8p_gemm.json" > "$OUT/i8p_gemm.txt" 2>&1
+  echo "i8p bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8p_gemm.txt" | cut -c1-300 | tail -30
+  ;;
+i8w)
+  timeout ${BENCH_S:-200} python3 bench/i8_mainloop.py --ms ${I8W_MS:-2048,4096} --json "$OUT/i8_mainloop.json" \
+    > "$OUT/i8_mainloop.txt" 2>&1
+  echo "i8w bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8_mainloop.txt" | cut -c1-400 | tail -10
+  ;;
+edge)
+  for tag in ${EDGE_TAGS:-off i8p gluon_i8w}; do
+    p=0; w=0; [ "${tag%_*}" = i8p ] && p=1; [ "${tag%_*}" = gluon ] && w=1
+    VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_GLUON=$w timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
+      --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
+      --text-encoder int4 --modes w4a4_kv8 --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1
+    echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
+    grep -E "^w4a4|rror|new prompt" "$OUT/edge_$tag.txt" | tail -3
+  done
+  ;;
+esac
+done
+pack_out
