@@ -39,6 +39,7 @@ import contextlib
 import functools
 import os
 import threading
+import warnings
 
 import torch
 import triton
@@ -1549,7 +1550,7 @@ def gluon_i8w_applies(x2: torch.Tensor, layer, lr) -> bool:
     return (GLUON_I8W and x2.is_cuda and _arch_of(x2) >= 90 and layer.in_features % 128 == 0
             and (not layer.rank or lr.shape[0] == 1) and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
-            and (layer.bias is None or layer.bias.dtype == torch.bfloat16))
+            and (layer.bias is None or layer.bias.dtype == torch.bfloat16) and _gluon() is not None)
 
 
 # VAR_GEN_W4A4_GLUON_I8P=1: the i8 and i8w calls of I8P_MIN_M to I8P_MAX_M rows through kernels/i8_mainloop_gluon.py's
@@ -1568,13 +1569,20 @@ def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
     return (GLUON_I8P and I8P_MIN_M <= x2.shape[0] <= I8P_MAX_M and x2.is_cuda and _arch_of(x2) >= 90
             and layer.in_features % 128 == 0 and layer.qweight.data_ptr() % 16 == 0 and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
-            and (layer.bias is None or layer.bias.dtype == torch.bfloat16))
+            and (layer.bias is None or layer.bias.dtype == torch.bfloat16) and _gluon() is not None)
 
 
 @functools.lru_cache(maxsize=None)
 def _gluon():
-    from . import i8_mainloop_gluon     # (Gluon: imported only where it runs)
-    return i8_mainloop_gluon
+    """kernels/i8_mainloop_gluon.py, imported only where a Gluon GEMM is asked for; None (warned once) where this
+    Triton has no Gluon, so that the Triton GEMMs run instead of the call failing."""
+    try:
+        from . import i8_mainloop_gluon
+        return i8_mainloop_gluon
+    except Exception as e:       # an older Triton without triton.experimental.gluon, or a broken source
+        warnings.warn(f"var_gen_ros: the Gluon GEMMs (VAR_GEN_W4A4_GLUON, VAR_GEN_W4A4_GLUON_I8P) are unavailable, "
+                      f"the Triton ones run: {type(e).__name__}: {e}")
+        return None
 
 
 # The qkv projection with the attention's input epilogue in its GEMM (`w4a4_qkv_rope`) where it applies

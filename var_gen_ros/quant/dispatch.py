@@ -85,6 +85,12 @@ def _load():
                                    + _STATE["w4a4_path"])
         elif large.startswith("f16"):
             _STATE["w4a4_path"] += f"; fp16 mma on exactly dequantized operands from {gemm.F16_MIN_M} rows"
+        if torch.cuda.get_device_capability() >= (9, 0):     # the Gluon GEMMs asked for (off by default)
+            if gemm.GLUON_I8P:
+                _STATE["w4a4_path"] += (f"; {gemm.I8P_MIN_M}-{gemm.I8P_MAX_M} rows: Gluon i8p (packed codes made in "
+                                        f"the K loop, asynchronous wgmma)")
+            if gemm.GLUON_I8W:
+                _STATE["w4a4_path"] += "; i8w GEMM in Gluon (asynchronous wgmma)"
         attn = kernel_module("int8_kv_attention_triton")
         _STATE["attn_int8"], _STATE["kv_store_int8"] = attn.int8_kv_attention, attn.int8_kv_store
         _STATE["attn_int8_sdpa"] = attn.int8_kv_attention_sdpa
