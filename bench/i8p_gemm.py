@@ -5,7 +5,10 @@ scales 2-9 (32-2048 with CFG). Whole layers (kernel 1 + GEMM) through `w4a4_line
 launch it may take (swapped or not, K split 1-8 ways), so that `i8p_tile`'s picks can be checked against the best.
 CUDA-graph replay medians, µs; each i8p output checked against the Triton forward (relative error).
 
-    python3 bench/i8p_gemm.py [--ms 32,72,128,288,512,1152,2048] [--json out.json]
+    python3 bench/i8p_gemm.py [--ms 32,72,128,288,512,1152,2048,4096] [--json out.json]
+
+(4096 rows, the last scales' slices, is above `I8P_MAX_M`: there "product with i8p" is the Triton path, and the i8p
+GEMM's own times say whether its range should grow.)
 """
 import argparse
 import os
@@ -26,7 +29,7 @@ def launches(glu, M: int, N: int, K: int, sms: int) -> dict:
     """name -> i8p tile: `i8p_tile`'s pick, then the swapped and unswapped tiles with K split 1-8 ways."""
     out = {"pick": glu.i8p_tile(M, N, K, sms)}
     bm = max(32, 1 << (M - 1).bit_length()) if M <= 256 else None
-    for split in (1, 2, 4, 8):
+    for split in ((1, 2, 4, 8) if M <= 512 else (1, 2)):
         if bm is not None:
             out[f"swap 64x{bm} s{split}"] = dict(swap=True, block_m=bm, block_n=64, num_warps=4,
                                                  instr_n=min(bm, 128), split_k=split)
@@ -37,7 +40,7 @@ def launches(glu, M: int, N: int, K: int, sms: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ms", default="32,72,128,288,512,1152,2048")
+    ap.add_argument("--ms", default="32,72,128,288,512,1152,2048,4096")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     from test_kernels_gpu import _layer

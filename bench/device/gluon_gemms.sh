@@ -3,8 +3,9 @@
 #   tests  every Gluon GPU test (-k "gluon or i8p": the i8w loop's exact sums, the i8w GEMM, the i8p GEMM's exact sums
 #          and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph), ~2-3 min after the
 #          machine's start; a failure is fixed before anything is timed
-#   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-2048 rows, and the
-#          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min
+#   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-4096 rows, and the
+#          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. "tests i8p" fits one call (600 s), "edge"
+#          the next (the machine stays warm only ~30 s between calls: send the second at once)
 #   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM against Triton's and cuBLAS(Lt), ~2 min
 #   edge   the resident 1024² edge proof with the Triton GEMMs, with i8p (VAR_GEN_W4A4_GLUON_I8P=1) and with the Gluon
 #          i8w GEMM (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (~2 min each warm; the
@@ -18,12 +19,12 @@ build_extension
 for part in ${PART:-tests i8p}; do
 case "$part" in
 tests)
-  timeout ${TESTS_S:-300} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py -k "gluon or i8p" \
+  timeout ${TESTS_S:-330} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py -k "gluon or i8p" \
     > "$OUT/gpu_tests_gluon.txt" 2>&1
   echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon.txt" | tail -6 | cut -c1-600
   ;;
 i8p)
-  timeout ${BENCH_S:-300} python3 bench/i8p_gemm.py --ms ${BENCH_MS:-32,72,128,288,512,1152,2048} \
+  timeout ${BENCH_S:-240} python3 bench/i8p_gemm.py --ms ${BENCH_MS:-32,72,128,288,512,1152,2048,4096} \
     --json "$OUT/i8p_gemm.json" > "$OUT/i8p_gemm.txt" 2>&1
   echo "i8p bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8p_gemm.txt" | cut -c1-300 | tail -30
   ;;
