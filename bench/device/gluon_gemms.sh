@@ -2,7 +2,8 @@
 # machine. PART, one or more of these in order:
 #   tests  every Gluon GPU test (-k "gluon or i8p": the i8w loop's exact sums, the i8w GEMM, the i8p GEMM's exact sums
 #          and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph), ~2-3 min after the
-#          machine's start; a failure is fixed before anything is timed
+#          machine's start; a failure is fixed before anything is timed (on one, bench/i8p_debug.py saves small cases'
+#          inputs and outputs to $OUT for study without a GPU)
 #   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-4096 rows, and the
 #          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. "tests i8p" fits one call (600 s), "edge"
 #          the next (the machine stays warm only ~30 s between calls: send the second at once)
@@ -21,7 +22,9 @@ case "$part" in
 tests)
   timeout ${TESTS_S:-330} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py -k "gluon or i8p" \
     > "$OUT/gpu_tests_gluon.txt" 2>&1
-  echo "tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon.txt" | tail -6 | cut -c1-600
+  rc=$?; echo "tests rc $rc s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon.txt" | tail -6 | cut -c1-600
+  # a failure: small i8p cases with their inputs and outputs saved (bench/i8p_debug.py), to study on the CPU machine
+  [ "$rc" != 0 ] && timeout 120 python3 bench/i8p_debug.py --out "$OUT" 2>&1 | grep -v -i warn | cut -c1-400
   ;;
 i8p)
   timeout ${BENCH_S:-240} python3 bench/i8p_gemm.py --ms ${BENCH_MS:-32,72,128,288,512,1152,2048,4096} \
