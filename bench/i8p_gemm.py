@@ -25,9 +25,12 @@ from bench.w4a4_stages import BLOCK_SHAPES, _ms    # noqa: E402
 from var_gen_ros.quant.dispatch import kernel_module   # noqa: E402
 
 
-def launches(glu, M: int, N: int, K: int, sms: int) -> dict:
-    """name -> i8p tile: `i8p_tile`'s pick, then the swapped and unswapped tiles with K split 1-8 ways."""
+def launches(glu, M: int, N: int, K: int, sms: int, ws: bool = False) -> dict:
+    """name -> i8p tile: `i8p_tile`'s pick, then the swapped and unswapped tiles with K split 1-8 ways; with `ws` also
+    the warp-specialized kernel at the pick and at the unsplit tiles."""
     out = {"pick": glu.i8p_tile(M, N, K, sms)}
+    if ws:
+        out["ws pick"] = dict(out["pick"], ws=True)
     bm = max(32, 1 << (M - 1).bit_length()) if M <= 256 else None
     for split in ((1, 2, 4, 8) if M <= 512 else (1, 2)):
         if bm is not None:
@@ -35,6 +38,9 @@ def launches(glu, M: int, N: int, K: int, sms: int) -> dict:
                                                  instr_n=min(bm, 128), split_k=split)
         out[f"128x128 s{split}"] = dict(swap=False, block_m=128, block_n=128, num_warps=8, instr_n=128, split_k=split)
     out["128x256 s1"] = dict(swap=False, block_m=128, block_n=256, num_warps=8, instr_n=128, split_k=1)
+    if ws:
+        out.update({f"ws {k}": dict(t, ws=True) for k, t in list(out.items())
+                    if k.endswith(" s1") and t["block_n"] <= 128 and not k.startswith("ws")})
     return {k: t for k, t in out.items() if glu.split_k_fits(K, t["split_k"])}
 
 
@@ -42,6 +48,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ms", default="32,72,128,288,512,1152,2048,4096")
     ap.add_argument("--json", default="")
+    ap.add_argument("--ws", action="store_true", help="also the warp-specialized kernel's launches")
     a = ap.parse_args()
     from test_kernels_gpu import _layer
     gm = kernel_module("w4a4_gemm_triton")
@@ -68,7 +75,7 @@ def main() -> int:
             gm.GLUON_I8P = False
             q, ux, lr = gm.quantize_activations(x, layer, i8=True)
             err = {}
-            for name, tile in launches(glu, M, N, K, sms).items():
+            for name, tile in launches(glu, M, N, K, sms, a.ws).items():
                 split = tile["split_k"]
                 ws = torch.empty(split, M, N, dtype=torch.int32, device="cuda")
                 cnt = torch.zeros(4096, dtype=torch.int32, device="cuda")

@@ -394,6 +394,143 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
                  HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# i8p, warp-specialized (forty-ninth session): the same sums with the codes made by their own warps
+
+
+@gluon.jit
+def _ws_mma(a_s, w_s, ready, empty, w_ready, w_empty, steps, SWAP: gl.constexpr, INSTR_N: gl.constexpr,
+            num_warps: gl.constexpr):
+    """The default partition of `_i8p_ws_kernel`: the wgmmas, one group left in flight; a step's x stage and code tile
+    are released once its wgmma is done (the next step's wait)."""
+    STAGES: gl.constexpr = a_s.type.shape[0]
+    WB: gl.constexpr = w_s.type.shape[0]
+    BM: gl.constexpr = a_s.type.shape[1]
+    BN: gl.constexpr = w_s.type.shape[1]
+    layout: gl.constexpr = _mma_layout(INSTR_N, 32, num_warps)
+    if SWAP:
+        acc = gl.zeros((BN, BM), dtype=gl.int32, layout=layout)
+    else:
+        acc = gl.zeros((BM, BN), dtype=gl.int32, layout=layout)
+    for i in range(steps):
+        s = i % STAGES
+        b = i % WB
+        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+        mbarrier.wait(w_ready.index(b), (i // WB) & 1)
+        if SWAP:
+            acc = warpgroup_mma(w_s.index(b), a_s.index(s).permute((1, 0)), acc, is_async=True)
+        else:
+            acc = warpgroup_mma(a_s.index(s), w_s.index(b).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+        if i > 0:           # step i - 1's wgmma is done: its x stage and code tile may be refilled
+            mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
+            mbarrier.arrive(w_empty.index((i - 1) % WB), count=1)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    return (acc, )
+
+
+@gluon.jit
+def _ws_load(a_desc, p_desc, a_s, p_s, w_s, ready, empty, w_ready, w_empty, sw_ptr, wu_ptr, N, K, off_m, off_n, k0,
+             steps):
+    """The TMA partition (1 warp): each step's x tile and packed tile into the ring once both readers released the
+    stage (`empty` counts the wgmma's and the unpack's release)."""
+    STAGES: gl.constexpr = a_s.type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    HW: gl.constexpr = p_desc.block_type.shape[1]
+    for i in range(steps):
+        s = i % STAGES
+        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)     # a fresh barrier's "previous" phase is complete
+        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + p_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + i) * BK], ready.index(s), a_s.index(s))
+        tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + i) * HW], ready.index(s), p_s.index(s))
+
+
+@gluon.jit
+def _ws_unpack(a_desc, p_desc, a_s, p_s, w_s, ready, empty, w_ready, w_empty, sw_ptr, wu_ptr, N, K, off_m, off_n, k0,
+               steps):
+    """The unpack partition: each step's packed tile into registers (then its stage released), its codes q·m made
+    (`_step_codes`) and stored to a free code tile of the WB-deep ring, which the wgmma partition then reads."""
+    STAGES: gl.constexpr = p_s.type.shape[0]
+    WB: gl.constexpr = w_s.type.shape[0]
+    BN: gl.constexpr = w_s.type.shape[1]
+    BK: gl.constexpr = w_s.type.shape[2]
+    HW: gl.constexpr = BK // 4
+    GPS: gl.constexpr = BK // 64
+    UW: gl.constexpr = gl.num_warps()
+    unpack: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // GPS, GPS],
+                                            warps_per_cta=[UW, 1], order=[1, 0])
+    unpack3: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1, 16], threads_per_warp=[32 // GPS, GPS, 1],
+                                             warps_per_cta=[UW, 1, 1], order=[2, 1, 0])
+    groups: gl.constexpr = gl.SliceLayout(2, unpack3)
+    words_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_s.type.layout.swizzle_byte_width,
+                                                      element_bitwidth=32, rank=2)
+    wn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, groups))
+    gi = gl.arange(0, GPS, layout=gl.SliceLayout(0, groups))
+    inv_uw = 1.0 / gl.load(wu_ptr + (wn % N))               # rows past N wrap (read, never stored)
+    s_ptrs = sw_ptr + (wn % N)[:, None] * (K // 64) + k0 * GPS + gi[None, :]
+    s_next = gl.load(s_ptrs)
+    for i in range(steps):
+        s = i % STAGES
+        s_cur = s_next
+        s_next = gl.load(s_ptrs + ((i + 1) % steps) * GPS)           # a step ahead
+        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+        h = p_s.index(s).load(unpack)
+        fence_async_shared()            # the load before the stage's refill by TMA
+        mbarrier.arrive(empty.index(s), count=1)
+        codes = _step_codes(h, s_cur, inv_uw, BN, GPS, HW, unpack, unpack3)
+        b = i % WB
+        mbarrier.wait(w_empty.index(b), ((i // WB) & 1) ^ 1)
+        fence_async_shared()            # the wgmma's read (async proxy) of this tile before the store over it
+        w_s.index(b)._reinterpret(gl.int32, [BN, HW], words_layout).store(codes)
+        fence_async_shared()            # the store before the wgmma's read
+        mbarrier.arrive(w_ready.index(b), count=1)
+
+
+@gluon.jit
+def _i8p_ws_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
+                   SWAP: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr,
+                   ACT: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr, INSTR_N: gl.constexpr,
+                   WB: gl.constexpr, UNPACK_WARPS: gl.constexpr, UNPACK_REGS: gl.constexpr, num_warps: gl.constexpr):
+    """`_i8p_gemm_kernel`'s sums, warp-specialized: a 1-warp partition issues the TMA copies, UNPACK_WARPS warps make
+    each step's codes into a WB-deep ring of code tiles, and the kernel's own warps issue the wgmmas with one group in
+    flight (no shared-memory store in their stream, so ptxas keeps them asynchronous, C7515), then the epilogue. The
+    partitions hand over through mbarriers: ready / empty per x-and-packed stage, w_ready / w_empty per code tile."""
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    BN: gl.constexpr = p_desc.block_type.shape[0]
+    HW: gl.constexpr = p_desc.block_type.shape[1]
+    off_m = gl.program_id(0) * BM
+    off_n = gl.program_id(1) * BN
+    share = gl.cdiv(K // BK, SPLIT_K)
+    k0 = gl.program_id(2) * share
+    steps = gl.minimum(share, K // BK - k0)
+    a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
+    p_s = gl.allocate_shared_memory(p_desc.dtype, [STAGES, BN, HW], p_desc.layout)
+    w_s = gl.allocate_shared_memory(gl.int8, [WB, BN, BK], gl.NVMMASharedLayout.get_default_for([BN, BK], gl.int8))
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    w_ready = gl.allocate_shared_memory(gl.int64, [WB, 1], mbarrier.MBarrierLayout())
+    w_empty = gl.allocate_shared_memory(gl.int64, [WB, 1], mbarrier.MBarrierLayout())
+    for b in gl.static_range(STAGES):
+        mbarrier.init(ready.index(b), count=1)
+        mbarrier.init(empty.index(b), count=2)          # released by the wgmma and by the unpack
+    for b in gl.static_range(WB):
+        mbarrier.init(w_ready.index(b), count=1)
+        mbarrier.init(w_empty.index(b), count=1)
+    wargs = (a_desc, p_desc, a_s, p_s, w_s, ready, empty, w_ready, w_empty, sw_ptr, wu_ptr, N, K, off_m, off_n, k0,
+             steps)
+    res = gl.warp_specialize([(_ws_mma, (a_s, w_s, ready, empty, w_ready, w_empty, steps, SWAP, INSTR_N, num_warps)),
+                              (_ws_load, wargs), (_ws_unpack, wargs)], [1, UNPACK_WARPS], [24, UNPACK_REGS])
+    for b in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(b))
+        mbarrier.invalidate(empty.index(b))
+    for b in gl.static_range(WB):
+        mbarrier.invalidate(w_ready.index(b))
+        mbarrier.invalidate(w_empty.index(b))
+    _finish_tile(res[0], off_m, off_n, ux_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, HAS_BIAS,
+                 HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps)
+
+
 def i8p_tile(M: int, N: int, K: int, sms: int, block_k: int = 128) -> dict:
     """The i8p launch for M rows of a K -> N layer on a GPU of `sms` SMs: up to 128 rows the weights on the wgmma's M
     side (SWAP; 64 weight rows a program, 4 warps, the x rows in one tile of 32, 64 or 128), else 128 x rows a program,
@@ -433,7 +570,7 @@ def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: 
     """The W4A4 layer's GEMM after kernel 1 (`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on its packed
     codes, no workspace: q (M, K) int8, qweight (N, K/2) uint8, wscales (N, K/64) bf16 (two-level: u_w · m), uw (N,)
     and ux (M,) float32 units, lr (M, R) float32 (one partial) or None, up (N, R) bf16, bias (N,) bf16 or None, act 1
-    for GELU-tanh; `tile` overrides `i8p_tile`. With a K split, ws (at least split_k · M · N int32) and cnt (zeroed
+    for GELU-tanh; `tile` overrides `i8p_tile` (with "ws": True, the warp-specialized kernel). With a K split, ws (at least split_k · M · N int32) and cnt (zeroed
     int32 counters, one per tile, left zeroed) are made here unless given. y (M, N) bf16."""
     M, K = q.shape
     N = qweight.shape[0]
@@ -451,8 +588,25 @@ def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: 
     if split > 1:
         ws = torch.empty(split, M, N, dtype=torch.int32, device=q.device) if ws is None else ws
         cnt = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=q.device) if cnt is None else cnt
-    _i8p_gemm_kernel[grid](da, dp, wscales, uw, ux, lr if lr is not None else ux, up if lr is not None else y,
-                           bias if bias is not None else y, y, ws if split > 1 else ux, cnt if split > 1 else ux, M, N,
-                           K, SWAP=t["swap"], HAS_BIAS=bias is not None, HAS_LR=lr is not None, R=R, ACT=act,
-                           SPLIT_K=split, STAGES=stages, INSTR_N=t["instr_n"], num_warps=t["num_warps"])
+    args = (da, dp, wscales, uw, ux, lr if lr is not None else ux, up if lr is not None else y,
+            bias if bias is not None else y, y, ws if split > 1 else ux, cnt if split > 1 else ux, M, N, K)
+    meta = dict(SWAP=t["swap"], HAS_BIAS=bias is not None, HAS_LR=lr is not None, R=R, ACT=act, SPLIT_K=split,
+                STAGES=stages, INSTR_N=t["instr_n"], num_warps=t["num_warps"])
+    if t.get("ws"):
+        _i8p_ws_kernel[grid](*args, **meta, **ws_meta(t))
+    else:
+        _i8p_gemm_kernel[grid](*args, **meta)
     return y
+
+
+WS_UNPACK_WARPS = 4
+WS_UNPACK_REGS = 96
+
+
+def ws_meta(tile: dict) -> dict:
+    """The warp-specialized launch's extra parameters: the code tiles' ring depth, the unpack partition's warps and
+    registers, and the kernel's register limit: the registers of an SM over all its warps (the kernel's, the TMA
+    warp's and the unpack's, rounded up to whole warpgroups), which the partitions then redistribute."""
+    warps = -(-(tile["num_warps"] + 1 + WS_UNPACK_WARPS) // 4) * 4
+    return dict(WB=tile.get("wb", 2), UNPACK_WARPS=WS_UNPACK_WARPS, UNPACK_REGS=WS_UNPACK_REGS,
+                maxnreg=min(256, 65536 // (32 * warps) // 8 * 8))

@@ -1471,7 +1471,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         return y.reshape(*shape[:-1], N)
     if path == "i8p":     # Gluon, Hopper (kernels/i8_mainloop_gluon.py): the packed codes, made in its K loop
         glu = _gluon()
-        tile = config or glu.i8p_tile(M, N, K, _sm_count(x.device))
+        tile = config or dict(glu.i8p_tile(M, N, K, _sm_count(x.device)), ws=I8P_WS)
         split = tile.get("split_k", 1)
         ws = torch.empty(split, M, N, dtype=torch.int32, device=x.device) if split > 1 else None
         cnt = _counters(x.device, triton.cdiv(M, tile["block_m"]) * triton.cdiv(N, tile["block_n"]), "i8p") \
@@ -1560,6 +1560,9 @@ def gluon_i8w_applies(x2: torch.Tensor, layer, lr) -> bool:
 GLUON_I8P = os.environ.get("VAR_GEN_W4A4_GLUON_I8P", "0") == "1"
 I8P_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MIN_M", "33"))
 I8P_MAX_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MAX_M", "2048"))
+# VAR_GEN_W4A4_I8P_WS=1: i8p's warp-specialized kernel (a TMA warp, four warps making the codes, the wgmmas in the
+# kernel's own warps with one group in flight) instead of the one whose warps do both in turn
+I8P_WS = os.environ.get("VAR_GEN_W4A4_I8P_WS", "0") == "1"
 
 
 def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:

@@ -623,6 +623,46 @@ def test_the_gluon_i8p_gemm_matches_the_triton_forward_and_the_reference_on_ever
 
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
                     reason="wgmma and TMA: sm_90+")
+def test_the_warp_specialized_i8p_gemm_sums_exactly_and_matches_the_reference_on_every_8b_shape():
+    """`i8p_gemm`'s warp-specialized kernel (tile "ws": a TMA warp, four unpack warps, the wgmma warps; mbarrier
+    hand-overs): without the low-rank term and bias bit for bit the exact sums from PyTorch's unpack; whole, within 1e-3
+    of the reference and 5e-4 of the Triton forward; every 8B shape at 33-2048 rows, swapped and not, K split 1-2 ways,
+    outputs poisoned. (Run apart from the other i8p tests by bench/device/gluon_gemms.sh: a hand-over that never comes
+    would hang it.)"""
+    from kernels_under_test import gemm_module
+    from var_gen_ros.quant.dispatch import kernel_module
+    gm, glu = gemm_module(), kernel_module("i8_mainloop_gluon")
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for K, N, bias in SHAPES_8B:
+        layer = _layer(K, N, bias, seed=K + N + 37)
+        act = "gelu_tanh" if N == 4 * K else None
+        wu = layer.weight_units()
+        w8 = _i8_weights(layer).double()
+        for M in (33, 128, 288, 2048):
+            x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+            x[:, torch.randint(K, (4,))] *= 30
+            q, ux, lr = gm.quantize_activations(x, layer, i8=True)
+            exact = ((q.double() @ w8.t()).float() * (ux[:, None] * wu[None, :])).bfloat16()
+            ref = layer.reference_forward(x, act).float()
+            base = gm.w4a4_linear(x, layer, path="i8" if M < 257 else "i8w", act=act).float()
+            tiles = [dict(glu.i8p_tile(M, N, K, sms), ws=True)] + [
+                dict(t, ws=True) for t in _i8p_tiles(glu, M, N, K) if t["split_k"] <= 2 and t["block_n"] <= 128]
+            for t in tiles:
+                y = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+                glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, ux, None, layer.lora_up, None, 0, y, tile=t)
+                assert torch.equal(y, exact), (K, N, M, t, int((y != exact).sum()))
+                y.fill_(float("nan"))
+                glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, ux, lr[0], layer.lora_up, layer.bias,
+                             1 if act else 0, y, tile=t)
+                y = y.float()
+                rel_ref = ((y - ref).norm() / ref.norm()).item()
+                rel_base = ((y - base).norm() / base.norm()).item()
+                assert torch.isfinite(y).all() and rel_ref <= 1e-3 and rel_base <= 5e-4, (K, N, M, t, rel_ref, rel_base)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
 def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_graph(monkeypatch):
     """VAR_GEN_W4A4_GLUON_I8P (GLUON_I8P): `w4a4_linear`'s i8 and i8w calls of I8P_MIN_M-I8P_MAX_M rows go through
     `i8p_gemm` (counted), within 5e-4 of the Triton forward and 1e-3 of the reference, eagerly and replayed from a CUDA

@@ -274,13 +274,22 @@ def _compile_i8p(glu, M, N, K, tile):
     sig = dict(a_desc=mangle_type(da), p_desc=mangle_type(dp), sw_ptr="*bf16", wu_ptr="*fp32", ux_ptr="*fp32",
                lr_ptr="*fp32", up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", ws_ptr="*i32", cnt_ptr="*i32", M="i32",
                N="i32", K="i32", SWAP="constexpr", HAS_BIAS="constexpr", HAS_LR="constexpr", R="constexpr",
-               ACT="constexpr", SPLIT_K="constexpr", STAGES="constexpr", INSTR_N="constexpr", num_warps="constexpr")
-    src = GluonASTSource(glu._i8p_gemm_kernel, sig,
-                         constexprs=dict(SWAP=tile["swap"], HAS_BIAS=True, HAS_LR=True, R=32, ACT=1,
-                                         SPLIT_K=tile["split_k"], STAGES=4, INSTR_N=tile["instr_n"],
-                                         num_warps=tile["num_warps"]),
+               ACT="constexpr", SPLIT_K="constexpr", STAGES="constexpr", INSTR_N="constexpr")
+    cx = dict(SWAP=tile["swap"], HAS_BIAS=True, HAS_LR=True, R=32, ACT=1, SPLIT_K=tile["split_k"], STAGES=4,
+              INSTR_N=tile["instr_n"])
+    options = {"num_warps": tile["num_warps"]}
+    kernel = glu._i8p_gemm_kernel
+    if tile.get("ws"):          # the warp-specialized form: its ring, partitions and register limit
+        meta = glu.ws_meta(tile)
+        options["maxnreg"] = meta.pop("maxnreg")
+        sig.update({k: "constexpr" for k in meta})
+        cx.update(meta)
+        kernel = glu._i8p_ws_kernel
+    sig["num_warps"] = "constexpr"
+    cx["num_warps"] = tile["num_warps"]
+    src = GluonASTSource(kernel, sig, constexprs=cx,
                          attrs={(i,): [["tt.divisibility", 16]] for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13)})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tile["num_warps"]})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     return k.asm["ptx"], int(k.metadata.shared)
 
 
@@ -289,7 +298,9 @@ def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():
     compiled for sm_90 here at the launches `i8p_tile` picks on an H100 (132 SMs) for 32-2048 rows of the 8B block
     shapes: INT8 wgmmas, fits the SM's shared memory, and ptxas does not serialize its wgmmas (C7515), which it does
     when the codes are stored to shared memory while a wgmma is in flight (the loop's first form, forty-ninth session);
-    no spill where the K is not split (the split's epilogue, 44 bytes at 64-128 rows swapped, is outside the loop)."""
+    no spill where the K is not split (the split's epilogue, 44 bytes at 64-128 rows swapped, is outside the loop).
+    The warp-specialized form too: its wgmma partition waits with one group in flight, under its register limit."""
+    import re
     glu = kernel_module("i8_mainloop_gluon")
     seen, swaps = set(), set()
     for M in (32, 72, 128, 288, 2048):
@@ -306,6 +317,14 @@ def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():
             assert not usage["wgmma_serialized"], (M, N, K, tile, usage)
             assert tile["split_k"] > 1 or usage["spill_bytes"] == 0, (M, N, K, tile, usage)
     assert swaps == {False, True}        # both forms built
+    # the warp-specialized form (its wgmma partition keeps one group in flight: the stores are the unpack warps')
+    for M, N, K in ((72, 3584, 3584), (2048, 14336, 3584)):
+        tile = dict(glu.i8p_tile(M, N, K, 132), ws=True)
+        ptx, shared = _compile_i8p(glu, M, N, K, tile)
+        usage = targets._ptxas_usage(ptx, 90)
+        assert "setmaxnreg" in ptx and shared <= targets.SHARED_LIMIT[90], (M, N, K, tile, shared)
+        assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx), (M, N, K, tile)
+        assert not usage["wgmma_serialized"] and usage["spill_bytes"] <= 8, (M, N, K, tile, usage)
 
 
 def test_i8p_tile_fills_the_gpu_with_k_splits_only_where_the_tiles_leave_it_idle():

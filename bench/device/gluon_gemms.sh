@@ -3,31 +3,43 @@
 #   tests  every Gluon GPU test (-k "gluon or i8p": the i8w loop's exact sums, the i8w GEMM, the i8p GEMM's exact sums
 #          and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph), ~2-3 min after the
 #          machine's start; a failure is fixed before anything is timed (on one, bench/i8p_debug.py saves small cases'
-#          inputs and outputs to $OUT for study without a GPU)
+#          inputs and outputs to $OUT for study without a GPU); then the warp-specialized i8p's test apart, killed
+#          after WS_TESTS_S (a hang)
 #   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-4096 rows, and the
-#          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. "tests i8p" fits one call (600 s), "edge"
-#          the next (the machine stays warm only ~30 s between calls: send the second at once)
+#          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. Three calls, each sent as soon as the one
+#          before returns (the machine stays warm ~30 s): PART=tests, then PART=i8p (WS=1 if the warp-specialized test
+#          passed), then PART=edge (EDGE_TAGS with i8p_ws likewise)
 #   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM against Triton's and cuBLAS(Lt), ~2 min
-#   edge   the resident 1024² edge proof with the Triton GEMMs, with i8p (VAR_GEN_W4A4_GLUON_I8P=1) and with the Gluon
-#          i8w GEMM (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (~2 min each warm; the
-#          first on a fresh machine also compiles: EDGE_S each)
+#   edge   the resident 1024² edge proof with the Triton GEMMs, with i8p (VAR_GEN_W4A4_GLUON_I8P=1), with its
+#          warp-specialized kernel (tag i8p_ws: VAR_GEN_W4A4_I8P_WS=1 too) and with the Gluon i8w GEMM
+#          (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (default "off i8p gluon_i8w"; ~2 min
+#          each warm; the first on a fresh machine also compiles: EDGE_S each)
 # Files in $OUT, packed into out.tgz.
 set -u
 source bench/device/autotune_carry.sh
 export PYTHONPATH=$PWD:$PWD/test
 t0=$(date +%s)
 build_extension
-for part in ${PART:-tests i8p}; do
+for part in ${PART:-tests}; do
 case "$part" in
 tests)
-  timeout ${TESTS_S:-330} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py -k "gluon or i8p" \
-    > "$OUT/gpu_tests_gluon.txt" 2>&1
+  timeout ${TESTS_S:-270} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
+    -k "(gluon or i8p) and not warp_specialized" > "$OUT/gpu_tests_gluon.txt" 2>&1
   rc=$?; echo "tests rc $rc s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon.txt" | tail -6 | cut -c1-600
+  [ "$rc" = 0 ] && touch "$OUT/.i8p_ok"
   # a failure: small i8p cases with their inputs and outputs saved (bench/i8p_debug.py), to study on the CPU machine
   [ "$rc" != 0 ] && timeout 120 python3 bench/i8p_debug.py --out "$OUT" 2>&1 | grep -v -i warn | cut -c1-400
+  # the warp-specialized i8p apart, under its own limit (a hand-over that never comes hangs instead of failing)
+  timeout -s KILL ${WS_TESTS_S:-150} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
+    -k warp_specialized > "$OUT/gpu_tests_i8p_ws.txt" 2>&1
+  echo "ws tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_i8p_ws.txt" | tail -4 | cut -c1-600
+  grep -q " passed" "$OUT/gpu_tests_i8p_ws.txt" && ! grep -q "failed" "$OUT/gpu_tests_i8p_ws.txt" && touch "$OUT/.ws_ok"
   ;;
 i8p)
-  timeout ${BENCH_S:-240} python3 bench/i8p_gemm.py --ms ${BENCH_MS:-32,72,128,288,512,1152,2048,4096} \
+  case " ${PART:-tests} " in *" tests "*) [ -f "$OUT/.i8p_ok" ] || { echo "i8p bench skipped: its tests failed"; continue; };; esac
+  # the warp-specialized launches once their test passed (in this call, or WS=1 after an earlier call's pass)
+  ws=""; { [ -f "$OUT/.ws_ok" ] || [ "${WS:-0}" = 1 ]; } && ws="--ws"
+  timeout ${BENCH_S:-240} python3 bench/i8p_gemm.py --ms ${BENCH_MS:-32,72,128,288,512,1152,2048,4096} $ws \
     --json "$OUT/i8p_gemm.json" > "$OUT/i8p_gemm.txt" 2>&1
   echo "i8p bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8p_gemm.txt" | cut -c1-300 | tail -30
   ;;
@@ -38,8 +50,8 @@ i8w)
   ;;
 edge)
   for tag in ${EDGE_TAGS:-off i8p gluon_i8w}; do
-    p=0; w=0; [ "${tag%_*}" = i8p ] && p=1; [ "${tag%_*}" = gluon ] && w=1
-    VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_GLUON=$w timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
+    p=0; w=0; s=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p*) p=1;; gluon*) w=1;; esac
+    VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_GLUON=$w timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
       --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
       --text-encoder int4 --modes w4a4_kv8 --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1
     echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
