@@ -26,8 +26,9 @@ from var_gen_ros.quant.dispatch import kernel_module   # noqa: E402
 
 
 def launches(glu, M: int, N: int, K: int, sms: int, ws: bool = False) -> dict:
-    """name -> i8p tile: `i8p_tile`'s pick, then the swapped and unswapped tiles with K split 1-8 ways; with `ws` also
-    the warp-specialized kernel at the pick and at the unsplit tiles."""
+    """name -> i8p tile: `i8p_tile`'s pick, then the swapped and unswapped tiles with K split 1-8 ways, 128 x 256, and
+    128 x 128 in 3 stages under 128 registers (two programs an SM); with `ws` also the warp-specialized kernel at the
+    pick and at the unsplit tiles."""
     out = {"pick": glu.i8p_tile(M, N, K, sms)}
     if ws:
         out["ws pick"] = dict(out["pick"], ws=True)
@@ -38,9 +39,11 @@ def launches(glu, M: int, N: int, K: int, sms: int, ws: bool = False) -> dict:
                                                  instr_n=min(bm, 128), split_k=split)
         out[f"128x128 s{split}"] = dict(swap=False, block_m=128, block_n=128, num_warps=8, instr_n=128, split_k=split)
     out["128x256 s1"] = dict(swap=False, block_m=128, block_n=256, num_warps=8, instr_n=128, split_k=1)
+    # 3 stages and 128 registers: two 128 x 128 programs an SM (98 KB of shared memory each)
+    out["128x128 s1 st3 r128"] = dict(out["128x128 s1"], stages=3, maxnreg=128)
     if ws:
         out.update({f"ws {k}": dict(t, ws=True) for k, t in list(out.items())
-                    if k.endswith(" s1") and t["block_n"] <= 128 and not k.startswith("ws")})
+                    if k.endswith(" s1") and t["block_n"] <= 128 and not k.startswith("ws") and "maxnreg" not in t})
     return {k: t for k, t in out.items() if glu.split_k_fits(K, t["split_k"])}
 
 

@@ -570,7 +570,8 @@ def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: 
     """The W4A4 layer's GEMM after kernel 1 (`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on its packed
     codes, no workspace: q (M, K) int8, qweight (N, K/2) uint8, wscales (N, K/64) bf16 (two-level: u_w · m), uw (N,)
     and ux (M,) float32 units, lr (M, R) float32 (one partial) or None, up (N, R) bf16, bias (N,) bf16 or None, act 1
-    for GELU-tanh; `tile` overrides `i8p_tile` (with "ws": True, the warp-specialized kernel). With a K split, ws (at least split_k · M · N int32) and cnt (zeroed
+    for GELU-tanh; `tile` overrides `i8p_tile` (with "ws": True, the warp-specialized kernel; "stages", "maxnreg" the
+    ring's depth and a register limit). With a K split, ws (at least split_k · M · N int32) and cnt (zeroed
     int32 counters, one per tile, left zeroed) are made here unless given. y (M, N) bf16."""
     M, K = q.shape
     N = qweight.shape[0]
@@ -591,9 +592,11 @@ def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: 
     args = (da, dp, wscales, uw, ux, lr if lr is not None else ux, up if lr is not None else y,
             bias if bias is not None else y, y, ws if split > 1 else ux, cnt if split > 1 else ux, M, N, K)
     meta = dict(SWAP=t["swap"], HAS_BIAS=bias is not None, HAS_LR=lr is not None, R=R, ACT=act, SPLIT_K=split,
-                STAGES=stages, INSTR_N=t["instr_n"], num_warps=t["num_warps"])
+                STAGES=t.get("stages", stages), INSTR_N=t["instr_n"], num_warps=t["num_warps"])
     if t.get("ws"):
         _i8p_ws_kernel[grid](*args, **meta, **ws_meta(t))
+    elif t.get("maxnreg"):       # a register limit, e.g. for two programs an SM
+        _i8p_gemm_kernel[grid](*args, **meta, maxnreg=t["maxnreg"])
     else:
         _i8p_gemm_kernel[grid](*args, **meta)
     return y
