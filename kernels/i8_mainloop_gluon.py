@@ -159,30 +159,41 @@ def i8w_gemm(q: torch.Tensor, wq: torch.Tensor, ux: torch.Tensor, uw: torch.Tens
 
 
 @gluon.jit
-def _codes_of_halfwords(h, m):
-    """uint32 h holding four packed INT4 codes in its low 16 bits (code j in bits 4j..4j+3, k order) and the group's
-    multipliers m (uint32, integers in [1, 16]) -> uint32 whose byte j is the int8 q·m of code j. The nibbles are
-    spread one to a byte (two shift-or-mask steps); a nibble x holds q = x - 16·[x >= 8], so x ^ 8 = q + 8 in [0, 15]
-    and (q + 8)·m <= 240 multiplies the four bytes at once with no carry; adding 256 - 8m bytewise (carries dropped)
-    leaves q·m mod 256 (`_codes_i8_swar` in w4a4_gemm_triton.py, which works on eight codes in a word instead)."""
-    t = (h | (h << 8)) & 0x00FF00FF
-    t = (t | (t << 4)) & 0x0F0F0F0F
-    a = (t ^ 0x08080808) * m
+def _codes_of_words(w, m, PRMT: gl.constexpr = True):
+    """uint32 w holding eight packed INT4 codes (code j in bits 4j..4j+3, k order) and their group's multipliers m
+    (uint32, integers in [1, 16]) -> two uint32 of four int8 q·m each, codes 0-3 and 4-7, byte j = code j. A nibble x
+    holds q = x - 16·[x >= 8], so x ^ 8 = q + 8 in [0, 15], and (q + 8)·m <= 240 multiplies four codes a word with no
+    carry between bytes; adding 256 - 8m bytewise (carries dropped) leaves q·m mod 256 (`_codes_i8_swar` in
+    w4a4_gemm_triton.py does the same). The low nibbles give codes 0, 2, 4, 6 and the high ones 1, 3, 5, 7, which one
+    `prmt` a word interleaves (PRMT; the same with shifts and masks otherwise: what Triton's interpreter runs)."""
     c = ((256 - 8 * m) & 0xFF) * 0x01010101
-    return ((a & 0x7F7F7F7F) + (c & 0x7F7F7F7F)) ^ ((a ^ c) & 0x80808080)
+    c7 = c & 0x7F7F7F7F
+    c8 = c & 0x80808080
+    lo = ((w & 0x0F0F0F0F) ^ 0x08080808) * m
+    hi = (((w >> 4) & 0x0F0F0F0F) ^ 0x08080808) * m
+    lo = ((lo & 0x7F7F7F7F) + c7) ^ ((lo & 0x80808080) ^ c8)
+    hi = ((hi & 0x7F7F7F7F) + c7) ^ ((hi & 0x80808080) ^ c8)
+    if PRMT:        # bytes lo.0 hi.0 lo.1 hi.1 and lo.2 hi.2 lo.3 hi.3
+        out0, out1 = gl.inline_asm_elementwise("prmt.b32 $0, $2, $3, 0x5140; prmt.b32 $1, $2, $3, 0x7362;",
+                                               "=r,=r,r,r", [lo, hi], dtype=(gl.uint32, gl.uint32), is_pure=True,
+                                               pack=1)
+    else:
+        out0 = (lo & 0xFF) | ((hi & 0xFF) << 8) | ((lo & 0xFF00) << 8) | ((hi & 0xFF00) << 16)
+        out1 = ((lo >> 16) & 0xFF) | ((hi >> 8) & 0xFF00) | ((lo >> 8) & 0xFF0000) | (hi & 0xFF000000)
+    return out0, out1
 
 
 @gluon.jit
-def _step_codes(h, s_cur, inv_uw, BN: gl.constexpr, GPS: gl.constexpr, HW: gl.constexpr, unpack: gl.constexpr,
-                unpack3: gl.constexpr):
-    """A K step's weight codes: its packed tile h (BN, HW) int16 halfwords (loaded in the `unpack` layout: a thread one
-    row's 64-code group) and its groups' stored scales s_cur (BN, GPS) -> (BN, HW) int32 words of four int8 q·m each
-    (m = s / u_w), in the `unpack` layout (seen as (BN, GPS, 16) so that a thread's multiplier is one value broadcast
-    over its 16 halfwords)."""
+def _step_codes(pw, s_cur, inv_uw, BN: gl.constexpr, GPS: gl.constexpr, CW: gl.constexpr, unpack: gl.constexpr,
+                packed3: gl.constexpr):
+    """A K step's weight codes: its packed tile pw (BN, BK/8) int32 (eight codes a word, loaded in the `packed`
+    layout: a thread one row's 64-code group) and its groups' stored scales s_cur (BN, GPS) -> (BN, CW) int32 words of
+    four int8 q·m each (m = s / u_w), in the `unpack` layout (the same thread holds the same group). Seen as
+    (BN, GPS, 8) so that a thread's multiplier is one value broadcast over its 8 words."""
     mult = gl.floor(s_cur.to(gl.float32) * inv_uw[:, None] + 0.5).to(gl.uint32)      # exact: s = u_w · m
-    h = h.to(gl.uint16, bitcast=True).to(gl.uint32)
-    h = gl.convert_layout(gl.reshape(h, [BN, GPS, 16]), unpack3, assert_trivial=True)
-    codes = gl.reshape(_codes_of_halfwords(h, mult[:, :, None]).to(gl.int32, bitcast=True), [BN, HW])
+    w = gl.convert_layout(gl.reshape(pw.to(gl.uint32, bitcast=True), [BN, GPS, 8]), packed3, assert_trivial=True)
+    out0, out1 = _codes_of_words(w, mult[:, :, None])
+    codes = gl.reshape(gl.join(out0, out1), [BN, CW]).to(gl.int32, bitcast=True)
     return gl.convert_layout(codes, unpack, assert_trivial=True)
 
 
@@ -301,9 +312,9 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
                      SWAP: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr,
                      ACT: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr, INSTR_N: gl.constexpr,
                      num_warps: gl.constexpr):
-    """y = the W4A4 layer's output for kernel 1's q·m (M, K) int8 and the layer's packed codes (N, K/2), read as int16
-    halfwords (N, K/4): per K step the x tile (BM, BK) and the packed weight tile (BN, BK/4 halfwords) arrive by TMA
-    into a STAGES-deep ring; the threads make the weight tile's int8 q·m (`_step_codes`, each thread one row's 64-code
+    """y = the W4A4 layer's output for kernel 1's q·m (M, K) int8 and the layer's packed codes (N, K/2), read as int32
+    words (N, K/8): per K step the x tile (BM, BK) and the packed weight tile (BN, BK/8 words) arrive by TMA into a
+    STAGES-deep ring; the threads make the weight tile's int8 q·m (`_step_codes`, each thread one row's 64-code
     group) in registers while the previous step's wgmma (s32 += s8 · s8) runs, then store them to the shared-memory tile
     the next wgmma reads. SWAP puts the weights on the wgmma's M side (BN = 16 · num_warps, the x rows on
     its N side: few rows); else the x rows (BM = 16 · num_warps). SPLIT_K > 1: program_id(2) takes that share of the K
@@ -311,7 +322,8 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = p_desc.block_type.shape[0]
-    HW: gl.constexpr = p_desc.block_type.shape[1]          # BK / 4 halfwords of codes per weight row and step
+    PW: gl.constexpr = p_desc.block_type.shape[1]          # BK / 8 packed words per weight row and step
+    CW: gl.constexpr = BK // 4                             # its codes' words (four int8 q·m each)
     GPS: gl.constexpr = BK // 64                           # 64-code groups per step
     off_m = gl.program_id(0) * BM
     off_n = gl.program_id(1) * BN
@@ -321,23 +333,24 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     steps = gl.minimum(share, K // BK - k0)
 
     a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
-    p_s = gl.allocate_shared_memory(p_desc.dtype, [STAGES, BN, HW], p_desc.layout)
+    p_s = gl.allocate_shared_memory(p_desc.dtype, [STAGES, BN, PW], p_desc.layout)
     w_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BK], gl.int8)
     w_i8 = gl.allocate_shared_memory(gl.int8, [BN, BK], w_layout)          # the step's weight codes q·m
     words_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_layout.swizzle_byte_width,
                                                       element_bitwidth=32, rank=2)
-    w_words = w_i8._reinterpret(gl.int32, [BN, HW], words_layout)     # the same bytes, four codes a word
+    w_words = w_i8._reinterpret(gl.int32, [BN, CW], words_layout)     # the same bytes, four codes a word
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for b in gl.static_range(STAGES):
         mbarrier.init(ready.index(b), count=1)
 
-    # the unpack's layout: a thread takes 16 halfwords (one row's 64-code group) of the (BN, HW) tile, seen as
-    # (BN, GPS, 16) so that the group's multiplier is one value a thread, broadcast over its 16
+    # the unpack's layouts: a thread takes one row's 64-code group, 8 packed words in, 16 code words out
+    packed: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // GPS, GPS],
+                                            warps_per_cta=[num_warps, 1], order=[1, 0])
+    packed3: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1, 8], threads_per_warp=[32 // GPS, GPS, 1],
+                                             warps_per_cta=[num_warps, 1, 1], order=[2, 1, 0])
     unpack: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // GPS, GPS],
                                             warps_per_cta=[num_warps, 1], order=[1, 0])
-    unpack3: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1, 16], threads_per_warp=[32 // GPS, GPS, 1],
-                                             warps_per_cta=[num_warps, 1, 1], order=[2, 1, 0])
-    groups: gl.constexpr = gl.SliceLayout(2, unpack3)
+    groups: gl.constexpr = gl.SliceLayout(2, packed3)
     wn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, groups))
     gi = gl.arange(0, GPS, layout=gl.SliceLayout(0, groups))
     inv_uw = 1.0 / gl.load(wu_ptr + (wn % N))               # rows past N wrap (read, never stored)
@@ -353,10 +366,10 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
         if p < steps:
             mbarrier.expect(ready.index(p), nbytes)
             tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + p) * BK], ready.index(p), a_s.index(p))
-            tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + p) * HW], ready.index(p), p_s.index(p))
+            tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + p) * PW], ready.index(p), p_s.index(p))
     s_next = gl.load(s_ptrs)
     mbarrier.wait(ready.index(0), 0)
-    w_words.store(_step_codes(p_s.index(0).load(unpack), s_next, inv_uw, BN, GPS, HW, unpack, unpack3))
+    w_words.store(_step_codes(p_s.index(0).load(packed), s_next, inv_uw, BN, GPS, CW, unpack, packed3))
     fence_async_shared()
     s_next = gl.load(s_ptrs + (1 % steps) * GPS)
     # ptxas (the one Triton 3.6 ships) serializes every wgmma of a kernel (C7515: each waited for before the next is
@@ -367,18 +380,18 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
         s = i % STAGES
         n = i + 1
         mbarrier.wait(ready.index(n % STAGES), (n // STAGES) & 1)
-        h = p_s.index(n % STAGES).load(unpack)
+        pw = p_s.index(n % STAGES).load(packed)
         if SWAP:
             acc = warpgroup_mma(w_i8, a_s.index(s).permute((1, 0)), acc, is_async=True)
         else:
             acc = warpgroup_mma(a_s.index(s), w_i8.permute((1, 0)), acc, is_async=True)
-        codes = _step_codes(h, s_next, inv_uw, BN, GPS, HW, unpack, unpack3)
+        codes = _step_codes(pw, s_next, inv_uw, BN, GPS, CW, unpack, packed3)
         s_next = gl.load(s_ptrs + ((n + 1) % steps) * GPS)        # the step after's scales, a step ahead
         acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_s.index(s), w_i8))
         if i + STAGES < steps:                             # step i's stage is free again
             mbarrier.expect(ready.index(s), nbytes)
             tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + i + STAGES) * BK], ready.index(s), a_s.index(s))
-            tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + i + STAGES) * HW], ready.index(s), p_s.index(s))
+            tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + i + STAGES) * PW], ready.index(s), p_s.index(s))
         w_words.store(codes)
         fence_async_shared()
     s = (steps - 1) % STAGES
@@ -436,13 +449,13 @@ def _ws_load(a_desc, p_desc, a_s, p_s, w_s, ready, empty, w_ready, w_empty, sw_p
     stage (`empty` counts the wgmma's and the unpack's release)."""
     STAGES: gl.constexpr = a_s.type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
-    HW: gl.constexpr = p_desc.block_type.shape[1]
+    PW: gl.constexpr = p_desc.block_type.shape[1]
     for i in range(steps):
         s = i % STAGES
         mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)     # a fresh barrier's "previous" phase is complete
         mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + p_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + i) * BK], ready.index(s), a_s.index(s))
-        tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + i) * HW], ready.index(s), p_s.index(s))
+        tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + i) * PW], ready.index(s), p_s.index(s))
 
 
 @gluon.jit
@@ -454,14 +467,16 @@ def _ws_unpack(a_desc, p_desc, a_s, p_s, w_s, ready, empty, w_ready, w_empty, sw
     WB: gl.constexpr = w_s.type.shape[0]
     BN: gl.constexpr = w_s.type.shape[1]
     BK: gl.constexpr = w_s.type.shape[2]
-    HW: gl.constexpr = BK // 4
+    CW: gl.constexpr = BK // 4
     GPS: gl.constexpr = BK // 64
     UW: gl.constexpr = gl.num_warps()
+    packed: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // GPS, GPS],
+                                            warps_per_cta=[UW, 1], order=[1, 0])
+    packed3: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1, 8], threads_per_warp=[32 // GPS, GPS, 1],
+                                             warps_per_cta=[UW, 1, 1], order=[2, 1, 0])
     unpack: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // GPS, GPS],
                                             warps_per_cta=[UW, 1], order=[1, 0])
-    unpack3: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1, 16], threads_per_warp=[32 // GPS, GPS, 1],
-                                             warps_per_cta=[UW, 1, 1], order=[2, 1, 0])
-    groups: gl.constexpr = gl.SliceLayout(2, unpack3)
+    groups: gl.constexpr = gl.SliceLayout(2, packed3)
     words_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_s.type.layout.swizzle_byte_width,
                                                       element_bitwidth=32, rank=2)
     wn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, groups))
@@ -474,14 +489,14 @@ def _ws_unpack(a_desc, p_desc, a_s, p_s, w_s, ready, empty, w_ready, w_empty, sw
         s_cur = s_next
         s_next = gl.load(s_ptrs + ((i + 1) % steps) * GPS)           # a step ahead
         mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-        h = p_s.index(s).load(unpack)
+        pw = p_s.index(s).load(packed)
         fence_async_shared()            # the load before the stage's refill by TMA
         mbarrier.arrive(empty.index(s), count=1)
-        codes = _step_codes(h, s_cur, inv_uw, BN, GPS, HW, unpack, unpack3)
+        codes = _step_codes(pw, s_cur, inv_uw, BN, GPS, CW, unpack, packed3)
         b = i % WB
         mbarrier.wait(w_empty.index(b), ((i // WB) & 1) ^ 1)
         fence_async_shared()            # the wgmma's read (async proxy) of this tile before the store over it
-        w_s.index(b)._reinterpret(gl.int32, [BN, HW], words_layout).store(codes)
+        w_s.index(b)._reinterpret(gl.int32, [BN, CW], words_layout).store(codes)
         fence_async_shared()            # the store before the wgmma's read
         mbarrier.arrive(w_ready.index(b), count=1)
 
@@ -498,14 +513,14 @@ def _i8p_ws_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = p_desc.block_type.shape[0]
-    HW: gl.constexpr = p_desc.block_type.shape[1]
+    PW: gl.constexpr = p_desc.block_type.shape[1]
     off_m = gl.program_id(0) * BM
     off_n = gl.program_id(1) * BN
     share = gl.cdiv(K // BK, SPLIT_K)
     k0 = gl.program_id(2) * share
     steps = gl.minimum(share, K // BK - k0)
     a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
-    p_s = gl.allocate_shared_memory(p_desc.dtype, [STAGES, BN, HW], p_desc.layout)
+    p_s = gl.allocate_shared_memory(p_desc.dtype, [STAGES, BN, PW], p_desc.layout)
     w_s = gl.allocate_shared_memory(gl.int8, [WB, BN, BK], gl.NVMMASharedLayout.get_default_for([BN, BK], gl.int8))
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -556,12 +571,12 @@ def split_k_fits(K: int, split_k: int, block_k: int = 128) -> bool:
 
 def packed_descriptors(q: torch.Tensor, qweight: torch.Tensor, block_m: int, block_n: int, block_k: int):
     """Host TMA descriptors of q (M, K) int8 in (block_m, block_k) tiles and the packed codes (N, K/2) uint8, read as
-    int16 halfwords (N, K/4), in (block_n, block_k/4) tiles."""
-    h = qweight.view(torch.int16)
+    int32 words of eight codes (N, K/8), in (block_n, block_k/8) tiles."""
+    w = qweight.view(torch.int32)
     la = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.int8)
-    lp = gl.NVMMASharedLayout.get_default_for([block_n, block_k // 4], gl.int16)
+    lp = gl.NVMMASharedLayout.get_default_for([block_n, block_k // 8], gl.int32)
     return (TensorDescriptor(q, list(q.shape), list(q.stride()), [block_m, block_k], la),
-            TensorDescriptor(h, list(h.shape), list(h.stride()), [block_n, block_k // 4], lp))
+            TensorDescriptor(w, list(w.shape), list(w.stride()), [block_n, block_k // 8], lp))
 
 
 def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: torch.Tensor, ux: torch.Tensor, lr,

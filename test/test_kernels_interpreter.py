@@ -404,37 +404,40 @@ def test_int8_kv_store_kernel_gives_the_reference_codes(attn, L, start):
     assert kq[:, :, start:start + L].min() == -128 and kq[:, :, start:start + L].max() == 127
 
 
-_I8P_CODES_OF_HALFWORDS = None     # the next test's kernel calls it (the interpreter resolves names in module globals)
+_I8P_CODES_OF_WORDS = None     # the next test's kernel calls it (the interpreter resolves names in module globals)
 
 
 @interpreted
 def test_the_i8p_gemms_code_arithmetic_gives_the_reference_q_times_m():
-    """kernels/i8_mainloop_gluon.py's `_codes_of_halfwords` (the i8p GEMM's unpack: four packed INT4 codes of an int16
-    halfword, times their group's multiplier m in [1, 16], as four int8 bytes in k order, SWAR in one uint32), its own
-    source run by the interpreter inside a Triton kernel (Gluon has no interpreter; its layouts and TMA are checked on
-    the GPU): every byte equals PyTorch's unpack of the codes times m, over random halfwords (all 65,536 patterns'
-    nibbles) and every m."""
+    """kernels/i8_mainloop_gluon.py's `_codes_of_words` (the i8p GEMM's unpack: a word's eight packed INT4 codes times
+    their group's multiplier m in [1, 16], as two words of four int8 bytes in k order, SWAR), its own source run by the
+    interpreter inside a Triton kernel (Gluon has no interpreter; its layouts and TMA are checked on the GPU), with the
+    bytes interleaved by shifts and masks where the GPU uses one `prmt` a word (PRMT=False): every byte equals
+    PyTorch's unpack of the codes times m, over every 16-bit pattern in each half of a word and every m."""
     import triton
     import triton.language as tl
     from var_gen_ros.quant.int4 import unpack_int4
-    global _I8P_CODES_OF_HALFWORDS
-    _I8P_CODES_OF_HALFWORDS = _load_interpreted("i8_mainloop_gluon")._codes_of_halfwords.fn
+    global _I8P_CODES_OF_WORDS
+    _I8P_CODES_OF_WORDS = _load_interpreted("i8_mainloop_gluon")._codes_of_words.fn
 
     @triton.jit
-    def unpack(h_ptr, m_ptr, out_ptr, N: tl.constexpr):
+    def unpack(w_ptr, m_ptr, out_ptr, N: tl.constexpr):
         i = tl.arange(0, N)
-        h = tl.load(h_ptr + i).to(tl.uint16, bitcast=True).to(tl.uint32)
+        w = tl.load(w_ptr + i).to(tl.uint32, bitcast=True)
         m = tl.load(m_ptr + i).to(tl.uint32)
-        tl.store(out_ptr + i, _I8P_CODES_OF_HALFWORDS(h, m).to(tl.int32, bitcast=True))
+        out0, out1 = _I8P_CODES_OF_WORDS(w, m, False)
+        tl.store(out_ptr + 2 * i, out0.to(tl.int32, bitcast=True))
+        tl.store(out_ptr + 2 * i + 1, out1.to(tl.int32, bitcast=True))
 
     n = 1 << 16
-    h = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)[torch.randperm(n)]     # every pattern once
+    half = torch.arange(-32768, 32768, dtype=torch.int32)           # every 16-bit pattern once in each half
+    w = (half[torch.randperm(n)] & 0xFFFF) | (half[torch.randperm(n)] << 16)
     m = torch.randint(1, 17, (n,), dtype=torch.int32)
     m[:16] = torch.arange(1, 17, dtype=torch.int32)
-    out = torch.empty(n, dtype=torch.int32)
-    unpack[(1,)](h, m, out, N=n)
-    ref = (unpack_int4(h.view(torch.uint8).view(n, 2)).view(n, 4).to(torch.int32) * m[:, None]).to(torch.int8)
-    assert torch.equal(out.view(torch.int8).view(n, 4), ref)
+    out = torch.empty(2 * n, dtype=torch.int32)
+    unpack[(1,)](w, m, out, N=n)
+    ref = (unpack_int4(w.view(torch.uint8).view(n, 4)).to(torch.int32) * m[:, None]).to(torch.int8)
+    assert torch.equal(out.view(torch.int8).view(n, 8), ref)
 
 
 @interpreted
