@@ -342,3 +342,29 @@ def test_i8p_tile_fills_the_gpu_with_k_splits_only_where_the_tiles_leave_it_idle
             t = glu.i8p_tile(M, N, K, 132)
             assert glu.split_k_fits(K, t["split_k"]) and K // 128 // t["split_k"] >= 8
     assert glu.split_k_fits(3584, 4) and not glu.split_k_fits(384, 4)   # 3 steps: a fourth share would be empty
+
+
+def test_the_i8p_failure_analyzer_names_a_planted_bug():
+    """bench/i8p_debug_analyze.py (for a failing i8p GPU test: it tries models of wrong kernels on the saved cases) on a
+    synthetic case here: its correct model is the exact sums' rounding, and an output planted with the nibbles of each
+    byte swapped, one K step left out or a word's two halves swapped matches that model everywhere and the correct one
+    in under a fifth of the outputs, so a match tells the models apart."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("i8p_analyze", os.path.join(root, "bench", "i8p_debug_analyze.py"))
+    an = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(an)
+    g = torch.Generator().manual_seed(3)
+    M, N, K = 48, 96, 512
+    wu = 2.0 ** -torch.randint(4, 9, (N,), generator=g).float()               # units of few significant bits
+    m = torch.randint(1, 17, (N, K // 64), generator=g).float()
+    case = dict(q=torch.randint(-112, 113, (M, K), dtype=torch.int8, generator=g),
+                qweight=torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, generator=g),
+                wscales=(wu[:, None] * m).bfloat16(), wu=wu, ux=torch.rand(M, generator=g) * 1e-3 + 1e-4)
+    models = an.models(case)
+    share = lambda a, b: (a == b).float().mean().item()
+    assert share(models["correct"], an._out(case["q"], an._weights(case["qweight"], case["wscales"], wu), case["ux"],
+                                            wu)) == 1.0
+    for planted in ("nibbles swapped", "last K step left out", "codes 0-3 and 4-7 of a word swapped"):
+        y = models[planted]
+        assert share(an.models(dict(case))[planted], y) == 1.0 and share(models["correct"], y) < 0.2, planted
