@@ -3,7 +3,8 @@
 #   tests  every Gluon GPU test (-k "gluon or i8p": the i8w loop's exact sums, the i8w GEMM, the i8p GEMM's exact sums
 #          and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph), ~2-3 min after the
 #          machine's start; a failure is fixed before anything is timed (on one, bench/i8p_debug.py saves small cases'
-#          inputs and outputs to $OUT for study without a GPU); then the warp-specialized i8p's test apart, killed
+#          inputs and outputs to $OUT, which bench/i8p_debug_analyze.py then reads on the CPU machine, trying models of
+#          wrong kernels); then the warp-specialized i8p's test apart, killed
 #          after WS_TESTS_S (a hang)
 #   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-4096 rows, and the
 #          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. Three calls, each sent as soon as the one
