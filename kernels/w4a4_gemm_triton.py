@@ -1471,6 +1471,9 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         return y.reshape(*shape[:-1], N)
     if path == "i8p":     # Gluon, Hopper (kernels/i8_mainloop_gluon.py): the packed codes, made in its K loop
         glu = _gluon()
+        if glu is None or _arch_of(x2) < 90:
+            raise ValueError(f"the i8p path needs Gluon and an sm_90+ GPU (this one: sm_{_arch_of(x2)}, Gluon "
+                             f"{'missing' if glu is None else 'present'})")
         tile = config or dict(glu.i8p_tile(M, N, K, _sm_count(x.device)), ws=I8P_WS)
         split = tile.get("split_k", 1)
         ws = torch.empty(split, M, N, dtype=torch.int32, device=x.device) if split > 1 else None
