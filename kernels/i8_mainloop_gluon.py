@@ -15,11 +15,12 @@ after kernel 1: that loop, then `_w4a4_i8_kernel`'s epilogue in its LR_BF16 form
 `W4A4Linear.reference_forward`, and the Triton forward; test/test_kernels_gpu.py). Off in the product's dispatch
 until measured (`VAR_GEN_W4A4_GLUON`, `bench/i8_mainloop.py`).
 
-`i8p_gemm` (forty-ninth session): the same integer sums on the layer's packed INT4 codes, no workspace: each K step's
-codes made into shared memory by the threads while the previous step's wgmma runs (the in-register i8 path's work,
-which Triton's loop does with every wgmma waited for), for the 33-2048 rows where the GEMM table is furthest behind
-bf16; swapped (the weights on the wgmma's M side) up to 128 rows, K split where the tiles leave SMs idle. Off until
-measured (`VAR_GEN_W4A4_GLUON_I8P`, `bench/i8p_gemm.py`, `bench/device/gluon_gemms.sh`).
+`i8p_gemm` (forty-ninth session): the same integer sums on the layer's packed INT4 codes, no workspace: the next K
+step's codes made in registers while this step's wgmma runs, then stored to the shared-memory tile the next wgmma
+reads (the in-register i8 path's work, which Triton's loop does with every wgmma waited for), for the 33-2048 rows
+where the GEMM table is furthest behind bf16; swapped (the weights on the wgmma's M side) up to 128 rows, K split where
+the tiles leave SMs idle. `_i8p_ws_kernel` is its warp-specialized form (the codes made by warps of their own). Off
+until measured (`VAR_GEN_W4A4_GLUON_I8P`, `VAR_GEN_W4A4_I8P_WS`, `bench/i8p_gemm.py`, `bench/device/gluon_gemms.sh`).
 """
 from __future__ import annotations
 
