@@ -40,6 +40,27 @@ def _mma_layout(instr_n, instr_k, num_warps):
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, instr_n, instr_k])
 
 
+@gluon.constexpr_function
+def _unpack_layout(width, groups_per_step, num_warps):
+    """i8p's unpack layouts: (BN, width) with a thread holding one row's 64-code group (width 8 of a step's 16 packed
+    words, or 16 of its 32 code words), or with width None, (BN, groups_per_step, 8): the packed words seen by group."""
+    if width is None:
+        return gl.BlockedLayout(size_per_thread=[1, 1, 8], threads_per_warp=[32 // groups_per_step, groups_per_step, 1],
+                                warps_per_cta=[num_warps, 1, 1], order=[2, 1, 0])
+    return gl.BlockedLayout(size_per_thread=[1, width], threads_per_warp=[32 // groups_per_step, groups_per_step],
+                            warps_per_cta=[num_warps, 1], order=[1, 0])
+
+
+@gluon.jit
+def _scale_pointers(sw_ptr, wu_ptr, off_n, N, K, k0, BN: gl.constexpr, GPS: gl.constexpr, packed3: gl.constexpr):
+    """(1 / u_w of the tile's weight rows, the pointers to their first K step's GPS group scales), in the layout of
+    `packed3`'s groups (rows past N wrap: read, never stored)."""
+    groups: gl.constexpr = gl.SliceLayout(2, packed3)
+    wn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, groups))
+    gi = gl.arange(0, GPS, layout=gl.SliceLayout(0, groups))
+    return 1.0 / gl.load(wu_ptr + (wn % N)), sw_ptr + (wn % N)[:, None] * (K // 64) + k0 * GPS + gi[None, :]
+
+
 @gluon.jit
 def _tile_sums(a_desc, w_desc, K, STAGES: gl.constexpr, INSTR_N: gl.constexpr, num_warps: gl.constexpr):
     """(acc, off_m, off_n): this program's tile's int32 sums a[off_m:+BM] · w[off_n:+BN]ᵀ over all of K, through a
@@ -328,7 +349,6 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     GPS: gl.constexpr = BK // 64                           # 64-code groups per step
     off_m = gl.program_id(0) * BM
     off_n = gl.program_id(1) * BN
-    G = K // 64
     share = gl.cdiv(K // BK, SPLIT_K)
     k0 = gl.program_id(2) * share                          # this program's first K step
     steps = gl.minimum(share, K // BK - k0)
@@ -345,17 +365,10 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
         mbarrier.init(ready.index(b), count=1)
 
     # the unpack's layouts: a thread takes one row's 64-code group, 8 packed words in, 16 code words out
-    packed: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // GPS, GPS],
-                                            warps_per_cta=[num_warps, 1], order=[1, 0])
-    packed3: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1, 8], threads_per_warp=[32 // GPS, GPS, 1],
-                                             warps_per_cta=[num_warps, 1, 1], order=[2, 1, 0])
-    unpack: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // GPS, GPS],
-                                            warps_per_cta=[num_warps, 1], order=[1, 0])
-    groups: gl.constexpr = gl.SliceLayout(2, packed3)
-    wn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, groups))
-    gi = gl.arange(0, GPS, layout=gl.SliceLayout(0, groups))
-    inv_uw = 1.0 / gl.load(wu_ptr + (wn % N))               # rows past N wrap (read, never stored)
-    s_ptrs = sw_ptr + (wn % N)[:, None] * G + k0 * GPS + gi[None, :]
+    packed: gl.constexpr = _unpack_layout(8, GPS, num_warps)
+    packed3: gl.constexpr = _unpack_layout(None, GPS, num_warps)
+    unpack: gl.constexpr = _unpack_layout(16, GPS, num_warps)
+    inv_uw, s_ptrs = _scale_pointers(sw_ptr, wu_ptr, off_n, N, K, k0, BN, GPS, packed3)
 
     layout: gl.constexpr = _mma_layout(INSTR_N, 32, num_warps)
     if SWAP:
@@ -471,19 +484,12 @@ def _ws_unpack(a_desc, p_desc, a_s, p_s, w_s, ready, empty, w_ready, w_empty, sw
     CW: gl.constexpr = BK // 4
     GPS: gl.constexpr = BK // 64
     UW: gl.constexpr = gl.num_warps()
-    packed: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[32 // GPS, GPS],
-                                            warps_per_cta=[UW, 1], order=[1, 0])
-    packed3: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1, 8], threads_per_warp=[32 // GPS, GPS, 1],
-                                             warps_per_cta=[UW, 1, 1], order=[2, 1, 0])
-    unpack: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // GPS, GPS],
-                                            warps_per_cta=[UW, 1], order=[1, 0])
-    groups: gl.constexpr = gl.SliceLayout(2, packed3)
+    packed: gl.constexpr = _unpack_layout(8, GPS, UW)
+    packed3: gl.constexpr = _unpack_layout(None, GPS, UW)
+    unpack: gl.constexpr = _unpack_layout(16, GPS, UW)
     words_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_s.type.layout.swizzle_byte_width,
                                                       element_bitwidth=32, rank=2)
-    wn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, groups))
-    gi = gl.arange(0, GPS, layout=gl.SliceLayout(0, groups))
-    inv_uw = 1.0 / gl.load(wu_ptr + (wn % N))               # rows past N wrap (read, never stored)
-    s_ptrs = sw_ptr + (wn % N)[:, None] * (K // 64) + k0 * GPS + gi[None, :]
+    inv_uw, s_ptrs = _scale_pointers(sw_ptr, wu_ptr, off_n, N, K, k0, BN, GPS, packed3)
     s_next = gl.load(s_ptrs)
     for i in range(steps):
         s = i % STAGES
