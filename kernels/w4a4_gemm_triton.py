@@ -1559,13 +1559,17 @@ def gluon_i8w_applies(x2: torch.Tensor, layer, lr) -> bool:
 # VAR_GEN_W4A4_GLUON_I8P=1: the i8 and i8w calls of I8P_MIN_M to I8P_MAX_M rows through kernels/i8_mainloop_gluon.py's
 # `i8p_gemm` on Hopper instead: the INT8 wgmma on the packed weights, their codes made in the K loop into shared memory
 # while the previous step's wgmma runs (no workspace, no unpack kernel; forty-ninth session, compiled for sm_90 here, not
-# yet run on a GPU: off). The qkv projection's epilogue GEMM (from I8W_MIN_M rows, `qkv_fusable`) stays Triton's.
+# yet run on a GPU: off). The qkv projection's epilogue GEMM (from I8W_MIN_M rows, `qkv_fusable`) stays Triton's unless
+# I8P_QKV.
 GLUON_I8P = os.environ.get("VAR_GEN_W4A4_GLUON_I8P", "0") == "1"
 I8P_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MIN_M", "33"))
 I8P_MAX_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MAX_M", "2048"))
 # VAR_GEN_W4A4_I8P_WS=1: i8p's warp-specialized kernel (a TMA warp, four warps making the codes, the wgmmas in the
 # kernel's own warps with one group in flight) instead of the one whose warps do both in turn
 I8P_WS = os.environ.get("VAR_GEN_W4A4_I8P_WS", "0") == "1"
+# VAR_GEN_W4A4_I8P_QKV=1: the qkv projection too, where i8p applies (its GEMM through i8p, then the separate qkv
+# epilogue kernel, kernels/qkv_rope_triton.py), instead of the Triton i8w GEMM with the epilogue inside (`qkv_fusable`)
+I8P_QKV = os.environ.get("VAR_GEN_W4A4_I8P_QKV", "0") == "1"
 
 
 def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
@@ -1604,9 +1608,10 @@ QKV_EPILOGUE = os.environ.get("VAR_GEN_W4A4_QKV_EPILOGUE", "1") == "1"
 def qkv_fusable(x: torch.Tensor, layer, head_dim: int) -> bool:
     """Whether `w4a4_qkv_rope` serves the qkv projection `layer` of x (..., K): on the i8 workspace path
     (from I8W_MIN_M rows; below it the plain GEMM's fast tiles are swapped or split K, which a one-head
-    epilogue cannot use), heads of 32 to 256 channels."""
+    epilogue cannot use), heads of 32 to 256 channels; not where I8P_QKV sends it to i8p."""
     return (QKV_EPILOGUE and layer.out_features % 3 == 0 and head_dim in (32, 64, 128, 256)
-            and layer.act_bits == 4 and path_for(x, layer, rows=x.numel() // x.shape[-1]) == "i8w")
+            and layer.act_bits == 4 and path_for(x, layer, rows=x.numel() // x.shape[-1]) == "i8w"
+            and not (I8P_QKV and gluon_i8p_applies(x.reshape(-1, x.shape[-1]), layer)))
 
 
 def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.Tensor, rope: torch.Tensor,

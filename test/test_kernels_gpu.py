@@ -667,7 +667,7 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
     """VAR_GEN_W4A4_GLUON_I8P (GLUON_I8P): `w4a4_linear`'s i8 and i8w calls of I8P_MIN_M-I8P_MAX_M rows go through
     `i8p_gemm` (counted), within 5e-4 of the Triton forward and 1e-3 of the reference, eagerly and replayed from a CUDA
     graph (twice, with new inputs: the split-K counters re-armed), fc1's GELU included; rows outside the range and calls
-    with a fixed Triton config do not."""
+    with a fixed Triton config do not; the qkv projection leaves its fused Triton GEMM for i8p only with I8P_QKV."""
     from kernels_under_test import gemm_module
     gm = gemm_module()
     glu = gm._gluon()
@@ -713,6 +713,13 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
         x = (torch.randn(128, K, device="cuda") * 2).bfloat16()
         gm.w4a4_linear(x, layer, act=act, config=dict(BLOCK_M=64, BLOCK_N=128, SWAP=True))
         assert calls == [], calls
+    # the qkv projection (3584 -> 10752) keeps its Triton epilogue GEMM at 512 rows unless I8P_QKV sends it to i8p
+    qkv = _layer(3584, 10752, False, seed=41)
+    x = (torch.randn(2, 256, 3584, device="cuda") * 2).bfloat16()
+    monkeypatch.setattr(gm, "I8P_QKV", False)
+    assert gm.qkv_fusable(x, qkv, 128)
+    monkeypatch.setattr(gm, "I8P_QKV", True)
+    assert not gm.qkv_fusable(x, qkv, 128)
 
 
 @pytest.mark.parametrize("M", [32, 128, 256])

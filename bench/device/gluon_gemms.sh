@@ -12,7 +12,8 @@
 #          passed), then PART=edge (EDGE_TAGS with i8p_ws likewise)
 #   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM against Triton's and cuBLAS(Lt), ~2 min
 #   edge   the resident 1024² edge proof with the Triton GEMMs, with i8p (VAR_GEN_W4A4_GLUON_I8P=1), with its
-#          warp-specialized kernel (tag i8p_ws: VAR_GEN_W4A4_I8P_WS=1 too) and with the Gluon i8w GEMM
+#          warp-specialized kernel (tag i8p_ws: VAR_GEN_W4A4_I8P_WS=1 too), with the qkv projection on i8p as well (tag
+#          i8p_qkv: VAR_GEN_W4A4_I8P_QKV=1, its epilogue as the separate kernel) and with the Gluon i8w GEMM
 #          (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (default "off i8p gluon_i8w"; ~2 min
 #          each warm; the first on a fresh machine also compiles: EDGE_S each)
 # Files in $OUT, packed into out.tgz.
@@ -51,8 +52,9 @@ i8w)
   ;;
 edge)
   for tag in ${EDGE_TAGS:-off i8p gluon_i8w}; do
-    p=0; w=0; s=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p*) p=1;; gluon*) w=1;; esac
-    VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_GLUON=$w timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
+    p=0; w=0; s=0; v=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p_qkv*) p=1; v=1;; i8p*) p=1;; gluon*) w=1;; esac
+    VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
+      timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
       --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
       --text-encoder int4 --modes w4a4_kv8 --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1
     echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
