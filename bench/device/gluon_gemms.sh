@@ -1,15 +1,15 @@
 # The Gluon GEMMs (kernels/i8_mainloop_gluon.py; built and compiled for sm_90 here, never yet run on a GPU) on one GPU
 # machine. PART, one or more of these in order:
-#   tests  every Gluon GPU test (-k "gluon or i8p": the i8w loop's exact sums, the i8w GEMM, the i8p GEMM's exact sums
-#          and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph), ~2-3 min after the
-#          machine's start; a failure is fixed before anything is timed (on one, bench/i8p_debug.py saves small cases'
-#          inputs and outputs to $OUT, which bench/i8p_debug_analyze.py then reads on the CPU machine, trying models of
-#          wrong kernels); then the warp-specialized i8p's test apart, killed
-#          after WS_TESTS_S (a hang)
+#   tests  every Gluon GPU test but the warp-specialized one (the i8w loop's exact sums, the i8w GEMM, the i8p GEMM's
+#          exact sums and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph; ~70 Gluon
+#          compiles, so up to TESTS_S = 420 s); a failure is fixed before anything is timed (on one, bench/i8p_debug.py
+#          saves small cases' inputs and outputs to $OUT, which bench/i8p_debug_analyze.py then reads on the CPU
+#          machine, trying models of wrong kernels)
+#   ws     the warp-specialized i8p's test apart, killed after WS_TESTS_S (a hand-over that never comes would hang)
 #   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-4096 rows, and the
 #          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. Three calls, each sent as soon as the one
-#          before returns (the machine stays warm ~30 s): PART=tests, then PART=i8p (WS=1 if the warp-specialized test
-#          passed), then PART=edge (EDGE_TAGS with i8p_ws likewise)
+#          before returns (the machine stays warm ~30 s): PART=tests, then PART="ws i8p" (the bench times the
+#          warp-specialized launches if their test passed in the same call, or with WS=1), then PART=edge
 #   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM against Triton's and cuBLAS(Lt), ~2 min
 #   edge   the resident 1024² edge proof with the Triton GEMMs, with i8p (VAR_GEN_W4A4_GLUON_I8P=1), with its
 #          warp-specialized kernel (tag i8p_ws: VAR_GEN_W4A4_I8P_WS=1 too), with the qkv projection on i8p as well (tag
@@ -25,14 +25,16 @@ build_extension
 for part in ${PART:-tests}; do
 case "$part" in
 tests)
-  timeout ${TESTS_S:-270} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
+  timeout ${TESTS_S:-420} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
     -k "(gluon or i8p) and not warp_specialized" > "$OUT/gpu_tests_gluon.txt" 2>&1
   rc=$?; echo "tests rc $rc s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon.txt" | tail -6 | cut -c1-600
   [ "$rc" = 0 ] && touch "$OUT/.i8p_ok"
   # a failure: small i8p cases with their inputs and outputs saved (bench/i8p_debug.py), to study on the CPU machine
   [ "$rc" != 0 ] && timeout 120 python3 bench/i8p_debug.py --out "$OUT" 2>&1 | grep -v -i warn | cut -c1-400
+  ;;
+ws)
   # the warp-specialized i8p apart, under its own limit (a hand-over that never comes hangs instead of failing)
-  timeout -s KILL ${WS_TESTS_S:-150} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
+  timeout -s KILL ${WS_TESTS_S:-180} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
     -k warp_specialized > "$OUT/gpu_tests_i8p_ws.txt" 2>&1
   echo "ws tests rc $? s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_i8p_ws.txt" | tail -4 | cut -c1-600
   grep -q " passed" "$OUT/gpu_tests_i8p_ws.txt" && ! grep -q "failed" "$OUT/gpu_tests_i8p_ws.txt" && touch "$OUT/.ws_ok"
