@@ -45,7 +45,9 @@ import torch
 import triton
 import triton.testing
 import triton.language as tl
+from triton.compiler.errors import CompilationError
 from triton.language.extra import libdevice
+from triton.runtime.errors import OutOfResources, PTXASError
 
 from . import w4a4_small_m_cuda as small_m
 from .launch import Launcher
@@ -1479,9 +1481,15 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         ws = torch.empty(split, M, N, dtype=torch.int32, device=x.device) if split > 1 else None
         cnt = _counters(x.device, triton.cdiv(M, tile["block_m"]) * triton.cdiv(N, tile["block_n"]), "i8p") \
             if split > 1 else None
-        glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, sx, lr[0] if R else None, layer.lora_up, layer.bias,
-                     ACTIVATIONS[act], y, tile=tile, ws=ws, cnt=cnt)
-        return y.reshape(*shape[:-1], N)
+        try:
+            glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, sx, lr[0] if R else None, layer.lora_up, layer.bias,
+                         ACTIVATIONS[act], y, tile=tile, ws=ws, cnt=cnt)
+            return y.reshape(*shape[:-1], N)
+        except (CompilationError, OutOfResources, PTXASError) as e:
+            if config is not None:          # a launch asked for explicitly: the caller's to handle
+                raise
+            _i8p_failed(e)                  # the Triton GEMM on the same codes, and no i8p from now on
+            path = path_for(x2, layer)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "i8w" and config is None and gluon_i8w_applies(x2, layer, lr):
         _gluon().i8w_gemm(q, wq, sx, wu, lr[0] if R else None, layer.lora_up, layer.bias, ACTIVATIONS[act], y)
@@ -1570,6 +1578,15 @@ I8P_WS = os.environ.get("VAR_GEN_W4A4_I8P_WS", "0") == "1"
 # VAR_GEN_W4A4_I8P_QKV=1: the qkv projection too, where i8p applies (its GEMM through i8p, then the separate qkv
 # epilogue kernel, kernels/qkv_rope_triton.py), instead of the Triton i8w GEMM with the epilogue inside (`qkv_fusable`)
 I8P_QKV = os.environ.get("VAR_GEN_W4A4_I8P_QKV", "0") == "1"
+
+
+def _i8p_failed(e: Exception) -> None:
+    """i8p could not compile or launch here (a Gluon compile error, more shared memory or registers than this GPU has):
+    warned once, GLUON_I8P turned off for the process, so that the Triton GEMMs serve every later call."""
+    global GLUON_I8P
+    GLUON_I8P = False
+    warnings.warn(f"var_gen_ros: the Gluon i8p GEMM (VAR_GEN_W4A4_GLUON_I8P) failed on this GPU and is off from now on; "
+                  f"the Triton GEMMs run: {type(e).__name__}: {str(e)[:300]}")
 
 
 def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
