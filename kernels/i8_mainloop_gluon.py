@@ -387,9 +387,10 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     fence_async_shared()
     s_next = gl.load(s_ptrs + (1 % steps) * GPS)
     # ptxas (the one Triton 3.6 ships) serializes every wgmma of a kernel (C7515: each waited for before the next is
-    # issued) when a shared-memory store comes while one is in flight, and puts the wait before a shared-memory load
-    # that follows the wgmma (seen in the sm_90 SASS). So a step loads the next step's packed tile first, issues its
-    # wgmma, makes the next step's codes in registers (arithmetic only) while it runs, waits, then stores them.
+    # issued) when the loop stores to shared memory while a wgmma group stays in flight across its iterations
+    # (wait_group 1), and puts the wait before a shared-memory load that follows the wgmma (seen in the sm_90 SASS). So
+    # a step loads the next step's packed tile first, issues its wgmma, makes the next step's codes in registers
+    # (arithmetic only) while it runs, waits for it (wait_group 0), then stores them.
     for i in range(steps - 1):
         s = i % STAGES
         n = i + 1

@@ -118,8 +118,9 @@ def _ptxas_usage(ptx: str, arch: int) -> dict:
     log = r.stderr
     regs = re.search(r"Used (\d+) registers", log)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    # C7515: ptxas made every wgmma of the kernel wait for the one before (a shared-memory store, or a non-wgmma write to
-    # an accumulator, while one is in flight), which undoes an asynchronous K loop
+    # C7515: ptxas made every wgmma of the kernel wait for the one before (seen with a shared-memory store in a loop that
+    # leaves a wgmma group in flight across iterations; also named for non-wgmma writes to an accumulator), which undoes
+    # an asynchronous K loop
     return {"registers": int(regs.group(1)) if regs else None,
             "spill_bytes": int(spill.group(1)) + int(spill.group(2)) if spill else None,
             "wgmma_serialized": "C7515" in log}

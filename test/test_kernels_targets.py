@@ -297,7 +297,8 @@ def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():
     """kernels/i8_mainloop_gluon.py's `i8p_gemm` (the INT8 wgmma on the packed weights, their codes made in the K loop)
     compiled for sm_90 here at the launches `i8p_tile` picks on an H100 (132 SMs) for 32-2048 rows of the 8B block
     shapes: INT8 wgmmas, fits the SM's shared memory, and ptxas does not serialize its wgmmas (C7515), which it does
-    when the codes are stored to shared memory while a wgmma is in flight (the loop's first form, forty-ninth session);
+    when the loop stores its codes to shared memory with a wgmma group left in flight across its iterations (the loop's
+    first form, forty-ninth session);
     no spill where the K is not split (the split's epilogue, 44 bytes at 64-128 rows swapped, is outside the loop).
     The warp-specialized form too: its wgmma partition waits with one group in flight, under its register limit."""
     import re
