@@ -330,29 +330,16 @@ def _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr,
 
 
 @gluon.jit
-def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
-                     SWAP: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr,
-                     ACT: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr, INSTR_N: gl.constexpr,
-                     num_warps: gl.constexpr):
-    """y = the W4A4 layer's output for kernel 1's q·m (M, K) int8 and the layer's packed codes (N, K/2), read as int32
-    words (N, K/8): per K step the x tile (BM, BK) and the packed weight tile (BN, BK/8 words) arrive by TMA into a
-    STAGES-deep ring; the threads make the weight tile's int8 q·m (`_step_codes`, each thread one row's 64-code
-    group) in registers while the previous step's wgmma (s32 += s8 · s8) runs, then store them to the shared-memory tile
-    the next wgmma reads. SWAP puts the weights on the wgmma's M side (BN = 16 · num_warps, the x rows on
-    its N side: few rows); else the x rows (BM = 16 · num_warps). SPLIT_K > 1: program_id(2) takes that share of the K
-    steps (where the tiles alone leave SMs idle), `_finish_tile` sums the shares."""
+def _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWAP: gl.constexpr, STAGES: gl.constexpr,
+              INSTR_N: gl.constexpr, num_warps: gl.constexpr):
+    """The i8p tile's int32 sums over `steps` K steps from step k0 (`_i8p_gemm_kernel`'s loop): (BM, BN) in the int8
+    wgmma's accumulator layout, or (BN, BM) with SWAP."""
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = p_desc.block_type.shape[0]
     PW: gl.constexpr = p_desc.block_type.shape[1]          # BK / 8 packed words per weight row and step
     CW: gl.constexpr = BK // 4                             # its codes' words (four int8 q·m each)
     GPS: gl.constexpr = BK // 64                           # 64-code groups per step
-    off_m = gl.program_id(0) * BM
-    off_n = gl.program_id(1) * BN
-    share = gl.cdiv(K // BK, SPLIT_K)
-    k0 = gl.program_id(2) * share                          # this program's first K step
-    steps = gl.minimum(share, K // BK - k0)
-
     a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
     p_s = gl.allocate_shared_memory(p_desc.dtype, [STAGES, BN, PW], p_desc.layout)
     w_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BK], gl.int8)
@@ -369,7 +356,6 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     packed3: gl.constexpr = _unpack_layout(None, GPS, num_warps)
     unpack: gl.constexpr = _unpack_layout(16, GPS, num_warps)
     inv_uw, s_ptrs = _scale_pointers(sw_ptr, wu_ptr, off_n, N, K, k0, BN, GPS, packed3)
-
     layout: gl.constexpr = _mma_layout(INSTR_N, 32, num_warps)
     if SWAP:
         acc = gl.zeros((BN, BM), dtype=gl.int32, layout=layout)
@@ -418,8 +404,124 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     for b in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(b))
 
+    return acc
+
+
+@gluon.jit
+def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
+                     SWAP: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr,
+                     ACT: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr, INSTR_N: gl.constexpr,
+                     num_warps: gl.constexpr):
+    """y = the W4A4 layer's output for kernel 1's q·m (M, K) int8 and the layer's packed codes (N, K/2), read as int32
+    words (N, K/8): per K step the x tile (BM, BK) and the packed weight tile (BN, BK/8 words) arrive by TMA into a
+    STAGES-deep ring; the threads make the weight tile's int8 q·m (`_step_codes`, each thread one row's 64-code
+    group) in registers while the previous step's wgmma (s32 += s8 · s8) runs, then store them to the shared-memory tile
+    the next wgmma reads. SWAP puts the weights on the wgmma's M side (BN = 16 · num_warps, the x rows on
+    its N side: few rows); else the x rows (BM = 16 · num_warps). SPLIT_K > 1: program_id(2) takes that share of the K
+    steps (where the tiles alone leave SMs idle), `_finish_tile` sums the shares."""
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    BN: gl.constexpr = p_desc.block_type.shape[0]
+    off_m = gl.program_id(0) * BM
+    off_n = gl.program_id(1) * BN
+    share = gl.cdiv(K // BK, SPLIT_K)
+    k0 = gl.program_id(2) * share                          # this program's first K step
+    steps = gl.minimum(share, K // BK - k0)
+    acc = _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWAP, STAGES, INSTR_N, num_warps)
     _finish_tile(acc, off_m, off_n, ux_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, HAS_BIAS,
                  HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps)
+
+
+@gluon.jit
+def _store_rows(row_ptrs, out, mask):
+    """out (BM, W) to W contiguous elements at each of its rows' pointers (in `out`'s layout's row slice), in the
+    pointers' dtype."""
+    ol: gl.constexpr = out.type.layout
+    ch = gl.arange(0, out.shape[1], layout=gl.SliceLayout(0, ol))
+    gl.store(row_ptrs[:, None] + ch[None, :], out.to(row_ptrs.dtype.element_ty), mask=mask[:, None])
+
+
+@gluon.jit
+def _i8p_qkv_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr, M, N, K, QB, SM, COS, SIN, QO, KO,
+                    VO, NTOK, START, C, sr_l, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, HAS_BIAS: gl.constexpr,
+                    HAS_LR: gl.constexpr, R: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """The qkv projection's i8p GEMM with the attention's input epilogue (`_w4a4_i8_qkv_kernel`'s, in the Triton file;
+    reference `SelfAttention.qkv_epilogue`) in place of its store: a program owns BM rows of one head (BN = the head's
+    channels) of q, k or v. The float32 tile + the low-rank term + the layer's bias + QB ([q_bias, 0, v_bias]); q and k
+    normalized to unit length per head (IEEE sqrt and division), q times its head's scale, both rotated by the token's
+    (cos, sin) pairwise (channels 2i, 2i + 1: a thread's adjacent accumulator registers); written into the attention's
+    (B, H, L, c) buffers at token START + t, for row m = b · NTOK + t. The (M, 3C) projection never exists."""
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    HEAD: gl.constexpr = p_desc.block_type.shape[0]
+    off_m = gl.program_id(0) * BM
+    off_n = gl.program_id(1) * HEAD
+    acc = _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, 0, K // BK, False, STAGES, 128, num_warps)
+    layout: gl.constexpr = _mma_layout(128, 16, num_warps)
+    acc = gl.convert_layout(acc, layout)
+    rows = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))
+    cols = off_n + gl.arange(0, HEAD, layout=gl.SliceLayout(0, layout))
+    ux = gl.load(ux_ptr + rows, mask=rows < M, other=0.0)
+    out = acc.to(gl.float32) * (ux[:, None] * gl.load(wu_ptr + cols)[None, :])
+    if HAS_LR:
+        out = _lowrank_term(out, lr_ptr, up_ptr, off_m, off_n, BM, HEAD, M, N, R, False, layout, num_warps)
+    if HAS_BIAS:
+        out = out + gl.load(b_ptr + cols).to(gl.float32)[None, :]
+    out = out + gl.load(QB + cols)[None, :]
+    sec = off_n // C                                       # 0: q, 1: k, 2: v
+    h = (off_n % C) // HEAD
+    t = rows % NTOK
+    b = rows // NTOK
+    if sec == 2:
+        _store_rows(VO + b * sk_b + (START + t) * sk_l + h * sk_h, out, rows < M)
+    else:
+        x0, x1 = gl.split(gl.reshape(out, [BM, HEAD // 2, 2]))      # channels 2i and 2i + 1
+        nrm = gl.maximum(gl.sqrt_rn(gl.sum(x0 * x0, axis=1) + gl.sum(x1 * x1, axis=1)), 1e-12)
+        x0 = gl.div_rn(x0, nrm[:, None])
+        x1 = gl.div_rn(x1, nrm[:, None])
+        hl: gl.constexpr = x0.type.layout
+        th = (off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, hl))) % NTOK
+        mh = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, hl)) < M
+        i = gl.arange(0, HEAD // 2, layout=gl.SliceLayout(0, hl))
+        cos = gl.load(COS + th[:, None] * sr_l + i[None, :], mask=mh[:, None], other=1.0)
+        sin = gl.load(SIN + th[:, None] * sr_l + i[None, :], mask=mh[:, None], other=0.0)
+        if sec == 0:
+            sc = gl.load(SM + h)
+            x0 = x0 * sc
+            x1 = x1 * sc
+        rot = gl.reshape(gl.join(cos * x0 - sin * x1, sin * x0 + cos * x1), [BM, HEAD])
+        rl: gl.constexpr = rot.type.layout
+        rr = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, rl))
+        tr = rr % NTOK
+        br = rr // NTOK
+        if sec == 0:
+            _store_rows(QO + br * sq_b + (START + tr) * sq_l + h * sq_h, rot, rr < M)
+        else:
+            _store_rows(KO + br * sk_b + (START + tr) * sk_l + h * sk_h, rot, rr < M)
+
+
+def i8p_qkv(qx: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: torch.Tensor, ux: torch.Tensor, lr,
+            up, layer_bias, bias: torch.Tensor, scale_mul: torch.Tensor, rope: torch.Tensor, q: torch.Tensor,
+            k: torch.Tensor, v: torch.Tensor, n: int, start: int, block_m: int = 128, block_k: int = 128,
+            stages: int = 4) -> None:
+    """The qkv projection (N = 3C) of kernel 1's q·m qx (M, K), M = B · n, through `_i8p_qkv_kernel`: written into tokens
+    [start, start + n) of q, k, v (B, H, L, c) as `w4a4_gemm_triton.w4a4_qkv_rope` writes them. ux (M,), uw (N,) units,
+    lr (M, R) float32 or None, up (N, R) bf16, layer_bias (N,) or None, bias (3C,) and scale_mul (H,) float32, rope
+    (2, n, c/2) float32 with unit stride along c/2."""
+    M, K = qx.shape
+    N = qweight.shape[0]
+    C = N // 3
+    c = q.shape[-1]
+    if c != 128 or K % block_k:
+        raise ValueError(f"i8p_qkv: heads of 128 channels and K % {block_k} == 0 (c {c}, K {K})")
+    da, dp = packed_descriptors(qx, qweight, block_m, c, block_k)
+    R = up.shape[1] if lr is not None else 16
+    grid = (triton.cdiv(M, block_m), N // c)
+    _i8p_qkv_kernel[grid](da, dp, wscales, uw, ux, lr if lr is not None else ux, up if lr is not None else bias,
+                          layer_bias if layer_bias is not None else bias, M, N, K, bias, scale_mul, rope[0], rope[1],
+                          q, k, v, n, start, C, rope.stride(1), q.stride(0), q.stride(1), q.stride(2), k.stride(0),
+                          k.stride(1), k.stride(2), HAS_BIAS=layer_bias is not None, HAS_LR=lr is not None, R=R,
+                          STAGES=stages, num_warps=8)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1575,9 +1575,10 @@ I8P_MAX_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MAX_M", "2048"))
 # VAR_GEN_W4A4_I8P_WS=1: i8p's warp-specialized kernel (a TMA warp, four warps making the codes, the wgmmas in the
 # kernel's own warps with one group in flight) instead of the one whose warps do both in turn
 I8P_WS = os.environ.get("VAR_GEN_W4A4_I8P_WS", "0") == "1"
-# VAR_GEN_W4A4_I8P_QKV=1: the qkv projection too, where i8p applies (its GEMM through i8p, then the separate qkv
-# epilogue kernel, kernels/qkv_rope_triton.py), instead of the Triton i8w GEMM with the epilogue inside (`qkv_fusable`)
-I8P_QKV = os.environ.get("VAR_GEN_W4A4_I8P_QKV", "0") == "1"
+# VAR_GEN_W4A4_I8P_QKV: the qkv projection too where i8p applies, instead of the Triton i8w GEMM with the epilogue
+# inside (`qkv_fusable`): "1" its GEMM through i8p, then the separate qkv epilogue kernel (kernels/qkv_rope_triton.py);
+# "fused" the i8p GEMM with the epilogue inside (`i8p_qkv`, heads of 128); "0" (default) neither
+I8P_QKV = os.environ.get("VAR_GEN_W4A4_I8P_QKV", "0")
 
 
 def _i8p_failed(e: Exception) -> None:
@@ -1625,10 +1626,10 @@ QKV_EPILOGUE = os.environ.get("VAR_GEN_W4A4_QKV_EPILOGUE", "1") == "1"
 def qkv_fusable(x: torch.Tensor, layer, head_dim: int) -> bool:
     """Whether `w4a4_qkv_rope` serves the qkv projection `layer` of x (..., K): on the i8 workspace path
     (from I8W_MIN_M rows; below it the plain GEMM's fast tiles are swapped or split K, which a one-head
-    epilogue cannot use), heads of 32 to 256 channels; not where I8P_QKV sends it to i8p."""
+    epilogue cannot use), heads of 32 to 256 channels; not where I8P_QKV "1" sends it to i8p and the separate epilogue."""
     return (QKV_EPILOGUE and layer.out_features % 3 == 0 and head_dim in (32, 64, 128, 256)
             and layer.act_bits == 4 and path_for(x, layer, rows=x.numel() // x.shape[-1]) == "i8w"
-            and not (I8P_QKV and gluon_i8p_applies(x.reshape(-1, x.shape[-1]), layer)))
+            and not (I8P_QKV == "1" and gluon_i8p_applies(x.reshape(-1, x.shape[-1]), layer)))
 
 
 def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.Tensor, rope: torch.Tensor,
@@ -1653,13 +1654,25 @@ def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.T
         raise ValueError("w4a4_qkv_rope: q, k, v need contiguous channels")
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
-    path = path or path_for(x2, layer)
+    if path is None:
+        path = path_for(x2, layer)
+        if (path in ("i8", "i8w") and config is None and I8P_QKV == "fused" and c == 128
+                and gluon_i8p_applies(x2, layer)):
+            path = "i8p"
     wu = layer.weight_units()
-    if path not in ("i8", "i8w") or wu is None:
+    if path not in ("i8", "i8w", "i8p") or wu is None:
         raise ValueError(f"w4a4_qkv_rope: the epilogue is in the i8 GEMM (two-level scales), not {path!r}")
     if rope.stride(-1) != 1 or rope.shape[1] != n:
         rope = rope[:, :n].contiguous()
     qx, ux, lr = quantize_activations(x2, layer, i8=True)
+    if path == "i8p":     # Gluon, Hopper: kernels/i8_mainloop_gluon.py's `i8p_qkv`
+        try:
+            _gluon().i8p_qkv(qx, layer.qweight, layer.wscales, wu, ux, lr[0] if R else None, layer.lora_up,
+                             layer.bias, bias, scale_mul, rope, q, k, v, n, start)
+            return
+        except (CompilationError, OutOfResources, PTXASError) as e:
+            _i8p_failed(e)                  # the Triton GEMM with the epilogue, and no i8p from now on
+            path = path_for(x2, layer)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     args = (qx, ux, wq, layer.wscales, wu, lr if R else ux, layer.lora_up if R else layer.wscales,
             layer.bias if layer.bias is not None else bias, M, N, K, lr.shape[0] if R else 0, _bucket(M),

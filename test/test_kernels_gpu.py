@@ -667,7 +667,8 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
     """VAR_GEN_W4A4_GLUON_I8P (GLUON_I8P): `w4a4_linear`'s i8 and i8w calls of I8P_MIN_M-I8P_MAX_M rows go through
     `i8p_gemm` (counted), within 5e-4 of the Triton forward and 1e-3 of the reference, eagerly and replayed from a CUDA
     graph (twice, with new inputs: the split-K counters re-armed), fc1's GELU included; rows outside the range and calls
-    with a fixed Triton config do not; the qkv projection leaves its fused Triton GEMM for i8p only with I8P_QKV."""
+    with a fixed Triton config do not; the qkv projection leaves its GEMM with the epilogue inside only with I8P_QKV "1"
+    (for i8p and the separate epilogue; "fused" keeps the epilogue in the GEMM, i8p's)."""
     from kernels_under_test import gemm_module
     gm = gemm_module()
     glu = gm._gluon()
@@ -716,10 +717,9 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
     # the qkv projection (3584 -> 10752) keeps its Triton epilogue GEMM at 512 rows unless I8P_QKV sends it to i8p
     qkv = _layer(3584, 10752, False, seed=41)
     x = (torch.randn(2, 256, 3584, device="cuda") * 2).bfloat16()
-    monkeypatch.setattr(gm, "I8P_QKV", False)
-    assert gm.qkv_fusable(x, qkv, 128)
-    monkeypatch.setattr(gm, "I8P_QKV", True)
-    assert not gm.qkv_fusable(x, qkv, 128)
+    for mode, fusable in (("0", True), ("1", False), ("fused", True)):
+        monkeypatch.setattr(gm, "I8P_QKV", mode)
+        assert gm.qkv_fusable(x, qkv, 128) == fusable, mode
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
@@ -1191,6 +1191,49 @@ def test_qkv_epilogue_in_the_w4a4_gemm_matches_float64_and_holds_no_projection(m
                                lambda what, dt: 8e-3 if dt == torch.bfloat16 or name == "separate" else 1e-4)
     # the separate path holds the projection's (M, 3C) bf16 output besides what both hold
     assert extra["in_gemm"] + 0.95 * (B * n * 3 * H * c * 2) <= extra["separate"], extra
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+@pytest.mark.parametrize("n", [144, 1024])
+def test_the_qkv_epilogue_in_the_i8p_gemm_matches_float64(monkeypatch, n):
+    """VAR_GEN_W4A4_I8P_QKV=fused with GLUON_I8P: Infinity-8B's sa.mat_qkv (3584 -> 10752) through the model's dispatch
+    takes kernels/i8_mainloop_gluon.py's `i8p_qkv` (counted): the i8p GEMM with the attention's input epilogue in it
+    (bias, per-head norm, q's scale, RoPE, the scatter into last-scale buffers at an offset), a CFG slice of 144 and of
+    1024 tokens (288 and 2048 rows), vs float64 of the layer's dequantized product followed by the epilogue, with the
+    Triton GEMM-with-epilogue's tolerances (fresh inputs, poisoned buffers)."""
+    from kernels_under_test import assert_qkv_written, gemm_module, qkv_epilogue_float64
+    from var_gen_ros.quant import dispatch
+    from var_gen_ros.quant.int4 import fake_quant_int4
+    gm = gemm_module()
+    glu = gm._gluon()
+    calls = []
+    real = glu.i8p_qkv
+    monkeypatch.setattr(glu, "i8p_qkv", lambda *a, **k: (calls.append(a[0].shape[0]), real(*a, **k))[1])
+    monkeypatch.setattr(gm, "GLUON_I8P", True)
+    monkeypatch.setattr(gm, "I8P_QKV", "fused")
+    B, H, c, L, start = 2, 28, 128, 4096, 4096 - n
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    sa = _self_attention_8b(H, c).cuda()
+    sa.proj = sa.proj.bfloat16()
+    layer = sa.mat_qkv = _layer(3584, 3 * H * c, False, seed=n + 7)
+    x = (torch.randn(B, n, 3584, device="cuda") * 2).bfloat16()
+    x[..., torch.randint(3584, (4,))] *= 30
+    ang = torch.rand(n, c // 2, device="cuda") * 100
+    rope = torch.stack([ang.cos(), ang.sin()])
+    assert dispatch.w4a4_qkv_kernel(x, layer, c) is not None, dispatch.kernel_status()
+    with torch.no_grad():
+        xs = smooth_input(x.reshape(-1, 3584), layer.smooth)
+        y64 = fake_quant_int4(xs, layer.group).double() @ layer.dequantized_weight().double().t()
+        y64 += (xs.double() @ layer.lora_down.double()) @ layer.lora_up.double().t()
+        refs = qkv_epilogue_float64(y64.view(B, n, -1), sa, rope)
+        del xs, y64
+        q, k, v = sa.qkv_buffers(x, L, store=True)
+        for t in (q, k, v):
+            t.fill_(float("nan"))
+        sa.qkv_into(x, rope, q, k, v, start)
+        assert calls == [B * n], calls
+        assert_qkv_written((q, k, v), refs, start, n, lambda what, dt: 8e-3 if dt == torch.bfloat16 else 1e-4)
 
 
 def test_adaln_kernel_matches_float64_on_the_8b_width():

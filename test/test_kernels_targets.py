@@ -300,7 +300,8 @@ def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():
     when the loop stores its codes to shared memory with a wgmma group left in flight across its iterations (the loop's
     first form, forty-ninth session);
     no spill where the K is not split (the split's epilogue, 44 bytes at 64-128 rows swapped, is outside the loop).
-    The warp-specialized form too: its wgmma partition waits with one group in flight, under its register limit."""
+    The warp-specialized form too: its wgmma partition waits with one group in flight, under its register limit; and the
+    qkv projection's form with the attention's input epilogue in it (`i8p_qkv`), no spill."""
     import re
     glu = kernel_module("i8_mainloop_gluon")
     seen, swaps = set(), set()
@@ -326,6 +327,24 @@ def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():
         assert "setmaxnreg" in ptx and shared <= targets.SHARED_LIMIT[90], (M, N, K, tile, shared)
         assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx), (M, N, K, tile)
         assert not usage["wgmma_serialized"] and usage["spill_bytes"] <= 8, (M, N, K, tile, usage)
+    # the qkv projection's i8p GEMM with the attention's input epilogue in it (`i8p_qkv`: heads of 128)
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+    da, dp = glu.packed_descriptors(torch.empty(2048, 3584, dtype=torch.int8),
+                                    torch.empty(10752, 1792, dtype=torch.uint8), 128, 128, 128)
+    sig = dict(a_desc=mangle_type(da), p_desc=mangle_type(dp), sw_ptr="*bf16", wu_ptr="*fp32", ux_ptr="*fp32",
+               lr_ptr="*fp32", up_ptr="*bf16", b_ptr="*bf16", M="i32", N="i32", K="i32", QB="*fp32", SM="*fp32",
+               COS="*fp32", SIN="*fp32", QO="*bf16", KO="*fp32", VO="*fp32", NTOK="i32", START="i32", C="i32",
+               sr_l="i32", sq_b="i32", sq_h="i32", sq_l="i32", sk_b="i32", sk_h="i32", sk_l="i32",
+               HAS_BIAS="constexpr", HAS_LR="constexpr", R="constexpr", STAGES="constexpr", num_warps="constexpr")
+    src = GluonASTSource(glu._i8p_qkv_kernel, sig,
+                         constexprs=dict(HAS_BIAS=False, HAS_LR=True, R=32, STAGES=4, num_warps=8),
+                         attrs={(i,): [["tt.divisibility", 16]] for i in (2, 3, 4, 5, 6, 7, 8)})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    usage = targets._ptxas_usage(k.asm["ptx"], 90)
+    assert ".s32.s8.s8" in k.asm["ptx"] and int(k.metadata.shared) <= targets.SHARED_LIMIT[90]
+    assert not usage["wgmma_serialized"] and usage["spill_bytes"] == 0, usage
 
 
 def test_i8p_tile_fills_the_gpu_with_k_splits_only_where_the_tiles_leave_it_idle():

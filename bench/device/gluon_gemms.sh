@@ -13,7 +13,8 @@
 #   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM against Triton's and cuBLAS(Lt), ~2 min
 #   edge   the resident 1024² edge proof with the Triton GEMMs, with i8p (VAR_GEN_W4A4_GLUON_I8P=1), with its
 #          warp-specialized kernel (tag i8p_ws: VAR_GEN_W4A4_I8P_WS=1 too), with the qkv projection on i8p as well (tag
-#          i8p_qkv: VAR_GEN_W4A4_I8P_QKV=1, its epilogue as the separate kernel) and with the Gluon i8w GEMM
+#          i8p_qkv: VAR_GEN_W4A4_I8P_QKV=1, its epilogue as the separate kernel; tag i8p_qkvf: "fused", the epilogue
+#          in the i8p GEMM) and with the Gluon i8w GEMM
 #          (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (default "off i8p gluon_i8w"; ~2 min
 #          each warm; the first on a fresh machine also compiles: EDGE_S each)
 # Files in $OUT, packed into out.tgz.
@@ -54,7 +55,8 @@ i8w)
   ;;
 edge)
   for tag in ${EDGE_TAGS:-off i8p gluon_i8w}; do
-    p=0; w=0; s=0; v=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p_qkv*) p=1; v=1;; i8p*) p=1;; gluon*) w=1;; esac
+    p=0; w=0; s=0; v=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p_qkvf*) p=1; v=fused;; i8p_qkv*) p=1; v=1;; i8p*) p=1;;
+      gluon*) w=1;; esac
     VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
       timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
       --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
