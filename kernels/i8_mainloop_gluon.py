@@ -62,6 +62,14 @@ def _scale_pointers(sw_ptr, wu_ptr, off_n, N, K, k0, BN: gl.constexpr, GPS: gl.c
 
 
 @gluon.jit
+def _k_share(K, BK: gl.constexpr, SPLIT_K: gl.constexpr):
+    """(first K step, steps) of this program's share of K's BK-wide steps: program_id(2) of SPLIT_K (cdiv shares)."""
+    share = gl.cdiv(K // BK, SPLIT_K)
+    k0 = gl.program_id(2) * share
+    return k0, gl.minimum(share, K // BK - k0)
+
+
+@gluon.jit
 def _tile_sums(a_desc, w_desc, K, STAGES: gl.constexpr, INSTR_N: gl.constexpr, num_warps: gl.constexpr):
     """(acc, off_m, off_n): this program's tile's int32 sums a[off_m:+BM] · w[off_n:+BN]ᵀ over all of K, through a
     STAGES-deep ring of TMA tiles with one mbarrier each and one wgmma group left in flight."""
@@ -424,9 +432,7 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     BN: gl.constexpr = p_desc.block_type.shape[0]
     off_m = gl.program_id(0) * BM
     off_n = gl.program_id(1) * BN
-    share = gl.cdiv(K // BK, SPLIT_K)
-    k0 = gl.program_id(2) * share                          # this program's first K step
-    steps = gl.minimum(share, K // BK - k0)
+    k0, steps = _k_share(K, BK, SPLIT_K)
     acc = _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWAP, STAGES, INSTR_N, num_warps)
     _finish_tile(acc, off_m, off_n, ux_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, HAS_BIAS,
                  HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps)
@@ -626,9 +632,7 @@ def _i8p_ws_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr
     PW: gl.constexpr = p_desc.block_type.shape[1]
     off_m = gl.program_id(0) * BM
     off_n = gl.program_id(1) * BN
-    share = gl.cdiv(K // BK, SPLIT_K)
-    k0 = gl.program_id(2) * share
-    steps = gl.minimum(share, K // BK - k0)
+    k0, steps = _k_share(K, BK, SPLIT_K)
     a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
     p_s = gl.allocate_shared_memory(p_desc.dtype, [STAGES, BN, PW], p_desc.layout)
     w_s = gl.allocate_shared_memory(gl.int8, [WB, BN, BK], gl.NVMMASharedLayout.get_default_for([BN, BK], gl.int8))

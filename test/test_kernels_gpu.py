@@ -1149,22 +1149,18 @@ def test_qkv_epilogue_kernel_matches_float64_and_holds_less_memory():
     assert fused_extra <= 0.35 * ref_extra, (fused_extra, ref_extra)
 
 
-@pytest.mark.parametrize("n", [160, 1024, 2048])
-def test_qkv_epilogue_in_the_w4a4_gemm_matches_float64_and_holds_no_projection(monkeypatch, n):
-    """Infinity-8B's sa.mat_qkv quantized (3584 -> 10752), a CFG slice of n tokens written at an offset
-    into last-scale buffers through the model's dispatch (`SelfAttention.qkv_into`), which here takes the
-    GEMM with the epilogue in it: vs float64 of the layer's dequantized product followed by the epilogue
-    (fresh inputs, poisoned buffers), and the allocator's peak vs the separate path (the GEMM's bf16
-    output, then the epilogue kernel), which also still has to match."""
-    from kernels_under_test import assert_qkv_written, qkv_epilogue_float64
+def _qkv_case(B, n, seed):
+    """Infinity-8B's self-attention (28 heads of 128) with sa.mat_qkv quantized (3584 -> 10752), a CFG batch of n
+    tokens with a few outlier channels, RoPE angles, and float64 of the layer's dequantized product followed by the
+    epilogue: (sa, layer, x, rope, refs); the model's dispatch takes the GEMM with the epilogue in it."""
+    from kernels_under_test import qkv_epilogue_float64
     from var_gen_ros.quant import dispatch
     from var_gen_ros.quant.int4 import fake_quant_int4
-    B, H, c, L, start = 2, 28, 128, 4096, 4096 - n
+    H, c = 28, 128
     torch.manual_seed(torch.seed() % 2 ** 31)
-    sa = _self_attention_8b(H, c)
-    sa = sa.cuda()
+    sa = _self_attention_8b(H, c).cuda()
     sa.proj = sa.proj.bfloat16()                      # the attention (q's) dtype
-    layer = sa.mat_qkv = _layer(3584, 3 * H * c, False, seed=n)
+    layer = sa.mat_qkv = _layer(3584, 3 * H * c, False, seed=seed)
     x = (torch.randn(B, n, 3584, device="cuda") * 2).bfloat16()
     x[..., torch.randint(3584, (4,))] *= 30
     ang = torch.rand(n, c // 2, device="cuda") * 100
@@ -1175,7 +1171,21 @@ def test_qkv_epilogue_in_the_w4a4_gemm_matches_float64_and_holds_no_projection(m
         y64 = fake_quant_int4(xs, layer.group).double() @ layer.dequantized_weight().double().t()
         y64 += (xs.double() @ layer.lora_down.double()) @ layer.lora_up.double().t()
         refs = qkv_epilogue_float64(y64.view(B, n, -1), sa, rope)
-        del xs, y64
+    return sa, layer, x, rope, refs
+
+
+@pytest.mark.parametrize("n", [160, 1024, 2048])
+def test_qkv_epilogue_in_the_w4a4_gemm_matches_float64_and_holds_no_projection(monkeypatch, n):
+    """Infinity-8B's sa.mat_qkv quantized (3584 -> 10752), a CFG slice of n tokens written at an offset
+    into last-scale buffers through the model's dispatch (`SelfAttention.qkv_into`), which here takes the
+    GEMM with the epilogue in it: vs float64 of the layer's dequantized product followed by the epilogue
+    (fresh inputs, poisoned buffers), and the allocator's peak vs the separate path (the GEMM's bf16
+    output, then the epilogue kernel), which also still has to match."""
+    from kernels_under_test import assert_qkv_written
+    from var_gen_ros.quant import dispatch
+    B, L, start = 2, 4096, 4096 - n
+    sa, layer, x, rope, refs = _qkv_case(B, n, seed=n)
+    with torch.no_grad():
         q, k, v = sa.qkv_buffers(x, L, store=True)
         extra = {}
         for name in ("in_gemm", "separate"):
@@ -1202,9 +1212,7 @@ def test_the_qkv_epilogue_in_the_i8p_gemm_matches_float64(monkeypatch, n):
     (bias, per-head norm, q's scale, RoPE, the scatter into last-scale buffers at an offset), a CFG slice of 144 and of
     1024 tokens (288 and 2048 rows), vs float64 of the layer's dequantized product followed by the epilogue, with the
     Triton GEMM-with-epilogue's tolerances (fresh inputs, poisoned buffers)."""
-    from kernels_under_test import assert_qkv_written, gemm_module, qkv_epilogue_float64
-    from var_gen_ros.quant import dispatch
-    from var_gen_ros.quant.int4 import fake_quant_int4
+    from kernels_under_test import assert_qkv_written, gemm_module
     gm = gemm_module()
     glu = gm._gluon()
     calls = []
@@ -1212,22 +1220,9 @@ def test_the_qkv_epilogue_in_the_i8p_gemm_matches_float64(monkeypatch, n):
     monkeypatch.setattr(glu, "i8p_qkv", lambda *a, **k: (calls.append(a[0].shape[0]), real(*a, **k))[1])
     monkeypatch.setattr(gm, "GLUON_I8P", True)
     monkeypatch.setattr(gm, "I8P_QKV", "fused")
-    B, H, c, L, start = 2, 28, 128, 4096, 4096 - n
-    torch.manual_seed(torch.seed() % 2 ** 31)
-    sa = _self_attention_8b(H, c).cuda()
-    sa.proj = sa.proj.bfloat16()
-    layer = sa.mat_qkv = _layer(3584, 3 * H * c, False, seed=n + 7)
-    x = (torch.randn(B, n, 3584, device="cuda") * 2).bfloat16()
-    x[..., torch.randint(3584, (4,))] *= 30
-    ang = torch.rand(n, c // 2, device="cuda") * 100
-    rope = torch.stack([ang.cos(), ang.sin()])
-    assert dispatch.w4a4_qkv_kernel(x, layer, c) is not None, dispatch.kernel_status()
+    B, L, start = 2, 4096, 4096 - n
+    sa, layer, x, rope, refs = _qkv_case(B, n, seed=n + 7)
     with torch.no_grad():
-        xs = smooth_input(x.reshape(-1, 3584), layer.smooth)
-        y64 = fake_quant_int4(xs, layer.group).double() @ layer.dequantized_weight().double().t()
-        y64 += (xs.double() @ layer.lora_down.double()) @ layer.lora_up.double().t()
-        refs = qkv_epilogue_float64(y64.view(B, n, -1), sa, rope)
-        del xs, y64
         q, k, v = sa.qkv_buffers(x, L, store=True)
         for t in (q, k, v):
             t.fill_(float("nan"))
