@@ -1572,6 +1572,7 @@ def gluon_i8w_applies(x2: torch.Tensor, layer, lr) -> bool:
 GLUON_I8P = os.environ.get("VAR_GEN_W4A4_GLUON_I8P", "0") == "1"
 I8P_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MIN_M", "33"))
 I8P_MAX_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MAX_M", "2048"))
+I8P_FAILED = None       # why i8p turned itself off (`_i8p_failed`), for the diagnostics
 # VAR_GEN_W4A4_I8P_WS=1: i8p's warp-specialized kernel (a TMA warp, four warps making the codes, the wgmmas in the
 # kernel's own warps with one group in flight) instead of the one whose warps do both in turn
 I8P_WS = os.environ.get("VAR_GEN_W4A4_I8P_WS", "0") == "1"
@@ -1584,8 +1585,9 @@ I8P_QKV = os.environ.get("VAR_GEN_W4A4_I8P_QKV", "0")
 def _i8p_failed(e: Exception) -> None:
     """i8p could not compile or launch here (a Gluon compile error, more shared memory or registers than this GPU has):
     warned once, GLUON_I8P turned off for the process, so that the Triton GEMMs serve every later call."""
-    global GLUON_I8P
+    global GLUON_I8P, I8P_FAILED
     GLUON_I8P = False
+    I8P_FAILED = f"{type(e).__name__}: {str(e)[:200]}"
     warnings.warn(f"var_gen_ros: the Gluon i8p GEMM (VAR_GEN_W4A4_GLUON_I8P) failed on this GPU and is off from now on; "
                   f"the Triton GEMMs run: {type(e).__name__}: {str(e)[:300]}")
 

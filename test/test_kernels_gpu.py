@@ -726,7 +726,8 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
                     reason="wgmma and TMA: sm_90+")
 def test_an_i8p_launch_this_gpu_cannot_run_falls_back_to_the_triton_gemm_once(monkeypatch):
     """With GLUON_I8P on and an i8p launch that needs more shared memory than an SM has (a 128 x 512 tile: 262 KB),
-    `w4a4_linear` warns once, returns the Triton GEMM's output bit for bit, and turns i8p off for the later calls."""
+    `w4a4_linear` warns once, returns the Triton GEMM's output bit for bit, and turns i8p off for the later calls, which
+    the diagnostics' kernel status then says."""
     from kernels_under_test import gemm_module
     gm = gemm_module()
     glu = gm._gluon()
@@ -735,12 +736,15 @@ def test_an_i8p_launch_this_gpu_cannot_run_falls_back_to_the_triton_gemm_once(mo
     monkeypatch.setattr(gm, "GLUON_I8P", False)
     base = gm.w4a4_linear(x, layer)
     monkeypatch.setattr(gm, "GLUON_I8P", True)
+    monkeypatch.setattr(gm, "I8P_FAILED", None)
     monkeypatch.setattr(glu, "i8p_tile", lambda *a, **k: dict(swap=False, block_m=128, block_n=512, num_warps=8,
                                                                instr_n=128, split_k=1))
     with pytest.warns(UserWarning, match="i8p GEMM"):
         y = gm.w4a4_linear(x, layer)
     assert torch.equal(y, base) and gm.GLUON_I8P is False
     assert not gm.gluon_i8p_applies(x, layer)
+    from var_gen_ros.quant.dispatch import kernel_status
+    assert "i8p off after a failure (OutOfResources" in kernel_status(), kernel_status()
 
 
 @pytest.mark.parametrize("M", [32, 128, 256])

@@ -85,12 +85,6 @@ def _load():
                                    + _STATE["w4a4_path"])
         elif large.startswith("f16"):
             _STATE["w4a4_path"] += f"; fp16 mma on exactly dequantized operands from {gemm.F16_MIN_M} rows"
-        if torch.cuda.get_device_capability() >= (9, 0):     # the Gluon GEMMs asked for (off by default)
-            if gemm.GLUON_I8P:
-                _STATE["w4a4_path"] += (f"; {gemm.I8P_MIN_M}-{gemm.I8P_MAX_M} rows: Gluon i8p (packed codes made in "
-                                        f"the K loop, asynchronous wgmma)")
-            if gemm.GLUON_I8W:
-                _STATE["w4a4_path"] += "; i8w GEMM in Gluon (asynchronous wgmma)"
         attn = kernel_module("int8_kv_attention_triton")
         _STATE["attn_int8"], _STATE["kv_store_int8"] = attn.int8_kv_attention, attn.int8_kv_store
         _STATE["attn_int8_sdpa"] = attn.int8_kv_attention_sdpa
@@ -254,6 +248,21 @@ def kernel_status() -> str:
     return _kernel_status()
 
 
+def _gluon_status(gemm) -> str:
+    """The Gluon GEMMs asked for (off by default; Hopper only), as of now: i8p turns itself off after a launch this GPU
+    cannot run (`w4a4_gemm_triton._i8p_failed`)."""
+    if gemm is None or torch.cuda.get_device_capability() < (9, 0):
+        return ""
+    out = ""
+    if gemm.GLUON_I8P:
+        out += f"; {gemm.I8P_MIN_M}-{gemm.I8P_MAX_M} rows: Gluon i8p (packed codes made in the K loop, asynchronous wgmma)"
+    elif gemm.I8P_FAILED:
+        out += f"; Gluon i8p off after a failure ({gemm.I8P_FAILED})"
+    if gemm.GLUON_I8W:
+        out += "; i8w GEMM in Gluon (asynchronous wgmma)"
+    return out
+
+
 def _kernel_status() -> str:
     if _STATE["w4a4"] is None:
         return f"pytorch reference ({_STATE['reason']})"
@@ -272,7 +281,7 @@ def _kernel_status() -> str:
     if gemm is not None and getattr(gemm, "QUANT_CUDA_MAX_M", 0) > 0:
         small += (f"; its activations' quantizer up to {min(gemm.QUANT_CUDA_MAX_M, gemm.small_m.MAX_M)} rows cuda c++ "
                   f"(kernels/w4a4_quantize_small_m.cu: {gemm.small_m.build_status()})")
-    return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}){small}, int8-kv attention: triton "
+    return (f"w4a4 gemm: triton ({_STATE['w4a4_path']}){_gluon_status(gemm)}{small}, int8-kv attention: triton "
             f"(static scales, and its INT8 store; dynamic uses the reference{sdpa}), "
             "qkv epilogue, modulated LayerNorm, the INT4 text encoder's dequantization and the VAE's GroupNorm + "
             "SiLU: triton"
