@@ -4,7 +4,7 @@
 #          exact sums and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph; ~70 Gluon
 #          compiles, so up to TESTS_S = 420 s); a failure is fixed before anything is timed (on one, bench/i8p_debug.py
 #          saves small cases' inputs and outputs to $OUT, which bench/i8p_debug_analyze.py then reads on the CPU
-#          machine, trying models of wrong kernels)
+#          machine, trying models of wrong kernels); TESTS_K narrows them (e.g. "i8p and not warp_specialized")
 #   ws     the warp-specialized i8p's test apart, killed after WS_TESTS_S (a hand-over that never comes would hang)
 #   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-4096 rows, and the
 #          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. Three calls, each sent as soon as the one
@@ -27,7 +27,7 @@ for part in ${PART:-tests}; do
 case "$part" in
 tests)
   timeout ${TESTS_S:-420} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
-    -k "(gluon or i8p) and not warp_specialized" > "$OUT/gpu_tests_gluon.txt" 2>&1
+    -k "${TESTS_K:-(gluon or i8p) and not warp_specialized}" > "$OUT/gpu_tests_gluon.txt" 2>&1
   rc=$?; echo "tests rc $rc s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon.txt" | tail -6 | cut -c1-600
   [ "$rc" = 0 ] && touch "$OUT/.i8p_ok"
   # a failure: small i8p cases with their inputs and outputs saved (bench/i8p_debug.py), to study on the CPU machine
@@ -54,6 +54,7 @@ i8w)
   echo "i8w bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8_mainloop.txt" | cut -c1-400 | tail -10
   ;;
 edge)
+  case " ${PART:-tests} " in *" tests "*) [ -f "$OUT/.i8p_ok" ] || { echo "edge skipped: the tests failed"; continue; };; esac
   for tag in ${EDGE_TAGS:-off i8p gluon_i8w}; do
     p=0; w=0; s=0; v=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p_qkvf*) p=1; v=fused;; i8p_qkv*) p=1; v=1;; i8p*) p=1;;
       gluon*) w=1;; esac
