@@ -1,8 +1,8 @@
 # The Gluon GEMMs (kernels/i8_mainloop_gluon.py; built and compiled for sm_90 here, never yet run on a GPU) on one GPU
 # machine. PART, one or more of these in order:
-#   tests  every Gluon GPU test but the warp-specialized one (the i8w loop's exact sums, the i8w GEMM, the i8p GEMM's
-#          exact sums and whole forward on every 8B shape, both in `w4a4_linear` eagerly and in a CUDA graph; ~70 Gluon
-#          compiles, so up to TESTS_S = 420 s); a failure is fixed before anything is timed (on one, bench/i8p_debug.py
+#   tests  every Gluon GPU test but the warp-specialized one, in two families each under TESTS_S (210 s): the i8p
+#          GEMM's (exact sums and whole forward on every 8B shape, in `w4a4_linear` eagerly and in a CUDA graph, the
+#          fallback, the qkv form), then the i8w loop's and GEMM's; a pass leaves .i8p_ok / .i8w_ok in $OUT; a failure is fixed before anything is timed (on one, bench/i8p_debug.py
 #          saves small cases' inputs and outputs to $OUT, which bench/i8p_debug_analyze.py then reads on the CPU
 #          machine, trying models of wrong kernels); TESTS_K narrows them (e.g. "i8p and not warp_specialized")
 #   ws     the warp-specialized i8p's test apart, killed after WS_TESTS_S (a hand-over that never comes would hang)
@@ -16,7 +16,8 @@
 #          i8p_qkv: VAR_GEN_W4A4_I8P_QKV=1, its epilogue as the separate kernel; tag i8p_qkvf: "fused", the epilogue
 #          in the i8p GEMM) and with the Gluon i8w GEMM
 #          (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (default "off i8p gluon_i8w"; ~2 min
-#          each warm; the first on a fresh machine also compiles: EDGE_S each)
+#          each warm; the first on a fresh machine also compiles: EDGE_S each). Tag i8p_gluon_i8w takes both Gluon GEMMs
+#          (i8p to 2048 rows, i8w above); tag auto, after the tests part, whichever of the two passed its tests
 # Files in $OUT, packed into out.tgz.
 set -u
 source bench/device/autotune_carry.sh
@@ -26,12 +27,18 @@ build_extension
 for part in ${PART:-tests}; do
 case "$part" in
 tests)
-  timeout ${TESTS_S:-420} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
-    -k "${TESTS_K:-(gluon or i8p) and not warp_specialized}" > "$OUT/gpu_tests_gluon.txt" 2>&1
-  rc=$?; echo "tests rc $rc s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon.txt" | tail -6 | cut -c1-600
-  [ "$rc" = 0 ] && touch "$OUT/.i8p_ok"
-  # a failure: small i8p cases with their inputs and outputs saved (bench/i8p_debug.py), to study on the CPU machine
-  [ "$rc" != 0 ] && timeout 120 python3 bench/i8p_debug.py --out "$OUT" 2>&1 | grep -v -i warn | cut -c1-400
+  # two families, each gating its own use below: the i8p GEMM's tests (.i8p_ok), the i8w loop's and GEMM's (.i8w_ok)
+  for fam in i8p i8w; do
+    case $fam in i8p) k="i8p and not warp_specialized";; i8w) k="gluon and not i8p";; esac
+    timeout ${TESTS_S:-210} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py -k "${TESTS_K:-$k}" \
+      > "$OUT/gpu_tests_gluon_$fam.txt" 2>&1
+    rc=$?; echo "$fam tests rc $rc s $(( $(date +%s) - t0 ))"
+    grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_gluon_$fam.txt" | tail -6 | cut -c1-600
+    [ "$rc" = 0 ] && touch "$OUT/.${fam}_ok"
+    # an i8p failure: small cases with their inputs and outputs saved (bench/i8p_debug.py), studied on the CPU machine
+    [ "$rc" != 0 ] && [ $fam = i8p ] && timeout 120 python3 bench/i8p_debug.py --out "$OUT" 2>&1 | grep -v -i warn | cut -c1-400
+    [ -n "${TESTS_K:-}" ] && break
+  done
   ;;
 ws)
   # the warp-specialized i8p apart, under its own limit (a hand-over that never comes hangs instead of failing)
@@ -54,10 +61,13 @@ i8w)
   echo "i8w bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8_mainloop.txt" | cut -c1-400 | tail -10
   ;;
 edge)
-  case " ${PART:-tests} " in *" tests "*) [ -f "$OUT/.i8p_ok" ] || { echo "edge skipped: the tests failed"; continue; };; esac
   for tag in ${EDGE_TAGS:-off i8p gluon_i8w}; do
-    p=0; w=0; s=0; v=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p_qkvf*) p=1; v=fused;; i8p_qkv*) p=1; v=1;; i8p*) p=1;;
-      gluon*) w=1;; esac
+    if [ "$tag" = auto ]; then     # every Gluon GEMM whose tests passed in this call's tests part
+      tag=""; [ -f "$OUT/.i8p_ok" ] && tag=i8p; [ -f "$OUT/.i8w_ok" ] && tag="${tag:+${tag}_}gluon_i8w"
+      [ -z "$tag" ] && { echo "edge auto skipped: no Gluon GEMM passed its tests"; continue; }
+    fi
+    p=0; w=0; s=0; v=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p_qkvf*) p=1; v=fused;; i8p_qkv*) p=1; v=1;; i8p_gluon_i8w) p=1; w=1;;
+      i8p*) p=1;; gluon*) w=1;; esac
     VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
       timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
       --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
