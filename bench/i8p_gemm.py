@@ -7,8 +7,9 @@ CUDA-graph replay medians, µs; each i8p output checked against the Triton forwa
 
     python3 bench/i8p_gemm.py [--ms 32,72,128,288,512,1152,2048,4096] [--json out.json]
 
-(4096 rows, the last scales' slices, is above `I8P_MAX_M`: there "product with i8p" is the Triton path, and the i8p
-GEMM's own times say whether its range should grow.)
+"product (Triton ...)" is the Triton GEMMs alone (the Gluon i8w GEMM, the product's default from 513 rows on sm_90, off
+here: bench/i8_mainloop.py times it); "product with i8p" takes i8p at every row count asked for (`I8P_MAX_M` widened to
+the largest), so that the times say where its range should end.
 """
 import argparse
 import os
@@ -56,6 +57,8 @@ def main() -> int:
     from test_kernels_gpu import _layer
     gm = kernel_module("w4a4_gemm_triton")
     glu = gm._gluon()
+    gm.GLUON_I8W = False
+    gm.I8P_MAX_M = max(gm.I8P_MAX_M, max(int(m) for m in a.ms.split(",")))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for K, N, bias in BLOCK_SHAPES:

@@ -1,5 +1,5 @@
-"""The i8w GEMM written in Gluon (Triton's lower-level language), so that its INT8 wgmma runs asynchronously: a
-probe for whether the W4A4 GEMM can go faster on Hopper (forty-eighth session).
+"""The W4A4 GEMM's INT8 sums written in Gluon (Triton's lower-level language), so that its INT8 wgmma runs
+asynchronously on Hopper (forty-eighth and forty-ninth sessions; the product's default on sm_90 since the fiftieth).
 
 Why: Triton's pipeliner makes a Hopper dot "properly async" (one wgmma group left in flight while the next
 stage's loads and barrier waits are issued) only when the accumulator is float32 (Triton 3.6,
@@ -12,15 +12,18 @@ What it computes: `i8_mainloop`, the loop alone: y = bf16(float(a · wᵀ)) for 
 multiple of BLOCK_K, through host TMA descriptors and a STAGES-deep ring of shared-memory buffers with one mbarrier
 each (reference: `reference` below, the exact int32 sums, then the same roundings). `i8w_gemm`, the whole i8w GEMM
 after kernel 1: that loop, then `_w4a4_i8_kernel`'s epilogue in its LR_BF16 form (reference:
-`W4A4Linear.reference_forward`, and the Triton forward; test/test_kernels_gpu.py). Off in the product's dispatch
-until measured (`VAR_GEN_W4A4_GLUON`, `bench/i8_mainloop.py`).
+`W4A4Linear.reference_forward`, and the Triton forward; test/test_kernels_gpu.py). The product's i8w GEMM on sm_90
+from 513 rows (`VAR_GEN_W4A4_GLUON`; on an H100 the 1024² generation 7 % faster, docs/BENCHMARKS.md "Fiftieth
+session").
 
 `i8p_gemm` (forty-ninth session): the same integer sums on the layer's packed INT4 codes, no workspace: the next K
 step's codes made in registers while this step's wgmma runs, then stored to the shared-memory tile the next wgmma
 reads (the in-register i8 path's work, which Triton's loop does with every wgmma waited for), for the 33-2048 rows
 where the GEMM table is furthest behind bf16; swapped (the weights on the wgmma's M side) up to 128 rows, K split where
-the tiles leave SMs idle. `_i8p_ws_kernel` is its warp-specialized form (the codes made by warps of their own). Off
-until measured (`VAR_GEN_W4A4_GLUON_I8P`, `VAR_GEN_W4A4_I8P_WS`, `bench/i8p_gemm.py`, `bench/device/gluon_gemms.sh`).
+the tiles leave SMs idle. The product's GEMM on sm_90 for 33-288 rows (`VAR_GEN_W4A4_GLUON_I8P`; on an H100 the
+1024² scales of 72-288 rows 6-18 % faster with it, those of 800-2048 rows slower, `bench/i8p_gemm.py`,
+`bench/device/gluon_gemms.sh`). `_i8p_ws_kernel` is its warp-specialized form (the codes made by warps of their own),
+off (`VAR_GEN_W4A4_I8P_WS`; not yet run on a GPU).
 """
 from __future__ import annotations
 

@@ -1473,8 +1473,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         return y.reshape(*shape[:-1], N)
     if path == "i8p":     # Gluon, Hopper (kernels/i8_mainloop_gluon.py): the packed codes, made in its K loop
         glu = _gluon()
-        if glu is None or _arch_of(x2) < 90:
-            raise ValueError(f"the i8p path needs Gluon and an sm_90+ GPU (this one: sm_{_arch_of(x2)}, Gluon "
+        if glu is None or _arch_of(x2) != 90:
+            raise ValueError(f"the i8p path needs Gluon and an sm_90 GPU (this one: sm_{_arch_of(x2)}, Gluon "
                              f"{'missing' if glu is None else 'present'})")
         tile = config or dict(glu.i8p_tile(M, N, K, _sm_count(x.device)), ws=I8P_WS)
         split = tile.get("split_k", 1)
@@ -1488,12 +1488,15 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         except (CompilationError, OutOfResources, PTXASError) as e:
             if config is not None:          # a launch asked for explicitly: the caller's to handle
                 raise
-            _i8p_failed(e)                  # the Triton GEMM on the same codes, and no i8p from now on
+            _gluon_failed("i8p", e)                  # the Triton GEMM on the same codes, and no i8p from now on
             path = path_for(x2, layer)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "i8w" and config is None and gluon_i8w_applies(x2, layer, lr):
-        _gluon().i8w_gemm(q, wq, sx, wu, lr[0] if R else None, layer.lora_up, layer.bias, ACTIVATIONS[act], y)
-        return y.reshape(*shape[:-1], N)
+        try:
+            _gluon().i8w_gemm(q, wq, sx, wu, lr[0] if R else None, layer.lora_up, layer.bias, ACTIVATIONS[act], y)
+            return y.reshape(*shape[:-1], N)
+        except (CompilationError, OutOfResources, PTXASError) as e:
+            _gluon_failed("i8w", e)         # the Triton i8w GEMM below, and no Gluon i8w from now on
     if path == "fp8w":   # unpack the weights once into an e4m3 workspace (N, K): plain loads in the GEMM
         wq = torch.empty(N, K, dtype=torch.float8_e4m3fn, device=x.device)
         _UNPACK_FP8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, wq, N, K), dict(BLOCK_N=64, GROUP=GROUP))
@@ -1550,29 +1553,51 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
 
 
-# VAR_GEN_W4A4_GLUON=1: the i8w GEMM through kernels/i8_mainloop_gluon.py's `i8w_gemm` on Hopper (its INT8 wgmma
-# asynchronous, which Triton does not make int32-accumulating ones; forty-eighth session, not yet run on a GPU: off)
-GLUON_I8W = os.environ.get("VAR_GEN_W4A4_GLUON", "0") == "1"
+# The Gluon GEMMs (kernels/i8_mainloop_gluon.py) on Hopper (sm_90: wgmma, TMA), on by default there since the fiftieth
+# session's H100 run: their GPU tests pass, and in the resident 1024² edge proof (docs/BENCHMARKS.md, "Fiftieth
+# session") the i8w GEMM in Gluon took the generation from 0.942-0.946 s to 0.876 s, the scales of 800 rows and more
+# 8-10 % faster, those of 288 and 512 rows 2-5 % slower; i8p made the scales of 72-288 rows 6-18 % faster and those of
+# 800-2048 rows 20-29 % slower (512 rows: 2 % faster, but the 4608-row scale, whose second slice has 512, 2 % slower).
+# So each takes the rows where it won.
+# VAR_GEN_W4A4_GLUON (default 1): the i8w GEMM's calls of GLUON_I8W_MIN_M rows and more through `i8w_gemm` (its INT8
+# wgmma asynchronous, which Triton does not make int32-accumulating ones)
+GLUON_I8W = os.environ.get("VAR_GEN_W4A4_GLUON", "1") == "1"
+GLUON_I8W_MIN_M = int(os.environ.get("VAR_GEN_W4A4_GLUON_MIN_M", "513"))
+GLUON_FAILED = {}       # which Gluon GEMM turned itself off, and why (`_gluon_failed`), for the diagnostics
+
+
+def _gluon_failed(which: str, e: Exception) -> None:
+    """A Gluon GEMM ("i8w" or "i8p") could not compile or launch here (a Gluon compile error, more shared memory or
+    registers than this GPU has): warned once, turned off for the process, so that the Triton GEMMs serve every later
+    call."""
+    global GLUON_I8W, GLUON_I8P
+    if which == "i8w":
+        GLUON_I8W = False
+    else:
+        GLUON_I8P = False
+    GLUON_FAILED[which] = f"{type(e).__name__}: {str(e)[:200]}"
+    warnings.warn(f"var_gen_ros: the Gluon {which} GEMM failed on this GPU and is off from now on; the Triton GEMMs "
+                  f"run: {type(e).__name__}: {str(e)[:300]}")
 
 
 def gluon_i8w_applies(x2: torch.Tensor, layer, lr) -> bool:
-    """Whether `w4a4_linear`'s i8w call takes the Gluon GEMM: GLUON_I8W, sm_90+ (wgmma, TMA), K a multiple of its
-    128-wide K step, one low-rank partial, bf16 activations, scales and L_up (its epilogue's types)."""
-    return (GLUON_I8W and x2.is_cuda and _arch_of(x2) >= 90 and layer.in_features % 128 == 0
+    """Whether `w4a4_linear`'s i8w call takes the Gluon GEMM: GLUON_I8W, GLUON_I8W_MIN_M rows or more, sm_90 (wgmma,
+    TMA), K a multiple of its 128-wide K step, one low-rank partial, bf16 activations, scales and L_up (its epilogue's
+    types)."""
+    return (GLUON_I8W and x2.shape[0] >= GLUON_I8W_MIN_M and x2.is_cuda and _arch_of(x2) == 90
+            and layer.in_features % 128 == 0
             and (not layer.rank or lr.shape[0] == 1) and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
             and (layer.bias is None or layer.bias.dtype == torch.bfloat16) and _gluon() is not None)
 
 
-# VAR_GEN_W4A4_GLUON_I8P=1: the i8 and i8w calls of I8P_MIN_M to I8P_MAX_M rows through kernels/i8_mainloop_gluon.py's
-# `i8p_gemm` on Hopper instead: the INT8 wgmma on the packed weights, their codes made in the K loop into shared memory
-# while the previous step's wgmma runs (no workspace, no unpack kernel; forty-ninth session, compiled for sm_90 here, not
-# yet run on a GPU: off). The qkv projection's epilogue GEMM (from I8W_MIN_M rows, `qkv_fusable`) stays Triton's unless
-# I8P_QKV.
-GLUON_I8P = os.environ.get("VAR_GEN_W4A4_GLUON_I8P", "0") == "1"
+# VAR_GEN_W4A4_GLUON_I8P (default 1): the i8 and i8w calls of I8P_MIN_M to I8P_MAX_M rows through `i8p_gemm`: the
+# INT8 wgmma on the packed weights, their codes made in the K loop into shared memory while the previous step's wgmma
+# runs (no workspace, no unpack kernel). The qkv projection's epilogue GEMM (from I8W_MIN_M rows, `qkv_fusable`) stays
+# Triton's unless I8P_QKV.
+GLUON_I8P = os.environ.get("VAR_GEN_W4A4_GLUON_I8P", "1") == "1"
 I8P_MIN_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MIN_M", "33"))
-I8P_MAX_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MAX_M", "2048"))
-I8P_FAILED = None       # why i8p turned itself off (`_i8p_failed`), for the diagnostics
+I8P_MAX_M = int(os.environ.get("VAR_GEN_W4A4_I8P_MAX_M", "288"))
 # VAR_GEN_W4A4_I8P_WS=1: i8p's warp-specialized kernel (a TMA warp, four warps making the codes, the wgmmas in the
 # kernel's own warps with one group in flight) instead of the one whose warps do both in turn
 I8P_WS = os.environ.get("VAR_GEN_W4A4_I8P_WS", "0") == "1"
@@ -1582,21 +1607,11 @@ I8P_WS = os.environ.get("VAR_GEN_W4A4_I8P_WS", "0") == "1"
 I8P_QKV = os.environ.get("VAR_GEN_W4A4_I8P_QKV", "0")
 
 
-def _i8p_failed(e: Exception) -> None:
-    """i8p could not compile or launch here (a Gluon compile error, more shared memory or registers than this GPU has):
-    warned once, GLUON_I8P turned off for the process, so that the Triton GEMMs serve every later call."""
-    global GLUON_I8P, I8P_FAILED
-    GLUON_I8P = False
-    I8P_FAILED = f"{type(e).__name__}: {str(e)[:200]}"
-    warnings.warn(f"var_gen_ros: the Gluon i8p GEMM (VAR_GEN_W4A4_GLUON_I8P) failed on this GPU and is off from now on; "
-                  f"the Triton GEMMs run: {type(e).__name__}: {str(e)[:300]}")
-
-
 def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
-    """Whether `w4a4_linear`'s i8 / i8w call takes `i8p_gemm`: GLUON_I8P, I8P_MIN_M <= M <= I8P_MAX_M, sm_90+ (wgmma,
+    """Whether `w4a4_linear`'s i8 / i8w call takes `i8p_gemm`: GLUON_I8P, I8P_MIN_M <= M <= I8P_MAX_M, sm_90 (wgmma,
     TMA), K a multiple of its 128-wide K step, the packed codes 16-byte aligned (TMA), bf16 activations, L_up and bias
     (its epilogue's types). (Kernel 1 sums its low-rank partials into one: `quantize_activations`' reduce_lr.)"""
-    return (GLUON_I8P and I8P_MIN_M <= x2.shape[0] <= I8P_MAX_M and x2.is_cuda and _arch_of(x2) >= 90
+    return (GLUON_I8P and I8P_MIN_M <= x2.shape[0] <= I8P_MAX_M and x2.is_cuda and _arch_of(x2) == 90
             and layer.in_features % 128 == 0 and layer.qweight.data_ptr() % 16 == 0 and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
             and (layer.bias is None or layer.bias.dtype == torch.bfloat16) and _gluon() is not None)
@@ -1673,7 +1688,7 @@ def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.T
                              layer.bias, bias, scale_mul, rope, q, k, v, n, start)
             return
         except (CompilationError, OutOfResources, PTXASError) as e:
-            _i8p_failed(e)                  # the Triton GEMM with the epilogue, and no i8p from now on
+            _gluon_failed("i8p", e)                  # the Triton GEMM with the epilogue, and no i8p from now on
             path = path_for(x2, layer)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     args = (qx, ux, wq, layer.wscales, wu, lr if R else ux, layer.lora_up if R else layer.wscales,

@@ -1,4 +1,6 @@
 """Compiled kernels vs the PyTorch reference, on a GPU (skipped on the CPU; run by test/gpu/run.sh)."""
+import functools
+
 import pytest
 import torch
 
@@ -475,7 +477,7 @@ def test_the_gluon_i8_mainloop_gives_the_exact_sums_on_every_8b_shape():
 
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
                     reason="wgmma and TMA: sm_90+")
-def test_the_gluon_i8w_gemm_matches_the_triton_gemm_and_the_reference_on_every_8b_shape():
+def test_the_gluon_i8w_gemm_matches_the_triton_gemm_and_the_reference_on_every_8b_shape(monkeypatch):
     """kernels/i8_mainloop_gluon.py's whole i8w GEMM (its asynchronous INT8 K loop, then the units, the low-rank
     up-projection as two bf16 wgmmas, bias, fc1's GELU) on kernel 1's codes and the int8 weight workspace: within 1e-3
     of the layer's reference and within 5e-4 of the product's Triton i8w forward (the same integer sums; the low-rank
@@ -484,6 +486,7 @@ def test_the_gluon_i8w_gemm_matches_the_triton_gemm_and_the_reference_on_every_8
     from kernels_under_test import gemm_module
     from var_gen_ros.quant.dispatch import kernel_module
     gm, glu = gemm_module(), kernel_module("i8_mainloop_gluon")
+    monkeypatch.setattr(gm, "GLUON_I8W", False)          # the base: the Triton i8w GEMM
     torch.manual_seed(torch.seed() % 2 ** 31)
     for K, N, bias in SHAPES_8B:
         layer = _layer(K, N, bias, seed=K + N + 13)
@@ -679,7 +682,7 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
     for K, N, bias in ((3584, 3584, True), (3584, 14336, True), (14336, 3584, True)):
         layer = _layer(K, N, bias, seed=K + N + 31)
         act = "gelu_tanh" if N == 4 * K else None
-        for M in (72, 512):
+        for M in (72, gm.I8P_MAX_M):
             x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
             ref = layer.reference_forward(x, act).float()
             monkeypatch.setattr(gm, "GLUON_I8P", False)
@@ -711,12 +714,14 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
         calls.clear()
         x = (torch.randn(8, K, device="cuda") * 2).bfloat16()
         gm.w4a4_linear(x, layer, act=act)                  # 8 rows: below I8P_MIN_M
+        x = (torch.randn(gm.I8P_MAX_M + 1, K, device="cuda") * 2).bfloat16()
+        gm.w4a4_linear(x, layer, act=act)                  # above I8P_MAX_M
         x = (torch.randn(128, K, device="cuda") * 2).bfloat16()
         gm.w4a4_linear(x, layer, act=act, config=dict(BLOCK_M=64, BLOCK_N=128, SWAP=True))
         assert calls == [], calls
-    # the qkv projection (3584 -> 10752) keeps its Triton epilogue GEMM at 512 rows unless I8P_QKV sends it to i8p
+    # the qkv projection (3584 -> 10752) keeps its Triton epilogue GEMM at 288 rows unless I8P_QKV sends it to i8p
     qkv = _layer(3584, 10752, False, seed=41)
-    x = (torch.randn(2, 256, 3584, device="cuda") * 2).bfloat16()
+    x = (torch.randn(2, gm.I8P_MAX_M // 2, 3584, device="cuda") * 2).bfloat16()
     for mode, fusable in (("0", True), ("1", False), ("fused", True)):
         monkeypatch.setattr(gm, "I8P_QKV", mode)
         assert gm.qkv_fusable(x, qkv, 128) == fusable, mode
@@ -732,11 +737,11 @@ def test_an_i8p_launch_this_gpu_cannot_run_falls_back_to_the_triton_gemm_once(mo
     gm = gemm_module()
     glu = gm._gluon()
     layer = _layer(3584, 3584, True, seed=43)
-    x = (torch.randn(512, 3584, device="cuda") * 2).bfloat16()
+    x = (torch.randn(256, 3584, device="cuda") * 2).bfloat16()
     monkeypatch.setattr(gm, "GLUON_I8P", False)
     base = gm.w4a4_linear(x, layer)
     monkeypatch.setattr(gm, "GLUON_I8P", True)
-    monkeypatch.setattr(gm, "I8P_FAILED", None)
+    monkeypatch.setattr(gm, "GLUON_FAILED", {})
     monkeypatch.setattr(glu, "i8p_tile", lambda *a, **k: dict(swap=False, block_m=128, block_n=512, num_warps=8,
                                                                instr_n=128, split_k=1))
     with pytest.warns(UserWarning, match="i8p GEMM"):
@@ -745,6 +750,29 @@ def test_an_i8p_launch_this_gpu_cannot_run_falls_back_to_the_triton_gemm_once(mo
     assert not gm.gluon_i8p_applies(x, layer)
     from var_gen_ros.quant.dispatch import kernel_status
     assert "i8p off after a failure (OutOfResources" in kernel_status(), kernel_status()
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+def test_a_gluon_i8w_launch_this_gpu_cannot_run_falls_back_to_the_triton_gemm_once(monkeypatch):
+    """The same for the Gluon i8w GEMM (on by default on sm_90 since the fiftieth session): a launch in 6 stages of
+    128 x 256 (294 KB of shared memory) warns once, returns the Triton i8w GEMM's output bit for bit and turns the
+    Gluon i8w GEMM off, which the kernel status says."""
+    from kernels_under_test import gemm_module
+    gm = gemm_module()
+    glu = gm._gluon()
+    layer = _layer(3584, 3584, True, seed=47)
+    x = (torch.randn(1024, 3584, device="cuda") * 2).bfloat16()
+    monkeypatch.setattr(gm, "GLUON_I8W", False)
+    base = gm.w4a4_linear(x, layer, path="i8w")
+    monkeypatch.setattr(gm, "GLUON_I8W", True)
+    monkeypatch.setattr(gm, "GLUON_FAILED", {})
+    monkeypatch.setattr(glu, "i8w_gemm", functools.partial(glu.i8w_gemm, stages=6))
+    with pytest.warns(UserWarning, match="i8w GEMM"):
+        y = gm.w4a4_linear(x, layer, path="i8w")
+    assert torch.equal(y, base) and gm.GLUON_I8W is False
+    from var_gen_ros.quant.dispatch import kernel_status
+    assert "i8w off after a failure (OutOfResources" in kernel_status(), kernel_status()
 
 
 @pytest.mark.parametrize("M", [32, 128, 256])
@@ -1224,6 +1252,7 @@ def test_the_qkv_epilogue_in_the_i8p_gemm_matches_float64(monkeypatch, n):
     monkeypatch.setattr(glu, "i8p_qkv", lambda *a, **k: (calls.append(a[0].shape[0]), real(*a, **k))[1])
     monkeypatch.setattr(gm, "GLUON_I8P", True)
     monkeypatch.setattr(gm, "I8P_QKV", "fused")
+    monkeypatch.setattr(gm, "I8P_MAX_M", 2048)         # the kernel at 2048 rows too (the product's range ends lower)
     B, L, start = 2, 4096, 4096 - n
     sa, layer, x, rope, refs = _qkv_case(B, n, seed=n + 7)
     with torch.no_grad():
@@ -1445,9 +1474,10 @@ def test_int4_text_encoder_dequant_kernel_gives_the_reference_bits(n_in, n_out):
     assert torch.equal(y, y_ref)
 
 
-def test_the_products_calls_meet_the_shipped_picks():
+def test_the_products_calls_meet_the_shipped_picks(monkeypatch):
     """On a GPU model with a shipped table (kernels/tuned_picks.py) the dispatcher seeds the tuners, and a product
-    call's tuning key is one of the table's: the call adds no key to the tuner (no trial) and launches the pick."""
+    call's tuning key is one of the table's: the call adds no key to the tuner (no trial) and launches the pick (the
+    Triton i8w GEMM's: on sm_90 the product takes the Gluon one at these rows, here turned off)."""
     import os
     from var_gen_ros.quant import dispatch
     from var_gen_ros.quant.dispatch import kernel_module
@@ -1460,6 +1490,7 @@ def test_the_products_calls_meet_the_shipped_picks():
         pytest.skip(where)
     assert f"from {os.path.basename(where)}" in status, status
     mod = gemm_module()
+    monkeypatch.setattr(mod, "GLUON_I8W", False)
     tuner = tp.autotuners(mod)["_w4a4_i8_kernel"]
     seeded = [tuple(e["key"]) for e in table["picks"]["_w4a4_i8_kernel"] if e["key"][:4] == [2048, 3584, 3584, True]]
     assert seeded and all(k in tuner.cache for k in seeded)

@@ -17,7 +17,9 @@
 #          in the i8p GEMM) and with the Gluon i8w GEMM
 #          (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (default "off i8p gluon_i8w"; ~2 min
 #          each warm; the first on a fresh machine also compiles: EDGE_S each). Tag i8p_gluon_i8w takes both Gluon GEMMs
-#          (i8p to 2048 rows, i8w above); tag auto, after the tests part, whichever of the two passed its tests
+#          (as asked by VAR_GEN_W4A4_I8P_MAX_M / VAR_GEN_W4A4_GLUON_MIN_M, if set); tag default, the product's defaults
+#          (the same: i8p to 288 rows, the Gluon i8w GEMM from 513); tag off, the Triton GEMMs alone; tag auto, after the
+#          tests part, whichever of the two passed its tests
 # Files in $OUT, packed into out.tgz.
 set -u
 source bench/device/autotune_carry.sh
@@ -66,7 +68,7 @@ edge)
       tag=""; [ -f "$OUT/.i8p_ok" ] && tag=i8p; [ -f "$OUT/.i8w_ok" ] && tag="${tag:+${tag}_}gluon_i8w"
       [ -z "$tag" ] && { echo "edge auto skipped: no Gluon GEMM passed its tests"; continue; }
     fi
-    p=0; w=0; s=0; v=0; case "$tag" in i8p_ws*) p=1; s=1;; i8p_qkvf*) p=1; v=fused;; i8p_qkv*) p=1; v=1;; i8p_gluon_i8w) p=1; w=1;;
+    p=0; w=0; s=0; v=0; case "$tag" in default*) p=1; w=1;; i8p_ws*) p=1; s=1;; i8p_qkvf*) p=1; v=fused;; i8p_qkv*) p=1; v=1;; i8p_gluon_i8w) p=1; w=1;;
       i8p*) p=1;; gluon*) w=1;; esac
     VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
       timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \

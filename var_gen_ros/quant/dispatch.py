@@ -249,17 +249,22 @@ def kernel_status() -> str:
 
 
 def _gluon_status(gemm) -> str:
-    """The Gluon GEMMs asked for (off by default; Hopper only), as of now: i8p turns itself off after a launch this GPU
-    cannot run (`w4a4_gemm_triton._i8p_failed`)."""
-    if gemm is None or torch.cuda.get_device_capability() < (9, 0):
+    """The Gluon GEMMs (on by default on sm_90), as of now: each turns itself off after a launch this GPU cannot run
+    (`w4a4_gemm_triton._gluon_failed`)."""
+    if gemm is None or torch.cuda.get_device_capability() != (9, 0):
         return ""
+    failed = getattr(gemm, "GLUON_FAILED", {})
+    if (gemm.GLUON_I8P or gemm.GLUON_I8W) and gemm._gluon() is None:
+        return "; the Gluon GEMMs asked for, but this Triton has no Gluon"
     out = ""
     if gemm.GLUON_I8P:
         out += f"; {gemm.I8P_MIN_M}-{gemm.I8P_MAX_M} rows: Gluon i8p (packed codes made in the K loop, asynchronous wgmma)"
-    elif gemm.I8P_FAILED:
-        out += f"; Gluon i8p off after a failure ({gemm.I8P_FAILED})"
+    elif "i8p" in failed:
+        out += f"; Gluon i8p off after a failure ({failed['i8p']})"
     if gemm.GLUON_I8W:
-        out += "; i8w GEMM in Gluon (asynchronous wgmma)"
+        out += f"; i8w GEMM in Gluon from {gemm.GLUON_I8W_MIN_M} rows (asynchronous wgmma)"
+    elif "i8w" in failed:
+        out += f"; Gluon i8w off after a failure ({failed['i8w']})"
     return out
 
 
