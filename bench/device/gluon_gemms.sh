@@ -11,15 +11,16 @@
 #          before returns (the machine stays warm ~30 s): PART=tests, then PART="ws i8p" (the bench times the
 #          warp-specialized launches if their test passed in the same call, or with WS=1), then PART=edge
 #   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM against Triton's and cuBLAS(Lt), ~2 min
-#   edge   the resident 1024² edge proof with the Triton GEMMs, with i8p (VAR_GEN_W4A4_GLUON_I8P=1), with its
-#          warp-specialized kernel (tag i8p_ws: VAR_GEN_W4A4_I8P_WS=1 too), with the qkv projection on i8p as well (tag
-#          i8p_qkv: VAR_GEN_W4A4_I8P_QKV=1, its epilogue as the separate kernel; tag i8p_qkvf: "fused", the epilogue
-#          in the i8p GEMM) and with the Gluon i8w GEMM
-#          (VAR_GEN_W4A4_GLUON=1), each in its own process, EDGE_TAGS in that order (default "off i8p gluon_i8w"; ~2 min
-#          each warm; the first on a fresh machine also compiles: EDGE_S each). Tag i8p_gluon_i8w takes both Gluon GEMMs
-#          (as asked by VAR_GEN_W4A4_I8P_MAX_M / VAR_GEN_W4A4_GLUON_MIN_M, if set); tag default, the product's defaults
-#          (the same: i8p to 288 rows, the Gluon i8w GEMM from 513); tag off, the Triton GEMMs alone; tag auto, after the
-#          tests part, whichever of the two passed its tests
+#   edge   the resident 1024² edge proof, each EDGE_TAGS entry in its own process, in order (default "off i8p
+#          gluon_i8w"; ~1 min each warm, the first on a fresh machine also compiles: EDGE_S each). Tags: off, the
+#          Triton GEMMs alone; i8p, only i8p (VAR_GEN_W4A4_GLUON_I8P=1); gluon_i8w, only the Gluon i8w GEMM
+#          (VAR_GEN_W4A4_GLUON=1); default or i8p_gluon_i8w, both (the product's defaults on sm_90 since the fiftieth
+#          session: i8p to 288 rows, the Gluon i8w GEMM from 513, or as VAR_GEN_W4A4_I8P_MAX_M /
+#          VAR_GEN_W4A4_GLUON_MIN_M ask); i8p_ws, i8p_qkv, i8p_qkvf, both plus i8p's warp-specialized kernel
+#          (VAR_GEN_W4A4_I8P_WS=1), plus the qkv projection on i8p with its epilogue as the separate kernel
+#          (VAR_GEN_W4A4_I8P_QKV=1) or in the i8p GEMM ("fused"); auto, after the tests part, whichever of the two
+#          passed its tests; bf16, the bf16 pipeline (uncapped after its OOM under the cap), for the side-by-side ratio.
+#          A suffix tells repeats apart (default_b, off_b: the same settings)
 # Files in $OUT, packed into out.tgz.
 set -u
 source bench/device/autotune_carry.sh
@@ -68,14 +69,15 @@ edge)
       tag=""; [ -f "$OUT/.i8p_ok" ] && tag=i8p; [ -f "$OUT/.i8w_ok" ] && tag="${tag:+${tag}_}gluon_i8w"
       [ -z "$tag" ] && { echo "edge auto skipped: no Gluon GEMM passed its tests"; continue; }
     fi
-    p=0; w=0; s=0; v=0; case "$tag" in default*) p=1; w=1;; i8p_ws*) p=1; s=1;; i8p_qkvf*) p=1; v=fused;; i8p_qkv*) p=1; v=1;; i8p_gluon_i8w) p=1; w=1;;
+    p=0; w=0; s=0; v=0; case "$tag" in default*) p=1; w=1;; i8p_ws*) p=1; w=1; s=1;; i8p_qkvf*) p=1; w=1; v=fused;; i8p_qkv*) p=1; w=1; v=1;; i8p_gluon_i8w) p=1; w=1;;
       i8p*) p=1;; gluon*) w=1;; esac
+    mode=w4a4_kv8; case "$tag" in bf16*) mode=bf16;; esac
     VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
       timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
       --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
-      --text-encoder int4 --modes w4a4_kv8 --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1
+      --text-encoder int4 --modes $mode --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1
     echo "edge $tag rc $? s $(( $(date +%s) - t0 ))"; pkill -9 -f "[e]dge_proof.py --child"
-    grep -E "^w4a4|rror|new prompt" "$OUT/edge_$tag.txt" | tail -3
+    grep -E "^w4a4|^bf16|rror|new prompt through" "$OUT/edge_$tag.txt" | tail -3
   done
   ;;
 esac
