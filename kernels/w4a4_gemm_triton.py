@@ -1488,7 +1488,7 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         except (CompilationError, OutOfResources, PTXASError) as e:
             if config is not None:          # a launch asked for explicitly: the caller's to handle
                 raise
-            _gluon_failed("i8p", e)                  # the Triton GEMM on the same codes, and no i8p from now on
+            _gluon_failed("i8p", e)         # the Triton GEMM on the same codes, and no i8p from now on
             path = path_for(x2, layer)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "i8w" and config is None and gluon_i8w_applies(x2, layer, lr):
@@ -1688,7 +1688,7 @@ def w4a4_qkv_rope(x: torch.Tensor, layer, bias: torch.Tensor, scale_mul: torch.T
                              layer.bias, bias, scale_mul, rope, q, k, v, n, start)
             return
         except (CompilationError, OutOfResources, PTXASError) as e:
-            _gluon_failed("i8p", e)                  # the Triton GEMM with the epilogue, and no i8p from now on
+            _gluon_failed("i8p", e)         # the Triton GEMM with the epilogue, and no i8p from now on
             path = path_for(x2, layer)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     args = (qx, ux, wq, layer.wscales, wu, lr if R else ux, layer.lora_up if R else layer.wscales,

@@ -253,7 +253,7 @@ def _gluon_status(gemm) -> str:
     (`w4a4_gemm_triton._gluon_failed`)."""
     if gemm is None or torch.cuda.get_device_capability() != (9, 0):
         return ""
-    failed = getattr(gemm, "GLUON_FAILED", {})
+    failed = gemm.GLUON_FAILED
     if (gemm.GLUON_I8P or gemm.GLUON_I8W) and gemm._gluon() is None:
         return "; the Gluon GEMMs asked for, but this Triton has no Gluon"
     out = ""
