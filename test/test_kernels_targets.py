@@ -388,3 +388,20 @@ def test_the_i8p_failure_analyzer_names_a_planted_bug():
     for planted in ("nibbles swapped", "last K step left out", "codes 0-3 and 4-7 of a word swapped"):
         y = models[planted]
         assert share(an.models(dict(case))[planted], y) == 1.0 and share(models["correct"], y) < 0.2, planted
+
+
+def test_a_gluon_gemm_that_fails_turns_off_itself_alone_and_keeps_why(monkeypatch):
+    """`_gluon_failed` (a Gluon GEMM's launch could not compile or fit: on by default on sm_90): it warns, turns off
+    that GEMM and not the other, and keeps the reason the kernel status reports; the Triton GEMMs serve its calls."""
+    from triton.runtime.errors import OutOfResources
+    gm = kernel_module("w4a4_gemm_triton")
+    monkeypatch.setattr(gm, "GLUON_I8W", True)
+    monkeypatch.setattr(gm, "GLUON_I8P", True)
+    monkeypatch.setattr(gm, "GLUON_FAILED", {})
+    with pytest.warns(UserWarning, match="Gluon i8w GEMM failed on this GPU"):
+        gm._gluon_failed("i8w", OutOfResources(294912, 232448, "shared memory"))
+    assert gm.GLUON_I8W is False and gm.GLUON_I8P is True
+    assert list(gm.GLUON_FAILED) == ["i8w"] and gm.GLUON_FAILED["i8w"].startswith("OutOfResources: out of resource")
+    with pytest.warns(UserWarning, match="Gluon i8p GEMM failed"):
+        gm._gluon_failed("i8p", OutOfResources(262144, 232448, "shared memory"))
+    assert gm.GLUON_I8P is False and sorted(gm.GLUON_FAILED) == ["i8p", "i8w"]
