@@ -74,6 +74,7 @@ def main() -> int:
     sys.path.insert(0, os.path.join(ROOT, "test"))
     from test_kernels_gpu import _layer
     gm = kernel_module("w4a4_gemm_triton")
+    gm.GLUON_I8W = False           # "triton i8w forward": the Triton GEMM (the product's on sm_90 is the Gluon one)
     full = []
     for K, N, bias in BLOCK_SHAPES:
         layer = _layer(K, N, bias, 0)

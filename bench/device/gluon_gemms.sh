@@ -10,7 +10,8 @@
 #          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. Three calls, each sent as soon as the one
 #          before returns (the machine stays warm ~30 s): PART=tests, then PART="ws i8p" (the bench times the
 #          warp-specialized launches if their test passed in the same call, or with WS=1), then PART=edge
-#   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM against Triton's and cuBLAS(Lt), ~2 min
+#   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM (both tiles) against Triton's and cuBLAS(Lt) at I8W_MS rows
+#          (800, 2048, 8192: where the 128 x 256 tile leaves SMs idle, and issue 5's table), ~3 min
 #   edge   the resident 1024² edge proof, each EDGE_TAGS entry in its own process, in order (default "off i8p
 #          gluon_i8w"; ~1 min each warm, the first on a fresh machine also compiles: EDGE_S each). Tags: off, the
 #          Triton GEMMs alone; i8p, only i8p (VAR_GEN_W4A4_GLUON_I8P=1); gluon_i8w, only the Gluon i8w GEMM
@@ -59,7 +60,7 @@ i8p)
   echo "i8p bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8p_gemm.txt" | cut -c1-300 | tail -30
   ;;
 i8w)
-  timeout ${BENCH_S:-200} python3 bench/i8_mainloop.py --ms ${I8W_MS:-2048,4096} --json "$OUT/i8_mainloop.json" \
+  timeout ${BENCH_S:-200} python3 bench/i8_mainloop.py --ms ${I8W_MS:-800,2048,8192} --json "$OUT/i8_mainloop.json" \
     > "$OUT/i8_mainloop.txt" 2>&1
   echo "i8w bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8_mainloop.txt" | cut -c1-400 | tail -10
   ;;
