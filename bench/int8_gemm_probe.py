@@ -38,6 +38,7 @@ def main():
     a = ap.parse_args()
     tiles = {k: v for k, v in TILES.items() if not a.tiles or any(t in k for t in a.tiles.split(","))}
     mod = gemm_module()
+    mod.GLUON_I8W = False        # the Triton i8w GEMM's picks (on sm_90 the product's i8w calls from 513 rows are Gluon's)
     # the dispatcher's load seeds the tuners with the GPU model's shipped picks (kernels/tuned/), as in the product:
     # the default tuning's column is then the product's pick, with no trials
     from var_gen_ros.quant.dispatch import kernel_status, w4a4_kernel
