@@ -1,10 +1,11 @@
-# The Gluon GEMMs (kernels/i8_mainloop_gluon.py; built and compiled for sm_90 here, never yet run on a GPU) on one GPU
-# machine. PART, one or more of these in order:
-#   tests  every Gluon GPU test but the warp-specialized one, in two families each under TESTS_S (360 s; the i8p family's exact-sums test alone took ~170 s on an H100): the i8p
-#          GEMM's (exact sums and whole forward on every 8B shape, in `w4a4_linear` eagerly and in a CUDA graph, the
-#          fallback, the qkv form), then the i8w loop's and GEMM's; a pass leaves .i8p_ok / .i8w_ok in $OUT; a failure is fixed before anything is timed (on one, bench/i8p_debug.py
-#          saves small cases' inputs and outputs to $OUT, which bench/i8p_debug_analyze.py then reads on the CPU
-#          machine, trying models of wrong kernels); TESTS_K narrows them (e.g. "i8p and not warp_specialized")
+# The Gluon GEMMs (kernels/i8_mainloop_gluon.py; first run on an H100 in the fiftieth session, the default on sm_90
+# since) on one GPU machine. PART, one or more of these in order:
+#   tests  every Gluon GPU test but the warp-specialized one, in two families each under TESTS_S (360 s; the i8p
+#          family's exact-sums test alone took ~170 s on an H100): the i8p GEMM's (exact sums and whole forward on every
+#          8B shape, in `w4a4_linear` eagerly and in a CUDA graph, the fallback, the qkv form), then the i8w loop's and
+#          GEMM's; a pass leaves .i8p_ok / .i8w_ok in $OUT; a failure is fixed before anything is timed (on an i8p
+#          one, bench/i8p_debug.py saves small cases' inputs and outputs to $OUT, which bench/i8p_debug_analyze.py then
+#          reads on the CPU machine, trying models of wrong kernels); TESTS_K narrows them (e.g. "i8p and not warp_specialized")
 #   ws     the warp-specialized i8p's test apart, killed after WS_TESTS_S (a hand-over that never comes would hang)
 #   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-4096 rows, and the
 #          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. Three calls, each sent as soon as the one
@@ -70,8 +71,8 @@ edge)
       tag=""; [ -f "$OUT/.i8p_ok" ] && tag=i8p; [ -f "$OUT/.i8w_ok" ] && tag="${tag:+${tag}_}gluon_i8w"
       [ -z "$tag" ] && { echo "edge auto skipped: no Gluon GEMM passed its tests"; continue; }
     fi
-    p=0; w=0; s=0; v=0; case "$tag" in default*) p=1; w=1;; i8p_ws*) p=1; w=1; s=1;; i8p_qkvf*) p=1; w=1; v=fused;; i8p_qkv*) p=1; w=1; v=1;; i8p_gluon_i8w) p=1; w=1;;
-      i8p*) p=1;; gluon*) w=1;; esac
+    p=0; w=0; s=0; v=0; case "$tag" in default*|i8p_gluon_i8w) p=1; w=1;; i8p_ws*) p=1; w=1; s=1;;
+      i8p_qkvf*) p=1; w=1; v=fused;; i8p_qkv*) p=1; w=1; v=1;; i8p*) p=1;; gluon*) w=1;; esac
     mode=w4a4_kv8; case "$tag" in bf16*) mode=bf16;; esac
     VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
       timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
