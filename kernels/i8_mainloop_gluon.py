@@ -65,13 +65,6 @@ def _scale_pointers(sw_ptr, wu_ptr, off_n, N, K, k0, BN: gl.constexpr, GPS: gl.c
 
 
 @gluon.jit
-def _gdc_wait():
-    """griddepcontrol.wait: in a programmatic dependent launch (`pdl`), until the kernel before has ended and its
-    stores are visible; a no-op in a plain launch."""
-    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
 def _k_share(K, BK: gl.constexpr, SPLIT_K: gl.constexpr):
     """(first K step, steps) of this program's share of K's BK-wide steps: program_id(2) of SPLIT_K (cdiv shares)."""
     share = gl.cdiv(K // BK, SPLIT_K)
@@ -135,13 +128,10 @@ def _i8_mainloop_kernel(a_desc, w_desc, y_ptr, M, N, K, STAGES: gl.constexpr, IN
 @gluon.jit
 def _i8w_gemm_kernel(a_desc, w_desc, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, HAS_BIAS: gl.constexpr,
                      HAS_LR: gl.constexpr, R: gl.constexpr, ACT: gl.constexpr, STAGES: gl.constexpr,
-                     INSTR_N: gl.constexpr, num_warps: gl.constexpr, PDL: gl.constexpr = False):
+                     INSTR_N: gl.constexpr, num_warps: gl.constexpr):
     """The whole i8w forward after kernel 1: `_tile_sums`, then `_finish_tile` (`_w4a4_i8_kernel`'s epilogue in its
     sm_80-sm_89 form, LR_BF16: the rows' and columns' units, the low-rank up-projection as two bf16 wgmmas of the
-    float32 partial's high and low bf16 parts, bias, GELU-tanh (ACT 1), the bf16 store). PDL: a programmatic dependent
-    launch, which waits for the kernel before it (kernel 1 or the weight unpack) to end before anything else."""
-    if PDL:
-        _gdc_wait()
+    float32 partial's high and low bf16 parts, bias, GELU-tanh (ACT 1), the bf16 store)."""
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BN: gl.constexpr = w_desc.block_type.shape[0]
     acc, off_m, off_n = _tile_sums(a_desc, w_desc, K, STAGES, INSTR_N, num_warps)
@@ -178,11 +168,10 @@ def reference(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def i8w_gemm(q: torch.Tensor, wq: torch.Tensor, ux: torch.Tensor, uw: torch.Tensor, lr, up, bias, act: int = 0,
              y: torch.Tensor = None, block_m: int = 128, block_n: int = 256, block_k: int = 128, stages: int = 4,
-             num_warps: int = 8, pdl: bool = False) -> torch.Tensor:
+             num_warps: int = 8) -> torch.Tensor:
     """The i8w GEMM after kernel 1 (`w4a4_gemm_triton.quantize_activations(..., i8=True)` and the int8 weight
     workspace): q (M, K) int8, wq (N, K) int8, ux (M,) and uw (N,) float32, lr (M, R) float32 (one partial) or None,
-    up (N, R) bf16, bias (N,) bf16 or None, act 1 for GELU-tanh. y (M, N) bf16. `pdl`: launched as a programmatic
-    dependent launch (after a kernel that lets it start early: `w4a4_gemm_triton.PDL_CHAIN`)."""
+    up (N, R) bf16, bias (N,) bf16 or None, act 1 for GELU-tanh. y (M, N) bf16."""
     M, K = q.shape
     N = wq.shape[0]
     if K % block_k:
@@ -194,14 +183,8 @@ def i8w_gemm(q: torch.Tensor, wq: torch.Tensor, ux: torch.Tensor, uw: torch.Tens
     _i8w_gemm_kernel[grid](da, dw, ux, uw, lr if lr is not None else ux, up if lr is not None else y,
                            bias if bias is not None else y, y, M, N, K, HAS_BIAS=bias is not None,
                            HAS_LR=lr is not None, R=R, ACT=act, STAGES=stages, INSTR_N=min(block_n, 128),
-                           num_warps=num_warps, **_pdl_meta(pdl))
+                           num_warps=num_warps)
     return y
-
-
-def _pdl_meta(pdl: bool) -> dict:
-    """A Gluon GEMM's launch as a programmatic dependent launch, which its PDL constexpr then waits in; none else (the
-    plain launch's compiled kernel and key stay those without)."""
-    return dict(PDL=True, launch_pdl=True) if pdl else {}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -359,10 +342,9 @@ def _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr,
 
 @gluon.jit
 def _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWAP: gl.constexpr, STAGES: gl.constexpr,
-              INSTR_N: gl.constexpr, num_warps: gl.constexpr, PDL: gl.constexpr = False):
+              INSTR_N: gl.constexpr, num_warps: gl.constexpr):
     """The i8p tile's int32 sums over `steps` K steps from step k0 (`_i8p_gemm_kernel`'s loop): (BM, BN) in the int8
-    wgmma's accumulator layout, or (BN, BM) with SWAP. PDL: a programmatic dependent launch; the first stages' packed
-    codes (constant) are asked for before it waits for kernel 1's end, its x tiles after."""
+    wgmma's accumulator layout, or (BN, BM) with SWAP."""
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = p_desc.block_type.shape[0]
@@ -391,21 +373,11 @@ def _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWA
     else:
         acc = gl.zeros((BM, BN), dtype=gl.int32, layout=layout)
     nbytes: gl.constexpr = a_desc.block_type.nbytes + p_desc.block_type.nbytes
-    if PDL:     # each stage's barrier expects both tiles' bytes: the packed tiles now, the x tiles once kernel 1 ended
-        for p in gl.static_range(STAGES):
-            if p < steps:
-                mbarrier.expect(ready.index(p), nbytes)
-                tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + p) * PW], ready.index(p), p_s.index(p))
-        _gdc_wait()
-        for p in gl.static_range(STAGES):
-            if p < steps:
-                tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + p) * BK], ready.index(p), a_s.index(p))
-    else:
-        for p in gl.static_range(STAGES):                  # every stage's tiles in flight
-            if p < steps:
-                mbarrier.expect(ready.index(p), nbytes)
-                tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + p) * BK], ready.index(p), a_s.index(p))
-                tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + p) * PW], ready.index(p), p_s.index(p))
+    for p in gl.static_range(STAGES):                      # every stage's tiles in flight
+        if p < steps:
+            mbarrier.expect(ready.index(p), nbytes)
+            tma.async_copy_global_to_shared(a_desc, [off_m, (k0 + p) * BK], ready.index(p), a_s.index(p))
+            tma.async_copy_global_to_shared(p_desc, [off_n, (k0 + p) * PW], ready.index(p), p_s.index(p))
     s_next = gl.load(s_ptrs)
     mbarrier.wait(ready.index(0), 0)
     w_words.store(_step_codes(p_s.index(0).load(packed), s_next, inv_uw, BN, GPS, CW, unpack, packed3))
@@ -450,7 +422,7 @@ def _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWA
 def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
                      SWAP: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr,
                      ACT: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr, INSTR_N: gl.constexpr,
-                     num_warps: gl.constexpr, PDL: gl.constexpr = False):
+                     num_warps: gl.constexpr):
     """y = the W4A4 layer's output for kernel 1's q·m (M, K) int8 and the layer's packed codes (N, K/2), read as int32
     words (N, K/8): per K step the x tile (BM, BK) and the packed weight tile (BN, BK/8 words) arrive by TMA into a
     STAGES-deep ring; the threads make the weight tile's int8 q·m (`_step_codes`, each thread one row's 64-code
@@ -464,8 +436,7 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     off_m = gl.program_id(0) * BM
     off_n = gl.program_id(1) * BN
     k0, steps = _k_share(K, BK, SPLIT_K)
-    acc = _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWAP, STAGES, INSTR_N, num_warps,
-                    PDL)
+    acc = _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWAP, STAGES, INSTR_N, num_warps)
     _finish_tile(acc, off_m, off_n, ux_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, HAS_BIAS,
                  HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps)
 
@@ -727,14 +698,13 @@ def packed_descriptors(q: torch.Tensor, qweight: torch.Tensor, block_m: int, blo
 
 def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: torch.Tensor, ux: torch.Tensor, lr,
              up, bias, act: int = 0, y: torch.Tensor = None, tile: dict = None, ws: torch.Tensor = None,
-             cnt: torch.Tensor = None, block_k: int = 128, stages: int = 4, pdl: bool = False) -> torch.Tensor:
+             cnt: torch.Tensor = None, block_k: int = 128, stages: int = 4) -> torch.Tensor:
     """The W4A4 layer's GEMM after kernel 1 (`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on its packed
     codes, no workspace: q (M, K) int8, qweight (N, K/2) uint8, wscales (N, K/64) bf16 (two-level: u_w · m), uw (N,)
     and ux (M,) float32 units, lr (M, R) float32 (one partial) or None, up (N, R) bf16, bias (N,) bf16 or None, act 1
     for GELU-tanh; `tile` overrides `i8p_tile` (with "ws": True, the warp-specialized kernel; "stages", "maxnreg" the
     ring's depth and a register limit). With a K split, ws (at least split_k · M · N int32) and cnt (zeroed
-    int32 counters, one per tile, left zeroed) are made here unless given. y (M, N) bf16. `pdl`: launched as a
-    programmatic dependent launch (`w4a4_gemm_triton.PDL_CHAIN`; not the warp-specialized kernel)."""
+    int32 counters, one per tile, left zeroed) are made here unless given. y (M, N) bf16."""
     M, K = q.shape
     N = qweight.shape[0]
     if K % block_k or qweight.shape[1] * 2 != K:
@@ -758,9 +728,9 @@ def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: 
     if t.get("ws"):
         _i8p_ws_kernel[grid](*args, **meta, **ws_meta(t))
     elif t.get("maxnreg"):       # a register limit, e.g. for two programs an SM
-        _i8p_gemm_kernel[grid](*args, **meta, maxnreg=t["maxnreg"], **_pdl_meta(pdl))
+        _i8p_gemm_kernel[grid](*args, **meta, maxnreg=t["maxnreg"])
     else:
-        _i8p_gemm_kernel[grid](*args, **meta, **_pdl_meta(pdl))
+        _i8p_gemm_kernel[grid](*args, **meta)
     return y
 
 

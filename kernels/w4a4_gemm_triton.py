@@ -182,13 +182,10 @@ def _row_group(x_ptr, smooth_ptr, down_ptr, big, lr, rows, mask, cols, r, K, R: 
 @triton.jit
 def _row_amax(x_ptr, smooth_ptr, part_ptr, down_ptr, lr_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, BLOCK_M: tl.constexpr,
               GROUP: tl.constexpr, INV_SMOOTH: tl.constexpr = False, R: tl.constexpr = 16, HAS_LR: tl.constexpr = False,
-              LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False, SIGNAL: tl.constexpr = False):
+              LR_PREC: tl.constexpr = "ieee", REDUCE: tl.constexpr = False):
     """The first pass of the two-level scales: max |x · (1/λ)| (as the reference) per row over
     this program's K split, stored to part_ptr (S, M); kernel 1 takes the max over the splits. With HAS_LR
-    (LR_ROW_PASS) it also makes the low-rank partials in kernel 1's place, from the same loads. SIGNAL (PDL_CHAIN):
-    kernel 1 after it, a programmatic dependent launch, may start as this grid's programs start."""
-    if SIGNAL:
-        tl.extra.cuda.gdc_launch_dependents()
+    (LR_ROW_PASS) it also makes the low-rank partials in kernel 1's place, from the same loads."""
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -240,15 +237,10 @@ def _quantize_group(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr, rows, mask, g
 def _quantize_act(x_ptr, smooth_ptr, down_ptr, q_ptr, s_ptr, lr_ptr, part_ptr, lrsum_ptr, cnt_ptr, M, K, GPS, S, INV7,
                   LDQ, R: tl.constexpr, HAS_LR: tl.constexpr, MQ: tl.constexpr, BLOCK_M: tl.constexpr,
                   GROUP: tl.constexpr, LR_PREC: tl.constexpr = "ieee", FP8: tl.constexpr = False,
-                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False,
-                  WAIT: tl.constexpr = False):
-    if SIGNAL:   # the GEMM after it is a programmatic dependent launch (sm_90: the i8s GEMM, kernels/w4a4_small_m.cu;
-        # with PDL_CHAIN the Gluon ones): it may start now, fetch its weights and wait for this grid's end before
-        # reading what it writes
+                  REDUCE: tl.constexpr = False, INV_SMOOTH: tl.constexpr = False, SIGNAL: tl.constexpr = False):
+    if SIGNAL:   # the i8s GEMM after it is a programmatic dependent launch (sm_90, kernels/w4a4_small_m.cu): it may
+        # start now, fetch its weights into the L2 and wait for this grid's end before reading what it writes
         tl.extra.cuda.gdc_launch_dependents()
-    if WAIT:     # itself a programmatic dependent launch after the row pass (PDL_CHAIN): nothing is read or written
-        # before the row pass's grid has ended and its stores are visible
-        tl.extra.cuda.gdc_wait()
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     G = K // GROUP
@@ -658,14 +650,9 @@ def _weight_mult(sw_ptrs, inv_u):
 
 
 @triton.jit
-def _unpack_weight_i8(w_ptr, sw_ptr, wu_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GROUP: tl.constexpr,
-                      PDL: tl.constexpr = False):
+def _unpack_weight_i8(w_ptr, sw_ptr, wu_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
     """Packed INT4 (N, K/2) with two-level scales -> int8 q·m (N, K), one group per program column (the
-    large-M workspace of the i8 path). PDL (PDL_CHAIN): a programmatic dependent launch after kernel 1 that lets the
-    GEMM after it start early too; it reads the weights (constant) before waiting for kernel 1's grid to end, and
-    stores only after (its workspace may reuse memory a kernel before it still uses)."""
-    if PDL:
-        tl.extra.cuda.gdc_launch_dependents()
+    large-M workspace of the i8 path)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     g = tl.program_id(1)
     j = tl.arange(0, GROUP // 2)
@@ -673,10 +660,8 @@ def _unpack_weight_i8(w_ptr, sw_ptr, wu_ptr, out_ptr, N, K, BLOCK_N: tl.constexp
     packed = tl.load(w_ptr + rn[:, None] * (K // 2) + (g * (GROUP // 2) + j)[None, :], mask=rn[:, None] < N, other=0)
     inv_u = 1.0 / tl.load(wu_ptr + rn % N)
     mult = _weight_mult(sw_ptr + (rn % N) * (K // GROUP) + g, inv_u)
-    codes = _codes_i8(packed, mult, BLOCK_N, GROUP)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-    tl.store(out_ptr + rn[:, None] * K + (g * GROUP + c)[None, :], codes, mask=rn[:, None] < N)
+    tl.store(out_ptr + rn[:, None] * K + (g * GROUP + c)[None, :], _codes_i8(packed, mult, BLOCK_N, GROUP),
+             mask=rn[:, None] < N)
 
 
 @triton.jit
@@ -1162,8 +1147,7 @@ def inv_smooth(layer) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None,
-                         chain: bool = False):
+                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -1175,8 +1159,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
     override the defaults (tests, benchmarks), as does `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets
-    a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1). `chain` (sm_90,
-    `pdl_chain`): kernel 1 is itself a programmatic dependent launch after its row pass, and signals the next launch."""
+    a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
@@ -1203,20 +1186,17 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
     lr_args = (layer.lora_down if R else x2, lr if R else sx, lrsum if reduce else part, cnt)
     lr_meta = dict(R=R if R else 16, HAS_LR=bool(R), LR_PREC=lr_prec, REDUCE=reduce)
-    # (the default call's launch keys and compiled kernels are those without the PDL constexprs)
-    row_chain = {"SIGNAL": True} if chain else {}
     if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
         _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
-                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta, **row_chain))
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
         lr_meta = dict(lr_meta, HAS_LR=False, REDUCE=False)
     else:
         _ROW_AMAX(grid, (x2, smooth, part, part, part, part, part, M, K, gps, S),
-                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps, **row_chain))
+                  dict(BLOCK_M=BM, GROUP=GROUP, INV_SMOOTH=inv, num_warps=warps))
     _QUANTIZE(grid, (x2, smooth, lr_args[0], q, sx, lr_args[1], part, lr_args[2], cnt, M, K, gps, S, INV_QMAX, K),
               dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, **lr_meta,
-                   **({"SIGNAL": True} if signal or chain else {}),
-                   **({"WAIT": True, "launch_pdl": True} if chain else {})))
+                   **({"SIGNAL": True} if signal else {})))
     return q, sx, (lrsum if reduce else lr)
 
 
@@ -1431,10 +1411,9 @@ def _weights_version(layer) -> tuple:
     return (layer.qweight.data_ptr(), layer.qweight._version, layer.wscales.data_ptr(), layer.wscales._version)
 
 
-def _i8_workspace(layer, wu: torch.Tensor, chain: bool = False) -> torch.Tensor:
+def _i8_workspace(layer, wu: torch.Tensor) -> torch.Tensor:
     """The weights' q·m once into an int8 workspace (N, K): plain loads in the GEMM. Freed after the call, or
-    kept for the layer's next calls inside `workspaces_kept` (remade if its weights changed). `chain`: the unpack is
-    a programmatic dependent launch after kernel 1 (`pdl_chain`)."""
+    kept for the layer's next calls inside `workspaces_kept` (remade if its weights changed)."""
     spaces = getattr(_KEPT, "spaces", None)
     if spaces is not None:
         kept = spaces.get(id(layer))
@@ -1443,7 +1422,7 @@ def _i8_workspace(layer, wu: torch.Tensor, chain: bool = False) -> torch.Tensor:
     N, K = layer.out_features, layer.in_features
     wq = torch.empty(N, K, dtype=torch.int8, device=layer.qweight.device)
     _UNPACK_I8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, layer.wscales, wu, wq, N, K),
-               dict(BLOCK_N=64, GROUP=GROUP, **({"PDL": True, "launch_pdl": True} if chain else {})))
+               dict(BLOCK_N=64, GROUP=GROUP))
     if spaces is not None:
         spaces[id(layer)] = (layer, _weights_version(layer), wq)
     return wq
@@ -1481,14 +1460,13 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     if path == "i8s" and not small_m.supports(M, layer, x.dtype):
         raise ValueError(f"the i8s path takes 1-{small_m.MAX_M} rows, K % 64 == 0, N % 32 == 0 and one 16-bit dtype "
                          f"for x, scales, L_up and bias (M {M}, {K} -> {N}, x {x.dtype}, scales {layer.wscales.dtype})")
-    chain = path in ("i8p", "i8w") and pdl_chain(x2)
     if i8 and path not in ("i8w", "i8p") and M <= QUANT_CUDA_MAX_M and small_m.quantize_supports(x2, layer) \
             and small_m.extension() is not None:
         q, sx, lr = small_m.quantize(x2, layer, inv_smooth(layer), INV_QMAX)
     else:
         # (the default call's launch key and compiled kernel are those without `signal`)
         q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8,
-                                         signal=path == "i8s" and small_m.pdl_for(x2.device), chain=chain)
+                                         signal=path == "i8s" and small_m.pdl_for(x2.device))
     if path == "i8s":   # CUDA C++ (kernels/w4a4_small_m.cu); `config` may fix {"warps", "splits"}
         config = config or {}
         small_m.w4a4_small_m(q, sx, layer, wu, lr, y, ACTIVATIONS[act], config.get("warps"), config.get("splits"))
@@ -1505,18 +1483,17 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
             if split > 1 else None
         try:
             glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, sx, lr[0] if R else None, layer.lora_up, layer.bias,
-                         ACTIVATIONS[act], y, tile=tile, ws=ws, cnt=cnt, pdl=chain)
+                         ACTIVATIONS[act], y, tile=tile, ws=ws, cnt=cnt)
             return y.reshape(*shape[:-1], N)
         except (CompilationError, OutOfResources, PTXASError) as e:
             if config is not None:          # a launch asked for explicitly: the caller's to handle
                 raise
             _gluon_failed("i8p", e)         # the Triton GEMM on the same codes, and no i8p from now on
             path = path_for(x2, layer)
-    wq = _i8_workspace(layer, wu, chain) if path == "i8w" else layer.qweight
+    wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "i8w" and config is None and gluon_i8w_applies(x2, layer, lr):
         try:
-            _gluon().i8w_gemm(q, wq, sx, wu, lr[0] if R else None, layer.lora_up, layer.bias, ACTIVATIONS[act], y,
-                              pdl=chain)
+            _gluon().i8w_gemm(q, wq, sx, wu, lr[0] if R else None, layer.lora_up, layer.bias, ACTIVATIONS[act], y)
             return y.reshape(*shape[:-1], N)
         except (CompilationError, OutOfResources, PTXASError) as e:
             _gluon_failed("i8w", e)         # the Triton i8w GEMM below, and no Gluon i8w from now on
@@ -1640,19 +1617,11 @@ def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
             and (layer.bias is None or layer.bias.dtype == torch.bfloat16) and _gluon() is not None)
 
 
-# VAR_GEN_W4A4_PDL_CHAIN=1 (sm_90; fifty-first session, not yet timed, so off): the W4A4 layer's kernels after its row
-# pass as programmatic dependent launches on the i8p and i8w paths: kernel 1, the weight unpack and the Gluon GEMM each
-# start while the kernel before runs (the one before lets it as its programs start) and wait for that kernel's end
-# (griddepcontrol.wait) before they read its output or store anything; the unpack reads its weights and the i8p GEMM
-# fetches its first stages' packed codes by TMA before that wait. What it may save: each launch's start behind the
-# kernel before (the small scales' kernels take a few µs each, about the launch's own gap), and the first weight reads
-# (the i8s GEMM's prefetch made its layers 6-19 % faster at 2-8 rows, twenty-sixth session). The same bits.
-PDL_CHAIN = os.environ.get("VAR_GEN_W4A4_PDL_CHAIN", "0") == "1"
-
-
-def pdl_chain(x2: torch.Tensor) -> bool:
-    """Whether `w4a4_linear`'s i8p / i8w calls on x2 chain their kernels as programmatic dependent launches."""
-    return PDL_CHAIN and x2.is_cuda and _arch_of(x2) == 90
+# (The layer's kernels after its row pass were also chained as programmatic dependent launches, fifty-first session, at
+# 91f6e30: kernel 1, the weight unpack and the Gluon GEMMs each started while the kernel before ran and waited for its
+# end; i8p fetched its first packed tiles before that wait. The same bits, but on an H100 a block's four layers were
+# 3.6-5.5 % slower at 72-128 rows (i8p), 1.4-2.4 % faster at 288-800 and 1.8-2.5 % slower at 1152-2048, and the
+# resident 1024² edge proof 0.919 s against 0.902 s. Removed; docs/BENCHMARKS.md keeps its figures.)
 
 
 @functools.lru_cache(maxsize=None)

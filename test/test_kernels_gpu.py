@@ -727,57 +727,6 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
         assert gm.qkv_fusable(x, qkv, 128) == fusable, mode
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
-                    reason="the Gluon GEMMs' programmatic dependent launches: sm_90")
-def test_the_pdl_chain_gives_the_same_bits_eager_and_in_a_cuda_graph(monkeypatch):
-    """PDL_CHAIN (VAR_GEN_W4A4_PDL_CHAIN): kernel 1, the weight unpack and the Gluon GEMMs as programmatic dependent
-    launches, each waiting for the kernel before it. An FFN's three layers (3584², fc1 with GELU, fc2) at the rows of
-    i8p (72, 288), of the Triton i8w GEMM (512) and of the Gluon one (800, 2048) give the same bits as without the
-    chain: eagerly, back to back twenty times with no synchronization between (a kernel reading before the one before
-    it ended would show), and replayed from a CUDA graph with new inputs. The chain's launches were taken (kernel 1's
-    launch key has launch_pdl)."""
-    from kernels_under_test import gemm_module
-    gm = gemm_module()
-    torch.manual_seed(torch.seed() % 2 ** 31)
-    layers = [(_layer(3584, 3584, True, seed=51), None), (_layer(3584, 14336, True, seed=52), "gelu_tanh"),
-              (_layer(14336, 3584, True, seed=53), None)]
-
-    def ffn(x):
-        for layer, act in layers:
-            x = gm.w4a4_linear(x, layer, act=act)
-        return x
-
-    for M in (72, 288, 512, 800, 2048):
-        xs = [(torch.randn(M, 3584, device="cuda") * 2).bfloat16() for _ in range(3)]
-        monkeypatch.setattr(gm, "PDL_CHAIN", False)
-        base = [ffn(x) for x in xs]
-        monkeypatch.setattr(gm, "PDL_CHAIN", True)
-        outs = [ffn(xs[i % 3]) for i in range(20)]
-        torch.cuda.synchronize()
-        for i, y in enumerate(outs):
-            assert torch.equal(y, base[i % 3]), (M, i)
-        with gm.workspaces_kept():          # the large scales' slices: the unpack only on a layer's first call
-            kept = [ffn(xs[i % 3]) for i in range(6)]
-        for i, y in enumerate(kept):
-            assert torch.equal(y, base[i % 3]), (M, "kept", i)
-        xin = xs[0].clone()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            ffn(xin)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out = ffn(xin)
-        for i in (1, 2, 0):
-            xin.copy_(xs[i])
-            out.fill_(float("nan"))
-            g.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(out, base[i]), (M, "graph", i)
-    assert any(("launch_pdl", True) in key for key in gm._QUANTIZE.cache), "kernel 1 was never a dependent launch"
-
-
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
                     reason="wgmma and TMA: sm_90+")
 def test_an_i8p_launch_this_gpu_cannot_run_falls_back_to_the_triton_gemm_once(monkeypatch):

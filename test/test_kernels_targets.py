@@ -4,7 +4,6 @@ spills, is `bench/target_compile.py` (docs/BENCHMARKS.md)."""
 from __future__ import annotations
 
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -213,80 +212,6 @@ def test_the_swar_code_unpack_builds_for_the_orin_with_fewer_loop_instructions()
         assert shared(swar) == shared(base), (v.name, base, swar)
         assert swar["mma.sync"] == base["mma.sync"] > 0, (v.name, base, swar)
         assert sum(swar.values()) <= 0.7 * sum(base.values()), (v.name, sum(base.values()), sum(swar.values()))
-
-
-def test_the_pdl_chain_kernels_wait_for_the_kernel_before_them_before_they_store_or_read_its_output():
-    """PDL_CHAIN's launches (VAR_GEN_W4A4_PDL_CHAIN), compiled for sm_90 here: the row pass lets kernel 1 start early
-    (launch_dependents, no wait); kernel 1 waits (griddepcontrol.wait) and lets the next launch start; the weight
-    unpack loads its packed codes, then waits, then stores; the Gluon i8w GEMM waits before its first TMA load; the i8p
-    GEMM asks for its first packed tiles, then waits, then for the x tiles, with the registers and spills of its plain
-    launch. Each with launch_pdl in its metadata; the plain variants have no griddepcontrol at all."""
-    import triton as _triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-    target = GPUTarget("cuda", 90, 32)
-
-    def triton_ptx(prefix, extra, pdl):
-        v = next(x for x in targets.variants(90) if x.name.startswith(prefix))
-        k = _triton.compile(ASTSource(fn=v.kernel, signature=v.signature(),
-                                      constexprs=dict(v.constexprs, **(extra if pdl else {})), attrs=v.attrs()),
-                            target=target, options={"num_warps": v.num_warps, "num_stages": v.num_stages,
-                                                    "launch_pdl": pdl})
-        assert k.metadata.launch_pdl == pdl
-        return k.asm["ptx"]
-
-    counts = lambda ptx: (ptx.count("griddepcontrol.wait"), ptx.count("griddepcontrol.launch_dependents"))
-    for prefix, extra, chained in (("quantize_act[MQ=True,REDUCE=True", dict(SIGNAL=True, WAIT=True), (1, 1)),
-                                   ("row_amax", dict(SIGNAL=True), (0, 1)), ("unpack_weight_i8", dict(PDL=True), (1, 1))):
-        assert counts(triton_ptx(prefix, extra, False)) == (0, 0), prefix
-        ptx = triton_ptx(prefix, extra, True)
-        assert counts(ptx) == chained, (prefix, counts(ptx))
-        if prefix == "unpack_weight_i8":
-            assert ptx.find("ld.global") < ptx.find("griddepcontrol.wait") < ptx.find("st.global")
-
-    glu = kernel_module("i8_mainloop_gluon")
-    da, dw = glu.descriptors(torch.empty(1024, 3584, dtype=torch.int8), torch.empty(3584, 3584, dtype=torch.int8),
-                             128, 256, 128)
-    sig = dict(a_desc=mangle_type(da), w_desc=mangle_type(dw), ux_ptr="*fp32", uw_ptr="*fp32", lr_ptr="*fp32",
-               up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", M="i32", N="i32", K="i32", HAS_BIAS="constexpr",
-               HAS_LR="constexpr", R="constexpr", ACT="constexpr", STAGES="constexpr", INSTR_N="constexpr",
-               num_warps="constexpr", PDL="constexpr")
-    for pdl in (False, True):
-        src = GluonASTSource(glu._i8w_gemm_kernel, sig, constexprs=dict(HAS_BIAS=True, HAS_LR=True, R=32, ACT=0,
-                                                                         STAGES=4, INSTR_N=128, num_warps=8, PDL=pdl),
-                             attrs={(i,): [["tt.divisibility", 16]] for i in (2, 3, 4, 5, 6, 7, 9, 10)})
-        k = _triton.compile(src, target=target, options={"num_warps": 8, "launch_pdl": pdl})
-        ptx = k.asm["ptx"]
-        wait, first_tma = ptx.find("griddepcontrol.wait"), ptx.find("cp.async.bulk.tensor")
-        assert k.metadata.launch_pdl == pdl and (0 <= wait < first_tma if pdl else wait == -1), pdl
-
-    for M, N, K in ((72, 3584, 3584), (288, 14336, 3584)):
-        tile = glu.i8p_tile(M, N, K, 132)
-        da, dp = glu.packed_descriptors(torch.empty(M, K, dtype=torch.int8), torch.empty(N, K // 2, dtype=torch.uint8),
-                                        tile["block_m"], tile["block_n"], 128)
-        sig = dict(a_desc=mangle_type(da), p_desc=mangle_type(dp), sw_ptr="*bf16", wu_ptr="*fp32", ux_ptr="*fp32",
-                   lr_ptr="*fp32", up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", ws_ptr="*i32", cnt_ptr="*i32",
-                   M="i32", N="i32", K="i32", SWAP="constexpr", HAS_BIAS="constexpr", HAS_LR="constexpr",
-                   R="constexpr", ACT="constexpr", SPLIT_K="constexpr", STAGES="constexpr", INSTR_N="constexpr",
-                   num_warps="constexpr", PDL="constexpr")
-        usage = {}
-        for pdl in (False, True):
-            cx = dict(SWAP=tile["swap"], HAS_BIAS=True, HAS_LR=True, R=32, ACT=1, SPLIT_K=tile["split_k"], STAGES=4,
-                      INSTR_N=tile["instr_n"], num_warps=tile["num_warps"], PDL=pdl)
-            src = GluonASTSource(glu._i8p_gemm_kernel, sig, constexprs=cx,
-                                 attrs={(i,): [["tt.divisibility", 16]] for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13)})
-            k = _triton.compile(src, target=target, options={"num_warps": tile["num_warps"], "launch_pdl": pdl})
-            ptx = k.asm["ptx"]
-            usage[pdl] = targets._ptxas_usage(ptx, 90)
-            wait = ptx.find("griddepcontrol.wait")
-            tmas = [m.start() for m in re.finditer(r"cp\.async\.bulk\.tensor", ptx)]
-            if pdl:     # the packed tiles asked for before the wait, the x tiles after
-                assert any(t < wait for t in tmas) and any(t > wait for t in tmas), (M, N, K)
-            else:
-                assert wait == -1
-        assert usage[True] == usage[False], (M, N, K, usage)
 
 
 def test_the_i8_gemm_loop_waits_for_every_wgmma_in_triton_and_keeps_one_in_flight_in_gluon():

@@ -11,8 +11,6 @@
 #          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. Three calls, each sent as soon as the one
 #          before returns (the machine stays warm ~30 s): PART=tests, then PART="ws i8p" (the bench times the
 #          warp-specialized launches if their test passed in the same call, or with WS=1), then PART=edge
-#   pdl    PDL_CHAIN: its GPU test (the same bits, eager and in a CUDA graph), then bench/pdl_chain.py (a block's four
-#          layers at 32-2048 rows, chain off / on side by side), ~2-3 min
 #   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM (both tiles) against Triton's and cuBLAS(Lt) at I8W_MS rows
 #          (800, 2048, 8192: where the 128 x 256 tile leaves SMs idle, and issue 5's table), ~3 min
 #   edge   the resident 1024² edge proof, each EDGE_TAGS entry in its own process, in order (default "off i8p
@@ -24,8 +22,7 @@
 #          (VAR_GEN_W4A4_I8P_WS=1), plus the qkv projection on i8p with its epilogue as the separate kernel
 #          (VAR_GEN_W4A4_I8P_QKV=1) or in the i8p GEMM ("fused"); auto, after the tests part, whichever of the two
 #          passed its tests; bf16, the bf16 pipeline (uncapped after its OOM under the cap), for the side-by-side ratio.
-#          A suffix tells repeats apart (default_b, off_b: the same settings); one with _pdl turns PDL_CHAIN on
-#          (default_pdl, default_pdl_b)
+#          A suffix tells repeats apart (default_b, off_b: the same settings)
 # Files in $OUT, packed into out.tgz.
 set -u
 source bench/device/autotune_carry.sh
@@ -63,15 +60,6 @@ i8p)
     --json "$OUT/i8p_gemm.json" > "$OUT/i8p_gemm.txt" 2>&1
   echo "i8p bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8p_gemm.txt" | cut -c1-300 | tail -30
   ;;
-pdl)
-  # PDL_CHAIN (fifty-first session): its bit-for-bit test, then a block's four layers side by side, chain off / on
-  timeout ${PDL_TESTS_S:-240} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py -k pdl_chain \
-    > "$OUT/gpu_tests_pdl_chain.txt" 2>&1
-  rc=$?; echo "pdl tests rc $rc s $(( $(date +%s) - t0 ))"; grep -E "passed|failed|Error|assert" "$OUT/gpu_tests_pdl_chain.txt" | tail -6 | cut -c1-600
-  [ "$rc" = 0 ] && touch "$OUT/.pdl_ok"
-  timeout ${BENCH_S:-200} python3 bench/pdl_chain.py --json "$OUT/pdl_chain.json" > "$OUT/pdl_chain.txt" 2>&1
-  echo "pdl bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/pdl_chain.txt" | cut -c1-400 | tail -12
-  ;;
 i8w)
   timeout ${BENCH_S:-200} python3 bench/i8_mainloop.py --ms ${I8W_MS:-800,2048,8192} --json "$OUT/i8_mainloop.json" \
     > "$OUT/i8_mainloop.txt" 2>&1
@@ -86,8 +74,7 @@ edge)
     p=0; w=0; s=0; v=0; case "$tag" in default*|i8p_gluon_i8w) p=1; w=1;; i8p_ws*) p=1; w=1; s=1;;
       i8p_qkvf*) p=1; w=1; v=fused;; i8p_qkv*) p=1; w=1; v=1;; i8p*) p=1;; gluon*) w=1;; esac
     mode=w4a4_kv8; case "$tag" in bf16*) mode=bf16;; esac
-    c=0; case "$tag" in *_pdl*) c=1;; esac       # default_pdl: PDL_CHAIN on (VAR_GEN_W4A4_PDL_CHAIN)
-    VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w VAR_GEN_W4A4_PDL_CHAIN=$c \
+    VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
       timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
       --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
       --text-encoder int4 --modes $mode --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1

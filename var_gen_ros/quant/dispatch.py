@@ -265,8 +265,6 @@ def _gluon_status(gemm) -> str:
         out += f"; i8w GEMM in Gluon from {gemm.GLUON_I8W_MIN_M} rows (asynchronous wgmma)"
     elif "i8w" in failed:
         out += f"; Gluon i8w off after a failure ({failed['i8w']})"
-    if gemm.PDL_CHAIN:
-        out += "; their kernels after the row pass chained as programmatic dependent launches"
     return out
 
 
