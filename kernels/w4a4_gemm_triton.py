@@ -1580,11 +1580,34 @@ def _gluon_failed(which: str, e: Exception) -> None:
                   f"run: {type(e).__name__}: {str(e)[:300]}")
 
 
+_HOST = threading.local()       # .bound: inside host_bound()
+
+
+@contextlib.contextmanager
+def host_bound():
+    """Inside, the W4A4 calls are eager launches whose time is the host's, not the GPU's (the per-prompt condition
+    layers: 40 text K/V projections of a few dozen rows, run once per prompt outside any CUDA graph), so the Gluon
+    GEMMs stay off: a Gluon launch binds its arguments and encodes two TMA descriptors on the host each call, where the
+    Triton GEMMs go through the direct launcher (kernels/launch.py). On an H100 the 1024² edge proof's condition stage
+    took 10.3 ms with the Triton GEMMs alone and 14.5 and 22.9 ms with i8p (fifty-first session; bf16 4-5 ms). Calls
+    captured into a CUDA graph are not host-bound and take them as usual. Nests; per thread."""
+    outer = getattr(_HOST, "bound", False)
+    _HOST.bound = True
+    try:
+        yield
+    finally:
+        _HOST.bound = outer
+
+
+def _host_bound() -> bool:
+    return getattr(_HOST, "bound", False)
+
+
 def gluon_i8w_applies(x2: torch.Tensor, layer, lr) -> bool:
     """Whether `w4a4_linear`'s i8w call takes the Gluon GEMM: GLUON_I8W, GLUON_I8W_MIN_M rows or more, sm_90 (wgmma,
     TMA), K a multiple of its 128-wide K step, one low-rank partial, bf16 activations, scales and L_up (its epilogue's
-    types)."""
-    return (GLUON_I8W and x2.shape[0] >= GLUON_I8W_MIN_M and x2.is_cuda and _arch_of(x2) == 90
+    types); not inside `host_bound`."""
+    return (GLUON_I8W and not _host_bound() and x2.shape[0] >= GLUON_I8W_MIN_M and x2.is_cuda and _arch_of(x2) == 90
             and layer.in_features % 128 == 0
             and (not layer.rank or lr.shape[0] == 1) and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
@@ -1610,8 +1633,9 @@ I8P_QKV = os.environ.get("VAR_GEN_W4A4_I8P_QKV", "0")
 def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
     """Whether `w4a4_linear`'s i8 / i8w call takes `i8p_gemm`: GLUON_I8P, I8P_MIN_M <= M <= I8P_MAX_M, sm_90 (wgmma,
     TMA), K a multiple of its 128-wide K step, the packed codes 16-byte aligned (TMA), bf16 activations, L_up and bias
-    (its epilogue's types). (Kernel 1 sums its low-rank partials into one: `quantize_activations`' reduce_lr.)"""
-    return (GLUON_I8P and I8P_MIN_M <= x2.shape[0] <= I8P_MAX_M and x2.is_cuda and _arch_of(x2) == 90
+    (its epilogue's types); not inside `host_bound`. (Kernel 1 sums its low-rank partials into one:
+    `quantize_activations`' reduce_lr.)"""
+    return (GLUON_I8P and not _host_bound() and I8P_MIN_M <= x2.shape[0] <= I8P_MAX_M and x2.is_cuda and _arch_of(x2) == 90
             and layer.in_features % 128 == 0 and layer.qweight.data_ptr() % 16 == 0 and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
             and (layer.bias is None or layer.bias.dtype == torch.bfloat16) and _gluon() is not None)

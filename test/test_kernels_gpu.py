@@ -727,6 +727,36 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
         assert gm.qkv_fusable(x, qkv, 128) == fusable, mode
 
 
+def test_host_bound_calls_take_the_triton_gemms_with_their_bits(monkeypatch):
+    """Inside `host_bound` (the eager per-prompt condition layers), `w4a4_linear` takes neither Gluon GEMM: at 72 rows
+    (i8p's range) and 800 rows (the Gluon i8w GEMM's) its output is the Triton GEMMs' bit for bit and no Gluon launch is
+    counted; outside, the same calls take them again (on sm_90, where they are on)."""
+    from kernels_under_test import gemm_module
+    gm = gemm_module()
+    glu = gm._gluon()
+    calls = []
+    if glu is not None:
+        for name in ("i8p_gemm", "i8w_gemm"):
+            real = getattr(glu, name)
+            monkeypatch.setattr(glu, name, lambda *a, real=real, name=name, **k: (calls.append(name), real(*a, **k))[1])
+    layer = _layer(2048, 7168, False, seed=61)        # ca.mat_kv, the condition's layer
+    shipped = gm.GLUON_I8P, gm.GLUON_I8W
+    for M in (72, 800):
+        x = (torch.randn(M, 2048, device="cuda") * 2).bfloat16()
+        monkeypatch.setattr(gm, "GLUON_I8P", False)
+        monkeypatch.setattr(gm, "GLUON_I8W", False)
+        base = gm.w4a4_linear(x, layer)
+        monkeypatch.setattr(gm, "GLUON_I8P", shipped[0])
+        monkeypatch.setattr(gm, "GLUON_I8W", shipped[1])
+        calls.clear()
+        with gm.host_bound():
+            y = gm.w4a4_linear(x, layer)
+        assert calls == [] and torch.equal(y, base), (M, calls)
+        gm.w4a4_linear(x, layer)
+        if torch.cuda.get_device_capability() == (9, 0) and glu is not None and all(shipped):
+            assert calls == ["i8p_gemm" if M <= gm.I8P_MAX_M else "i8w_gemm"], (M, calls)
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
                     reason="wgmma and TMA: sm_90+")
 def test_an_i8p_launch_this_gpu_cannot_run_falls_back_to_the_triton_gemm_once(monkeypatch):

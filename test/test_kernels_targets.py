@@ -405,3 +405,34 @@ def test_a_gluon_gemm_that_fails_turns_off_itself_alone_and_keeps_why(monkeypatc
     with pytest.warns(UserWarning, match="Gluon i8p GEMM failed"):
         gm._gluon_failed("i8p", OutOfResources(262144, 232448, "shared memory"))
     assert gm.GLUON_I8P is False and sorted(gm.GLUON_FAILED) == ["i8p", "i8w"]
+
+
+def test_the_condition_layers_run_host_bound_and_the_gluon_gemms_stay_off_there(monkeypatch, tiny_bundle):
+    """The per-prompt condition (`encode_condition`: a text K/V projection per block, eager) runs its blocks' text K/V
+    layers inside `host_bound` (kernels/w4a4_gemm_triton.py), where the Gluon GEMMs stay off (their launches cost the
+    host more than the Triton GEMMs': fifty-first session); the flag nests and is restored after, also after an
+    error."""
+    from var_gen_ros.infinity import Generator
+    from var_gen_ros.quant import dispatch
+    gm = kernel_module("w4a4_gemm_triton")
+    assert not gm._host_bound()
+    with gm.host_bound():
+        with gm.host_bound():
+            assert gm._host_bound()
+        assert gm._host_bound()
+    assert not gm._host_bound()
+    with pytest.raises(RuntimeError):
+        with gm.host_bound():
+            raise RuntimeError("a failed projection")
+    assert not gm._host_bound()
+
+    gen = Generator.from_bundle(tiny_bundle)
+    # on the CPU the dispatch's context is a no-op: the kernels' own, to see where the model enters it
+    monkeypatch.setattr(dispatch, "w4a4_host_bound", lambda x: gm.host_bound())
+    seen = []
+    for b in gen.model.blocks:
+        real = b.ca.text_kv
+        monkeypatch.setattr(b.ca, "text_kv", lambda t, real=real: (seen.append(gm._host_bound()), real(t))[1])
+    feats, mask = gen.encode_text("a red circle", None, use_cfg=True)
+    gen.model.encode_condition(feats, mask)
+    assert seen == [True] * len(gen.model.blocks) and not gm._host_bound()

@@ -384,9 +384,12 @@ class Infinity(nn.Module):
         t = self.text_norm(text.to(dt))
         cond_BD = self.text_proj_for_sos(t, text_mask).float()
         kv_in = self.text_proj_for_ca(t)
+        from ..quant.dispatch import w4a4_host_bound     # (lazy: quant imports this package)
         lin = self.shared_ada_lin[1]
         cond_gss = _linear(F.silu(cond_BD), lin).float().view(-1, 1, 6, self.cfg.embed_dim)
-        text_kv = [b.ca.text_kv(kv_in) for b in self.blocks]
+        # once per prompt, eagerly: 40 small launches a layer apart, whose time is the host's
+        with w4a4_host_bound(kv_in):
+            text_kv = [b.ca.text_kv(kv_in) for b in self.blocks]
         return cond_BD, cond_gss, text_kv
 
     def uncond_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:

@@ -206,6 +206,17 @@ def w4a4_workspaces_kept(x):
     return contextlib.nullcontext() if gemm is None else gemm.workspaces_kept()
 
 
+def w4a4_host_bound(x):
+    """A context inside which W4A4 calls are eager launches bound by the host's time (`host_bound` in
+    kernels/w4a4_gemm_triton.py: the Triton GEMMs, whose launches are cheaper, instead of the Gluon ones). A no-op
+    context on the reference."""
+    if not x.is_cuda:
+        return contextlib.nullcontext()
+    _load()
+    gemm = _STATE.get("w4a4_module")
+    return contextlib.nullcontext() if gemm is None else gemm.host_bound()
+
+
 def adaln_kernel(x):
     """The modulated LayerNorm kernel (LN, optional affine, AdaLN scale/shift, cast) for x, or None for
     the reference (`model.modulated_norm`'s PyTorch ops)."""
