@@ -1635,8 +1635,8 @@ def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
     TMA), K a multiple of its 128-wide K step, the packed codes 16-byte aligned (TMA), bf16 activations, L_up and bias
     (its epilogue's types); not inside `host_bound`. (Kernel 1 sums its low-rank partials into one:
     `quantize_activations`' reduce_lr.)"""
-    return (GLUON_I8P and not _host_bound() and I8P_MIN_M <= x2.shape[0] <= I8P_MAX_M and x2.is_cuda and _arch_of(x2) == 90
-            and layer.in_features % 128 == 0 and layer.qweight.data_ptr() % 16 == 0 and x2.dtype == torch.bfloat16
+    return (GLUON_I8P and not _host_bound() and I8P_MIN_M <= x2.shape[0] <= I8P_MAX_M and x2.is_cuda
+            and _arch_of(x2) == 90 and layer.in_features % 128 == 0 and layer.qweight.data_ptr() % 16 == 0 and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
             and (layer.bias is None or layer.bias.dtype == torch.bfloat16) and _gluon() is not None)
 
