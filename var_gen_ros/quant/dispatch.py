@@ -199,22 +199,23 @@ def w4a4_workspaces_kept(x):
     """A context inside which W4A4 layers on the kernels' i8w path unpack their int8 weight workspace once
     and reuse it (`workspaces_kept` in kernels/w4a4_gemm_triton.py): for the slices of one scale, which call
     the same layers several times. A no-op context on the reference."""
-    if not x.is_cuda:
-        return contextlib.nullcontext()
-    _load()
-    gemm = _STATE.get("w4a4_module")
-    return contextlib.nullcontext() if gemm is None else gemm.workspaces_kept()
+    return _w4a4_context(x, "workspaces_kept")
 
 
 def w4a4_host_bound(x):
     """A context inside which W4A4 calls are eager launches bound by the host's time (`host_bound` in
     kernels/w4a4_gemm_triton.py: the Triton GEMMs, whose launches are cheaper, instead of the Gluon ones). A no-op
     context on the reference."""
+    return _w4a4_context(x, "host_bound")
+
+
+def _w4a4_context(x, name: str):
+    """The W4A4 kernels' context `name` for x's device, or a no-op one where the reference runs."""
     if not x.is_cuda:
         return contextlib.nullcontext()
     _load()
     gemm = _STATE.get("w4a4_module")
-    return contextlib.nullcontext() if gemm is None else gemm.host_bound()
+    return contextlib.nullcontext() if gemm is None else getattr(gemm, name)()
 
 
 def adaln_kernel(x):
