@@ -663,11 +663,22 @@ def _i8p_ws_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr
                  HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps)
 
 
+# Up to this many rows, an unswapped i8p launch with more programs than SMs runs two programs an SM (`i8p_tile`)
+TWO_PER_SM_MAX_M = 512
+
+
 def i8p_tile(M: int, N: int, K: int, sms: int, block_k: int = 128) -> dict:
     """The i8p launch for M rows of a K -> N layer on a GPU of `sms` SMs: up to 128 rows the weights on the wgmma's M
     side (SWAP; 64 weight rows a program, 4 warps, the x rows in one tile of 32, 64 or 128), else 128 x rows a program,
     8 warps, 128 weight rows; K split into up to 4 shares where the tiles leave at least half the SMs idle (3584 ->
-    3584 and 14336 -> 3584 at up to 128 rows: 56 programs on an H100's 132 SMs), each at least 8 K steps."""
+    3584 and 14336 -> 3584 at up to 128 rows: 56 programs on an H100's 132 SMs), each at least 8 K steps.
+
+    Unswapped, with more programs than SMs (up to TWO_PER_SM_MAX_M rows): a ring of 3 stages under 128 registers, so
+    that two programs share an SM (90 KB of shared memory each; 143 registers and 115 KB with 4 stages allow one), and
+    the last partial wave of one program an SM becomes a whole one of two. At 288 rows on the H100
+    (`i8p_gemm_fiftyfirst_h100`): fc1 (3584 -> 14336, 336 programs) 76.9 µs against 87.2, the qkv shape (252) 49.8
+    against 55.8; the K loop keeps its wgmmas asynchronous and ptxas spills 72 bytes, in the epilogue (its low-rank
+    wgmmas; SASS). 3584 -> 3584 and 14336 -> 3584 (84 programs) keep 4 stages: there 3 were equal and 3 % slower."""
     if M <= 128:
         bm = max(32, triton.next_power_of_2(M))
         t = dict(swap=True, block_m=bm, block_n=64, num_warps=4, instr_n=bm)
@@ -677,6 +688,8 @@ def i8p_tile(M: int, N: int, K: int, sms: int, block_k: int = 128) -> dict:
     split = 1
     while split < 4 and programs * split * 2 <= sms and K // block_k // (split * 2) >= 8:
         split *= 2
+    if not t["swap"] and split == 1 and programs > sms and M <= TWO_PER_SM_MAX_M:
+        t.update(stages=3, maxnreg=128)
     return dict(t, split_k=split)
 
 

@@ -275,9 +275,11 @@ def _compile_i8p(glu, M, N, K, tile):
                lr_ptr="*fp32", up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", ws_ptr="*i32", cnt_ptr="*i32", M="i32",
                N="i32", K="i32", SWAP="constexpr", HAS_BIAS="constexpr", HAS_LR="constexpr", R="constexpr",
                ACT="constexpr", SPLIT_K="constexpr", STAGES="constexpr", INSTR_N="constexpr")
-    cx = dict(SWAP=tile["swap"], HAS_BIAS=True, HAS_LR=True, R=32, ACT=1, SPLIT_K=tile["split_k"], STAGES=4,
-              INSTR_N=tile["instr_n"])
+    cx = dict(SWAP=tile["swap"], HAS_BIAS=True, HAS_LR=True, R=32, ACT=1, SPLIT_K=tile["split_k"],
+              STAGES=tile.get("stages", 4), INSTR_N=tile["instr_n"])
     options = {"num_warps": tile["num_warps"]}
+    if tile.get("maxnreg"):
+        options["maxnreg"] = tile["maxnreg"]
     kernel = glu._i8p_gemm_kernel
     if tile.get("ws"):          # the warp-specialized form: its ring, partitions and register limit
         meta = glu.ws_meta(tile)
@@ -299,7 +301,8 @@ def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():
     shapes: INT8 wgmmas, fits the SM's shared memory, and ptxas does not serialize its wgmmas (C7515), which it does
     when the loop stores its codes to shared memory with a wgmma group left in flight across its iterations (the loop's
     first form, forty-ninth session);
-    no spill where the K is not split (the split's epilogue, 44 bytes at 64-128 rows swapped, is outside the loop).
+    no spill where the K is not split (the split's epilogue, 44 bytes at 64-128 rows swapped, is outside the loop) but
+    the epilogue's of the launches two programs an SM share (72 bytes under their 128 registers), which fit two an SM.
     The warp-specialized form too: its wgmma partition waits with one group in flight, under its register limit; and the
     qkv projection's form with the attention's input epilogue in it (`i8p_qkv`), no spill."""
     import re
@@ -317,8 +320,13 @@ def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():
             usage = targets._ptxas_usage(ptx, 90)
             assert ".s32.s8.s8" in ptx and shared <= targets.SHARED_LIMIT[90], (M, N, K, tile, shared)
             assert not usage["wgmma_serialized"], (M, N, K, tile, usage)
-            assert tile["split_k"] > 1 or usage["spill_bytes"] == 0, (M, N, K, tile, usage)
+            if tile.get("maxnreg"):          # two programs an SM: their shared memory and registers
+                assert 2 * shared <= targets.SHARED_LIMIT[90] and usage["registers"] * 32 * tile["num_warps"] * 2 <= 65536
+                assert usage["spill_bytes"] <= 80, (M, N, K, tile, usage)
+            else:
+                assert tile["split_k"] > 1 or usage["spill_bytes"] == 0, (M, N, K, tile, usage)
     assert swaps == {False, True}        # both forms built
+    assert ("maxnreg", 128) in set().union(*map(set, seen))     # and the two-an-SM launch
     # the warp-specialized form (its wgmma partition keeps one group in flight: the stores are the unpack warps')
     for M, N, K in ((72, 3584, 3584), (2048, 14336, 3584)):
         tile = dict(glu.i8p_tile(M, N, K, 132), ws=True)
@@ -357,6 +365,12 @@ def test_i8p_tile_fills_the_gpu_with_k_splits_only_where_the_tiles_leave_it_idle
     assert glu.i8p_tile(2048, 3584, 3584, 132) == dict(swap=False, block_m=128, block_n=128, num_warps=8, instr_n=128,
                                                       split_k=1)
     assert glu.i8p_tile(32, 3584, 1024, 132)["split_k"] == 1          # 8 K steps cannot be split into >= 8-step shares
+    # unswapped with more programs than SMs: two an SM (3 stages, 128 registers), up to TWO_PER_SM_MAX_M rows
+    assert glu.i8p_tile(288, 14336, 3584, 132) == dict(swap=False, block_m=128, block_n=128, num_warps=8, instr_n=128,
+                                                       stages=3, maxnreg=128, split_k=1)     # 336 programs
+    assert "maxnreg" not in glu.i8p_tile(288, 3584, 3584, 132)          # 84 programs: one wave of one an SM
+    assert "maxnreg" not in glu.i8p_tile(128, 14336, 3584, 132)         # swapped
+    assert "maxnreg" not in glu.i8p_tile(glu.TWO_PER_SM_MAX_M + 1, 14336, 3584, 132)
     for M in (33, 128, 512):
         for K, N in ((3584, 3584), (14336, 3584), (2048, 7168)):
             t = glu.i8p_tile(M, N, K, 132)
