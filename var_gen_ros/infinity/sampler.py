@@ -227,6 +227,14 @@ TEXT_GRAPHS = os.environ.get("VAR_GEN_TEXT_GRAPHS", "1") == "1"
 # its GPU tests (the encoder and the condition layers in the block, the graphs replaying across its loads) passed.
 # On by default since; VAR_GEN_OFFLOAD_PRELOAD=0 turns it off.
 OFFLOAD_PRELOAD = os.environ.get("VAR_GEN_OFFLOAD_PRELOAD", "1") == "1"
+# with cuda_graphs, the condition (Infinity.encode_condition: the text's projections and the 40 blocks' cross-attention
+# K/V, once per prompt) as CUDA graphs too, one per (batch, text length) (text_graphs.PromptGraphs), kept for the last
+# CONDITION_SHAPES of them: ~37 MB each at 8B for a CFG pair of 32 tokens (the graph's outputs, which the scales' graphs
+# copy). Why: on the H100 the stage took 10.3 ms of the host's time with the Triton W4A4 GEMMs, 14.5-22.9 ms with the
+# Gluon ones and 5 ms in bf16, for under 1 ms of GPU work (fifty-first session); a Jetson's host is slower. Off until
+# its GPU tests have passed and a new prompt has been timed with it (VAR_GEN_CONDITION_GRAPHS=1 turns it on).
+CONDITION_GRAPHS = os.environ.get("VAR_GEN_CONDITION_GRAPHS", "0") == "1"
+CONDITION_SHAPES = 2
 
 
 def _pool_bytes(n: int) -> int:
@@ -295,6 +303,7 @@ class Generator:
         self.condition_parked = None
         self.vae_parked = None
         self._last_condition = None
+        self.condition_graphs = None     # text_graphs.PromptGraphs of encode_condition (CONDITION_GRAPHS)
         # (contextlib.ExitStack holding their loads, the ParkedWeights loaded) while preload_text_weights holds them
         self._preload: Optional[tuple] = None
         self._preload_lock = threading.RLock()
@@ -479,6 +488,8 @@ class Generator:
         te = self.text_encoder.graphs if self.text_encoder is not None else None
         if te is not None:
             msg += f"; text encoder: {te.status()}"
+        if self.condition_graphs is not None:
+            msg += f"; condition: {self.condition_graphs.status()}"
         return msg
 
     def memory_pools(self) -> dict:
@@ -493,6 +504,9 @@ class Generator:
         te = self.text_encoder.graphs if self.text_encoder is not None else None
         if te is not None and te._pool is not None:
             out[tuple(te._pool)] = "text graphs"
+        cg = self.condition_graphs
+        if cg is not None and cg._pool is not None:
+            out[tuple(cg._pool)] = "condition graphs"
         return out
 
     def kept_kv_bytes(self) -> int:
@@ -511,6 +525,9 @@ class Generator:
         self._graphs = None
         if self.text_encoder is not None and self.text_encoder.graphs is not None:
             self.text_encoder.graphs.drop()
+        if self.condition_graphs is not None:
+            self._last_condition = None       # (the graphs' outputs)
+            self.condition_graphs.drop()
 
     def _caches(self, schedule: ScaleSchedule, B: int):
         """(KV caches, ScaleGraphs or None) for one generation: with cuda_graphs, the kept graphs when the
@@ -668,7 +685,7 @@ class Generator:
                 self._sync()
                 timings["text_encoder_s"] = time.perf_counter() - t_start
                 with self.condition_parked.loaded(empty_cache=False, prefetched=ahead):
-                    cond = self.model.encode_condition(feats, mask)
+                    cond = self._encode_condition(feats, mask)
         if cond is None:
             self._sync()
             timings["text_encoder_s"] = time.perf_counter() - t_start
@@ -786,17 +803,33 @@ class Generator:
             if snap:
                 trace["kv_pool_after_remake"] = pool_reserved(gr.kv_pool, self.device)
 
+    def _encode_condition(self, feats, mask):
+        """model.encode_condition, with CONDITION_GRAPHS and cuda_graphs on a GPU as CUDA graphs per (batch, text
+        length): its output then is the graph's, valid until the next prompt of that shape is encoded."""
+        if not (CONDITION_GRAPHS and self.cuda_graphs and feats.is_cuda):
+            self.condition_graphs = None
+            return self.model.encode_condition(feats, mask)
+        if self.condition_graphs is None:
+            from .text_graphs import PromptGraphs
+            m, reads = self.model, self.condition_layers()
+            reads.add_module("text_norm", m.text_norm)
+            for i, b in enumerate(m.blocks):          # (their K/V biases)
+                reads.add_module(f"block{i}_ca", b.ca)
+            self.condition_graphs = PromptGraphs(reads, "condition layers", copy_out=False,
+                                                 max_shapes=CONDITION_SHAPES)
+        return self.condition_graphs.run(self.model.encode_condition, feats, mask)
+
     def _condition(self, feats, mask, key):
         """encode_condition's output for the text features; with the condition layers offloaded, the last prompt's is
         kept (`key`: the prompt's, None for features given by the caller) and any other loads them."""
         if self.condition_parked is None:
-            return self.model.encode_condition(feats, mask)
+            return self._encode_condition(feats, mask)
         last = self._last_condition
         if key is not None and last is not None and last[0] == key:
             return last[1]
         self._last_condition = None           # its memory goes before the load
         with self._loaded(self.condition_parked):
-            cond = self.model.encode_condition(feats, mask)
+            cond = self._encode_condition(feats, mask)
         if key is not None:
             self._last_condition = (key, cond)
         return cond

@@ -40,7 +40,7 @@ def check_text_encoder_dir(path: str) -> None:
 class TextEncoder:
     def __init__(self, tokenizer, model, max_length: int):
         self.tokenizer, self.model, self.max_length = tokenizer, model, max_length
-        self.graphs = None      # text_graphs.TextEncoderGraphs: the forward captured per shape on a GPU (use_graphs)
+        self.graphs = None      # text_graphs.PromptGraphs: the forward captured per shape on a GPU (use_graphs)
         self._embed_dtype = None
         self._no_graphs = ""    # why the graphs cannot be used here
 
@@ -48,8 +48,8 @@ class TextEncoder:
         """The forward as CUDA graphs per (batch, token count) on a GPU (text_graphs.py), or eager again. A no-op where
         the installed transformers refused the 4-D mask the graphs need."""
         if on and self.graphs is None and not self._no_graphs:
-            from .text_graphs import TextEncoderGraphs
-            self.graphs = TextEncoderGraphs(self.model)
+            from .text_graphs import PromptGraphs
+            self.graphs = PromptGraphs(self.model, "text encoder")
             self._embed_dtype = None     # (asked again: the model may have been quantized since)
         elif not on:
             self.graphs = None
@@ -89,7 +89,7 @@ class TextEncoder:
             if self._embed_dtype is None:     # the dtype transformers makes its mask in: the embeddings'
                 self._embed_dtype = self.model.get_input_embeddings()(ids[:, :1]).dtype
             try:
-                feats = self.graphs.run(ids, additive_mask(mask, self._embed_dtype), self._forward)
+                feats = self.graphs.run(self._forward, ids, additive_mask(mask, self._embed_dtype))
             except ValueError as e:           # (transformers 4.x took only 2-D and 3-D masks)
                 self._no_graphs, self.graphs = f"{type(e).__name__}: {e}"[:300], None
                 warnings.warn(f"var_gen_ros: the text encoder runs without CUDA graphs: this transformers does not "

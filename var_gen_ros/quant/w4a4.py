@@ -132,6 +132,10 @@ class W4A4Linear(nn.Module):
             kept = self._derived[name] = (_tensor_key(t), make(), source)
         return kept[1]
 
+    def derived_tensors(self) -> list:
+        """The kept derived values that are tensors: a CUDA graph of this layer reads them at their addresses too."""
+        return [v for _, v, _ in self._derived.values() if isinstance(v, torch.Tensor)]
+
     def weights_parking(self) -> None:
         """parking.ParkedWeights is about to put meta tensors in: the values derived from the current tensors stay,
         as valid for the weights the file holds; any others go."""
