@@ -27,6 +27,8 @@ off (`VAR_GEN_W4A4_I8P_WS`; not yet run on a GPU).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -711,13 +713,14 @@ def packed_descriptors(q: torch.Tensor, qweight: torch.Tensor, block_m: int, blo
 
 def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: torch.Tensor, ux: torch.Tensor, lr,
              up, bias, act: int = 0, y: torch.Tensor = None, tile: dict = None, ws: torch.Tensor = None,
-             cnt: torch.Tensor = None, block_k: int = 128, stages: int = 4) -> torch.Tensor:
+             cnt: torch.Tensor = None, block_k: int = 128, stages: int = 4, compile_only: bool = False) -> torch.Tensor:
     """The W4A4 layer's GEMM after kernel 1 (`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on its packed
     codes, no workspace: q (M, K) int8, qweight (N, K/2) uint8, wscales (N, K/64) bf16 (two-level: u_w · m), uw (N,)
     and ux (M,) float32 units, lr (M, R) float32 (one partial) or None, up (N, R) bf16, bias (N,) bf16 or None, act 1
     for GELU-tanh; `tile` overrides `i8p_tile` (with "ws": True, the warp-specialized kernel; "stages", "maxnreg" the
     ring's depth and a register limit). With a K split, ws (at least split_k · M · N int32) and cnt (zeroed
-    int32 counters, one per tile, left zeroed) are made here unless given. y (M, N) bf16."""
+    int32 counters, one per tile, left zeroed) are made here unless given. y (M, N) bf16. `compile_only`: the launch's
+    kernel compiled (and cached), not run (bench/i8p_debug.py --ws tells a compile from a run that never ends)."""
     M, K = q.shape
     N = qweight.shape[0]
     if K % block_k or qweight.shape[1] * 2 != K:
@@ -738,12 +741,13 @@ def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: 
             bias if bias is not None else y, y, ws if split > 1 else ux, cnt if split > 1 else ux, M, N, K)
     meta = dict(SWAP=t["swap"], HAS_BIAS=bias is not None, HAS_LR=lr is not None, R=R, ACT=act, SPLIT_K=split,
                 STAGES=t.get("stages", stages), INSTR_N=t["instr_n"], num_warps=t["num_warps"])
+    launch = (lambda k: functools.partial(k.warmup, grid=grid)) if compile_only else (lambda k: k[grid])
     if t.get("ws"):
-        _i8p_ws_kernel[grid](*args, **meta, **ws_meta(t))
+        launch(_i8p_ws_kernel)(*args, **meta, **ws_meta(t))
     elif t.get("maxnreg"):       # a register limit, e.g. for two programs an SM
-        _i8p_gemm_kernel[grid](*args, **meta, maxnreg=t["maxnreg"])
+        launch(_i8p_gemm_kernel)(*args, **meta, maxnreg=t["maxnreg"])
     else:
-        _i8p_gemm_kernel[grid](*args, **meta)
+        launch(_i8p_gemm_kernel)(*args, **meta)
     return y
 
 

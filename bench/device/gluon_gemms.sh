@@ -6,7 +6,9 @@
 #          GEMM's; a pass leaves .i8p_ok / .i8w_ok in $OUT; a failure is fixed before anything is timed (on an i8p
 #          one, bench/i8p_debug.py saves small cases' inputs and outputs to $OUT, which bench/i8p_debug_analyze.py then
 #          reads on the CPU machine, trying models of wrong kernels); TESTS_K narrows them (e.g. "i8p and not warp_specialized")
-#   ws     the warp-specialized i8p's test apart, killed after WS_TESTS_S (a hand-over that never comes would hang)
+#   ws     the warp-specialized i8p's small cases, each in its own process (`bench/i8p_debug.py --ws`: which launches
+#          hang, if any, and whether in the compile or the run), then its test apart, killed after WS_TESTS_S (a
+#          hand-over that never comes would hang)
 #   i8p    bench/i8p_gemm.py: whole layers with i8p against the product's Triton path and bf16 at 32-4096 rows, and the
 #          i8p GEMM alone at every launch it may take (BENCH_MS), ~3-4 min. Three calls, each sent as soon as the one
 #          before returns (the machine stays warm ~30 s): PART=tests, then PART="ws i8p" (the bench times the
@@ -47,6 +49,9 @@ tests)
   done
   ;;
 ws)
+  # first its small cases, each in its own process killed after WS_CASE_S (25 s): compiled, then run (a hang told from
+  # a slow compile and from wrong bits, and which launches hang); then its test
+  python3 bench/i8p_debug.py --ws --case-timeout ${WS_CASE_S:-25} --out "$OUT" 2>&1 | grep "^ws case" | cut -c1-400
   # the warp-specialized i8p apart, under its own limit (a hand-over that never comes hangs instead of failing)
   timeout -s KILL ${WS_TESTS_S:-180} python3 -m pytest -q -x -p no:cacheprovider test/test_kernels_gpu.py \
     -k warp_specialized > "$OUT/gpu_tests_i8p_ws.txt" 2>&1
