@@ -53,6 +53,19 @@ def _where(bad: torch.Tensor, dim: int, n: int = 12) -> list:
     return idx[:n] + (["..."] if len(idx) > n else [])
 
 
+def _case(c: int, M: int, N: int, K: int):
+    """Case c's inputs: (the Gluon module, (layer, its weight units, kernel 1's q·m and row units), the exact sums
+    scaled and rounded to bf16, a poisoned output)."""
+    from test_kernels_gpu import _i8_weights, _layer
+    gm = kernel_module("w4a4_gemm_triton")
+    layer = _layer(K, N, False, seed=c)
+    wu = layer.weight_units()
+    x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
+    q, ux, _ = gm.quantize_activations(x, layer, i8=True)
+    ref = ((q.double() @ _i8_weights(layer).double().t()).float() * (ux[:, None] * wu[None, :])).bfloat16()
+    return gm._gluon(), (layer, wu, q, ux), ref, torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+
+
 def _ws_probe(a) -> int:
     """Each WS_CASES entry in a child process (`--ws-case`), killed after a.case_timeout seconds."""
     import subprocess
@@ -77,18 +90,10 @@ def _ws_probe(a) -> int:
 def _ws_case(c: int) -> int:
     """One warp-specialized case: compiled (timed), then run; its output against the exact sums, bit for bit."""
     import time
-    from test_kernels_gpu import _i8_weights, _layer
-    gm = kernel_module("w4a4_gemm_triton")
-    glu = gm._gluon()
     M, N, K, tile = WS_CASES[c]
     tile = dict(tile, ws=True)
     torch.manual_seed(c)
-    layer = _layer(K, N, False, seed=c)
-    wu = layer.weight_units()
-    x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
-    q, ux, _ = gm.quantize_activations(x, layer, i8=True)
-    ref = ((q.double() @ _i8_weights(layer).double().t()).float() * (ux[:, None] * wu[None, :])).bfloat16()
-    y = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+    glu, (layer, wu, q, ux), ref, y = _case(c, M, N, K)
     args = (q, layer.qweight, layer.wscales, wu, ux, None, layer.lora_up, None, 0, y)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -113,18 +118,10 @@ def main() -> int:
         return _ws_case(a.ws_case)
     if a.ws:
         return _ws_probe(a)
-    from test_kernels_gpu import _i8_weights, _layer
-    gm = kernel_module("w4a4_gemm_triton")
-    glu = gm._gluon()
     torch.manual_seed(0)
     failed = 0
     for c, (M, N, K, tile) in enumerate(CASES):
-        layer = _layer(K, N, False, seed=c)
-        wu = layer.weight_units()
-        x = (torch.randn(M, K, device="cuda") * 2).bfloat16()
-        q, ux, _ = gm.quantize_activations(x, layer, i8=True)
-        ref = ((q.double() @ _i8_weights(layer).double().t()).float() * (ux[:, None] * wu[None, :])).bfloat16()
-        y = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+        glu, (layer, wu, q, ux), ref, y = _case(c, M, N, K)
         err = None
         try:
             glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, ux, None, layer.lora_up, None, 0, y, tile=tile)
