@@ -1411,14 +1411,19 @@ def _weights_version(layer) -> tuple:
     return (layer.qweight.data_ptr(), layer.qweight._version, layer.wscales.data_ptr(), layer.wscales._version)
 
 
+def _kept_workspace(layer):
+    """The layer's int8 workspace kept inside `workspaces_kept` for its current weights, or None."""
+    kept = (getattr(_KEPT, "spaces", None) or {}).get(id(layer))
+    return kept[2] if kept is not None and kept[0] is layer and kept[1] == _weights_version(layer) else None
+
+
 def _i8_workspace(layer, wu: torch.Tensor) -> torch.Tensor:
     """The weights' q·m once into an int8 workspace (N, K): plain loads in the GEMM. Freed after the call, or
     kept for the layer's next calls inside `workspaces_kept` (remade if its weights changed)."""
+    kept = _kept_workspace(layer)
+    if kept is not None:
+        return kept
     spaces = getattr(_KEPT, "spaces", None)
-    if spaces is not None:
-        kept = spaces.get(id(layer))
-        if kept is not None and kept[0] is layer and kept[1] == _weights_version(layer):
-            return kept[2]
     N, K = layer.out_features, layer.in_features
     wq = torch.empty(N, K, dtype=torch.int8, device=layer.qweight.device)
     _UNPACK_I8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, layer.wscales, wu, wq, N, K),
@@ -1451,7 +1456,11 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     y = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
     if path is None:
         path = path_for(x2, layer)
-        if path in ("i8", "i8w") and config is None and gluon_i8p_applies(x2, layer):
+        # i8p where it applies, but not on an i8w call whose workspace an earlier slice of the scale left kept
+        # (`workspaces_kept`): its GEMM then runs without the unpack, which is what i8p saves (a large scale's last
+        # slice, e.g. 512 rows after 4096 at 1024², with I8P_MAX_M 512)
+        if path in ("i8", "i8w") and config is None and gluon_i8p_applies(x2, layer) \
+                and not (path == "i8w" and _kept_workspace(layer) is not None):
             path = "i8p"
     fp8, f16, i8 = path in ("fp8", "fp8w"), path in ("f16", "f16w"), path in ("i8", "i8w", "i8s", "i8p")
     wu = layer.weight_units() if i8 else None

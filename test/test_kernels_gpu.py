@@ -671,7 +671,8 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
     `i8p_gemm` (counted), within 5e-4 of the Triton forward and 1e-3 of the reference, eagerly and replayed from a CUDA
     graph (twice, with new inputs: the split-K counters re-armed), fc1's GELU included; rows outside the range and calls
     with a fixed Triton config do not; the qkv projection leaves its GEMM with the epilogue inside only with I8P_QKV "1"
-    (for i8p and the separate epilogue; "fused" keeps the epilogue in the GEMM, i8p's)."""
+    (for i8p and the separate epilogue; "fused" keeps the epilogue in the GEMM, i8p's); nor does an i8w call on a
+    layer whose workspace an earlier slice left kept (`workspaces_kept`), which gives the i8w path's bits."""
     from kernels_under_test import gemm_module
     gm = gemm_module()
     glu = gm._gluon()
@@ -719,6 +720,17 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
         x = (torch.randn(128, K, device="cuda") * 2).bfloat16()
         gm.w4a4_linear(x, layer, act=act, config=dict(BLOCK_M=64, BLOCK_N=128, SWAP=True))
         assert calls == [], calls
+        # a large scale's last slice: the layer's workspace kept by the slice before, the i8w GEMM reuses it (no i8p)
+        small = (torch.randn(gm.I8P_MAX_M, K, device="cuda") * 2).bfloat16()
+        assert gm.path_for(small, layer) == "i8w"
+        with gm.workspaces_kept():
+            gm.w4a4_linear((torch.randn(2048, K, device="cuda") * 2).bfloat16(), layer, act=act)
+            assert gm._kept_workspace(layer) is not None
+            kept = gm.w4a4_linear(small, layer, act=act).float()
+            assert calls == [], calls
+        monkeypatch.setattr(gm, "GLUON_I8P", False)
+        assert torch.equal(kept, gm.w4a4_linear(small, layer, path="i8w", act=act).float())
+        monkeypatch.setattr(gm, "GLUON_I8P", True)
     # the qkv projection (3584 -> 10752) keeps its Triton epilogue GEMM at 288 rows unless I8P_QKV sends it to i8p
     qkv = _layer(3584, 10752, False, seed=41)
     x = (torch.randn(2, gm.I8P_MAX_M // 2, 3584, device="cuda") * 2).bfloat16()

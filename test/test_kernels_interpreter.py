@@ -494,14 +494,17 @@ def test_kept_workspaces_are_made_once_per_layer_and_follow_its_weights(gemm):
             with gemm.workspaces_kept():           # nested: the outer scope's workspaces stay
                 gemm.w4a4_linear(xs[1], layer, path="i8w", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False))
             assert len(made) == 2 and gemm._KEPT.spaces[id(layer)][2] is made[0]
+            # what keeps the Gluon i8p GEMM off a kept layer (`gluon_i8p_applies`)
+            assert gemm._kept_workspace(layer) is made[0] and gemm._kept_workspace(other) is made[1]
             with torch.no_grad():
                 layer.qweight.copy_(other.qweight)  # in place: the version moves on
                 layer.wscales.copy_(other.wscales)
+            assert gemm._kept_workspace(layer) is None
             changed = gemm.w4a4_linear(xs[0], layer, path="i8w", config=dict(BLOCK_M=16, BLOCK_N=64, SWAP=False))
-            assert len(made) == 3
+            assert len(made) == 3 and gemm._kept_workspace(layer) is made[2]
         finally:
             gemm._UNPACK_I8 = real
-    assert gemm._KEPT.spaces is None
+    assert gemm._KEPT.spaces is None and gemm._kept_workspace(layer) is None
     for a, b in zip(alone, kept):
         assert torch.equal(a, b)
     ref = _float64_w4a4(xs[0], layer)
