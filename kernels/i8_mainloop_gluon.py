@@ -134,8 +134,6 @@ def _i8w_gemm_kernel(a_desc, w_desc, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_pt
     """The whole i8w forward after kernel 1: `_tile_sums`, then `_finish_tile` (`_w4a4_i8_kernel`'s epilogue in its
     sm_80-sm_89 form, LR_BF16: the rows' and columns' units, the low-rank up-projection as two bf16 wgmmas of the
     float32 partial's high and low bf16 parts, bias, GELU-tanh (ACT 1), the bf16 store)."""
-    BM: gl.constexpr = a_desc.block_type.shape[0]
-    BN: gl.constexpr = w_desc.block_type.shape[0]
     acc, off_m, off_n = _tile_sums(a_desc, w_desc, K, STAGES, INSTR_N, num_warps)
     _finish_tile(acc, off_m, off_n, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, y_ptr, y_ptr, M, N, HAS_BIAS, HAS_LR,
                  R, ACT, False, 1, _mma_layout(INSTR_N, 16, num_warps), num_warps)
