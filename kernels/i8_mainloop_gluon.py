@@ -28,6 +28,7 @@ off (`VAR_GEN_W4A4_I8P_WS`; not yet run on a GPU).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -128,15 +129,18 @@ def _i8_mainloop_kernel(a_desc, w_desc, y_ptr, M, N, K, STAGES: gl.constexpr, IN
 
 
 @gluon.jit
-def _i8w_gemm_kernel(a_desc, w_desc, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, K, HAS_BIAS: gl.constexpr,
-                     HAS_LR: gl.constexpr, R: gl.constexpr, ACT: gl.constexpr, STAGES: gl.constexpr,
-                     INSTR_N: gl.constexpr, num_warps: gl.constexpr):
+def _i8w_gemm_kernel(a_desc, w_desc, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, nx_inv_ptr, nx_max_ptr, nx_dh_ptr,
+                     nx_dl_ptr, nx_lr_ptr, M, N, K, HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr,
+                     ACT: gl.constexpr, STAGES: gl.constexpr, INSTR_N: gl.constexpr, NEXT: gl.constexpr,
+                     R2: gl.constexpr, num_warps: gl.constexpr):
     """The whole i8w forward after kernel 1: `_tile_sums`, then `_finish_tile` (`_w4a4_i8_kernel`'s epilogue in its
     sm_80-sm_89 form, LR_BF16: the rows' and columns' units, the low-rank up-projection as two bf16 wgmmas of the
-    float32 partial's high and low bf16 parts, bias, GELU-tanh (ACT 1), the bf16 store)."""
+    float32 partial's high and low bf16 parts, bias, GELU-tanh (ACT 1), the bf16 store; with NEXT the next layer's
+    row pass from the stored tile, `_next_row_stats`)."""
     acc, off_m, off_n = _tile_sums(a_desc, w_desc, K, STAGES, INSTR_N, num_warps)
     _finish_tile(acc, off_m, off_n, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, y_ptr, y_ptr, M, N, HAS_BIAS, HAS_LR,
-                 R, ACT, False, 1, _mma_layout(INSTR_N, 16, num_warps), num_warps)
+                 R, ACT, False, 1, _mma_layout(INSTR_N, 16, num_warps), num_warps,
+                 (nx_inv_ptr, nx_max_ptr, nx_dh_ptr, nx_dl_ptr, nx_lr_ptr), NEXT, R2)
 
 
 def descriptors(a: torch.Tensor, w: torch.Tensor, block_m: int, block_n: int, block_k: int):
@@ -145,6 +149,34 @@ def descriptors(a: torch.Tensor, w: torch.Tensor, block_m: int, block_n: int, bl
     lw = gl.NVMMASharedLayout.get_default_for([block_n, block_k], gl.int8)
     return (TensorDescriptor(a, list(a.shape), list(a.stride()), [block_m, block_k], la),
             TensorDescriptor(w, list(w.shape), list(w.stride()), [block_n, block_k], lw))
+
+
+@dataclass
+class NextRowStats:
+    """What `_next_row_stats` needs and makes for the layer after this one (FC2_STATS in w4a4_gemm_triton.py): that
+    layer's 1/λ (N,) float32 and L_down · (1/λ) in high and low bf16 parts (N, rank); out: its rows' maxima (a zeroed
+    float32 buffer whose first M entries the GEMM fills: kernel 1 reads it as its row pass's first split) and the
+    low-rank input's shares (column tiles, M, rank) float32, whose sum over the tiles is the row pass's low-rank
+    output."""
+    inv: torch.Tensor
+    down_hi: torch.Tensor
+    down_lo: torch.Tensor
+    maxima: torch.Tensor
+    shares: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.down_hi.shape[1]
+
+
+def _next_args(nxt, f32: torch.Tensor, any_: torch.Tensor, col_tiles: int) -> tuple:
+    """The five next-layer pointers of a GEMM launch (placeholders without `nxt`)."""
+    if nxt is None:
+        return f32, f32, any_, any_, f32
+    if nxt.shares.shape[0] != col_tiles:
+        raise ValueError(f"the next layer's low-rank shares are for {nxt.shares.shape[0]} column tiles, the launch has "
+                         f"{col_tiles}")
+    return nxt.inv, nxt.maxima, nxt.down_hi, nxt.down_lo, nxt.shares
 
 
 def i8_mainloop(a: torch.Tensor, w: torch.Tensor, y: torch.Tensor = None, block_m: int = 128, block_n: int = 256,
@@ -168,10 +200,11 @@ def reference(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def i8w_gemm(q: torch.Tensor, wq: torch.Tensor, ux: torch.Tensor, uw: torch.Tensor, lr, up, bias, act: int = 0,
              y: torch.Tensor = None, block_m: int = 128, block_n: int = 256, block_k: int = 128, stages: int = 4,
-             num_warps: int = 8) -> torch.Tensor:
+             num_warps: int = 8, nxt: "NextRowStats" = None) -> torch.Tensor:
     """The i8w GEMM after kernel 1 (`w4a4_gemm_triton.quantize_activations(..., i8=True)` and the int8 weight
     workspace): q (M, K) int8, wq (N, K) int8, ux (M,) and uw (N,) float32, lr (M, R) float32 (one partial) or None,
-    up (N, R) bf16, bias (N,) bf16 or None, act 1 for GELU-tanh. y (M, N) bf16."""
+    up (N, R) bf16, bias (N,) bf16 or None, act 1 for GELU-tanh. y (M, N) bf16. `nxt`: the next layer's row pass made
+    from y's tiles as they are stored (`NextRowStats`, for N / block_n column tiles)."""
     M, K = q.shape
     N = wq.shape[0]
     if K % block_k:
@@ -181,8 +214,9 @@ def i8w_gemm(q: torch.Tensor, wq: torch.Tensor, ux: torch.Tensor, uw: torch.Tens
     R = up.shape[1] if lr is not None else 16
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     _i8w_gemm_kernel[grid](da, dw, ux, uw, lr if lr is not None else ux, up if lr is not None else y,
-                           bias if bias is not None else y, y, M, N, K, HAS_BIAS=bias is not None,
-                           HAS_LR=lr is not None, R=R, ACT=act, STAGES=stages, INSTR_N=min(block_n, 128),
+                           bias if bias is not None else y, y, *_next_args(nxt, ux, y, grid[1]), M, N, K,
+                           HAS_BIAS=bias is not None, HAS_LR=lr is not None, R=R, ACT=act, STAGES=stages,
+                           INSTR_N=min(block_n, 128), NEXT=nxt is not None, R2=nxt.rank if nxt is not None else 16,
                            num_warps=num_warps)
     return y
 
@@ -267,7 +301,8 @@ def _lowrank_term(out, lr_ptr, up_ptr, off_m, off_n, XR: gl.constexpr, WR: gl.co
 @gluon.jit
 def _finish_tile(acc, off_m, off_n, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N,
                  HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr, ACT: gl.constexpr, SWAP: gl.constexpr,
-                 SPLIT_K: gl.constexpr, layout: gl.constexpr, num_warps: gl.constexpr):
+                 SPLIT_K: gl.constexpr, layout: gl.constexpr, num_warps: gl.constexpr, nx=None,
+                 NEXT: gl.constexpr = False, R2: gl.constexpr = 16):
     """The int32 tile acc of y[off_m:, off_n:] -> y (y is (M, N): with SWAP acc is its transpose). SPLIT_K > 1: the K
     shares' int32 sums are added by the share that finishes the tile last (each stores its sums to the workspace
     (SPLIT_K, M, N) int32, counts itself in with an acq_rel atomic; the last adds them, exactly, so the result is the
@@ -296,20 +331,22 @@ def _finish_tile(acc, off_m, off_n, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr
             for t in range(SPLIT_K):
                 acc += gl.load(ws_ptr + t * M * N + off, mask=omask, other=0, cache_modifier=".cg")
             _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, HAS_BIAS,
-                          HAS_LR, R, ACT, SWAP, layout, num_warps)
+                          HAS_LR, R, ACT, SWAP, layout, num_warps, nx, NEXT, R2)
             gl.atomic_xchg(cnt_ptr + tile, 0)
     else:
         _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N, HAS_BIAS,
-                      HAS_LR, R, ACT, SWAP, layout, num_warps)
+                      HAS_LR, R, ACT, SWAP, layout, num_warps, nx, NEXT, R2)
 
 
 @gluon.jit
 def _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, M, N,
                   HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr, ACT: gl.constexpr,
-                  SWAP: gl.constexpr, layout: gl.constexpr, num_warps: gl.constexpr):
+                  SWAP: gl.constexpr, layout: gl.constexpr, num_warps: gl.constexpr, nx=None,
+                  NEXT: gl.constexpr = False, R2: gl.constexpr = 16):
     """The tile's int32 sums · the rows' and columns' units, + the low-rank term, + bias, GELU-tanh (ACT 1), the bf16
     store (with SWAP through a layout along y's rows, which are this tile's columns). `rows` / `cols`: the tile's x
-    rows and weight rows from off_m / off_n, in `layout`'s slices."""
+    rows and weight rows from off_m / off_n, in `layout`'s slices. NEXT (not with SWAP): then the next layer's row
+    pass from the stored tile (`_next_row_stats`; nx its five pointers)."""
     ux = gl.load(ux_ptr + rows, mask=rows < M, other=0.0)
     uw = gl.load(uw_ptr + cols, mask=cols < N, other=0.0)
     if SWAP:
@@ -338,6 +375,39 @@ def _finish_store(acc, off_m, off_n, rows, cols, ux_ptr, uw_ptr, lr_ptr, up_ptr,
         gl.store(y_ptr + m[None, :] * N + n[:, None], y, mask=(m[None, :] < M) & (n[:, None] < N))
     else:
         gl.store(y_ptr + rows[:, None] * N + cols[None, :], y, mask=(rows[:, None] < M) & (cols[None, :] < N))
+        if NEXT:
+            _next_row_stats(y, rows, cols, M, N, nx[0], nx[1], nx[2], nx[3], nx[4], R2, num_warps)
+
+
+@gluon.jit
+def _next_row_stats(y, rows, cols, M, N, inv_ptr, max_ptr, dh_ptr, dl_ptr, lr_ptr, R2: gl.constexpr,
+                    num_warps: gl.constexpr):
+    """The next layer's row pass (`w4a4_gemm_triton._row_amax` with its low-rank dot) on this tile of its input y
+    (BM x rows, BN columns, bf16 as stored), for FC2_STATS (fc2's input is fc1's output): the rows' max |y · (1/λ)| over
+    the tile's columns into max_ptr (M,) by an atomic max (order-free: the row pass's maxima bit for bit), and the tile's
+    share of the low-rank input, y · (L_down · (1/λ)) over its columns, as two bf16 wgmmas against the product's high and
+    low bf16 parts (dh, dl: (N, R2); the row pass's "bf16x2i" form), stored to lr_ptr (column tiles, M, R2) float32,
+    which are summed after the GEMM."""
+    inv = gl.load(inv_ptr + cols, mask=cols < N, other=0.0)
+    gl.atomic_max(max_ptr + rows, gl.max(gl.abs(y.to(gl.float32) * inv[None, :]), axis=1), mask=rows < M)
+    BM: gl.constexpr = y.shape[0]
+    BN: gl.constexpr = y.shape[1]
+    blk: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[8, 4], warps_per_cta=[num_warps, 1],
+                                         order=[1, 0])
+    ci = gl.program_id(1) * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, blk))
+    r = gl.arange(0, R2, layout=gl.SliceLayout(0, blk))
+    off = ci[:, None] * R2 + r[None, :]
+    sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, R2], gl.bfloat16)
+    dh_s = gl.allocate_shared_memory(gl.bfloat16, [BN, R2], sl, gl.load(dh_ptr + off, mask=ci[:, None] < N, other=0.0))
+    dl_s = gl.allocate_shared_memory(gl.bfloat16, [BN, R2], sl, gl.load(dl_ptr + off, mask=ci[:, None] < N, other=0.0))
+    fence_async_shared()
+    lay: gl.constexpr = _mma_layout(R2, 16, num_warps)
+    a = gl.convert_layout(y, gl.DotOperandLayout(operand_index=0, parent=lay, k_width=2))
+    part = warpgroup_mma(a, dh_s, gl.zeros((BM, R2), dtype=gl.float32, layout=lay))
+    part = warpgroup_mma(a, dl_s, part)
+    pr = gl.program_id(0) * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, lay))
+    pc = gl.arange(0, R2, layout=gl.SliceLayout(0, lay))
+    gl.store(lr_ptr + gl.program_id(1) * M * R2 + pr[:, None] * R2 + pc[None, :], part, mask=pr[:, None] < M)
 
 
 @gluon.jit
@@ -419,9 +489,10 @@ def _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWA
 
 
 @gluon.jit
-def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
-                     SWAP: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_LR: gl.constexpr, R: gl.constexpr,
-                     ACT: gl.constexpr, SPLIT_K: gl.constexpr, STAGES: gl.constexpr, INSTR_N: gl.constexpr,
+def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, nx_inv_ptr,
+                     nx_max_ptr, nx_dh_ptr, nx_dl_ptr, nx_lr_ptr, M, N, K, SWAP: gl.constexpr, HAS_BIAS: gl.constexpr,
+                     HAS_LR: gl.constexpr, R: gl.constexpr, ACT: gl.constexpr, SPLIT_K: gl.constexpr,
+                     STAGES: gl.constexpr, INSTR_N: gl.constexpr, NEXT: gl.constexpr, R2: gl.constexpr,
                      num_warps: gl.constexpr):
     """y = the W4A4 layer's output for kernel 1's q·m (M, K) int8 and the layer's packed codes (N, K/2), read as int32
     words (N, K/8): per K step the x tile (BM, BK) and the packed weight tile (BN, BK/8 words) arrive by TMA into a
@@ -429,7 +500,8 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     group) in registers while the previous step's wgmma (s32 += s8 · s8) runs, then store them to the shared-memory tile
     the next wgmma reads. SWAP puts the weights on the wgmma's M side (BN = 16 · num_warps, the x rows on
     its N side: few rows); else the x rows (BM = 16 · num_warps). SPLIT_K > 1: program_id(2) takes that share of the K
-    steps (where the tiles alone leave SMs idle), `_finish_tile` sums the shares."""
+    steps (where the tiles alone leave SMs idle), `_finish_tile` sums the shares. NEXT (unswapped): the next layer's
+    row pass from the stored tiles too (`_next_row_stats`)."""
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = p_desc.block_type.shape[0]
@@ -438,7 +510,8 @@ def _i8p_gemm_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_p
     k0, steps = _k_share(K, BK, SPLIT_K)
     acc = _i8p_sums(a_desc, p_desc, sw_ptr, wu_ptr, N, K, off_m, off_n, k0, steps, SWAP, STAGES, INSTR_N, num_warps)
     _finish_tile(acc, off_m, off_n, ux_ptr, wu_ptr, lr_ptr, up_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, HAS_BIAS,
-                 HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps)
+                 HAS_LR, R, ACT, SWAP, SPLIT_K, _mma_layout(INSTR_N, 16, num_warps), num_warps,
+                 (nx_inv_ptr, nx_max_ptr, nx_dh_ptr, nx_dl_ptr, nx_lr_ptr), NEXT, R2)
 
 
 @gluon.jit
@@ -711,14 +784,16 @@ def packed_descriptors(q: torch.Tensor, qweight: torch.Tensor, block_m: int, blo
 
 def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: torch.Tensor, ux: torch.Tensor, lr,
              up, bias, act: int = 0, y: torch.Tensor = None, tile: dict = None, ws: torch.Tensor = None,
-             cnt: torch.Tensor = None, block_k: int = 128, stages: int = 4, compile_only: bool = False) -> torch.Tensor:
+             cnt: torch.Tensor = None, block_k: int = 128, stages: int = 4, compile_only: bool = False,
+             nxt: "NextRowStats" = None) -> torch.Tensor:
     """The W4A4 layer's GEMM after kernel 1 (`w4a4_gemm_triton.quantize_activations(..., i8=True)`) on its packed
     codes, no workspace: q (M, K) int8, qweight (N, K/2) uint8, wscales (N, K/64) bf16 (two-level: u_w · m), uw (N,)
     and ux (M,) float32 units, lr (M, R) float32 (one partial) or None, up (N, R) bf16, bias (N,) bf16 or None, act 1
     for GELU-tanh; `tile` overrides `i8p_tile` (with "ws": True, the warp-specialized kernel; "stages", "maxnreg" the
     ring's depth and a register limit). With a K split, ws (at least split_k · M · N int32) and cnt (zeroed
     int32 counters, one per tile, left zeroed) are made here unless given. y (M, N) bf16. `compile_only`: the launch's
-    kernel compiled (and cached), not run (bench/i8p_debug.py --ws tells a compile from a run that never ends)."""
+    kernel compiled (and cached), not run (bench/i8p_debug.py --ws tells a compile from a run that never ends).
+    `nxt` (unswapped launches): the next layer's row pass made from y's tiles as they are stored (`NextRowStats`)."""
     M, K = q.shape
     N = qweight.shape[0]
     if K % block_k or qweight.shape[1] * 2 != K:
@@ -735,10 +810,15 @@ def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: 
     if split > 1:
         ws = torch.empty(split, M, N, dtype=torch.int32, device=q.device) if ws is None else ws
         cnt = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=q.device) if cnt is None else cnt
+    if nxt is not None and (t["swap"] or t.get("ws")):
+        raise ValueError("i8p_gemm: the next layer's row pass (nxt) needs the unswapped kernel")
     args = (da, dp, wscales, uw, ux, lr if lr is not None else ux, up if lr is not None else y,
             bias if bias is not None else y, y, ws if split > 1 else ux, cnt if split > 1 else ux, M, N, K)
     meta = dict(SWAP=t["swap"], HAS_BIAS=bias is not None, HAS_LR=lr is not None, R=R, ACT=act, SPLIT_K=split,
                 STAGES=t.get("stages", stages), INSTR_N=t["instr_n"], num_warps=t["num_warps"])
+    if not t.get("ws"):          # (the warp-specialized kernel has no next-layer pointers)
+        args = args[:11] + tuple(_next_args(nxt, ux, y, grid[1])) + args[11:]
+        meta.update(NEXT=nxt is not None, R2=nxt.rank if nxt is not None else 16)
     launch = (lambda k: functools.partial(k.warmup, grid=grid)) if compile_only else (lambda k: k[grid])
     if t.get("ws"):
         launch(_i8p_ws_kernel)(*args, **meta, **ws_meta(t))

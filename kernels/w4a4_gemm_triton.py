@@ -1109,6 +1109,12 @@ def _splits(M: int, G: int, block_m: int) -> int:
     return max(1, min(triton.cdiv(264, blocks), G // 2, MAX_SPLITS))
 
 
+def _split_groups(G: int, splits: int) -> tuple:
+    """(groups per split, splits) of kernel 1 for `splits` asked: the splits that leave none empty."""
+    gps = triton.cdiv(G, splits)
+    return gps, triton.cdiv(G, gps)
+
+
 # Up to this many rows the q·m layouts (the i8 / i8w paths) run kernel 1 in 16-row blocks of 4 warps (without
 # divisions: LR_SPLIT_X "auto"), instead of 64 rows of 8 warps above 64 rows: 29-37 % faster at 72 and 128 rows on
 # the four block shapes, 2-28 % at 288, on the H200 (eighteenth session, bench/w4a4_stages.py); on the H100 35 %
@@ -1147,7 +1153,8 @@ def inv_smooth(layer) -> torch.Tensor:
 
 def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: str = None, block_m: int = None,
                          fp8: bool = False, num_warps: int = None, f16: bool = False, i8: bool = False,
-                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None):
+                         reduce_lr: bool = True, inv: bool = None, signal: bool = False, row_pass_lr: bool = None,
+                         given: dict = None):
     """Kernel 1 alone (after its row pass, `_row_amax`): (codes (M, K) int8 de-interleaved per group,
     scales (M, K/64) f32, partial low-rank (S, M, r) f32 or None); with `fp8`, codes (M, K) e4m3 in
     natural order and scales (K/64, M); with `f16` / `i8`, q·m (M, K) in fp16 / int8 (exact, natural
@@ -1159,7 +1166,10 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     `reads_inv_smooth`; not with "bf16x2", which needs λ itself, always with "bf16x2i"): the
     kernels read 1/λ (`inv_smooth`) instead of dividing by λ. `splits`, `lr_prec`, `block_m`, `num_warps`
     override the defaults (tests, benchmarks), as does `row_pass_lr` LR_ROW_PASS. `signal` (sm_90 only): the kernel lets
-    a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1)."""
+    a programmatic dependent launch after it start as it starts (the i8s GEMM with VAR_GEN_W4A4_PDL=1). `given`
+    (FC2_STATS: the layer before made them in its epilogue, `next_row_stats`): the row pass's output, {"maxima": (S, M)
+    float32, the rows' max |x̂| in its first row and zeros after, "shares": (column tiles, M, r) float32 low-rank
+    shares}: kernel 1 only quantizes, and the low-rank input is the shares' sum."""
     M, K = x2.shape
     R = layer.rank
     G = K // GROUP
@@ -1172,9 +1182,7 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
             lr_prec = lr_prec_bf16(BM) if not R or layer.lora_down.dtype == torch.bfloat16 else "bf16x2"
     inv = reads_inv_smooth(lr_prec, BM) if inv is None else lr_prec == "bf16x2i" or inv and lr_prec != "bf16x2"
     smooth = inv_smooth(layer) if inv else layer.smooth
-    S = splits or _splits(M, G, BM)
-    gps = triton.cdiv(G, S)
-    S = triton.cdiv(G, gps)
+    gps, S = _split_groups(G, splits or _splits(M, G, BM))
     q = torch.empty(M, K, dtype=torch.float16 if f16 else torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
     sx = torch.empty((M,) if mq else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
     lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
@@ -1186,6 +1194,16 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
     lr_args = (layer.lora_down if R else x2, lr if R else sx, lrsum if reduce else part, cnt)
     lr_meta = dict(R=R if R else 16, HAS_LR=bool(R), LR_PREC=lr_prec, REDUCE=reduce)
+    if given is not None:       # the row pass made already (FC2_STATS): its maxima, its low-rank input summed
+        if not mq or tuple(given["maxima"].shape) != (S, M):
+            raise ValueError(f"quantize_activations: given maxima must be ({S}, {M}) for the q·m layout, got "
+                             f"{tuple(given['maxima'].shape)}")
+        part = given["maxima"]
+        lr = given["shares"].sum(0, keepdim=True) if R else None
+        lr_meta = dict(lr_meta, HAS_LR=False, REDUCE=False)
+        _QUANTIZE(grid, (x2, smooth, lr_args[0], q, sx, part, part, part, part, M, K, gps, S, INV_QMAX, K),
+                  dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
+        return q, sx, lr
     if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
         _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
@@ -1434,7 +1452,7 @@ def _i8_workspace(layer, wu: torch.Tensor) -> torch.Tensor:
 
 
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None,
-                act: str = None) -> torch.Tensor:
+                act: str = None, next_layer=None, stats: dict = None, given: dict = None) -> torch.Tensor:
     """The W4A4 forward of `layer` (a W4A4Linear with act_bits=4) on CUDA; `out` (M, N) optional.
     `path` overrides the choice by GPU and M (`path_for`): "i8s" (the CUDA C++ kernel for M <= 32,
     kernels/w4a4_small_m.cu; `config` {"warps", "splits"}), "i8" / "i8w" (INT8 MMA over all of K on
@@ -1445,7 +1463,10 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     weights dequantized exactly, the weights in registers) or "f16w" (the same with the weights
     dequantized into a workspace first); `config` ({BLOCK_M, BLOCK_N, SWAP, SPLIT_K, num_warps,
     num_stages}) fixes the GEMM's launch instead of autotuning (tests and benchmarks use both to check
-    and time every variant). `act` ("gelu_tanh") is applied in the epilogue, to the float32 result."""
+    and time every variant). `act` ("gelu_tanh") is applied in the epilogue, to the float32 result.
+    `next_layer` (FC2_STATS, `w4a4_ffn`): the W4A4 layer that reads this one's output next; where this call's GEMM is
+    a Gluon one unswapped, its epilogue makes that layer's row pass and `stats` gets it ({"maxima", "shares"}, for
+    `given`); elsewhere `stats` stays empty. `given`: this layer's row pass so made (kernel 1 then only quantizes)."""
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; the epilogue has {sorted(k for k in ACTIVATIONS if k)}")
     _ensure_allocator()
@@ -1472,6 +1493,8 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
     if i8 and path not in ("i8w", "i8p") and M <= QUANT_CUDA_MAX_M and small_m.quantize_supports(x2, layer) \
             and small_m.extension() is not None:
         q, sx, lr = small_m.quantize(x2, layer, inv_smooth(layer), INV_QMAX)
+    elif given and i8 and path != "i8s":
+        q, sx, lr = quantize_activations(x2, layer, i8=True, given=given)
     else:
         # (the default call's launch key and compiled kernel are those without `signal`)
         q, sx, lr = quantize_activations(x2, layer, fp8=fp8, f16=f16, i8=i8,
@@ -1490,9 +1513,13 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
         ws = torch.empty(split, M, N, dtype=torch.int32, device=x.device) if split > 1 else None
         cnt = _counters(x.device, triton.cdiv(M, tile["block_m"]) * triton.cdiv(N, tile["block_n"]), "i8p") \
             if split > 1 else None
+        nxt = (next_row_stats(next_layer, M, triton.cdiv(N, tile["block_n"]), x.device)
+               if next_layer is not None and stats is not None and not tile["swap"] and not tile.get("ws") else None)
         try:
             glu.i8p_gemm(q, layer.qweight, layer.wscales, wu, sx, lr[0] if R else None, layer.lora_up, layer.bias,
-                         ACTIVATIONS[act], y, tile=tile, ws=ws, cnt=cnt)
+                         ACTIVATIONS[act], y, tile=tile, ws=ws, cnt=cnt, nxt=nxt)
+            if nxt is not None:
+                stats.update(maxima=nxt.maxima, shares=nxt.shares)
             return y.reshape(*shape[:-1], N)
         except (CompilationError, OutOfResources, PTXASError) as e:
             if config is not None:          # a launch asked for explicitly: the caller's to handle
@@ -1501,8 +1528,13 @@ def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict =
             path = path_for(x2, layer)
     wq = _i8_workspace(layer, wu) if path == "i8w" else layer.qweight
     if path == "i8w" and config is None and gluon_i8w_applies(x2, layer, lr):
+        nxt = (next_row_stats(next_layer, M, triton.cdiv(N, 256), x.device)
+               if next_layer is not None and stats is not None else None)
         try:
-            _gluon().i8w_gemm(q, wq, sx, wu, lr[0] if R else None, layer.lora_up, layer.bias, ACTIVATIONS[act], y)
+            _gluon().i8w_gemm(q, wq, sx, wu, lr[0] if R else None, layer.lora_up, layer.bias, ACTIVATIONS[act], y,
+                              nxt=nxt)
+            if nxt is not None:
+                stats.update(maxima=nxt.maxima, shares=nxt.shares)
             return y.reshape(*shape[:-1], N)
         except (CompilationError, OutOfResources, PTXASError) as e:
             _gluon_failed("i8w", e)         # the Triton i8w GEMM below, and no Gluon i8w from now on
@@ -1648,6 +1680,60 @@ def gluon_i8p_applies(x2: torch.Tensor, layer) -> bool:
             and _arch_of(x2) == 90 and layer.in_features % 128 == 0 and layer.qweight.data_ptr() % 16 == 0 and x2.dtype == torch.bfloat16
             and (not layer.rank or layer.lora_up.dtype == torch.bfloat16)
             and (layer.bias is None or layer.bias.dtype == torch.bfloat16) and _gluon() is not None)
+
+
+# VAR_GEN_W4A4_FC2_STATS=1 (off until measured; fifty-second session): the FFN's fc2 takes its row pass (the rows'
+# max |x̂| and the low-rank input) from fc1's GEMM epilogue, which has each tile of fc2's input in registers as it
+# stores it (`w4a4_ffn`; the Gluon GEMMs unswapped: i8p from 129 rows, the i8w GEMM from GLUON_I8W_MIN_M), instead of
+# a row pass that reads the whole (M, 4C) activation again. Why: fc2's kernel 1 is the block's largest (42.9 µs at 800
+# rows, 75.7 at 2048, 342.7 at 8192 on the H100, fifty-first session). The maxima are the row pass's bit for bit (an
+# atomic max); the low-rank input is y · (L_down · (1/λ)) in two bf16 parts, summed over fc1's column tiles: its
+# float32 rounding differs from the row pass's.
+FC2_STATS = os.environ.get("VAR_GEN_W4A4_FC2_STATS", "0") == "1"
+
+
+def _down_inv_parts(layer) -> tuple:
+    """L_down · (1/λ) (K, r) of `layer` in high and low bf16 parts (their sum within ~2^-17 of the float32 product),
+    kept on the layer and remade when L_down or λ change."""
+    inv = inv_smooth(layer)
+
+    def make():
+        d = layer.lora_down.float() * inv[:, None]
+        hi = d.bfloat16()
+        return inv, hi, (d - hi.float()).bfloat16()
+    kept = layer.derived("down_inv_parts", "lora_down", make)
+    if kept[0] is not inv:       # λ changed since (1/λ is made anew): not kept
+        kept = make()
+    return kept[1], kept[2]
+
+
+def next_row_stats(layer, M: int, col_tiles: int, device):
+    """The buffers a GEMM's epilogue fills with `layer`'s row pass for M rows of its input (`i8_mainloop_gluon.
+    NextRowStats`): the maxima as the (S, M) split maxima `quantize_activations` reads for that layer's q·m layout
+    (zeroed: the epilogue fills the first row by atomic max), the low-rank shares per column tile of the GEMM."""
+    G = layer.in_features // GROUP
+    BM, _ = _quantize_launch(M, "mq")
+    _, S = _split_groups(G, _splits(M, G, BM))
+    hi, lo = _down_inv_parts(layer)
+    return _gluon().NextRowStats(inv_smooth(layer), hi, lo, torch.zeros(S, M, dtype=torch.float32, device=device),
+                                 torch.empty(col_tiles, M, layer.rank, dtype=torch.float32, device=device))
+
+
+def ffn_stats_apply(fc1, fc2) -> bool:
+    """Whether `w4a4_ffn` can take fc2's row pass from fc1's epilogue: FC2_STATS, both W4A4 with a low-rank branch
+    of the same rank as the epilogue's (16 or 32, a multiple of 16 for its wgmma) and two-level scales, fc2 reading
+    fc1's whole output."""
+    return (FC2_STATS and getattr(fc1, "act_bits", None) == 4 and getattr(fc2, "act_bits", None) == 4
+            and fc2.in_features == fc1.out_features and fc2.rank in (16, 32) and fc2.lora_down.dtype == torch.bfloat16
+            and fc2.weight_units() is not None)
+
+
+def w4a4_ffn(x: torch.Tensor, fc1, fc2) -> torch.Tensor:
+    """fc2(GELU(fc1(x))) with fc2's row pass made in fc1's epilogue where fc1's GEMM can (FC2_STATS); otherwise the
+    two layers as they are."""
+    stats = {}
+    h = w4a4_linear(x, fc1, act="gelu_tanh", next_layer=fc2 if ffn_stats_apply(fc1, fc2) else None, stats=stats)
+    return w4a4_linear(h, fc2, given=stats or None)
 
 
 # (The layer's kernels after its row pass were also chained as programmatic dependent launches, fifty-first session, at

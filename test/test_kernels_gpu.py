@@ -739,6 +739,60 @@ def test_w4a4_linear_takes_the_gluon_i8p_gemm_when_asked_eager_and_in_a_cuda_gra
         assert gm.qkv_fusable(x, qkv, 128) == fusable, mode
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
+                    reason="wgmma and TMA: sm_90+")
+def test_fc1s_epilogue_makes_fc2s_row_pass_and_the_ffn_matches(monkeypatch):
+    """FC2_STATS (`w4a4_ffn`): fc1 (3584 -> 14336, GELU) at 288 rows (i8p unswapped, two programs an SM) and 1024 (the
+    Gluon i8w GEMM) with fc2 as its next layer. Its output is the plain call's bit for bit; the maxima its epilogue
+    leaves are fc2's row pass's bit for bit (|bf16 output · 1/λ| maxed in PyTorch), the other split maxima zero; the
+    low-rank shares' sum within 1e-5 of float64 h · (L_down / λ); fc2 given them within 5e-4 of fc2 alone and 1e-3 of
+    its reference; the FFN the same, and replayed from a CUDA graph (new inputs) the eager call's bits. At 72 rows
+    (swapped i8p) no stats are made and the FFN is the two layers'."""
+    from kernels_under_test import gemm_module
+    gm = gemm_module()
+    if gm._gluon() is None:
+        pytest.skip("this Triton has no Gluon")
+    monkeypatch.setattr(gm, "FC2_STATS", True)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()    # noqa: E731
+    torch.manual_seed(torch.seed() % 2 ** 31)
+    fc1, fc2 = _layer(3584, 14336, True, seed=71), _layer(14336, 3584, True, seed=72)
+    assert gm.ffn_stats_apply(fc1, fc2)
+    inv = gm.inv_smooth(fc2)
+    for M in (288, 1024):
+        x = (torch.randn(M, 3584, device="cuda") * 2).bfloat16()
+        stats = {}
+        h = gm.w4a4_linear(x, fc1, act="gelu_tanh", next_layer=fc2, stats=stats)
+        assert sorted(stats) == ["maxima", "shares"], (M, stats)
+        assert torch.equal(h, gm.w4a4_linear(x, fc1, act="gelu_tanh"))
+        assert torch.equal(stats["maxima"][0], (h.float() * inv).abs().amax(1)) and not stats["maxima"][1:].any()
+        want = (h.double() * inv.double()) @ fc2.lora_down.double()
+        assert rel(stats["shares"].sum(0).double(), want) <= 1e-5
+        alone = gm.w4a4_linear(h, fc2)
+        given = gm.w4a4_linear(h, fc2, given=stats)
+        assert rel(given, alone) <= 5e-4 and rel(given, fc2.reference_forward(h)) <= 1e-3, M
+        ffn = gm.w4a4_ffn(x, fc1, fc2)
+        assert rel(ffn, alone) <= 5e-4
+        xs, out = x.clone(), torch.empty_like(ffn)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            gm.w4a4_ffn(xs, fc1, fc2)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out.copy_(gm.w4a4_ffn(xs, fc1, fc2))
+        for _ in range(2):
+            xs.copy_((torch.randn(M, 3584, device="cuda") * 2).bfloat16())
+            out.fill_(float("nan"))
+            g.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, gm.w4a4_ffn(xs, fc1, fc2)), M
+    stats = {}
+    x = (torch.randn(72, 3584, device="cuda") * 2).bfloat16()
+    gm.w4a4_linear(x, fc1, act="gelu_tanh", next_layer=fc2, stats=stats)
+    assert stats == {}
+
+
 def test_host_bound_calls_take_the_triton_gemms_with_their_bits(monkeypatch):
     """Inside `host_bound` (the eager per-prompt condition layers), `w4a4_linear` takes neither Gluon GEMM: at 72 rows
     (i8p's range) and 800 rows (the Gluon i8w GEMM's) its output is the Triton GEMMs' bit for bit and no Gluon launch is

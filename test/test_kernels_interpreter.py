@@ -212,6 +212,43 @@ def test_low_rank_dot_in_the_row_pass_gives_kernel_1s_partials(gemm):
 
 
 @interpreted
+def test_kernel1_given_the_row_pass_quantizes_as_after_its_own(gemm):
+    """FC2_STATS: kernel 1 given its row pass's output (`quantize_activations(..., given=...)`: the rows' maxima as
+    the first of its S split maxima, zeros after, and low-rank shares per column tile of the GEMM before) quantizes
+    bit for bit as after its own row pass, and its low-rank input is the shares' sum; `next_row_stats` makes the
+    buffers in that shape, from the layer's 1/λ and L_down · (1/λ) in two bf16 parts (within 2^-16 of float64)."""
+    layer = _w4a4_layer(448, 64, False, 32, seed=9)
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(37, 448, generator=g) * 3).bfloat16()
+    x[:, 300] *= 30
+    own = gemm.quantize_activations(x, layer, i8=True)
+    inv = gemm.inv_smooth(layer)
+    G = 448 // 64
+    _, S = gemm._split_groups(G, gemm._splits(37, G, gemm._quantize_launch(37, "mq")[0]))
+    maxima = torch.zeros(S, 37)
+    maxima[0] = (x.float() * inv).abs().amax(1)                   # what the epilogue's atomic max leaves
+    shares = torch.randn(3, 37, 32, generator=g)
+    q, sx, lr = gemm.quantize_activations(x, layer, i8=True, given=dict(maxima=maxima, shares=shares))
+    assert torch.equal(q, own[0]) and torch.equal(sx, own[1])
+    assert lr.shape == (1, 37, 32) and torch.equal(lr[0], shares.sum(0))
+    with pytest.raises(ValueError, match="given maxima"):
+        gemm.quantize_activations(x, layer, i8=True, given=dict(maxima=maxima[:1], shares=shares))
+    hi, lo = gemm._down_inv_parts(layer)
+    want = layer.lora_down.double() * inv.double()[:, None]
+    assert ((hi.double() + lo.double() - want).abs().max() / want.abs().max()).item() < 2 ** -16
+    assert gemm._down_inv_parts(layer)[0] is hi                   # kept on the layer
+    # which FFNs take it (FC2_STATS): both W4A4, fc2 reading fc1's whole output with a rank-16/32 bf16 L_down
+    fc1, fc2 = _w4a4_layer(64, 448, True, 32, seed=10), layer
+    assert not gemm.ffn_stats_apply(fc1, fc2)                     # off by default
+    gemm.FC2_STATS = True
+    try:
+        assert gemm.ffn_stats_apply(fc1, fc2) and not gemm.ffn_stats_apply(fc1, _w4a4_layer(64, 64, False, 32, 12))
+        assert not gemm.ffn_stats_apply(fc1, _w4a4_layer(448, 64, False, 0, seed=11))     # no low-rank branch
+    finally:
+        gemm.FC2_STATS = False
+
+
+@interpreted
 def test_low_rank_dot_on_split_x_hat_matches_float64(gemm):
     """Kernel 1's low-rank dot for bf16 x: "bf16x2" (x against L_down / λ in two bf16 parts) and "bf16x2s"
     (x̂ in two bf16 parts against L_down as stored), the latter also with 1/λ read from `inv_smooth`

@@ -248,33 +248,45 @@ def test_the_i8_gemm_loop_waits_for_every_wgmma_in_triton_and_keeps_one_in_fligh
     assert k.metadata.shared <= targets.SHARED_LIMIT[90], k.metadata.shared
     # the whole i8w GEMM in Gluon (the epilogue's low-rank term as two bf16 wgmmas), fc1's GELU on: the same loop,
     # and no spill (the Triton TMA tile above spills 1,188-2,584 bytes a thread there)
-    sig = dict(a_desc=mangle_type(da), w_desc=mangle_type(dw), ux_ptr="*fp32", uw_ptr="*fp32", lr_ptr="*fp32",
-               up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", M="i32", N="i32", K="i32", HAS_BIAS="constexpr",
-               HAS_LR="constexpr", R="constexpr", ACT="constexpr", STAGES="constexpr", INSTR_N="constexpr",
-               num_warps="constexpr")
-    src = GluonASTSource(glu._i8w_gemm_kernel, sig,
-                         constexprs=dict(HAS_BIAS=True, HAS_LR=True, R=32, ACT=1, STAGES=4, INSTR_N=128, num_warps=8),
-                         attrs={(i,): [["tt.divisibility", 16]] for i in (2, 3, 4, 5, 6, 7, 9, 10)})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-    ptx = k.asm["ptx"]
+    ptx = _compile_i8w(glu, da, dw).asm["ptx"]
     assert "s32.s8.s8" in ptx and "f32.bf16.bf16" in ptx
     assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)
     usage = targets._ptxas_usage(ptx, 90)
     assert usage["spill_bytes"] == 0 and not usage["wgmma_serialized"], usage
 
 
-def _compile_i8p(glu, M, N, K, tile):
-    """kernels/i8_mainloop_gluon.py's `_i8p_gemm_kernel` compiled for sm_90 here, fc1's epilogue (bias, GELU, the
-    low-rank term) on: (ptx, shared bytes)."""
+_NEXT_PTRS = dict(nx_inv_ptr="*fp32", nx_max_ptr="*fp32", nx_dh_ptr="*bf16", nx_dl_ptr="*bf16", nx_lr_ptr="*fp32")
+
+
+def _compile_i8w(glu, da, dw, nxt: bool = False):
+    """`_i8w_gemm_kernel` for sm_90 (128 x 256 tiles, 4 stages, 8 warps), fc1's epilogue, with `nxt` the next
+    layer's row pass too."""
+    from triton.runtime.jit import mangle_type
+    sig = dict(a_desc=mangle_type(da), w_desc=mangle_type(dw), ux_ptr="*fp32", uw_ptr="*fp32", lr_ptr="*fp32",
+               up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", **_NEXT_PTRS, M="i32", N="i32", K="i32")
+    cx = dict(HAS_BIAS=True, HAS_LR=True, R=32, ACT=1, STAGES=4, INSTR_N=128, NEXT=nxt, R2=32, num_warps=8)
+    return _gluon_compile(glu._i8w_gemm_kernel, dict(sig, **{k: "constexpr" for k in cx}), cx, {"num_warps": 8})
+
+
+def _gluon_compile(kernel, sig: dict, cx: dict, options: dict):
+    """A Gluon kernel compiled for sm_90 here: every pointer and every int but M 16-byte aligned / divisible by 16, as
+    the 8B shapes' are."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
+    names = list(sig)
+    aligned = [i for i, n in enumerate(names) if n.endswith("_ptr") or n in ("N", "K")]
+    src = GluonASTSource(kernel, sig, constexprs=cx, attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def _compile_i8p(glu, M, N, K, tile, nxt: bool = False):
+    """kernels/i8_mainloop_gluon.py's `_i8p_gemm_kernel` compiled for sm_90 here, fc1's epilogue (bias, GELU, the
+    low-rank term) on, with `nxt` the next layer's row pass too: (ptx, shared bytes)."""
     from triton.runtime.jit import mangle_type
     q, qw = torch.empty(M, K, dtype=torch.int8), torch.empty(N, K // 2, dtype=torch.uint8)
     da, dp = glu.packed_descriptors(q, qw, tile["block_m"], tile["block_n"], 128)
     sig = dict(a_desc=mangle_type(da), p_desc=mangle_type(dp), sw_ptr="*bf16", wu_ptr="*fp32", ux_ptr="*fp32",
-               lr_ptr="*fp32", up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", ws_ptr="*i32", cnt_ptr="*i32", M="i32",
-               N="i32", K="i32", SWAP="constexpr", HAS_BIAS="constexpr", HAS_LR="constexpr", R="constexpr",
-               ACT="constexpr", SPLIT_K="constexpr", STAGES="constexpr", INSTR_N="constexpr")
+               lr_ptr="*fp32", up_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16", ws_ptr="*i32", cnt_ptr="*i32")
     cx = dict(SWAP=tile["swap"], HAS_BIAS=True, HAS_LR=True, R=32, ACT=1, SPLIT_K=tile["split_k"],
               STAGES=tile.get("stages", 4), INSTR_N=tile["instr_n"])
     options = {"num_warps": tile["num_warps"]}
@@ -284,15 +296,41 @@ def _compile_i8p(glu, M, N, K, tile):
     if tile.get("ws"):          # the warp-specialized form: its ring, partitions and register limit
         meta = glu.ws_meta(tile)
         options["maxnreg"] = meta.pop("maxnreg")
-        sig.update({k: "constexpr" for k in meta})
         cx.update(meta)
         kernel = glu._i8p_ws_kernel
-    sig["num_warps"] = "constexpr"
+    else:                       # the next layer's row pass's pointers, and whether it runs
+        sig.update(_NEXT_PTRS)
+        cx.update(NEXT=nxt, R2=32)
+    sig.update(M="i32", N="i32", K="i32", **{k: "constexpr" for k in cx}, num_warps="constexpr")
     cx["num_warps"] = tile["num_warps"]
-    src = GluonASTSource(kernel, sig, constexprs=cx,
-                         attrs={(i,): [["tt.divisibility", 16]] for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13)})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    k = _gluon_compile(kernel, sig, cx, options)
     return k.asm["ptx"], int(k.metadata.shared)
+
+
+def test_the_gluon_gemms_build_with_the_next_layers_row_pass_in_their_epilogue():
+    """FC2_STATS: the Gluon i8w GEMM (128 x 256) and the unswapped i8p GEMM (288 rows, two programs an SM; 2048 rows,
+    4 stages) with `_next_row_stats` in their epilogue, compiled for sm_90 here at fc1's shape: the epilogue's bf16
+    wgmmas of N = 32 (the low-rank shares) and its atomic max are there, the K loop's INT8 wgmmas wait as without it,
+    shared memory fits (the epilogue's tiles reuse the ring's: no more than without), and ptxas spills at most 600
+    bytes (fifty-second session: 544 for i8w, 352 for i8p under its 128 registers; all after the K loop in the SASS),
+    where a launch with more registers than the SM has, or the ring's space not reused, would not build or fit."""
+    import re
+    glu = kernel_module("i8_mainloop_gluon")
+    a, w = torch.empty(4096, 3584, dtype=torch.int8), torch.empty(14336, 3584, dtype=torch.int8)
+    da, dw = glu.descriptors(a, w, 128, 256, 128)
+    built = [(k.asm["ptx"], k.metadata.shared) for k in (_compile_i8w(glu, da, dw, nxt) for nxt in (False, True))]
+    for M in (288, 2048):
+        tile = glu.i8p_tile(M, 14336, 3584, 132)
+        assert not tile["swap"] and tile.get("maxnreg") == (128 if M <= glu.TWO_PER_SM_MAX_M else None)
+        built += [_compile_i8p(glu, M, 14336, 3584, tile, nxt) for nxt in (False, True)]
+    for i in range(0, len(built), 2):
+        (plain, plain_shared), (ptx, shared) = built[i], built[i + 1]
+        assert "m64n32k16.f32.bf16.bf16" in ptx and "m64n32k16" not in plain
+        assert "atom.global" in ptx and ".max" in ptx
+        waits = lambda text: set(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", text))  # noqa: E731
+        assert waits(plain) <= waits(ptx)           # the K loop's waits as without (i8w keeps a group in flight)
+        usage = targets._ptxas_usage(ptx, 90)
+        assert shared == plain_shared and not usage["wgmma_serialized"] and usage["spill_bytes"] <= 600, usage
 
 
 def test_the_i8p_gemm_builds_for_sm_90_with_its_wgmmas_left_asynchronous():

@@ -26,7 +26,8 @@
 #          passed its tests; bf16, the bf16 pipeline (uncapped after its OOM under the cap), for the side-by-side ratio.
 #          A suffix tells repeats apart (default_b, off_b: the same settings); one with "_cg" (default_cg, bf16_cg)
 #          runs the condition as CUDA graphs (VAR_GEN_CONDITION_GRAPHS=1), one with "_i8p512" takes i8p up to 512 rows
-#          (VAR_GEN_W4A4_I8P_MAX_M=512; scale 6, and not scale 11's 512-row slice, whose workspaces are kept)
+#          (VAR_GEN_W4A4_I8P_MAX_M=512; scale 6, and not scale 11's 512-row slice, whose workspaces are kept), one
+#          with "_fc2" makes fc2's row pass in fc1's GEMM epilogue (VAR_GEN_W4A4_FC2_STATS=1)
 # Files in $OUT, packed into out.tgz.
 set -u
 source bench/device/autotune_carry.sh
@@ -83,7 +84,8 @@ edge)
     mode=w4a4_kv8; case "$tag" in bf16*) mode=bf16;; esac
     cg=0; case "$tag" in *_cg*) cg=1;; esac       # "_cg": the condition as CUDA graphs (sampler.CONDITION_GRAPHS)
     pm=288; case "$tag" in *_i8p512*) pm=512;; esac   # "_i8p512": i8p up to 512 rows (VAR_GEN_W4A4_I8P_MAX_M)
-    VAR_GEN_W4A4_I8P_MAX_M=$pm VAR_GEN_CONDITION_GRAPHS=$cg VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
+    fs=0; case "$tag" in *_fc2*) fs=1;; esac          # "_fc2": fc2's row pass from fc1's epilogue (FC2_STATS)
+    VAR_GEN_W4A4_FC2_STATS=$fs VAR_GEN_W4A4_I8P_MAX_M=$pm VAR_GEN_CONDITION_GRAPHS=$cg VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
       timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
       --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
       --text-encoder int4 --modes $mode --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1

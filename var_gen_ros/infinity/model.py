@@ -240,6 +240,10 @@ class FFN(nn.Module):
 
     def forward(self, x):
         if "gelu_tanh" in getattr(self.fc1, "fused_activations", ()):
+            from ..quant.dispatch import w4a4_ffn_kernel     # (lazy: quant imports this package)
+            ffn = w4a4_ffn_kernel(x, self.fc1, self.fc2)
+            if ffn is not None:     # fc2's row pass from fc1's GEMM epilogue (VAR_GEN_W4A4_FC2_STATS)
+                return ffn(x.to(layer_dtype(self.fc1, x.dtype)), self.fc1, self.fc2)
             # a quantized fc1 applies the GELU to its float32 result in its GEMM epilogue: one pass over,
             # and one buffer of, the (tokens x hidden) activation fewer
             h = _linear(x, self.fc1, act="gelu_tanh")

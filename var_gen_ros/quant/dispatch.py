@@ -195,6 +195,18 @@ def w4a4_qkv_kernel(x, layer, head_dim: int):
     return gemm.w4a4_qkv_rope
 
 
+def w4a4_ffn_kernel(x, fc1, fc2):
+    """The FFN's two W4A4 layers with fc2's row pass made in fc1's GEMM epilogue (`w4a4_ffn` in
+    kernels/w4a4_gemm_triton.py, VAR_GEN_W4A4_FC2_STATS), or None: the layers one after the other."""
+    if not x.is_cuda:
+        return None
+    _load()
+    gemm = _STATE.get("w4a4_module")
+    if gemm is None or not gemm.ffn_stats_apply(fc1, fc2):
+        return None
+    return gemm.w4a4_ffn
+
+
 def w4a4_workspaces_kept(x):
     """A context inside which W4A4 layers on the kernels' i8w path unpack their int8 weight workspace once
     and reuse it (`workspaces_kept` in kernels/w4a4_gemm_triton.py): for the slices of one scale, which call
