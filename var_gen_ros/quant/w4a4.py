@@ -133,8 +133,12 @@ class W4A4Linear(nn.Module):
         return kept[1]
 
     def derived_tensors(self) -> list:
-        """The kept derived values that are tensors: a CUDA graph of this layer reads them at their addresses too."""
-        return [v for _, v, _ in self._derived.values() if isinstance(v, torch.Tensor)]
+        """The kept derived values' tensors (alone or in a tuple): a CUDA graph of this layer reads them at their
+        addresses too."""
+        out = []
+        for _, v, _ in self._derived.values():
+            out += [t for t in (v if isinstance(v, tuple) else (v,)) if isinstance(t, torch.Tensor)]
+        return out
 
     def weights_parking(self) -> None:
         """parking.ParkedWeights is about to put meta tensors in: the values derived from the current tensors stay,
