@@ -289,6 +289,8 @@ def _gluon_status(gemm) -> str:
         out += f"; i8w GEMM in Gluon from {gemm.GLUON_I8W_MIN_M} rows (asynchronous wgmma)"
     elif "i8w" in failed:
         out += f"; Gluon i8w off after a failure ({failed['i8w']})"
+    if getattr(gemm, "FC2_STATS", False) and (gemm.GLUON_I8P or gemm.GLUON_I8W):
+        out += "; the FFN's fc2 row pass made in fc1's Gluon epilogue"
     return out
 
 
