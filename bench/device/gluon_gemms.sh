@@ -15,6 +15,8 @@
 #          warp-specialized launches if their test passed in the same call, or with WS=1), then PART=edge
 #   i8w    bench/i8_mainloop.py: the Gluon i8w loop and GEMM (both tiles) against Triton's and cuBLAS(Lt) at I8W_MS rows
 #          (800, 2048, 8192: where the 128 x 256 tile leaves SMs idle, and issue 5's table), ~3 min
+#   fc2    bench/fc2_stats.py: the FFN with fc2's row pass in fc1's Gluon epilogue (FC2_STATS) against without, per
+#          part (fc1's epilogue, fc2's kernel 1) at 288-8192 rows, ~1-2 min
 #   edge   the resident 1024² edge proof, each EDGE_TAGS entry in its own process, in order (default "off i8p
 #          gluon_i8w"; ~1 min each warm, the first on a fresh machine also compiles: EDGE_S each). Tags: off, the
 #          Triton GEMMs alone; i8p, only i8p (VAR_GEN_W4A4_GLUON_I8P=1); gluon_i8w, only the Gluon i8w GEMM
@@ -72,6 +74,10 @@ i8w)
   timeout ${BENCH_S:-200} python3 bench/i8_mainloop.py --ms ${I8W_MS:-800,2048,8192} --json "$OUT/i8_mainloop.json" \
     > "$OUT/i8_mainloop.txt" 2>&1
   echo "i8w bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/i8_mainloop.txt" | cut -c1-400 | tail -10
+  ;;
+fc2)
+  timeout ${BENCH_S:-200} python3 bench/fc2_stats.py --json "$OUT/fc2_stats.json" > "$OUT/fc2_stats.txt" 2>&1
+  echo "fc2 bench rc $? s $(( $(date +%s) - t0 ))"; grep -v -i warn "$OUT/fc2_stats.txt" | cut -c1-400 | tail -8
   ;;
 edge)
   for tag in ${EDGE_TAGS:-off i8p gluon_i8w}; do
