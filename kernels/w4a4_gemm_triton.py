@@ -1185,25 +1185,25 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     gps, S = _split_groups(G, splits or _splits(M, G, BM))
     q = torch.empty(M, K, dtype=torch.float16 if f16 else torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
     sx = torch.empty((M,) if mq else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
+    grid = (triton.cdiv(M, BM), S)
+    if given is not None:       # the row pass made already (FC2_STATS): its maxima, its low-rank input summed
+        part = given["maxima"]
+        if not mq or tuple(part.shape) != (S, M):
+            raise ValueError(f"quantize_activations: given maxima must be ({S}, {M}) for the q·m layout, got "
+                             f"{tuple(part.shape)}")
+        _QUANTIZE(grid, (x2, smooth, layer.lora_down if R else x2, q, sx, part, part, part, part, M, K, gps, S,
+                         INV_QMAX, K),
+                  dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, R=R if R else 16,
+                       HAS_LR=False, LR_PREC=lr_prec, REDUCE=False))
+        return q, sx, given["shares"].sum(0, keepdim=True) if R else None
     lr = torch.empty(S, M, R, dtype=torch.float32, device=x2.device) if R else None
     # the rows' max |x̂| first (the two-level scales' units), each K split's in one pass over x
     part = torch.empty(S, M, dtype=torch.float32, device=x2.device)
-    grid = (triton.cdiv(M, BM), S)
     reduce = bool(R) and reduce_lr and S > 1
     lrsum = torch.empty(1, M, R, dtype=torch.float32, device=x2.device) if reduce else None
     cnt = _counters(x2.device, grid[0], "lr") if reduce else part
     lr_args = (layer.lora_down if R else x2, lr if R else sx, lrsum if reduce else part, cnt)
     lr_meta = dict(R=R if R else 16, HAS_LR=bool(R), LR_PREC=lr_prec, REDUCE=reduce)
-    if given is not None:       # the row pass made already (FC2_STATS): its maxima, its low-rank input summed
-        if not mq or tuple(given["maxima"].shape) != (S, M):
-            raise ValueError(f"quantize_activations: given maxima must be ({S}, {M}) for the q·m layout, got "
-                             f"{tuple(given['maxima'].shape)}")
-        part = given["maxima"]
-        lr = given["shares"].sum(0, keepdim=True) if R else None
-        lr_meta = dict(lr_meta, HAS_LR=False, REDUCE=False)
-        _QUANTIZE(grid, (x2, smooth, lr_args[0], q, sx, part, part, part, part, M, K, gps, S, INV_QMAX, K),
-                  dict(MQ=mq, BLOCK_M=BM, GROUP=GROUP, FP8=fp8, INV_SMOOTH=inv, num_warps=warps, **lr_meta))
-        return q, sx, lr
     if R and (LR_ROW_PASS if row_pass_lr is None else row_pass_lr):
         # the low-rank partials from the row pass (LR_ROW_PASS); kernel 1 only quantizes
         _ROW_AMAX(grid, (x2, smooth, part) + lr_args + (M, K, gps, S),
