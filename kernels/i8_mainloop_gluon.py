@@ -812,13 +812,14 @@ def i8p_gemm(q: torch.Tensor, qweight: torch.Tensor, wscales: torch.Tensor, uw: 
         cnt = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=q.device) if cnt is None else cnt
     if nxt is not None and (t["swap"] or t.get("ws")):
         raise ValueError("i8p_gemm: the next layer's row pass (nxt) needs the unswapped kernel")
-    args = (da, dp, wscales, uw, ux, lr if lr is not None else ux, up if lr is not None else y,
-            bias if bias is not None else y, y, ws if split > 1 else ux, cnt if split > 1 else ux, M, N, K)
+    ptrs = (da, dp, wscales, uw, ux, lr if lr is not None else ux, up if lr is not None else y,
+            bias if bias is not None else y, y, ws if split > 1 else ux, cnt if split > 1 else ux)
     meta = dict(SWAP=t["swap"], HAS_BIAS=bias is not None, HAS_LR=lr is not None, R=R, ACT=act, SPLIT_K=split,
                 STAGES=t.get("stages", stages), INSTR_N=t["instr_n"], num_warps=t["num_warps"])
     if not t.get("ws"):          # (the warp-specialized kernel has no next-layer pointers)
-        args = args[:11] + tuple(_next_args(nxt, ux, y, grid[1])) + args[11:]
+        ptrs += _next_args(nxt, ux, y, grid[1])
         meta.update(NEXT=nxt is not None, R2=nxt.rank if nxt is not None else 16)
+    args = ptrs + (M, N, K)
     launch = (lambda k: functools.partial(k.warmup, grid=grid)) if compile_only else (lambda k: k[grid])
     if t.get("ws"):
         launch(_i8p_ws_kernel)(*args, **meta, **ws_meta(t))

@@ -1134,6 +1134,15 @@ def _quantize_launch(M: int, layout: str):
     return (128, 8) if M <= 4096 else (64, 4)
 
 
+def _kernel1_grid(M: int, G: int, layout: str, block_m: int = None, num_warps: int = None, splits: int = None):
+    """Kernel 1's launch for M rows of G groups in `layout` (`_quantize_launch`'s, or the given overrides): (BLOCK_M,
+    warps, groups per split, splits). `next_row_stats` sizes the split maxima it hands `quantize_activations` by it."""
+    BM, warps = _quantize_launch(M, layout)
+    BM, warps = block_m or BM, num_warps or warps
+    gps, S = _split_groups(G, splits or _splits(M, G, BM))
+    return BM, warps, gps, S
+
+
 def _counters(device, n: int, kind: str) -> torch.Tensor:
     """A persistent zeroed int32 buffer of at least n counters per device and use (`kind`): every kernel
     that counts re-arms the counters it used, so one buffer serves every call, eager or in a CUDA graph."""
@@ -1174,15 +1183,13 @@ def quantize_activations(x2: torch.Tensor, layer, splits: int = None, lr_prec: s
     R = layer.rank
     G = K // GROUP
     mq = f16 or i8
-    BM, warps = _quantize_launch(M, "mq" if mq else "fp8" if fp8 else "int8")
-    BM, warps = block_m or BM, num_warps or warps
+    BM, warps, gps, S = _kernel1_grid(M, G, "mq" if mq else "fp8" if fp8 else "int8", block_m, num_warps, splits)
     if lr_prec is None:
         lr_prec = "ieee"
         if x2.dtype == torch.bfloat16:
             lr_prec = lr_prec_bf16(BM) if not R or layer.lora_down.dtype == torch.bfloat16 else "bf16x2"
     inv = reads_inv_smooth(lr_prec, BM) if inv is None else lr_prec == "bf16x2i" or inv and lr_prec != "bf16x2"
     smooth = inv_smooth(layer) if inv else layer.smooth
-    gps, S = _split_groups(G, splits or _splits(M, G, BM))
     q = torch.empty(M, K, dtype=torch.float16 if f16 else torch.float8_e4m3fn if fp8 else torch.int8, device=x2.device)
     sx = torch.empty((M,) if mq else (G, M) if fp8 else (M, G), dtype=torch.float32, device=x2.device)
     grid = (triton.cdiv(M, BM), S)
@@ -1712,8 +1719,7 @@ def next_row_stats(layer, M: int, col_tiles: int, device):
     NextRowStats`): the maxima as the (S, M) split maxima `quantize_activations` reads for that layer's q·m layout
     (zeroed: the epilogue fills the first row by atomic max), the low-rank shares per column tile of the GEMM."""
     G = layer.in_features // GROUP
-    BM, _ = _quantize_launch(M, "mq")
-    _, S = _split_groups(G, _splits(M, G, BM))
+    S = _kernel1_grid(M, G, "mq")[3]
     hi, lo = _down_inv_parts(layer)
     return _gluon().NextRowStats(inv_smooth(layer), hi, lo, torch.zeros(S, M, dtype=torch.float32, device=device),
                                  torch.empty(col_tiles, M, layer.rank, dtype=torch.float32, device=device))

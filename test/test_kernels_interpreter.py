@@ -224,7 +224,7 @@ def test_kernel1_given_the_row_pass_quantizes_as_after_its_own(gemm):
     own = gemm.quantize_activations(x, layer, i8=True)
     inv = gemm.inv_smooth(layer)
     G = 448 // 64
-    _, S = gemm._split_groups(G, gemm._splits(37, G, gemm._quantize_launch(37, "mq")[0]))
+    S = gemm._kernel1_grid(37, G, "mq")[3]
     maxima = torch.zeros(S, 37)
     maxima[0] = (x.float() * inv).abs().amax(1)                   # what the epilogue's atomic max leaves
     shares = torch.randn(3, 37, 32, generator=g)
