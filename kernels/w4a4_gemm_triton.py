@@ -49,6 +49,7 @@ from triton.compiler.errors import CompilationError
 from triton.language.extra import libdevice
 from triton.runtime.errors import OutOfResources, PTXASError
 
+from . import unpack_ahead as ahead
 from . import w4a4_small_m_cuda as small_m
 from .launch import Launcher
 from .tuning import first_if_asked
@@ -1444,18 +1445,48 @@ def _kept_workspace(layer):
 
 def _i8_workspace(layer, wu: torch.Tensor) -> torch.Tensor:
     """The weights' q·m once into an int8 workspace (N, K): plain loads in the GEMM. Freed after the call, or
-    kept for the layer's next calls inside `workspaces_kept` (remade if its weights changed)."""
+    kept for the layer's next calls inside `workspaces_kept` (remade if its weights changed). Inside
+    `workspaces_ahead`, taken from the side stream's unpack if it made it, and the next layer's unpack started there."""
     kept = _kept_workspace(layer)
     if kept is not None:
         return kept
     spaces = getattr(_KEPT, "spaces", None)
-    N, K = layer.out_features, layer.in_features
-    wq = torch.empty(N, K, dtype=torch.int8, device=layer.qweight.device)
-    _UNPACK_I8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, layer.wscales, wu, wq, N, K),
-               dict(BLOCK_N=64, GROUP=GROUP))
+    side = ahead.current()
+    wq = side.take(layer) if side is not None else None
+    if wq is None:
+        wq = torch.empty(layer.out_features, layer.in_features, dtype=torch.int8, device=layer.qweight.device)
+        _unpack_i8(layer, wu)(wq)
     if spaces is not None:
         spaces[id(layer)] = (layer, _weights_version(layer), wq)
+    if side is not None:
+        side.made(layer, lambda other: _kept_workspace(other) is not None)
     return wq
+
+
+def _unpack_i8(layer, wu: torch.Tensor = None):
+    """A launch of the layer's unpack into a given (N, K) int8 workspace, on the stream current when it is called
+    (`workspaces_ahead` calls it on its side stream; the weight units are made here, on the caller's)."""
+    wu = layer.weight_units() if wu is None else wu
+    N, K = layer.out_features, layer.in_features
+    return lambda wq: _UNPACK_I8((triton.cdiv(N, 64), K // GROUP), (layer.qweight, layer.wscales, wu, wq, N, K),
+                                 dict(BLOCK_N=64, GROUP=GROUP))
+
+
+# VAR_GEN_W4A4_UNPACK_AHEAD=1: inside `workspaces_ahead` (the model's block loop of a scale), each i8w layer's
+# workspace is unpacked on a side stream while the layer before it runs (kernels/unpack_ahead.py). Off until it is
+# measured on the GPU: the unpack and the GEMM then share the SMs
+UNPACK_AHEAD = os.environ.get("VAR_GEN_W4A4_UNPACK_AHEAD", "0") == "1"
+
+
+@contextlib.contextmanager
+def workspaces_ahead():
+    """Inside (with UNPACK_AHEAD), the i8w workspaces are made ahead on a side stream (kernels/unpack_ahead.py);
+    yields its state (forks, hits), or None where off. On exit every unpack made ahead has been waited for."""
+    if not UNPACK_AHEAD:
+        yield None
+        return
+    with ahead.unpack_ahead(_unpack_i8, _weights_version) as state:
+        yield state
 
 
 def w4a4_linear(x: torch.Tensor, layer, out: torch.Tensor = None, config: dict = None, path: str = None,

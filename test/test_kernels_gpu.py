@@ -823,6 +823,64 @@ def test_host_bound_calls_take_the_triton_gemms_with_their_bits(monkeypatch):
             assert calls == ["i8p_gemm" if M <= gm.I8P_MAX_M else "i8w_gemm"], (M, calls)
 
 
+def test_workspaces_unpacked_ahead_give_the_same_bits_eager_and_in_a_cuda_graph(monkeypatch):
+    """VAR_GEN_W4A4_UNPACK_AHEAD (`workspaces_ahead`, kernels/unpack_ahead.py): a chain of i8w layers at 600 rows gives
+    the bits it gives without. The first pass learns the order (no unpack made ahead); the next makes each later
+    layer's workspace on the side stream and takes it (counted). Captured inside the context into a CUDA graph and
+    replayed with new inputs, the same bits as the plain chain. A layer whose weights changed in place after its
+    workspace was made ahead has it made again (the new weights' bits). A workspace made ahead and never taken is
+    waited for and freed on exit (the allocator's count back where it was)."""
+    from kernels_under_test import gemm_module
+    gm = gemm_module()
+    M = 600
+    layers = [_layer(1024, 2048, True, seed=71), _layer(2048, 1024, True, seed=72), _layer(1024, 1024, False, seed=73)]
+
+    def chain(x):
+        for layer in layers:
+            x = gm.w4a4_linear(x, layer)
+        return x
+
+    x = (torch.randn(M, 1024, device="cuda") * 2).bfloat16()
+    assert gm.path_for(x, layers[0]) == "i8w"
+    base = chain(x)
+    monkeypatch.setattr(gm, "UNPACK_AHEAD", True)
+    with gm.workspaces_ahead() as state:
+        assert torch.equal(chain(x), base)
+    assert (state.forks, state.hits) == (0, 0)
+    with gm.workspaces_ahead() as state:
+        assert torch.equal(chain(x), base)
+    assert (state.forks, state.hits, state.pending) == (2, 2, {})
+    # captured as the product captures a scale: the context inside the captured forward
+    xs = x.clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        with gm.workspaces_ahead() as state:
+            out = chain(xs)
+    assert (state.forks, state.hits) == (2, 2)
+    for _ in range(2):
+        x2 = (torch.randn(M, 1024, device="cuda") * 2).bfloat16()
+        xs.copy_(x2)
+        g.replay()
+        assert torch.equal(out, chain(x2))
+    del g
+    # the second layer's weights written in place after its unpack was made ahead: made again from the new ones
+    with gm.workspaces_ahead() as state:
+        y = gm.w4a4_linear(x, layers[0])
+        layers[1].qweight.copy_(layers[1].qweight.flip(0))
+        for layer in layers[1:]:
+            y = gm.w4a4_linear(y, layer)
+    assert (state.forks, state.hits) == (2, 1)
+    assert torch.equal(y, chain(x))
+    # made ahead, never taken: freed on exit
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    with gm.workspaces_ahead() as state:
+        gm.w4a4_linear(x, layers[0])
+        assert len(state.pending) == 1
+    torch.cuda.synchronize()
+    assert state.pending == {} and torch.cuda.memory_allocated() == before
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0),
                     reason="wgmma and TMA: sm_90+")
 def test_an_i8p_launch_this_gpu_cannot_run_falls_back_to_the_triton_gemm_once(monkeypatch):

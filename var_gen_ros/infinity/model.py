@@ -424,9 +424,13 @@ class Infinity(nn.Module):
                    chunk_tokens: int = 0):
         """chunk_tokens > 0 with caches: blocks run slice by slice and update a float32 x in place, so
         pass an x the caller no longer needs (the sampler passes each scale's fresh embedding)."""
-        for i, b in enumerate(self.blocks):
-            x = b(x, cond_gss, text_kv[i], text_mask, rope, attn_mask,
-                  None if caches is None else caches[i], start, store, chunk_tokens)
+        from ..quant.dispatch import w4a4_workspaces_ahead     # (lazy: quant imports this package)
+        # the blocks call their W4A4 layers in the same order every scale: each one's int8 weight workspace can be
+        # unpacked on a side stream while the layer before it runs (VAR_GEN_W4A4_UNPACK_AHEAD)
+        with w4a4_workspaces_ahead(x):
+            for i, b in enumerate(self.blocks):
+                x = b(x, cond_gss, text_kv[i], text_mask, rope, attn_mask,
+                      None if caches is None else caches[i], start, store, chunk_tokens)
         return x
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor, x_BLd: torch.Tensor,

@@ -214,6 +214,13 @@ def w4a4_workspaces_kept(x):
     return _w4a4_context(x, "workspaces_kept")
 
 
+def w4a4_workspaces_ahead(x):
+    """A context inside which W4A4 layers on the kernels' i8w path have their int8 weight workspace unpacked on a
+    side stream while the layer before them runs (`workspaces_ahead` in kernels/w4a4_gemm_triton.py, with
+    VAR_GEN_W4A4_UNPACK_AHEAD=1): for one scale's block loop. A no-op context on the reference."""
+    return _w4a4_context(x, "workspaces_ahead")
+
+
 def w4a4_host_bound(x):
     """A context inside which W4A4 calls are eager launches bound by the host's time (`host_bound` in
     kernels/w4a4_gemm_triton.py: the Triton GEMMs, whose launches are cheaper, instead of the Gluon ones). A no-op
@@ -317,4 +324,6 @@ def _kernel_status() -> str:
             "qkv epilogue, modulated LayerNorm, the INT4 text encoder's dequantization and the VAE's GroupNorm + "
             "SiLU: triton"
             + ("; the qkv epilogue inside the W4A4 GEMM from its workspace path's rows" if gemm_qkv else "")
+            + ("; the int8 weight workspaces unpacked ahead on a side stream" if getattr(gemm, "UNPACK_AHEAD", False)
+               else "")
             + f"; shipped launch configurations: {_tuned_picks_status()}")
