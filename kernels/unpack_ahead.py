@@ -55,15 +55,21 @@ class _Ahead:
     def made(self, layer, at_hand: Callable) -> None:
         """`layer` has its workspace: learn the order, then unpack ahead the layer that followed it last time,
         unless `at_hand(that layer)` (its workspace kept already) or it is pending."""
+        nxt = self.learn(layer)
+        if nxt is None or id(nxt) in self.pending or at_hand(nxt):
+            return
+        self._fork(nxt)
+
+    def learn(self, layer):
+        """Records that `layer`'s workspace came after the last one made here; returns the layer whose workspace
+        came after `layer`'s last time (in this or an earlier context), or None."""
         last = self.last() if self.last is not None else None
         if last is not None and last is not layer:
             _NEXT[id(last)] = (weakref.ref(last), weakref.ref(layer))
         self.last = weakref.ref(layer)
         entry = _NEXT.get(id(layer))
         nxt = entry[1]() if entry is not None and entry[0]() is layer else None
-        if nxt is None or nxt is layer or id(nxt) in self.pending or at_hand(nxt):
-            return
-        self._fork(nxt)
+        return None if nxt is layer else nxt
 
     def _fork(self, layer) -> None:
         dev = layer.qweight.device

@@ -808,3 +808,23 @@ def test_a_shipped_pick_launches_the_tuned_gemm_without_a_trial(gemm, tmp_path):
         assert ((y.double() - ref).norm() / ref.norm()).item() <= 1e-5
     finally:
         tuner.cache.clear()
+
+
+def test_unpack_ahead_learns_the_order_its_workspaces_were_made_in():
+    """kernels/unpack_ahead.py's order (which layer's workspace to unpack ahead after a layer's): learned from the order
+    the workspaces were made in, across contexts; a layer made twice in a row (a large scale's slices) learns nothing
+    from itself; a changed order is learned again; a layer that died is never predicted (its id may be reused)."""
+    import gc
+    from var_gen_ros.quant.dispatch import kernel_module
+    ua = kernel_module("unpack_ahead")
+    a, b, c = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    first = ua._Ahead(None, None)
+    assert [first.learn(layer) for layer in (a, b, c)] == [None, None, None]
+    later = ua._Ahead(None, None)
+    assert later.learn(a) is b and later.learn(b) is c and later.learn(c) is None
+    changed = ua._Ahead(None, None)
+    assert changed.learn(a) is b and changed.learn(a) is b and changed.learn(c) is None
+    assert ua._Ahead(None, None).learn(a) is c
+    del c
+    gc.collect()
+    assert ua._Ahead(None, None).learn(a) is None
