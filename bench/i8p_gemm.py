@@ -27,7 +27,8 @@ from var_gen_ros.quant.dispatch import kernel_module   # noqa: E402
 
 
 def launches(glu, M: int, N: int, K: int, sms: int, ws: bool = False) -> dict:
-    """name -> i8p tile: `i8p_tile`'s pick, then the swapped and unswapped tiles with K split 1-8 ways, 128 x 256, and
+    """name -> i8p tile: `i8p_tile`'s pick, then the swapped and unswapped tiles with K split 1-8 ways (at 129-512 rows
+    swapped in x tiles of 256, 4 and 2 stages), 128 x 256, and
     128 x 128 in 3 stages under 128 registers (two programs an SM); with `ws` also the warp-specialized kernel at the
     pick and at the unsplit tiles."""
     out = {"pick": glu.i8p_tile(M, N, K, sms)}
@@ -39,6 +40,10 @@ def launches(glu, M: int, N: int, K: int, sms: int, ws: bool = False) -> dict:
             out[f"swap 64x{bm} s{split}"] = dict(swap=True, block_m=bm, block_n=64, num_warps=4,
                                                  instr_n=min(bm, 128), split_k=split)
         out[f"128x128 s{split}"] = dict(swap=False, block_m=128, block_n=128, num_warps=8, instr_n=128, split_k=split)
+    if 128 < M <= 512:     # swapped, the x rows in tiles of 256 (VAR_GEN_W4A4_I8P_SWAP256_MAX_M), 4 and 2 stages
+        for st in (4, 2):
+            out[f"swap 64x256 s1 st{st}"] = dict(swap=True, block_m=256, block_n=64, num_warps=4, instr_n=128,
+                                                 split_k=1, stages=st)
     out["128x256 s1"] = dict(swap=False, block_m=128, block_n=256, num_warps=8, instr_n=128, split_k=1)
     # 3 stages and 128 registers: two 128 x 128 programs an SM (98 KB of shared memory each)
     out["128x128 s1 st3 r128"] = dict(out["128x128 s1"], stages=3, maxnreg=128)

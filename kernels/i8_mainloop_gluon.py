@@ -28,6 +28,7 @@ off (`VAR_GEN_W4A4_I8P_WS`; not yet run on a GPU).
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -738,6 +739,14 @@ def _i8p_ws_kernel(a_desc, p_desc, sw_ptr, wu_ptr, ux_ptr, lr_ptr, up_ptr, b_ptr
 
 # Up to this many rows, an unswapped i8p launch with more programs than SMs runs two programs an SM (`i8p_tile`)
 TWO_PER_SM_MAX_M = 512
+# VAR_GEN_W4A4_I8P_SWAP256_MAX_M (0, off, until timed on a GPU; fifty-third session): from 129 rows up to this many,
+# i8p keeps the weights on the wgmma's M side with the x rows in tiles of 256 (`i8p_tile`). Why: the K loop makes
+# every weight code once per row tile, and its code making, not the wgmma, bounds the loop (on an H100, 0.50 µs a
+# K step for a 64 x 128 code tile with 4 warps, 0.83 µs for 128 x 128 with 8: `i8p_gemm_fiftyfirst_h100`). 128-row
+# tiles make each code 3 times at 288 rows and 4 times at 512; 256-row tiles twice, on more programs (fc2 and 3584²:
+# 112 against 84, one wave on 132 SMs). Compiled for sm_90: 255 registers, 160 bytes of spills, 156 KB of shared
+# memory with 4 stages, 82 KB with 2 (two programs an SM, taken where there are more programs than SMs).
+SWAP256_MAX_M = int(os.environ.get("VAR_GEN_W4A4_I8P_SWAP256_MAX_M", "0"))
 
 
 def i8p_tile(M: int, N: int, K: int, sms: int, block_k: int = 128) -> dict:
@@ -751,10 +760,15 @@ def i8p_tile(M: int, N: int, K: int, sms: int, block_k: int = 128) -> dict:
     the last partial wave of one program an SM becomes a whole one of two. At 288 rows on the H100
     (`i8p_gemm_fiftyfirst_h100`): fc1 (3584 -> 14336, 336 programs) 76.9 µs against 87.2, the qkv shape (252) 49.8
     against 55.8; the K loop keeps its wgmmas asynchronous and ptxas spills 72 bytes, in the epilogue (its low-rank
-    wgmmas; SASS). 3584 -> 3584 and 14336 -> 3584 (84 programs) keep 4 stages: there 3 were equal and 3 % slower."""
+    wgmmas; SASS). 3584 -> 3584 and 14336 -> 3584 (84 programs) keep 4 stages: there 3 were equal and 3 % slower.
+
+    With SWAP256_MAX_M (off by default), 129 rows up to it stay swapped with the x rows in tiles of 256, in 2 stages
+    (two programs an SM) where there are more programs than SMs."""
     if M <= 128:
         bm = max(32, triton.next_power_of_2(M))
         t = dict(swap=True, block_m=bm, block_n=64, num_warps=4, instr_n=bm)
+    elif M <= SWAP256_MAX_M:
+        t = dict(swap=True, block_m=256, block_n=64, num_warps=4, instr_n=128)
     else:
         t = dict(swap=False, block_m=128, block_n=128, num_warps=8, instr_n=128)
     programs = triton.cdiv(M, t["block_m"]) * triton.cdiv(N, t["block_n"])
@@ -763,6 +777,8 @@ def i8p_tile(M: int, N: int, K: int, sms: int, block_k: int = 128) -> dict:
         split *= 2
     if not t["swap"] and split == 1 and programs > sms and M <= TWO_PER_SM_MAX_M:
         t.update(stages=3, maxnreg=128)
+    if t["swap"] and t["block_m"] == 256 and split == 1 and programs > sms:
+        t.update(stages=2)          # two programs an SM: 82 KB of shared memory and 4 warps of 255 registers each
     return dict(t, split_k=split)
 
 

@@ -539,12 +539,16 @@ def test_w4a4_linear_takes_the_gluon_i8w_gemm_when_asked(monkeypatch):
 
 
 def _i8p_tiles(glu, M, N, K):
-    """i8p_gemm launches a test checks at M rows: the default, then swapped and not, K split or not, 4 / 8 warps."""
+    """i8p_gemm launches a test checks at M rows: the default, then swapped and not (at 257-512 rows swapped in two row
+    tiles of 256), K split or not, 4 / 8 warps."""
     tiles = [glu.i8p_tile(M, N, K, torch.cuda.get_device_properties(0).multi_processor_count)]
     if M <= 256:
         bm = max(32, triton_next_pow2(M))
         tiles += [dict(swap=True, block_m=bm, block_n=64, num_warps=4, instr_n=min(bm, 128), split_k=s) for s in (1, 2, 4)]
         tiles += [dict(swap=True, block_m=bm, block_n=128, num_warps=8, instr_n=min(bm, 128), split_k=1)]
+    elif M <= 512:      # two row tiles of 256 (VAR_GEN_W4A4_I8P_SWAP256_MAX_M), 4 stages and 2
+        tiles += [dict(swap=True, block_m=256, block_n=64, num_warps=4, instr_n=128, split_k=1, stages=st)
+                  for st in (4, 2)]
     tiles += [dict(swap=False, block_m=128, block_n=bn, num_warps=8, instr_n=128, split_k=s) for bn in (128, 256)
               for s in (1, 2)]
     tiles += [dict(swap=False, block_m=64, block_n=128, num_warps=4, instr_n=128, split_k=1)]

@@ -416,6 +416,33 @@ def test_i8p_tile_fills_the_gpu_with_k_splits_only_where_the_tiles_leave_it_idle
     assert glu.split_k_fits(3584, 4) and not glu.split_k_fits(384, 4)   # 3 steps: a fourth share would be empty
 
 
+def test_the_i8p_swapped_256_row_tile_is_picked_when_asked_and_builds_for_sm_90(monkeypatch):
+    """VAR_GEN_W4A4_I8P_SWAP256_MAX_M (SWAP256_MAX_M, off by default): `i8p_tile` keeps 129 rows up to it swapped, the x
+    rows in tiles of 256 (each weight code made twice at 288-512 rows instead of 3-4 times), in 2 stages where there are
+    more programs than SMs; off, the unswapped pick. Compiled for sm_90 here at 288 and 512 rows on the block shapes: INT8
+    wgmmas left asynchronous, the shared memory of one program an SM (4 stages) or two (2 stages: their registers fit
+    the SM's 64K too), spills of at most 200 bytes (160 at Triton 3.6: the low-rank epilogue's (64, 256) float32 tile)."""
+    glu = kernel_module("i8_mainloop_gluon")
+    assert not glu.i8p_tile(288, 3584, 14336, 132)["swap"]            # off by default
+    monkeypatch.setattr(glu, "SWAP256_MAX_M", 512)
+    assert glu.i8p_tile(128, 3584, 3584, 132)["block_m"] == 128       # the swapped tiles up to 128 rows as before
+    assert glu.i8p_tile(513, 3584, 3584, 132)["swap"] is False
+    assert glu.i8p_tile(288, 3584, 14336, 132) == dict(swap=True, block_m=256, block_n=64, num_warps=4, instr_n=128,
+                                                       split_k=1)      # fc2: 2 x 56 programs, one wave of one an SM
+    assert glu.i8p_tile(512, 14336, 3584, 132) == dict(swap=True, block_m=256, block_n=64, num_warps=4, instr_n=128,
+                                                       stages=2, split_k=1)    # fc1: 448 programs, two an SM
+    for M in (288, 512):
+        for K, N in ((3584, 3584), (3584, 14336), (14336, 3584)):
+            tile = glu.i8p_tile(M, N, K, 132)
+            assert tile["swap"] and tile["block_m"] == 256, tile
+            ptx, shared = _compile_i8p(glu, M, N, K, tile)
+            usage = targets._ptxas_usage(ptx, 90)
+            assert ".s32.s8.s8" in ptx and not usage["wgmma_serialized"] and usage["spill_bytes"] <= 200, (tile, usage)
+            per_sm = 2 if tile.get("stages") == 2 else 1
+            assert per_sm * shared <= targets.SHARED_LIMIT[90], (tile, shared)
+            assert per_sm * usage["registers"] * 32 * tile["num_warps"] <= 65536, (tile, usage)
+
+
 def test_the_i8p_failure_analyzer_names_a_planted_bug():
     """bench/i8p_debug_analyze.py (for a failing i8p GPU test: it tries models of wrong kernels on the saved cases) on a
     synthetic case here: its correct model is the exact sums' rounding, and an output planted with the nibbles of each

@@ -30,7 +30,9 @@
 #          runs the condition as CUDA graphs (VAR_GEN_CONDITION_GRAPHS=1), one with "_i8p512" takes i8p up to 512 rows
 #          (VAR_GEN_W4A4_I8P_MAX_M=512; scale 6, and not scale 11's 512-row slice, whose workspaces are kept), one
 #          with "_fc2" makes fc2's row pass in fc1's GEMM epilogue (VAR_GEN_W4A4_FC2_STATS=1), one with "_ua" unpacks
-#          the i8w layers' workspaces ahead on a side stream (VAR_GEN_W4A4_UNPACK_AHEAD=1); suffixes combine
+#          the i8w layers' workspaces ahead on a side stream (VAR_GEN_W4A4_UNPACK_AHEAD=1), one with "_sw256" keeps
+#          i8p's 129-512-row launches swapped with the x rows in tiles of 256 (VAR_GEN_W4A4_I8P_SWAP256_MAX_M=512; with
+#          "_i8p512" scale 6 too); suffixes combine (default_i8p512_sw256)
 # Files in $OUT, packed into out.tgz.
 set -u
 source bench/device/autotune_carry.sh
@@ -93,7 +95,8 @@ edge)
     pm=288; case "$tag" in *_i8p512*) pm=512;; esac   # "_i8p512": i8p up to 512 rows (VAR_GEN_W4A4_I8P_MAX_M)
     fs=0; case "$tag" in *_fc2*) fs=1;; esac          # "_fc2": fc2's row pass from fc1's epilogue (FC2_STATS)
     ua=0; case "$tag" in *_ua*) ua=1;; esac           # "_ua": the i8w workspaces unpacked ahead on a side stream
-    VAR_GEN_W4A4_UNPACK_AHEAD=$ua VAR_GEN_W4A4_FC2_STATS=$fs VAR_GEN_W4A4_I8P_MAX_M=$pm VAR_GEN_CONDITION_GRAPHS=$cg VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
+    sw=0; case "$tag" in *_sw256*) sw=512;; esac      # "_sw256": i8p swapped in x tiles of 256 from 129 rows
+    VAR_GEN_W4A4_I8P_SWAP256_MAX_M=$sw VAR_GEN_W4A4_UNPACK_AHEAD=$ua VAR_GEN_W4A4_FC2_STATS=$fs VAR_GEN_W4A4_I8P_MAX_M=$pm VAR_GEN_CONDITION_GRAPHS=$cg VAR_GEN_W4A4_GLUON_I8P=$p VAR_GEN_W4A4_I8P_WS=$s VAR_GEN_W4A4_I8P_QKV=$v VAR_GEN_W4A4_GLUON=$w \
       timeout -s ABRT -k 10 ${EDGE_S:-170} python3 bench/edge_proof.py \
       --resolutions 1024x1024 --cap-gib 14 --cuda-graphs 1 --chunk-tokens 2048 --graph-max-tokens 4096 \
       --text-encoder int4 --modes $mode --json "$OUT/edge_$tag.json" > "$OUT/edge_$tag.txt" 2>&1

@@ -290,6 +290,9 @@ def _gluon_status(gemm) -> str:
     out = ""
     if gemm.GLUON_I8P:
         out += f"; {gemm.I8P_MIN_M}-{gemm.I8P_MAX_M} rows: Gluon i8p (packed codes made in the K loop, asynchronous wgmma)"
+        swap256 = min(getattr(gemm._gluon(), "SWAP256_MAX_M", 0), gemm.I8P_MAX_M)
+        if swap256 > 128:
+            out += f", from 129 to {swap256} rows in swapped tiles of 256 x rows"
     elif "i8p" in failed:
         out += f"; Gluon i8p off after a failure ({failed['i8p']})"
     if gemm.GLUON_I8W:
