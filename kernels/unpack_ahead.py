@@ -31,6 +31,7 @@ _STATE = threading.local()   # .ahead: the innermost unpack_ahead()'s _Ahead, or
 # id(layer) -> (weakref to the layer, weakref to the layer whose workspace came next last time)
 _NEXT: dict = {}
 _SIDE: dict = {}             # device index -> the side stream
+_PRUNE_AT = 4096             # _NEXT's size at which dead layers' entries are dropped (an 8B model has 240 W4A4 layers)
 
 
 class _Ahead:
@@ -65,6 +66,9 @@ class _Ahead:
         came after `layer`'s last time (in this or an earlier context), or None."""
         last = self.last() if self.last is not None else None
         if last is not None and last is not layer:
+            if len(_NEXT) >= _PRUNE_AT:      # models loaded again and again: drop the entries of layers that died
+                for k in [k for k, (a, b) in _NEXT.items() if a() is None or b() is None]:
+                    del _NEXT[k]
             _NEXT[id(last)] = (weakref.ref(last), weakref.ref(layer))
         self.last = weakref.ref(layer)
         entry = _NEXT.get(id(layer))

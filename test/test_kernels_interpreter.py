@@ -813,7 +813,8 @@ def test_a_shipped_pick_launches_the_tuned_gemm_without_a_trial(gemm, tmp_path):
 def test_unpack_ahead_learns_the_order_its_workspaces_were_made_in():
     """kernels/unpack_ahead.py's order (which layer's workspace to unpack ahead after a layer's): learned from the order
     the workspaces were made in, across contexts; a layer made twice in a row (a large scale's slices) learns nothing
-    from itself; a changed order is learned again; a layer that died is never predicted (its id may be reused)."""
+    from itself; a changed order is learned again; a layer that died is never predicted (its id may be reused), and its
+    entry is dropped once the table is large."""
     import gc
     from var_gen_ros.quant.dispatch import kernel_module
     ua = kernel_module("unpack_ahead")
@@ -828,3 +829,21 @@ def test_unpack_ahead_learns_the_order_its_workspaces_were_made_in():
     del c
     gc.collect()
     assert ua._Ahead(None, None).learn(a) is None
+    # entries of dead layers are dropped once the table is large (a model loaded again and again)
+    grown = dict(ua._NEXT)
+    try:
+        keep = [torch.nn.Identity() for _ in range(2 * ua._PRUNE_AT)]
+        for i in range(0, len(keep), 2):
+            state = ua._Ahead(None, None)
+            state.learn(keep[i])
+            state.learn(keep[i + 1])
+        assert len(ua._NEXT) >= ua._PRUNE_AT
+        del keep, state
+        gc.collect()
+        state = ua._Ahead(None, None)
+        state.learn(a)
+        state.learn(b)
+        assert len(ua._NEXT) < 16 and state.learn(a) is b
+    finally:
+        ua._NEXT.clear()
+        ua._NEXT.update(grown)
